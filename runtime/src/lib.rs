@@ -1,1 +1,13 @@
-//! placeholder
+//! Shared plumbing for every sluice process: configuration, Kafka client builders,
+//! telemetry, the admin HTTP server and graceful shutdown.
+//!
+//! Nothing here knows about webhooks, schemas or sagas; those live in their own crates.
+
+pub mod admin;
+pub mod config;
+pub mod kafka;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use config::{ConfigError, SecretRef, SluiceConfig};
+pub use shutdown::Shutdown;

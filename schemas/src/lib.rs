@@ -1,1 +1,16 @@
-//! placeholder
+//! The sluice event catalog and its schema registry integration.
+//!
+//! - [`catalog`]: the versioned `.avsc` files under `schemas/avro/`.
+//! - [`registry`]: a client for a Confluent-compatible schema registry.
+//! - [`codec`]: Avro in the Confluent wire format, with writer schemas cached by id and
+//!   reader-schema resolution.
+//! - [`json`]: Avro values to and from JSON, with exact decimals.
+
+pub mod catalog;
+pub mod codec;
+pub mod json;
+pub mod registry;
+
+pub use catalog::{Catalog, CatalogEntry, CatalogError};
+pub use codec::{AvroCodec, CodecError, RecordLocation};
+pub use registry::{RegistryClient, RegistryError};

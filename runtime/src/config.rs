@@ -1,0 +1,355 @@
+//! `sluice.yaml` plus `SLUICE_*` environment overrides.
+//!
+//! The file is YAML. Every struct denies unknown keys so a typo fails loudly at start-up
+//! instead of silently falling back to a default. Environment variables of the form
+//! `SLUICE_<SECTION>__<KEY>` (double underscore between path segments) override the file,
+//! e.g. `SLUICE_KAFKA__BOOTSTRAP_SERVERS=broker:9092`, and are checked against the same
+//! schema, so a misspelt override is an error too.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_yaml_ng::{Mapping, Value};
+
+/// The file looked for when no `--config` is given.
+pub const DEFAULT_CONFIG_FILE: &str = "sluice.yaml";
+/// Prefix of environment overrides.
+pub const ENV_PREFIX: &str = "SLUICE_";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{origin}: {message}")]
+    Invalid { origin: String, message: String },
+    #[error("secret {what} is not available: {reason}")]
+    Secret { what: String, reason: String },
+}
+
+/// The whole configuration of a sluice process.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SluiceConfig {
+    pub kafka: KafkaConfig,
+    pub registry: RegistryConfig,
+    pub admin: AdminConfig,
+    pub telemetry: TelemetryConfig,
+    /// Path of the topology file (topics, sources, retry tiers, sagas).
+    pub topology: Option<PathBuf>,
+}
+
+/// Connection to the Kafka cluster.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    pub bootstrap_servers: String,
+    /// Prefix for `client.id` and `transactional.id`, so several deployments can share a cluster.
+    pub client_id: String,
+    /// Passed to librdkafka as they are; this is where SASL/SSL settings for real clusters go,
+    /// e.g. `security.protocol: SASL_SSL`, `sasl.mechanisms: PLAIN`.
+    pub properties: BTreeMap<String, String>,
+    /// Properties whose values are secrets (e.g. `sasl.password`), read from env or files.
+    pub secret_properties: BTreeMap<String, SecretRef>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            bootstrap_servers: "127.0.0.1:9092".into(),
+            client_id: "sluice".into(),
+            properties: BTreeMap::new(),
+            secret_properties: BTreeMap::new(),
+        }
+    }
+}
+
+/// The Confluent-compatible schema registry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// Base URL of the Confluent API, e.g. `http://127.0.0.1:8081/apis/ccompat/v7`.
+    pub url: String,
+    pub auth: Option<RegistryAuth>,
+    pub timeout_ms: u64,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:8081/apis/ccompat/v7".into(),
+            auth: None,
+            timeout_ms: 5_000,
+        }
+    }
+}
+
+/// Registry credentials, as Confluent Cloud-style registries expect them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum RegistryAuth {
+    Basic {
+        username: String,
+        password: SecretRef,
+    },
+    Bearer {
+        token: SecretRef,
+    },
+}
+
+/// The admin HTTP server every long-running process starts (`/metrics`, `/health/*`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable, for terminals.
+    #[default]
+    Pretty,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    pub log_format: LogFormat,
+    /// `tracing` filter directives, e.g. `info,sluice_consumers=debug`. `RUST_LOG` wins.
+    pub log_filter: String,
+    /// Service name reported to OTLP. Export itself is switched on by
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`, as in every OpenTelemetry SDK.
+    pub service_name: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            log_format: LogFormat::Pretty,
+            log_filter: "info".into(),
+            service_name: "sluice".into(),
+        }
+    }
+}
+
+/// Where a secret comes from. Secrets are never written in the config file itself.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum SecretRef {
+    /// The value of an environment variable.
+    Env(String),
+    /// The contents of a file, with one trailing newline removed.
+    File(PathBuf),
+}
+
+impl std::fmt::Debug for SecretRef {
+    // Shows where the secret lives, never its value.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretRef::Env(name) => write!(f, "SecretRef::Env({name})"),
+            SecretRef::File(path) => write!(f, "SecretRef::File({})", path.display()),
+        }
+    }
+}
+
+impl SecretRef {
+    /// Reads the secret. Errors name the variable or file, never the value.
+    pub fn resolve(&self) -> Result<String, ConfigError> {
+        match self {
+            SecretRef::Env(name) => std::env::var(name).map_err(|_| ConfigError::Secret {
+                what: format!("env:{name}"),
+                reason: "the environment variable is not set".into(),
+            }),
+            SecretRef::File(path) => std::fs::read_to_string(path)
+                .map(|s| s.strip_suffix('\n').unwrap_or(&s).to_string())
+                .map_err(|e| ConfigError::Secret {
+                    what: format!("file:{}", path.display()),
+                    reason: e.kind().to_string(),
+                }),
+        }
+    }
+}
+
+impl SluiceConfig {
+    /// Loads `path` (or `sluice.yaml` when it exists, or the defaults) and applies the
+    /// process environment's overrides.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        let (origin, text) = match path {
+            Some(p) => (p.display().to_string(), read(p)?),
+            None if Path::new(DEFAULT_CONFIG_FILE).exists() => (
+                DEFAULT_CONFIG_FILE.to_string(),
+                read(Path::new(DEFAULT_CONFIG_FILE))?,
+            ),
+            None => ("defaults".to_string(), String::new()),
+        };
+        Self::from_yaml_with_env(&origin, &text, &env)
+    }
+
+    /// Parses YAML text and applies `SLUICE_*__*` overrides from `env`.
+    pub fn from_yaml_with_env(
+        origin: &str,
+        text: &str,
+        env: &[(String, String)],
+    ) -> Result<Self, ConfigError> {
+        let mut root: Value = if text.trim().is_empty() {
+            Value::Mapping(Mapping::new())
+        } else {
+            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Invalid {
+                origin: origin.to_string(),
+                message: e.to_string(),
+            })?
+        };
+        let mut overridden = Vec::new();
+        for (key, value) in env {
+            let Some(rest) = key.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            if !rest.contains("__") {
+                continue; // e.g. SLUICE_CACHE, used by the dev scripts, not config
+            }
+            let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+            set_path(&mut root, &path, parse_scalar(value)).map_err(|message| {
+                ConfigError::Invalid {
+                    origin: format!("env {key}"),
+                    message,
+                }
+            })?;
+            overridden.push(key.clone());
+        }
+        let origin = if overridden.is_empty() {
+            origin.to_string()
+        } else {
+            format!("{origin} (with overrides from {})", overridden.join(", "))
+        };
+        // Enums are written as one-key maps (`auth: {basic: {...}}`), not YAML tags.
+        serde_yaml_ng::with::singleton_map_recursive::deserialize(root).map_err(|e| {
+            ConfigError::Invalid {
+                origin,
+                message: e.to_string(),
+            }
+        })
+    }
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn parse_scalar(value: &str) -> Value {
+    serde_yaml_ng::from_str::<Value>(value)
+        .ok()
+        .filter(|v| !matches!(v, Value::Mapping(_) | Value::Sequence(_)))
+        .unwrap_or_else(|| Value::String(value.to_string()))
+}
+
+fn set_path(root: &mut Value, path: &[String], value: Value) -> Result<(), String> {
+    let mut node = root;
+    for (i, segment) in path.iter().enumerate() {
+        let Value::Mapping(map) = node else {
+            return Err(format!("`{}` is not a section", path[..i].join(".")));
+        };
+        let key = Value::String(segment.clone());
+        if i == path.len() - 1 {
+            map.insert(key, value);
+            return Ok(());
+        }
+        node = map
+            .entry(key)
+            .or_insert_with(|| Value::Mapping(Mapping::new()));
+    }
+    Err("empty override path".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn empty_file_gives_local_stack_defaults() {
+        let c = SluiceConfig::from_yaml_with_env("t", "", &[]).unwrap();
+        assert_eq!(c.kafka.bootstrap_servers, "127.0.0.1:9092");
+        assert_eq!(c.registry.url, "http://127.0.0.1:8081/apis/ccompat/v7");
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_the_key() {
+        let err = SluiceConfig::from_yaml_with_env("sluice.yaml", "kafka:\n  bootstrap: x\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sluice.yaml"), "{err}");
+        assert!(err.contains("unknown field `bootstrap`"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_file_and_unknown_env_key_fails() {
+        let yaml = "kafka:\n  bootstrap_servers: a:1\n  properties:\n    security.protocol: SASL_SSL\n";
+        let c = SluiceConfig::from_yaml_with_env(
+            "t",
+            yaml,
+            &env(&[
+                ("SLUICE_KAFKA__BOOTSTRAP_SERVERS", "b:2"),
+                ("SLUICE_CACHE", "/ignored"),
+                ("SLUICE_ADMIN__LISTEN", "0.0.0.0:1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.kafka.bootstrap_servers, "b:2");
+        assert_eq!(c.kafka.properties["security.protocol"], "SASL_SSL");
+        assert_eq!(c.admin.listen, "0.0.0.0:1");
+
+        let err = SluiceConfig::from_yaml_with_env("t", "", &env(&[("SLUICE_KAFKA__BOOTSTRAP", "x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("SLUICE_KAFKA__BOOTSTRAP"), "{err}");
+        assert!(err.contains("unknown field `bootstrap`"), "{err}");
+    }
+
+    #[test]
+    fn secret_debug_and_errors_never_show_the_value() {
+        std::env::set_var("SLUICE_TEST_SECRET_XYZ", "hunter2");
+        let s = SecretRef::Env("SLUICE_TEST_SECRET_XYZ".into());
+        assert_eq!(s.resolve().unwrap(), "hunter2");
+        assert!(!format!("{s:?}").contains("hunter2"));
+        let missing = SecretRef::Env("SLUICE_TEST_SECRET_MISSING".into());
+        let err = missing.resolve().unwrap_err().to_string();
+        assert!(err.contains("SLUICE_TEST_SECRET_MISSING"), "{err}");
+    }
+
+    #[test]
+    fn registry_auth_reads_tagged_secret_refs() {
+        let yaml = "registry:\n  url: https://r\n  auth:\n    basic:\n      username: u\n      password:\n        env: REG_PW\n";
+        let c = SluiceConfig::from_yaml_with_env("t", yaml, &[]).unwrap();
+        match c.registry.auth.unwrap() {
+            RegistryAuth::Basic { username, password } => {
+                assert_eq!(username, "u");
+                assert_eq!(password, SecretRef::Env("REG_PW".into()));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! Kafka client builders with sluice's defaults.
+//!
+//! Producers are idempotent with `acks=all` so an acknowledged write survives a broker
+//! failover; consumers never auto-commit, because every sluice loop commits offsets itself
+//! (inside a transaction or after its outputs are acknowledged).
+
+pub mod api_versions;
+
+use rdkafka::admin::AdminClient;
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{ConsumerContext, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::FutureProducer;
+
+use crate::config::{ConfigError, KafkaConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot create the Kafka {role} client for {bootstrap}: {source}")]
+    Create {
+        role: &'static str,
+        bootstrap: String,
+        source: KafkaError,
+    },
+}
+
+/// Builds librdkafka configurations from [`KafkaConfig`].
+#[derive(Debug, Clone)]
+pub struct KafkaClients {
+    config: KafkaConfig,
+}
+
+impl KafkaClients {
+    pub fn new(config: KafkaConfig) -> Self {
+        Self { config }
+    }
+
+    pub fn bootstrap_servers(&self) -> &str {
+        &self.config.bootstrap_servers
+    }
+
+    /// Common settings: bootstrap, client id, then the user's pass-through properties,
+    /// which may override anything set here.
+    pub fn base(&self, role: &str) -> Result<ClientConfig, ConfigError> {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.config.bootstrap_servers)
+            .set("client.id", format!("{}-{role}", self.config.client_id))
+            .set_log_level(RDKafkaLogLevel::Warning);
+        for (k, v) in &self.config.properties {
+            c.set(k, v);
+        }
+        for (k, secret) in &self.config.secret_properties {
+            c.set(k, secret.resolve()?);
+        }
+        Ok(c)
+    }
+
+    /// Idempotent producer, `acks=all`, zstd batches.
+    pub fn producer_config(&self, role: &str) -> Result<ClientConfig, ConfigError> {
+        let mut c = self.base(role)?;
+        set_default(&mut c, "enable.idempotence", "true");
+        set_default(&mut c, "acks", "all");
+        set_default(&mut c, "compression.type", "zstd");
+        set_default(&mut c, "linger.ms", "5");
+        Ok(c)
+    }
+
+    /// Transactional producer for exactly-once loops; `transactional_id` must be stable per
+    /// input partition set so a restarted instance fences its zombie predecessor.
+    pub fn transactional_producer_config(
+        &self,
+        role: &str,
+        transactional_id: &str,
+    ) -> Result<ClientConfig, ConfigError> {
+        let mut c = self.producer_config(role)?;
+        c.set(
+            "transactional.id",
+            format!("{}-{transactional_id}", self.config.client_id),
+        );
+        set_default(&mut c, "transaction.timeout.ms", "60000");
+        Ok(c)
+    }
+
+    /// Consumer with manual offset management and `read_committed` isolation, so it never
+    /// sees the outputs of aborted transactions.
+    pub fn consumer_config(&self, role: &str, group_id: &str) -> Result<ClientConfig, ConfigError> {
+        let mut c = self.base(role)?;
+        c.set("group.id", group_id);
+        set_default(&mut c, "enable.auto.commit", "false");
+        set_default(&mut c, "enable.auto.offset.store", "false");
+        set_default(&mut c, "auto.offset.reset", "earliest");
+        set_default(&mut c, "isolation.level", "read_committed");
+        set_default(&mut c, "partition.assignment.strategy", "cooperative-sticky");
+        Ok(c)
+    }
+
+    pub fn producer(&self, role: &'static str) -> Result<FutureProducer, ClientError> {
+        self.producer_config(role)?
+            .create()
+            .map_err(|source| self.create_error(role, source))
+    }
+
+    pub fn consumer<C: ConsumerContext + 'static>(
+        &self,
+        role: &'static str,
+        group_id: &str,
+        context: C,
+    ) -> Result<StreamConsumer<C>, ClientError> {
+        self.consumer_config(role, group_id)?
+            .create_with_context(context)
+            .map_err(|source| self.create_error(role, source))
+    }
+
+    pub fn admin(&self) -> Result<AdminClient<DefaultClientContext>, ClientError> {
+        self.base("admin")?
+            .create()
+            .map_err(|source| self.create_error("admin", source))
+    }
+
+    fn create_error(&self, role: &'static str, source: KafkaError) -> ClientError {
+        ClientError::Create {
+            role,
+            bootstrap: self.config.bootstrap_servers.clone(),
+            source,
+        }
+    }
+}
+
+fn set_default(c: &mut ClientConfig, key: &str, value: &str) {
+    if c.get(key).is_none() {
+        c.set(key, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn producer_defaults_are_durable_and_user_properties_win() {
+        let mut cfg = KafkaConfig::default();
+        cfg.properties.insert("linger.ms".into(), "50".into());
+        let clients = KafkaClients::new(cfg);
+        let p = clients.producer_config("gateway").unwrap();
+        assert_eq!(p.get("acks"), Some("all"));
+        assert_eq!(p.get("enable.idempotence"), Some("true"));
+        assert_eq!(p.get("linger.ms"), Some("50"));
+        assert_eq!(p.get("client.id"), Some("sluice-gateway"));
+        let t = clients.transactional_producer_config("norm", "norm-0").unwrap();
+        assert_eq!(t.get("transactional.id"), Some("sluice-norm-0"));
+        let c = clients.consumer_config("norm", "g").unwrap();
+        assert_eq!(c.get("enable.auto.commit"), Some("false"));
+        assert_eq!(c.get("isolation.level"), Some("read_committed"));
+    }
+}

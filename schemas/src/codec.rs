@@ -1,0 +1,323 @@
+//! Avro in the Confluent wire format: magic byte `0`, the writer schema's id as a 4-byte
+//! big-endian integer, then the Avro binary datum.
+//!
+//! Writer schemas are fetched from the registry once per id and cached, so the registry is
+//! hit once per schema, not once per message. Decoding against a reader schema reads the
+//! datum with the writer schema (`read_value`) and then resolves it, the path apache-avro
+//! supports without panicking.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, RwLock};
+
+use apache_avro::types::Value;
+use apache_avro::reader::datum::GenericDatumReader;
+use apache_avro::writer::datum::GenericDatumWriter;
+use apache_avro::Schema;
+
+use crate::registry::{RegistryClient, RegistryError};
+
+/// The Confluent wire format's magic byte.
+pub const MAGIC_BYTE: u8 = 0;
+const HEADER_LEN: usize = 5;
+
+/// Where an undecodable record came from, so errors point at it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecordLocation {
+    pub topic: Option<String>,
+    pub partition: Option<i32>,
+    pub offset: Option<i64>,
+}
+
+impl RecordLocation {
+    pub fn new(topic: &str, partition: i32, offset: i64) -> Self {
+        Self {
+            topic: Some(topic.to_string()),
+            partition: Some(partition),
+            offset: Some(offset),
+        }
+    }
+}
+
+impl fmt::Display for RecordLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.topic, self.partition, self.offset) {
+            (Some(t), Some(p), Some(o)) => write!(f, "{t}/{p}@{o}"),
+            (Some(t), _, _) => write!(f, "{t}"),
+            _ => write!(f, "unknown location"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("{location}: payload of {len} bytes is shorter than the 5-byte wire-format header")]
+    Truncated { location: RecordLocation, len: usize },
+    #[error("{location}: wrong magic byte {byte:#04x}, expected 0x00 (not Confluent wire format)")]
+    WrongMagicByte { location: RecordLocation, byte: u8 },
+    #[error("{location}: schema id {id} is not known to the registry: {source}")]
+    UnknownSchemaId {
+        location: RecordLocation,
+        id: u32,
+        source: RegistryError,
+    },
+    #[error("{location}: schema id {id} from the registry is not valid Avro: {reason}")]
+    InvalidWriterSchema {
+        location: RecordLocation,
+        id: u32,
+        reason: String,
+    },
+    #[error("{location}: cannot decode datum written with schema id {id}: {reason}")]
+    Decode {
+        location: RecordLocation,
+        id: u32,
+        reason: String,
+    },
+    #[error("{location}: data written with schema id {id} cannot be read as {reader}: {reason}")]
+    Resolve {
+        location: RecordLocation,
+        id: u32,
+        reader: String,
+        reason: String,
+    },
+    #[error("cannot encode value with schema id {id}: {reason}")]
+    Encode { id: u32, reason: String },
+}
+
+impl CodecError {
+    /// Registry outages are worth retrying; malformed bytes never are.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, CodecError::UnknownSchemaId { source, .. } if source.is_transient())
+    }
+}
+
+/// A decoded record: the writer schema id and the value (resolved when a reader schema
+/// was given).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoded {
+    pub schema_id: u32,
+    pub value: Value,
+}
+
+#[derive(Clone)]
+pub struct AvroCodec {
+    registry: RegistryClient,
+    writers: Arc<RwLock<HashMap<u32, Arc<Schema>>>>,
+}
+
+impl fmt::Debug for AvroCodec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AvroCodec")
+            .field("registry", &self.registry)
+            .finish()
+    }
+}
+
+impl AvroCodec {
+    pub fn new(registry: RegistryClient) -> Self {
+        Self {
+            registry,
+            writers: Arc::default(),
+        }
+    }
+
+    pub fn registry(&self) -> &RegistryClient {
+        &self.registry
+    }
+
+    /// Encodes `value` with `schema`, whose registry id is `schema_id` (from registration at
+    /// deploy time). Validates the value against the schema first.
+    pub fn encode(&self, schema_id: u32, schema: &Schema, value: Value) -> Result<Vec<u8>, CodecError> {
+        encode_with(schema_id, schema, value)
+    }
+
+    /// Decodes a wire-format payload with its writer schema.
+    pub async fn decode(
+        &self,
+        payload: &[u8],
+        location: &RecordLocation,
+    ) -> Result<Decoded, CodecError> {
+        let (id, body) = split_header(payload, location)?;
+        let writer = self.writer_schema(id, location).await?;
+        let value = read_datum(&writer, body, id, location)?;
+        Ok(Decoded { schema_id: id, value })
+    }
+
+    /// Decodes a wire-format payload and resolves it against `reader` (Avro schema
+    /// resolution: defaults for added fields, promotions, dropped fields).
+    pub async fn decode_as(
+        &self,
+        payload: &[u8],
+        reader: &Schema,
+        location: &RecordLocation,
+    ) -> Result<Decoded, CodecError> {
+        let decoded = self.decode(payload, location).await?;
+        let value = decoded
+            .value
+            .resolve(reader)
+            .map_err(|e| CodecError::Resolve {
+                location: location.clone(),
+                id: decoded.schema_id,
+                reader: schema_name(reader),
+                reason: e.to_string(),
+            })?;
+        Ok(Decoded {
+            schema_id: decoded.schema_id,
+            value,
+        })
+    }
+
+    /// The writer schema for `id`, from the cache or (once) from the registry.
+    pub async fn writer_schema(
+        &self,
+        id: u32,
+        location: &RecordLocation,
+    ) -> Result<Arc<Schema>, CodecError> {
+        if let Some(s) = self.writers.read().expect("schema cache").get(&id) {
+            return Ok(s.clone());
+        }
+        let registered = self
+            .registry
+            .schema_by_id(id)
+            .await
+            .map_err(|source| CodecError::UnknownSchemaId {
+                location: location.clone(),
+                id,
+                source,
+            })?;
+        let schema =
+            Arc::new(
+                Schema::parse_str(&registered.schema).map_err(|e| CodecError::InvalidWriterSchema {
+                    location: location.clone(),
+                    id,
+                    reason: e.to_string(),
+                })?,
+            );
+        self.writers
+            .write()
+            .expect("schema cache")
+            .insert(id, schema.clone());
+        Ok(schema)
+    }
+
+    /// Number of writer schemas held; lets tests prove the registry is hit once per id.
+    pub fn cached_schemas(&self) -> usize {
+        self.writers.read().expect("schema cache").len()
+    }
+}
+
+/// Encodes without a registry round trip: the id is already known.
+pub fn encode_with(schema_id: u32, schema: &Schema, value: Value) -> Result<Vec<u8>, CodecError> {
+    let mut out = Vec::with_capacity(64);
+    out.push(MAGIC_BYTE);
+    out.extend_from_slice(&schema_id.to_be_bytes());
+    let writer = GenericDatumWriter::builder(schema)
+        .build()
+        .map_err(|e| CodecError::Encode {
+            id: schema_id,
+            reason: e.to_string(),
+        })?;
+    writer
+        .write_value(&mut out, value)
+        .map_err(|e| CodecError::Encode {
+            id: schema_id,
+            reason: e.to_string(),
+        })?;
+    Ok(out)
+}
+
+/// Splits the wire-format header from the datum.
+pub fn split_header<'a>(
+    payload: &'a [u8],
+    location: &RecordLocation,
+) -> Result<(u32, &'a [u8]), CodecError> {
+    if payload.len() < HEADER_LEN {
+        return Err(CodecError::Truncated {
+            location: location.clone(),
+            len: payload.len(),
+        });
+    }
+    if payload[0] != MAGIC_BYTE {
+        return Err(CodecError::WrongMagicByte {
+            location: location.clone(),
+            byte: payload[0],
+        });
+    }
+    let id = u32::from_be_bytes(payload[1..HEADER_LEN].try_into().expect("4 bytes"));
+    Ok((id, &payload[HEADER_LEN..]))
+}
+
+fn read_datum(
+    writer: &Schema,
+    mut body: &[u8],
+    id: u32,
+    location: &RecordLocation,
+) -> Result<Value, CodecError> {
+    let decode_error = |reason: String| CodecError::Decode {
+        location: location.clone(),
+        id,
+        reason,
+    };
+    let reader = GenericDatumReader::builder(writer)
+        .build()
+        .map_err(|e| decode_error(e.to_string()))?;
+    let value = reader
+        .read_value(&mut body)
+        .map_err(|e| decode_error(e.to_string()))?;
+    if !body.is_empty() {
+        return Err(decode_error(format!(
+            "{} bytes left over after the datum",
+            body.len()
+        )));
+    }
+    Ok(value)
+}
+
+fn schema_name(schema: &Schema) -> String {
+    match schema {
+        Schema::Record(r) => r.name.fullname(None),
+        other => format!("{:?}", std::mem::discriminant(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCHEMA: &str = r#"{"type":"record","name":"Ping","namespace":"t","fields":[{"name":"n","type":"long"}]}"#;
+
+    #[test]
+    fn header_errors_are_typed_and_located() {
+        let loc = RecordLocation::new("orders", 2, 41);
+        let err = split_header(&[0, 1], &loc).unwrap_err();
+        assert!(matches!(err, CodecError::Truncated { len: 2, .. }));
+        assert!(err.to_string().contains("orders/2@41"), "{err}");
+        let err = split_header(&[7, 0, 0, 0, 1, 2], &loc).unwrap_err();
+        assert!(matches!(err, CodecError::WrongMagicByte { byte: 7, .. }));
+    }
+
+    #[test]
+    fn encode_writes_magic_byte_and_big_endian_id() {
+        let schema = Schema::parse_str(SCHEMA).unwrap();
+        let value = Value::Record(vec![("n".into(), Value::Long(300))]);
+        let bytes = encode_with(0x01020304, &schema, value.clone()).unwrap();
+        assert_eq!(&bytes[..5], &[0, 1, 2, 3, 4]);
+        let (id, body) = split_header(&bytes, &RecordLocation::default()).unwrap();
+        assert_eq!(id, 0x01020304);
+        assert_eq!(read_datum(&schema, body, id, &RecordLocation::default()).unwrap(), value);
+    }
+
+    #[test]
+    fn encode_rejects_a_value_that_does_not_match() {
+        let schema = Schema::parse_str(SCHEMA).unwrap();
+        let value = Value::Record(vec![("n".into(), Value::String("x".into()))]);
+        assert!(matches!(encode_with(1, &schema, value), Err(CodecError::Encode { .. })));
+    }
+
+    #[test]
+    fn trailing_bytes_are_a_decode_error() {
+        let schema = Schema::parse_str(SCHEMA).unwrap();
+        let err = read_datum(&schema, &[2, 9], 1, &RecordLocation::default()).unwrap_err();
+        assert!(matches!(err, CodecError::Decode { .. }), "{err}");
+    }
+}

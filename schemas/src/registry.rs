@@ -1,0 +1,218 @@
+//! Client for a Confluent-compatible schema registry (Confluent Schema Registry, Apicurio's
+//! `/apis/ccompat/v7`, Confluent Cloud).
+//!
+//! Registration and lookups go through `schema_registry_converter`; the config endpoints it
+//! does not cover use the same base URL and credentials.
+
+use schema_registry_converter::async_impl::schema_registry::{
+    get_all_subjects, get_all_versions, get_schema_by_id, get_schema_by_subject_and_version,
+    post_schema, SrSettings,
+};
+use schema_registry_converter::error::SRCError;
+use schema_registry_converter::schema_registry_common::{
+    RegisteredSchema, SchemaType, SuppliedSchema,
+};
+use sluice_runtime::config::{RegistryAuth, RegistryConfig};
+use sluice_runtime::ConfigError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("registry {url}: {message}")]
+    Request {
+        url: String,
+        message: String,
+        retriable: bool,
+    },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+impl RegistryError {
+    /// Whether a retry may succeed (timeouts, 5xx), as opposed to a rejected request.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, RegistryError::Request { retriable: true, .. })
+    }
+}
+
+#[derive(Clone)]
+pub struct RegistryClient {
+    url: String,
+    settings: SrSettings,
+    http: reqwest::Client,
+    auth: Option<(String, Option<String>)>,
+    bearer: Option<String>,
+}
+
+impl std::fmt::Debug for RegistryClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryClient").field("url", &self.url).finish()
+    }
+}
+
+impl RegistryClient {
+    pub fn new(config: &RegistryConfig) -> Result<Self, RegistryError> {
+        let url = config.url.trim_end_matches('/').to_string();
+        let timeout = std::time::Duration::from_millis(config.timeout_ms);
+        let mut builder = SrSettings::new_builder(url.clone());
+        builder.set_timeout(timeout);
+        let (mut auth, mut bearer) = (None, None);
+        match &config.auth {
+            Some(RegistryAuth::Basic { username, password }) => {
+                let password = password.resolve()?;
+                builder.set_basic_authorization(username, Some(&password));
+                auth = Some((username.clone(), Some(password)));
+            }
+            Some(RegistryAuth::Bearer { token }) => {
+                let token = token.resolve()?;
+                builder.set_token_authorization(&token);
+                bearer = Some(token);
+            }
+            None => {}
+        }
+        let settings = builder.build().map_err(|e| request_error(&url, e))?;
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .map_err(|e| RegistryError::Request {
+                url: url.clone(),
+                message: e.to_string(),
+                retriable: false,
+            })?;
+        Ok(Self {
+            url,
+            settings,
+            http,
+            auth,
+            bearer,
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Registers an Avro schema under `subject` (or finds it when already registered) and
+    /// returns its global id.
+    pub async fn register(&self, subject: &str, schema_json: &str) -> Result<u32, RegistryError> {
+        let supplied = SuppliedSchema::new(None, SchemaType::Avro, schema_json.to_string());
+        post_schema(&self.settings, subject.to_string(), supplied)
+            .await
+            .map(|r| r.id)
+            .map_err(|e| request_error(&self.url, e))
+    }
+
+    pub async fn schema_by_id(&self, id: u32) -> Result<RegisteredSchema, RegistryError> {
+        get_schema_by_id(id, &self.settings)
+            .await
+            .map_err(|e| request_error(&self.url, e))
+    }
+
+    pub async fn subjects(&self) -> Result<Vec<String>, RegistryError> {
+        get_all_subjects(&self.settings)
+            .await
+            .map_err(|e| request_error(&self.url, e))
+    }
+
+    pub async fn versions(&self, subject: &str) -> Result<Vec<u32>, RegistryError> {
+        get_all_versions(&self.settings, subject.to_string())
+            .await
+            .map_err(|e| request_error(&self.url, e))
+    }
+
+    /// A subject's schema at `version`, or its latest when `None`.
+    pub async fn schema_by_subject(
+        &self,
+        subject: &str,
+        version: Option<u32>,
+    ) -> Result<RegisteredSchema, RegistryError> {
+        get_schema_by_subject_and_version(&self.settings, subject, version)
+            .await
+            .map_err(|e| request_error(&self.url, e))
+    }
+
+    /// The compatibility level of `subject`, or the global one when `None`.
+    pub async fn compatibility(&self, subject: Option<&str>) -> Result<String, RegistryError> {
+        let path = match subject {
+            Some(s) => format!("/config/{s}"),
+            None => "/config".to_string(),
+        };
+        let body: serde_json::Value = self.get_json(&path).await?;
+        body.get("compatibilityLevel")
+            .or_else(|| body.get("compatibility"))
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+            .ok_or_else(|| RegistryError::Request {
+                url: format!("{}{path}", self.url),
+                message: format!("no compatibility level in {body}"),
+                retriable: false,
+            })
+    }
+
+    /// Sets the compatibility level of `subject`, or the global one when `None`.
+    pub async fn set_compatibility(
+        &self,
+        subject: Option<&str>,
+        level: &str,
+    ) -> Result<(), RegistryError> {
+        let path = match subject {
+            Some(s) => format!("/config/{s}"),
+            None => "/config".to_string(),
+        };
+        let req = self
+            .http
+            .put(format!("{}{path}", self.url))
+            .header("Content-Type", "application/vnd.schemaregistry.v1+json")
+            .json(&serde_json::json!({ "compatibility": level }));
+        self.send(req, &path).await.map(|_| ())
+    }
+
+    async fn get_json(&self, path: &str) -> Result<serde_json::Value, RegistryError> {
+        let req = self.http.get(format!("{}{path}", self.url));
+        let resp = self.send(req, path).await?;
+        resp.json().await.map_err(|e| RegistryError::Request {
+            url: format!("{}{path}", self.url),
+            message: format!("invalid JSON: {e}"),
+            retriable: false,
+        })
+    }
+
+    async fn send(
+        &self,
+        mut req: reqwest::RequestBuilder,
+        path: &str,
+    ) -> Result<reqwest::Response, RegistryError> {
+        if let Some((user, password)) = &self.auth {
+            req = req.basic_auth(user, password.as_ref());
+        }
+        if let Some(token) = &self.bearer {
+            req = req.bearer_auth(token);
+        }
+        let url = format!("{}{path}", self.url);
+        let resp = req.send().await.map_err(|e| RegistryError::Request {
+            url: url.clone(),
+            message: e.to_string(),
+            retriable: true,
+        })?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let body = resp.text().await.unwrap_or_default();
+        Err(RegistryError::Request {
+            url,
+            message: format!("HTTP {status}: {body}"),
+            retriable: status.is_server_error(),
+        })
+    }
+}
+
+fn request_error(url: &str, e: SRCError) -> RegistryError {
+    RegistryError::Request {
+        url: url.to_string(),
+        message: match &e.cause {
+            Some(cause) => format!("{}: {cause}", e.error),
+            None => e.error.clone(),
+        },
+        retriable: e.retriable,
+    }
+}
