@@ -122,10 +122,16 @@ mod tests {
 
         let body = http_get(addr, "/metrics").await;
         assert!(body.contains("sluice_test_total 1"), "{body}");
-        assert!(http_get(addr, "/health/ready").await.starts_with("HTTP/1.1 503"));
+        assert!(http_get(addr, "/health/ready")
+            .await
+            .starts_with("HTTP/1.1 503"));
         readiness.set("kafka", true);
-        assert!(http_get(addr, "/health/ready").await.starts_with("HTTP/1.1 200"));
-        assert!(http_get(addr, "/health/live").await.starts_with("HTTP/1.1 200"));
+        assert!(http_get(addr, "/health/ready")
+            .await
+            .starts_with("HTTP/1.1 200"));
+        assert!(http_get(addr, "/health/live")
+            .await
+            .starts_with("HTTP/1.1 200"));
         shutdown.trigger();
     }
 

@@ -307,7 +307,8 @@ mod tests {
 
     #[test]
     fn env_overrides_file_and_unknown_env_key_fails() {
-        let yaml = "kafka:\n  bootstrap_servers: a:1\n  properties:\n    security.protocol: SASL_SSL\n";
+        let yaml =
+            "kafka:\n  bootstrap_servers: a:1\n  properties:\n    security.protocol: SASL_SSL\n";
         let c = SluiceConfig::from_yaml_with_env(
             "t",
             yaml,
@@ -322,9 +323,10 @@ mod tests {
         assert_eq!(c.kafka.properties["security.protocol"], "SASL_SSL");
         assert_eq!(c.admin.listen, "0.0.0.0:1");
 
-        let err = SluiceConfig::from_yaml_with_env("t", "", &env(&[("SLUICE_KAFKA__BOOTSTRAP", "x")]))
-            .unwrap_err()
-            .to_string();
+        let err =
+            SluiceConfig::from_yaml_with_env("t", "", &env(&[("SLUICE_KAFKA__BOOTSTRAP", "x")]))
+                .unwrap_err()
+                .to_string();
         assert!(err.contains("SLUICE_KAFKA__BOOTSTRAP"), "{err}");
         assert!(err.contains("unknown field `bootstrap`"), "{err}");
     }

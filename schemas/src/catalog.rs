@@ -55,7 +55,10 @@ impl Catalog {
         let mut types: BTreeMap<String, Vec<CatalogEntry>> = BTreeMap::new();
         for (path, contents) in files {
             let entry = parse_entry(path.as_ref(), contents.as_ref())?;
-            types.entry(entry.full_name.clone()).or_default().push(entry);
+            types
+                .entry(entry.full_name.clone())
+                .or_default()
+                .push(entry);
         }
         for (name, versions) in &mut types {
             versions.sort_by_key(|e| e.version);
@@ -85,7 +88,10 @@ impl Catalog {
 
     /// The newest version of `full_name`.
     pub fn latest(&self, full_name: &str) -> Result<&CatalogEntry, CatalogError> {
-        Ok(self.versions(full_name)?.last().expect("at least one version"))
+        Ok(self
+            .versions(full_name)?
+            .last()
+            .expect("at least one version"))
     }
 
     pub fn entries(&self) -> impl Iterator<Item = &CatalogEntry> {
@@ -177,8 +183,18 @@ mod tests {
         ] {
             c.versions(name).unwrap_or_else(|e| panic!("{e}"));
         }
-        assert_eq!(c.versions("dev.sluice.events.payments.PaymentSucceeded").unwrap().len(), 2);
-        assert_eq!(c.latest("dev.sluice.events.payments.PaymentSucceeded").unwrap().version, 2);
+        assert_eq!(
+            c.versions("dev.sluice.events.payments.PaymentSucceeded")
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(
+            c.latest("dev.sluice.events.payments.PaymentSucceeded")
+                .unwrap()
+                .version,
+            2
+        );
     }
 
     #[test]
@@ -186,12 +202,21 @@ mod tests {
         let ok = r#"{"type":"record","name":"A","namespace":"dev.sluice.events.x","fields":[
             {"name":"event_id","type":"string"},{"name":"occurred_at","type":"long"},
             {"name":"source","type":"string"},{"name":"subject","type":["null","string"],"default":null}]}"#;
-        let err = Catalog::from_files([("y/A.v1.avsc", ok)]).unwrap_err().to_string();
-        assert!(err.contains("y/A.v1.avsc") && err.contains("path says"), "{err}");
-        let err = Catalog::from_files([("x/A.v2.avsc", ok)]).unwrap_err().to_string();
+        let err = Catalog::from_files([("y/A.v1.avsc", ok)])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("y/A.v1.avsc") && err.contains("path says"),
+            "{err}"
+        );
+        let err = Catalog::from_files([("x/A.v2.avsc", ok)])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("without gaps"), "{err}");
         let bad = ok.replace("event_id", "id");
-        let err = Catalog::from_files([("x/A.v1.avsc", bad.as_str())]).unwrap_err().to_string();
+        let err = Catalog::from_files([("x/A.v1.avsc", bad.as_str())])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("`event_id`"), "{err}");
     }
 }

@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, RwLock};
 
-use apache_avro::types::Value;
 use apache_avro::reader::datum::GenericDatumReader;
+use apache_avro::types::Value;
 use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::Schema;
 
@@ -52,7 +52,10 @@ impl fmt::Display for RecordLocation {
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
     #[error("{location}: payload of {len} bytes is shorter than the 5-byte wire-format header")]
-    Truncated { location: RecordLocation, len: usize },
+    Truncated {
+        location: RecordLocation,
+        len: usize,
+    },
     #[error("{location}: wrong magic byte {byte:#04x}, expected 0x00 (not Confluent wire format)")]
     WrongMagicByte { location: RecordLocation, byte: u8 },
     #[error("{location}: schema id {id} is not known to the registry: {source}")]
@@ -127,7 +130,12 @@ impl AvroCodec {
 
     /// Encodes `value` with `schema`, whose registry id is `schema_id` (from registration at
     /// deploy time). Validates the value against the schema first.
-    pub fn encode(&self, schema_id: u32, schema: &Schema, value: Value) -> Result<Vec<u8>, CodecError> {
+    pub fn encode(
+        &self,
+        schema_id: u32,
+        schema: &Schema,
+        value: Value,
+    ) -> Result<Vec<u8>, CodecError> {
         encode_with(schema_id, schema, value)
     }
 
@@ -140,7 +148,10 @@ impl AvroCodec {
         let (id, body) = split_header(payload, location)?;
         let writer = self.writer_schema(id, location).await?;
         let value = read_datum(&writer, body, id, location)?;
-        Ok(Decoded { schema_id: id, value })
+        Ok(Decoded {
+            schema_id: id,
+            value,
+        })
     }
 
     /// Decodes a wire-format payload and resolves it against `reader` (Avro schema
@@ -152,15 +163,12 @@ impl AvroCodec {
         location: &RecordLocation,
     ) -> Result<Decoded, CodecError> {
         let decoded = self.decode(payload, location).await?;
-        let value = decoded
-            .value
-            .resolve(reader)
-            .map_err(|e| CodecError::Resolve {
-                location: location.clone(),
-                id: decoded.schema_id,
-                reader: schema_name(reader),
-                reason: e.to_string(),
-            })?;
+        let value = resolve(decoded.value, reader).map_err(|e| CodecError::Resolve {
+            location: location.clone(),
+            id: decoded.schema_id,
+            reader: schema_name(reader),
+            reason: e.to_string(),
+        })?;
         Ok(Decoded {
             schema_id: decoded.schema_id,
             value,
@@ -176,23 +184,22 @@ impl AvroCodec {
         if let Some(s) = self.writers.read().expect("schema cache").get(&id) {
             return Ok(s.clone());
         }
-        let registered = self
-            .registry
-            .schema_by_id(id)
-            .await
-            .map_err(|source| CodecError::UnknownSchemaId {
-                location: location.clone(),
-                id,
-                source,
-            })?;
-        let schema =
-            Arc::new(
-                Schema::parse_str(&registered.schema).map_err(|e| CodecError::InvalidWriterSchema {
+        let registered =
+            self.registry
+                .schema_by_id(id)
+                .await
+                .map_err(|source| CodecError::UnknownSchemaId {
                     location: location.clone(),
                     id,
-                    reason: e.to_string(),
-                })?,
-            );
+                    source,
+                })?;
+        let schema = Arc::new(Schema::parse_str(&registered.schema).map_err(|e| {
+            CodecError::InvalidWriterSchema {
+                location: location.clone(),
+                id,
+                reason: e.to_string(),
+            }
+        })?);
         self.writers
             .write()
             .expect("schema cache")
@@ -273,6 +280,64 @@ fn read_datum(
     Ok(value)
 }
 
+/// Avro schema resolution that tolerates minimal-width decimals.
+///
+/// apache-avro refuses to resolve a decimal whose byte length could not hold the schema's
+/// full precision, but writers such as Java's `BigDecimal` emit the minimal two's-complement
+/// width (`-1` is the single byte `0xff`). Sign-extending every decimal first, and shrinking it
+/// back afterwards, keeps the value exact and lets resolution proceed.
+pub fn resolve(value: Value, reader: &Schema) -> apache_avro::AvroResult<Value> {
+    map_decimals(map_decimals(value, widen)?.resolve(reader)?, shrink)
+}
+
+const WIDE_DECIMAL_BYTES: usize = 32;
+
+fn widen(bytes: Vec<u8>) -> Vec<u8> {
+    if bytes.len() >= WIDE_DECIMAL_BYTES {
+        return bytes;
+    }
+    let fill = if bytes.first().is_some_and(|b| b & 0x80 != 0) {
+        0xff
+    } else {
+        0x00
+    };
+    let mut out = vec![fill; WIDE_DECIMAL_BYTES - bytes.len()];
+    out.extend(bytes);
+    out
+}
+
+fn shrink(bytes: Vec<u8>) -> Vec<u8> {
+    num_bigint::BigInt::from_signed_bytes_be(&bytes).to_signed_bytes_be()
+}
+
+fn map_decimals(value: Value, f: fn(Vec<u8>) -> Vec<u8>) -> apache_avro::AvroResult<Value> {
+    Ok(match value {
+        Value::Decimal(d) => {
+            let bytes: Vec<u8> = Vec::try_from(d)?;
+            Value::Decimal(apache_avro::Decimal::from(f(bytes)))
+        }
+        Value::Union(i, inner) => Value::Union(i, Box::new(map_decimals(*inner, f)?)),
+        Value::Record(fields) => Value::Record(
+            fields
+                .into_iter()
+                .map(|(k, v)| Ok((k, map_decimals(v, f)?)))
+                .collect::<apache_avro::AvroResult<_>>()?,
+        ),
+        Value::Array(items) => Value::Array(
+            items
+                .into_iter()
+                .map(|v| map_decimals(v, f))
+                .collect::<apache_avro::AvroResult<_>>()?,
+        ),
+        Value::Map(m) => Value::Map(
+            m.into_iter()
+                .map(|(k, v)| Ok((k, map_decimals(v, f)?)))
+                .collect::<apache_avro::AvroResult<_>>()?,
+        ),
+        other => other,
+    })
+}
+
 fn schema_name(schema: &Schema) -> String {
     match schema {
         Schema::Record(r) => r.name.fullname(None),
@@ -284,7 +349,8 @@ fn schema_name(schema: &Schema) -> String {
 mod tests {
     use super::*;
 
-    const SCHEMA: &str = r#"{"type":"record","name":"Ping","namespace":"t","fields":[{"name":"n","type":"long"}]}"#;
+    const SCHEMA: &str =
+        r#"{"type":"record","name":"Ping","namespace":"t","fields":[{"name":"n","type":"long"}]}"#;
 
     #[test]
     fn header_errors_are_typed_and_located() {
@@ -304,14 +370,39 @@ mod tests {
         assert_eq!(&bytes[..5], &[0, 1, 2, 3, 4]);
         let (id, body) = split_header(&bytes, &RecordLocation::default()).unwrap();
         assert_eq!(id, 0x01020304);
-        assert_eq!(read_datum(&schema, body, id, &RecordLocation::default()).unwrap(), value);
+        assert_eq!(
+            read_datum(&schema, body, id, &RecordLocation::default()).unwrap(),
+            value
+        );
     }
 
     #[test]
     fn encode_rejects_a_value_that_does_not_match() {
         let schema = Schema::parse_str(SCHEMA).unwrap();
         let value = Value::Record(vec![("n".into(), Value::String("x".into()))]);
-        assert!(matches!(encode_with(1, &schema, value), Err(CodecError::Encode { .. })));
+        assert!(matches!(
+            encode_with(1, &schema, value),
+            Err(CodecError::Encode { .. })
+        ));
+    }
+
+    #[test]
+    fn resolution_accepts_minimal_width_decimals_and_fills_defaults() {
+        let v2 = Schema::parse_str(r#"{"type":"record","name":"P","fields":[
+            {"name":"amount","type":{"type":"bytes","logicalType":"decimal","precision":20,"scale":2}},
+            {"name":"note","type":["null","string"],"default":null}]}"#).unwrap();
+        // -1.00 as Java writes it: unscaled -100 in one byte.
+        let written = Value::Record(vec![(
+            "amount".into(),
+            Value::Decimal(apache_avro::Decimal::from(vec![0x9cu8])),
+        )]);
+        assert!(
+            written.clone().resolve(&v2).is_err(),
+            "apache-avro alone rejects this"
+        );
+        let resolved = resolve(written, &v2).unwrap();
+        let json = crate::json::to_json_with_schema(&resolved, &v2);
+        assert_eq!(json, serde_json::json!({"amount": "-1.00", "note": null}));
     }
 
     #[test]

@@ -129,12 +129,179 @@ pub fn parse_decimal(text: &str, precision: usize, scale: usize) -> Result<Decim
     let mut unscaled: BigInt = if digits.is_empty() {
         BigInt::from(0)
     } else {
-        digits.parse().map_err(|_| format!("`{text}` is not a decimal number"))?
+        digits
+            .parse()
+            .map_err(|_| format!("`{text}` is not a decimal number"))?
     };
     if negative {
         unscaled = -unscaled;
     }
     Ok(Decimal::from(unscaled.to_signed_bytes_be()))
+}
+
+/// A JSON value that does not fit the schema, with the dotted path of the field.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+/// Converts JSON to an Avro value of `schema`, collecting every mismatch with its field path
+/// (`line_items[0].unit_price.amount`). Missing fields take their schema default.
+pub fn from_json(json: &Json, schema: &Schema) -> Result<Value, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let value = convert(json, schema, "", &mut errors);
+    if errors.is_empty() {
+        Ok(value)
+    } else {
+        Err(errors)
+    }
+}
+
+fn convert(json: &Json, schema: &Schema, path: &str, errors: &mut Vec<FieldError>) -> Value {
+    let mut fail = |message: String| {
+        errors.push(FieldError {
+            field: if path.is_empty() {
+                "$".into()
+            } else {
+                path.to_string()
+            },
+            message,
+        });
+        Value::Null
+    };
+    match schema {
+        Schema::Null => match json {
+            Json::Null => Value::Null,
+            _ => fail("expected null".into()),
+        },
+        Schema::Boolean => match json.as_bool() {
+            Some(b) => Value::Boolean(b),
+            None => fail("expected boolean".into()),
+        },
+        Schema::Int => match json.as_i64().and_then(|i| i32::try_from(i).ok()) {
+            Some(i) => Value::Int(i),
+            None => fail("expected 32-bit integer".into()),
+        },
+        Schema::Long => match json.as_i64() {
+            Some(i) => Value::Long(i),
+            None => fail("expected integer".into()),
+        },
+        Schema::TimestampMillis => match json {
+            Json::Number(n) if n.is_i64() => Value::TimestampMillis(n.as_i64().unwrap_or_default()),
+            Json::String(s) => match crate::metadata::parse_rfc3339_ms(s) {
+                Some(ms) => Value::TimestampMillis(ms),
+                None => fail("expected epoch milliseconds or an RFC 3339 UTC time".into()),
+            },
+            _ => fail("expected epoch milliseconds or an RFC 3339 UTC time".into()),
+        },
+        Schema::Float => match json.as_f64() {
+            Some(f) => Value::Float(f as f32),
+            None => fail("expected number".into()),
+        },
+        Schema::Double => match json.as_f64() {
+            Some(f) => Value::Double(f),
+            None => fail("expected number".into()),
+        },
+        Schema::String => match json.as_str() {
+            Some(s) => Value::String(s.to_string()),
+            None => fail("expected string".into()),
+        },
+        Schema::Decimal(DecimalSchema {
+            precision, scale, ..
+        }) => match json.as_str() {
+            Some(s) => match parse_decimal(s, *precision, *scale) {
+                Ok(d) => Value::Decimal(d),
+                Err(e) => fail(e),
+            },
+            None => fail("expected decimal string".into()),
+        },
+        Schema::Enum(e) => match json.as_str() {
+            Some(s) => match e.symbols.iter().position(|x| x == s) {
+                Some(i) => Value::Enum(i as u32, s.to_string()),
+                None => fail(format!("`{s}` is not one of {:?}", e.symbols)),
+            },
+            None => fail("expected string".into()),
+        },
+        Schema::Array(a) => match json.as_array() {
+            Some(items) => Value::Array(
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, item)| convert(item, &a.items, &format!("{path}[{i}]"), errors))
+                    .collect(),
+            ),
+            None => fail("expected array".into()),
+        },
+        Schema::Map(m) => match json.as_object() {
+            Some(obj) => Value::Map(
+                obj.iter()
+                    .map(|(k, v)| (k.clone(), convert(v, &m.types, &join(path, k), errors)))
+                    .collect(),
+            ),
+            None => fail("expected object".into()),
+        },
+        Schema::Union(u) => {
+            if json.is_null() {
+                if let Some(i) = u.variants().iter().position(|s| matches!(s, Schema::Null)) {
+                    return Value::Union(i as u32, Box::new(Value::Null));
+                }
+            }
+            for (i, branch) in u.variants().iter().enumerate() {
+                if matches!(branch, Schema::Null) {
+                    continue;
+                }
+                let mut branch_errors = Vec::new();
+                let v = convert(json, branch, path, &mut branch_errors);
+                if branch_errors.is_empty() {
+                    return Value::Union(i as u32, Box::new(v));
+                }
+            }
+            fail("matches no branch of the union".into())
+        }
+        Schema::Record(r) => {
+            let Some(obj) = json.as_object() else {
+                return fail("expected object".into());
+            };
+            for key in obj.keys() {
+                if !r.lookup.contains_key(key) {
+                    errors.push(FieldError {
+                        field: join(path, key),
+                        message: "unknown field".into(),
+                    });
+                }
+            }
+            let fields = r
+                .fields
+                .iter()
+                .map(|f| {
+                    let field_path = join(path, &f.name);
+                    let v = match (obj.get(&f.name), &f.default) {
+                        (Some(v), _) => convert(v, &f.schema, &field_path, errors),
+                        (None, Some(default)) => convert(default, &f.schema, &field_path, errors),
+                        (None, None) => {
+                            errors.push(FieldError {
+                                field: field_path,
+                                message: "required field is missing".into(),
+                            });
+                            Value::Null
+                        }
+                    };
+                    (f.name.clone(), v)
+                })
+                .collect();
+            Value::Record(fields)
+        }
+        other => fail(format!("unsupported schema type {other:?}")),
+    }
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -161,10 +328,44 @@ mod tests {
 
     #[test]
     fn decimals_that_lose_digits_or_overflow_are_rejected() {
-        assert!(parse_decimal("1.23456", 20, 4).unwrap_err().contains("4 decimal places"));
-        assert!(parse_decimal("12345678901234567", 20, 4).unwrap_err().contains("precision"));
+        assert!(parse_decimal("1.23456", 20, 4)
+            .unwrap_err()
+            .contains("4 decimal places"));
+        assert!(parse_decimal("12345678901234567", 20, 4)
+            .unwrap_err()
+            .contains("precision"));
         assert!(parse_decimal("1e5", 20, 4).is_err());
         assert!(parse_decimal("", 20, 4).is_err());
+    }
+
+    #[test]
+    fn from_json_converts_a_catalog_event_and_reports_field_errors() {
+        let catalog = crate::Catalog::embedded().unwrap();
+        let entry = catalog
+            .latest("dev.sluice.events.payments.PaymentSucceeded")
+            .unwrap();
+        let good = json!({
+            "event_id": "e1", "occurred_at": 1_700_000_000_000i64, "source": "s",
+            "payment_id": "pi_1", "amount": {"amount": "12.34", "currency": "EUR"},
+            "provider": "stripe"
+        });
+        let v = from_json(&good, &entry.schema).unwrap();
+        let back = to_json_with_schema(&v, &entry.schema);
+        assert_eq!(back["amount"]["amount"], "12.3400");
+        assert_eq!(back["subject"], Json::Null);
+
+        let bad = json!({
+            "event_id": 7, "occurred_at": "yesterday", "source": "s", "bogus": 1,
+            "amount": {"amount": 12.34, "currency": "EUR"}, "provider": "stripe"
+        });
+        let errors = from_json(&bad, &entry.schema).unwrap_err();
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert!(fields.contains(&"event_id"), "{errors:?}");
+        assert!(fields.contains(&"occurred_at"), "{errors:?}");
+        assert!(fields.contains(&"bogus"), "{errors:?}");
+        assert!(fields.contains(&"payment_id"), "{errors:?}");
+        let amount = errors.iter().find(|e| e.field == "amount.amount").unwrap();
+        assert_eq!(amount.message, "expected decimal string");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 pub mod catalog;
 pub mod codec;
 pub mod json;
+pub mod metadata;
 pub mod registry;
 
 pub use catalog::{Catalog, CatalogEntry, CatalogError};

@@ -30,7 +30,13 @@ pub enum RegistryError {
 impl RegistryError {
     /// Whether a retry may succeed (timeouts, 5xx), as opposed to a rejected request.
     pub fn is_transient(&self) -> bool {
-        matches!(self, RegistryError::Request { retriable: true, .. })
+        matches!(
+            self,
+            RegistryError::Request {
+                retriable: true,
+                ..
+            }
+        )
     }
 }
 
@@ -45,7 +51,9 @@ pub struct RegistryClient {
 
 impl std::fmt::Debug for RegistryClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RegistryClient").field("url", &self.url).finish()
+        f.debug_struct("RegistryClient")
+            .field("url", &self.url)
+            .finish()
     }
 }
 

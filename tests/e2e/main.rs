@@ -1,1 +1,11 @@
+//! End-to-end tests against the real local stack: an Apache Kafka broker and an Apicurio
+//! schema registry started by `dev/stack up` (which `make test` runs first).
+//!
+//! One test binary, as in Svix: shared set-up lives in `support`, each area in its own module.
+//! When the stack is not running, every test fails with a message naming the command to run;
+//! none of them skips.
 
+mod cli;
+mod compose;
+mod roundtrip;
+mod support;

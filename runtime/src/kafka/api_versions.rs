@@ -55,12 +55,13 @@ pub async fn probe(addr: &str, timeout: Duration) -> Result<BrokerApis, ApiVersi
 }
 
 async fn probe_inner(addr: &str) -> Result<BrokerApis, ApiVersionsError> {
-    let mut stream = TcpStream::connect(addr)
-        .await
-        .map_err(|source| ApiVersionsError::Connect {
-            addr: addr.to_string(),
-            source,
-        })?;
+    let mut stream =
+        TcpStream::connect(addr)
+            .await
+            .map_err(|source| ApiVersionsError::Connect {
+                addr: addr.to_string(),
+                source,
+            })?;
     let io = |e: std::io::Error| ApiVersionsError::Protocol {
         addr: addr.to_string(),
         reason: e.to_string(),
@@ -238,11 +239,17 @@ mod tests {
         b.extend(features);
         let apis = parse_response(&b).unwrap();
         assert_eq!(apis.max_version(0), Some(12));
-        assert_eq!(apis.finalized_features, vec![("metadata.version".to_string(), 29)]);
+        assert_eq!(
+            apis.finalized_features,
+            vec![("metadata.version".to_string(), 29)]
+        );
     }
 
     #[test]
     fn truncated_response_is_an_error_not_a_panic() {
-        assert!(matches!(parse_response(&[0, 0, 0, 7, 0]), Err(ParseError::Malformed(_))));
+        assert!(matches!(
+            parse_response(&[0, 0, 0, 7, 0]),
+            Err(ParseError::Malformed(_))
+        ));
     }
 }

@@ -93,7 +93,11 @@ impl KafkaClients {
         set_default(&mut c, "enable.auto.offset.store", "false");
         set_default(&mut c, "auto.offset.reset", "earliest");
         set_default(&mut c, "isolation.level", "read_committed");
-        set_default(&mut c, "partition.assignment.strategy", "cooperative-sticky");
+        set_default(
+            &mut c,
+            "partition.assignment.strategy",
+            "cooperative-sticky",
+        );
         Ok(c)
     }
 
@@ -129,6 +133,26 @@ impl KafkaClients {
     }
 }
 
+/// Creates `topic` unless it exists. Topology apply is the real path for declared topics;
+/// this is for tools and tests that need a scratch topic.
+pub async fn create_topic_if_missing(
+    admin: &AdminClient<DefaultClientContext>,
+    topic: &str,
+    partitions: i32,
+) -> Result<bool, KafkaError> {
+    use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::types::RDKafkaErrorCode;
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let opts = AdminOptions::new().operation_timeout(Some(std::time::Duration::from_secs(10)));
+    let results = admin.create_topics([&new], &opts).await?;
+    match results.into_iter().next() {
+        Some(Ok(_)) => Ok(true),
+        Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => Ok(false),
+        Some(Err((_, code))) => Err(KafkaError::AdminOp(code)),
+        None => Ok(false),
+    }
+}
+
 fn set_default(c: &mut ClientConfig, key: &str, value: &str) {
     if c.get(key).is_none() {
         c.set(key, value);
@@ -149,7 +173,9 @@ mod tests {
         assert_eq!(p.get("enable.idempotence"), Some("true"));
         assert_eq!(p.get("linger.ms"), Some("50"));
         assert_eq!(p.get("client.id"), Some("sluice-gateway"));
-        let t = clients.transactional_producer_config("norm", "norm-0").unwrap();
+        let t = clients
+            .transactional_producer_config("norm", "norm-0")
+            .unwrap();
         assert_eq!(t.get("transactional.id"), Some("sluice-norm-0"));
         let c = clients.consumer_config("norm", "g").unwrap();
         assert_eq!(c.get("enable.auto.commit"), Some("false"));

@@ -1,0 +1,157 @@
+//! `sluice doctor`: can this process reach the broker and the registry, and what do they run?
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use sluice_runtime::kafka::api_versions::{self, api_name};
+use sluice_runtime::kafka::KafkaClients;
+use sluice_runtime::SluiceConfig;
+use sluice_schemas::RegistryClient;
+
+use super::START_STACK_HINT;
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+pub async fn run(config: &SluiceConfig) -> anyhow::Result<ExitCode> {
+    let kafka_ok = check_kafka(config).await;
+    let registry_ok = check_registry(config).await;
+    if kafka_ok && registry_ok {
+        println!("\nall checks passed");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("\nsome checks failed: {START_STACK_HINT}, or fix the addresses in the config");
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+async fn check_kafka(config: &SluiceConfig) -> bool {
+    let bootstrap = config.kafka.bootstrap_servers.clone();
+    println!("kafka     {bootstrap}");
+    let clients = KafkaClients::new(config.kafka.clone());
+    let consumer: BaseConsumer = match clients.base("doctor").and_then(|c| {
+        c.create()
+            .map_err(|e| sluice_runtime::ConfigError::Invalid {
+                origin: "kafka".into(),
+                message: e.to_string(),
+            })
+    }) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("  FAIL    cannot create a Kafka client: {e}");
+            return false;
+        }
+    };
+    let metadata = tokio::task::spawn_blocking(move || {
+        let md = consumer.fetch_metadata(None, TIMEOUT);
+        let cluster = consumer.client().fetch_cluster_id(TIMEOUT);
+        md.map(|m| {
+            let brokers: Vec<String> = m
+                .brokers()
+                .iter()
+                .map(|b| format!("{}@{}:{}", b.id(), b.host(), b.port()))
+                .collect();
+            (brokers, m.topics().len(), cluster)
+        })
+    })
+    .await
+    .expect("metadata task");
+    match metadata {
+        Ok((brokers, topics, cluster)) => {
+            println!(
+                "  ok      cluster id {}",
+                cluster.as_deref().unwrap_or("(not reported)")
+            );
+            println!("  ok      brokers {}; {topics} topics", brokers.join(", "));
+        }
+        Err(e) => {
+            println!("  FAIL    cannot reach Kafka at {bootstrap}: {e}");
+            return false;
+        }
+    }
+    let first = bootstrap
+        .split(',')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    if config.kafka.properties.contains_key("security.protocol") {
+        println!("  skip    ApiVersions probe (not done over SASL/SSL listeners)");
+        return true;
+    }
+    match api_versions::probe(&first, TIMEOUT).await {
+        Ok(apis) => {
+            let features: Vec<String> = apis
+                .finalized_features
+                .iter()
+                .map(|(n, l)| format!("{n}={l}"))
+                .collect();
+            println!(
+                "  ok      {} APIs; finalized features: {}",
+                apis.apis.len(),
+                if features.is_empty() {
+                    "none".into()
+                } else {
+                    features.join(", ")
+                }
+            );
+            let needed = [0i16, 1, 3, 8, 21, 22, 24, 26, 28];
+            let summary: Vec<String> = needed
+                .iter()
+                .map(|k| match apis.max_version(*k) {
+                    Some(v) => format!("{} v{v}", api_name(*k)),
+                    None => format!("{} MISSING", api_name(*k)),
+                })
+                .collect();
+            println!("  ok      {}", summary.join(", "));
+            let transactions = [22i16, 24, 26, 28]
+                .iter()
+                .all(|k| apis.max_version(*k).is_some());
+            println!(
+                "  {}      transactions (exactly-once) {}",
+                if transactions { "ok" } else { "FAIL" },
+                if transactions {
+                    "supported"
+                } else {
+                    "NOT supported"
+                }
+            );
+            transactions
+        }
+        Err(e) => {
+            println!("  FAIL    ApiVersions: {e}");
+            false
+        }
+    }
+}
+
+async fn check_registry(config: &SluiceConfig) -> bool {
+    println!("registry  {}", config.registry.url);
+    let client = match RegistryClient::new(&config.registry) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("  FAIL    {e}");
+            return false;
+        }
+    };
+    match client.subjects().await {
+        Ok(subjects) => println!("  ok      reachable; {} subjects", subjects.len()),
+        Err(e) => {
+            println!(
+                "  FAIL    cannot reach the schema registry at {}: {e}",
+                client.url()
+            );
+            return false;
+        }
+    }
+    match client.compatibility(None).await {
+        Ok(level) => {
+            println!("  ok      global compatibility {level}");
+            true
+        }
+        Err(e) => {
+            println!("  FAIL    cannot read the compatibility mode: {e}");
+            false
+        }
+    }
+}

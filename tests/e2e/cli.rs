@@ -1,0 +1,87 @@
+//! The `sluice` binary as a user runs it.
+
+use std::process::Command;
+
+use crate::support::require_stack;
+
+fn sluice() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+}
+
+#[tokio::test]
+async fn doctor_reports_cluster_and_registry() {
+    require_stack().await;
+    let out = sluice().arg("doctor").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "doctor failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("cluster id "), "{stdout}");
+    assert!(stdout.contains("metadata.version="), "{stdout}");
+    assert!(
+        stdout.contains("transactions (exactly-once) supported"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("global compatibility "), "{stdout}");
+}
+
+#[test]
+fn doctor_names_the_unreachable_address_and_the_command_to_fix_it() {
+    let out = sluice()
+        .arg("doctor")
+        .env("SLUICE_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:1")
+        .env("SLUICE_REGISTRY__URL", "http://127.0.0.1:2/apis/ccompat/v7")
+        .env("SLUICE_REGISTRY__TIMEOUT_MS", "2000")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(
+        stdout.contains("cannot reach Kafka at 127.0.0.1:1"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("http://127.0.0.1:2/apis/ccompat/v7"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("make stack"), "{stdout}");
+}
+
+#[test]
+fn a_misspelt_config_key_is_an_error_naming_it() {
+    let out = sluice()
+        .arg("doctor")
+        .env("SLUICE_KAFKA__BOOTSTRAP_SERVER", "x:1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr.contains("SLUICE_KAFKA__BOOTSTRAP_SERVER"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("unknown field `bootstrap_server`"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn demo_roundtrip_publishes_and_reads_back() {
+    require_stack().await;
+    let topic = crate::support::unique_topic("demo");
+    let out = sluice()
+        .args(["demo", "roundtrip", "--topic", &topic])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("magic 0x00"), "{stdout}");
+    assert!(stdout.contains("roundtrip ok"), "{stdout}");
+}
