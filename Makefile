@@ -16,7 +16,7 @@ demo: stack build
 	$(SLUICE) demo roundtrip
 
 test: stack lint
-	cargo test --workspace --locked
+	dev/test
 
 setup:
 	dev/setup

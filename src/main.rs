@@ -23,12 +23,21 @@ struct Cli {
 enum Command {
     /// Check that the broker and the schema registry are reachable and say what they support.
     Doctor,
+    /// Register, check and inspect Avro schemas.
+    #[command(subcommand)]
+    Schemas(cli::schemas::SchemasCommand),
+    /// Validate, plan and apply the topology; export AsyncAPI.
+    #[command(subcommand)]
+    Topology(cli::topology::TopologyCommand),
+    /// Print a topic's records as JSON lines, decoded through the registry.
+    Tail(cli::tail::TailArgs),
     /// Demonstrations against the running stack.
     #[command(subcommand)]
     Demo(cli::demo::DemoCommand),
 }
 
 fn main() -> ExitCode {
+    exit_quietly_on_closed_stdout();
     let cli = Cli::parse();
     let config = match SluiceConfig::load(cli.config.as_deref()) {
         Ok(c) => c,
@@ -51,6 +60,9 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Doctor => cli::doctor::run(&config).await,
+            Command::Schemas(cmd) => cli::schemas::run(&config, cmd).await,
+            Command::Topology(cmd) => cli::topology::run(&config, cmd).await,
+            Command::Tail(args) => cli::tail::run(&config, args).await,
             Command::Demo(cmd) => cli::demo::run(&config, cmd).await,
         }
     });
@@ -61,4 +73,21 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `sluice tail … | head` closes stdout early; end like other Unix tools instead of
+/// printing a panic.
+fn exit_quietly_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
 }

@@ -146,14 +146,34 @@ impl Default for TelemetryConfig {
     }
 }
 
-/// Where a secret comes from. Secrets are never written in the config file itself.
+/// Where a secret comes from, written `{env: NAME}` or `{file: PATH}`. Secrets are never
+/// written in the config file itself.
 #[derive(Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
+#[serde(try_from = "RawSecretRef")]
 pub enum SecretRef {
     /// The value of an environment variable.
     Env(String),
     /// The contents of a file, with one trailing newline removed.
     File(PathBuf),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecretRef {
+    env: Option<String>,
+    file: Option<PathBuf>,
+}
+
+impl TryFrom<RawSecretRef> for SecretRef {
+    type Error = String;
+
+    fn try_from(raw: RawSecretRef) -> Result<Self, Self::Error> {
+        match (raw.env, raw.file) {
+            (Some(env), None) => Ok(SecretRef::Env(env)),
+            (None, Some(file)) => Ok(SecretRef::File(file)),
+            _ => Err("a secret is `{env: NAME}` or `{file: PATH}`, exactly one of them".into()),
+        }
+    }
 }
 
 impl std::fmt::Debug for SecretRef {

@@ -48,6 +48,14 @@ impl Catalog {
         Self::from_files(files)
     }
 
+    /// Reads a catalog from a directory laid out like `schemas/avro/`, e.g. to check a
+    /// change before building it into the binary.
+    pub fn from_dir(dir: &std::path::Path) -> Result<Self, CatalogError> {
+        let mut files = Vec::new();
+        read_dir(dir, dir, &mut files)?;
+        Self::from_files(files)
+    }
+
     /// Builds a catalog from `(path, contents)` pairs; used by `embedded` and by tests.
     pub fn from_files<P: AsRef<str>, C: AsRef<str>>(
         files: impl IntoIterator<Item = (P, C)>,
@@ -109,6 +117,28 @@ fn collect<'a>(dir: &'a Dir<'a>, out: &mut Vec<(String, String)>) {
     for sub in dir.dirs() {
         collect(sub, out);
     }
+}
+
+fn read_dir(
+    root: &std::path::Path,
+    dir: &std::path::Path,
+    out: &mut Vec<(String, String)>,
+) -> Result<(), CatalogError> {
+    let io = |path: &std::path::Path, e: std::io::Error| CatalogError::Invalid {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    for entry in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
+        let path = entry.map_err(|e| io(dir, e))?.path();
+        if path.is_dir() {
+            read_dir(root, &path, out)?;
+        } else if path.extension().is_some_and(|e| e == "avsc") {
+            let text = std::fs::read_to_string(&path).map_err(|e| io(&path, e))?;
+            let rel = path.strip_prefix(root).unwrap_or(&path);
+            out.push((rel.display().to_string(), text));
+        }
+    }
+    Ok(())
 }
 
 fn parse_entry(path: &str, json: &str) -> Result<CatalogEntry, CatalogError> {

@@ -8,6 +8,7 @@
 
 pub mod catalog;
 pub mod codec;
+pub mod compat;
 pub mod json;
 pub mod metadata;
 pub mod registry;

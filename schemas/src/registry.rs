@@ -138,6 +138,36 @@ impl RegistryClient {
             .map_err(|e| request_error(&self.url, e))
     }
 
+    /// Asks the registry whether `schema_json` may be registered under `subject` (against the
+    /// versions its compatibility mode names). A subject with no versions accepts anything.
+    pub async fn is_compatible(
+        &self,
+        subject: &str,
+        schema_json: &str,
+    ) -> Result<bool, RegistryError> {
+        let path = format!("/compatibility/subjects/{subject}/versions/latest");
+        let req = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .header("Content-Type", "application/vnd.schemaregistry.v1+json")
+            .json(&serde_json::json!({ "schema": schema_json }));
+        match self.send(req, &path).await {
+            Ok(resp) => {
+                let body: serde_json::Value =
+                    resp.json().await.map_err(|e| RegistryError::Request {
+                        url: format!("{}{path}", self.url),
+                        message: format!("invalid JSON: {e}"),
+                        retriable: false,
+                    })?;
+                Ok(body["is_compatible"].as_bool().unwrap_or(false))
+            }
+            Err(RegistryError::Request { message, .. }) if message.starts_with("HTTP 404") => {
+                Ok(true)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// The compatibility level of `subject`, or the global one when `None`.
     pub async fn compatibility(&self, subject: Option<&str>) -> Result<String, RegistryError> {
         let path = match subject {

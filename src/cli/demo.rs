@@ -20,7 +20,7 @@ use sluice_schemas::{AvroCodec, Catalog, RecordLocation, RegistryClient};
 pub enum DemoCommand {
     /// Register a catalog schema, publish one Avro event and read it back through the registry.
     Roundtrip {
-        #[arg(long, default_value = "sluice.demo.payments")]
+        #[arg(long, default_value = "sluice-demo.payments")]
         topic: String,
     },
 }

@@ -3,6 +3,33 @@
 
 pub mod demo;
 pub mod doctor;
+pub mod schemas;
+pub mod tail;
+pub mod topology;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use sluice_runtime::SluiceConfig;
+use sluice_schemas::Catalog;
+use sluice_topology::Topology;
 
 /// What to run when the local stack is not reachable.
 pub const START_STACK_HINT: &str = "start the local stack with `make stack` (or `dev/stack up`)";
+
+/// Where the topology is read from when the config does not say.
+pub const DEFAULT_TOPOLOGY: &str = "topology/topology.yaml";
+
+pub fn topology_path(config: &SluiceConfig, flag: Option<PathBuf>) -> PathBuf {
+    flag.or_else(|| config.topology.clone())
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_TOPOLOGY))
+}
+
+/// The embedded catalog and the validated topology that refers to it.
+pub fn load(config: &SluiceConfig, flag: Option<PathBuf>) -> anyhow::Result<(Catalog, Topology)> {
+    let catalog = Catalog::embedded().context("loading the embedded schema catalog")?;
+    let types: BTreeSet<String> = catalog.event_types().map(str::to_string).collect();
+    let topology = Topology::load(&topology_path(config, flag), &types)?;
+    Ok((catalog, topology))
+}

@@ -1,1 +1,19 @@
-//! placeholder
+//! Topology as code: `topology.yaml` declares the topics, webhook sources, event routes,
+//! retry tiers, dead-letter topics, schema subjects and sagas of a sluice deployment.
+//!
+//! - [`model`]: the file's structure; unknown keys are errors.
+//! - [`validate`]: cross-references (routes to declared topics, retry policies to DLQs, …),
+//!   each error naming the file and the path inside it (`topics[3].partitions`).
+//! - [`naming`]: the topic naming convention.
+//! - [`plan`] / [`apply`]: the diff against a live cluster and its idempotent application.
+//! - [`asyncapi`]: an AsyncAPI 3.0 document for data teams.
+
+pub mod apply;
+pub mod asyncapi;
+pub mod model;
+pub mod naming;
+pub mod plan;
+pub mod validate;
+
+pub use model::Topology;
+pub use validate::{TopologyError, ValidationError};

@@ -1,0 +1,284 @@
+//! The structure of `topology.yaml`. Every struct denies unknown keys, so a misspelt key is
+//! an error naming its path instead of a silently ignored setting.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize};
+use sluice_runtime::SecretRef;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Topology {
+    /// First segment of every managed topic name (see [`crate::naming`]).
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    #[serde(default)]
+    pub topics: Vec<TopicSpec>,
+    #[serde(default)]
+    pub sources: Vec<SourceSpec>,
+    #[serde(default)]
+    pub routes: Vec<RouteSpec>,
+    #[serde(default)]
+    pub subjects: SubjectsSpec,
+    #[serde(default)]
+    pub retry_policies: Vec<RetryPolicySpec>,
+    /// Saga definitions; their structure is validated by the saga orchestrator.
+    #[serde(default)]
+    pub sagas: Vec<serde_yaml_ng::Value>,
+}
+
+fn default_prefix() -> String {
+    "sluice".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicSpec {
+    pub name: String,
+    pub partitions: i32,
+    #[serde(default = "one")]
+    pub replication_factor: i32,
+    /// Topic configs as Kafka names them: `retention.ms`, `cleanup.policy`,
+    /// `min.insync.replicas`, … Values may be written as numbers or strings.
+    #[serde(default, deserialize_with = "string_map")]
+    pub config: BTreeMap<String, String>,
+}
+
+fn one() -> i32 {
+    1
+}
+
+/// A webhook source instance: `POST /webhooks/{name}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSpec {
+    pub name: String,
+    /// Provider type and its options, e.g. `{type: stripe, tolerance_secs: 300}`; the gateway
+    /// parses the options for its type.
+    pub provider: serde_yaml_ng::Mapping,
+    /// One or more secrets, so rotation needs no gap: any matching secret is accepted.
+    #[serde(default)]
+    pub secrets: Vec<SecretRef>,
+    pub raw_topic: String,
+    #[serde(default)]
+    pub limits: SourceLimits,
+    /// What the normalizer does with event types no mapping covers.
+    #[serde(default)]
+    pub unmapped: UnmappedPolicy,
+}
+
+impl SourceSpec {
+    /// The provider's `type` value (`stripe`, `github`, …).
+    pub fn provider_type(&self) -> Option<&str> {
+        self.provider
+            .get(serde_yaml_ng::Value::String("type".into()))
+            .and_then(|v| v.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnmappedPolicy {
+    /// Dead-letter it with reason `unmapped_event_type`, so a new provider event is noticed.
+    #[default]
+    Dlq,
+    /// Publish it as the generic `ExternalEvent`.
+    Generic,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourceLimits {
+    pub max_body_bytes: usize,
+    /// Token-bucket rate limit; none when absent.
+    pub rate_per_sec: Option<u32>,
+    pub burst: Option<u32>,
+}
+
+impl Default for SourceLimits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+            rate_per_sec: None,
+            burst: None,
+        }
+    }
+}
+
+/// Normalized events of `event_type` (a full Avro name) go to `topic`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    pub event_type: String,
+    pub topic: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubjectNaming {
+    /// `<topic>-<record full name>`: several event types per topic (the default).
+    #[default]
+    TopicRecordName,
+    /// `<topic>-value`: one event type per topic.
+    TopicName,
+    /// `<record full name>`: one subject per type across topics.
+    RecordName,
+}
+
+impl SubjectNaming {
+    pub fn subject(self, topic: &str, record_full_name: &str) -> String {
+        match self {
+            SubjectNaming::TopicRecordName => format!("{topic}-{record_full_name}"),
+            SubjectNaming::TopicName => format!("{topic}-value"),
+            SubjectNaming::RecordName => record_full_name.to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Compatibility {
+    None,
+    Backward,
+    BackwardTransitive,
+    Forward,
+    ForwardTransitive,
+    Full,
+    FullTransitive,
+}
+
+impl Compatibility {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compatibility::None => "NONE",
+            Compatibility::Backward => "BACKWARD",
+            Compatibility::BackwardTransitive => "BACKWARD_TRANSITIVE",
+            Compatibility::Forward => "FORWARD",
+            Compatibility::ForwardTransitive => "FORWARD_TRANSITIVE",
+            Compatibility::Full => "FULL",
+            Compatibility::FullTransitive => "FULL_TRANSITIVE",
+        }
+    }
+
+    /// New readers must read old data.
+    pub fn backward(self) -> bool {
+        matches!(
+            self,
+            Self::Backward | Self::BackwardTransitive | Self::Full | Self::FullTransitive
+        )
+    }
+
+    /// Old readers must read new data.
+    pub fn forward(self) -> bool {
+        matches!(
+            self,
+            Self::Forward | Self::ForwardTransitive | Self::Full | Self::FullTransitive
+        )
+    }
+
+    /// Checked against every earlier version, not only the latest.
+    pub fn transitive(self) -> bool {
+        matches!(
+            self,
+            Self::BackwardTransitive | Self::ForwardTransitive | Self::FullTransitive
+        )
+    }
+}
+
+impl fmt::Display for Compatibility {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubjectsSpec {
+    #[serde(default)]
+    pub naming: SubjectNaming,
+    #[serde(default = "backward_transitive")]
+    pub default_compatibility: Compatibility,
+    /// Per event type compatibility, e.g. `dev.sluice.events.payments.PaymentSucceeded: FULL_TRANSITIVE`.
+    #[serde(default)]
+    pub compatibility: BTreeMap<String, Compatibility>,
+}
+
+fn backward_transitive() -> Compatibility {
+    Compatibility::BackwardTransitive
+}
+
+impl Default for SubjectsSpec {
+    fn default() -> Self {
+        Self {
+            naming: SubjectNaming::default(),
+            default_compatibility: backward_transitive(),
+            compatibility: BTreeMap::new(),
+        }
+    }
+}
+
+impl SubjectsSpec {
+    pub fn compatibility_of(&self, event_type: &str) -> Compatibility {
+        self.compatibility
+            .get(event_type)
+            .copied()
+            .unwrap_or(self.default_compatibility)
+    }
+}
+
+/// Retry tiers for one consumer: a transient failure moves a record to the next tier's topic,
+/// where it waits `delay`; after `max_attempts` (or a permanent failure) it goes to `dlq_topic`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicySpec {
+    pub name: String,
+    pub tiers: Vec<HumanDuration>,
+    pub max_attempts: u32,
+    pub dlq_topic: String,
+    #[serde(default)]
+    pub ordering: Ordering,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ordering {
+    /// Retried records may be overtaken by later records with the same key.
+    #[default]
+    None,
+    /// Later records with a key that is in the retry path wait behind it.
+    PerKey,
+}
+
+/// A duration written as `250ms`, `5s`, `1m`, `2h` or `7d`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        crate::naming::parse_duration(&text)
+            .map(HumanDuration)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+fn string_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    let raw = BTreeMap::<String, serde_yaml_ng::Value>::deserialize(d)?;
+    raw.into_iter()
+        .map(|(k, v)| {
+            let s = match v {
+                serde_yaml_ng::Value::String(s) => s,
+                serde_yaml_ng::Value::Number(n) => n.to_string(),
+                serde_yaml_ng::Value::Bool(b) => b.to_string(),
+                other => {
+                    return Err(serde::de::Error::custom(format!(
+                        "config `{k}` must be a string, number or boolean, not {other:?}"
+                    )))
+                }
+            };
+            Ok((k, s))
+        })
+        .collect()
+}

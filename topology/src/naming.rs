@@ -1,0 +1,99 @@
+//! The topic naming convention. Every topic sluice manages starts with the topology's
+//! `prefix` (default `sluice`), then says what flows through it:
+//!
+//! | topic | carries |
+//! |---|---|
+//! | `<prefix>.raw.<source>` | verified webhook deliveries, exact request bytes |
+//! | `<prefix>.events.<domain>` | normalized Avro events of one domain |
+//! | `<prefix>.retry.<policy>.<delay>` | records waiting for retry tier `<delay>` of a policy |
+//! | `<prefix>.dlq.<consumer>` | dead letters, with provenance headers |
+//! | `<prefix>.state.<what>` | compacted state (dedup, held keys, sagas) |
+//! | `<prefix>.saga.<saga>.commands` / `.replies` | saga commands and participant replies |
+
+use std::time::Duration;
+
+pub fn raw_topic(prefix: &str, source: &str) -> String {
+    format!("{prefix}.raw.{source}")
+}
+
+pub fn events_topic(prefix: &str, domain: &str) -> String {
+    format!("{prefix}.events.{domain}")
+}
+
+pub fn retry_topic(prefix: &str, policy: &str, delay: Duration) -> String {
+    format!("{prefix}.retry.{policy}.{}", format_duration(delay))
+}
+
+pub fn dlq_topic(prefix: &str, consumer: &str) -> String {
+    format!("{prefix}.dlq.{consumer}")
+}
+
+pub fn state_topic(prefix: &str, what: &str) -> String {
+    format!("{prefix}.state.{what}")
+}
+
+/// `90s` → `90s`, `60s` → `1m`, `3600s` → `1h`: the largest whole unit.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis() as u64;
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+    ] {
+        if ms >= size && ms.is_multiple_of(size) {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
+}
+
+/// Parses `250ms`, `5s`, `1m`, `10m`, `2h`, `7d`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("`{text}` has no unit (use ms, s, m, h or d)"))?;
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{text}` does not start with a whole number"))?;
+    let ms = match unit {
+        "ms" => n,
+        "s" => n * 1_000,
+        "m" => n * 60_000,
+        "h" => n * 3_600_000,
+        "d" => n * 86_400_000,
+        _ => {
+            return Err(format!(
+                "`{text}`: unknown unit `{unit}` (use ms, s, m, h or d)"
+            ))
+        }
+    };
+    Ok(Duration::from_millis(ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_round_trip_in_their_largest_unit() {
+        for (text, canonical) in [
+            ("5s", "5s"),
+            ("60s", "1m"),
+            ("10m", "10m"),
+            ("7d", "7d"),
+            ("250ms", "250ms"),
+            ("90s", "90s"),
+        ] {
+            assert_eq!(format_duration(parse_duration(text).unwrap()), canonical);
+        }
+        assert!(parse_duration("5").unwrap_err().contains("no unit"));
+        assert!(parse_duration("5y").unwrap_err().contains("unknown unit"));
+        assert_eq!(
+            retry_topic("sluice", "normalizer", Duration::from_secs(60)),
+            "sluice.retry.normalizer.1m"
+        );
+    }
+}
