@@ -43,9 +43,31 @@ pub fn to_json(value: &Value) -> Json {
     }
 }
 
+/// Named types of a schema, so types used by name (`Schema::Ref`) are looked up.
+type Names<'s> = std::collections::HashMap<apache_avro::schema::Name, &'s Schema>;
+
+fn names_of(schema: &Schema) -> Names<'_> {
+    apache_avro::schema::ResolvedSchema::try_from(schema)
+        .map(|r| r.get_names().clone())
+        .unwrap_or_default()
+}
+
+fn deref<'s>(schema: &'s Schema, names: &Names<'s>) -> &'s Schema {
+    match schema {
+        Schema::Ref { name } => names.get(name).copied().unwrap_or(schema),
+        other => other,
+    }
+}
+
 /// Like [`to_json`], but uses the schema to print decimals with their scale.
 pub fn to_json_with_schema(value: &Value, schema: &Schema) -> Json {
-    match (value, schema) {
+    let names = names_of(schema);
+    to_json_named(value, schema, &names)
+}
+
+fn to_json_named<'s>(value: &Value, schema: &'s Schema, names: &Names<'s>) -> Json {
+    let to_json_with_schema = |v: &Value, s: &'s Schema| to_json_named(v, s, names);
+    match (value, deref(schema, names)) {
         (Value::Decimal(d), Schema::Decimal(DecimalSchema { scale, .. })) => {
             json!(format_decimal(&BigInt::from(d.clone()), *scale))
         }
@@ -150,7 +172,8 @@ pub struct FieldError {
 /// (`line_items[0].unit_price.amount`). Missing fields take their schema default.
 pub fn from_json(json: &Json, schema: &Schema) -> Result<Value, Vec<FieldError>> {
     let mut errors = Vec::new();
-    let value = convert(json, schema, "", &mut errors);
+    let names = names_of(schema);
+    let value = convert(json, schema, "", &names, &mut errors);
     if errors.is_empty() {
         Ok(value)
     } else {
@@ -158,7 +181,14 @@ pub fn from_json(json: &Json, schema: &Schema) -> Result<Value, Vec<FieldError>>
     }
 }
 
-fn convert(json: &Json, schema: &Schema, path: &str, errors: &mut Vec<FieldError>) -> Value {
+fn convert<'s>(
+    json: &Json,
+    schema: &'s Schema,
+    path: &str,
+    names: &Names<'s>,
+    errors: &mut Vec<FieldError>,
+) -> Value {
+    let schema = deref(schema, names);
     let mut fail = |message: String| {
         errors.push(FieldError {
             field: if path.is_empty() {
@@ -228,7 +258,9 @@ fn convert(json: &Json, schema: &Schema, path: &str, errors: &mut Vec<FieldError
                 items
                     .iter()
                     .enumerate()
-                    .map(|(i, item)| convert(item, &a.items, &format!("{path}[{i}]"), errors))
+                    .map(|(i, item)| {
+                        convert(item, &a.items, &format!("{path}[{i}]"), names, errors)
+                    })
                     .collect(),
             ),
             None => fail("expected array".into()),
@@ -236,7 +268,12 @@ fn convert(json: &Json, schema: &Schema, path: &str, errors: &mut Vec<FieldError
         Schema::Map(m) => match json.as_object() {
             Some(obj) => Value::Map(
                 obj.iter()
-                    .map(|(k, v)| (k.clone(), convert(v, &m.types, &join(path, k), errors)))
+                    .map(|(k, v)| {
+                        (
+                            k.clone(),
+                            convert(v, &m.types, &join(path, k), names, errors),
+                        )
+                    })
                     .collect(),
             ),
             None => fail("expected object".into()),
@@ -252,7 +289,7 @@ fn convert(json: &Json, schema: &Schema, path: &str, errors: &mut Vec<FieldError
                     continue;
                 }
                 let mut branch_errors = Vec::new();
-                let v = convert(json, branch, path, &mut branch_errors);
+                let v = convert(json, branch, path, names, &mut branch_errors);
                 if branch_errors.is_empty() {
                     return Value::Union(i as u32, Box::new(v));
                 }
@@ -277,8 +314,10 @@ fn convert(json: &Json, schema: &Schema, path: &str, errors: &mut Vec<FieldError
                 .map(|f| {
                     let field_path = join(path, &f.name);
                     let v = match (obj.get(&f.name), &f.default) {
-                        (Some(v), _) => convert(v, &f.schema, &field_path, errors),
-                        (None, Some(default)) => convert(default, &f.schema, &field_path, errors),
+                        (Some(v), _) => convert(v, &f.schema, &field_path, names, errors),
+                        (None, Some(default)) => {
+                            convert(default, &f.schema, &field_path, names, errors)
+                        }
                         (None, None) => {
                             errors.push(FieldError {
                                 field: field_path,
@@ -366,6 +405,27 @@ mod tests {
         assert!(fields.contains(&"payment_id"), "{errors:?}");
         let amount = errors.iter().find(|e| e.field == "amount.amount").unwrap();
         assert_eq!(amount.message, "expected decimal string");
+    }
+
+    #[test]
+    fn named_types_used_by_reference_convert_both_ways() {
+        let catalog = crate::Catalog::embedded().unwrap();
+        let entry = catalog
+            .latest("dev.sluice.events.commerce.OrderPlaced")
+            .unwrap();
+        let order = json!({
+            "event_id": "e", "occurred_at": 0, "source": "s", "order_id": "1",
+            "total": {"amount": "2.50", "currency": "EUR"},
+            "line_items": [{"title": "t", "quantity": 1, "unit_price": {"amount": "2.5", "currency": "EUR"}}],
+            "provider": "shopify"
+        });
+        let v = from_json(&order, &entry.schema).unwrap_or_else(|e| panic!("{e:?}"));
+        let back = to_json_with_schema(&v, &entry.schema);
+        assert_eq!(back["line_items"][0]["unit_price"]["amount"], "2.5000");
+        let mut bad = order.clone();
+        bad["line_items"][0]["unit_price"]["amount"] = json!(2.5);
+        let errors = from_json(&bad, &entry.schema).unwrap_err();
+        assert_eq!(errors[0].field, "line_items[0].unit_price.amount");
     }
 
     #[test]

@@ -7,5 +7,9 @@
 
 mod cli;
 mod compose;
+mod interop;
 mod roundtrip;
+mod schemas;
 mod support;
+mod tail;
+mod topology;

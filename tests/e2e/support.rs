@@ -64,3 +64,35 @@ pub async fn require_stack() {
 pub fn unique_topic(prefix: &str) -> String {
     format!("e2e.{prefix}.{}", uuid::Uuid::new_v4().simple())
 }
+
+/// Runs the `sluice` binary with `args`, returning (success, stdout, stderr).
+pub fn sluice(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .output()
+        .expect("run sluice");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs `sluice` off the async runtime, for tests that are `#[tokio::test]`.
+pub async fn sluice_async(args: Vec<String>) -> (bool, String, String) {
+    tokio::task::spawn_blocking(move || {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        sluice(&refs)
+    })
+    .await
+    .expect("sluice task")
+}
+
+/// A scratch file under the system temp dir, unique per call.
+pub fn temp_file(name: &str, contents: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("sluice-e2e-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, contents).unwrap();
+    path
+}
