@@ -11,6 +11,7 @@ use std::fmt;
 use std::sync::{Arc, RwLock};
 
 use apache_avro::reader::datum::GenericDatumReader;
+use apache_avro::schema::{Name, ResolvedSchema};
 use apache_avro::types::Value;
 use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::Schema;
@@ -83,6 +84,8 @@ pub enum CodecError {
         reader: String,
         reason: String,
     },
+    #[error("reader schema {reader} is not usable: {reason}")]
+    InvalidReaderSchema { reader: String, reason: String },
     #[error("cannot encode value with schema id {id}: {reason}")]
     Encode { id: u32, reason: String },
 }
@@ -102,10 +105,95 @@ pub struct Decoded {
     pub value: Value,
 }
 
+/// A schema to resolve decoded data into, with its named types indexed once rather than on
+/// every record. Build one per event type and version a consumer reads, and reuse it.
+#[derive(Clone)]
+pub struct ReaderSchema {
+    inner: Arc<(Schema, HashMap<Name, Schema>)>,
+    /// Writer ids whose schema is this one exactly, so resolution can be skipped, as
+    /// Confluent's deserializers do.
+    same_as_writer: Arc<RwLock<HashMap<u32, bool>>>,
+    name: Arc<str>,
+    /// Decimals shorter than this may be refused by apache-avro's resolver (see [`resolve`]).
+    min_decimal_len: usize,
+}
+
+impl fmt::Debug for ReaderSchema {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ReaderSchema({})", self.name)
+    }
+}
+
+impl ReaderSchema {
+    pub fn new(schema: Schema) -> Result<Self, CodecError> {
+        let name = schema_name(&schema);
+        let names: HashMap<Name, Schema> = ResolvedSchema::try_from(&schema)
+            .map_err(|e| CodecError::InvalidReaderSchema {
+                reader: name.clone(),
+                reason: e.to_string(),
+            })?
+            .get_names()
+            .iter()
+            .map(|(k, v)| (k.clone(), (*v).clone()))
+            .collect();
+        let precision = std::iter::once(&schema)
+            .chain(names.values())
+            .map(max_decimal_precision)
+            .max()
+            .unwrap_or(0);
+        Ok(Self {
+            inner: Arc::new((schema, names)),
+            same_as_writer: Arc::default(),
+            name: name.into(),
+            min_decimal_len: crate::json::bytes_for_precision(precision),
+        })
+    }
+
+    pub fn schema(&self) -> &Schema {
+        &self.inner.0
+    }
+
+    /// Whether data written with writer `id` already has this exact shape.
+    fn is_same_as(&self, id: u32, writer: &Schema) -> bool {
+        if let Some(same) = self.same_as_writer.read().expect("reader cache").get(&id) {
+            return *same;
+        }
+        let same = writer.canonical_form() == self.schema().canonical_form();
+        self.same_as_writer
+            .write()
+            .expect("reader cache")
+            .insert(id, same);
+        same
+    }
+
+    /// Avro schema resolution of `value` into this schema. Tries apache-avro's resolver first
+    /// and falls back to [`resolve`]'s decimal widening when a writer used minimal-width
+    /// decimals.
+    fn resolve(&self, value: Value) -> apache_avro::AvroResult<Value> {
+        let names = &self.inner.1;
+        if has_short_decimal(&value, self.min_decimal_len) {
+            let widened = map_decimals(value, widen)?;
+            map_decimals(widened.resolve_with_names(self.schema(), names)?, shrink)
+        } else {
+            value.resolve_with_names(self.schema(), names)
+        }
+    }
+}
+
+/// A writer schema and a datum reader over it, built once per schema id.
+///
+/// apache-avro's reader borrows its schema, so both are given a `'static` lifetime by leaking
+/// them: the cache never evicts, and the number of writer schemas a process meets is bounded
+/// by the registry's ids, so this is the cache's memory, not a leak that grows per record.
+struct Writer {
+    schema: Arc<Schema>,
+    reader: &'static GenericDatumReader<'static>,
+}
+
 #[derive(Clone)]
 pub struct AvroCodec {
     registry: RegistryClient,
-    writers: Arc<RwLock<HashMap<u32, Arc<Schema>>>>,
+    writers: Arc<RwLock<HashMap<u32, Arc<Writer>>>>,
 }
 
 impl fmt::Debug for AvroCodec {
@@ -145,13 +233,7 @@ impl AvroCodec {
         payload: &[u8],
         location: &RecordLocation,
     ) -> Result<Decoded, CodecError> {
-        let (id, body) = split_header(payload, location)?;
-        let writer = self.writer_schema(id, location).await?;
-        let value = read_datum(&writer, body, id, location)?;
-        Ok(Decoded {
-            schema_id: id,
-            value,
-        })
+        self.decode_inner(payload, None, location).await
     }
 
     /// Decodes a wire-format payload and resolves it against `reader` (Avro schema
@@ -159,20 +241,92 @@ impl AvroCodec {
     pub async fn decode_as(
         &self,
         payload: &[u8],
-        reader: &Schema,
+        reader: &ReaderSchema,
         location: &RecordLocation,
     ) -> Result<Decoded, CodecError> {
-        let decoded = self.decode(payload, location).await?;
-        let value = resolve(decoded.value, reader).map_err(|e| CodecError::Resolve {
+        self.decode_inner(payload, Some(reader), location).await
+    }
+
+    async fn decode_inner(
+        &self,
+        payload: &[u8],
+        reader: Option<&ReaderSchema>,
+        location: &RecordLocation,
+    ) -> Result<Decoded, CodecError> {
+        if let Some(decoded) = self.decode_cached(payload, reader, location)? {
+            return Ok(decoded);
+        }
+        let (id, _) = split_header(payload, location)?;
+        self.writer_schema(id, location).await?;
+        Ok(self
+            .decode_cached(payload, reader, location)?
+            .expect("writer schema was just cached"))
+    }
+
+    /// The synchronous hot path: decodes (and resolves against `reader`, when given) if the
+    /// writer schema is already cached; `Ok(None)` means it must be fetched first.
+    pub fn decode_cached(
+        &self,
+        payload: &[u8],
+        reader: Option<&ReaderSchema>,
+        location: &RecordLocation,
+    ) -> Result<Option<Decoded>, CodecError> {
+        let (id, mut body) = split_header(payload, location)?;
+        let Some(writer) = self.writers.read().expect("schema cache").get(&id).cloned() else {
+            return Ok(None);
+        };
+        let decode_error = |reason: String| CodecError::Decode {
             location: location.clone(),
-            id: decoded.schema_id,
-            reader: schema_name(reader),
-            reason: e.to_string(),
-        })?;
-        Ok(Decoded {
-            schema_id: decoded.schema_id,
+            id,
+            reason,
+        };
+        let value = writer
+            .reader
+            .read_value(&mut body)
+            .map_err(|e| decode_error(e.to_string()))?;
+        if !body.is_empty() {
+            return Err(decode_error(format!(
+                "{} bytes left over after the datum",
+                body.len()
+            )));
+        }
+        let value = match reader {
+            Some(reader) if reader.is_same_as(id, &writer.schema) => value,
+            Some(reader) => reader.resolve(value).map_err(|e| CodecError::Resolve {
+                location: location.clone(),
+                id,
+                reader: reader.name.to_string(),
+                reason: e.to_string(),
+            })?,
+            None => value,
+        };
+        Ok(Some(Decoded {
+            schema_id: id,
             value,
-        })
+        }))
+    }
+
+    /// Puts a schema known from deploy-time registration into the cache, so the first
+    /// record with that id needs no registry round trip.
+    pub fn preload(&self, id: u32, schema: Schema) -> Result<Arc<Schema>, CodecError> {
+        let schema_static: &'static Schema = Box::leak(Box::new(schema.clone()));
+        let reader = GenericDatumReader::builder(schema_static)
+            .build()
+            .map_err(|e| CodecError::InvalidWriterSchema {
+                location: RecordLocation::default(),
+                id,
+                reason: e.to_string(),
+            })?;
+        let writer = Arc::new(Writer {
+            schema: Arc::new(schema),
+            reader: Box::leak(Box::new(reader)),
+        });
+        let schema = writer.schema.clone();
+        self.writers
+            .write()
+            .expect("schema cache")
+            .insert(id, writer);
+        Ok(schema)
     }
 
     /// The writer schema for `id`, from the cache or (once) from the registry.
@@ -181,8 +335,8 @@ impl AvroCodec {
         id: u32,
         location: &RecordLocation,
     ) -> Result<Arc<Schema>, CodecError> {
-        if let Some(s) = self.writers.read().expect("schema cache").get(&id) {
-            return Ok(s.clone());
+        if let Some(w) = self.writers.read().expect("schema cache").get(&id) {
+            return Ok(w.schema.clone());
         }
         let registered =
             self.registry
@@ -193,18 +347,20 @@ impl AvroCodec {
                     id,
                     source,
                 })?;
-        let schema = Arc::new(Schema::parse_str(&registered.schema).map_err(|e| {
-            CodecError::InvalidWriterSchema {
+        let schema =
+            Schema::parse_str(&registered.schema).map_err(|e| CodecError::InvalidWriterSchema {
                 location: location.clone(),
                 id,
                 reason: e.to_string(),
-            }
-        })?);
-        self.writers
-            .write()
-            .expect("schema cache")
-            .insert(id, schema.clone());
-        Ok(schema)
+            })?;
+        self.preload(id, schema).map_err(|e| match e {
+            CodecError::InvalidWriterSchema { id, reason, .. } => CodecError::InvalidWriterSchema {
+                location: location.clone(),
+                id,
+                reason,
+            },
+            other => other,
+        })
     }
 
     /// Number of writer schemas held; lets tests prove the registry is hit once per id.
@@ -252,32 +408,6 @@ pub fn split_header<'a>(
     }
     let id = u32::from_be_bytes(payload[1..HEADER_LEN].try_into().expect("4 bytes"));
     Ok((id, &payload[HEADER_LEN..]))
-}
-
-fn read_datum(
-    writer: &Schema,
-    mut body: &[u8],
-    id: u32,
-    location: &RecordLocation,
-) -> Result<Value, CodecError> {
-    let decode_error = |reason: String| CodecError::Decode {
-        location: location.clone(),
-        id,
-        reason,
-    };
-    let reader = GenericDatumReader::builder(writer)
-        .build()
-        .map_err(|e| decode_error(e.to_string()))?;
-    let value = reader
-        .read_value(&mut body)
-        .map_err(|e| decode_error(e.to_string()))?;
-    if !body.is_empty() {
-        return Err(decode_error(format!(
-            "{} bytes left over after the datum",
-            body.len()
-        )));
-    }
-    Ok(value)
 }
 
 /// Avro schema resolution that tolerates minimal-width decimals.
@@ -338,6 +468,40 @@ fn map_decimals(value: Value, f: fn(Vec<u8>) -> Vec<u8>) -> apache_avro::AvroRes
     })
 }
 
+fn max_decimal_precision(schema: &Schema) -> usize {
+    match schema {
+        Schema::Decimal(d) => d.precision,
+        Schema::Record(r) => r
+            .fields
+            .iter()
+            .map(|f| max_decimal_precision(&f.schema))
+            .max()
+            .unwrap_or(0),
+        Schema::Array(a) => max_decimal_precision(&a.items),
+        Schema::Map(m) => max_decimal_precision(&m.types),
+        Schema::Union(u) => u
+            .variants()
+            .iter()
+            .map(max_decimal_precision)
+            .max()
+            .unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Whether `value` holds a decimal narrower than `min_len` bytes.
+fn has_short_decimal(value: &Value, min_len: usize) -> bool {
+    match value {
+        // apache-avro exposes a decimal's width only through a copy of its bytes.
+        Value::Decimal(d) => Vec::<u8>::try_from(d).map_or(true, |b| b.len() < min_len),
+        Value::Union(_, inner) => has_short_decimal(inner, min_len),
+        Value::Record(fields) => fields.iter().any(|(_, v)| has_short_decimal(v, min_len)),
+        Value::Array(items) => items.iter().any(|v| has_short_decimal(v, min_len)),
+        Value::Map(m) => m.values().any(|v| has_short_decimal(v, min_len)),
+        _ => false,
+    }
+}
+
 fn schema_name(schema: &Schema) -> String {
     match schema {
         Schema::Record(r) => r.name.fullname(None),
@@ -348,6 +512,11 @@ fn schema_name(schema: &Schema) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A codec whose registry is never called: every schema is preloaded.
+    fn offline_codec() -> AvroCodec {
+        AvroCodec::new(RegistryClient::new(&Default::default()).unwrap())
+    }
 
     const SCHEMA: &str =
         r#"{"type":"record","name":"Ping","namespace":"t","fields":[{"name":"n","type":"long"}]}"#;
@@ -368,10 +537,21 @@ mod tests {
         let value = Value::Record(vec![("n".into(), Value::Long(300))]);
         let bytes = encode_with(0x01020304, &schema, value.clone()).unwrap();
         assert_eq!(&bytes[..5], &[0, 1, 2, 3, 4]);
-        let (id, body) = split_header(&bytes, &RecordLocation::default()).unwrap();
+        let (id, _) = split_header(&bytes, &RecordLocation::default()).unwrap();
         assert_eq!(id, 0x01020304);
+        let codec = offline_codec();
+        let at = RecordLocation::default();
+        assert!(
+            codec.decode_cached(&bytes, None, &at).unwrap().is_none(),
+            "not cached yet"
+        );
+        codec.preload(id, schema).unwrap();
         assert_eq!(
-            read_datum(&schema, body, id, &RecordLocation::default()).unwrap(),
+            codec
+                .decode_cached(&bytes, None, &at)
+                .unwrap()
+                .unwrap()
+                .value,
             value
         );
     }
@@ -400,15 +580,21 @@ mod tests {
             written.clone().resolve(&v2).is_err(),
             "apache-avro alone rejects this"
         );
-        let resolved = resolve(written, &v2).unwrap();
+        let resolved = resolve(written.clone(), &v2).unwrap();
         let json = crate::json::to_json_with_schema(&resolved, &v2);
         assert_eq!(json, serde_json::json!({"amount": "-1.00", "note": null}));
+        let reader = ReaderSchema::new(v2.clone()).unwrap();
+        assert_eq!(reader.resolve(written).unwrap(), resolved);
     }
 
     #[test]
     fn trailing_bytes_are_a_decode_error() {
         let schema = Schema::parse_str(SCHEMA).unwrap();
-        let err = read_datum(&schema, &[2, 9], 1, &RecordLocation::default()).unwrap_err();
+        let codec = offline_codec();
+        codec.preload(1, schema).unwrap();
+        let err = codec
+            .decode_cached(&[0, 0, 0, 0, 1, 2, 9], None, &RecordLocation::default())
+            .unwrap_err();
         assert!(matches!(err, CodecError::Decode { .. }), "{err}");
     }
 }

@@ -158,7 +158,10 @@ pub fn parse_decimal(text: &str, precision: usize, scale: usize) -> Result<Decim
     if negative {
         unscaled = -unscaled;
     }
-    Ok(Decimal::from(unscaled.to_signed_bytes_be()))
+    Ok(Decimal::from(sign_extend(
+        unscaled.to_signed_bytes_be(),
+        bytes_for_precision(precision),
+    )))
 }
 
 /// A JSON value that does not fit the schema, with the dotted path of the field.
@@ -343,6 +346,29 @@ fn join(path: &str, key: &str) -> String {
     }
 }
 
+/// Bytes needed to hold any unscaled value of `precision` digits, as Avro's Java
+/// implementation sizes them. Writing that width (rather than the minimal one) lets readers
+/// that check the width against the precision, such as apache-avro's resolver, accept it.
+pub fn bytes_for_precision(precision: usize) -> usize {
+    (1..=64)
+        .find(|n| ((8 * n - 1) as f64 * std::f64::consts::LOG10_2).floor() as usize >= precision)
+        .unwrap_or(64)
+}
+
+fn sign_extend(bytes: Vec<u8>, width: usize) -> Vec<u8> {
+    if bytes.len() >= width {
+        return bytes;
+    }
+    let fill = if bytes.first().is_some_and(|b| b & 0x80 != 0) {
+        0xff
+    } else {
+        0x00
+    };
+    let mut out = vec![fill; width - bytes.len()];
+    out.extend(bytes);
+    out
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -426,6 +452,16 @@ mod tests {
         bad["line_items"][0]["unit_price"]["amount"] = json!(2.5);
         let errors = from_json(&bad, &entry.schema).unwrap_err();
         assert_eq!(errors[0].field, "line_items[0].unit_price.amount");
+    }
+
+    #[test]
+    fn decimals_are_written_at_the_width_their_precision_needs() {
+        assert_eq!(bytes_for_precision(20), 9);
+        assert_eq!(bytes_for_precision(9), 4);
+        let d = parse_decimal("-0.01", 20, 4).unwrap();
+        let bytes: Vec<u8> = Vec::try_from(d).unwrap();
+        assert_eq!(bytes.len(), 9);
+        assert_eq!(BigInt::from_signed_bytes_be(&bytes), BigInt::from(-100));
     }
 
     #[test]

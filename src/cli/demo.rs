@@ -11,7 +11,7 @@ use rdkafka::producer::FutureRecord;
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_runtime::kafka::{create_topic_if_missing, KafkaClients};
 use sluice_runtime::SluiceConfig;
-use sluice_schemas::codec::encode_with;
+use sluice_schemas::codec::{encode_with, ReaderSchema};
 use sluice_schemas::json::{from_json, to_json_with_schema};
 use sluice_schemas::metadata::EventMetadata;
 use sluice_schemas::{AvroCodec, Catalog, RecordLocation, RegistryClient};
@@ -132,7 +132,8 @@ async fn roundtrip(config: &SluiceConfig, topic: &str) -> anyhow::Result<ExitCod
 
     let codec = AvroCodec::new(registry);
     let location = RecordLocation::new(topic, delivered.partition, delivered.offset);
-    let decoded = codec.decode_as(&bytes, &entry.schema, &location).await?;
+    let reader = ReaderSchema::new(entry.schema.clone())?;
+    let decoded = codec.decode_as(&bytes, &reader, &location).await?;
     let json = to_json_with_schema(&decoded.value, &entry.schema);
     println!(
         "consumed  {location} decoded with writer schema id {}",

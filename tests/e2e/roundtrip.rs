@@ -7,7 +7,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use sluice_runtime::kafka::create_topic_if_missing;
-use sluice_schemas::codec::{encode_with, CodecError};
+use sluice_schemas::codec::{encode_with, CodecError, ReaderSchema};
 use sluice_schemas::json::{from_json, to_json_with_schema};
 use sluice_schemas::metadata::EventMetadata;
 use sluice_schemas::{AvroCodec, Catalog, RecordLocation, RegistryClient};
@@ -91,7 +91,11 @@ async fn avro_event_round_trips_through_registry_and_broker() {
     let codec = AvroCodec::new(registry);
     let location = RecordLocation::new(&topic, msg.partition(), msg.offset());
     let decoded = codec
-        .decode_as(msg.payload().unwrap(), &entry.schema, &location)
+        .decode_as(
+            msg.payload().unwrap(),
+            &ReaderSchema::new(entry.schema.clone()).unwrap(),
+            &location,
+        )
         .await
         .unwrap();
     assert_eq!(decoded.schema_id, id);
@@ -141,12 +145,26 @@ async fn reader_on_v1_decodes_data_written_with_v2() {
     let at = RecordLocation::default();
 
     // Forward: an old reader drops the new field.
-    let as_v1 = codec.decode_as(&new_bytes, &v1.schema, &at).await.unwrap();
+    let as_v1 = codec
+        .decode_as(
+            &new_bytes,
+            &ReaderSchema::new(v1.schema.clone()).unwrap(),
+            &at,
+        )
+        .await
+        .unwrap();
     let json = to_json_with_schema(&as_v1.value, &v1.schema);
     assert_eq!(json["amount"]["amount"], "-0.0100");
     assert!(json.get("statement_descriptor").is_none());
     // Backward: a new reader fills the default.
-    let as_v2 = codec.decode_as(&old_bytes, &v2.schema, &at).await.unwrap();
+    let as_v2 = codec
+        .decode_as(
+            &old_bytes,
+            &ReaderSchema::new(v2.schema.clone()).unwrap(),
+            &at,
+        )
+        .await
+        .unwrap();
     assert_eq!(
         to_json_with_schema(&as_v2.value, &v2.schema)["statement_descriptor"],
         serde_json::Value::Null
