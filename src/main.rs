@@ -31,9 +31,17 @@ enum Command {
     Topology(cli::topology::TopologyCommand),
     /// Print a topic's records as JSON lines, decoded through the registry.
     Tail(cli::tail::TailArgs),
+    /// Serve webhook ingestion (`POST /webhooks/{source}`) and the publish API
+    /// (`POST /v1/events/{event_type}`) until SIGTERM/SIGINT.
+    Gateway(cli::gateway::GatewayArgs),
     /// Demonstrations against the running stack.
     #[command(subcommand)]
     Demo(cli::demo::DemoCommand),
+    /// Run the normalizer: raw deliveries to canonical Avro events, with retry tiers and DLQ.
+    Normalize(cli::normalize::NormalizeArgs),
+    /// Inspect, replay and purge dead-letter topics.
+    #[command(subcommand)]
+    Dlq(cli::dlq::DlqCommand),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +72,9 @@ fn main() -> ExitCode {
             Command::Topology(cmd) => cli::topology::run(&config, cmd).await,
             Command::Tail(args) => cli::tail::run(&config, args).await,
             Command::Demo(cmd) => cli::demo::run(&config, cmd).await,
+            Command::Gateway(args) => cli::gateway::run(&config, args).await,
+            Command::Normalize(args) => cli::normalize::run(&config, args).await,
+            Command::Dlq(cmd) => cli::dlq::run(&config, cmd).await,
         }
     });
     match result {

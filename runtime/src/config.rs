@@ -38,6 +38,7 @@ pub struct SluiceConfig {
     pub registry: RegistryConfig,
     pub admin: AdminConfig,
     pub telemetry: TelemetryConfig,
+    pub gateway: GatewayConfig,
     /// Path of the topology file (topics, sources, retry tiers, sagas).
     pub topology: Option<PathBuf>,
 }
@@ -144,6 +145,47 @@ impl Default for TelemetryConfig {
             service_name: "sluice".into(),
         }
     }
+}
+
+/// The HTTP gateway (`sluice gateway`): webhook ingestion and the publish API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Address the gateway binds, e.g. `0.0.0.0:8080`.
+    pub listen: String,
+    /// How long a request waits for Kafka's delivery report before answering 503; also the
+    /// producer's `message.timeout.ms`, so a record that was refused is not left in flight.
+    pub produce_timeout_ms: u64,
+    /// How long a publish `Idempotency-Key` is remembered (per gateway instance).
+    pub idempotency_window_secs: u64,
+    /// Most idempotency keys remembered at once; the oldest are forgotten first.
+    pub idempotency_max_keys: usize,
+    /// Bearer tokens accepted by `POST /v1/events/{event_type}`.
+    pub publish_tokens: Vec<PublishToken>,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            produce_timeout_ms: 5_000,
+            idempotency_window_secs: 86_400,
+            idempotency_max_keys: 100_000,
+            publish_tokens: Vec::new(),
+        }
+    }
+}
+
+/// One publisher's credential and what it may publish.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishToken {
+    /// Names the publisher in logs and in the default event `source`
+    /// (`sluice://publishers/<name>`); not secret.
+    pub name: String,
+    pub token: SecretRef,
+    /// Full event type names this token may publish; `"*"` allows every routed type.
+    pub event_types: Vec<String>,
 }
 
 /// Where a secret comes from, written `{env: NAME}` or `{file: PATH}`. Secrets are never
@@ -360,6 +402,42 @@ mod tests {
         let missing = SecretRef::Env("SLUICE_TEST_SECRET_MISSING".into());
         let err = missing.resolve().unwrap_err().to_string();
         assert!(err.contains("SLUICE_TEST_SECRET_MISSING"), "{err}");
+    }
+
+    #[test]
+    fn gateway_section_has_defaults_and_reads_tokens() {
+        let c = SluiceConfig::from_yaml_with_env("t", "", &[]).unwrap();
+        assert_eq!(c.gateway.listen, "127.0.0.1:8080");
+        assert_eq!(c.gateway.produce_timeout_ms, 5_000);
+        assert_eq!(c.gateway.idempotency_window_secs, 86_400);
+        assert!(c.gateway.publish_tokens.is_empty());
+
+        let yaml = "gateway:\n  produce_timeout_ms: 2000\n  publish_tokens:\n    - name: billing\n      token: {env: BILLING_TOKEN}\n      event_types: ['*']\n";
+        let c = SluiceConfig::from_yaml_with_env(
+            "t",
+            yaml,
+            &env(&[("SLUICE_GATEWAY__LISTEN", "127.0.0.1:0")]),
+        )
+        .unwrap();
+        assert_eq!(c.gateway.listen, "127.0.0.1:0");
+        assert_eq!(c.gateway.produce_timeout_ms, 2000);
+        let t = &c.gateway.publish_tokens[0];
+        assert_eq!(t.name, "billing");
+        assert_eq!(t.token, SecretRef::Env("BILLING_TOKEN".into()));
+        assert_eq!(t.event_types, vec!["*".to_string()]);
+
+        let err = SluiceConfig::from_yaml_with_env("t", "gateway:\n  listn: x\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `listn`"), "{err}");
+        let err = SluiceConfig::from_yaml_with_env(
+            "t",
+            "gateway:\n  publish_tokens:\n    - {name: a, token: {env: A}, event_types: [], scope: x}\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("unknown field `scope`"), "{err}");
     }
 
     #[test]

@@ -18,6 +18,22 @@ pub const SPECVERSION: &str = "1.0";
 /// Content type of Confluent wire-format Avro values.
 pub const AVRO_CONTENT_TYPE: &str = "application/avro";
 
+/// Headers of a raw webhook delivery as the gateway writes it and the normalizer reads it.
+/// The value is the exact request body.
+pub mod raw {
+    /// Configured source instance (`stripe`, `github-main`).
+    pub const SOURCE: &str = "sluice_source";
+    /// Provider type (`stripe`, `standard_webhooks`, …).
+    pub const PROVIDER: &str = "sluice_provider";
+    pub const DELIVERY_ID: &str = "sluice_delivery_id";
+    /// The provider's event name, when known.
+    pub const EVENT_TYPE: &str = "sluice_event_type";
+    /// RFC 3339 UTC with milliseconds.
+    pub const RECEIVED_AT: &str = "sluice_received_at";
+    /// Prefix of the safe copies of original request headers.
+    pub const ORIGINAL_HEADER_PREFIX: &str = "sluice_h_";
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventMetadata {
     pub id: String,

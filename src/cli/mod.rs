@@ -2,7 +2,10 @@
 //! the work, these modules print.
 
 pub mod demo;
+pub mod dlq;
 pub mod doctor;
+pub mod gateway;
+pub mod normalize;
 pub mod schemas;
 pub mod tail;
 pub mod topology;

@@ -7,7 +7,11 @@
 
 mod cli;
 mod compose;
+mod gateway;
 mod interop;
+mod normalizer;
+mod publish;
+mod retry;
 mod roundtrip;
 mod schemas;
 mod support;

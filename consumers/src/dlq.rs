@@ -1,0 +1,507 @@
+//! Dead-letter topic tooling for operators: scan, inspect, replay and purge.
+//!
+//! Replay is idempotent per DLQ record: each replayed copy and a marker naming its DLQ
+//! position (`<topic>/<partition>@<offset>`) are written in one Kafka transaction, and the
+//! markers live in a compacted topic. A replay that is interrupted and run again skips every
+//! record it already sent, whatever filters either run used.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use rdkafka::admin::AdminOptions;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use sluice_runtime::kafka::KafkaClients;
+
+use crate::runtime::headers as h;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DlqError {
+    #[error(transparent)]
+    Client(#[from] sluice_runtime::kafka::ClientError),
+    #[error(transparent)]
+    Config(#[from] sluice_runtime::ConfigError),
+    #[error("{what}: {source}")]
+    Kafka { what: String, source: KafkaError },
+    #[error("topic `{0}` does not exist")]
+    NoSuchTopic(String),
+    #[error("no record at {topic}/{partition}@{offset}")]
+    NoSuchRecord {
+        topic: String,
+        partition: i32,
+        offset: i64,
+    },
+    #[error(
+        "{topic}/{partition}@{offset} has no `{}` header and no --to was given",
+        h::ORIGINAL_TOPIC
+    )]
+    NoDestination {
+        topic: String,
+        partition: i32,
+        offset: i64,
+    },
+}
+
+fn kafka(what: impl Into<String>) -> impl FnOnce(KafkaError) -> DlqError {
+    let what = what.into();
+    move |source| DlqError::Kafka { what, source }
+}
+
+/// One dead letter with its provenance decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp_ms: Option<i64>,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl DeadLetter {
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    fn text(&self, name: &str) -> Option<String> {
+        self.header(name)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+
+    pub fn original_topic(&self) -> Option<String> {
+        self.text(h::ORIGINAL_TOPIC)
+    }
+
+    pub fn original_partition(&self) -> Option<i32> {
+        self.header(h::ORIGINAL_PARTITION).and_then(h::read_int)
+    }
+
+    pub fn original_offset(&self) -> Option<i64> {
+        self.header(h::ORIGINAL_OFFSET).and_then(h::read_long)
+    }
+
+    pub fn error_class(&self) -> String {
+        self.text(h::EXCEPTION_FQCN)
+            .unwrap_or_else(|| "unknown".into())
+    }
+
+    pub fn error_message(&self) -> String {
+        self.text(h::EXCEPTION_MESSAGE).unwrap_or_default()
+    }
+
+    pub fn attempts(&self) -> Option<u32> {
+        self.text(h::ATTEMPTS)?.parse().ok()
+    }
+
+    /// `topic/partition@offset`, the identity replay markers use.
+    pub fn position(&self) -> String {
+        format!("{}/{}@{}", self.topic, self.partition, self.offset)
+    }
+
+    /// Headers shown to an operator: provenance integers decoded, the rest as text.
+    pub fn readable_headers(&self) -> Vec<(String, String)> {
+        self.headers
+            .iter()
+            .map(|(k, v)| {
+                let text = match k.as_str() {
+                    h::ORIGINAL_PARTITION => h::read_int(v).map(|i| i.to_string()),
+                    h::ORIGINAL_OFFSET | h::ORIGINAL_TIMESTAMP => {
+                        h::read_long(v).map(|i| i.to_string())
+                    }
+                    _ => None,
+                }
+                .unwrap_or_else(|| String::from_utf8_lossy(v).into_owned());
+                (k.clone(), text)
+            })
+            .collect()
+    }
+}
+
+/// Which dead letters a replay takes.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub error_class: Option<String>,
+    /// Only records dead-lettered at or after this time (epoch ms).
+    pub since_ms: Option<i64>,
+}
+
+impl Filter {
+    pub fn matches(&self, d: &DeadLetter) -> bool {
+        self.error_class
+            .as_ref()
+            .is_none_or(|c| &d.error_class() == c)
+            && self
+                .since_ms
+                .is_none_or(|since| d.timestamp_ms.is_some_and(|t| t >= since))
+    }
+}
+
+fn reader(clients: &KafkaClients) -> Result<BaseConsumer, DlqError> {
+    clients
+        .consumer_config("dlq", "sluice-dlq-tool")?
+        .set("enable.partition.eof", "true")
+        .create()
+        .map_err(kafka("creating a consumer"))
+}
+
+fn partitions(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>, DlqError> {
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(kafka(format!("reading metadata of {topic}")))?;
+    let t = md
+        .topics()
+        .first()
+        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+        .ok_or_else(|| DlqError::NoSuchTopic(topic.to_string()))?;
+    Ok(t.partitions().iter().map(|p| p.id()).collect())
+}
+
+/// Reads every record of `topic` present now (committed records only). Blocking.
+pub fn scan(clients: &KafkaClients, topic: &str) -> Result<Vec<DeadLetter>, DlqError> {
+    let consumer = reader(clients)?;
+    let mut tpl = TopicPartitionList::new();
+    let mut remaining = 0;
+    for p in partitions(&consumer, topic)? {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .map_err(kafka("reading watermarks"))?;
+        if high > low {
+            tpl.add_partition_offset(topic, p, Offset::Offset(low))
+                .map_err(kafka("assigning"))?;
+            remaining += 1;
+        }
+    }
+    let mut out = Vec::new();
+    if remaining == 0 {
+        return Ok(out);
+    }
+    consumer.assign(&tpl).map_err(kafka("assigning"))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while remaining > 0 && std::time::Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) => out.push(DeadLetter {
+                topic: m.topic().to_string(),
+                partition: m.partition(),
+                offset: m.offset(),
+                timestamp_ms: m.timestamp().to_millis(),
+                key: m.key().map(<[u8]>::to_vec),
+                value: m.payload().map(<[u8]>::to_vec),
+                headers: m
+                    .headers()
+                    .map(|hs| {
+                        hs.iter()
+                            .map(|x| (x.key.to_string(), x.value.unwrap_or_default().to_vec()))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            }),
+            Some(Err(KafkaError::PartitionEOF(_))) => remaining -= 1,
+            Some(Err(e)) => return Err(kafka("reading")(e)),
+            None => {}
+        }
+    }
+    out.sort_by_key(|d| (d.partition, d.offset));
+    Ok(out)
+}
+
+/// One record, by position. Blocking.
+pub fn fetch(
+    clients: &KafkaClients,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> Result<DeadLetter, DlqError> {
+    let consumer = reader(clients)?;
+    if !partitions(&consumer, topic)?.contains(&partition) {
+        return Err(DlqError::NoSuchRecord {
+            topic: topic.into(),
+            partition,
+            offset,
+        });
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(offset))
+        .map_err(kafka("assigning"))?;
+    consumer.assign(&tpl).map_err(kafka("assigning"))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while std::time::Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) if m.offset() == offset => {
+                return Ok(DeadLetter {
+                    topic: topic.into(),
+                    partition,
+                    offset,
+                    timestamp_ms: m.timestamp().to_millis(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    value: m.payload().map(<[u8]>::to_vec),
+                    headers: m
+                        .headers()
+                        .map(|hs| {
+                            hs.iter()
+                                .map(|x| (x.key.to_string(), x.value.unwrap_or_default().to_vec()))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                })
+            }
+            Some(Ok(_)) | Some(Err(KafkaError::PartitionEOF(_))) => break,
+            Some(Err(e)) => return Err(kafka("reading")(e)),
+            None => {}
+        }
+    }
+    Err(DlqError::NoSuchRecord {
+        topic: topic.into(),
+        partition,
+        offset,
+    })
+}
+
+/// Counts and one sample position per group.
+pub fn group_by(
+    records: &[DeadLetter],
+    by_original_topic: bool,
+) -> BTreeMap<String, (usize, String)> {
+    let mut groups: BTreeMap<String, (usize, String)> = BTreeMap::new();
+    for d in records {
+        let key = if by_original_topic {
+            d.original_topic().unwrap_or_else(|| "(unknown)".into())
+        } else {
+            d.error_class()
+        };
+        let e = groups.entry(key).or_insert((0, d.position()));
+        e.0 += 1;
+    }
+    groups
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplayReport {
+    pub replayed: usize,
+    pub already_replayed: usize,
+    pub filtered_out: usize,
+}
+
+/// Positions already replayed, from the marker topic. Blocking.
+pub fn replayed_positions(
+    clients: &KafkaClients,
+    marker_topic: &str,
+) -> Result<HashSet<String>, DlqError> {
+    Ok(scan(clients, marker_topic)?
+        .into_iter()
+        .filter(|m| m.value.is_some())
+        .filter_map(|m| m.key.map(|k| String::from_utf8_lossy(&k).into_owned()))
+        .collect())
+}
+
+/// Replays the matching dead letters of `topic` to their original topic (or `to`), each at
+/// most once across runs. `progress` is called after every record with (done, total).
+pub async fn replay(
+    clients: &KafkaClients,
+    topic: &str,
+    marker_topic: &str,
+    filter: &Filter,
+    to: Option<&str>,
+    dry_run: bool,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<ReplayReport, DlqError> {
+    let (c, t, m) = (clients.clone(), topic.to_string(), marker_topic.to_string());
+    let (records, done) = tokio::task::spawn_blocking(move || -> Result<_, DlqError> {
+        Ok((scan(&c, &t)?, replayed_positions(&c, &m)?))
+    })
+    .await
+    .expect("scan task")?;
+    let mut report = ReplayReport::default();
+    let mut todo = Vec::new();
+    for d in records {
+        if !filter.matches(&d) {
+            report.filtered_out += 1;
+        } else if done.contains(&d.position()) {
+            report.already_replayed += 1;
+        } else {
+            let dest = match to {
+                Some(t) => t.to_string(),
+                None => d.original_topic().ok_or_else(|| DlqError::NoDestination {
+                    topic: d.topic.clone(),
+                    partition: d.partition,
+                    offset: d.offset,
+                })?,
+            };
+            todo.push((d, dest));
+        }
+    }
+    if dry_run {
+        report.replayed = todo.len();
+        return Ok(report);
+    }
+    let producer: FutureProducer = clients
+        .transactional_producer_config("dlq-replay", &format!("dlq-replay-{topic}"))?
+        .create()
+        .map_err(kafka("creating the replay producer"))?;
+    let p = producer.clone();
+    tokio::task::block_in_place(|| p.init_transactions(Duration::from_secs(30)))
+        .map_err(kafka("initialising transactions"))?;
+    let total = todo.len();
+    for (i, (d, dest)) in todo.into_iter().enumerate() {
+        producer
+            .begin_transaction()
+            .map_err(kafka("beginning a transaction"))?;
+        let position = d.position();
+        let mut headers = OwnedHeaders::new();
+        for (k, v) in &d.headers {
+            if k != h::DUE_AT && k != h::REPLAYED_FROM {
+                headers = headers.insert(Header {
+                    key: k,
+                    value: Some(v),
+                });
+            }
+        }
+        headers = headers.insert(Header {
+            key: h::REPLAYED_FROM,
+            value: Some(position.as_str()),
+        });
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&dest).headers(headers);
+        if let Some(k) = &d.key {
+            record = record.key(k.as_slice());
+        }
+        if let Some(v) = &d.value {
+            record = record.payload(v.as_slice());
+        }
+        let sent = producer
+            .send_result(record)
+            .map_err(|(e, _)| kafka("sending a replay")(e));
+        let marked = producer
+            .send_result(
+                FutureRecord::<str, str>::to(marker_topic)
+                    .key(position.as_str())
+                    .payload(&dest),
+            )
+            .map_err(|(e, _)| kafka("writing the replay marker")(e));
+        let p = producer.clone();
+        let result = match (sent, marked) {
+            (Ok(_), Ok(_)) => {
+                tokio::task::block_in_place(|| p.commit_transaction(Duration::from_secs(30)))
+                    .map_err(kafka("committing the replay"))
+            }
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        };
+        if let Err(e) = result {
+            let p = producer.clone();
+            let _ = tokio::task::block_in_place(|| p.abort_transaction(Duration::from_secs(30)));
+            return Err(e);
+        }
+        report.replayed += 1;
+        progress(i + 1, total);
+    }
+    Ok(report)
+}
+
+/// Deletes every record of `topic` older than `before_ms` (Kafka's DeleteRecords, up to the
+/// first offset at or after that time). Returns (partition, new low watermark) per partition
+/// changed.
+pub async fn purge(
+    clients: &KafkaClients,
+    topic: &str,
+    before_ms: i64,
+) -> Result<Vec<(i32, i64)>, DlqError> {
+    let consumer = reader(clients)?;
+    let mut query = TopicPartitionList::new();
+    let parts = partitions(&consumer, topic)?;
+    for p in &parts {
+        query
+            .add_partition_offset(topic, *p, Offset::Offset(before_ms))
+            .map_err(kafka("building the time query"))?;
+    }
+    let found = consumer
+        .offsets_for_times(query, Duration::from_secs(10))
+        .map_err(kafka("looking up offsets by time"))?;
+    let mut delete = TopicPartitionList::new();
+    let mut planned = Vec::new();
+    for e in found.elements() {
+        let (_, high) = consumer
+            .fetch_watermarks(topic, e.partition(), Duration::from_secs(10))
+            .map_err(kafka("reading watermarks"))?;
+        // No record at or after the time: everything in the partition is older.
+        let upto = match e.offset() {
+            Offset::Offset(o) => o,
+            _ => high,
+        };
+        if upto > 0 {
+            delete
+                .add_partition_offset(topic, e.partition(), Offset::Offset(upto))
+                .map_err(kafka("building the delete request"))?;
+            planned.push((e.partition(), upto));
+        }
+    }
+    if planned.is_empty() {
+        return Ok(planned);
+    }
+    let admin = clients.admin()?;
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let result = admin
+        .delete_records(&delete, &opts)
+        .await
+        .map_err(kafka("deleting records"))?;
+    for e in result.elements() {
+        if let Err(err) = e.error() {
+            return Err(kafka(format!(
+                "deleting records of {topic}/{}",
+                e.partition()
+            ))(err));
+        }
+    }
+    Ok(planned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn letter(class: &str, ts: i64) -> DeadLetter {
+        DeadLetter {
+            topic: "dlq".into(),
+            partition: 0,
+            offset: ts,
+            timestamp_ms: Some(ts),
+            key: None,
+            value: None,
+            headers: vec![
+                (h::EXCEPTION_FQCN.into(), class.as_bytes().to_vec()),
+                (h::ORIGINAL_TOPIC.into(), b"raw".to_vec()),
+                (h::ORIGINAL_PARTITION.into(), h::int(4)),
+                (h::ORIGINAL_OFFSET.into(), h::long(99)),
+            ],
+        }
+    }
+
+    #[test]
+    fn filters_groups_and_decodes_provenance() {
+        let all = vec![
+            letter("InvalidJson", 10),
+            letter("InvalidJson", 20),
+            letter("UnmappedEventType", 30),
+        ];
+        let f = Filter {
+            error_class: Some("InvalidJson".into()),
+            since_ms: Some(15),
+        };
+        assert_eq!(all.iter().filter(|d| f.matches(d)).count(), 1);
+        let groups = group_by(&all, false);
+        assert_eq!(groups["InvalidJson"], (2, "dlq/0@10".to_string()));
+        assert_eq!(group_by(&all, true)["raw"].0, 3);
+        let d = &all[0];
+        assert_eq!(
+            (d.original_partition(), d.original_offset()),
+            (Some(4), Some(99))
+        );
+        let readable = d.readable_headers();
+        assert!(readable.contains(&(h::ORIGINAL_OFFSET.to_string(), "99".to_string())));
+    }
+}

@@ -1,0 +1,384 @@
+//! The normalizer consumer: raw webhook deliveries in, canonical Avro events out, exactly
+//! once per delivery.
+//!
+//! For each raw record it skips redeliveries (see [`dedup`]), maps the body with the
+//! provider's mapping, encodes each event with the schema registered for its subject, and
+//! emits the events plus a dedup changelog entry. Anything it cannot process fails
+//! permanently (and is dead-lettered by the runtime) with a reason; registry or broker
+//! trouble fails transiently and goes through the retry tiers.
+
+pub mod dedup;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use apache_avro::Schema;
+use prometheus::{IntCounterVec, Opts, Registry};
+use serde_json::Value as Json;
+use sluice_runtime::kafka::KafkaClients;
+use sluice_schemas::codec::encode_with;
+use sluice_schemas::json::from_json;
+use sluice_schemas::metadata::{self, raw, EventMetadata};
+use sluice_schemas::{Catalog, RegistryClient};
+use sluice_topology::model::UnmappedPolicy;
+use sluice_topology::Topology;
+
+use crate::normalize::{self, generic, MapError, RawDelivery};
+use crate::runtime::headers as routing;
+use crate::runtime::{Assigned, Handler, HandlerError, Output, Record};
+use dedup::DedupStore;
+
+/// The consumer group of the normalizers.
+pub const GROUP: &str = "sluice-normalizer";
+/// The retry policy the normalizer uses, by name in `topology.yaml`.
+pub const RETRY_POLICY: &str = "normalizer";
+
+#[derive(Debug, thiserror::Error)]
+pub enum NormalizerError {
+    #[error("subject {subject} is not registered or not readable ({reason}); run `sluice schemas register`")]
+    NotRegistered { subject: String, reason: String },
+    #[error("subject {subject}'s latest schema (id {id}) is not the catalog's {event_type} v{version}; run `sluice schemas register`")]
+    OutOfDate {
+        subject: String,
+        id: u32,
+        event_type: String,
+        version: u32,
+    },
+    #[error("the topology has no `{0}` topic for dedup state")]
+    NoDedupTopic(String),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// Where events of one type go, and the schema they are written with.
+#[derive(Debug, Clone)]
+struct Target {
+    topic: String,
+    schema_id: u32,
+    schema: Schema,
+}
+
+#[derive(Debug, Clone)]
+struct NormalizerMetrics {
+    events: IntCounterVec,
+    duplicates: IntCounterVec,
+}
+
+pub struct Normalizer {
+    clients: KafkaClients,
+    targets: HashMap<String, Target>,
+    unmapped: HashMap<String, UnmappedPolicy>,
+    dedup: DedupStore,
+    /// Raw partitions this instance owns, to know when a dedup partition can be dropped.
+    owned: Mutex<HashSet<(String, i32)>>,
+    raw_topics: HashSet<String>,
+    metrics: NormalizerMetrics,
+}
+
+impl std::fmt::Debug for Normalizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Normalizer")
+            .field("targets", &self.targets.len())
+            .field("dedup", &self.dedup.topic)
+            .finish()
+    }
+}
+
+impl Normalizer {
+    /// Resolves every routed event type's schema id from the registry (registered at deploy
+    /// time by `sluice schemas register`; never registered from here).
+    pub async fn new(
+        clients: KafkaClients,
+        registry: &RegistryClient,
+        catalog: &Catalog,
+        topology: &Topology,
+        dedup_window: Duration,
+        metrics_registry: &Registry,
+    ) -> Result<Self, NormalizerError> {
+        let mut targets = HashMap::new();
+        for route in &topology.routes {
+            let subject = topology
+                .subjects
+                .naming
+                .subject(&route.topic, &route.event_type);
+            let entry =
+                catalog
+                    .latest(&route.event_type)
+                    .map_err(|e| NormalizerError::NotRegistered {
+                        subject: subject.clone(),
+                        reason: e.to_string(),
+                    })?;
+            let registered = registry
+                .schema_by_subject(&subject, None)
+                .await
+                .map_err(|e| NormalizerError::NotRegistered {
+                    subject: subject.clone(),
+                    reason: e.to_string(),
+                })?;
+            let same = Schema::parse_str(&registered.schema)
+                .map(|s| s.canonical_form() == entry.schema.canonical_form())
+                .unwrap_or(false);
+            if !same {
+                return Err(NormalizerError::OutOfDate {
+                    subject,
+                    id: registered.id,
+                    event_type: route.event_type.clone(),
+                    version: entry.version,
+                });
+            }
+            targets.insert(
+                route.event_type.clone(),
+                Target {
+                    topic: route.topic.clone(),
+                    schema_id: registered.id,
+                    schema: entry.schema.clone(),
+                },
+            );
+        }
+        let dedup_topic = sluice_topology::naming::state_topic(&topology.prefix, "dedup");
+        if !topology.topics.iter().any(|t| t.name == dedup_topic) {
+            return Err(NormalizerError::NoDedupTopic(dedup_topic));
+        }
+        let metrics = NormalizerMetrics {
+            events: IntCounterVec::new(
+                Opts::new(
+                    "sluice_normalizer_events_total",
+                    "Normalized events produced, by event type.",
+                ),
+                &["event_type"],
+            )?,
+            duplicates: IntCounterVec::new(
+                Opts::new(
+                    "sluice_normalizer_duplicates_total",
+                    "Redeliveries recognised and skipped, by source.",
+                ),
+                &["source"],
+            )?,
+        };
+        metrics_registry.register(Box::new(metrics.events.clone()))?;
+        metrics_registry.register(Box::new(metrics.duplicates.clone()))?;
+        Ok(Self {
+            clients,
+            targets,
+            unmapped: topology
+                .sources
+                .iter()
+                .map(|s| (s.name.clone(), s.unmapped))
+                .collect(),
+            dedup: DedupStore::new(&dedup_topic, dedup_window),
+            owned: Mutex::default(),
+            raw_topics: topology
+                .sources
+                .iter()
+                .map(|s| s.raw_topic.clone())
+                .collect(),
+            metrics,
+        })
+    }
+
+    /// The raw topics this normalizer consumes.
+    pub fn raw_topics(&self) -> Vec<String> {
+        let mut t: Vec<String> = self.raw_topics.iter().cloned().collect();
+        t.sort();
+        t
+    }
+
+    fn events_for(
+        &self,
+        record: &Record,
+        delivery: &RawDelivery<'_>,
+    ) -> Result<Vec<normalize::Mapped>, HandlerError> {
+        match normalize::map(delivery) {
+            Ok(mapped) => Ok(mapped),
+            Err(MapError::Unmapped { .. })
+                if self.unmapped.get(delivery.source) == Some(&UnmappedPolicy::Generic) =>
+            {
+                generic::external_event(delivery)
+                    .map(|m| vec![m])
+                    .map_err(|e| permanent(&e))
+            }
+            Err(e) => {
+                tracing::debug!(topic = record.topic, offset = record.offset, error = %e, "delivery not mapped");
+                Err(permanent(&e))
+            }
+        }
+    }
+}
+
+fn permanent(e: &MapError) -> HandlerError {
+    let class = match e {
+        MapError::InvalidJson { .. } => "InvalidJson",
+        MapError::Unmapped { .. } => "UnmappedEventType",
+        MapError::Invalid { .. } => "InvalidPayload",
+    };
+    HandlerError::permanent(class, e.to_string())
+}
+
+impl Handler for Normalizer {
+    async fn handle(&self, record: &Record) -> Result<Vec<Output>, HandlerError> {
+        let need = |name: &str| {
+            record.header(name).ok_or_else(|| {
+                HandlerError::permanent(
+                    "MissingRawHeader",
+                    format!("raw record has no `{name}` header"),
+                )
+            })
+        };
+        let source = need(raw::SOURCE)?;
+        let provider = need(raw::PROVIDER)?;
+        let delivery_id = need(raw::DELIVERY_ID)?;
+        let received_at_ms = record
+            .header(raw::RECEIVED_AT)
+            .and_then(metadata::parse_rfc3339_ms)
+            .or(record.timestamp_ms)
+            .unwrap_or_else(metadata::now_ms);
+        // Dedup state is keyed by the raw partition, also for records coming back from a
+        // retry tier.
+        let raw_partition = record
+            .header_bytes(routing::ORIGINAL_PARTITION)
+            .and_then(routing::read_int)
+            .unwrap_or(record.partition);
+        let from_tier = record.header_bytes(routing::ORIGINAL_TOPIC).is_some();
+        if from_tier {
+            // This instance may not own the raw partition: read its committed state now.
+            let (clients, partition) = (self.clients.clone(), raw_partition);
+            let dedup = &self.dedup;
+            tokio::task::block_in_place(|| dedup.restore(&clients, partition, metadata::now_ms()))
+                .map_err(|e| HandlerError::transient("DedupRestore", e.to_string()))?;
+        }
+        let dedup_key = dedup::key(source, delivery_id);
+        let now = metadata::now_ms();
+        if self.dedup.is_duplicate(raw_partition, &dedup_key, now) {
+            self.metrics.duplicates.with_label_values(&[source]).inc();
+            return Ok(Vec::new());
+        }
+
+        let body = record.value.as_deref().unwrap_or_default();
+        let delivery = RawDelivery {
+            source,
+            provider,
+            delivery_id,
+            event_type: record.header(raw::EVENT_TYPE),
+            received_at_ms,
+            content_type: record.header(metadata::CONTENT_TYPE),
+            body,
+        };
+        let mapped = self.events_for(record, &delivery)?;
+
+        let mut outputs = Vec::with_capacity(mapped.len() + 1);
+        for (index, m) in mapped.into_iter().enumerate() {
+            let target = self.targets.get(m.event_type).ok_or_else(|| {
+                HandlerError::permanent(
+                    "UnroutedEventType",
+                    format!("{} has no route in the topology", m.event_type),
+                )
+            })?;
+            let meta = EventMetadata {
+                id: normalize::event_id(source, delivery_id, index),
+                source: format!("sluice://sources/{source}"),
+                event_type: m.event_type.to_string(),
+                time_ms: m.occurred_at_ms,
+                subject: m.subject.clone(),
+                traceparent: record.header(metadata::TRACEPARENT).map(str::to_string),
+            };
+            let mut full = match m.fields {
+                Json::Object(map) => map,
+                other => {
+                    return Err(HandlerError::permanent(
+                        "InvalidPayload",
+                        format!("mapping produced {other} instead of an object"),
+                    ))
+                }
+            };
+            full.insert("event_id".into(), Json::String(meta.id.clone()));
+            full.insert("occurred_at".into(), Json::from(meta.time_ms));
+            full.insert("source".into(), Json::String(meta.source.clone()));
+            full.insert(
+                "subject".into(),
+                meta.subject.clone().map_or(Json::Null, Json::String),
+            );
+            let value = from_json(&Json::Object(full), &target.schema).map_err(|errors| {
+                let detail: Vec<String> = errors
+                    .iter()
+                    .map(|e| format!("{}: {}", e.field, e.message))
+                    .collect();
+                HandlerError::permanent(
+                    "SchemaMismatch",
+                    format!(
+                        "{} does not fit {}: {}",
+                        provider,
+                        m.event_type,
+                        detail.join("; ")
+                    ),
+                )
+            })?;
+            let payload = encode_with(target.schema_id, &target.schema, value)
+                .map_err(|e| HandlerError::permanent("EncodeFailed", e.to_string()))?;
+            self.metrics.events.with_label_values(&[m.event_type]).inc();
+            outputs.push(Output {
+                topic: target.topic.clone(),
+                partition: None,
+                key: Some(m.key.into_bytes()),
+                value: Some(payload),
+                headers: meta
+                    .headers()
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.into_bytes()))
+                    .collect(),
+            });
+        }
+        outputs.push(Output {
+            topic: self.dedup.topic.clone(),
+            partition: Some(raw_partition),
+            key: Some(dedup_key.clone().into_bytes()),
+            value: Some(received_at_ms.to_string().into_bytes()),
+            headers: Vec::new(),
+        });
+        self.dedup
+            .record_pending(raw_partition, dedup_key, received_at_ms);
+        Ok(outputs)
+    }
+
+    async fn on_assigned(&self, partitions: &Assigned) -> Result<(), HandlerError> {
+        let raw: Vec<(String, i32)> = partitions
+            .iter()
+            .filter(|(t, _)| self.raw_topics.contains(t))
+            .cloned()
+            .collect();
+        let loaded = self.dedup.loaded_partitions();
+        let mut needed: Vec<i32> = raw
+            .iter()
+            .map(|(_, p)| *p)
+            .filter(|p| !loaded.contains(p))
+            .collect();
+        needed.sort_unstable();
+        needed.dedup();
+        self.owned.lock().expect("owned lock").extend(raw);
+        for p in needed {
+            let (clients, dedup) = (self.clients.clone(), &self.dedup);
+            let n = tokio::task::block_in_place(|| dedup.restore(&clients, p, metadata::now_ms()))
+                .map_err(|e| HandlerError::transient("DedupRestore", e.to_string()))?;
+            tracing::info!(partition = p, keys = n, "dedup state restored");
+        }
+        Ok(())
+    }
+
+    fn on_revoked(&self, partitions: &Assigned) {
+        let mut owned = self.owned.lock().expect("owned lock");
+        for tp in partitions {
+            owned.remove(tp);
+        }
+        let still: HashSet<i32> = owned.iter().map(|(_, p)| *p).collect();
+        let gone: HashSet<i32> = partitions
+            .iter()
+            .map(|(_, p)| *p)
+            .filter(|p| !still.contains(p))
+            .collect();
+        self.dedup.forget(&gone);
+    }
+
+    fn on_batch_end(&self, committed: bool) {
+        self.dedup.finish_batch(committed);
+    }
+}

@@ -1,0 +1,174 @@
+//! The processing loop every sluice consumer runs: consume → handler → produce outputs →
+//! commit, with the delivery guarantee chosen per consumer.
+//!
+//! - **Exactly-once**: a Kafka transaction holds a batch's outputs, its retry/DLQ records and
+//!   the consumer offsets (`send_offsets_to_transaction`); downstream consumers read with
+//!   `isolation.level=read_committed`, so they see all of a batch or none of it.
+//! - **At-least-once**: offsets are committed after every output of the batch is acknowledged.
+//!
+//! The loop never polls while a transaction is open, so a rebalance (which librdkafka only
+//! delivers from a poll) can never revoke a partition mid-transaction. A handler returns
+//! outputs, a transient error (retried through the retry tiers) or a permanent error
+//! (dead-lettered with provenance).
+
+pub mod failure;
+pub mod headers;
+pub mod metrics;
+pub mod processing;
+
+use std::future::Future;
+use std::time::Duration;
+
+pub use failure::{FailureRouter, RetryTier};
+pub use processing::{run, LoopError};
+
+/// One consumed record, owned so handlers can hold it across awaits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp_ms: Option<i64>,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Record {
+    /// The last value of header `name`, as UTF-8.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+
+    pub fn header_bytes(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
+/// A record the handler wants written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    pub topic: String,
+    /// Explicit partition (state changelogs co-partitioned with their input); `None` lets
+    /// the key choose.
+    pub partition: Option<i32>,
+    pub key: Option<Vec<u8>>,
+    /// `None` writes a tombstone.
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// Why a handler could not process a record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandlerError {
+    /// Worth retrying later: a registry or broker timeout, a downstream outage.
+    #[error("{class}: {message}")]
+    Transient { class: String, message: String },
+    /// Retrying cannot help: undecodable input, a validation failure, an unmapped type.
+    #[error("{class}: {message}")]
+    Permanent { class: String, message: String },
+}
+
+impl HandlerError {
+    pub fn transient(class: impl Into<String>, message: impl Into<String>) -> Self {
+        HandlerError::Transient {
+            class: class.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn permanent(class: impl Into<String>, message: impl Into<String>) -> Self {
+        HandlerError::Permanent {
+            class: class.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn class(&self) -> &str {
+        match self {
+            HandlerError::Transient { class, .. } | HandlerError::Permanent { class, .. } => class,
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            HandlerError::Transient { message, .. } | HandlerError::Permanent { message, .. } => {
+                message
+            }
+        }
+    }
+}
+
+/// Partitions newly assigned to this instance.
+pub type Assigned = Vec<(String, i32)>;
+
+/// What a consumer does with each record.
+pub trait Handler: Send + Sync + 'static {
+    /// Processes one record. Called for records of one partition in offset order.
+    fn handle(
+        &self,
+        record: &Record,
+    ) -> impl Future<Output = Result<Vec<Output>, HandlerError>> + Send;
+
+    /// Called before the first record of newly assigned partitions is handled, e.g. to
+    /// rebuild state from a changelog. An error stops the loop.
+    fn on_assigned(
+        &self,
+        _partitions: &Assigned,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        async { Ok(()) }
+    }
+
+    /// Called after partitions are revoked, to drop their state.
+    fn on_revoked(&self, _partitions: &Assigned) {}
+
+    /// Called once a batch's outputs and offsets are committed (`true`) or abandoned
+    /// (`false`, the batch will be handled again), so state derived from it is applied
+    /// only when it is durable.
+    fn on_batch_end(&self, _committed: bool) {}
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guarantee {
+    ExactlyOnce,
+    AtLeastOnce,
+}
+
+/// How one consumer runs.
+#[derive(Debug, Clone)]
+pub struct LoopConfig {
+    /// Consumer group; also the prefix of the transactional id.
+    pub group: String,
+    /// Stable per instance, so a restarted instance fences its predecessor's open
+    /// transaction at once instead of waiting for it to time out.
+    pub instance_id: String,
+    pub topics: Vec<String>,
+    pub guarantee: Guarantee,
+    /// Most records handled per transaction / commit.
+    pub max_batch: usize,
+    /// How long to wait for more records before processing a partial batch.
+    pub linger: Duration,
+    pub transaction_timeout: Duration,
+}
+
+impl LoopConfig {
+    pub fn new(group: &str, instance_id: &str, topics: Vec<String>, guarantee: Guarantee) -> Self {
+        Self {
+            group: group.to_string(),
+            instance_id: instance_id.to_string(),
+            topics,
+            guarantee,
+            max_batch: 500,
+            linger: Duration::from_millis(20),
+            transaction_timeout: Duration::from_secs(30),
+        }
+    }
+}

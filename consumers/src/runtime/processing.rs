@@ -1,0 +1,534 @@
+//! The loop itself: collect a batch, handle it partition by partition, then commit the
+//! outputs and offsets together (exactly-once) or in order (at-least-once).
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use sluice_runtime::kafka::KafkaClients;
+use sluice_runtime::Shutdown;
+
+use super::failure::{FailureRouter, Routed};
+use super::headers as h;
+use super::metrics::LoopMetrics;
+use super::{Guarantee, Handler, LoopConfig, Output, Record};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoopError {
+    #[error(transparent)]
+    Client(#[from] sluice_runtime::kafka::ClientError),
+    #[error(transparent)]
+    Config(#[from] sluice_runtime::ConfigError),
+    #[error("{what}: {source}")]
+    Kafka {
+        what: &'static str,
+        source: KafkaError,
+    },
+    #[error("restoring state for newly assigned partitions failed: {0}")]
+    Restore(String),
+}
+
+fn kafka(what: &'static str) -> impl FnOnce(KafkaError) -> LoopError {
+    move |source| LoopError::Kafka { what, source }
+}
+
+/// Notes rebalances so the loop can restore or drop state between batches.
+#[derive(Default)]
+struct LoopContext {
+    changed: AtomicBool,
+}
+
+impl ClientContext for LoopContext {}
+
+impl ConsumerContext for LoopContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if !matches!(rebalance, Rebalance::Error(_)) {
+            self.changed.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+type TopicPartition = (String, i32);
+
+/// Runs the loop until shutdown. Returns an error only for failures a restart must fix
+/// (a fenced producer, a broken state restore).
+pub async fn run<H: Handler>(
+    clients: &KafkaClients,
+    config: LoopConfig,
+    router: FailureRouter,
+    handler: Arc<H>,
+    metrics: LoopMetrics,
+    shutdown: Shutdown,
+) -> Result<(), LoopError> {
+    let consumer: StreamConsumer<LoopContext> = clients
+        .consumer_config("consumer", &config.group)?
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .create_with_context(LoopContext::default())
+        .map_err(kafka("creating the consumer"))?;
+    let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics).map_err(kafka("subscribing"))?;
+
+    let producer: FutureProducer = match config.guarantee {
+        Guarantee::ExactlyOnce => {
+            let p: FutureProducer = clients
+                .transactional_producer_config(
+                    "consumer",
+                    &format!("{}-{}", config.group, config.instance_id),
+                )?
+                .set(
+                    "transaction.timeout.ms",
+                    config.transaction_timeout.as_millis().to_string(),
+                )
+                .create()
+                .map_err(kafka("creating the transactional producer"))?;
+            let init = p.clone();
+            blocking(move || init.init_transactions(Duration::from_secs(30)))
+                .map_err(kafka("initialising transactions"))?;
+            p
+        }
+        Guarantee::AtLeastOnce => clients
+            .producer_config("consumer")?
+            .create()
+            .map_err(kafka("creating the producer"))?,
+    };
+
+    let group = config.group.clone();
+    let mut assigned: HashSet<TopicPartition> = HashSet::new();
+    // Retry-tier partitions waiting for their next record to be due.
+    let mut paused: BTreeMap<TopicPartition, i64> = BTreeMap::new();
+    tracing::info!(group, topics = ?config.topics, guarantee = ?config.guarantee, "consumer loop started");
+
+    while !shutdown.is_triggered() {
+        resume_due(&consumer, &mut paused, &metrics, &group)?;
+        let next_resume = paused
+            .values()
+            .min()
+            .map(|due| Duration::from_millis((due - now_ms()).max(0) as u64));
+
+        // Collect a batch. Polling happens only here, outside any transaction.
+        let mut batch: Vec<Record> = Vec::new();
+        let wait = next_resume.unwrap_or(Duration::from_secs(1));
+        tokio::select! {
+            _ = shutdown.wait() => break,
+            _ = tokio::time::sleep(wait) => {}
+            first = consumer.recv() => {
+                batch.push(to_record(&first.map_err(kafka("consuming"))?));
+                let deadline = Instant::now() + config.linger;
+                while batch.len() < config.max_batch {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match tokio::time::timeout(left, consumer.recv()).await {
+                        Ok(Ok(m)) => batch.push(to_record(&m)),
+                        Ok(Err(e)) => return Err(LoopError::Kafka { what: "consuming", source: e }),
+                        Err(_) => break,
+                    }
+                }
+            }
+        }
+
+        if consumer.context().changed.swap(false, Ordering::SeqCst) {
+            let now: HashSet<TopicPartition> = consumer
+                .assignment()
+                .map_err(kafka("reading the assignment"))?
+                .elements()
+                .iter()
+                .map(|e| (e.topic().to_string(), e.partition()))
+                .collect();
+            let revoked: Vec<TopicPartition> = assigned.difference(&now).cloned().collect();
+            let added: Vec<TopicPartition> = now.difference(&assigned).cloned().collect();
+            if !revoked.is_empty() {
+                tracing::info!(group, ?revoked, "partitions revoked");
+                for tp in &revoked {
+                    paused.remove(tp);
+                }
+                handler.on_revoked(&revoked);
+            }
+            if !added.is_empty() {
+                tracing::info!(group, ?added, "partitions assigned");
+                handler
+                    .on_assigned(&added)
+                    .await
+                    .map_err(|e| LoopError::Restore(e.to_string()))?;
+            }
+            assigned = now;
+            batch.retain(|r| assigned.contains(&(r.topic.clone(), r.partition)));
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        metrics
+            .in_flight
+            .with_label_values(&[&group])
+            .set(batch.len() as i64);
+
+        // Partition by partition, in offset order; partitions run concurrently.
+        let mut by_partition: BTreeMap<TopicPartition, Vec<Record>> = BTreeMap::new();
+        for r in batch {
+            by_partition
+                .entry((r.topic.clone(), r.partition))
+                .or_default()
+                .push(r);
+        }
+        let firsts: Vec<(TopicPartition, i64)> = by_partition
+            .iter()
+            .map(|(tp, rs)| (tp.clone(), rs[0].offset))
+            .collect();
+        let results = join_all(by_partition.into_iter().map(|(tp, records)| {
+            let handler = handler.clone();
+            let router = &router;
+            let metrics = &metrics;
+            let group = &group;
+            async move { handle_partition(tp, records, &*handler, router, metrics, group).await }
+        }))
+        .await;
+
+        let mut outputs: Vec<Output> = Vec::new();
+        let mut offsets = TopicPartitionList::new();
+        let mut to_pause: Vec<(TopicPartition, i64, i64)> = Vec::new();
+        for result in results {
+            outputs.extend(result.outputs);
+            if let Some(next) = result.next_offset {
+                offsets
+                    .add_partition_offset(&result.tp.0, result.tp.1, Offset::Offset(next))
+                    .map_err(kafka("building offsets"))?;
+            }
+            if let Some((offset, due)) = result.wait_until {
+                to_pause.push((result.tp.clone(), offset, due));
+            }
+        }
+
+        let committed = match config.guarantee {
+            Guarantee::ExactlyOnce => {
+                commit_transaction(&consumer, &producer, &outputs, &offsets).await
+            }
+            Guarantee::AtLeastOnce => {
+                commit_after_acks(&consumer, &producer, &outputs, &offsets).await
+            }
+        };
+        metrics.in_flight.with_label_values(&[&group]).set(0);
+        handler.on_batch_end(committed.is_ok());
+        match committed {
+            Ok(()) => {
+                metrics
+                    .transactions
+                    .with_label_values(&[&group, "committed"])
+                    .inc();
+                for ((topic, partition), offset, due) in to_pause {
+                    pause_at(&consumer, &topic, partition, offset)?;
+                    paused.insert((topic, partition), due);
+                }
+                metrics
+                    .paused_partitions
+                    .with_label_values(&[&group])
+                    .set(paused.len() as i64);
+            }
+            Err(e) => {
+                metrics
+                    .transactions
+                    .with_label_values(&[&group, "aborted"])
+                    .inc();
+                tracing::warn!(group, error = %e, "batch not committed; rewinding to its start");
+                if let LoopError::Kafka {
+                    source: KafkaError::Transaction(t),
+                    ..
+                } = &e
+                {
+                    if t.is_fatal() {
+                        return Err(e);
+                    }
+                }
+                for ((topic, partition), first) in firsts {
+                    // A partition revoked meanwhile cannot be sought; its new owner resumes
+                    // from the committed offset.
+                    let _ = consumer.seek(
+                        &topic,
+                        partition,
+                        Offset::Offset(first),
+                        Duration::from_secs(5),
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+
+    tracing::info!(group, "consumer loop stopping; flushing");
+    let p = producer.clone();
+    let _ = blocking(move || p.flush(Duration::from_secs(10)));
+    consumer.unsubscribe();
+    Ok(())
+}
+
+struct PartitionResult {
+    tp: TopicPartition,
+    outputs: Vec<Output>,
+    /// Offset to commit (one past the last record handled), if any was.
+    next_offset: Option<i64>,
+    /// A retry record that is not yet due: its offset and due time.
+    wait_until: Option<(i64, i64)>,
+}
+
+async fn handle_partition<H: Handler>(
+    tp: TopicPartition,
+    records: Vec<Record>,
+    handler: &H,
+    router: &FailureRouter,
+    metrics: &LoopMetrics,
+    group: &str,
+) -> PartitionResult {
+    let mut result = PartitionResult {
+        tp,
+        outputs: Vec::new(),
+        next_offset: None,
+        wait_until: None,
+    };
+    for record in records {
+        if let Some(due) = record.header(h::DUE_AT).and_then(|d| d.parse::<i64>().ok()) {
+            if router.tier_of(&record.topic).is_some() && due > now_ms() {
+                result.wait_until = Some((record.offset, due));
+                break;
+            }
+        }
+        let started = Instant::now();
+        let outcome = handler.handle(&record).await;
+        metrics
+            .handler_seconds
+            .with_label_values(&[group])
+            .observe(started.elapsed().as_secs_f64());
+        let topic = original_topic(&record);
+        match outcome {
+            Ok(outputs) => {
+                metrics
+                    .records
+                    .with_label_values(&[group, &topic, "ok"])
+                    .inc();
+                result.outputs.extend(outputs);
+            }
+            Err(error) => {
+                let (routed, copy) = router.route(&record, &error, now_ms());
+                match routed {
+                    Routed::Retry { tier, .. } => {
+                        metrics
+                            .records
+                            .with_label_values(&[group, &topic, "retried"])
+                            .inc();
+                        metrics
+                            .retries
+                            .with_label_values(&[group, &topic, &tier.to_string()])
+                            .inc();
+                    }
+                    Routed::DeadLetter => {
+                        metrics
+                            .records
+                            .with_label_values(&[group, &topic, "dead_lettered"])
+                            .inc();
+                        metrics
+                            .dead_letters
+                            .with_label_values(&[group, &topic, error.class()])
+                            .inc();
+                    }
+                }
+                tracing::debug!(group, topic = record.topic, offset = record.offset, %error, ?routed, "record failed");
+                result.outputs.push(copy);
+            }
+        }
+        result.next_offset = Some(record.offset + 1);
+    }
+    result
+}
+
+/// The topic a record first came from, for metric labels.
+fn original_topic(record: &Record) -> String {
+    record
+        .header(h::ORIGINAL_TOPIC)
+        .unwrap_or(&record.topic)
+        .to_string()
+}
+
+async fn commit_transaction(
+    consumer: &StreamConsumer<LoopContext>,
+    producer: &FutureProducer,
+    outputs: &[Output],
+    offsets: &TopicPartitionList,
+) -> Result<(), LoopError> {
+    producer
+        .begin_transaction()
+        .map_err(kafka("beginning a transaction"))?;
+    let result = async {
+        for o in outputs {
+            enqueue(producer, o)?;
+        }
+        let metadata = consumer
+            .group_metadata()
+            .ok_or_else(|| LoopError::Restore("the consumer has no group metadata".into()))?;
+        let (p, offsets) = (producer.clone(), offsets.clone());
+        blocking(move || {
+            p.send_offsets_to_transaction(&offsets, &metadata, Duration::from_secs(30))
+        })
+        .map_err(kafka("adding offsets to the transaction"))?;
+        let p = producer.clone();
+        blocking(move || p.commit_transaction(Duration::from_secs(60)))
+            .map_err(kafka("committing the transaction"))
+    }
+    .await;
+    if result.is_err() {
+        let p = producer.clone();
+        let _ = blocking(move || p.abort_transaction(Duration::from_secs(30)));
+    }
+    result
+}
+
+async fn commit_after_acks(
+    consumer: &StreamConsumer<LoopContext>,
+    producer: &FutureProducer,
+    outputs: &[Output],
+    offsets: &TopicPartitionList,
+) -> Result<(), LoopError> {
+    let mut deliveries = Vec::with_capacity(outputs.len());
+    for o in outputs {
+        deliveries.push(enqueue(producer, o)?);
+    }
+    for d in join_all(deliveries).await {
+        match d {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => {
+                return Err(LoopError::Kafka {
+                    what: "producing an output",
+                    source: e,
+                })
+            }
+            Err(_) => {
+                return Err(LoopError::Kafka {
+                    what: "producing an output",
+                    source: KafkaError::Canceled,
+                })
+            }
+        }
+    }
+    if offsets.count() > 0 {
+        consumer
+            .commit(offsets, CommitMode::Sync)
+            .map_err(kafka("committing offsets"))?;
+    }
+    Ok(())
+}
+
+fn enqueue(
+    producer: &FutureProducer,
+    o: &Output,
+) -> Result<rdkafka::producer::DeliveryFuture, LoopError> {
+    let mut headers = OwnedHeaders::new_with_capacity(o.headers.len());
+    for (k, v) in &o.headers {
+        headers = headers.insert(Header {
+            key: k,
+            value: Some(v),
+        });
+    }
+    let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&o.topic).headers(headers);
+    if let Some(k) = &o.key {
+        record = record.key(k.as_slice());
+    }
+    if let Some(v) = &o.value {
+        record = record.payload(v.as_slice());
+    }
+    if let Some(p) = o.partition {
+        record = record.partition(p);
+    }
+    producer
+        .send_result(record)
+        .map_err(|(e, _)| LoopError::Kafka {
+            what: "enqueuing an output",
+            source: e,
+        })
+}
+
+fn resume_due(
+    consumer: &StreamConsumer<LoopContext>,
+    paused: &mut BTreeMap<TopicPartition, i64>,
+    metrics: &LoopMetrics,
+    group: &str,
+) -> Result<(), LoopError> {
+    let now = now_ms();
+    let due: Vec<TopicPartition> = paused
+        .iter()
+        .filter(|(_, d)| **d <= now)
+        .map(|(tp, _)| tp.clone())
+        .collect();
+    if due.is_empty() {
+        return Ok(());
+    }
+    let mut tpl = TopicPartitionList::new();
+    for tp in &due {
+        tpl.add_partition(&tp.0, tp.1);
+        paused.remove(tp);
+    }
+    consumer
+        .resume(&tpl)
+        .map_err(kafka("resuming a retry partition"))?;
+    metrics
+        .paused_partitions
+        .with_label_values(&[group])
+        .set(paused.len() as i64);
+    Ok(())
+}
+
+/// Holds a retry-tier partition at `offset` until its record is due: the partition is paused
+/// (other partitions and the main topic keep flowing) and rewound so the record is fetched
+/// again on resume.
+fn pause_at(
+    consumer: &StreamConsumer<LoopContext>,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> Result<(), LoopError> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    consumer
+        .pause(&tpl)
+        .map_err(kafka("pausing a retry partition"))?;
+    consumer
+        .seek(
+            topic,
+            partition,
+            Offset::Offset(offset),
+            Duration::from_secs(5),
+        )
+        .map_err(kafka("rewinding a retry partition"))
+}
+
+fn to_record(m: &BorrowedMessage<'_>) -> Record {
+    Record {
+        topic: m.topic().to_string(),
+        partition: m.partition(),
+        offset: m.offset(),
+        timestamp_ms: m.timestamp().to_millis(),
+        key: m.key().map(<[u8]>::to_vec),
+        value: m.payload().map(<[u8]>::to_vec),
+        headers: m
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+/// Runs a blocking librdkafka call without stalling the async runtime's other tasks.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+pub fn now_ms() -> i64 {
+    sluice_schemas::metadata::now_ms()
+}

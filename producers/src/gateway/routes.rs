@@ -1,0 +1,283 @@
+//! HTTP routes: `POST /webhooks/{source}`, `POST /v1/events/{event_type}`, and JSON 404s
+//! for everything else.
+//!
+//! A webhook is acknowledged only after Kafka's delivery report for its raw record: the
+//! order is source lookup, method, rate limit (before the body is read), body size (while
+//! streaming), signature, then the durable write.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use axum::http::{HeaderMap, HeaderName, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use axum::{Json, Router};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+
+use super::config::Source;
+use super::errors::{code, ApiError};
+use super::metrics::UNKNOWN;
+use super::raw_record::{self, RawDelivery};
+use super::AppState;
+use crate::produce::{self, ProduceError};
+use crate::verify::{Request, VerifyError};
+
+pub(crate) fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/webhooks/{source}", any(webhook))
+        .route(
+            "/v1/events/{event_type}",
+            any(crate::publish::http::publish),
+        )
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn not_found(uri: Uri) -> Response {
+    ApiError::not_found(uri.path()).into_response()
+}
+
+/// Reads at most `limit` bytes: refuses at once when `Content-Length` says more, and stops
+/// reading (413) as soon as a streamed body passes the limit, so an unbounded body is never
+/// buffered.
+pub(crate) async fn read_limited(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(ApiError::body_too_large(limit));
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(ApiError::body_too_large(limit))
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "reading a request body failed");
+            Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                code::BODY_READ_FAILED,
+                "the request body could not be read",
+            ))
+        }
+    }
+}
+
+async fn webhook(
+    State(app): State<Arc<AppState>>,
+    path: Result<Path<String>, PathRejection>,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let name = path.map(|p| p.0).unwrap_or_default();
+    let Some(source) = app.sources.get(&name).cloned() else {
+        app.metrics
+            .requests
+            .with_label_values(&[UNKNOWN, code::UNKNOWN_SOURCE])
+            .inc();
+        return ApiError::unknown_source(&name).into_response();
+    };
+    let result = if method == Method::POST {
+        receive(&app, &source, &headers, body).await
+    } else {
+        Err(ApiError::method_not_allowed("POST"))
+    };
+    let (outcome, response) = match result {
+        Ok(ok) => ok,
+        Err(e) => (e.code, e.into_response()),
+    };
+    app.metrics
+        .requests
+        .with_label_values(&[&source.name, outcome])
+        .inc();
+    app.metrics
+        .duration
+        .with_label_values(&[&source.name])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn receive(
+    app: &AppState,
+    source: &Source,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(&'static str, Response), ApiError> {
+    if let Some(bucket) = &source.bucket {
+        let d = bucket.try_acquire(Instant::now());
+        if !d.allowed {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                code::RATE_LIMITED,
+                format!("source `{}` is over its rate limit", source.name),
+            )
+            .with_header(RETRY_AFTER, d.retry_after_secs)
+            .with_header(HeaderName::from_static("x-ratelimit-limit"), d.limit)
+            .with_header(
+                HeaderName::from_static("x-ratelimit-remaining"),
+                d.remaining,
+            )
+            .with_header(HeaderName::from_static("x-ratelimit-reset"), d.reset_secs));
+        }
+    }
+
+    let body = read_limited(headers, body, source.max_body_bytes).await?;
+    app.metrics
+        .body_bytes
+        .with_label_values(&[&source.name])
+        .observe(body.len() as f64);
+
+    let request_headers: Vec<(String, Vec<u8>)> = headers
+        .iter()
+        .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
+        .collect();
+    let now = SystemTime::now();
+    let now_unix = now
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let verified = source
+        .verifier
+        .verify(&Request::new(&request_headers, &body), now_unix)
+        .map_err(|e: VerifyError| {
+            app.metrics
+                .verification_failures
+                .with_label_values(&[&source.name, e.code()])
+                .inc();
+            tracing::debug!(source = %source.name, code = e.code(), error = %e, "webhook rejected");
+            ApiError::verify(&e)
+        })?;
+
+    if source.provider.kind() == "slack" {
+        if let Some(challenge) = slack_challenge(&body) {
+            return Ok((
+                "url_verification",
+                (
+                    StatusCode::OK,
+                    Json(serde_json::json!({ "challenge": challenge })),
+                )
+                    .into_response(),
+            ));
+        }
+    }
+
+    let delivery_id = raw_record::delivery_id(&verified, &body);
+    let traceparent = crate::traceparent::continue_or_start(
+        headers
+            .get(crate::traceparent::HEADER)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let record = RawDelivery {
+        source: &source.name,
+        provider: source.provider.kind(),
+        delivery_id: &delivery_id,
+        event_type: verified.event_type.as_deref(),
+        received_at_ms: now
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0),
+        content_type: headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()),
+        traceparent: &traceparent,
+        request_headers: &request_headers,
+    };
+    let delivered = produce::send(
+        &app.producer,
+        &source.raw_topic,
+        delivery_id.as_bytes(),
+        &body,
+        produce::owned_headers(&record.headers()),
+        app.produce_timeout,
+    )
+    .await
+    .map_err(|e| {
+        tracing::warn!(source = %source.name, error = %e, "webhook not acknowledged by Kafka");
+        match e {
+            ProduceError::Unavailable { .. } => ApiError::kafka_unavailable(app.retry_after_secs),
+            ProduceError::TooLarge { .. } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                code::BODY_TOO_LARGE,
+                e.to_string(),
+            ),
+        }
+    })?;
+    tracing::debug!(source = %source.name, %delivery_id, topic = %source.raw_topic,
+        partition = delivered.partition, offset = delivered.offset, "webhook accepted");
+    Ok((
+        "accepted",
+        (
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({
+                "status": "accepted",
+                "delivery_id": delivery_id,
+                "topic": source.raw_topic,
+                "partition": delivered.partition,
+                "offset": delivered.offset,
+            })),
+        )
+            .into_response(),
+    ))
+}
+
+/// The `challenge` of a Slack `url_verification` body, if this is one.
+fn slack_challenge(body: &[u8]) -> Option<serde_json::Value> {
+    let json: serde_json::Value = serde_json::from_slice(body).ok()?;
+    (json.get("type")?.as_str()? == "url_verification").then(|| json.get("challenge").cloned())?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slack_challenge_only_for_url_verification() {
+        assert_eq!(
+            slack_challenge(br#"{"type":"url_verification","challenge":"abc","token":"x"}"#),
+            Some(serde_json::json!("abc"))
+        );
+        assert_eq!(
+            slack_challenge(br#"{"type":"event_callback","challenge":"abc"}"#),
+            None
+        );
+        assert_eq!(slack_challenge(b"token=x&challenge=abc"), None);
+    }
+
+    #[tokio::test]
+    async fn body_limit_is_enforced_by_header_and_while_streaming() {
+        let mut h = HeaderMap::new();
+        h.insert(CONTENT_LENGTH, "11".parse().unwrap());
+        let err = read_limited(&h, Body::from("x".repeat(11)), 10)
+            .await
+            .unwrap_err();
+        assert_eq!((err.status.as_u16(), err.code), (413, "body_too_large"));
+
+        // No Content-Length: a stream that never ends is cut off at the limit.
+        let chunks = futures_stream(1_000_000);
+        let err = read_limited(&HeaderMap::new(), Body::from_stream(chunks), 4096)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, "body_too_large");
+
+        let ok = read_limited(&HeaderMap::new(), Body::from("0123456789"), 10)
+            .await
+            .unwrap();
+        assert_eq!(&ok[..], b"0123456789");
+    }
+
+    /// `n` chunks of 1 KiB, with no length known up front.
+    fn futures_stream(
+        n: usize,
+    ) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+        futures::stream::iter((0..n).map(|_| Ok(Bytes::from(vec![b'x'; 1024]))))
+    }
+}

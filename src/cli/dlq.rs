@@ -1,0 +1,239 @@
+//! `sluice dlq …`: what is in a dead-letter topic, one record in detail, replay, purge.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Subcommand, ValueEnum};
+use sluice_consumers::dlq::{self, Filter};
+use sluice_runtime::kafka::KafkaClients;
+use sluice_runtime::SluiceConfig;
+use sluice_schemas::json::to_json_with_schema;
+use sluice_schemas::metadata::{now_ms, parse_rfc3339_ms, rfc3339_ms};
+use sluice_schemas::{AvroCodec, RecordLocation, RegistryClient};
+use sluice_topology::naming;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum GroupBy {
+    Error,
+    OriginalTopic,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Counts and a sample position per error class (or original topic).
+    List {
+        topic: String,
+        #[arg(long, value_enum, default_value = "error")]
+        group_by: GroupBy,
+    },
+    /// One dead letter: provenance, error, headers and decoded payload.
+    Show {
+        topic: String,
+        /// `PARTITION:OFFSET`
+        position: String,
+    },
+    /// Send dead letters back to their original topic (or --to). Each record is replayed
+    /// at most once, even across interrupted runs.
+    Replay {
+        topic: String,
+        /// `error_class=NAME`
+        #[arg(long)]
+        filter: Option<String>,
+        /// Only records dead-lettered since this time (RFC 3339, or a duration ago like `2h`).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        topology: Option<PathBuf>,
+    },
+    /// Delete records older than a time with Kafka's DeleteRecords.
+    Purge {
+        topic: String,
+        /// RFC 3339 time, or a duration ago like `7d`.
+        #[arg(long)]
+        before: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// `2026-11-22T10:00:00Z` or `90m` (that long ago).
+fn parse_time(text: &str) -> anyhow::Result<i64> {
+    if let Some(ms) = parse_rfc3339_ms(text) {
+        return Ok(ms);
+    }
+    naming::parse_duration(text)
+        .map(|d| now_ms() - d.as_millis() as i64)
+        .map_err(|_| anyhow::anyhow!("`{text}` is neither an RFC 3339 UTC time (2026-11-22T10:00:00Z) nor a duration (90m, 7d)"))
+}
+
+pub async fn run(config: &SluiceConfig, cmd: DlqCommand) -> anyhow::Result<ExitCode> {
+    let clients = KafkaClients::new(config.kafka.clone());
+    match cmd {
+        DlqCommand::List { topic, group_by } => {
+            let c = clients.clone();
+            let t = topic.clone();
+            let records = tokio::task::spawn_blocking(move || dlq::scan(&c, &t)).await??;
+            let groups = dlq::group_by(&records, matches!(group_by, GroupBy::OriginalTopic));
+            let label = match group_by {
+                GroupBy::Error => "error class",
+                GroupBy::OriginalTopic => "original topic",
+            };
+            println!("{topic}: {} dead letters", records.len());
+            println!("{label:<40} {:>8}  sample", "count");
+            for (k, (n, sample)) in groups {
+                println!("{k:<40} {n:>8}  {sample}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DlqCommand::Show { topic, position } => {
+            let (p, o) = position
+                .split_once(':')
+                .and_then(|(p, o)| Some((p.parse::<i32>().ok()?, o.parse::<i64>().ok()?)))
+                .with_context(|| format!("`{position}` is not PARTITION:OFFSET"))?;
+            let c = clients.clone();
+            let t = topic.clone();
+            let d = tokio::task::spawn_blocking(move || dlq::fetch(&c, &t, p, o)).await??;
+            println!("position      {}", d.position());
+            if let Some(ts) = d.timestamp_ms {
+                println!("dead-lettered {}", rfc3339_ms(ts));
+            }
+            println!(
+                "original      {}/{}@{}",
+                d.original_topic().unwrap_or_else(|| "?".into()),
+                d.original_partition().map_or("?".into(), |x| x.to_string()),
+                d.original_offset().map_or("?".into(), |x| x.to_string())
+            );
+            println!("error         {}: {}", d.error_class(), d.error_message());
+            println!(
+                "attempts      {}",
+                d.attempts().map_or("?".into(), |a| a.to_string())
+            );
+            println!(
+                "key           {}",
+                d.key
+                    .as_deref()
+                    .map_or("(none)".into(), |k| String::from_utf8_lossy(k).into_owned())
+            );
+            println!("headers");
+            for (k, v) in d.readable_headers() {
+                println!("  {k}: {}", v.replace('\n', "\n    "));
+            }
+            println!("payload");
+            let value = d.value.clone().unwrap_or_default();
+            if value.first() == Some(&0) && value.len() > 5 {
+                let codec = AvroCodec::new(RegistryClient::new(&config.registry)?);
+                let at = RecordLocation::new(&d.topic, d.partition, d.offset);
+                match codec.decode(&value, &at).await {
+                    Ok(decoded) => {
+                        let schema = codec.writer_schema(decoded.schema_id, &at).await?;
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&to_json_with_schema(
+                                &decoded.value,
+                                &schema
+                            ))?
+                        );
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    Err(e) => println!("  (not decodable as Avro: {e})"),
+                }
+            }
+            match std::str::from_utf8(&value) {
+                Ok(text) => println!("{text}"),
+                Err(_) => println!("{} bytes, not UTF-8", value.len()),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DlqCommand::Replay {
+            topic,
+            filter,
+            since,
+            to,
+            dry_run,
+            topology,
+        } => {
+            let mut f = Filter::default();
+            if let Some(spec) = filter {
+                match spec.split_once('=') {
+                    Some(("error_class", v)) => f.error_class = Some(v.to_string()),
+                    _ => bail!("--filter `{spec}`: expected error_class=NAME"),
+                }
+            }
+            if let Some(s) = since {
+                f.since_ms = Some(parse_time(&s)?);
+            }
+            let (_, topo) = super::load(config, topology)?;
+            let markers = naming::state_topic(&topo.prefix, "dlq-replays");
+            let bar = std::io::stderr().is_terminal().then(|| {
+                let b = indicatif::ProgressBar::new(0);
+                b.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{bar:40} {pos}/{len} replayed ({eta} left)",
+                    )
+                    .expect("progress template"),
+                );
+                b
+            });
+            let report = dlq::replay(
+                &clients,
+                &topic,
+                &markers,
+                &f,
+                to.as_deref(),
+                dry_run,
+                |done, total| {
+                    if let Some(b) = &bar {
+                        b.set_length(total as u64);
+                        b.set_position(done as u64);
+                    }
+                },
+            )
+            .await?;
+            if let Some(b) = bar {
+                b.finish_and_clear();
+            }
+            println!(
+                "{}{} replayed, {} already replayed before, {} not matching the filter",
+                if dry_run { "dry run: would have " } else { "" },
+                report.replayed,
+                report.already_replayed,
+                report.filtered_out
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        DlqCommand::Purge { topic, before, yes } => {
+            let before_ms = parse_time(&before)?;
+            if !yes {
+                if !std::io::stdin().is_terminal() {
+                    bail!("purge deletes data: confirm on a terminal or pass --yes");
+                }
+                print!(
+                    "delete every record of {topic} older than {}? [y/N] ",
+                    rfc3339_ms(before_ms)
+                );
+                std::io::stdout().flush()?;
+                let mut answer = String::new();
+                std::io::stdin().read_line(&mut answer)?;
+                if !matches!(answer.trim(), "y" | "Y" | "yes") {
+                    println!("nothing deleted");
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+            let done = dlq::purge(&clients, &topic, before_ms).await?;
+            if done.is_empty() {
+                println!("nothing older than {} in {topic}", rfc3339_ms(before_ms));
+            }
+            for (p, upto) in done {
+                println!("{topic}/{p}: records before offset {upto} deleted");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! `sluice normalize`: the normalizer consumer (raw deliveries → canonical Avro events),
+//! including its retry tiers.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use sluice_consumers::normalizer::{self, Normalizer};
+use sluice_consumers::runtime::metrics::LoopMetrics;
+use sluice_consumers::runtime::{self, FailureRouter, Guarantee, LoopConfig, RetryTier};
+use sluice_runtime::admin::{self, Readiness};
+use sluice_runtime::kafka::KafkaClients;
+use sluice_runtime::{Shutdown, SluiceConfig};
+use sluice_schemas::RegistryClient;
+use sluice_topology::{naming, Topology};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum GuaranteeArg {
+    ExactlyOnce,
+    AtLeastOnce,
+}
+
+#[derive(Debug, Args)]
+pub struct NormalizeArgs {
+    #[arg(long)]
+    pub topology: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "exactly-once")]
+    pub guarantee: GuaranteeArg,
+    /// Stable name of this instance; two instances in one group need different names.
+    #[arg(long, env = "SLUICE_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+    /// How long a delivery id is remembered for dedup.
+    #[arg(long, default_value = "7d")]
+    pub dedup_window: String,
+}
+
+/// The failure routing of the normalizer, from the topology's `normalizer` retry policy.
+pub fn failure_router(topology: &Topology) -> anyhow::Result<FailureRouter> {
+    let policy = topology
+        .retry_policies
+        .iter()
+        .find(|p| p.name == normalizer::RETRY_POLICY)
+        .with_context(|| {
+            format!(
+                "the topology has no retry policy named `{}`",
+                normalizer::RETRY_POLICY
+            )
+        })?;
+    Ok(FailureRouter {
+        group: normalizer::GROUP.to_string(),
+        tiers: policy
+            .tiers
+            .iter()
+            .map(|d| RetryTier {
+                topic: naming::retry_topic(&topology.prefix, &policy.name, d.0),
+                delay: d.0,
+            })
+            .collect(),
+        max_attempts: policy.max_attempts,
+        dlq_topic: policy.dlq_topic.clone(),
+    })
+}
+
+pub fn default_instance_id(role: &str) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "local".into());
+    format!("{role}-{host}")
+}
+
+pub async fn run(config: &SluiceConfig, args: NormalizeArgs) -> anyhow::Result<ExitCode> {
+    let (catalog, topology) = super::load(config, args.topology)?;
+    let window = naming::parse_duration(&args.dedup_window)
+        .map_err(|e| anyhow::anyhow!("--dedup-window: {e}"))?;
+    let shutdown = Shutdown::on_signals();
+    let metrics_registry = prometheus::Registry::new();
+    let readiness = Readiness::default();
+    readiness.set("normalizer", false);
+    admin::serve(
+        &config.admin.listen,
+        metrics_registry.clone(),
+        readiness.clone(),
+        shutdown.clone(),
+    )
+    .await
+    .with_context(|| format!("starting the admin server on {}", config.admin.listen))?;
+
+    let clients = KafkaClients::new(config.kafka.clone());
+    let registry = RegistryClient::new(&config.registry)?;
+    let handler = Normalizer::new(
+        clients.clone(),
+        &registry,
+        &catalog,
+        &topology,
+        window,
+        &metrics_registry,
+    )
+    .await?;
+    let router = failure_router(&topology)?;
+    let mut topics = handler.raw_topics();
+    topics.extend(router.tiers.iter().map(|t| t.topic.clone()));
+    let guarantee = match args.guarantee {
+        GuaranteeArg::ExactlyOnce => Guarantee::ExactlyOnce,
+        GuaranteeArg::AtLeastOnce => Guarantee::AtLeastOnce,
+    };
+    let instance = args
+        .instance_id
+        .unwrap_or_else(|| default_instance_id("normalizer"));
+    let loop_config = LoopConfig::new(normalizer::GROUP, &instance, topics, guarantee);
+    let metrics = LoopMetrics::new(&metrics_registry)?;
+    readiness.set("normalizer", true);
+    tracing::info!(instance, ?guarantee, "normalizer running");
+    runtime::run(
+        &clients,
+        loop_config,
+        router,
+        Arc::new(handler),
+        metrics,
+        shutdown,
+    )
+    .await?;
+    Ok(ExitCode::SUCCESS)
+}
