@@ -11,12 +11,13 @@ use std::time::Duration;
 use rdkafka::admin::AdminOptions;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_runtime::kafka::KafkaClients;
 
 use crate::runtime::headers as h;
+use crate::runtime::Record;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DlqError {
@@ -50,29 +51,21 @@ fn kafka(what: impl Into<String>) -> impl FnOnce(KafkaError) -> DlqError {
     move |source| DlqError::Kafka { what, source }
 }
 
-/// One dead letter with its provenance decoded.
+/// One dead letter, with accessors that decode its provenance.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadLetter {
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-    pub timestamp_ms: Option<i64>,
-    pub key: Option<Vec<u8>>,
-    pub value: Option<Vec<u8>>,
-    pub headers: Vec<(String, Vec<u8>)>,
+pub struct DeadLetter(pub Record);
+
+impl std::ops::Deref for DeadLetter {
+    type Target = Record;
+
+    fn deref(&self) -> &Record {
+        &self.0
+    }
 }
 
 impl DeadLetter {
-    fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers
-            .iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_slice())
-    }
-
     fn text(&self, name: &str) -> Option<String> {
-        self.header(name)
+        self.header_bytes(name)
             .map(|v| String::from_utf8_lossy(v).into_owned())
     }
 
@@ -81,11 +74,12 @@ impl DeadLetter {
     }
 
     pub fn original_partition(&self) -> Option<i32> {
-        self.header(h::ORIGINAL_PARTITION).and_then(h::read_int)
+        self.header_bytes(h::ORIGINAL_PARTITION)
+            .and_then(h::read_int)
     }
 
     pub fn original_offset(&self) -> Option<i64> {
-        self.header(h::ORIGINAL_OFFSET).and_then(h::read_long)
+        self.header_bytes(h::ORIGINAL_OFFSET).and_then(h::read_long)
     }
 
     pub fn error_class(&self) -> String {
@@ -187,22 +181,7 @@ pub fn scan(clients: &KafkaClients, topic: &str) -> Result<Vec<DeadLetter>, DlqE
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while remaining > 0 && std::time::Instant::now() < deadline {
         match consumer.poll(Duration::from_millis(500)) {
-            Some(Ok(m)) => out.push(DeadLetter {
-                topic: m.topic().to_string(),
-                partition: m.partition(),
-                offset: m.offset(),
-                timestamp_ms: m.timestamp().to_millis(),
-                key: m.key().map(<[u8]>::to_vec),
-                value: m.payload().map(<[u8]>::to_vec),
-                headers: m
-                    .headers()
-                    .map(|hs| {
-                        hs.iter()
-                            .map(|x| (x.key.to_string(), x.value.unwrap_or_default().to_vec()))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            }),
+            Some(Ok(m)) => out.push(DeadLetter(Record::from_message(&m))),
             Some(Err(KafkaError::PartitionEOF(_))) => remaining -= 1,
             Some(Err(e)) => return Err(kafka("reading")(e)),
             None => {}
@@ -234,24 +213,7 @@ pub fn fetch(
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     while std::time::Instant::now() < deadline {
         match consumer.poll(Duration::from_millis(500)) {
-            Some(Ok(m)) if m.offset() == offset => {
-                return Ok(DeadLetter {
-                    topic: topic.into(),
-                    partition,
-                    offset,
-                    timestamp_ms: m.timestamp().to_millis(),
-                    key: m.key().map(<[u8]>::to_vec),
-                    value: m.payload().map(<[u8]>::to_vec),
-                    headers: m
-                        .headers()
-                        .map(|hs| {
-                            hs.iter()
-                                .map(|x| (x.key.to_string(), x.value.unwrap_or_default().to_vec()))
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                })
-            }
+            Some(Ok(m)) if m.offset() == offset => return Ok(DeadLetter(Record::from_message(&m))),
             Some(Ok(_)) | Some(Err(KafkaError::PartitionEOF(_))) => break,
             Some(Err(e)) => return Err(kafka("reading")(e)),
             None => {}
@@ -297,7 +259,7 @@ pub fn replayed_positions(
     Ok(scan(clients, marker_topic)?
         .into_iter()
         .filter(|m| m.value.is_some())
-        .filter_map(|m| m.key.map(|k| String::from_utf8_lossy(&k).into_owned()))
+        .filter_map(|m| m.0.key.map(|k| String::from_utf8_lossy(&k).into_owned()))
         .collect())
 }
 
@@ -465,7 +427,7 @@ mod tests {
     use super::*;
 
     fn letter(class: &str, ts: i64) -> DeadLetter {
-        DeadLetter {
+        DeadLetter(Record {
             topic: "dlq".into(),
             partition: 0,
             offset: ts,
@@ -478,7 +440,7 @@ mod tests {
                 (h::ORIGINAL_PARTITION.into(), h::int(4)),
                 (h::ORIGINAL_OFFSET.into(), h::long(99)),
             ],
-        }
+        })
     }
 
     #[test]

@@ -129,18 +129,71 @@ pub fn rfc3339_ms(ms: i64) -> String {
     )
 }
 
-/// Parses the RFC 3339 UTC form written by [`rfc3339_ms`] (fraction optional).
+/// Parses an RFC 3339 date-time with any UTC offset to epoch milliseconds:
+/// `2019-05-15T15:20:30Z`, `2019-05-15T15:20:30.123+02:00`, `2008-01-10T11:00:00-05:00`.
+/// Fractions beyond milliseconds are truncated.
 pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
-    let s = s.strip_suffix('Z')?;
-    let (date, time) = s.split_once('T')?;
-    let mut dp = date.split('-').map(|p| p.parse::<i64>().ok());
-    let (y, m, d) = (dp.next()??, dp.next()??, dp.next()??);
-    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
-    let mut tp = hms.split(':').map(|p| p.parse::<i64>().ok());
-    let (hh, mm, ss) = (tp.next()??, tp.next()??, tp.next()??);
-    let frac = format!("{frac:0<3}");
-    let millis: i64 = frac.get(..3)?.parse().ok()?;
-    Some((days_from_civil(y, m, d) * 86_400 + hh * 3600 + mm * 60 + ss) * 1000 + millis)
+    fn num(s: &str) -> Option<i64> {
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        s.parse().ok()
+    }
+    let b = s.as_bytes();
+    if !s.is_ascii()
+        || b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let (y, mo, d) = (num(&s[0..4])?, num(&s[5..7])?, num(&s[8..10])?);
+    let (h, mi, sec) = (num(&s[11..13])?, num(&s[14..16])?, num(&s[17..19])?);
+    let mut rest = &s[19..];
+    let mut millis = 0;
+    if let Some(r) = rest.strip_prefix('.') {
+        let digits = r.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        millis = num(&format!("{:0<3}", &r[..digits.min(3)]))?;
+        rest = &r[digits..];
+    }
+    let offset_secs = match rest {
+        "Z" | "z" => 0,
+        _ => {
+            let sign = match rest.as_bytes().first()? {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            let hhmm = &rest[1..];
+            let (oh, om) = match hhmm.len() {
+                5 if hhmm.as_bytes()[2] == b':' => (num(&hhmm[..2])?, num(&hhmm[3..])?),
+                4 => (num(&hhmm[..2])?, num(&hhmm[2..])?),
+                _ => return None,
+            };
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            sign * (oh * 3600 + om * 60)
+        }
+    };
+    let days_in_month = match mo {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if y % 4 == 0 && (y % 100 != 0 || y % 400 == 0) => 29,
+        2 => 28,
+        _ => return None,
+    };
+    if d < 1 || d > days_in_month || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let local = days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + sec;
+    Some((local - offset_secs) * 1000 + millis)
 }
 
 // Howard Hinnant's civil-from-days algorithms, for a dependency-free UTC calendar.
@@ -182,6 +235,10 @@ mod tests {
             Some(1_649_367_553_000)
         );
         assert_eq!(parse_rfc3339_ms("not a time"), None);
+        assert_eq!(
+            parse_rfc3339_ms("2019-05-15T10:20:30-05:00"),
+            parse_rfc3339_ms("2019-05-15T15:20:30Z")
+        );
     }
 
     #[test]

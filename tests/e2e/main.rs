@@ -5,6 +5,7 @@
 //! When the stack is not running, every test fails with a message naming the command to run;
 //! none of them skips.
 
+mod chaos;
 mod cli;
 mod compose;
 mod gateway;

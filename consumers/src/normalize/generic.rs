@@ -17,6 +17,7 @@
 //! a `normalize/fields.rs`.
 
 use serde_json::{json, Value as Json};
+use sluice_schemas::metadata::parse_rfc3339_ms;
 
 use super::money;
 use super::{parse_json, MapError, Mapped, RawDelivery};
@@ -282,84 +283,6 @@ fn lookup<'j>(root: &'j Json, path: &str) -> Option<&'j Json> {
         }
     }
     Some(cur)
-}
-
-/// Parses an RFC 3339 date-time with any UTC offset to epoch milliseconds:
-/// `2019-05-15T15:20:30Z`, `2019-05-15T15:20:30.123+02:00`, `2008-01-10T11:00:00-05:00`.
-/// Fractions beyond milliseconds are truncated.
-pub(crate) fn parse_rfc3339_ms(s: &str) -> Option<i64> {
-    fn num(s: &str) -> Option<i64> {
-        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        s.parse().ok()
-    }
-    let b = s.as_bytes();
-    if !s.is_ascii()
-        || b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || !matches!(b[10], b'T' | b't')
-        || b[13] != b':'
-        || b[16] != b':'
-    {
-        return None;
-    }
-    let (y, mo, d) = (num(&s[0..4])?, num(&s[5..7])?, num(&s[8..10])?);
-    let (h, mi, sec) = (num(&s[11..13])?, num(&s[14..16])?, num(&s[17..19])?);
-    let mut rest = &s[19..];
-    let mut millis = 0;
-    if let Some(r) = rest.strip_prefix('.') {
-        let digits = r.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return None;
-        }
-        millis = num(&format!("{:0<3}", &r[..digits.min(3)]))?;
-        rest = &r[digits..];
-    }
-    let offset_secs = match rest {
-        "Z" | "z" => 0,
-        _ => {
-            let sign = match rest.as_bytes().first()? {
-                b'+' => 1,
-                b'-' => -1,
-                _ => return None,
-            };
-            let hhmm = &rest[1..];
-            let (oh, om) = match hhmm.len() {
-                5 if hhmm.as_bytes()[2] == b':' => (num(&hhmm[..2])?, num(&hhmm[3..])?),
-                4 => (num(&hhmm[..2])?, num(&hhmm[2..])?),
-                _ => return None,
-            };
-            if oh > 23 || om > 59 {
-                return None;
-            }
-            sign * (oh * 3600 + om * 60)
-        }
-    };
-    let days_in_month = match mo {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        2 if y % 4 == 0 && (y % 100 != 0 || y % 400 == 0) => 29,
-        2 => 28,
-        _ => return None,
-    };
-    if d < 1 || d > days_in_month || h > 23 || mi > 59 || sec > 60 {
-        return None;
-    }
-    let local = days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + sec;
-    Some((local - offset_secs) * 1000 + millis)
-}
-
-// Howard Hinnant's days-from-civil, as in `sluice_schemas::metadata`.
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = if m > 2 { m - 3 } else { m + 9 };
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 #[cfg(test)]

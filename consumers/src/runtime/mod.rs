@@ -35,6 +35,27 @@ pub struct Record {
 }
 
 impl Record {
+    /// Copies a consumed message out of librdkafka's buffer.
+    pub fn from_message<M: rdkafka::message::Message>(m: &M) -> Self {
+        use rdkafka::message::Headers;
+        Record {
+            topic: m.topic().to_string(),
+            partition: m.partition(),
+            offset: m.offset(),
+            timestamp_ms: m.timestamp().to_millis(),
+            key: m.key().map(<[u8]>::to_vec),
+            value: m.payload().map(<[u8]>::to_vec),
+            headers: m
+                .headers()
+                .map(|hs| {
+                    hs.iter()
+                        .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+
     /// The last value of header `name`, as UTF-8.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers

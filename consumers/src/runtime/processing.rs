@@ -12,7 +12,7 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_runtime::kafka::KafkaClients;
@@ -122,12 +122,12 @@ pub async fn run<H: Handler>(
             _ = shutdown.wait() => break,
             _ = tokio::time::sleep(wait) => {}
             first = consumer.recv() => {
-                batch.push(to_record(&first.map_err(kafka("consuming"))?));
+                batch.push(Record::from_message(&first.map_err(kafka("consuming"))?));
                 let deadline = Instant::now() + config.linger;
                 while batch.len() < config.max_batch {
                     let left = deadline.saturating_duration_since(Instant::now());
                     match tokio::time::timeout(left, consumer.recv()).await {
-                        Ok(Ok(m)) => batch.push(to_record(&m)),
+                        Ok(Ok(m)) => batch.push(Record::from_message(&m)),
                         Ok(Err(e)) => return Err(LoopError::Kafka { what: "consuming", source: e }),
                         Err(_) => break,
                     }
@@ -503,25 +503,6 @@ fn pause_at(
             Duration::from_secs(5),
         )
         .map_err(kafka("rewinding a retry partition"))
-}
-
-fn to_record(m: &BorrowedMessage<'_>) -> Record {
-    Record {
-        topic: m.topic().to_string(),
-        partition: m.partition(),
-        offset: m.offset(),
-        timestamp_ms: m.timestamp().to_millis(),
-        key: m.key().map(<[u8]>::to_vec),
-        value: m.payload().map(<[u8]>::to_vec),
-        headers: m
-            .headers()
-            .map(|hs| {
-                hs.iter()
-                    .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-                    .collect()
-            })
-            .unwrap_or_default(),
-    }
 }
 
 /// Runs a blocking librdkafka call without stalling the async runtime's other tasks.
