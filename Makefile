@@ -1,6 +1,9 @@
 # The two commands a fresh clone needs:
-#   make demo   start the local stack, build sluice and run the pipeline demo
-#   make test   start the local stack and run every test (CI runs exactly this)
+#   make demo   start the local stack, build sluice, apply the topology, register the
+#               schemas, then run every role with demo traffic and print a summary
+#               (Ctrl-C stops it)
+#   make test   start the local stack and run every test, the fault suite included
+#               (CI runs exactly this)
 #
 # Build output and downloads live outside the clone so later runs reuse them.
 SLUICE_CACHE ?= $(HOME)/.cache/sluice
@@ -9,14 +12,30 @@ export SLUICE_CACHE CARGO_TARGET_DIR
 
 SLUICE := $(CARGO_TARGET_DIR)/debug/sluice
 
-.PHONY: demo test setup stack stack-down build lint unit
+.PHONY: demo test faults bench setup stack stack-down build lint deploy
 
-demo: stack build
+demo: stack build deploy
+	set -a && . dev/demo.env && set +a && $(SLUICE) --config dev/demo.yaml run --demo
+
+deploy:
 	$(SLUICE) doctor
-	$(SLUICE) demo roundtrip
+	$(SLUICE) topology apply
+	$(SLUICE) schemas register
 
 test: stack lint
 	dev/test
+
+# The fault suite alone (kills and restarts the broker; real processes).
+faults: stack
+	cargo test --locked --test e2e -- --ignored --test-threads=1 --nocapture
+
+# Benchmarks against the live stack, release build.
+bench: stack
+	cargo build --release --locked --bin sluice
+	$(CARGO_TARGET_DIR)/release/sluice topology apply
+	cargo bench -p sluice-schemas --bench codec
+	$(CARGO_TARGET_DIR)/release/sluice bench gateway
+	$(CARGO_TARGET_DIR)/release/sluice bench normalizer
 
 setup:
 	dev/setup

@@ -42,6 +42,20 @@ enum Command {
     /// Inspect, replay and purge dead-letter topics.
     #[command(subcommand)]
     Dlq(cli::dlq::DlqCommand),
+    /// Run the saga orchestrator: triggers and replies in, commands and state out, each
+    /// transition one Kafka transaction.
+    Sagas(cli::saga::SagasArgs),
+    /// Inspect and operate saga instances; run the demo participants.
+    #[command(subcommand)]
+    Saga(cli::saga::SagaCommand),
+    /// Consumer lag of every group: offsets, time lag and Burrow-style status; `--export`
+    /// serves it as Prometheus metrics.
+    Lag(cli::lag::LagArgs),
+    /// Every role in one supervised process; `--demo` also drives the demo traffic.
+    Run(cli::run::RunArgs),
+    /// Benchmarks against the live stack, each with a raw rdkafka ceiling from the same run.
+    #[command(subcommand)]
+    Bench(cli::bench::BenchCommand),
 }
 
 fn main() -> ExitCode {
@@ -75,6 +89,11 @@ fn main() -> ExitCode {
             Command::Gateway(args) => cli::gateway::run(&config, args).await,
             Command::Normalize(args) => cli::normalize::run(&config, args).await,
             Command::Dlq(cmd) => cli::dlq::run(&config, cmd).await,
+            Command::Sagas(args) => cli::saga::run_orchestrator(&config, args).await,
+            Command::Saga(cmd) => cli::saga::run(&config, cmd).await,
+            Command::Lag(args) => cli::lag::run(&config, args).await,
+            Command::Bench(cmd) => cli::bench::run(&config, cmd).await,
+            Command::Run(args) => cli::run::run(&config, cli.config.as_deref(), args).await,
         }
     });
     match result {

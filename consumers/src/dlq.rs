@@ -14,7 +14,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
-use sluice_runtime::kafka::KafkaClients;
+use sluice_runtime::kafka::{KafkaClients, ReadToEnd};
 
 use crate::runtime::headers as h;
 use crate::runtime::Record;
@@ -138,15 +138,11 @@ impl Filter {
     }
 }
 
-fn reader(clients: &KafkaClients) -> Result<BaseConsumer, DlqError> {
-    clients
-        .consumer_config("dlq", "sluice-dlq-tool")?
-        .set("enable.partition.eof", "true")
-        .create()
-        .map_err(kafka("creating a consumer"))
+fn reader(clients: &KafkaClients) -> Result<BaseConsumer<ReadToEnd>, DlqError> {
+    Ok(clients.read_to_end_consumer("dlq", "sluice-dlq-tool")?)
 }
 
-fn partitions(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>, DlqError> {
+fn partitions(consumer: &BaseConsumer<ReadToEnd>, topic: &str) -> Result<Vec<i32>, DlqError> {
     let md = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .map_err(kafka(format!("reading metadata of {topic}")))?;
@@ -420,6 +416,54 @@ pub async fn purge(
         }
     }
     Ok(planned)
+}
+
+/// Records held in `topic` now: log end minus log start over its partitions (transaction
+/// markers included, so slightly more than the records under exactly-once). Blocking.
+pub fn depth(clients: &KafkaClients, topic: &str) -> Result<i64, DlqError> {
+    let consumer = reader(clients)?;
+    let mut total = 0;
+    for p in partitions(&consumer, topic)? {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .map_err(kafka("reading watermarks"))?;
+        total += high - low;
+    }
+    Ok(total)
+}
+
+/// Exports `sluice_dlq_depth{topic}` for `topics`, refreshed every `every` until shutdown.
+pub fn spawn_depth_gauge(
+    clients: KafkaClients,
+    topics: Vec<String>,
+    registry: &prometheus::Registry,
+    every: Duration,
+    shutdown: sluice_runtime::Shutdown,
+) -> prometheus::Result<tokio::task::JoinHandle<()>> {
+    let gauge = prometheus::IntGaugeVec::new(
+        prometheus::Opts::new(
+            "sluice_dlq_depth",
+            "Records held in a dead-letter topic (log end minus log start).",
+        ),
+        &["topic"],
+    )?;
+    registry.register(Box::new(gauge.clone()))?;
+    Ok(tokio::spawn(async move {
+        while !shutdown.is_triggered() {
+            for t in &topics {
+                let (c, topic) = (clients.clone(), t.clone());
+                match tokio::task::spawn_blocking(move || depth(&c, &topic)).await {
+                    Ok(Ok(n)) => gauge.with_label_values(&[t]).set(n),
+                    Ok(Err(e)) => tracing::warn!(topic = t, error = %e, "cannot read DLQ depth"),
+                    Err(_) => {}
+                }
+            }
+            tokio::select! {
+                _ = shutdown.wait() => break,
+                _ = tokio::time::sleep(every) => {}
+            }
+        }
+    }))
 }
 
 #[cfg(test)]

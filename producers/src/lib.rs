@@ -9,11 +9,12 @@
 //!   HTTP (`POST /v1/events/{event_type}`) or from Rust ([`publish::Publisher`]).
 //! - [`produce`]: the durable write both share: produce, wait for the delivery report.
 //! - [`sign`]: providers' signing schemes, for sending test deliveries.
-//! - [`traceparent`]: W3C trace context carried on every record the gateway writes.
+//! - [`traceparent`]: W3C trace context, re-exported from `sluice_schemas` where every hop
+//!   shares it.
 
 pub mod gateway;
 pub mod produce;
 pub mod publish;
 pub mod sign;
-pub mod traceparent;
+pub use sluice_schemas::traceparent;
 pub mod verify;

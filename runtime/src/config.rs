@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_yaml_ng::{Mapping, Value};
 
 /// The file looked for when no `--config` is given.
@@ -31,7 +31,7 @@ pub enum ConfigError {
 }
 
 /// The whole configuration of a sluice process.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SluiceConfig {
     pub kafka: KafkaConfig,
@@ -44,7 +44,7 @@ pub struct SluiceConfig {
 }
 
 /// Connection to the Kafka cluster.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
     pub bootstrap_servers: String,
@@ -69,7 +69,7 @@ impl Default for KafkaConfig {
 }
 
 /// The Confluent-compatible schema registry.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RegistryConfig {
     /// Base URL of the Confluent API, e.g. `http://127.0.0.1:8081/apis/ccompat/v7`.
@@ -89,7 +89,7 @@ impl Default for RegistryConfig {
 }
 
 /// Registry credentials, as Confluent Cloud-style registries expect them.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub enum RegistryAuth {
     Basic {
@@ -102,7 +102,7 @@ pub enum RegistryAuth {
 }
 
 /// The admin HTTP server every long-running process starts (`/metrics`, `/health/*`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     pub listen: String,
@@ -116,7 +116,7 @@ impl Default for AdminConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     /// Human-readable, for terminals.
@@ -126,7 +126,7 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetryConfig {
     pub log_format: LogFormat,
@@ -148,7 +148,7 @@ impl Default for TelemetryConfig {
 }
 
 /// The HTTP gateway (`sluice gateway`): webhook ingestion and the publish API.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GatewayConfig {
     /// Address the gateway binds, e.g. `0.0.0.0:8080`.
@@ -177,7 +177,7 @@ impl Default for GatewayConfig {
 }
 
 /// One publisher's credential and what it may publish.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PublishToken {
     /// Names the publisher in logs and in the default event `source`
@@ -204,6 +204,19 @@ pub enum SecretRef {
 struct RawSecretRef {
     env: Option<String>,
     file: Option<PathBuf>,
+}
+
+impl Serialize for SecretRef {
+    // Written back as it is read: `{env: NAME}` or `{file: PATH}`; never a secret's value.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(1))?;
+        match self {
+            SecretRef::Env(name) => map.serialize_entry("env", name)?,
+            SecretRef::File(path) => map.serialize_entry("file", path)?,
+        }
+        map.end()
+    }
 }
 
 impl TryFrom<RawSecretRef> for SecretRef {

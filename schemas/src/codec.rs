@@ -369,6 +369,64 @@ impl AvroCodec {
     }
 }
 
+/// Encodes values of one registered schema with a writer built once.
+///
+/// apache-avro's writer borrows its schema and indexes its names when built; building it per
+/// record costs more than encoding. The schema is given a `'static` lifetime, so build one
+/// `SchemaWriter` per schema a process writes (at start-up), not per record.
+pub struct SchemaWriter {
+    id: u32,
+    schema: &'static Schema,
+    writer: GenericDatumWriter<'static>,
+}
+
+impl fmt::Debug for SchemaWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "SchemaWriter({} id {})",
+            schema_name(self.schema),
+            self.id
+        )
+    }
+}
+
+impl SchemaWriter {
+    pub fn new(id: u32, schema: Schema) -> Result<Self, CodecError> {
+        let schema: &'static Schema = Box::leak(Box::new(schema));
+        let writer =
+            GenericDatumWriter::builder(schema)
+                .build()
+                .map_err(|e| CodecError::Encode {
+                    id,
+                    reason: e.to_string(),
+                })?;
+        Ok(Self { id, schema, writer })
+    }
+
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    pub fn schema(&self) -> &Schema {
+        self.schema
+    }
+
+    /// Encodes in the Confluent wire format, validating the value against the schema.
+    pub fn encode(&self, value: Value) -> Result<Vec<u8>, CodecError> {
+        let mut out = Vec::with_capacity(128);
+        out.push(MAGIC_BYTE);
+        out.extend_from_slice(&self.id.to_be_bytes());
+        self.writer
+            .write_value(&mut out, value)
+            .map_err(|e| CodecError::Encode {
+                id: self.id,
+                reason: e.to_string(),
+            })?;
+        Ok(out)
+    }
+}
+
 /// Encodes without a registry round trip: the id is already known.
 pub fn encode_with(schema_id: u32, schema: &Schema, value: Value) -> Result<Vec<u8>, CodecError> {
     let mut out = Vec::with_capacity(64);

@@ -12,6 +12,7 @@ pub mod compat;
 pub mod json;
 pub mod metadata;
 pub mod registry;
+pub mod traceparent;
 
 pub use catalog::{Catalog, CatalogEntry, CatalogError};
 pub use codec::{AvroCodec, CodecError, RecordLocation};

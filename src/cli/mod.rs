@@ -1,11 +1,15 @@
 //! Subcommands of the `sluice` binary. Each module is one command family; the libraries do
 //! the work, these modules print.
 
+pub mod bench;
 pub mod demo;
 pub mod dlq;
 pub mod doctor;
 pub mod gateway;
+pub mod lag;
 pub mod normalize;
+pub mod run;
+pub mod saga;
 pub mod schemas;
 pub mod tail;
 pub mod topology;

@@ -34,6 +34,13 @@ pub struct NormalizeArgs {
     /// How long a delivery id is remembered for dedup.
     #[arg(long, default_value = "7d")]
     pub dedup_window: String,
+    /// Most records per transaction (exactly-once) or commit (at-least-once); larger batches
+    /// amortise the transaction's round trips, smaller ones bound latency and memory.
+    #[arg(long, default_value_t = 2000)]
+    pub max_batch: usize,
+    /// How long to wait for a batch to fill, in milliseconds.
+    #[arg(long, default_value_t = 50)]
+    pub linger_ms: u64,
 }
 
 /// The failure routing of the normalizer, from the topology's `normalizer` retry policy.
@@ -49,7 +56,7 @@ pub fn failure_router(topology: &Topology) -> anyhow::Result<FailureRouter> {
             )
         })?;
     Ok(FailureRouter {
-        group: normalizer::GROUP.to_string(),
+        group: normalizer::group(&topology.prefix),
         tiers: policy
             .tiers
             .iter()
@@ -102,6 +109,14 @@ pub async fn run(config: &SluiceConfig, args: NormalizeArgs) -> anyhow::Result<E
     )
     .await?;
     let router = failure_router(&topology)?;
+    sluice_consumers::dlq::spawn_depth_gauge(
+        clients.clone(),
+        vec![router.dlq_topic.clone()],
+        &metrics_registry,
+        std::time::Duration::from_secs(30),
+        shutdown.clone(),
+    )?;
+    let handler = handler.with_dead_letters(router.clone());
     let mut topics = handler.raw_topics();
     topics.extend(router.tiers.iter().map(|t| t.topic.clone()));
     let guarantee = match args.guarantee {
@@ -111,7 +126,14 @@ pub async fn run(config: &SluiceConfig, args: NormalizeArgs) -> anyhow::Result<E
     let instance = args
         .instance_id
         .unwrap_or_else(|| default_instance_id("normalizer"));
-    let loop_config = LoopConfig::new(normalizer::GROUP, &instance, topics, guarantee);
+    let mut loop_config = LoopConfig::new(
+        &normalizer::group(&topology.prefix),
+        &instance,
+        topics,
+        guarantee,
+    );
+    loop_config.max_batch = args.max_batch.max(1);
+    loop_config.linger = std::time::Duration::from_millis(args.linger_ms);
     let metrics = LoopMetrics::new(&metrics_registry)?;
     readiness.set("normalizer", true);
     tracing::info!(instance, ?guarantee, "normalizer running");

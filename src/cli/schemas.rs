@@ -15,8 +15,9 @@ use sluice_topology::Topology;
 
 #[derive(Debug, Subcommand)]
 pub enum SchemasCommand {
-    /// Register every catalog version of every routed event type under its subject, after
-    /// setting the subject's compatibility mode. Idempotent.
+    /// Register every catalog version of every routed event type (and of every saga
+    /// command, reply and control message) under its subject, after setting the subject's
+    /// compatibility mode. Idempotent.
     Register {
         #[arg(long)]
         topology: Option<PathBuf>,
@@ -83,17 +84,15 @@ async fn register(config: &SluiceConfig, topology: Option<PathBuf>) -> anyhow::R
     let (catalog, topology) = super::load(config, topology)?;
     let registry = RegistryClient::new(&config.registry)?;
     println!("{:<72} {:>3} {:>6}  mode", "subject", "ver", "id");
-    for route in &topology.routes {
-        let subject = topology
-            .subjects
-            .naming
-            .subject(&route.topic, &route.event_type);
-        let mode = topology.subjects.compatibility_of(&route.event_type);
+    // Routed events, then each saga's commands, replies and control messages.
+    for (topic, event_type) in topology.registrations() {
+        let subject = topology.subjects.naming.subject(&topic, &event_type);
+        let mode = topology.subjects.compatibility_of(&event_type);
         registry
             .set_compatibility(Some(&subject), mode.as_str())
             .await
             .with_context(|| format!("setting {subject}'s compatibility to {mode}"))?;
-        for entry in catalog.versions(&route.event_type)? {
+        for entry in catalog.versions(&event_type)? {
             let id = registry
                 .register(&subject, &entry.json)
                 .await

@@ -5,13 +5,12 @@ use std::time::Duration;
 
 use clap::Args;
 use futures::StreamExt;
-use rdkafka::client::ClientContext;
-use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{json, Map, Value};
-use sluice_runtime::kafka::KafkaClients;
+use sluice_runtime::kafka::{KafkaClients, ReadToEnd};
 use sluice_runtime::SluiceConfig;
 use sluice_schemas::json::to_json_with_schema;
 use sluice_schemas::{AvroCodec, RecordLocation, RegistryClient};
@@ -36,25 +35,12 @@ pub struct TailArgs {
     pub offset: Option<i64>,
 }
 
-/// Reaching the end of a partition is how tail knows to stop, not an error worth logging.
-struct TailContext;
-
-impl ClientContext for TailContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(error, KafkaError::PartitionEOF(_)) {
-            tracing::error!(%error, reason, "kafka client error");
-        }
-    }
-}
-
-impl ConsumerContext for TailContext {}
-
 pub async fn run(config: &SluiceConfig, args: TailArgs) -> anyhow::Result<ExitCode> {
     let clients = KafkaClients::new(config.kafka.clone());
-    let consumer: StreamConsumer<TailContext> = clients
+    let consumer: StreamConsumer<ReadToEnd> = clients
         .consumer_config("tail", "sluice-tail")?
         .set("enable.partition.eof", "true")
-        .create_with_context(TailContext)?;
+        .create_with_context(ReadToEnd)?;
     let metadata = consumer.fetch_metadata(Some(&args.topic), Duration::from_secs(10))?;
     let topic_md = metadata
         .topics()

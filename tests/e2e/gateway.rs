@@ -491,7 +491,7 @@ async fn signed_fixture_deliveries_land_byte_for_byte_on_their_raw_topics() {
     assert_eq!(again["partition"], first["partition"]);
     assert!(again["offset"].as_i64() > first["offset"].as_i64());
 
-    // GitHub: event name from the file name, the request's traceparent kept.
+    // GitHub: event name from the file name, the request's trace continued.
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     for name in [
         "push",
@@ -522,10 +522,13 @@ async fn signed_fixture_deliveries_land_byte_for_byte_on_their_raw_topics() {
             rec.header("sluice_h_x-github-event").as_deref(),
             Some(event)
         );
+        // The gateway's span is a child of the caller's: same trace, new span id.
+        let written = rec.header(raw_record::TRACEPARENT).unwrap();
         assert_eq!(
-            rec.header(raw_record::TRACEPARENT).as_deref(),
-            Some(traceparent)
+            sluice_producers::traceparent::trace_id(&written),
+            sluice_producers::traceparent::trace_id(traceparent)
         );
+        assert_ne!(written, traceparent);
     }
 
     // Shopify: base64 signature, topic header as the event type; an invalid traceparent is

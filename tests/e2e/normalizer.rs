@@ -40,7 +40,7 @@ pub fn spawn_sluice(args: &[&str], env: &[(&str, &str)]) -> ChildGuard {
 
 pub fn fixture(path: &str) -> Vec<u8> {
     std::fs::read(format!(
-        "{}/consumers/tests/fixtures/webhooks/{path}",
+        "{}/tests/fixtures/webhooks/{path}",
         env!("CARGO_MANIFEST_DIR")
     ))
     .unwrap_or_else(|e| panic!("fixture {path}: {e}"))

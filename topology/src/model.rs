@@ -24,9 +24,9 @@ pub struct Topology {
     pub subjects: SubjectsSpec,
     #[serde(default)]
     pub retry_policies: Vec<RetryPolicySpec>,
-    /// Saga definitions; their structure is validated by the saga orchestrator.
+    /// Orchestrated flows (see [`SagaSpec`]); `sluice sagas` runs them.
     #[serde(default)]
-    pub sagas: Vec<serde_yaml_ng::Value>,
+    pub sagas: Vec<SagaSpec>,
 }
 
 fn default_prefix() -> String {
@@ -281,4 +281,128 @@ fn string_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String
             Ok((k, s))
         })
         .collect()
+}
+
+/// The Avro record every saga's replies topic carries besides participant replies: trigger
+/// hand-offs, deadline ticks and operator requests, all applied by the orchestrator.
+pub const SAGA_CONTROL_TYPE: &str = "dev.sluice.events.sagas.SagaControl";
+
+/// Lifecycle events the orchestrator publishes for data teams; each must be routed.
+pub const SAGA_LIFECYCLE_TYPES: [&str; 5] = [
+    "dev.sluice.events.sagas.SagaStarted",
+    "dev.sluice.events.sagas.SagaStepCompleted",
+    "dev.sluice.events.sagas.SagaCompleted",
+    "dev.sluice.events.sagas.SagaCompensated",
+    "dev.sluice.events.sagas.SagaFailed",
+];
+
+/// One orchestrated flow: a trigger event starts an instance per correlation key value, whose
+/// steps run in order; a failed or timed-out step compensates the completed ones in reverse.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SagaSpec {
+    /// Lower-case letters, digits and `-`; part of the saga's topic names.
+    pub name: String,
+    pub trigger: EventRef,
+    /// Field path in the trigger event (`order_id`, `customer.id`) whose value identifies the
+    /// instance: the saga id, and the key of its commands, replies and state.
+    pub correlation_key: String,
+    pub steps: Vec<StepSpec>,
+    /// Domain events emitted when an instance ends; their fields are filled from the trigger's
+    /// fields of the same name (plus `saga_id` and `reason`).
+    #[serde(default)]
+    pub outcome: Option<OutcomeSpec>,
+    /// How a failing compensation is retried before the instance is parked for an operator.
+    #[serde(default = "default_compensation_retry")]
+    pub compensation_retry: RetrySpec,
+}
+
+fn default_compensation_retry() -> RetrySpec {
+    RetrySpec {
+        max_attempts: 5,
+        backoff: HumanDuration(Duration::from_secs(1)),
+        max_backoff: Some(HumanDuration(Duration::from_secs(60))),
+    }
+}
+
+/// An event type on a topic.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventRef {
+    pub event_type: String,
+    pub topic: String,
+}
+
+/// A command a participant executes, the reply types that settle it, and how long to wait.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandSpec {
+    pub command: EventRef,
+    /// Reply type meaning the command took effect.
+    pub success: String,
+    /// Reply type meaning it did not (nothing to undo).
+    pub failure: String,
+    /// No reply by then counts as a failure.
+    pub timeout: HumanDuration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepSpec {
+    /// Lower-case letters, digits and `-`; unique within the saga.
+    pub name: String,
+    /// Who executes the step's commands (`inventory`); names the participant's dedup state.
+    pub participant: String,
+    /// Whether the step changes anything that must be undone; such a step needs a compensation.
+    #[serde(default = "yes")]
+    pub side_effects: bool,
+    pub command: EventRef,
+    /// Reply type meaning the command took effect.
+    pub success: String,
+    /// Reply type meaning it did not (nothing to undo).
+    pub failure: String,
+    /// No reply by then counts as a failure.
+    pub timeout: HumanDuration,
+    /// Retries of the command after a timeout or a retryable failure, before compensating.
+    #[serde(default)]
+    pub retry: Option<RetrySpec>,
+    #[serde(default)]
+    pub compensation: Option<CommandSpec>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl StepSpec {
+    /// The step's own command as a [`CommandSpec`], shaped like its compensation.
+    pub fn action(&self) -> CommandSpec {
+        CommandSpec {
+            command: self.command.clone(),
+            success: self.success.clone(),
+            failure: self.failure.clone(),
+            timeout: self.timeout,
+        }
+    }
+}
+
+/// Attempts in all (the first included), with exponential backoff between them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySpec {
+    pub max_attempts: u32,
+    pub backoff: HumanDuration,
+    /// Cap of the doubling backoff; none means uncapped.
+    #[serde(default)]
+    pub max_backoff: Option<HumanDuration>,
+}
+
+/// The domain events an instance ends with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutcomeSpec {
+    /// Emitted when every step succeeded (e.g. an order confirmation).
+    pub completed: String,
+    /// Emitted once the compensations ran (e.g. an order cancellation).
+    pub compensated: String,
 }

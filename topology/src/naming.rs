@@ -9,6 +9,8 @@
 //! | `<prefix>.dlq.<consumer>` | dead letters, with provenance headers |
 //! | `<prefix>.state.<what>` | compacted state (dedup, held keys, sagas) |
 //! | `<prefix>.saga.<saga>.commands` / `.replies` | saga commands and participant replies |
+//! | `<prefix>.state.saga-<saga>` | saga instances, keyed by saga id |
+//! | `<prefix>.state.saga-participant-<role>` | command ids a saga participant has handled |
 
 use std::time::Duration;
 
@@ -30,6 +32,27 @@ pub fn dlq_topic(prefix: &str, consumer: &str) -> String {
 
 pub fn state_topic(prefix: &str, what: &str) -> String {
     format!("{prefix}.state.{what}")
+}
+
+/// Commands of saga `saga` to its participants.
+pub fn saga_commands_topic(prefix: &str, saga: &str) -> String {
+    format!("{prefix}.saga.{saga}.commands")
+}
+
+/// Participant replies, and the orchestrator's own control messages, of saga `saga`: every
+/// input of an instance after its trigger, keyed by saga id.
+pub fn saga_replies_topic(prefix: &str, saga: &str) -> String {
+    format!("{prefix}.saga.{saga}.replies")
+}
+
+/// Compacted instance state of saga `saga`, keyed by saga id, partitioned like its replies.
+pub fn saga_state_topic(prefix: &str, saga: &str) -> String {
+    state_topic(prefix, &format!("saga-{saga}"))
+}
+
+/// Compacted command-id dedup state of saga participant `role`.
+pub fn saga_participant_state_topic(prefix: &str, role: &str) -> String {
+    state_topic(prefix, &format!("saga-participant-{role}"))
 }
 
 /// `90s` → `90s`, `60s` → `1m`, `3600s` → `1h`: the largest whole unit.
@@ -94,6 +117,26 @@ mod tests {
         assert_eq!(
             retry_topic("sluice", "normalizer", Duration::from_secs(60)),
             "sluice.retry.normalizer.1m"
+        );
+    }
+
+    #[test]
+    fn saga_topics_follow_the_convention() {
+        assert_eq!(
+            saga_commands_topic("sluice", "order-fulfillment"),
+            "sluice.saga.order-fulfillment.commands"
+        );
+        assert_eq!(
+            saga_replies_topic("sluice", "order-fulfillment"),
+            "sluice.saga.order-fulfillment.replies"
+        );
+        assert_eq!(
+            saga_state_topic("sluice", "order-fulfillment"),
+            "sluice.state.saga-order-fulfillment"
+        );
+        assert_eq!(
+            saga_participant_state_topic("sluice", "payments"),
+            "sluice.state.saga-participant-payments"
         );
     }
 }

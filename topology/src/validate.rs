@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::Path;
 
-use crate::model::{TopicSpec, Topology};
+use crate::model::{
+    CommandSpec, RetrySpec, SagaSpec, TopicSpec, Topology, SAGA_CONTROL_TYPE, SAGA_LIFECYCLE_TYPES,
+};
 use crate::naming;
 
 /// Provider types the gateway knows; their options are checked by the gateway itself.
@@ -277,7 +279,263 @@ impl Topology {
                 );
             }
         }
+        self.validate_sagas(event_types, &mut errors);
         errors
+    }
+
+    /// The saga section: every message names the saga and the step, and says what is wrong.
+    fn validate_sagas(&self, event_types: &BTreeSet<String>, errors: &mut Vec<ValidationError>) {
+        if self.sagas.is_empty() {
+            return;
+        }
+        let mut err =
+            |path: String, message: String| errors.push(ValidationError { path, message });
+        let topic = |name: &str| self.topics.iter().find(|t| t.name == name);
+        let compacted = |t: &TopicSpec| {
+            t.config
+                .get("cleanup.policy")
+                .is_some_and(|p| p.split(',').any(|p| p.trim() == "compact"))
+        };
+        for t in SAGA_LIFECYCLE_TYPES.iter().chain([&SAGA_CONTROL_TYPE]) {
+            if !event_types.contains(*t) {
+                err(
+                    "sagas".into(),
+                    format!("`{t}` is not an event type in the catalog"),
+                );
+            }
+        }
+        for t in SAGA_LIFECYCLE_TYPES {
+            if self.route_of(t).is_none() {
+                err(
+                    "sagas".into(),
+                    format!(
+                        "lifecycle event `{t}` is not routed; add it to routes (e.g. to `{}`)",
+                        naming::events_topic(&self.prefix, "sagas")
+                    ),
+                );
+            }
+        }
+        for consumer in ["sagas", "saga-participants"] {
+            let dlq = naming::dlq_topic(&self.prefix, consumer);
+            if topic(&dlq).is_none() {
+                err(
+                    "sagas".into(),
+                    format!("dead-letter topic `{dlq}` is not declared in topics"),
+                );
+            }
+        }
+
+        let mut names = BTreeSet::new();
+        for (i, saga) in self.sagas.iter().enumerate() {
+            let path = format!("sagas[{i}]");
+            let of = format!("saga `{}`", saga.name);
+            if !is_slug(&saga.name) {
+                err(
+                    format!("{path}.name"),
+                    format!("{of}: the name must be lower-case letters, digits or `-` (it is part of topic names)"),
+                );
+            }
+            if !names.insert(&saga.name) {
+                err(format!("{path}.name"), format!("{of} is declared twice"));
+            }
+            if !event_types.contains(&saga.trigger.event_type) {
+                err(
+                    format!("{path}.trigger.event_type"),
+                    format!("{of}: unknown event type `{}`", saga.trigger.event_type),
+                );
+            }
+            if topic(&saga.trigger.topic).is_none() {
+                err(
+                    format!("{path}.trigger.topic"),
+                    format!(
+                        "{of}: trigger topic `{}` is not declared in topics",
+                        saga.trigger.topic
+                    ),
+                );
+            }
+            if let Some(routed) = self.route_of(&saga.trigger.event_type) {
+                if routed != saga.trigger.topic {
+                    err(
+                        format!("{path}.trigger.topic"),
+                        format!(
+                            "{of}: `{}` is routed to `{routed}`, not `{}`",
+                            saga.trigger.event_type, saga.trigger.topic
+                        ),
+                    );
+                }
+            }
+            if saga.correlation_key.is_empty() || saga.correlation_key.split('.').any(str::is_empty)
+            {
+                err(
+                    format!("{path}.correlation_key"),
+                    format!(
+                        "{of}: `{}` is not a field path such as `order_id` or `customer.id`",
+                        saga.correlation_key
+                    ),
+                );
+            }
+            if saga.steps.is_empty() {
+                err(
+                    format!("{path}.steps"),
+                    format!("{of}: at least one step is required"),
+                );
+            }
+            let replies = naming::saga_replies_topic(&self.prefix, &saga.name);
+            let replies_topic = topic(&replies);
+            if replies_topic.is_none() {
+                err(
+                    format!("{path}.name"),
+                    format!("{of}: reply topic `{replies}` is not declared in topics"),
+                );
+            }
+            let state = naming::saga_state_topic(&self.prefix, &saga.name);
+            match topic(&state) {
+                None => err(
+                    format!("{path}.name"),
+                    format!("{of}: state topic `{state}` is not declared in topics"),
+                ),
+                Some(t) => {
+                    if !compacted(t) {
+                        err(
+                            format!("{path}.name"),
+                            format!("{of}: state topic `{state}` must have cleanup.policy compact"),
+                        );
+                    }
+                    if let Some(r) = replies_topic {
+                        if r.partitions != t.partitions {
+                            err(
+                                format!("{path}.name"),
+                                format!(
+                                    "{of}: state topic `{state}` has {} partitions but reply topic `{replies}` has {}; they must match (an instance's state lives in the partition of its replies)",
+                                    t.partitions, r.partitions
+                                ),
+                            );
+                        }
+                    }
+                }
+            }
+            retry_problems(&saga.compensation_retry, &mut |field, problem| {
+                err(
+                    format!("{path}.compensation_retry.{field}"),
+                    format!("{of}: {problem}"),
+                )
+            });
+            if let Some(outcome) = &saga.outcome {
+                for (field, t) in [
+                    ("completed", &outcome.completed),
+                    ("compensated", &outcome.compensated),
+                ] {
+                    if !event_types.contains(t) {
+                        err(
+                            format!("{path}.outcome.{field}"),
+                            format!("{of}: unknown event type `{t}`"),
+                        );
+                    } else if self.route_of(t).is_none() {
+                        err(
+                            format!("{path}.outcome.{field}"),
+                            format!("{of}: outcome event `{t}` is not routed; add it to routes"),
+                        );
+                    }
+                }
+            }
+
+            let mut steps = BTreeSet::new();
+            for (j, step) in saga.steps.iter().enumerate() {
+                let path = format!("{path}.steps[{j}]");
+                let of = format!("{of}, step `{}`", step.name);
+                if !is_slug(&step.name) {
+                    err(
+                        format!("{path}.name"),
+                        format!("{of}: the name must be lower-case letters, digits or `-`"),
+                    );
+                }
+                if !steps.insert(&step.name) {
+                    err(format!("{path}.name"), format!("{of} is declared twice"));
+                }
+                if !is_slug(&step.participant) {
+                    err(
+                        format!("{path}.participant"),
+                        format!(
+                            "{of}: participant `{}` must be lower-case letters, digits or `-`",
+                            step.participant
+                        ),
+                    );
+                }
+                let mut check = |at: &str, c: &CommandSpec| {
+                    command_problems(
+                        c,
+                        event_types,
+                        &|t| topic(t).is_some(),
+                        &mut |field, problem| {
+                            err(format!("{path}{at}.{field}"), format!("{of}: {problem}"))
+                        },
+                    )
+                };
+                check("", &step.action());
+                if let Some(c) = &step.compensation {
+                    check(".compensation", c);
+                }
+                if let Some(r) = &step.retry {
+                    retry_problems(r, &mut |field, problem| {
+                        err(format!("{path}.retry.{field}"), format!("{of}: {problem}"))
+                    });
+                }
+                if step.side_effects && step.compensation.is_none() {
+                    err(
+                        format!("{path}.compensation"),
+                        format!("{of}: missing compensation; the step has side effects (set `side_effects: false` if it has none)"),
+                    );
+                }
+                let dedup = naming::saga_participant_state_topic(&self.prefix, &step.participant);
+                match topic(&dedup) {
+                    None => err(
+                        format!("{path}.participant"),
+                        format!(
+                            "{of}: participant state topic `{dedup}` is not declared in topics"
+                        ),
+                    ),
+                    Some(d) => {
+                        if !compacted(d) {
+                            err(
+                                format!("{path}.participant"),
+                                format!("{of}: participant state topic `{dedup}` must have cleanup.policy compact"),
+                            );
+                        }
+                        let commands = std::iter::once(&step.command)
+                            .chain(step.compensation.as_ref().map(|c| &c.command));
+                        for c in commands {
+                            if let Some(t) = topic(&c.topic) {
+                                if t.partitions > d.partitions {
+                                    err(
+                                        format!("{path}.participant"),
+                                        format!(
+                                            "{of}: participant state topic `{dedup}` has {} partitions, fewer than command topic `{}` ({})",
+                                            d.partitions, t.name, t.partitions
+                                        ),
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every (topic, event type) whose subject `sluice schemas register` registers: the
+    /// routes, then each saga's commands, replies and control messages on the saga's topics.
+    pub fn registrations(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = self
+            .routes
+            .iter()
+            .map(|r| (r.topic.clone(), r.event_type.clone()))
+            .collect();
+        for saga in &self.sagas {
+            out.extend(saga_subjects(&self.prefix, saga));
+        }
+        let mut seen = BTreeSet::new();
+        out.retain(|p| seen.insert(p.clone()));
+        out
     }
 
     /// Declared topics plus the retry tier topics derived from each retry policy (sized like
@@ -308,6 +566,78 @@ impl Topology {
             .find(|r| r.event_type == event_type)
             .map(|r| r.topic.as_str())
     }
+}
+
+/// The (topic, event type) pairs a saga writes on its own topics.
+fn saga_subjects(prefix: &str, saga: &SagaSpec) -> Vec<(String, String)> {
+    let replies = naming::saga_replies_topic(prefix, &saga.name);
+    let mut out = vec![(replies.clone(), SAGA_CONTROL_TYPE.to_string())];
+    for step in &saga.steps {
+        for c in std::iter::once(step.action()).chain(step.compensation.clone()) {
+            out.push((c.command.topic.clone(), c.command.event_type.clone()));
+            out.push((replies.clone(), c.success.clone()));
+            out.push((replies.clone(), c.failure.clone()));
+        }
+    }
+    out
+}
+
+fn command_problems(
+    c: &CommandSpec,
+    event_types: &BTreeSet<String>,
+    declared: &dyn Fn(&str) -> bool,
+    err: &mut dyn FnMut(&str, String),
+) {
+    for (field, t) in [
+        ("command.event_type", &c.command.event_type),
+        ("success", &c.success),
+        ("failure", &c.failure),
+    ] {
+        if !event_types.contains(t) {
+            err(field, format!("unknown event type `{t}`"));
+        }
+    }
+    if c.success == c.failure {
+        err(
+            "failure",
+            format!(
+                "`{}` cannot be both the success and the failure reply",
+                c.failure
+            ),
+        );
+    }
+    if !declared(&c.command.topic) {
+        err(
+            "command.topic",
+            format!(
+                "command topic `{}` is not declared in topics",
+                c.command.topic
+            ),
+        );
+    }
+    if c.timeout.0.is_zero() {
+        err("timeout", "must be more than 0".into());
+    }
+}
+
+fn retry_problems(r: &RetrySpec, err: &mut dyn FnMut(&str, String)) {
+    if r.max_attempts < 1 {
+        err("max_attempts", "must be at least 1".into());
+    }
+    if r.backoff.0.is_zero() {
+        err("backoff", "must be more than 0".into());
+    }
+    if r.max_backoff.is_some_and(|m| m.0 < r.backoff.0) {
+        err("max_backoff", "must not be less than backoff".into());
+    }
+}
+
+/// Lower-case letters, digits and `-`, not empty: safe in topic names and metric labels.
+fn is_slug(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 /// Kafka's rules for topic names.
@@ -437,5 +767,147 @@ retry_policies:
             err.contains("topics[0].name: `other.raw` must start with the prefix `sluice.`"),
             "{err}"
         );
+    }
+
+    const SAGA: &str = r#"
+topics:
+  - {name: sluice.events.commerce, partitions: 3}
+  - {name: sluice.events.sagas, partitions: 3}
+  - {name: sluice.saga.orders.commands, partitions: 3}
+  - {name: sluice.saga.orders.replies, partitions: 3}
+  - {name: sluice.state.saga-orders, partitions: 3, config: {cleanup.policy: compact}}
+  - {name: sluice.state.saga-participant-payments, partitions: 3, config: {cleanup.policy: compact}}
+  - {name: sluice.dlq.sagas, partitions: 1}
+  - {name: sluice.dlq.saga-participants, partitions: 1}
+routes:
+  - {event_type: x.OrderPlaced, topic: sluice.events.commerce}
+  - {event_type: dev.sluice.events.sagas.SagaStarted, topic: sluice.events.sagas}
+  - {event_type: dev.sluice.events.sagas.SagaStepCompleted, topic: sluice.events.sagas}
+  - {event_type: dev.sluice.events.sagas.SagaCompleted, topic: sluice.events.sagas}
+  - {event_type: dev.sluice.events.sagas.SagaCompensated, topic: sluice.events.sagas}
+  - {event_type: dev.sluice.events.sagas.SagaFailed, topic: sluice.events.sagas}
+sagas:
+  - name: orders
+    trigger: {event_type: x.OrderPlaced, topic: sluice.events.commerce}
+    correlation_key: order_id
+    steps:
+      - name: charge-payment
+        participant: payments
+        command: {event_type: x.Charge, topic: sluice.saga.orders.commands}
+        success: x.Charged
+        failure: x.ChargeFailed
+        timeout: 5s
+        retry: {max_attempts: 3, backoff: 1s}
+        compensation:
+          command: {event_type: x.Refund, topic: sluice.saga.orders.commands}
+          success: x.Refunded
+          failure: x.RefundFailed
+          timeout: 5s
+"#;
+
+    fn saga_types() -> BTreeSet<String> {
+        let mut t: BTreeSet<String> = [
+            "x.OrderPlaced",
+            "x.Charge",
+            "x.Charged",
+            "x.ChargeFailed",
+            "x.Refund",
+            "x.Refunded",
+            "x.RefundFailed",
+            SAGA_CONTROL_TYPE,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        t.extend(SAGA_LIFECYCLE_TYPES.iter().map(|s| s.to_string()));
+        t
+    }
+
+    #[test]
+    fn a_good_saga_loads_and_its_subjects_are_registered() {
+        let t = Topology::parse("t.yaml", SAGA, &saga_types()).unwrap();
+        let saga = &t.sagas[0];
+        assert_eq!(saga.steps[0].timeout.0, std::time::Duration::from_secs(5));
+        assert_eq!(saga.compensation_retry.max_attempts, 5, "default policy");
+        let subjects = t.registrations();
+        for pair in [
+            ("sluice.saga.orders.commands", "x.Charge"),
+            ("sluice.saga.orders.commands", "x.Refund"),
+            ("sluice.saga.orders.replies", "x.Charged"),
+            ("sluice.saga.orders.replies", "x.RefundFailed"),
+            ("sluice.saga.orders.replies", SAGA_CONTROL_TYPE),
+            ("sluice.events.sagas", "dev.sluice.events.sagas.SagaFailed"),
+        ] {
+            assert!(
+                subjects.contains(&(pair.0.to_string(), pair.1.to_string())),
+                "{pair:?} missing from {subjects:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn saga_errors_name_the_saga_the_step_and_the_problem() {
+        let bad = SAGA
+            .replace("event_type: x.Charge,", "event_type: x.Nope,")
+            .replace(
+                "  - {name: sluice.saga.orders.replies, partitions: 3}\n",
+                "",
+            )
+            .replace(
+                "        compensation:\n          command: {event_type: x.Refund, topic: sluice.saga.orders.commands}\n          success: x.Refunded\n          failure: x.RefundFailed\n          timeout: 5s\n",
+                "",
+            )
+            .replace("retry: {max_attempts: 3, backoff: 1s}", "retry: {max_attempts: 0, backoff: 1s}");
+        let err = Topology::parse("t.yaml", &bad, &saga_types())
+            .unwrap_err()
+            .to_string();
+        for expected in [
+            "sagas[0].steps[0].command.event_type: saga `orders`, step `charge-payment`: unknown event type `x.Nope`",
+            "sagas[0].name: saga `orders`: reply topic `sluice.saga.orders.replies` is not declared in topics",
+            "sagas[0].steps[0].compensation: saga `orders`, step `charge-payment`: missing compensation; the step has side effects",
+            "sagas[0].steps[0].retry.max_attempts: saga `orders`, step `charge-payment`: must be at least 1",
+        ] {
+            assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
+        }
+        // Without side effects no compensation is needed.
+        let no_effects = SAGA.replace(
+            "        compensation:\n          command: {event_type: x.Refund, topic: sluice.saga.orders.commands}\n          success: x.Refunded\n          failure: x.RefundFailed\n          timeout: 5s\n",
+            "        side_effects: false\n",
+        );
+        Topology::parse("t.yaml", &no_effects, &saga_types()).unwrap();
+    }
+
+    #[test]
+    fn saga_state_and_lifecycle_routing_are_checked() {
+        let bad = SAGA
+            .replace(
+                "{name: sluice.state.saga-orders, partitions: 3, config: {cleanup.policy: compact}}",
+                "{name: sluice.state.saga-orders, partitions: 2}",
+            )
+            .replace(
+                "  - {event_type: dev.sluice.events.sagas.SagaFailed, topic: sluice.events.sagas}\n",
+                "",
+            )
+            .replace("correlation_key: order_id", "correlation_key: order..id");
+        let err = Topology::parse("t.yaml", &bad, &saga_types())
+            .unwrap_err()
+            .to_string();
+        for expected in [
+            "state topic `sluice.state.saga-orders` must have cleanup.policy compact",
+            "state topic `sluice.state.saga-orders` has 2 partitions but reply topic `sluice.saga.orders.replies` has 3",
+            "sagas: lifecycle event `dev.sluice.events.sagas.SagaFailed` is not routed",
+            "sagas[0].correlation_key: saga `orders`: `order..id` is not a field path",
+        ] {
+            assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
+        }
+    }
+
+    #[test]
+    fn saga_keys_are_checked_like_every_other_key() {
+        let typo = SAGA.replace("timeout: 5s\n        retry", "timout: 5s\n        retry");
+        let err = Topology::parse("t.yaml", &typo, &saga_types())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `timout`"), "{err}");
     }
 }

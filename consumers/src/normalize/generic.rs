@@ -292,11 +292,11 @@ mod tests {
 
     const SLACK_URL_VERIFICATION: &str = include_str!(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/webhooks/slack/url_verification.json"
+        "/../tests/fixtures/webhooks/slack/url_verification.json"
     ));
     const STRIPE_SUCCEEDED: &str = include_str!(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/webhooks/stripe/payment_intent.succeeded.json"
+        "/../tests/fixtures/webhooks/stripe/payment_intent.succeeded.json"
     ));
 
     #[test]

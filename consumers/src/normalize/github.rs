@@ -180,7 +180,7 @@ mod tests {
         ($name:literal) => {
             include_str!(concat!(
                 env!("CARGO_MANIFEST_DIR"),
-                "/tests/fixtures/webhooks/github/",
+                "/../tests/fixtures/webhooks/github/",
                 $name
             ))
         };

@@ -21,11 +21,12 @@
 //!   distinct kinds joined by `,` as its event type (`processed,deferred`), so the
 //!   source's `unmapped` policy applies to it (dead-letter, or the whole batch as one
 //!   `ExternalEvent`).
-//! - In a MIXED batch the mapped kinds are mapped and the unmapped ones produce
-//!   NOTHING: they are dropped, and the source's `unmapped` policy is not applied to
-//!   them (the raw topic still holds the whole batch). Returning `Unmapped` for the whole
-//!   batch instead would dead-letter (or genericise) the deliveries and bounces too, and
-//!   nearly every real batch contains `processed` events.
+//! - In a MIXED batch [`map`] maps the mapped kinds, and [`unmapped_elements`] lists the
+//!   others, to which the normalizer applies the source's `unmapped` policy element by
+//!   element (`generic`: one `ExternalEvent` each; `dlq`: the delivery is also
+//!   dead-lettered with the unmapped kinds as its reason). Returning `Unmapped` for the
+//!   whole batch instead would dead-letter (or genericise) the deliveries and bounces too,
+//!   and nearly every real batch contains `processed` events.
 //!
 //! An event of a mapped kind that lacks a required field (`email`, a click's `url`) fails
 //! the whole delivery with [`MapError::Invalid`] naming the element (`[3].email`), so
@@ -55,6 +56,26 @@ pub fn event_type_for(kind: &str) -> Option<&'static str> {
         "click" => Some(EMAIL_CLICKED),
         _ => None,
     }
+}
+
+/// The elements of a batch whose kind has no mapping: (position, kind, element as JSON).
+pub fn unmapped_elements(delivery: &RawDelivery<'_>) -> Vec<(usize, String, String)> {
+    let Ok(Json::Array(items)) = serde_json::from_slice::<Json>(delivery.body) else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .enumerate()
+        .filter_map(|(i, item)| {
+            let kind = item
+                .get("event")
+                .and_then(Json::as_str)
+                .unwrap_or("(no event)");
+            event_type_for(kind)
+                .is_none()
+                .then(|| (i, kind.to_string(), item.to_string()))
+        })
+        .collect()
 }
 
 /// Maps one Event Webhook batch.
@@ -152,6 +173,23 @@ fn categories(f: &Fields<'_>, path: &str) -> Result<Vec<String>, MapError> {
 }
 
 #[cfg(test)]
+mod unmapped_tests {
+    use super::*;
+    use crate::normalize::money::testing::delivery;
+
+    #[test]
+    fn unmapped_elements_are_listed_with_their_position_and_kind() {
+        let body = br#"[{"event":"processed","email":"a@x"},{"event":"delivered","email":"a@x","timestamp":1},{"event":"deferred","email":"b@x"}]"#;
+        let d = delivery("sendgrid", None, body);
+        let listed = unmapped_elements(&d);
+        let kinds: Vec<(usize, &str)> = listed.iter().map(|(i, k, _)| (*i, k.as_str())).collect();
+        assert_eq!(kinds, vec![(0, "processed"), (2, "deferred")]);
+        assert!(listed[1].2.contains("b@x"));
+        assert_eq!(map(&d).unwrap().len(), 1);
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::normalize::money::testing::{
@@ -160,7 +198,7 @@ mod tests {
 
     const EVENTS: &str = include_str!(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/webhooks/sendgrid/events.json"
+        "/../tests/fixtures/webhooks/sendgrid/events.json"
     ));
     const MESSAGE_ID: &str = "14c5d75ce93.dfd.64b469.filter0001.16648.5515E0B88.0";
     const AT_MS: i64 = 1_513_299_569_000;

@@ -134,7 +134,7 @@ mod tests {
         ($name:literal) => {
             include_str!(concat!(
                 env!("CARGO_MANIFEST_DIR"),
-                "/tests/fixtures/webhooks/shopify/",
+                "/../tests/fixtures/webhooks/shopify/",
                 $name
             ))
         };

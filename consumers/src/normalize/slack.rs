@@ -85,11 +85,11 @@ mod tests {
 
     const MESSAGE: &str = include_str!(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/webhooks/slack/event_callback.message.json"
+        "/../tests/fixtures/webhooks/slack/event_callback.message.json"
     ));
     const URL_VERIFICATION: &str = include_str!(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/webhooks/slack/url_verification.json"
+        "/../tests/fixtures/webhooks/slack/url_verification.json"
     ));
 
     fn d(body: &[u8]) -> RawDelivery<'_> {

@@ -233,7 +233,7 @@ mod tests {
         ($name:literal) => {
             include_str!(concat!(
                 env!("CARGO_MANIFEST_DIR"),
-                "/tests/fixtures/webhooks/stripe/",
+                "/../tests/fixtures/webhooks/stripe/",
                 $name
             ))
         };

@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_runtime::kafka::KafkaClients;
@@ -129,11 +129,8 @@ impl DedupStore {
             partition,
             reason,
         };
-        let consumer: BaseConsumer = clients
-            .consumer_config("dedup-restore", "sluice-dedup-restore")
-            .map_err(|e| fail(e.to_string()))?
-            .set("enable.partition.eof", "true")
-            .create()
+        let consumer = clients
+            .read_to_end_consumer("dedup-restore", "sluice-dedup-restore")
             .map_err(|e| fail(e.to_string()))?;
         let (low, high) = consumer
             .fetch_watermarks(&self.topic, partition, Duration::from_secs(10))

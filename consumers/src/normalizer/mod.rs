@@ -17,7 +17,7 @@ use apache_avro::Schema;
 use prometheus::{IntCounterVec, Opts, Registry};
 use serde_json::Value as Json;
 use sluice_runtime::kafka::KafkaClients;
-use sluice_schemas::codec::encode_with;
+use sluice_schemas::codec::SchemaWriter;
 use sluice_schemas::json::from_json;
 use sluice_schemas::metadata::{self, raw, EventMetadata};
 use sluice_schemas::{Catalog, RegistryClient};
@@ -29,8 +29,11 @@ use crate::runtime::headers as routing;
 use crate::runtime::{Assigned, Handler, HandlerError, Output, Record};
 use dedup::DedupStore;
 
-/// The consumer group of the normalizers.
-pub const GROUP: &str = "sluice-normalizer";
+/// The consumer group of the normalizers of a topology: `<prefix>-normalizer`, so
+/// deployments sharing a cluster under different prefixes never share a group.
+pub fn group(prefix: &str) -> String {
+    format!("{prefix}-normalizer")
+}
 /// The retry policy the normalizer uses, by name in `topology.yaml`.
 pub const RETRY_POLICY: &str = "normalizer";
 
@@ -52,11 +55,10 @@ pub enum NormalizerError {
 }
 
 /// Where events of one type go, and the schema they are written with.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Target {
     topic: String,
-    schema_id: u32,
-    schema: Schema,
+    writer: SchemaWriter,
 }
 
 #[derive(Debug, Clone)]
@@ -74,6 +76,7 @@ pub struct Normalizer {
     owned: Mutex<HashSet<(String, i32)>>,
     raw_topics: HashSet<String>,
     metrics: NormalizerMetrics,
+    dead_letters: Option<crate::runtime::FailureRouter>,
 }
 
 impl std::fmt::Debug for Normalizer {
@@ -127,12 +130,17 @@ impl Normalizer {
                     version: entry.version,
                 });
             }
+            let writer = SchemaWriter::new(registered.id, entry.schema.clone()).map_err(|e| {
+                NormalizerError::NotRegistered {
+                    subject: subject.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
             targets.insert(
                 route.event_type.clone(),
                 Target {
                     topic: route.topic.clone(),
-                    schema_id: registered.id,
-                    schema: entry.schema.clone(),
+                    writer,
                 },
             );
         }
@@ -174,6 +182,7 @@ impl Normalizer {
                 .map(|s| s.raw_topic.clone())
                 .collect(),
             metrics,
+            dead_letters: None,
         })
     }
 
@@ -184,7 +193,58 @@ impl Normalizer {
         t
     }
 
+    /// Dead-letters deliveries that were only partly mapped (a SendGrid batch with kinds
+    /// that have no mapping, under the `dlq` policy) while their mapped events still go out.
+    pub fn with_dead_letters(mut self, router: crate::runtime::FailureRouter) -> Self {
+        self.dead_letters = Some(router);
+        self
+    }
+
     fn events_for(
+        &self,
+        record: &Record,
+        delivery: &RawDelivery<'_>,
+    ) -> Result<(Vec<normalize::Mapped>, Option<Output>), HandlerError> {
+        let mapped = self.map_whole(record, delivery)?;
+        if delivery.provider != "sendgrid" {
+            return Ok((mapped, None));
+        }
+        let unmapped = normalize::sendgrid::unmapped_elements(delivery);
+        if unmapped.is_empty() || mapped.is_empty() {
+            return Ok((mapped, None));
+        }
+        let mut mapped = mapped;
+        if self.unmapped.get(delivery.source) == Some(&UnmappedPolicy::Generic) {
+            for (_, kind, element) in &unmapped {
+                let one = RawDelivery {
+                    event_type: Some(kind),
+                    body: element.as_bytes(),
+                    ..*delivery
+                };
+                mapped.push(generic::external_event(&one).map_err(|e| permanent(&e))?);
+            }
+            return Ok((mapped, None));
+        }
+        let kinds: Vec<String> = unmapped
+            .iter()
+            .map(|(i, k, _)| format!("{k} at [{i}]"))
+            .collect();
+        let error = HandlerError::permanent(
+            "UnmappedEventType",
+            format!(
+                "{} batch elements have no mapping: {}",
+                delivery.provider,
+                kinds.join(", ")
+            ),
+        );
+        let dead = self
+            .dead_letters
+            .as_ref()
+            .map(|router| router.route(record, &error, metadata::now_ms()).1);
+        Ok((mapped, dead))
+    }
+
+    fn map_whole(
         &self,
         record: &Record,
         delivery: &RawDelivery<'_>,
@@ -264,9 +324,10 @@ impl Handler for Normalizer {
             content_type: record.header(metadata::CONTENT_TYPE),
             body,
         };
-        let mapped = self.events_for(record, &delivery)?;
+        let (mapped, dead_letter) = self.events_for(record, &delivery)?;
 
-        let mut outputs = Vec::with_capacity(mapped.len() + 1);
+        let mut outputs = Vec::with_capacity(mapped.len() + 2);
+        outputs.extend(dead_letter);
         for (index, m) in mapped.into_iter().enumerate() {
             let target = self.targets.get(m.event_type).ok_or_else(|| {
                 HandlerError::permanent(
@@ -280,7 +341,10 @@ impl Handler for Normalizer {
                 event_type: m.event_type.to_string(),
                 time_ms: m.occurred_at_ms,
                 subject: m.subject.clone(),
-                traceparent: record.header(metadata::TRACEPARENT).map(str::to_string),
+                // This hop's span, a child of the raw record's.
+                traceparent: Some(sluice_schemas::traceparent::continue_or_start(
+                    record.header(metadata::TRACEPARENT),
+                )),
             };
             let mut full = match m.fields {
                 Json::Object(map) => map,
@@ -298,22 +362,25 @@ impl Handler for Normalizer {
                 "subject".into(),
                 meta.subject.clone().map_or(Json::Null, Json::String),
             );
-            let value = from_json(&Json::Object(full), &target.schema).map_err(|errors| {
-                let detail: Vec<String> = errors
-                    .iter()
-                    .map(|e| format!("{}: {}", e.field, e.message))
-                    .collect();
-                HandlerError::permanent(
-                    "SchemaMismatch",
-                    format!(
-                        "{} does not fit {}: {}",
-                        provider,
-                        m.event_type,
-                        detail.join("; ")
-                    ),
-                )
-            })?;
-            let payload = encode_with(target.schema_id, &target.schema, value)
+            let value =
+                from_json(&Json::Object(full), target.writer.schema()).map_err(|errors| {
+                    let detail: Vec<String> = errors
+                        .iter()
+                        .map(|e| format!("{}: {}", e.field, e.message))
+                        .collect();
+                    HandlerError::permanent(
+                        "SchemaMismatch",
+                        format!(
+                            "{} does not fit {}: {}",
+                            provider,
+                            m.event_type,
+                            detail.join("; ")
+                        ),
+                    )
+                })?;
+            let payload = target
+                .writer
+                .encode(value)
                 .map_err(|e| HandlerError::permanent("EncodeFailed", e.to_string()))?;
             self.metrics.events.with_label_values(&[m.event_type]).inc();
             outputs.push(Output {

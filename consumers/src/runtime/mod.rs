@@ -187,8 +187,8 @@ impl LoopConfig {
             instance_id: instance_id.to_string(),
             topics,
             guarantee,
-            max_batch: 500,
-            linger: Duration::from_millis(20),
+            max_batch: 2000,
+            linger: Duration::from_millis(50),
             transaction_timeout: Duration::from_secs(30),
         }
     }

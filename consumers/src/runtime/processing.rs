@@ -103,6 +103,26 @@ pub async fn run<H: Handler>(
     };
 
     let group = config.group.clone();
+    // Start every known series at zero, so dashboards and alerts see them before the first
+    // failure rather than an absent metric.
+    for topic in config.topics.iter().filter(|t| router.tier_of(t).is_none()) {
+        for outcome in ["ok", "retried", "dead_lettered"] {
+            metrics.records.with_label_values(&[&group, topic, outcome]);
+        }
+        for tier in 0..router.tiers.len() {
+            metrics
+                .retries
+                .with_label_values(&[&group, topic, &tier.to_string()]);
+        }
+    }
+    for outcome in ["committed", "aborted"] {
+        metrics.transactions.with_label_values(&[&group, outcome]);
+    }
+    metrics
+        .paused_partitions
+        .with_label_values(&[&group])
+        .set(0);
+    metrics.in_flight.with_label_values(&[&group]).set(0);
     let mut assigned: HashSet<TopicPartition> = HashSet::new();
     // Retry-tier partitions waiting for their next record to be due.
     let mut paused: BTreeMap<TopicPartition, i64> = BTreeMap::new();
@@ -182,14 +202,24 @@ pub async fn run<H: Handler>(
             .iter()
             .map(|(tp, rs)| (tp.clone(), rs[0].offset))
             .collect();
-        let results = join_all(by_partition.into_iter().map(|(tp, records)| {
-            let handler = handler.clone();
-            let router = &router;
-            let metrics = &metrics;
-            let group = &group;
-            async move { handle_partition(tp, records, &*handler, router, metrics, group).await }
-        }))
-        .await;
+        // Each partition's records on their own task, so handlers use every core.
+        let tasks = by_partition.into_iter().map(|(tp, records)| {
+            let (handler, router, metrics, group) = (
+                handler.clone(),
+                router.clone(),
+                metrics.clone(),
+                group.clone(),
+            );
+            tokio::spawn(async move {
+                handle_partition(tp, records, &*handler, &router, &metrics, &group).await
+            })
+        });
+        let mut results = Vec::new();
+        for joined in join_all(tasks).await {
+            results.push(
+                joined.map_err(|e| LoopError::Restore(format!("a handler task failed: {e}")))?,
+            );
+        }
 
         let mut outputs: Vec<Output> = Vec::new();
         let mut offsets = TopicPartitionList::new();

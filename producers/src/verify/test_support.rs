@@ -10,9 +10,9 @@ use super::{Verified, VerifyError};
 /// Owned header pairs, as a `Request` borrows them.
 pub(crate) type Headers = Vec<(String, Vec<u8>)>;
 
-/// `producers/tests/fixtures/<rel>`.
+/// `tests/fixtures/<rel>` at the workspace root.
 pub(crate) fn fixture_bytes(rel: &str) -> Vec<u8> {
-    let path = format!("{}/tests/fixtures/{rel}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!("{}/../tests/fixtures/{rel}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read(&path).unwrap_or_else(|e| panic!("read {path}: {e}"))
 }
 

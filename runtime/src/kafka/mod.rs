@@ -61,6 +61,9 @@ impl KafkaClients {
     /// Idempotent producer, `acks=all`, zstd batches.
     pub fn producer_config(&self, role: &str) -> Result<ClientConfig, ConfigError> {
         let mut c = self.base(role)?;
+        // Static group membership is a consumer setting that may sit in the shared
+        // properties; librdkafka warns when a producer is given it.
+        c.remove("group.instance.id");
         set_default(&mut c, "enable.idempotence", "true");
         set_default(&mut c, "acks", "all");
         set_default(&mut c, "compression.type", "zstd");
@@ -130,6 +133,36 @@ impl KafkaClients {
             bootstrap: self.config.bootstrap_servers.clone(),
             source,
         }
+    }
+}
+
+/// Client context for consumers that read to the end of a partition on purpose
+/// (`enable.partition.eof`): reaching the end is how they know to stop, not an error to log.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReadToEnd;
+
+impl rdkafka::client::ClientContext for ReadToEnd {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::error!(%error, reason, "kafka client error");
+        }
+    }
+}
+
+impl ConsumerContext for ReadToEnd {}
+
+impl KafkaClients {
+    /// A consumer that reads partitions to their end and stops there, without logging each
+    /// end of partition as an error.
+    pub fn read_to_end_consumer(
+        &self,
+        role: &'static str,
+        group_id: &str,
+    ) -> Result<rdkafka::consumer::BaseConsumer<ReadToEnd>, ClientError> {
+        let mut c = self.consumer_config(role, group_id)?;
+        c.set("enable.partition.eof", "true");
+        c.create_with_context(ReadToEnd)
+            .map_err(|source| self.create_error(role, source))
     }
 }
 

@@ -1,0 +1,241 @@
+//! The state of one saga instance: the record the orchestrator writes to the saga's compacted
+//! state topic (keyed by saga id) after every transition, and rebuilds its memory from.
+//!
+//! Everything the orchestrator needs to continue is here, deadlines included, so nothing is
+//! held only in memory. Steps are stored by name rather than position, so a stored instance
+//! stays readable when a definition gains steps. Values are JSON, so operators can read them
+//! with any Kafka tool.
+
+use serde::{Deserialize, Serialize};
+
+/// Where an instance is in its life. `completed` and `compensated` are terminal; `parked`
+/// waits for an operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Running,
+    Compensating,
+    Completed,
+    Compensated,
+    Parked,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Running => "running",
+            Status::Compensating => "compensating",
+            Status::Completed => "completed",
+            Status::Compensated => "compensated",
+            Status::Parked => "parked",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Status::Completed | Status::Compensated)
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            Status::Running,
+            Status::Compensating,
+            Status::Completed,
+            Status::Compensated,
+            Status::Parked,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
+}
+
+/// Whether a command is a step's own or the one undoing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Action,
+    Compensation,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Action => "action",
+            Kind::Compensation => "compensation",
+        }
+    }
+}
+
+/// Where the trigger was read.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerRef {
+    pub event_id: Option<String>,
+    pub event_type: String,
+    /// `topic/partition@offset`.
+    pub location: Option<String>,
+}
+
+/// A settled command: a step that succeeded, or a compensation that ran.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Done {
+    pub step: String,
+    pub command_id: String,
+    pub attempt: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
+    pub at: i64,
+}
+
+/// A compensation still to run, and the action command it undoes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Undo {
+    pub step: String,
+    pub action_command_id: String,
+}
+
+/// What the pending command waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "for")]
+pub enum Wait {
+    /// Its reply, until `deadline` (epoch ms); then it has timed out.
+    Reply { deadline: i64 },
+    /// Nothing: it is sent again at `until` (backoff after a timeout or a retryable failure).
+    Backoff { until: i64 },
+    /// An operator (`sluice saga retry`); no deadline.
+    Operator,
+}
+
+/// The command the instance is waiting on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pending {
+    pub step: String,
+    pub kind: Kind,
+    /// Increments after a failure reply, which changes the command id (the participant said
+    /// nothing happened, so the next attempt is a new command); a resend after a timeout
+    /// keeps it, so the participant's dedup answers if the first one did run.
+    pub try_no: u32,
+    /// Sends so far in this round (the first is 1).
+    pub attempt: u32,
+    pub command_id: String,
+    /// For a compensation: the action command it undoes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compensates: Option<String>,
+    pub sent_at: i64,
+    pub wait: Wait,
+}
+
+impl Pending {
+    /// When the timer must act on it, if ever.
+    pub fn due_at(&self) -> Option<i64> {
+        match self.wait {
+            Wait::Reply { deadline } => Some(deadline),
+            Wait::Backoff { until } => Some(until),
+            Wait::Operator => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    Failed,
+    TimedOut,
+    Aborted,
+}
+
+impl FailureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Failed => "failed",
+            FailureKind::TimedOut => "timed_out",
+            FailureKind::Aborted => "aborted",
+        }
+    }
+}
+
+/// Why an instance is compensating.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Failure {
+    pub kind: FailureKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    pub reason: String,
+    pub at: i64,
+}
+
+/// One line of an instance's timeline. `event` is one of a fixed set (see
+/// [`crate::saga::machine::EVENTS`]), which is also the metric label of transitions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Entry {
+    pub at: i64,
+    pub event: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// Timeline entries kept per instance; older ones (after the first) are dropped, so a saga
+/// retried by hand for weeks cannot grow without bound.
+pub const MAX_HISTORY: usize = 200;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Instance {
+    pub saga: String,
+    pub id: String,
+    pub status: Status,
+    pub started_at: i64,
+    pub updated_at: i64,
+    /// Transitions applied; names the records each transition writes (deterministic ids).
+    pub seq: u64,
+    /// The trigger event as JSON.
+    pub data: String,
+    pub trigger: TriggerRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// Steps that succeeded, in order.
+    pub completed: Vec<Done>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<Pending>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Failure>,
+    /// Compensations still to run, the next first.
+    #[serde(default)]
+    pub to_compensate: Vec<Undo>,
+    /// Compensations that ran, in the order they ran.
+    #[serde(default)]
+    pub compensated: Vec<Done>,
+    pub history: Vec<Entry>,
+}
+
+impl Instance {
+    /// The step the instance is on, for listings: the pending command's step.
+    pub fn current_step(&self) -> Option<&str> {
+        self.pending.as_ref().map(|p| p.step.as_str())
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an instance always serializes")
+    }
+
+    pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+
+    pub(crate) fn push(&mut self, entry: Entry) {
+        self.history.push(entry);
+        if self.history.len() > MAX_HISTORY {
+            self.history.remove(1);
+        }
+    }
+}

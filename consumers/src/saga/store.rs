@@ -1,0 +1,274 @@
+//! What the orchestrator remembers of its instances: the committed state of the partitions it
+//! owns, the changes of the batch in progress (applied only once the batch commits), and an
+//! index of pending deadlines so the timer never walks every instance.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+use super::instance::{Instance, Status};
+
+/// An instance in memory: in full while it can still receive inputs, or only its status once
+/// it has been finished for a while (enough to refuse a second trigger).
+#[derive(Debug, Clone)]
+pub enum Slot {
+    Live(Arc<Instance>),
+    Gone(Status),
+}
+
+/// A pending command whose deadline (or backoff) has passed, for the timer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Due {
+    pub saga: usize,
+    pub partition: i32,
+    pub id: String,
+    pub command_id: String,
+    pub due_at: i64,
+}
+
+/// In-flight instances of one saga, for the gauges.
+#[derive(Debug, Clone, Default)]
+pub struct Tally {
+    pub in_flight: i64,
+    pub parked: i64,
+    /// Age (ms) of the oldest in-flight instance by the step it is on (`-` for none).
+    pub oldest: HashMap<String, i64>,
+}
+
+type Partition = (usize, i32);
+
+#[derive(Debug, Default)]
+struct Committed {
+    slots: HashMap<Partition, HashMap<String, Slot>>,
+    /// (due at, saga, partition, id) of every committed instance with a deadline.
+    deadlines: BTreeSet<(i64, usize, i32, String)>,
+}
+
+fn due_at(slot: &Slot) -> Option<i64> {
+    match slot {
+        Slot::Live(i) => i.pending.as_ref().and_then(|p| p.due_at()),
+        Slot::Gone(_) => None,
+    }
+}
+
+impl Committed {
+    fn put(&mut self, (saga, p): Partition, id: String, slot: Slot) {
+        let m = self.slots.entry((saga, p)).or_default();
+        if let Some(d) = m.get(&id).and_then(due_at) {
+            self.deadlines.remove(&(d, saga, p, id.clone()));
+        }
+        if let Some(d) = due_at(&slot) {
+            self.deadlines.insert((d, saga, p, id.clone()));
+        }
+        m.insert(id, slot);
+    }
+
+    fn drop_partition(&mut self, (saga, p): Partition) {
+        if let Some(m) = self.slots.remove(&(saga, p)) {
+            for (id, slot) in m {
+                if let Some(d) = due_at(&slot) {
+                    self.deadlines.remove(&(d, saga, p, id));
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Store {
+    committed: Mutex<Committed>,
+    batch: Mutex<HashMap<(usize, i32, String), Arc<Instance>>>,
+}
+
+impl Store {
+    /// The instance's latest state: this batch's, else the committed one.
+    pub fn get(&self, saga: usize, partition: i32, id: &str) -> Option<Slot> {
+        if let Some(i) =
+            self.batch
+                .lock()
+                .expect("saga store")
+                .get(&(saga, partition, id.to_string()))
+        {
+            return Some(Slot::Live(i.clone()));
+        }
+        self.committed
+            .lock()
+            .expect("saga store")
+            .slots
+            .get(&(saga, partition))
+            .and_then(|m| m.get(id))
+            .cloned()
+    }
+
+    /// Records the batch's new state of an instance.
+    pub fn stage(&self, saga: usize, partition: i32, id: String, instance: Arc<Instance>) {
+        self.batch
+            .lock()
+            .expect("saga store")
+            .insert((saga, partition, id), instance);
+    }
+
+    /// Applies the batch on commit, or forgets it on abort.
+    pub fn finish(&self, committed: bool) {
+        let batch = std::mem::take(&mut *self.batch.lock().expect("saga store"));
+        if committed {
+            let mut c = self.committed.lock().expect("saga store");
+            for ((saga, p, id), instance) in batch {
+                c.put((saga, p), id, Slot::Live(instance));
+            }
+        }
+    }
+
+    /// Whether the partition's state is loaded (the partition is owned).
+    pub fn owns(&self, saga: usize, partition: i32) -> bool {
+        self.committed
+            .lock()
+            .expect("saga store")
+            .slots
+            .contains_key(&(saga, partition))
+    }
+
+    /// Replaces a partition's state with what was read from the state topic.
+    pub fn load(&self, saga: usize, partition: i32, slots: HashMap<String, Slot>) {
+        let mut c = self.committed.lock().expect("saga store");
+        c.drop_partition((saga, partition));
+        c.slots.insert((saga, partition), HashMap::new());
+        for (id, slot) in slots {
+            c.put((saga, partition), id, slot);
+        }
+    }
+
+    pub fn drop_partition(&self, saga: usize, partition: i32) {
+        self.committed
+            .lock()
+            .expect("saga store")
+            .drop_partition((saga, partition));
+    }
+
+    /// Pending commands whose deadline has passed at `now`.
+    pub fn due(&self, now: i64) -> Vec<Due> {
+        let c = self.committed.lock().expect("saga store");
+        c.deadlines
+            .range(..(now.saturating_add(1), 0, 0, String::new()))
+            .filter_map(|(at, saga, p, id)| {
+                let Some(Slot::Live(i)) = c.slots.get(&(*saga, *p)).and_then(|m| m.get(id)) else {
+                    return None;
+                };
+                Some(Due {
+                    saga: *saga,
+                    partition: *p,
+                    id: id.clone(),
+                    command_id: i.pending.as_ref()?.command_id.clone(),
+                    due_at: *at,
+                })
+            })
+            .collect()
+    }
+
+    /// Counts in-flight instances per saga (`sagas` of them), and keeps only the status of
+    /// instances finished before `finished_before`.
+    pub fn sweep(&self, sagas: usize, now: i64, finished_before: i64) -> Vec<Tally> {
+        let mut tallies = vec![Tally::default(); sagas];
+        let mut c = self.committed.lock().expect("saga store");
+        for ((saga, _), instances) in c.slots.iter_mut() {
+            let tally = &mut tallies[*saga];
+            for slot in instances.values_mut() {
+                let Slot::Live(instance) = slot else { continue };
+                if instance.status.is_terminal() {
+                    if instance.updated_at < finished_before {
+                        *slot = Slot::Gone(instance.status);
+                    }
+                    continue;
+                }
+                tally.in_flight += 1;
+                if instance.status == Status::Parked {
+                    tally.parked += 1;
+                }
+                let step = instance.current_step().unwrap_or("-").to_string();
+                let age = now - instance.started_at;
+                let oldest = tally.oldest.entry(step).or_insert(0);
+                *oldest = (*oldest).max(age);
+            }
+        }
+        tallies
+    }
+
+    /// Instances held in full.
+    pub fn live(&self) -> usize {
+        self.committed
+            .lock()
+            .expect("saga store")
+            .slots
+            .values()
+            .map(|m| m.values().filter(|s| matches!(s, Slot::Live(_))).count())
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::instance::{Kind, Pending, TriggerRef, Wait};
+    use super::*;
+
+    fn instance(id: &str, deadline: Option<i64>) -> Arc<Instance> {
+        Arc::new(Instance {
+            saga: "s".into(),
+            id: id.into(),
+            status: Status::Running,
+            started_at: 0,
+            updated_at: 0,
+            seq: 1,
+            data: "{}".into(),
+            trigger: TriggerRef::default(),
+            traceparent: None,
+            completed: vec![],
+            pending: deadline.map(|d| Pending {
+                step: "a".into(),
+                kind: Kind::Action,
+                try_no: 1,
+                attempt: 1,
+                command_id: format!("{id}:a:do:1"),
+                compensates: None,
+                sent_at: 0,
+                wait: Wait::Reply { deadline: d },
+            }),
+            failure: None,
+            to_compensate: vec![],
+            compensated: vec![],
+            history: vec![],
+        })
+    }
+
+    #[test]
+    fn only_committed_changes_count_and_deadlines_follow_them() {
+        let store = Store::default();
+        store.load(0, 1, HashMap::new());
+        store.stage(0, 1, "x".into(), instance("x", Some(100)));
+        assert!(
+            store.get(0, 1, "x").is_some(),
+            "the batch sees its own changes"
+        );
+        assert!(
+            store.due(1_000).is_empty(),
+            "the timer sees only committed state"
+        );
+        store.finish(false);
+        assert!(
+            store.get(0, 1, "x").is_none(),
+            "an aborted batch leaves nothing"
+        );
+
+        store.stage(0, 1, "x".into(), instance("x", Some(100)));
+        store.stage(0, 1, "y".into(), instance("y", Some(500)));
+        store.finish(true);
+        let due: Vec<String> = store.due(200).into_iter().map(|d| d.id).collect();
+        assert_eq!(due, ["x"]);
+        // A new state moves the deadline; the old one is gone from the index.
+        store.stage(0, 1, "x".into(), instance("x", Some(900)));
+        store.finish(true);
+        assert!(store.due(200).is_empty());
+        assert_eq!(store.due(1_000).len(), 2);
+        store.drop_partition(0, 1);
+        assert!(store.due(1_000).is_empty());
+        assert!(!store.owns(0, 1));
+    }
+}

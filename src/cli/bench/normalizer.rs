@@ -1,0 +1,331 @@
+//! Normalizer benchmark: the same raw deliveries (real Stripe and GitHub payloads) through
+//! `sluice normalize` in exactly-once and in at-least-once mode, and through a raw
+//! consume→produce passthrough that neither decodes nor encodes, as the ceiling.
+//!
+//! Each run uses fresh topics under its own prefix, so dedup state from one run cannot
+//! make another look fast.
+
+use std::collections::BTreeSet;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use futures::future::join_all;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::TopicPartitionList;
+use sluice_runtime::kafka::KafkaClients;
+use sluice_runtime::SluiceConfig;
+use sluice_schemas::metadata::{now_ms, raw, rfc3339_ms};
+use sluice_schemas::{Catalog, RegistryClient};
+use sluice_topology::{apply, plan, Topology};
+
+use super::{fixtures, spawn_self};
+
+#[derive(Debug, Args)]
+pub struct NormalizerBench {
+    /// Raw deliveries per run.
+    #[arg(long, default_value_t = 20_000)]
+    pub records: usize,
+}
+
+fn topology_yaml(prefix: &str) -> String {
+    format!(
+        r#"prefix: {prefix}
+topics:
+  - {{name: {prefix}.raw.stripe, partitions: 6}}
+  - {{name: {prefix}.raw.github, partitions: 6}}
+  - {{name: {prefix}.events.payments, partitions: 6}}
+  - {{name: {prefix}.events.scm, partitions: 6}}
+  - {{name: {prefix}.events.passthrough, partitions: 6}}
+  - {{name: {prefix}.dlq.normalizer, partitions: 1}}
+  - {{name: {prefix}.state.dedup, partitions: 6, config: {{cleanup.policy: compact}}}}
+sources:
+  - {{name: stripe, provider: {{type: stripe}}, secrets: [{{env: X}}], raw_topic: {prefix}.raw.stripe}}
+  - {{name: github, provider: {{type: github}}, secrets: [{{env: X}}], raw_topic: {prefix}.raw.github}}
+routes:
+  - {{event_type: dev.sluice.events.payments.PaymentSucceeded, topic: {prefix}.events.payments}}
+  - {{event_type: dev.sluice.events.scm.CodePushed, topic: {prefix}.events.scm}}
+retry_policies:
+  - {{name: normalizer, tiers: [5s], max_attempts: 2, dlq_topic: {prefix}.dlq.normalizer}}
+"#
+    )
+}
+
+/// Creates the run's topics and registers its schemas.
+async fn prepare(
+    config: &SluiceConfig,
+    prefix: &str,
+) -> anyhow::Result<(std::path::PathBuf, Vec<String>)> {
+    let catalog = Catalog::embedded()?;
+    let types: BTreeSet<String> = catalog.event_types().map(str::to_string).collect();
+    let path = std::env::temp_dir().join(format!("{prefix}-topology.yaml"));
+    std::fs::write(&path, topology_yaml(prefix))?;
+    let topology = Topology::load(&path, &types)?;
+    let clients = KafkaClients::new(config.kafka.clone());
+    let admin = clients.admin()?;
+    let live = apply::live_topics(&admin, &topology.prefix).await?;
+    apply::apply(&admin, &plan::plan(&topology.all_topics(), &live, false)).await?;
+    let registry = RegistryClient::new(&config.registry)?;
+    for r in &topology.routes {
+        let subject = topology.subjects.naming.subject(&r.topic, &r.event_type);
+        registry
+            .register(&subject, &catalog.latest(&r.event_type)?.json)
+            .await?;
+    }
+    Ok((
+        path,
+        vec![
+            format!("{prefix}.raw.stripe"),
+            format!("{prefix}.raw.github"),
+        ],
+    ))
+}
+
+/// Writes raw deliveries `from..to` (unique ids) to the run's raw topics.
+async fn load(config: &SluiceConfig, prefix: &str, from: usize, to: usize) -> anyhow::Result<()> {
+    let clients = KafkaClients::new(config.kafka.clone());
+    let producer: FutureProducer = clients
+        .producer_config("bench-load")?
+        .set("linger.ms", "20")
+        .create()?;
+    let stripe: serde_json::Value = serde_json::from_slice(fixtures::STRIPE_PAYMENT_SUCCEEDED)?;
+    let received = rfc3339_ms(now_ms());
+    let mut pending = Vec::with_capacity(to - from);
+    for i in from..to {
+        let (topic, source, id, event, body) = if i % 2 == 0 {
+            let mut v = stripe.clone();
+            v["id"] = format!("evt_{i}").into();
+            v["data"]["object"]["id"] = format!("pi_{i}").into();
+            (
+                format!("{prefix}.raw.stripe"),
+                "stripe",
+                format!("evt_{i}"),
+                "payment_intent.succeeded",
+                serde_json::to_vec(&v)?,
+            )
+        } else {
+            (
+                format!("{prefix}.raw.github"),
+                "github",
+                format!("gh-{i}"),
+                "push",
+                fixtures::GITHUB_PUSH.to_vec(),
+            )
+        };
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: raw::SOURCE,
+                value: Some(source),
+            })
+            .insert(Header {
+                key: raw::PROVIDER,
+                value: Some(source),
+            })
+            .insert(Header {
+                key: raw::DELIVERY_ID,
+                value: Some(id.as_str()),
+            })
+            .insert(Header {
+                key: raw::EVENT_TYPE,
+                value: Some(event),
+            })
+            .insert(Header {
+                key: raw::RECEIVED_AT,
+                value: Some(received.as_str()),
+            })
+            .insert(Header {
+                key: "content-type",
+                value: Some("application/json"),
+            });
+        let record = FutureRecord::to(&topic)
+            .key(&id)
+            .payload(&body)
+            .headers(headers);
+        pending.push(producer.send_result(record).map_err(|(e, _)| e)?);
+    }
+    for r in join_all(pending).await {
+        if !matches!(r, Ok(Ok(_))) {
+            bail!("loading raw deliveries failed");
+        }
+    }
+    Ok(())
+}
+
+/// Records `group` has committed on `topics` (6 partitions each).
+async fn committed(consumer: &StreamConsumer, topics: &[String]) -> anyhow::Result<i64> {
+    let mut tpl = TopicPartitionList::new();
+    for t in topics {
+        for p in 0..6 {
+            tpl.add_partition(t, p);
+        }
+    }
+    let c = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
+    Ok(c.elements()
+        .iter()
+        .map(|e| match e.offset() {
+            rdkafka::Offset::Offset(o) => o,
+            _ => 0,
+        })
+        .sum())
+}
+
+/// Steady-state rate of `group` over `total` preloaded records: measured from the moment it
+/// has committed 10% of them to the moment it has committed all, so process start-up, group
+/// join and state restore are left out.
+async fn measure(
+    config: &SluiceConfig,
+    group: &str,
+    topics: &[String],
+    total: usize,
+) -> anyhow::Result<f64> {
+    let watcher: StreamConsumer = KafkaClients::new(config.kafka.clone())
+        .consumer_config("bench-watch", group)?
+        .create()?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut first: Option<(Instant, i64)> = None;
+    while Instant::now() < deadline {
+        let done = committed(&watcher, topics).await?;
+        if first.is_none() && done as usize >= total / 10 {
+            first = Some((Instant::now(), done));
+        }
+        if done as usize >= total {
+            let (t1, c1) = first.expect("10% comes before 100%");
+            return Ok((done - c1) as f64 / t1.elapsed().as_secs_f64());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("group {group} did not finish within 10 minutes")
+}
+
+async fn normalizer_run(
+    config: &SluiceConfig,
+    n: usize,
+    guarantee: &str,
+) -> anyhow::Result<(f64, Option<f64>)> {
+    let prefix = format!("bench{}", &uuid_like());
+    let (path, topics) = prepare(config, &prefix).await?;
+    load(config, &prefix, 0, n).await?;
+    let child = spawn_self(
+        &[
+            "normalize",
+            "--topology",
+            &path.display().to_string(),
+            "--guarantee",
+            guarantee,
+        ],
+        &[("SLUICE_INSTANCE_ID", format!("bench-{prefix}"))],
+    )?;
+    let rate = measure(config, &format!("{prefix}-normalizer"), &topics, n).await?;
+    Ok((rate, child.peak_rss_mib()))
+}
+
+async fn passthrough(config: &SluiceConfig, n: usize) -> anyhow::Result<f64> {
+    let prefix = format!("bench{}", &uuid_like());
+    let (_, topics) = prepare(config, &prefix).await?;
+    load(config, &prefix, 0, n).await?;
+    let worker = tokio::spawn(passthrough_loop(
+        config.clone(),
+        prefix.clone(),
+        topics.clone(),
+        n,
+    ));
+    let rate = measure(config, &format!("{prefix}-passthrough"), &topics, n).await?;
+    worker.await??;
+    Ok(rate)
+}
+
+/// Raw consume → produce → commit, the same batching as the at-least-once loop, no decode.
+async fn passthrough_loop(
+    config: SluiceConfig,
+    prefix: String,
+    topics: Vec<String>,
+    n: usize,
+) -> anyhow::Result<()> {
+    let clients = KafkaClients::new(config.kafka.clone());
+    let consumer: StreamConsumer = clients
+        .consumer_config("bench-pass", &format!("{prefix}-passthrough"))?
+        .create()?;
+    let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topic_refs)?;
+    let producer = clients.producer("bench-pass")?;
+    let out = format!("{prefix}.events.passthrough");
+    let mut seen = 0;
+    while seen < n {
+        let mut batch = Vec::new();
+        let mut offsets = TopicPartitionList::new();
+        let first = consumer.recv().await?;
+        offsets.add_partition_offset(
+            first.topic(),
+            first.partition(),
+            rdkafka::Offset::Offset(first.offset() + 1),
+        )?;
+        batch.push(first.detach());
+        while batch.len() < 500 {
+            match tokio::time::timeout(Duration::from_millis(20), consumer.recv()).await {
+                Ok(Ok(m)) => {
+                    offsets.add_partition_offset(
+                        m.topic(),
+                        m.partition(),
+                        rdkafka::Offset::Offset(m.offset() + 1),
+                    )?;
+                    batch.push(m.detach());
+                }
+                _ => break,
+            }
+        }
+        let mut deliveries = Vec::with_capacity(batch.len());
+        for m in &batch {
+            let mut r: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&out);
+            if let Some(k) = m.key() {
+                r = r.key(k);
+            }
+            if let Some(v) = m.payload() {
+                r = r.payload(v);
+            }
+            deliveries.push(producer.send_result(r).map_err(|(e, _)| e)?);
+        }
+        for d in join_all(deliveries).await {
+            if !matches!(d, Ok(Ok(_))) {
+                bail!("passthrough produce failed");
+            }
+        }
+        consumer.commit(&offsets, CommitMode::Sync)?;
+        seen += batch.len();
+    }
+    Ok(())
+}
+
+fn uuid_like() -> String {
+    format!("{:x}", now_ms()).chars().rev().take(8).collect()
+}
+
+pub async fn run(config: &SluiceConfig, b: NormalizerBench) -> anyhow::Result<ExitCode> {
+    let pass = passthrough(config, b.records)
+        .await
+        .context("passthrough run")?;
+    let (eos, eos_rss) = normalizer_run(config, b.records, "exactly-once")
+        .await
+        .context("exactly-once run")?;
+    let (alo, alo_rss) = normalizer_run(config, b.records, "at-least-once")
+        .await
+        .context("at-least-once run")?;
+    println!(
+        "normalizer benchmark ({} preloaded raw deliveries per run, half Stripe payment_intent.succeeded, half GitHub push; steady-state rate from 10% to 100% committed)",
+        b.records
+    );
+    println!("  raw passthrough (consume→produce→commit) {pass:>10.0} records/s   (ceiling)");
+    println!(
+        "  normalizer exactly-once                   {eos:>10.0} records/s   ratio {:.2}   peak RSS {:.1} MiB",
+        eos / pass,
+        eos_rss.unwrap_or(f64::NAN)
+    );
+    println!(
+        "  normalizer at-least-once                  {alo:>10.0} records/s   ratio {:.2}   peak RSS {:.1} MiB",
+        alo / pass,
+        alo_rss.unwrap_or(f64::NAN)
+    );
+    Ok(ExitCode::SUCCESS)
+}

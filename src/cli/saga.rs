@@ -1,0 +1,762 @@
+//! `sluice sagas` (the orchestrator) and `sluice saga …`: operators' list/show/retry/abort,
+//! the demo participants, a demo trigger, and the saga benchmark.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand, ValueEnum};
+use sluice_consumers::runtime::metrics::LoopMetrics;
+use sluice_consumers::runtime::{self, FailureRouter, Guarantee, LoopConfig, RetryTier};
+use sluice_consumers::saga::demo::{DemoParticipant, Faults, Rule};
+use sluice_consumers::saga::instance::{Instance, Status};
+use sluice_consumers::saga::messages::Action;
+use sluice_consumers::saga::metrics::ParticipantMetrics;
+use sluice_consumers::saga::ops::{self, OpsError};
+use sluice_consumers::saga::orchestrator::{self, Orchestrator};
+use sluice_consumers::saga::participant::{ParticipantHandler, RoleSpec};
+use sluice_consumers::saga::timer;
+use sluice_runtime::admin::{self, Readiness};
+use sluice_runtime::kafka::KafkaClients;
+use sluice_runtime::{Shutdown, SluiceConfig};
+use sluice_schemas::metadata::{now_ms, rfc3339_ms};
+use sluice_schemas::RegistryClient;
+use sluice_topology::{naming, Topology};
+
+mod bench;
+
+#[derive(Debug, Args)]
+pub struct SagasArgs {
+    #[arg(long)]
+    pub topology: Option<PathBuf>,
+    /// Run only these sagas (default: every saga in the topology).
+    #[arg(long = "saga")]
+    pub sagas: Vec<String>,
+    /// Stable name of this instance; two instances need different names.
+    #[arg(long, env = "SLUICE_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+    /// How often deadlines are checked.
+    #[arg(long, default_value = "100ms")]
+    pub tick: String,
+    #[command(flatten)]
+    pub batching: Batching,
+}
+
+/// How many records one transaction may take, and how long to wait for them.
+#[derive(Debug, Clone, Args)]
+pub struct Batching {
+    /// Most inputs per transaction. Saga transitions are small, so a transaction's fixed
+    /// cost dominates: larger batches than the runtime's default roughly doubled throughput
+    /// in `sluice saga bench`.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_batch: usize,
+    /// How long to wait for more inputs before a partial batch (e.g. 20ms).
+    #[arg(long)]
+    pub linger: Option<String>,
+}
+
+impl Batching {
+    fn apply(&self, config: &mut LoopConfig) -> anyhow::Result<()> {
+        config.max_batch = self.max_batch.max(1);
+        if let Some(l) = &self.linger {
+            config.linger =
+                naming::parse_duration(l).map_err(|e| anyhow::anyhow!("--linger: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum StateArg {
+    Running,
+    Compensating,
+    Completed,
+    Compensated,
+    Parked,
+}
+
+impl From<StateArg> for Status {
+    fn from(s: StateArg) -> Self {
+        match s {
+            StateArg::Running => Status::Running,
+            StateArg::Compensating => Status::Compensating,
+            StateArg::Completed => Status::Completed,
+            StateArg::Compensated => Status::Compensated,
+            StateArg::Parked => Status::Parked,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SagaCommand {
+    /// List saga instances from the state topics.
+    List {
+        #[arg(long)]
+        topology: Option<PathBuf>,
+        #[arg(long)]
+        saga: Option<String>,
+        /// Only instances in these states (repeatable).
+        #[arg(long, value_enum)]
+        state: Vec<StateArg>,
+        /// Only instances started longer ago than this (e.g. 10m, 2h).
+        #[arg(long)]
+        older_than: Option<String>,
+    },
+    /// One instance's state and its timeline of commands, replies and transitions.
+    Show {
+        id: String,
+        #[arg(long)]
+        saga: Option<String>,
+        #[arg(long)]
+        topology: Option<PathBuf>,
+        /// Print the state record as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Resume a parked instance: its compensation is tried again.
+    Retry(RequestArgs),
+    /// Compensate a running instance now.
+    Abort {
+        #[command(flatten)]
+        request: RequestArgs,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Run demo participants (inventory, payments, shipping) built on the participant API.
+    Participant(ParticipantArgs),
+    /// Publish demo OrderPlaced events that start order-fulfillment sagas.
+    Trigger(TriggerArgs),
+    /// Completed three-step sagas per second and saga latency, against a raw request→reply
+    /// chain through the broker with as many hops; memory per in-flight saga.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RequestArgs {
+    pub id: String,
+    #[arg(long)]
+    pub saga: Option<String>,
+    #[arg(long)]
+    pub topology: Option<PathBuf>,
+    /// Wait this long for the orchestrator to apply the request (0: do not wait).
+    #[arg(long, default_value = "30s")]
+    pub wait: String,
+    /// Who asks, recorded in the timeline (default: $USER).
+    #[arg(long)]
+    pub by: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ParticipantArgs {
+    #[arg(long)]
+    pub topology: Option<PathBuf>,
+    /// Roles to run (repeatable), or `all`.
+    #[arg(long, required = true)]
+    pub role: Vec<String>,
+    /// Probability that an action fails.
+    #[arg(long, default_value_t = 0.0)]
+    pub fail_rate: f64,
+    /// Probability that an action gets no reply (the saga times out).
+    #[arg(long, default_value_t = 0.0)]
+    pub timeout_rate: f64,
+    /// Probability that a compensation fails (it is retried, then parked).
+    #[arg(long, default_value_t = 0.0)]
+    pub compensation_fail_rate: f64,
+    /// `CommandName=SUFFIX`: fail commands of that name (or `*`) whose correlation id ends in
+    /// SUFFIX (repeatable).
+    #[arg(long)]
+    pub fail_when: Vec<Rule>,
+    /// `CommandName=SUFFIX`: leave such commands without reply (repeatable).
+    #[arg(long)]
+    pub timeout_when: Vec<Rule>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Append a line per executed command to this file.
+    #[arg(long)]
+    pub effects_log: Option<PathBuf>,
+    #[arg(long, env = "SLUICE_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+    #[command(flatten)]
+    pub batching: Batching,
+}
+
+#[derive(Debug, Args)]
+pub struct TriggerArgs {
+    #[arg(long)]
+    pub topology: Option<PathBuf>,
+    #[arg(long, default_value_t = 1)]
+    pub count: usize,
+    /// Order ids are this prefix plus a number (default: `demo-<time>-`).
+    #[arg(long)]
+    pub id_prefix: Option<String>,
+    /// SKUs of the order lines (e.g. FAIL-PAYMENTS to make the payment fail).
+    #[arg(long, default_values_t = ["SKU-1".to_string()])]
+    pub sku: Vec<String>,
+}
+
+pub async fn run_orchestrator(config: &SluiceConfig, args: SagasArgs) -> anyhow::Result<ExitCode> {
+    let (catalog, topology) = super::load(config, args.topology)?;
+    let tick = naming::parse_duration(&args.tick).map_err(|e| anyhow::anyhow!("--tick: {e}"))?;
+    let Process {
+        shutdown,
+        metrics_registry,
+        readiness,
+        clients,
+        registry,
+    } = Process::start(config, "sagas").await?;
+    let orchestrator = Arc::new(
+        Orchestrator::new(
+            clients.clone(),
+            &registry,
+            &catalog,
+            &topology,
+            &args.sagas,
+            &metrics_registry,
+        )
+        .await?,
+    );
+    let router = failure_router(&topology);
+    let mut topics = orchestrator.input_topics();
+    topics.extend(router.tiers.iter().map(|t| t.topic.clone()));
+    let instance = args
+        .instance_id
+        .unwrap_or_else(|| super::normalize::default_instance_id("sagas"));
+    let mut loop_config = LoopConfig::new(
+        &orchestrator::group(&topology.prefix),
+        &instance,
+        topics,
+        Guarantee::ExactlyOnce,
+    );
+    args.batching.apply(&mut loop_config)?;
+    let metrics = LoopMetrics::new(&metrics_registry)?;
+    let timer_task = tokio::spawn(timer::run(
+        orchestrator.clone(),
+        clients.producer("saga-timer")?,
+        tick,
+        shutdown.clone(),
+    ));
+    readiness.set("sagas", true);
+    tracing::info!(instance, sagas = ?orchestrator.sagas().iter().map(|s| &s.def.name).collect::<Vec<_>>(), "saga orchestrator running");
+    let result = runtime::run(
+        &static_member(config, &instance),
+        loop_config,
+        router,
+        orchestrator,
+        metrics,
+        shutdown.clone(),
+    )
+    .await;
+    shutdown.trigger();
+    let _ = timer_task.await;
+    result?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What a long-running saga process starts with: signal handling, the admin server (metrics
+/// and readiness, `check` not ready yet) and its clients.
+struct Process {
+    shutdown: Shutdown,
+    metrics_registry: prometheus::Registry,
+    readiness: Readiness,
+    clients: KafkaClients,
+    registry: RegistryClient,
+}
+
+impl Process {
+    async fn start(config: &SluiceConfig, check: &str) -> anyhow::Result<Self> {
+        let shutdown = Shutdown::on_signals();
+        let metrics_registry = prometheus::Registry::new();
+        let readiness = Readiness::default();
+        readiness.set(check, false);
+        admin::serve(
+            &config.admin.listen,
+            metrics_registry.clone(),
+            readiness.clone(),
+            shutdown.clone(),
+        )
+        .await
+        .with_context(|| format!("starting the admin server on {}", config.admin.listen))?;
+        Ok(Self {
+            shutdown,
+            metrics_registry,
+            readiness,
+            clients: KafkaClients::new(config.kafka.clone()),
+            registry: RegistryClient::new(&config.registry)?,
+        })
+    }
+}
+
+/// Kafka clients for a processing loop with static group membership: a restarted instance
+/// takes its partitions back at once instead of waiting for its old session to time out.
+fn static_member(config: &SluiceConfig, instance: &str) -> KafkaClients {
+    let mut kafka = config.kafka.clone();
+    kafka
+        .properties
+        .entry("group.instance.id".into())
+        .or_insert_with(|| instance.to_string());
+    KafkaClients::new(kafka)
+}
+
+/// The orchestrator's failure routing: the topology's `sagas` retry policy when it has one,
+/// else straight to `<prefix>.dlq.sagas`.
+fn failure_router(topology: &Topology) -> FailureRouter {
+    let group = orchestrator::group(&topology.prefix);
+    match topology
+        .retry_policies
+        .iter()
+        .find(|p| p.name == orchestrator::RETRY_POLICY)
+    {
+        Some(policy) => FailureRouter {
+            group,
+            tiers: policy
+                .tiers
+                .iter()
+                .map(|d| RetryTier {
+                    topic: naming::retry_topic(&topology.prefix, &policy.name, d.0),
+                    delay: d.0,
+                })
+                .collect(),
+            max_attempts: policy.max_attempts,
+            dlq_topic: policy.dlq_topic.clone(),
+        },
+        None => FailureRouter {
+            group,
+            tiers: Vec::new(),
+            max_attempts: 1,
+            dlq_topic: naming::dlq_topic(&topology.prefix, "sagas"),
+        },
+    }
+}
+
+pub async fn run(config: &SluiceConfig, cmd: SagaCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        SagaCommand::List {
+            topology,
+            saga,
+            state,
+            older_than,
+        } => list(config, topology, saga, state, older_than).await,
+        SagaCommand::Show {
+            id,
+            saga,
+            topology,
+            json,
+        } => show(config, topology, saga, &id, json).await,
+        SagaCommand::Retry(r) => request(config, r, Action::Retry, None).await,
+        SagaCommand::Abort { request: r, reason } => {
+            request(config, r, Action::Abort, reason).await
+        }
+        SagaCommand::Participant(args) => participants(config, args).await,
+        SagaCommand::Trigger(args) => trigger(config, args).await,
+        SagaCommand::Bench(args) => bench::run(config, args).await,
+    }
+}
+
+fn age(ms: i64) -> String {
+    let s = ms.max(0) / 1000;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..=86_399 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+async fn list(
+    config: &SluiceConfig,
+    topology: Option<PathBuf>,
+    saga: Option<String>,
+    state: Vec<StateArg>,
+    older_than: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let (_, topology) = super::load(config, topology)?;
+    let older = older_than
+        .map(|d| naming::parse_duration(&d).map(|d| d.as_millis() as i64))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--older-than: {e}"))?;
+    let states: Vec<Status> = state.into_iter().map(Status::from).collect();
+    let clients = KafkaClients::new(config.kafka.clone());
+    let all = tokio::task::block_in_place(|| ops::list(&clients, &topology, saga.as_deref()))?;
+    let now = now_ms();
+    let mut shown: Vec<&Instance> = all
+        .iter()
+        .filter(|i| ops::matches(i, &states, older, now))
+        .collect();
+    shown.sort_by_key(|i| i.started_at);
+    println!(
+        "{:<20} {:<28} {:<13} {:<20} {:>8}  updated",
+        "saga", "id", "state", "step", "age"
+    );
+    for i in &shown {
+        println!(
+            "{:<20} {:<28} {:<13} {:<20} {:>8}  {}",
+            i.saga,
+            i.id,
+            i.status.as_str(),
+            i.current_step().unwrap_or("-"),
+            age(now - i.started_at),
+            rfc3339_ms(i.updated_at)
+        );
+    }
+    let counts: Vec<String> = ops::summary(&shown.iter().map(|i| (*i).clone()).collect::<Vec<_>>())
+        .into_iter()
+        .map(|((saga, state), n)| format!("{saga} {state} {n}"))
+        .collect();
+    println!(
+        "{} instance(s){}{}",
+        shown.len(),
+        if counts.is_empty() { "" } else { ": " },
+        counts.join(", ")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn show(
+    config: &SluiceConfig,
+    topology: Option<PathBuf>,
+    saga: Option<String>,
+    id: &str,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let (_, topology) = super::load(config, topology)?;
+    let clients = KafkaClients::new(config.kafka.clone());
+    let i =
+        match tokio::task::block_in_place(|| ops::find(&clients, &topology, saga.as_deref(), id)) {
+            Ok(i) => i,
+            Err(e @ (OpsError::UnknownId { .. } | OpsError::Ambiguous { .. })) => {
+                eprintln!("error: {e}");
+                return Ok(ExitCode::FAILURE);
+            }
+            Err(e) => return Err(e.into()),
+        };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&i)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    print!("{}", timeline(&i));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The human-readable view of an instance that `sluice saga show` prints.
+fn timeline(i: &Instance) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let state = match (&i.failure, i.status) {
+        (Some(f), s) if !matches!(s, Status::Completed) => format!(
+            "{} ({} at {}: {})",
+            s.as_str(),
+            f.kind.as_str(),
+            f.step.as_deref().unwrap_or("-"),
+            f.reason
+        ),
+        (_, s) => s.as_str().to_string(),
+    };
+    let _ = writeln!(out, "saga         {}", i.saga);
+    let _ = writeln!(out, "id           {}", i.id);
+    let _ = writeln!(out, "state        {state}");
+    let _ = writeln!(out, "started      {}", rfc3339_ms(i.started_at));
+    let _ = writeln!(out, "updated      {}", rfc3339_ms(i.updated_at));
+    let _ = writeln!(
+        out,
+        "trigger      {} {}",
+        i.trigger.event_type,
+        i.trigger.location.as_deref().unwrap_or("")
+    );
+    let steps = |d: &[sluice_consumers::saga::instance::Done]| {
+        if d.is_empty() {
+            "-".to_string()
+        } else {
+            d.iter()
+                .map(|d| d.step.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    let _ = writeln!(out, "completed    {}", steps(&i.completed));
+    let _ = writeln!(out, "compensated  {}", steps(&i.compensated));
+    match &i.pending {
+        Some(p) => {
+            let _ = writeln!(
+                out,
+                "pending      {} {} {} attempt {} ({})",
+                p.step,
+                p.kind.as_str(),
+                p.command_id,
+                p.attempt,
+                match p.wait {
+                    sluice_consumers::saga::instance::Wait::Reply { deadline } =>
+                        format!("reply due {}", rfc3339_ms(deadline)),
+                    sluice_consumers::saga::instance::Wait::Backoff { until } =>
+                        format!("resend at {}", rfc3339_ms(until)),
+                    sluice_consumers::saga::instance::Wait::Operator =>
+                        "waiting for `sluice saga retry`".to_string(),
+                }
+            );
+        }
+        None => {
+            let _ = writeln!(out, "pending      -");
+        }
+    }
+    let _ = writeln!(out, "timeline");
+    for e in &i.history {
+        let _ = writeln!(
+            out,
+            "  {} {:>+8}ms  {:<13} {:<20} {:<44} {}{}",
+            rfc3339_ms(e.at),
+            e.at - i.started_at,
+            e.event,
+            e.step.as_deref().unwrap_or(""),
+            e.command_id.as_deref().unwrap_or(""),
+            e.attempt
+                .map(|a| format!("attempt {a} "))
+                .unwrap_or_default(),
+            e.detail.as_deref().unwrap_or("")
+        );
+    }
+    out
+}
+
+async fn request(
+    config: &SluiceConfig,
+    args: RequestArgs,
+    action: Action,
+    reason: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let (catalog, topology) = super::load(config, args.topology)?;
+    let wait = naming::parse_duration(&args.wait).map_err(|e| anyhow::anyhow!("--wait: {e}"))?;
+    let by = args
+        .by
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "operator".into());
+    let clients = KafkaClients::new(config.kafka.clone());
+    let registry = RegistryClient::new(&config.registry)?;
+    let sent = ops::request(
+        &clients,
+        &registry,
+        &catalog,
+        &topology,
+        &ops::Request {
+            saga: args.saga.as_deref(),
+            id: &args.id,
+            action,
+            reason,
+            by: &by,
+        },
+    )
+    .await;
+    let (instance, request_id) = match sent {
+        Ok(r) => r,
+        Err(
+            e @ (OpsError::UnknownId { .. }
+            | OpsError::Ambiguous { .. }
+            | OpsError::WrongState { .. }),
+        ) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    println!(
+        "{} requested for {} {} (request {request_id})",
+        action.as_str(),
+        instance.saga,
+        instance.id
+    );
+    if wait.is_zero() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    match ops::wait_applied(
+        &clients,
+        &topology,
+        &instance.saga,
+        &instance.id,
+        &request_id,
+        wait,
+    )
+    .await?
+    {
+        Some(now) => {
+            println!(
+                "applied: {} {} is {}",
+                now.saga,
+                now.id,
+                now.status.as_str()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        None => bail!(
+            "the request was not applied within {}; is `sluice sagas` running?",
+            args.wait
+        ),
+    }
+}
+
+async fn participants(config: &SluiceConfig, args: ParticipantArgs) -> anyhow::Result<ExitCode> {
+    let (catalog, topology) = super::load(config, args.topology)?;
+    let roles = if args.role.iter().any(|r| r == "all") {
+        RoleSpec::roles(&topology)
+    } else {
+        args.role.clone()
+    };
+    if roles.is_empty() {
+        bail!("the topology's sagas name no participant roles");
+    }
+    let specs = roles
+        .iter()
+        .map(|role| RoleSpec::from_topology(&topology, role))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (name, rate) in [
+        ("--fail-rate", args.fail_rate),
+        ("--timeout-rate", args.timeout_rate),
+        ("--compensation-fail-rate", args.compensation_fail_rate),
+    ] {
+        if !(0.0..=1.0).contains(&rate) {
+            bail!("{name} must be between 0 and 1, got {rate}");
+        }
+    }
+    let faults = Faults {
+        fail_rate: args.fail_rate,
+        timeout_rate: args.timeout_rate,
+        compensation_fail_rate: args.compensation_fail_rate,
+        fail_when: args.fail_when.clone(),
+        timeout_when: args.timeout_when.clone(),
+        seed: args.seed,
+    };
+    let Process {
+        shutdown,
+        metrics_registry,
+        readiness,
+        clients,
+        registry,
+    } = Process::start(config, "participants").await?;
+    let loop_metrics = LoopMetrics::new(&metrics_registry)?;
+    let participant_metrics = ParticipantMetrics::new(&metrics_registry)?;
+    let instance = args
+        .instance_id
+        .unwrap_or_else(|| super::normalize::default_instance_id("participant"));
+    let mut loops = Vec::new();
+    for spec in specs {
+        let role = spec.role.clone();
+        let demo = DemoParticipant::new(&role, faults.clone(), args.effects_log.as_deref())
+            .with_context(|| format!("opening the effects log for {role}"))?;
+        let handler = ParticipantHandler::new(
+            spec.clone(),
+            demo,
+            clients.clone(),
+            &registry,
+            &catalog,
+            &topology,
+            participant_metrics.clone(),
+        )
+        .await?;
+        let member = format!("{instance}-{role}");
+        let mut loop_config = LoopConfig::new(
+            &spec.group,
+            &member,
+            spec.command_topics.clone(),
+            Guarantee::ExactlyOnce,
+        );
+        args.batching.apply(&mut loop_config)?;
+        let (metrics, shutdown, clients) = (
+            loop_metrics.clone(),
+            shutdown.clone(),
+            static_member(config, &member),
+        );
+        tracing::info!(role, topics = ?spec.command_topics, "saga participant running");
+        loops.push(tokio::spawn(async move {
+            let router = spec.failure_router();
+            runtime::run(
+                &clients,
+                loop_config,
+                router,
+                Arc::new(handler),
+                metrics,
+                shutdown,
+            )
+            .await
+            .with_context(|| format!("participant {role}"))
+        }));
+    }
+    readiness.set("participants", true);
+    let mut failed = None;
+    for l in loops {
+        if let Err(e) = l.await? {
+            shutdown.trigger();
+            failed.get_or_insert(e);
+        }
+    }
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// A demo OrderPlaced for order `id`.
+pub fn demo_order(id: &str, skus: &[String]) -> serde_json::Value {
+    let lines: Vec<serde_json::Value> = skus
+        .iter()
+        .map(|sku| {
+            serde_json::json!({
+                "sku": sku,
+                "title": format!("Demo item {sku}"),
+                "quantity": 1,
+                "unit_price": {"amount": "19.9900", "currency": "EUR"},
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "subject": id,
+        "order_id": id,
+        "order_number": format!("#{id}"),
+        "customer_id": "cust-demo",
+        "customer_email": "demo@example.com",
+        "total": {"amount": format!("{:.4}", 19.99 * skus.len() as f64), "currency": "EUR"},
+        "line_items": lines,
+        "provider": "sluice-demo",
+    })
+}
+
+async fn trigger(config: &SluiceConfig, args: TriggerArgs) -> anyhow::Result<ExitCode> {
+    let (catalog, topology) = super::load(config, args.topology)?;
+    const ORDER_PLACED: &str = "dev.sluice.events.commerce.OrderPlaced";
+    if !topology
+        .sagas
+        .iter()
+        .any(|s| s.trigger.event_type == ORDER_PLACED)
+    {
+        bail!("no saga in the topology is triggered by {ORDER_PLACED}");
+    }
+    let clients = KafkaClients::new(config.kafka.clone());
+    let registry = RegistryClient::new(&config.registry)?;
+    let publisher =
+        sluice_producers::publish::Publisher::new(&clients, &registry, &catalog, &topology)
+            .await
+            .context("starting the publisher")?;
+    let prefix = args
+        .id_prefix
+        .unwrap_or_else(|| format!("demo-{}-", now_ms()));
+    let ids: Vec<String> = (1..=args.count).map(|n| format!("{prefix}{n}")).collect();
+    for chunk in ids.chunks(500) {
+        let sent = futures::future::join_all(
+            chunk
+                .iter()
+                .map(|id| publisher.publish(ORDER_PLACED, demo_order(id, &args.sku))),
+        )
+        .await;
+        for (id, r) in chunk.iter().zip(sent) {
+            let p = r.with_context(|| format!("publishing order {id}"))?;
+            if args.count <= 20 {
+                println!(
+                    "order {id} placed: {}/{}@{}",
+                    p.topic, p.partition, p.offset
+                );
+            }
+        }
+    }
+    println!(
+        "{} order(s) placed (ids {prefix}1..{prefix}{})",
+        args.count, args.count
+    );
+    Ok(ExitCode::SUCCESS)
+}

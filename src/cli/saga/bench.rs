@@ -1,0 +1,638 @@
+//! `sluice saga bench`: the order-fulfillment saga at full speed against the live stack.
+//!
+//! In one run, on fresh topics under a prefix of its own:
+//! 1. **Raw ceiling**: the same chain of hops through the broker with plain rdkafka clients
+//!    (no transactions, no state, no Avro): client → "orchestrator" → its own inbox (the
+//!    trigger hand-off) → three command/reply round trips with a "participant" → done.
+//!    Nine produce→consume hops, like a saga.
+//! 2. **Memory**: `sluice sagas` as a process, with no participant yet: twice N sagas started
+//!    and left waiting on their first step; the orchestrator's resident memory growth over
+//!    the second N, per in-flight saga.
+//! 3. **Sagas**: `sluice saga participant --role all` joins (the waiting sagas complete and
+//!    warm everything up); then N OrderPlaced events published at once: completed sagas per
+//!    second, and saga duration (end to end as the client sees it, and start to completion
+//!    as the orchestrator measures it); then a paced run below saturation for latency
+//!    without queueing.
+
+use std::collections::{BTreeSet, HashMap};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use futures::future::join_all;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::TopicPartitionList;
+use sluice_consumers::saga::changelog;
+use sluice_consumers::saga::demo::{scratch_topology, Scratch};
+use sluice_producers::publish::Publisher;
+use sluice_runtime::kafka::{create_topic_if_missing, KafkaClients};
+use sluice_runtime::SluiceConfig;
+use sluice_schemas::codec::ReaderSchema;
+use sluice_schemas::{AvroCodec, RecordLocation, RegistryClient};
+use sluice_topology::{apply, naming, plan, Topology};
+
+const SAGA: &str = "order-fulfillment";
+const ORDER_PLACED: &str = "dev.sluice.events.commerce.OrderPlaced";
+const COMPLETED: &str = "dev.sluice.events.sagas.SagaCompleted";
+const STARTED: &str = "dev.sluice.events.sagas.SagaStarted";
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// The topology whose order-fulfillment saga is benchmarked (under a prefix of its own).
+    #[arg(long)]
+    pub topology: Option<std::path::PathBuf>,
+    /// Sagas per phase.
+    #[arg(long, default_value_t = 5_000)]
+    pub sagas: usize,
+    /// Partitions of every topic.
+    #[arg(long, default_value_t = 6)]
+    pub partitions: i32,
+    /// Sagas per second of the paced phase, which measures latency below saturation (0: skip).
+    #[arg(long, default_value_t = 200)]
+    pub paced_rate: usize,
+    /// Keep the run's topics and schema subjects (removed by default: a shared registry lists
+    /// only so many subjects).
+    #[arg(long)]
+    pub keep: bool,
+    /// Skip the memory phase.
+    #[arg(long)]
+    pub no_memory: bool,
+    /// Passed to the orchestrator and the participants.
+    #[command(flatten)]
+    pub batching: super::Batching,
+}
+
+/// A child process stopped when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Child {
+    fn spawn(args: &[&str], instance: &str) -> anyhow::Result<Self> {
+        let child = std::process::Command::new(std::env::current_exe()?)
+            .args(args)
+            .env("SLUICE_INSTANCE_ID", instance)
+            .env("SLUICE_ADMIN__LISTEN", "127.0.0.1:0")
+            .env("RUST_LOG", "error")
+            .stdout(std::process::Stdio::null())
+            .spawn()?;
+        Ok(Self(child))
+    }
+
+    fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i]
+}
+
+/// Throughput and latency of one phase.
+struct Run {
+    n: usize,
+    elapsed: Duration,
+    /// Milliseconds, sorted.
+    latencies: Vec<f64>,
+}
+
+impl Run {
+    fn rate(&self) -> f64 {
+        self.n as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{} in {:.2}s = {:.0}/s; end-to-end p50 {:.0} ms, p99 {:.0} ms",
+            self.n,
+            self.elapsed.as_secs_f64(),
+            self.rate(),
+            percentile(&self.latencies, 0.5),
+            percentile(&self.latencies, 0.99)
+        )
+    }
+}
+
+pub async fn run(config: &SluiceConfig, args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if args.sagas == 0 {
+        bail!("--sagas must be at least 1");
+    }
+    let (catalog, reference) = super::super::load(config, args.topology.clone())?;
+    let prefix = format!("bench{}", sluice_schemas::metadata::now_ms());
+    let clients = KafkaClients::new(config.kafka.clone());
+    let registry = RegistryClient::new(&config.registry)?;
+    let file = std::env::temp_dir().join(format!("{prefix}-topology.yaml"));
+    let yaml = scratch_topology(
+        &reference,
+        SAGA,
+        &Scratch {
+            prefix: &prefix,
+            partitions: args.partitions,
+            timeout: "120s",
+            timeouts: &[],
+            retry: None,
+            compensation_retry: "{max_attempts: 5, backoff: 1s}",
+        },
+    )?;
+    std::fs::write(&file, yaml)?;
+    let types = catalog.event_types().map(str::to_string).collect();
+    let topology = Topology::load(&file, &types)?;
+    let admin = clients.admin()?;
+    let live = apply::live_topics(&admin, &topology.prefix).await?;
+    apply::apply(&admin, &plan::plan(&topology.all_topics(), &live, false)).await?;
+    for (topic, event_type) in topology.registrations() {
+        let subject = topology.subjects.naming.subject(&topic, &event_type);
+        registry
+            .register(&subject, &catalog.latest(&event_type)?.json)
+            .await
+            .with_context(|| format!("registering {subject}"))?;
+    }
+    println!(
+        "saga bench: {} sagas per phase, {} partitions, max batch {}, prefix {prefix}",
+        args.sagas, args.partitions, args.batching.max_batch
+    );
+
+    let raw = raw_chain(&clients, &prefix, args.partitions, args.sagas).await?;
+    println!("raw chain   (9 hops, no transactions): {}", raw.describe());
+
+    let path = file.display().to_string();
+    let max_batch = args.batching.max_batch.to_string();
+    let mut tuning = vec!["--max-batch", max_batch.as_str()];
+    if let Some(l) = &args.batching.linger {
+        tuning.extend(["--linger", l.as_str()]);
+    }
+    let orchestrator = Child::spawn(
+        &[&["sagas", "--topology", &path][..], &tuning].concat(),
+        "bench",
+    )?;
+    let publisher = Publisher::new(&clients, &registry, &catalog, &topology).await?;
+    let events = naming::events_topic(&prefix, "sagas");
+    let codec = AvroCodec::new(registry.clone());
+    let completed_schema = ReaderSchema::new(catalog.latest(COMPLETED)?.schema.clone())?;
+
+    // Memory first, on a fresh orchestrator: sagas started with nobody to answer them wait
+    // on their first step.
+    let first = publish(&publisher, &format!("{prefix}-first-"), 1).await?;
+    wait_for(
+        &clients,
+        &events,
+        STARTED,
+        &first,
+        Duration::from_secs(90),
+        None,
+        None,
+    )
+    .await?;
+    let mut waiting = BTreeSet::new();
+    if !args.no_memory {
+        // Two rounds of N waiting sagas: the first also fills the Kafka clients' buffers and
+        // the allocator's arenas, so the second round's growth is what an instance costs.
+        let mut rss = vec![];
+        for round in 0..2 {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            rss.push(
+                orchestrator
+                    .rss_kib()
+                    .context("reading the orchestrator's RSS")?,
+            );
+            let ids = publish(&publisher, &format!("{prefix}-mem{round}-"), args.sagas).await?;
+            let timeout = Duration::from_secs(600);
+            wait_for(&clients, &events, STARTED, &ids, timeout, None, None).await?;
+            waiting.extend(ids);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        rss.push(
+            orchestrator
+                .rss_kib()
+                .context("reading the orchestrator's RSS")?,
+        );
+        let state = naming::saga_state_topic(&prefix, SAGA);
+        let (mut bytes, mut records) = (0usize, 0usize);
+        let all: Vec<i32> = (0..args.partitions).collect();
+        let c = clients.clone();
+        tokio::task::block_in_place(|| {
+            changelog::read_partitions(&c, &state, &all, |_, _, v| {
+                bytes += v.map_or(0, <[u8]>::len);
+                records += 1;
+            })
+        })?;
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        println!(
+            "memory      orchestrator RSS {:.1} MiB, {:.1} MiB with {n} sagas waiting on their first step, {:.1} MiB with {}: {:.2} KiB per in-flight saga (second round; first round {:.2} KiB, including client buffers); a state record averages {:.2} KiB of JSON",
+            mib(rss[0]),
+            mib(rss[1]),
+            mib(rss[2]),
+            2 * args.sagas,
+            rss[2].saturating_sub(rss[1]) as f64 / args.sagas as f64,
+            rss[1].saturating_sub(rss[0]) as f64 / args.sagas as f64,
+            bytes as f64 / records.max(1) as f64 / 1024.0,
+            n = args.sagas,
+        );
+    }
+
+    // The participants arrive: the waiting sagas complete, which also warms everything up.
+    let participants = Child::spawn(
+        &[
+            &["saga", "participant", "--role", "all", "--topology", &path][..],
+            &tuning,
+        ]
+        .concat(),
+        "bench",
+    )?;
+    waiting.extend(first);
+    wait_for(
+        &clients,
+        &events,
+        COMPLETED,
+        &waiting,
+        Duration::from_secs(600),
+        None,
+        None,
+    )
+    .await?;
+
+    let decode = (&codec, &completed_schema);
+    let burst = format!("{prefix}-run-");
+    let (sagas, inside) = measure(
+        &publisher, &clients, &events, decode, &burst, args.sagas, None,
+    )
+    .await?;
+    println!(
+        "sagas       (exactly-once, 3 steps, all at once): {}",
+        sagas.describe()
+    );
+    println!(
+        "            start → completed as the orchestrator measures it: p50 {:.0} ms, p99 {:.0} ms (queueing included)",
+        percentile(&inside, 0.5),
+        percentile(&inside, 0.99)
+    );
+    println!(
+        "            {:.0}% of the raw chain's rate; targets: ≥1000 sagas/s and ≥40%",
+        100.0 * sagas.rate() / raw.rate()
+    );
+    if args.paced_rate > 0 {
+        let n = args.paced_rate * 5;
+        let paced = format!("{prefix}-paced-");
+        let per_tick = Some((args.paced_rate / 20).max(1));
+        let (run, inside) =
+            measure(&publisher, &clients, &events, decode, &paced, n, per_tick).await?;
+        println!(
+            "sagas       ({}/s for 5 s, below saturation): end-to-end p50 {:.0} ms, p99 {:.0} ms; start → completed p50 {:.0} ms, p99 {:.0} ms",
+            args.paced_rate,
+            percentile(&run.latencies, 0.5),
+            percentile(&run.latencies, 0.99),
+            percentile(&inside, 0.5),
+            percentile(&inside, 0.99)
+        );
+    }
+    drop(orchestrator);
+    drop(participants);
+    if args.keep {
+        println!("kept the topics under `{prefix}.` and their subjects");
+    } else {
+        remove(config, &clients, &topology).await?;
+        println!("removed the topics under `{prefix}.` and their subjects");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn publish(
+    publisher: &Publisher,
+    prefix: &str,
+    n: usize,
+) -> anyhow::Result<BTreeSet<String>> {
+    Ok(publish_timed(publisher, prefix, n, None)
+        .await?
+        .into_keys()
+        .collect())
+}
+
+/// Deletes the run's topics and its subjects (soft, then permanently).
+async fn remove(
+    config: &SluiceConfig,
+    clients: &KafkaClients,
+    topology: &Topology,
+) -> anyhow::Result<()> {
+    let admin = clients.admin()?;
+    let live = apply::live_topics(&admin, &topology.prefix).await?;
+    apply::apply(&admin, &plan::plan(&[], &live, true)).await?;
+    let http = reqwest::Client::new();
+    for (topic, event_type) in topology.registrations() {
+        let subject = topology.subjects.naming.subject(&topic, &event_type);
+        for query in ["", "?permanent=true"] {
+            http.delete(format!("{}/subjects/{subject}{query}", config.registry.url))
+                .send()
+                .await
+                .and_then(reqwest::Response::error_for_status)
+                .with_context(|| format!("deleting subject {subject}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Publishes `n` orders, all at once or `per_tick` every 50 ms; returns order id → when it
+/// was sent.
+async fn publish_timed(
+    publisher: &Publisher,
+    prefix: &str,
+    n: usize,
+    per_tick: Option<usize>,
+) -> anyhow::Result<HashMap<String, Instant>> {
+    let ids: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
+    let mut out = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    for chunk in ids.chunks(per_tick.unwrap_or(1000).max(1)) {
+        if per_tick.is_some() {
+            tick.tick().await;
+        }
+        let sends = chunk.iter().map(|id| async move {
+            let sent = Instant::now();
+            publisher
+                .publish(ORDER_PLACED, super::demo_order(id, &["SKU-1".to_string()]))
+                .await
+                .map(|_| sent)
+        });
+        for (id, r) in chunk.iter().zip(join_all(sends).await) {
+            out.insert(id.clone(), r.with_context(|| format!("publishing {id}"))?);
+        }
+    }
+    Ok(out)
+}
+
+/// Publishes orders (see [`publish_timed`]) and waits for their sagas to complete.
+async fn measure(
+    publisher: &Publisher,
+    clients: &KafkaClients,
+    events: &str,
+    decode: (&AvroCodec, &ReaderSchema),
+    prefix: &str,
+    n: usize,
+    per_tick: Option<usize>,
+) -> anyhow::Result<(Run, Vec<f64>)> {
+    let from = tokio::task::block_in_place(|| mark(clients, events))?;
+    // Completions are read while orders are still being sent, so a paced run's first sagas
+    // are not measured late.
+    let wanted: BTreeSet<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
+    let timeout = Duration::from_secs(600);
+    let (ids, seen) = tokio::join!(
+        publish_timed(publisher, prefix, n, per_tick),
+        wait_for(
+            clients,
+            events,
+            COMPLETED,
+            &wanted,
+            timeout,
+            Some(decode),
+            Some(from),
+        )
+    );
+    let (ids, seen) = (ids?, seen?);
+    let first_sent = *ids.values().min().expect("at least one saga");
+    let last = seen.values().map(|s| s.0).max().expect("completions");
+    let mut end_to_end: Vec<f64> = seen
+        .iter()
+        .map(|(id, (at, _))| at.duration_since(ids[id]).as_secs_f64() * 1000.0)
+        .collect();
+    end_to_end.sort_by(f64::total_cmp);
+    let mut inside: Vec<f64> = seen
+        .values()
+        .filter_map(|(_, d)| *d)
+        .map(|d| d as f64)
+        .collect();
+    inside.sort_by(f64::total_cmp);
+    let run = Run {
+        n: seen.len(),
+        elapsed: last.duration_since(first_sent),
+        latencies: end_to_end,
+    };
+    Ok((run, inside))
+}
+
+/// The end of every partition of `topic` now, to read only what comes after.
+fn mark(clients: &KafkaClients, topic: &str) -> anyhow::Result<TopicPartitionList> {
+    let consumer: rdkafka::consumer::BaseConsumer = clients.base("bench-mark")?.create()?;
+    let partitions = changelog::partition_count(clients, topic)?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        let (_, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Offset(high))?;
+    }
+    Ok(tpl)
+}
+
+/// Reads `topic` (from the start, or from `from`) until every id in `wanted` has an event of `event_type`;
+/// returns when each was seen and, with a codec, its `duration_ms`.
+async fn wait_for(
+    clients: &KafkaClients,
+    topic: &str,
+    event_type: &str,
+    wanted: &BTreeSet<String>,
+    timeout: Duration,
+    decode: Option<(&AvroCodec, &ReaderSchema)>,
+    from: Option<TopicPartitionList>,
+) -> anyhow::Result<HashMap<String, (Instant, Option<i64>)>> {
+    let consumer: StreamConsumer = clients
+        .consumer_config("bench", &format!("bench-{}", uuid::Uuid::new_v4().simple()))?
+        .create()?;
+    match from {
+        Some(offsets) => consumer.assign(&offsets)?,
+        None => consumer.subscribe(&[topic])?,
+    }
+    let deadline = Instant::now() + timeout;
+    let mut seen = HashMap::new();
+    while seen.len() < wanted.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            bail!(
+                "only {} of {} sagas reached {event_type} within {timeout:?}",
+                seen.len(),
+                wanted.len()
+            );
+        }
+        let Ok(m) = tokio::time::timeout(left.min(Duration::from_secs(1)), consumer.recv()).await
+        else {
+            continue;
+        };
+        let m = m?;
+        let at = Instant::now();
+        let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+        let is_type = rdkafka::message::Headers::iter(m.headers().context("no headers")?)
+            .any(|h| h.key == "ce_type" && h.value == Some(event_type.as_bytes()));
+        if !is_type || !wanted.contains(&key) {
+            continue;
+        }
+        let duration = match decode {
+            Some((codec, reader)) => {
+                let v = codec
+                    .decode_as(
+                        m.payload().unwrap_or_default(),
+                        reader,
+                        &RecordLocation::default(),
+                    )
+                    .await?;
+                match v.value {
+                    apache_avro::types::Value::Record(fields) => fields
+                        .into_iter()
+                        .find(|(k, _)| k == "duration_ms")
+                        .and_then(|(_, v)| match v {
+                            apache_avro::types::Value::Long(l) => Some(l),
+                            _ => None,
+                        }),
+                    _ => None,
+                }
+            }
+            None => None,
+        };
+        seen.entry(key).or_insert((at, duration));
+    }
+    Ok(seen)
+}
+
+/// The raw ceiling: the saga's chain of hops with plain clients. Returns its run.
+async fn raw_chain(
+    clients: &KafkaClients,
+    prefix: &str,
+    partitions: i32,
+    n: usize,
+) -> anyhow::Result<Run> {
+    let topic = |t: &str| format!("{prefix}.raw.{t}");
+    let (triggers, inbox, commands, done) = (
+        topic("triggers"),
+        topic("inbox"),
+        topic("commands"),
+        topic("done"),
+    );
+    let admin = clients.admin()?;
+    for t in [&triggers, &inbox, &commands, &done] {
+        create_topic_if_missing(&admin, t, partitions).await?;
+    }
+    let consumer = |topics: &[&str]| -> anyhow::Result<StreamConsumer> {
+        let c: StreamConsumer = clients
+            .consumer_config(
+                "bench-raw",
+                &format!("bench-raw-{}", uuid::Uuid::new_v4().simple()),
+            )?
+            .set("isolation.level", "read_uncommitted")
+            .create()?;
+        c.subscribe(topics)?;
+        Ok(c)
+    };
+    let producer: FutureProducer = clients.producer("bench-raw")?;
+    let send = |p: &FutureProducer, t: &str, key: &[u8], body: &[u8]| {
+        let p = p.clone();
+        let (t, key, body) = (t.to_string(), key.to_vec(), body.to_vec());
+        tokio::spawn(async move {
+            let _ = p
+                .send(
+                    FutureRecord::to(&t).key(&key).payload(&body),
+                    Duration::from_secs(30),
+                )
+                .await;
+        });
+    };
+    let orchestrator = consumer(&[&triggers, &inbox])?;
+    let participant = consumer(&[&commands])?;
+    let results = consumer(&[&done])?;
+    // Wait for the assignments before starting the clock.
+    for c in [&orchestrator, &participant, &results] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while c.assignment()?.count() == 0 && Instant::now() < deadline {
+            let _ = tokio::time::timeout(Duration::from_millis(200), c.recv()).await;
+        }
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let o = {
+        let (p, stop, inbox, commands, done, triggers) = (
+            producer.clone(),
+            stop.clone(),
+            inbox.clone(),
+            commands.clone(),
+            done.clone(),
+            triggers.clone(),
+        );
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok(Ok(m)) =
+                    tokio::time::timeout(Duration::from_millis(200), orchestrator.recv()).await
+                else {
+                    continue;
+                };
+                let key = m.key().unwrap_or_default();
+                let body = m.payload().unwrap_or_default();
+                if m.topic() == triggers {
+                    send(&p, &inbox, key, b"start");
+                } else {
+                    match body {
+                        b"start" => send(&p, &commands, key, b"1"),
+                        b"r1" => send(&p, &commands, key, b"2"),
+                        b"r2" => send(&p, &commands, key, b"3"),
+                        _ => send(&p, &done, key, b"done"),
+                    }
+                }
+            }
+        })
+    };
+    let pa = {
+        let (p, stop, inbox) = (producer.clone(), stop.clone(), inbox.clone());
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok(Ok(m)) =
+                    tokio::time::timeout(Duration::from_millis(200), participant.recv()).await
+                else {
+                    continue;
+                };
+                let reply = [b"r".as_slice(), m.payload().unwrap_or_default()].concat();
+                send(&p, &inbox, m.key().unwrap_or_default(), &reply);
+            }
+        })
+    };
+    let mut sent: HashMap<String, Instant> = HashMap::with_capacity(n);
+    let started = Instant::now();
+    for i in 0..n {
+        let key = format!("raw-{i}");
+        sent.insert(key.clone(), Instant::now());
+        send(&producer, &triggers, key.as_bytes(), b"order");
+    }
+    let mut latencies = Vec::with_capacity(n);
+    let mut last = started;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while latencies.len() < n && Instant::now() < deadline {
+        let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(1), results.recv()).await else {
+            continue;
+        };
+        let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+        if let Some(at) = sent.remove(&key) {
+            last = Instant::now();
+            latencies.push(last.duration_since(at).as_secs_f64() * 1000.0);
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = o.await;
+    let _ = pa.await;
+    if latencies.len() < n {
+        bail!(
+            "the raw chain completed only {} of {n} flows",
+            latencies.len()
+        );
+    }
+    latencies.sort_by(f64::total_cmp);
+    Ok(Run {
+        n,
+        elapsed: last.duration_since(started),
+        latencies,
+    })
+}

@@ -1,0 +1,178 @@
+//! The dashboards and alert rules in `deploy/` are checked: the rules load with `promtool`,
+//! and every metric a panel or a rule names is one that sluice really exports, on a live
+//! scrape of `sluice run --demo` and `sluice lag --export`.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::normalizer::{spawn_sluice, ChildGuard};
+use crate::support::{require_stack, sluice_async};
+
+fn root(rel: &str) -> String {
+    format!("{}/{rel}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Metric names (`sluice_*`, `kafka_*`) used in PromQL expressions.
+fn metric_names(exprs: &[String]) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for e in exprs {
+        // Drop quoted label values (`outcome="kafka_unavailable"`) first.
+        let unquoted: String = e.split('"').step_by(2).collect::<Vec<_>>().join(" ");
+        let mut rest = unquoted.as_str();
+        while let Some(i) = rest.find(|c: char| c.is_ascii_lowercase()) {
+            rest = &rest[i..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            let word = &rest[..end];
+            // Label names in `by (…)` and selectors never start with these prefixes.
+            if (word.starts_with("sluice_") || word.starts_with("kafka_"))
+                && !rest[end..].starts_with('=')
+            {
+                out.insert(word.to_string());
+            }
+            rest = &rest[end..];
+        }
+    }
+    out
+}
+
+fn dashboard_exprs() -> Vec<String> {
+    let d: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root("deploy/grafana/dashboards/sluice.json")).unwrap(),
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    for p in d["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            out.push(t["expr"].as_str().unwrap().to_string());
+        }
+    }
+    out
+}
+
+fn rule_exprs() -> Vec<String> {
+    let rules: serde_yaml_ng::Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(root("deploy/prometheus/alerts.yml")).unwrap(),
+    )
+    .unwrap();
+    rules["groups"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_sequence().unwrap().iter())
+        .map(|r| r["expr"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn alert_rules_load_with_promtool() {
+    let out = Command::new("promtool")
+        .args(["check", "rules", &root("deploy/prometheus/alerts.yml")])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("promtool is not installed ({e}): run `make test`, whose dev/setup installs it")
+        });
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("SUCCESS: 5 rules found"), "{text}");
+}
+
+async fn scrape(url: &str, wanted: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        if let Ok(r) = reqwest::get(url).await {
+            last = r.text().await.unwrap_or_default();
+            if wanted(&last) {
+                return last;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    last
+}
+
+fn exported(scrape: &str, name: &str) -> bool {
+    let has = |n: &str, kind: Option<&str>| {
+        scrape.lines().any(|l| {
+            l.strip_prefix("# TYPE ")
+                .and_then(|r| r.strip_prefix(n))
+                .is_some_and(|r| r.starts_with(' ') && kind.is_none_or(|k| r.trim() == k))
+        })
+    };
+    has(name, None)
+        || ["_bucket", "_sum", "_count"].iter().any(|s| {
+            name.strip_suffix(s)
+                .is_some_and(|base| has(base, Some("histogram")))
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_in_dashboards_and_rules_is_exported() {
+    require_stack().await;
+    for cmd in [["topology", "apply"], ["schemas", "register"]] {
+        let (ok, out, err) = sluice_async(cmd.iter().map(|s| s.to_string()).collect()).await;
+        assert!(ok, "{cmd:?}: {out}{err}");
+    }
+    let demo_env: Vec<(String, String)> = std::fs::read_to_string(root("dev/demo.env"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains('='))
+        .map(|l| {
+            let (k, v) = l.split_once('=').unwrap();
+            (k.to_string(), v.to_string())
+        })
+        .collect();
+    let (admin, gateway, lag_admin) = (free_port(), free_port(), free_port());
+    let mut env: Vec<(&str, String)> = demo_env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    env.push(("SLUICE_ADMIN__LISTEN", format!("127.0.0.1:{admin}")));
+    env.push(("SLUICE_GATEWAY__LISTEN", format!("127.0.0.1:{gateway}")));
+    env.push(("SLUICE_INSTANCE_ID", format!("observability-{admin}")));
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let demo_config = root("dev/demo.yaml");
+    let _run: ChildGuard = spawn_sluice(&["--config", &demo_config, "run", "--demo"], &env_refs);
+    let lag_listen = format!("127.0.0.1:{lag_admin}");
+    let _lag: ChildGuard = spawn_sluice(
+        &["lag", "--export", "--interval", "2s"],
+        &[("SLUICE_ADMIN__LISTEN", lag_listen.as_str())],
+    );
+
+    // After the demo traffic every family has samples (empty families are not exposed).
+    let run_metrics = scrape(&format!("http://127.0.0.1:{admin}/metrics"), |s| {
+        s.contains("sluice_normalizer_events_total")
+            && s.contains("sluice_dlq_depth")
+            && s.contains("sluice_consumer_dead_letters_total")
+    })
+    .await;
+    let lag_metrics = scrape(&format!("http://127.0.0.1:{lag_admin}/metrics"), |s| {
+        s.contains("kafka_consumergroup_lag_seconds")
+    })
+    .await;
+    let all = format!("{run_metrics}\n{lag_metrics}");
+
+    let mut used = metric_names(&dashboard_exprs());
+    used.extend(metric_names(&rule_exprs()));
+    assert!(used.len() > 20, "{used:?}");
+    let missing: Vec<&String> = used.iter().filter(|m| !exported(&all, m)).collect();
+    assert!(
+        missing.is_empty(),
+        "named by a panel or rule but not exported: {missing:?}"
+    );
+}
