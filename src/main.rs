@@ -60,6 +60,7 @@ enum Command {
 
 fn main() -> ExitCode {
     exit_quietly_on_closed_stdout();
+    exit_with_supervisor();
     let cli = Cli::parse();
     let config = match SluiceConfig::load(cli.config.as_deref()) {
         Ok(c) => c,
@@ -120,4 +121,25 @@ fn exit_quietly_on_closed_stdout() {
         }
         default(info);
     }));
+}
+
+/// Environment variable naming the `sluice run` process that supervises this one.
+pub const SUPERVISOR_PID_ENV: &str = "SLUICE_SUPERVISOR_PID";
+
+/// A role started by `sluice run` stops when its supervisor is gone (even one killed with
+/// SIGKILL), instead of living on as an orphan still in its consumer group.
+fn exit_with_supervisor() {
+    let Some(supervisor) = std::env::var(SUPERVISOR_PID_ENV)
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+    else {
+        return;
+    };
+    std::thread::spawn(move || loop {
+        if std::os::unix::process::parent_id() != supervisor {
+            eprintln!("sluice: supervisor {supervisor} is gone; stopping");
+            std::process::exit(0);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    });
 }

@@ -211,6 +211,10 @@ pub async fn run(
         }
         let env = vec![
             (
+                crate::SUPERVISOR_PID_ENV.to_string(),
+                std::process::id().to_string(),
+            ),
+            (
                 "SLUICE_ADMIN__LISTEN".to_string(),
                 format!("{}:{}", admin_addr.ip(), admin_port + 1 + n as u16),
             ),

@@ -320,7 +320,7 @@ async fn deliveries_become_events_once_and_failures_are_dead_lettered() {
     assert_eq!(invalid.1["kafka_dlt-original-topic"], raw_stripe.as_bytes());
     assert_eq!(
         invalid.1["kafka_dlt-original-consumer-group"],
-        b"sluice-normalizer"
+        format!("{prefix}-normalizer").as_bytes()
     );
     assert_eq!(
         invalid.1["sluice_source"], b"stripe",

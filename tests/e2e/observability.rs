@@ -165,7 +165,13 @@ async fn every_metric_in_dashboards_and_rules_is_exported() {
         s.contains("kafka_consumergroup_lag_seconds")
     })
     .await;
-    let all = format!("{run_metrics}\n{lag_metrics}");
+    // `sluice run` supervises the orchestrator as a child on the next admin port.
+    let saga_metrics = scrape(&format!("http://127.0.0.1:{}/metrics", admin + 1), |s| {
+        s.contains("sluice_saga_terminal_total")
+            && s.contains("sluice_saga_duration_seconds_bucket")
+    })
+    .await;
+    let all = format!("{run_metrics}\n{lag_metrics}\n{saga_metrics}");
 
     let mut used = metric_names(&dashboard_exprs());
     used.extend(metric_names(&rule_exprs()));

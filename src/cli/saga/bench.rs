@@ -305,6 +305,7 @@ pub async fn run(config: &SluiceConfig, args: BenchArgs) -> anyhow::Result<ExitC
         println!("kept the topics under `{prefix}.` and their subjects");
     } else {
         remove(config, &clients, &topology).await?;
+        let _ = std::fs::remove_file(&file);
         println!("removed the topics under `{prefix}.` and their subjects");
     }
     Ok(ExitCode::SUCCESS)
