@@ -36,6 +36,8 @@ bench: stack
 	cargo bench -p sluice-schemas --bench codec
 	$(CARGO_TARGET_DIR)/release/sluice bench gateway
 	$(CARGO_TARGET_DIR)/release/sluice bench normalizer
+	$(CARGO_TARGET_DIR)/release/sluice saga bench
+	cargo bench -p sluice-consumers --bench lag
 
 setup:
 	dev/setup
