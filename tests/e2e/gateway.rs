@@ -20,14 +20,7 @@ use crate::support::{clients, require_stack, sluice_async, temp_file};
 // ---------------------------------------------------------------------------------------------
 // Harness
 
-/// A port nobody listens on right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use crate::support::free_port;
 
 /// A topic prefix no other run uses (letters and digits, as topology names require).
 pub fn unique_prefix(tag: &str) -> String {

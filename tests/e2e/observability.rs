@@ -7,18 +7,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::normalizer::{spawn_sluice, ChildGuard};
-use crate::support::{require_stack, sluice_async};
+use crate::support::{free_port, require_stack, sluice_async};
 
 fn root(rel: &str) -> String {
     format!("{}/{rel}", env!("CARGO_MANIFEST_DIR"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Metric names (`sluice_*`, `kafka_*`) used in PromQL expressions.

@@ -49,13 +49,7 @@ fn topology(prefix: &str) -> String {
     .unwrap()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::support::free_port;
 
 /// One deployed saga topology and what the test started on it.
 struct Deployment {

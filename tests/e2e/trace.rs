@@ -5,18 +5,10 @@
 use std::time::Duration;
 
 use crate::normalizer::{read_until, reader, spawn_sluice, ChildGuard};
-use crate::support::{require_stack, sluice_async};
+use crate::support::{free_port, require_stack, sluice_async};
 
 fn root(rel: &str) -> String {
     format!("{}/{rel}", env!("CARGO_MANIFEST_DIR"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn trace_id(headers: &std::collections::BTreeMap<String, Vec<u8>>) -> Option<String> {
