@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::normalizer::{
-    deploy, fixture, read_until, reader, send_raw, spawn_sluice, stripe_with_id, ChildGuard,
+    deploy, fixture, read_until, reader, send_payment, send_raw, spawn_sluice, ChildGuard,
 };
 use crate::support::{clients, require_stack};
 
@@ -82,30 +82,10 @@ async fn exactly_once_survives_normalizer_kills_and_a_broker_restart() {
     let producer = clients().producer("chaos").unwrap();
     let mut kills = 0;
     for i in 0..DISTINCT {
-        let id = format!("evt_{i}");
-        let payload = stripe_with_id(&body, &id, &format!("pi_{i}"));
-        send_raw(
-            &producer,
-            &raw,
-            "stripe",
-            "stripe",
-            &id,
-            Some("payment_intent.succeeded"),
-            &payload,
-        )
-        .await;
+        send_payment(&producer, &raw, &body, i).await;
         if i % 4 == 0 {
             // A provider redelivery of the same event.
-            send_raw(
-                &producer,
-                &raw,
-                "stripe",
-                "stripe",
-                &id,
-                Some("payment_intent.succeeded"),
-                &payload,
-            )
-            .await;
+            send_payment(&producer, &raw, &body, i).await;
         }
         if i % 30 == 0 && i / 30 < POISON {
             send_raw(
@@ -135,18 +115,7 @@ async fn exactly_once_survives_normalizer_kills_and_a_broker_restart() {
     }
     // Redeliveries of already processed events after everything else.
     for i in (0..DISTINCT).step_by(50) {
-        let id = format!("evt_{i}");
-        let payload = stripe_with_id(&body, &id, &format!("pi_{i}"));
-        send_raw(
-            &producer,
-            &raw,
-            "stripe",
-            "stripe",
-            &id,
-            Some("payment_intent.succeeded"),
-            &payload,
-        )
-        .await;
+        send_payment(&producer, &raw, &body, i).await;
     }
 
     let payments = reader(&format!("{prefix}.events.payments"));

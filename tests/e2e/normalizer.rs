@@ -367,6 +367,23 @@ async fn deliveries_become_events_once_and_failures_are_dead_lettered() {
     assert!(late.is_empty(), "{} unexpected events", late.len());
 }
 
+/// Sends the `i`-th distinct Stripe delivery (`evt_<i>`, payment `pi_<i>`) built from the
+/// fixture `body`; sending the same `i` again is a provider redelivery.
+pub async fn send_payment(producer: &FutureProducer, raw_topic: &str, body: &[u8], i: usize) {
+    let id = format!("evt_{i}");
+    let payload = stripe_with_id(body, &id, &format!("pi_{i}"));
+    send_raw(
+        producer,
+        raw_topic,
+        "stripe",
+        "stripe",
+        &id,
+        Some("payment_intent.succeeded"),
+        &payload,
+    )
+    .await;
+}
+
 /// The Stripe fixture with another event id and payment intent id.
 pub fn stripe_with_id(body: &[u8], event_id: &str, payment_id: &str) -> Vec<u8> {
     let mut v: serde_json::Value = serde_json::from_slice(body).unwrap();

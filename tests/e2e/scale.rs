@@ -6,9 +6,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
-use crate::normalizer::{
-    deploy, fixture, read_until, reader, send_raw, spawn_sluice, stripe_with_id,
-};
+use crate::normalizer::{deploy, fixture, read_until, reader, send_payment, spawn_sluice};
 use crate::support::{clients, require_stack};
 
 /// Members of `group` right now, per the group coordinator.
@@ -48,18 +46,7 @@ async fn a_second_normalizer_shares_the_partitions_without_loss_or_duplicates() 
         let (producer, raw, body) = (producer.clone(), raw.clone(), body.clone());
         async move {
             for i in from..to {
-                let id = format!("evt_{i}");
-                let payload = stripe_with_id(&body, &id, &format!("pi_{i}"));
-                send_raw(
-                    &producer,
-                    &raw,
-                    "stripe",
-                    "stripe",
-                    &id,
-                    Some("payment_intent.succeeded"),
-                    &payload,
-                )
-                .await;
+                send_payment(&producer, &raw, &body, i).await;
             }
         }
     };
