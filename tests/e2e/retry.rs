@@ -100,6 +100,9 @@ async fn run_case(guarantee: Guarantee) {
             .unwrap();
     }
     let outputs = read_until(&reader(&out), Duration::from_secs(60), |g| g.len() >= 3).await;
+    if loop_task.is_finished() {
+        panic!("the consumer loop stopped early: {:?}", loop_task.await);
+    }
     let keys: Vec<&str> = outputs.iter().map(|o| o.0.as_str()).collect();
     assert_eq!(outputs.len(), 3, "{keys:?}");
     // The main topic is not held up by records waiting on a tier.

@@ -142,13 +142,22 @@ pub async fn run<H: Handler>(
             _ = shutdown.wait() => break,
             _ = tokio::time::sleep(wait) => {}
             first = consumer.recv() => {
-                batch.push(Record::from_message(&first.map_err(kafka("consuming"))?));
+                match first {
+                    Ok(m) => batch.push(Record::from_message(&m)),
+                    Err(e) => {
+                        consume_error(e, &group)?;
+                        continue;
+                    }
+                }
                 let deadline = Instant::now() + config.linger;
                 while batch.len() < config.max_batch {
                     let left = deadline.saturating_duration_since(Instant::now());
                     match tokio::time::timeout(left, consumer.recv()).await {
                         Ok(Ok(m)) => batch.push(Record::from_message(&m)),
-                        Ok(Err(e)) => return Err(LoopError::Kafka { what: "consuming", source: e }),
+                        Ok(Err(e)) => {
+                            consume_error(e, &group)?;
+                            break;
+                        }
                         Err(_) => break,
                     }
                 }
@@ -525,14 +534,40 @@ fn pause_at(
     consumer
         .pause(&tpl)
         .map_err(kafka("pausing a retry partition"))?;
-    consumer
-        .seek(
+    // A seek can fail while the partition's fetcher is still starting; without it the
+    // records after `offset` would be skipped, so try again before giving up (a restart
+    // resumes from the committed offset, which is `offset`).
+    let mut attempt = 0;
+    loop {
+        match consumer.seek(
             topic,
             partition,
             Offset::Offset(offset),
             Duration::from_secs(5),
-        )
-        .map_err(kafka("rewinding a retry partition"))
+        ) {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt < 5 => {
+                attempt += 1;
+                tracing::debug!(topic, partition, offset, error = %e, "rewinding a retry partition failed; trying again");
+                std::thread::sleep(Duration::from_millis(100 * attempt));
+            }
+            Err(e) => return Err(kafka("rewinding a retry partition")(e)),
+        }
+    }
+}
+
+/// Errors the consumer reports between messages (a topic whose metadata has not reached the
+/// client yet, a broker connection that dropped) clear up on their own: librdkafka retries
+/// them. Only a fatal error ends the loop; the rest are logged and the loop polls again.
+fn consume_error(e: KafkaError, group: &str) -> Result<(), LoopError> {
+    if matches!(e, KafkaError::MessageConsumptionFatal(_)) {
+        return Err(LoopError::Kafka {
+            what: "consuming",
+            source: e,
+        });
+    }
+    tracing::warn!(group, error = %e, "consumer reported an error; polling again");
+    Ok(())
 }
 
 /// Runs a blocking librdkafka call without stalling the async runtime's other tasks.
