@@ -8,6 +8,7 @@ pub mod config;
 pub mod kafka;
 pub mod shutdown;
 pub mod telemetry;
+pub mod trace_context;
 
 pub use config::{ConfigError, SecretRef, SluiceConfig};
 pub use shutdown::Shutdown;

@@ -17,12 +17,14 @@ use apache_avro::Schema;
 use prometheus::{IntCounterVec, Opts, Registry};
 use serde_json::Value as Json;
 use sluice_runtime::kafka::KafkaClients;
+use sluice_runtime::trace_context;
 use sluice_schemas::codec::SchemaWriter;
 use sluice_schemas::json::from_json;
 use sluice_schemas::metadata::{self, raw, EventMetadata};
 use sluice_schemas::{Catalog, RegistryClient};
 use sluice_topology::model::UnmappedPolicy;
 use sluice_topology::Topology;
+use tracing::Instrument;
 
 use crate::normalize::{self, generic, MapError, RawDelivery};
 use crate::runtime::headers as routing;
@@ -275,8 +277,13 @@ fn permanent(e: &MapError) -> HandlerError {
     HandlerError::permanent(class, e.to_string())
 }
 
-impl Handler for Normalizer {
-    async fn handle(&self, record: &Record) -> Result<Vec<Output>, HandlerError> {
+impl Normalizer {
+    /// Maps one raw delivery into its events, inside the hop span `span`.
+    async fn normalize(
+        &self,
+        record: &Record,
+        span: &tracing::Span,
+    ) -> Result<Vec<Output>, HandlerError> {
         let need = |name: &str| {
             record.header(name).ok_or_else(|| {
                 HandlerError::permanent(
@@ -326,6 +333,7 @@ impl Handler for Normalizer {
         };
         let (mapped, dead_letter) = self.events_for(record, &delivery)?;
 
+        let hop = trace_context::traceparent(span);
         let mut outputs = Vec::with_capacity(mapped.len() + 2);
         outputs.extend(dead_letter);
         for (index, m) in mapped.into_iter().enumerate() {
@@ -342,9 +350,11 @@ impl Handler for Normalizer {
                 time_ms: m.occurred_at_ms,
                 subject: m.subject.clone(),
                 // This hop's span, a child of the raw record's.
-                traceparent: Some(sluice_schemas::traceparent::continue_or_start(
-                    record.header(metadata::TRACEPARENT),
-                )),
+                traceparent: Some(hop.clone().unwrap_or_else(|| {
+                    sluice_schemas::traceparent::continue_or_start(
+                        record.header(metadata::TRACEPARENT),
+                    )
+                })),
             };
             let mut full = match m.fields {
                 Json::Object(map) => map,
@@ -405,6 +415,15 @@ impl Handler for Normalizer {
         self.dedup
             .record_pending(raw_partition, dedup_key, received_at_ms);
         Ok(outputs)
+    }
+}
+
+impl Handler for Normalizer {
+    async fn handle(&self, record: &Record) -> Result<Vec<Output>, HandlerError> {
+        // This hop's span: a child of the raw record's, the parent of every event it maps.
+        let span = tracing::info_span!("normalize", topic = %record.topic, partition = record.partition, offset = record.offset);
+        trace_context::follow(&span, record.header(metadata::TRACEPARENT));
+        self.normalize(record, &span).instrument(span.clone()).await
     }
 
     async fn on_assigned(&self, partitions: &Assigned) -> Result<(), HandlerError> {

@@ -24,11 +24,13 @@ use std::sync::{Arc, Mutex};
 use apache_avro::types::Value;
 use serde_json::{json, Value as Json};
 use sluice_runtime::kafka::KafkaClients;
+use sluice_runtime::trace_context;
 use sluice_schemas::json::to_json_with_schema;
 use sluice_schemas::metadata::{self, TRACEPARENT};
 use sluice_schemas::{AvroCodec, Catalog, RecordLocation, RegistryClient};
 use sluice_topology::model::{SAGA_CONTROL_TYPE, SAGA_LIFECYCLE_TYPES};
 use sluice_topology::{naming, Topology};
+use tracing::Instrument;
 
 use super::definition::SagaDef;
 use super::instance::{Instance, Kind, Status, TriggerRef};
@@ -331,9 +333,8 @@ impl Orchestrator {
                 .map(str::to_string);
             control.trigger_type = Some(event_type.clone());
             control.trigger_location = Some(format!("{topic}/{partition}@{offset}"));
-            let traceparent = record
-                .header(TRACEPARENT)
-                .map(str::to_string)
+            let traceparent = trace_context::traceparent(&tracing::Span::current())
+                .or_else(|| record.header(TRACEPARENT).map(str::to_string))
                 .unwrap_or_else(|| {
                     messages::child_traceparent(None, &format!("{}/{id}", saga.def.name))
                 });
@@ -536,7 +537,8 @@ impl Orchestrator {
             source: saga.source.clone(),
             subject: Some(state.id.clone()),
         };
-        let traceparent = messages::child_traceparent(state.traceparent.as_deref(), &name);
+        let traceparent = trace_context::traceparent(&tracing::Span::current())
+            .unwrap_or_else(|| messages::child_traceparent(state.traceparent.as_deref(), &name));
         let output =
             |topic: &str, event_type: &str, value: Vec<u8>, extra: &[(&str, &str)]| Output {
                 topic: topic.to_string(),
@@ -796,8 +798,10 @@ impl Orchestrator {
     }
 }
 
-impl Handler for Orchestrator {
-    async fn handle(&self, record: &Record) -> Result<Vec<Output>, HandlerError> {
+impl Orchestrator {
+    /// Routes one record: a reply or control message to its instance, a trigger to the sagas
+    /// it starts.
+    async fn route(&self, record: &Record) -> Result<Vec<Output>, HandlerError> {
         let topic = record
             .header(routing::ORIGINAL_TOPIC)
             .unwrap_or(&record.topic)
@@ -812,6 +816,17 @@ impl Handler for Orchestrator {
             "UnknownTopic",
             format!("no saga reads {topic}"),
         ))
+    }
+}
+
+impl Handler for Orchestrator {
+    async fn handle(&self, record: &Record) -> Result<Vec<Output>, HandlerError> {
+        // This hop's span: a child of the trigger's or reply's, the parent of what the
+        // transition writes.
+        let span =
+            tracing::info_span!("saga.transition", topic = %record.topic, offset = record.offset);
+        trace_context::follow(&span, record.header(TRACEPARENT));
+        self.route(record).instrument(span).await
     }
 
     async fn on_assigned(&self, partitions: &Assigned) -> Result<(), HandlerError> {

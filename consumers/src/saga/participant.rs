@@ -39,9 +39,11 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use sluice_runtime::kafka::KafkaClients;
+use sluice_runtime::trace_context;
 use sluice_schemas::metadata::{self, TRACEPARENT};
 use sluice_schemas::{AvroCodec, Catalog, RecordLocation, RegistryClient};
 use sluice_topology::{naming, Topology};
+use tracing::Instrument;
 
 use super::instance::Kind;
 use super::machine::short_name;
@@ -328,7 +330,8 @@ impl<P: Participant> ParticipantHandler<P> {
             .book
             .encode_fields(&route.reply_topic, event_type, reply.fields(&meta))
             .map_err(|e| HandlerError::permanent("EncodeFailed", e.to_string()))?;
-        let traceparent = messages::child_traceparent(record.header(TRACEPARENT), &name);
+        let traceparent = trace_context::traceparent(&tracing::Span::current())
+            .unwrap_or_else(|| messages::child_traceparent(record.header(TRACEPARENT), &name));
         Ok(Output {
             topic: route.reply_topic.clone(),
             // The default partitioner puts it in the saga id's partition of the replies topic.
@@ -363,8 +366,9 @@ impl<P: Participant> ParticipantHandler<P> {
     }
 }
 
-impl<P: Participant> Handler for ParticipantHandler<P> {
-    async fn handle(&self, record: &Record) -> Result<Vec<Output>, HandlerError> {
+impl<P: Participant> ParticipantHandler<P> {
+    /// Runs one command (or recognises a re-delivered one), inside its hop span.
+    async fn execute(&self, record: &Record) -> Result<Vec<Output>, HandlerError> {
         let declared = record.header(metadata::CE_TYPE).map(str::to_string);
         if declared
             .as_deref()
@@ -495,6 +499,15 @@ impl<P: Participant> Handler for ParticipantHandler<P> {
             self.answer(record, &command, route, &entry)?,
             self.remember(partition, &command.command_id, &entry),
         ])
+    }
+}
+
+impl<P: Participant> Handler for ParticipantHandler<P> {
+    async fn handle(&self, record: &Record) -> Result<Vec<Output>, HandlerError> {
+        // This hop's span: a child of the command's, the parent of the reply.
+        let span = tracing::info_span!("saga.participant", role = %self.spec.role, topic = %record.topic, offset = record.offset);
+        trace_context::follow(&span, record.header(TRACEPARENT));
+        self.execute(record).instrument(span).await
     }
 
     async fn on_assigned(&self, partitions: &Assigned) -> Result<(), HandlerError> {

@@ -17,6 +17,7 @@ pub mod code {
     pub const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
     pub const BODY_TOO_LARGE: &str = "body_too_large";
     pub const BODY_READ_FAILED: &str = "body_read_failed";
+    pub const BODY_READ_TIMEOUT: &str = "body_read_timeout";
     pub const RATE_LIMITED: &str = "rate_limited";
     pub const KAFKA_UNAVAILABLE: &str = "kafka_unavailable";
     pub const UNAUTHORIZED: &str = "unauthorized";

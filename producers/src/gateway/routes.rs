@@ -6,7 +6,7 @@
 //! streaming), signature, then the durable write.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::PathRejection;
@@ -17,6 +17,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::{Json, Router};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use sluice_runtime::trace_context;
+use tracing::Instrument;
 
 use super::config::Source;
 use super::errors::{code, ApiError};
@@ -49,6 +51,19 @@ pub(crate) async fn read_limited(
     body: Body,
     limit: usize,
 ) -> Result<Bytes, ApiError> {
+    read_limited_within(headers, body, limit, BODY_READ_TIMEOUT).await
+}
+
+/// How long a client may take to send its body. Providers send a few KiB at once; a client
+/// that trickles its body would otherwise hold a connection and its buffer indefinitely.
+pub(crate) const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn read_limited_within(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -56,7 +71,17 @@ pub(crate) async fn read_limited(
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(ApiError::body_too_large(limit));
     }
-    match Limited::new(body, limit).collect().await {
+    let Ok(read) = tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await else {
+        return Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            code::BODY_READ_TIMEOUT,
+            format!(
+                "the request body did not arrive within {} s",
+                timeout.as_secs_f64()
+            ),
+        ));
+    };
+    match read {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
             Err(ApiError::body_too_large(limit))
@@ -88,8 +113,18 @@ async fn webhook(
             .inc();
         return ApiError::unknown_source(&name).into_response();
     };
+    // The request's span: a child of the caller's `traceparent`, the parent of the raw record.
+    let span = tracing::info_span!("webhook.receive", source = %source.name, provider = source.provider.kind());
+    trace_context::follow(
+        &span,
+        headers
+            .get(trace_context::HEADER)
+            .and_then(|v| v.to_str().ok()),
+    );
     let result = if method == Method::POST {
-        receive(&app, &source, &headers, body).await
+        receive(&app, &source, &headers, body, &span)
+            .instrument(span.clone())
+            .await
     } else {
         Err(ApiError::method_not_allowed("POST"))
     };
@@ -113,6 +148,7 @@ async fn receive(
     source: &Source,
     headers: &HeaderMap,
     body: Body,
+    span: &tracing::Span,
 ) -> Result<(&'static str, Response), ApiError> {
     if let Some(bucket) = &source.bucket {
         let d = bucket.try_acquire(Instant::now());
@@ -173,11 +209,13 @@ async fn receive(
     }
 
     let delivery_id = raw_record::delivery_id(&verified, &body);
-    let traceparent = crate::traceparent::continue_or_start(
-        headers
-            .get(crate::traceparent::HEADER)
-            .and_then(|v| v.to_str().ok()),
-    );
+    let traceparent = trace_context::traceparent(span).unwrap_or_else(|| {
+        crate::traceparent::continue_or_start(
+            headers
+                .get(crate::traceparent::HEADER)
+                .and_then(|v| v.to_str().ok()),
+        )
+    });
     let record = RawDelivery {
         source: &source.name,
         provider: source.provider.kind(),
@@ -272,6 +310,20 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(&ok[..], b"0123456789");
+    }
+
+    #[tokio::test]
+    async fn a_body_that_does_not_arrive_in_time_gets_408() {
+        let never = futures::stream::pending::<Result<Bytes, std::io::Error>>();
+        let err = read_limited_within(
+            &HeaderMap::new(),
+            Body::from_stream(never),
+            4096,
+            Duration::from_millis(50),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!((err.status.as_u16(), err.code), (408, "body_read_timeout"));
     }
 
     /// `n` chunks of 1 KiB, with no length known up front.
