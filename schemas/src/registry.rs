@@ -40,6 +40,14 @@ impl RegistryError {
     }
 }
 
+/// A subject's latest registered version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LatestSchema {
+    pub id: u32,
+    pub version: u32,
+    pub schema: String,
+}
+
 #[derive(Clone)]
 pub struct RegistryClient {
     url: String,
@@ -136,6 +144,36 @@ impl RegistryClient {
         get_schema_by_subject_and_version(&self.settings, subject, version)
             .await
             .map_err(|e| request_error(&self.url, e))
+    }
+
+    /// The latest schema registered under `subject`, or `None` when the subject does not
+    /// exist. Asks for the subject directly rather than scanning `/subjects`, which some
+    /// registries cap (Apicurio lists at most `apicurio.ccompat.max-subjects`, 1,000 by
+    /// default).
+    pub async fn latest(&self, subject: &str) -> Result<Option<LatestSchema>, RegistryError> {
+        let path = format!("/subjects/{subject}/versions/latest");
+        match self.get_json(&path).await {
+            Ok(body) => {
+                let id = body["id"].as_u64().and_then(|i| u32::try_from(i).ok());
+                let schema = body["schema"].as_str();
+                match (id, schema) {
+                    (Some(id), Some(schema)) => Ok(Some(LatestSchema {
+                        id,
+                        version: body["version"].as_u64().unwrap_or(0) as u32,
+                        schema: schema.to_string(),
+                    })),
+                    _ => Err(RegistryError::Request {
+                        url: format!("{}{path}", self.url),
+                        message: format!("no id or schema in {body}"),
+                        retriable: false,
+                    }),
+                }
+            }
+            Err(RegistryError::Request { message, .. }) if message.starts_with("HTTP 404") => {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Asks the registry whether `schema_json` may be registered under `subject` (against the

@@ -13,6 +13,9 @@ use sluice_schemas::{Catalog, RegistryClient};
 use sluice_topology::model::Compatibility;
 use sluice_topology::Topology;
 
+/// Apicurio's Confluent API lists at most this many subjects unless configured otherwise.
+const APICURIO_DEFAULT_MAX_SUBJECTS: usize = 1000;
+
 #[derive(Debug, Subcommand)]
 pub enum SchemasCommand {
     /// Register every catalog version of every routed event type (and of every saga
@@ -192,6 +195,12 @@ async fn list(config: &SluiceConfig, catalog_only: bool) -> anyhow::Result<ExitC
     let registry = RegistryClient::new(&config.registry)?;
     let mut subjects = registry.subjects().await?;
     subjects.sort();
+    if subjects.len() == APICURIO_DEFAULT_MAX_SUBJECTS {
+        eprintln!(
+            "note: the registry listed exactly {APICURIO_DEFAULT_MAX_SUBJECTS} subjects, Apicurio's default cap; \
+             raise apicurio.ccompat.max-subjects to see them all"
+        );
+    }
     println!(
         "{:<72} {:>8} {:>6}  compatibility",
         "subject", "versions", "id"

@@ -121,3 +121,38 @@ fn compose_broker_settings_match_the_dev_stack() {
         );
     }
 }
+
+/// Every `-Dapicurio.…` system property dev/stack starts the registry with, as Quarkus
+/// environment names (`apicurio.storage.kind` → `APICURIO_STORAGE_KIND`).
+fn dev_stack_registry_settings() -> BTreeMap<String, String> {
+    let script = std::fs::read_to_string(root().join("dev/stack")).unwrap();
+    script
+        .split_whitespace()
+        .filter_map(|word| word.strip_prefix("-Dapicurio."))
+        .filter_map(|setting| setting.split_once('='))
+        .map(|(k, v)| {
+            (
+                format!("APICURIO_{}", k.to_uppercase().replace(['.', '-'], "_")),
+                v.trim_matches('"').to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn compose_registry_settings_match_the_dev_stack() {
+    let c = compose();
+    let env = env_of(&c["services"]["registry"]);
+    let dev = dev_stack_registry_settings();
+    assert!(
+        dev.contains_key("APICURIO_CCOMPAT_MAX_SUBJECTS"),
+        "dev/stack settings not found: {dev:?}"
+    );
+    for (key, value) in &dev {
+        assert_eq!(
+            env.get(key),
+            Some(value),
+            "{key} in docker-compose.yml differs from dev/stack"
+        );
+    }
+}

@@ -195,3 +195,16 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+#[tokio::test]
+async fn latest_finds_a_subject_directly_and_says_none_for_an_unknown_one() {
+    require_stack().await;
+    let client = RegistryClient::new(&registry()).unwrap();
+    let subject = format!("e2e-latest-{}", uuid::Uuid::new_v4().simple());
+    assert_eq!(client.latest(&subject).await.unwrap(), None);
+    let schema = r#"{"type":"record","name":"Probe","namespace":"dev.sluice.e2e","fields":[{"name":"a","type":"string"}]}"#;
+    let id = client.register(&subject, schema).await.unwrap();
+    let latest = client.latest(&subject).await.unwrap().expect("registered");
+    assert_eq!((latest.id, latest.version), (id, 1));
+    assert!(latest.schema.contains("Probe"));
+}

@@ -6,7 +6,7 @@
 //! unavailable and refused with a typed error instead of failing every other type; the hot
 //! path never calls the registry.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -204,15 +204,6 @@ impl Publisher {
         topology: &Topology,
         options: PublisherOptions,
     ) -> Result<Self, PublisherBuildError> {
-        let registered: BTreeSet<String> = registry
-            .subjects()
-            .await
-            .map_err(|source| PublisherBuildError::Registry {
-                what: "the subject list".into(),
-                source,
-            })?
-            .into_iter()
-            .collect();
         let mut routes = BTreeMap::new();
         for route in &topology.routes {
             let entry = catalog.latest(&route.event_type)?;
@@ -220,15 +211,13 @@ impl Publisher {
                 .subjects
                 .naming
                 .subject(&route.topic, &route.event_type);
-            let availability = if registered.contains(&subject) {
-                let latest =
-                    registry
-                        .schema_by_subject(&subject, None)
-                        .await
-                        .map_err(|source| PublisherBuildError::Registry {
-                            what: format!("subject {subject}"),
-                            source,
-                        })?;
+            let latest = registry.latest(&subject).await.map_err(|source| {
+                PublisherBuildError::Registry {
+                    what: format!("subject {subject}"),
+                    source,
+                }
+            })?;
+            let availability = if let Some(latest) = latest {
                 let schema = Schema::parse_str(&latest.schema).map_err(|e| {
                     PublisherBuildError::InvalidRegisteredSchema {
                         subject: subject.clone(),
