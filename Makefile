@@ -37,6 +37,7 @@ bench: stack
 	$(CARGO_TARGET_DIR)/release/sluice bench gateway
 	$(CARGO_TARGET_DIR)/release/sluice bench normalizer
 	$(CARGO_TARGET_DIR)/release/sluice saga bench
+	$(CARGO_TARGET_DIR)/release/sluice bench e2e
 	cargo bench -p sluice-consumers --bench lag
 
 setup:

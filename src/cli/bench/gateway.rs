@@ -28,7 +28,7 @@ pub struct GatewayBench {
     pub concurrency: usize,
 }
 
-const SECRET: &str = "whsec_bench_secret";
+pub const SECRET: &str = "whsec_bench_secret";
 
 /// One prepared request: path, headers, body, and the raw topic it lands on.
 struct Prepared {
@@ -71,9 +71,10 @@ fn prepare(n: usize) -> Vec<Prepared> {
         .collect()
 }
 
-pub async fn run(config: &SluiceConfig, b: GatewayBench) -> anyhow::Result<ExitCode> {
-    let port = free_port()?;
-    let env = [
+/// The environment a gateway listening on `port` needs: a secret for every source of the
+/// reference topology.
+pub fn gateway_env(port: u16) -> Vec<(&'static str, String)> {
+    vec![
         ("SLUICE_GATEWAY__LISTEN", format!("127.0.0.1:{port}")),
         ("SLUICE_SECRET_STRIPE", SECRET.to_string()),
         (
@@ -89,8 +90,12 @@ pub async fn run(config: &SluiceConfig, b: GatewayBench) -> anyhow::Result<ExitC
             "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD".to_string(),
         ),
         ("SLUICE_SECRET_GENERIC", SECRET.to_string()),
-    ];
-    let gateway = spawn_self(&["gateway"], &env)?;
+    ]
+}
+
+pub async fn run(config: &SluiceConfig, b: GatewayBench) -> anyhow::Result<ExitCode> {
+    let port = free_port()?;
+    let gateway = spawn_self(&["gateway"], &gateway_env(port))?;
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(b.concurrency * 2)
@@ -164,7 +169,7 @@ pub async fn run(config: &SluiceConfig, b: GatewayBench) -> anyhow::Result<ExitC
     Ok(ExitCode::SUCCESS)
 }
 
-async fn wait_ready(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
+pub async fn wait_ready(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         // An unknown source answers 404 as soon as the gateway serves.
@@ -179,11 +184,24 @@ async fn wait_ready(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
 }
 
 async fn send(http: &reqwest::Client, base: &str, p: &Prepared) -> bool {
-    let mut req = http.post(format!("{base}{}", p.path)).body(p.body.clone());
-    for (k, v) in &p.headers {
+    post_signed(http, base, p.path, &p.headers, &p.body).await
+}
+
+/// POSTs a signed JSON delivery; true on a 2xx.
+pub async fn post_signed(
+    http: &reqwest::Client,
+    base: &str,
+    path: &str,
+    headers: &[(&'static str, String)],
+    body: &[u8],
+) -> bool {
+    let mut req = http
+        .post(format!("{base}{path}"))
+        .header("content-type", "application/json")
+        .body(body.to_vec());
+    for (k, v) in headers {
         req = req.header(*k, v);
     }
-    req = req.header("content-type", "application/json");
     matches!(req.send().await, Ok(r) if r.status().is_success())
 }
 

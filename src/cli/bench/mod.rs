@@ -2,14 +2,26 @@
 //! raw rdkafka ceiling measured in the same run, because absolute numbers on a shared or
 //! small machine mean little on their own.
 
+pub mod e2e;
 pub mod gateway;
 pub mod normalizer;
 pub mod stats;
 
 use std::process::ExitCode;
 
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
 use clap::Subcommand;
+use futures::future::join_all;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::FutureRecord;
+use rdkafka::TopicPartitionList;
+use sluice_runtime::kafka::KafkaClients;
 use sluice_runtime::SluiceConfig;
+use sluice_schemas::{Catalog, RegistryClient};
+use sluice_topology::{apply, plan, Topology};
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
@@ -19,12 +31,17 @@ pub enum BenchCommand {
     /// The normalizer in exactly-once and at-least-once mode, against a raw
     /// consume→produce passthrough.
     Normalizer(normalizer::NormalizerBench),
+    /// The whole path: signed deliveries → gateway → raw topic → normalizer → normalized
+    /// events → saga trigger → saga completion, against a raw producer and a raw
+    /// passthrough.
+    E2e(e2e::E2eBench),
 }
 
 pub async fn run(config: &SluiceConfig, cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         BenchCommand::Gateway(b) => gateway::run(config, b).await,
         BenchCommand::Normalizer(b) => normalizer::run(config, b).await,
+        BenchCommand::E2e(b) => e2e::run(config, b).await,
     }
 }
 
@@ -79,4 +96,104 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
+}
+
+/// Creates a scratch topology's topics and registers its subjects, for a bench run on topics
+/// of its own.
+pub async fn deploy_scratch(
+    clients: &KafkaClients,
+    registry: &RegistryClient,
+    catalog: &Catalog,
+    topology: &Topology,
+) -> anyhow::Result<()> {
+    let admin = clients.admin()?;
+    let live = apply::live_topics(&admin, &topology.prefix).await?;
+    apply::apply(&admin, &plan::plan(&topology.all_topics(), &live, false)).await?;
+    for (topic, event_type) in topology.registrations() {
+        let subject = topology.subjects.naming.subject(&topic, &event_type);
+        registry
+            .register(&subject, &catalog.latest(&event_type)?.json)
+            .await
+            .with_context(|| format!("registering {subject}"))?;
+    }
+    Ok(())
+}
+
+/// Deletes a scratch topology's topics and its subjects (soft, then permanently).
+pub async fn remove_scratch(
+    config: &SluiceConfig,
+    clients: &KafkaClients,
+    topology: &Topology,
+) -> anyhow::Result<()> {
+    let admin = clients.admin()?;
+    let live = apply::live_topics(&admin, &topology.prefix).await?;
+    apply::apply(&admin, &plan::plan(&[], &live, true)).await?;
+    let http = reqwest::Client::new();
+    for (topic, event_type) in topology.registrations() {
+        let subject = topology.subjects.naming.subject(&topic, &event_type);
+        for query in ["", "?permanent=true"] {
+            http.delete(format!("{}/subjects/{subject}{query}", config.registry.url))
+                .send()
+                .await
+                .and_then(reqwest::Response::error_for_status)
+                .with_context(|| format!("deleting subject {subject}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// The raw ceiling for consumers: consume → produce → commit over `n` records from `from`
+/// to `to`, with the at-least-once loop's batching and no decode or encode. Returns records
+/// per second from the first record seen.
+pub async fn passthrough(
+    clients: &KafkaClients,
+    group: &str,
+    from: &[String],
+    to: &str,
+    n: usize,
+) -> anyhow::Result<f64> {
+    let consumer: StreamConsumer = clients.consumer_config("bench-pass", group)?.create()?;
+    let refs: Vec<&str> = from.iter().map(String::as_str).collect();
+    consumer.subscribe(&refs)?;
+    let producer = clients.producer("bench-pass")?;
+    let mut seen = 0;
+    let mut start = None;
+    while seen < n {
+        let first = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
+            .await
+            .context("the passthrough saw no records for 60 s")??;
+        start.get_or_insert_with(Instant::now);
+        let mut batch = vec![first.detach()];
+        while batch.len() < 500 {
+            match tokio::time::timeout(Duration::from_millis(20), consumer.recv()).await {
+                Ok(Ok(m)) => batch.push(m.detach()),
+                _ => break,
+            }
+        }
+        let mut offsets = TopicPartitionList::new();
+        let mut sends = Vec::with_capacity(batch.len());
+        for m in &batch {
+            offsets.add_partition_offset(
+                m.topic(),
+                m.partition(),
+                rdkafka::Offset::Offset(m.offset() + 1),
+            )?;
+            let mut r: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(to);
+            if let Some(k) = m.key() {
+                r = r.key(k);
+            }
+            if let Some(v) = m.payload() {
+                r = r.payload(v);
+            }
+            sends.push(producer.send_result(r).map_err(|(e, _)| e)?);
+        }
+        for d in join_all(sends).await {
+            if !matches!(d, Ok(Ok(_))) {
+                bail!("passthrough produce failed");
+            }
+        }
+        consumer.commit(&offsets, CommitMode::Sync)?;
+        seen += batch.len();
+    }
+    Ok(n as f64 / start.map_or(1.0, |s| s.elapsed().as_secs_f64()))
 }

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Args;
 use futures::future::join_all;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::TopicPartitionList;
 use sluice_runtime::kafka::KafkaClients;
@@ -245,56 +245,8 @@ async fn passthrough_loop(
     n: usize,
 ) -> anyhow::Result<()> {
     let clients = KafkaClients::new(config.kafka.clone());
-    let consumer: StreamConsumer = clients
-        .consumer_config("bench-pass", &format!("{prefix}-passthrough"))?
-        .create()?;
-    let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&topic_refs)?;
-    let producer = clients.producer("bench-pass")?;
     let out = format!("{prefix}.events.passthrough");
-    let mut seen = 0;
-    while seen < n {
-        let mut batch = Vec::new();
-        let mut offsets = TopicPartitionList::new();
-        let first = consumer.recv().await?;
-        offsets.add_partition_offset(
-            first.topic(),
-            first.partition(),
-            rdkafka::Offset::Offset(first.offset() + 1),
-        )?;
-        batch.push(first.detach());
-        while batch.len() < 500 {
-            match tokio::time::timeout(Duration::from_millis(20), consumer.recv()).await {
-                Ok(Ok(m)) => {
-                    offsets.add_partition_offset(
-                        m.topic(),
-                        m.partition(),
-                        rdkafka::Offset::Offset(m.offset() + 1),
-                    )?;
-                    batch.push(m.detach());
-                }
-                _ => break,
-            }
-        }
-        let mut deliveries = Vec::with_capacity(batch.len());
-        for m in &batch {
-            let mut r: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&out);
-            if let Some(k) = m.key() {
-                r = r.key(k);
-            }
-            if let Some(v) = m.payload() {
-                r = r.payload(v);
-            }
-            deliveries.push(producer.send_result(r).map_err(|(e, _)| e)?);
-        }
-        for d in join_all(deliveries).await {
-            if !matches!(d, Ok(Ok(_))) {
-                bail!("passthrough produce failed");
-            }
-        }
-        consumer.commit(&offsets, CommitMode::Sync)?;
-        seen += batch.len();
-    }
+    super::passthrough(&clients, &format!("{prefix}-passthrough"), &topics, &out, n).await?;
     Ok(())
 }
 

@@ -32,7 +32,7 @@ use sluice_runtime::kafka::{create_topic_if_missing, KafkaClients};
 use sluice_runtime::SluiceConfig;
 use sluice_schemas::codec::ReaderSchema;
 use sluice_schemas::{AvroCodec, RecordLocation, RegistryClient};
-use sluice_topology::{apply, naming, plan, Topology};
+use sluice_topology::{naming, Topology};
 
 const SAGA: &str = "order-fulfillment";
 const ORDER_PLACED: &str = "dev.sluice.events.commerce.OrderPlaced";
@@ -151,16 +151,7 @@ pub async fn run(config: &SluiceConfig, args: BenchArgs) -> anyhow::Result<ExitC
     std::fs::write(&file, yaml)?;
     let types = catalog.event_types().map(str::to_string).collect();
     let topology = Topology::load(&file, &types)?;
-    let admin = clients.admin()?;
-    let live = apply::live_topics(&admin, &topology.prefix).await?;
-    apply::apply(&admin, &plan::plan(&topology.all_topics(), &live, false)).await?;
-    for (topic, event_type) in topology.registrations() {
-        let subject = topology.subjects.naming.subject(&topic, &event_type);
-        registry
-            .register(&subject, &catalog.latest(&event_type)?.json)
-            .await
-            .with_context(|| format!("registering {subject}"))?;
-    }
+    crate::cli::bench::deploy_scratch(&clients, &registry, &catalog, &topology).await?;
     println!(
         "saga bench: {} sagas per phase, {} partitions, max batch {}, prefix {prefix}",
         args.sagas, args.partitions, args.batching.max_batch
@@ -304,7 +295,7 @@ pub async fn run(config: &SluiceConfig, args: BenchArgs) -> anyhow::Result<ExitC
     if args.keep {
         println!("kept the topics under `{prefix}.` and their subjects");
     } else {
-        remove(config, &clients, &topology).await?;
+        crate::cli::bench::remove_scratch(config, &clients, &topology).await?;
         let _ = std::fs::remove_file(&file);
         println!("removed the topics under `{prefix}.` and their subjects");
     }
@@ -320,29 +311,6 @@ async fn publish(
         .await?
         .into_keys()
         .collect())
-}
-
-/// Deletes the run's topics and its subjects (soft, then permanently).
-async fn remove(
-    config: &SluiceConfig,
-    clients: &KafkaClients,
-    topology: &Topology,
-) -> anyhow::Result<()> {
-    let admin = clients.admin()?;
-    let live = apply::live_topics(&admin, &topology.prefix).await?;
-    apply::apply(&admin, &plan::plan(&[], &live, true)).await?;
-    let http = reqwest::Client::new();
-    for (topic, event_type) in topology.registrations() {
-        let subject = topology.subjects.naming.subject(&topic, &event_type);
-        for query in ["", "?permanent=true"] {
-            http.delete(format!("{}/subjects/{subject}{query}", config.registry.url))
-                .send()
-                .await
-                .and_then(reqwest::Response::error_for_status)
-                .with_context(|| format!("deleting subject {subject}"))?;
-        }
-    }
-    Ok(())
 }
 
 /// Publishes `n` orders, all at once or `per_tick` every 50 ms; returns order id → when it
