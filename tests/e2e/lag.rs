@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
 use sluice_consumers::lag::history::Estimate;
@@ -500,4 +500,62 @@ async fn exporter_serves_lag_metrics_and_watch_refreshes() {
         );
     }
     assert_eq!(samples, vec![1, 2, 3], "the window fills pass by pass");
+}
+
+/// An exactly-once consumer that has read everything commits the offset before the last
+/// commit marker: the lag column shows 1, as Kafka's tool does, but the group is OK, not
+/// STALL. Once a readable record arrives and the offset stays, it is a real STALL.
+#[tokio::test]
+async fn an_idle_exactly_once_group_is_ok_though_a_commit_marker_remains() {
+    require_stack().await;
+    let prefix = unique_prefix("lagtx");
+    let (topic, group) = (format!("{prefix}.in"), format!("{prefix}-eos"));
+    create_topic(&topic, 1).await;
+    let txn: FutureProducer = clients()
+        .transactional_producer_config("e2e", &format!("{prefix}-txn"))
+        .unwrap()
+        .create()
+        .unwrap();
+    txn.init_transactions(Duration::from_secs(30)).unwrap();
+    txn.begin_transaction().unwrap();
+    for i in 0..3 {
+        txn.send(
+            FutureRecord::to(&topic)
+                .partition(0)
+                .key("k")
+                .payload(&format!("r{i}")),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    }
+    txn.commit_transaction(Duration::from_secs(30)).unwrap();
+
+    let owner = member(&group, &topic);
+    let mut monitor = LagMonitor::new(clients(), GroupFilter::new([group.clone()]), 3).unwrap();
+    let mut report = None;
+    for _ in 0..3 {
+        commit_with(&owner, &topic, &[(0, 3)]);
+        report = Some(monitor.sample().await.unwrap());
+    }
+    let report = report.unwrap();
+    let g = &report.groups[0];
+    assert_eq!(
+        (g.partitions[0].lag, g.partitions[0].log_end_offset),
+        (Some(1), Some(4)),
+        "the marker counts in the lag, as in kafka-consumer-groups"
+    );
+    assert_eq!((g.status, g.complete), (Status::Ok, true), "{g:#?}");
+
+    // A readable record behind the same offset: now the group really is stuck.
+    produce(&clients().producer("e2e").unwrap(), &topic, 0, 1).await;
+    let mut report = None;
+    for _ in 0..3 {
+        commit_with(&owner, &topic, &[(0, 3)]);
+        report = Some(monitor.sample().await.unwrap());
+    }
+    let g = &report.unwrap().groups[0];
+    assert_eq!(g.partitions[0].lag, Some(2));
+    assert_eq!(g.status, Status::Stall, "{g:#?}");
 }

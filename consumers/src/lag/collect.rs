@@ -27,6 +27,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_runtime::kafka::KafkaClients;
 
+use super::settled::{Position, SettledCheck, MAX_CHECKED_LAG};
 use super::{assignment, LagError};
 
 /// A topic and partition.
@@ -93,6 +94,9 @@ pub struct Snapshot {
     pub groups: Vec<GroupOffsets>,
     /// Every partition any selected group has committed on.
     pub partitions: BTreeMap<TopicPartition, PartitionOffsets>,
+    /// (partition, committed offset) pairs whose lag is only transaction markers or aborted
+    /// records: nothing a read_committed consumer could read (see [`super::settled`]).
+    pub settled: BTreeSet<(TopicPartition, i64)>,
 }
 
 /// Collects [`Snapshot`]s. Blocking: call it from a blocking thread.
@@ -104,6 +108,7 @@ pub struct Collector {
     concurrency: usize,
     /// Threads still closing the previous pass's group clients.
     closing: Mutex<Vec<JoinHandle<()>>>,
+    settled: Mutex<SettledCheck>,
 }
 
 impl Drop for Collector {
@@ -128,6 +133,9 @@ pub const DEFAULT_CONCURRENCY: usize = 8;
 /// One group's committed offsets, or why they could not be read.
 type Fetched = Result<BTreeMap<TopicPartition, i64>, String>;
 
+/// Time one pass may spend telling marker-only lags from readable ones.
+const SETTLED_CHECK_BUDGET: Duration = Duration::from_millis(500);
+
 /// Partitions per OffsetFetch request.
 pub const OFFSET_FETCH_CHUNK: usize = 256;
 
@@ -143,6 +151,7 @@ impl Collector {
             timeout: Duration::from_secs(10),
             concurrency: DEFAULT_CONCURRENCY,
             closing: Mutex::new(Vec::new()),
+            settled: Mutex::new(SettledCheck::default()),
         })
     }
 
@@ -237,10 +246,26 @@ impl Collector {
                 );
             }
         }
+        let taken_at_ms = now_ms();
+        let small_lags: BTreeSet<Position> = groups
+            .iter()
+            .flat_map(|g| &g.committed)
+            .filter_map(|(tp, &committed)| {
+                let end = partitions.get(tp)?.log_end?;
+                (end > committed && end - committed <= MAX_CHECKED_LAG)
+                    .then(|| (tp.clone(), committed, end))
+            })
+            .collect();
+        let settled = self.settled.lock().expect("settled check").check(
+            &self.clients,
+            small_lags,
+            SETTLED_CHECK_BUDGET,
+        );
         Ok(Snapshot {
-            taken_at_ms: now_ms(),
+            taken_at_ms,
             groups,
             partitions,
+            settled,
         })
     }
 

@@ -231,6 +231,7 @@ mod tests {
                 },
             )]
             .into(),
+            settled: Default::default(),
         }
     }
 

@@ -15,6 +15,7 @@ pub mod collect;
 pub mod history;
 pub mod metrics;
 pub mod report;
+pub mod settled;
 pub mod status;
 pub mod tracker;
 

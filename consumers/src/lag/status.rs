@@ -74,6 +74,9 @@ pub struct Sample {
     pub committed: i64,
     /// The partition's log-end offset (high watermark), `None` when it could not be read.
     pub log_end: Option<i64>,
+    /// Nothing readable lies between the committed offset and the log end (only
+    /// transaction markers or aborted records): as good as a zero lag.
+    pub settled: bool,
 }
 
 impl Sample {
@@ -97,7 +100,8 @@ pub struct Evaluation {
 /// Rules, first match wins:
 /// 1. ERR: no samples, the newest log end is unknown, or the committed offset is beyond it;
 /// 2. REWIND: a committed offset is lower than the one before it;
-/// 3. OK: the lag is zero now, or was zero at some sample in the window;
+/// 3. OK: the lag is zero (or settled: only transaction markers) now, or was at some
+///    sample in the window;
 /// 4. OK: the window holds fewer than `window` samples (incomplete, nothing more to say);
 /// 5. STALL / STOP: every committed offset in the window is the same (and the lag is not
 ///    zero): STALL when `owned` (a live member owns the partition), STOP otherwise;
@@ -123,7 +127,7 @@ fn status(samples: &[Sample], complete: bool, owned: bool) -> Status {
     if samples.windows(2).any(|w| w[1].committed < w[0].committed) {
         return Status::Rewind;
     }
-    if samples.iter().any(|s| s.lag() == Some(0)) || !complete {
+    if samples.iter().any(|s| s.lag() == Some(0) || s.settled) || !complete {
         return Status::Ok;
     }
     if samples.iter().all(|s| s.committed == newest.committed) {
@@ -157,6 +161,7 @@ mod tests {
                 at_ms: 1_000 * i as i64,
                 committed,
                 log_end: Some(end),
+                settled: false,
             })
             .collect()
     }
@@ -204,6 +209,22 @@ mod tests {
         let growing = [(3, 10), (3, 11), (3, 19)];
         assert_eq!(st(&growing, true), Status::Stall);
         assert_eq!(st(&growing, false), Status::Stop);
+    }
+
+    #[test]
+    fn a_lag_of_transaction_markers_only_is_ok_not_stall() {
+        // An idle exactly-once group: its offset stops before the last commit marker.
+        let mut idle = w(&[(3, 4), (3, 4), (3, 4)]);
+        assert_eq!(evaluate(&idle, 3, true).status, Status::Stall);
+        for s in &mut idle {
+            s.settled = true;
+        }
+        assert_eq!(evaluate(&idle, 3, true).status, Status::Ok);
+        assert_eq!(evaluate(&idle, 3, false).status, Status::Ok);
+        // Settled once in the window, like a zero lag, is enough.
+        let mut then_stuck = w(&[(3, 4), (3, 9), (3, 9)]);
+        then_stuck[0].settled = true;
+        assert_eq!(evaluate(&then_stuck, 3, true).status, Status::Ok);
     }
 
     #[test]

@@ -117,6 +117,7 @@ impl Tracker {
                 at_ms: now,
                 committed,
                 log_end: offsets.log_end,
+                settled: snapshot.settled.contains(&(tp.clone(), committed)),
             });
             while window.len() > self.window {
                 window.pop_front();
@@ -227,6 +228,7 @@ mod tests {
                     )
                 })
                 .collect(),
+            settled: Default::default(),
         }
     }
 
