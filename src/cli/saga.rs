@@ -39,6 +39,10 @@ pub struct SagasArgs {
     /// How often deadlines are checked.
     #[arg(long, default_value = "100ms")]
     pub tick: String,
+    /// How long a finished instance's state is kept: a repeated trigger within it is
+    /// ignored; after it the state record is deleted (tombstoned) from the state topic.
+    #[arg(long, default_value = "7d")]
+    pub keep_finished: String,
     #[command(flatten)]
     pub batching: Batching,
 }
@@ -198,6 +202,8 @@ pub struct TriggerArgs {
 pub async fn run_orchestrator(config: &SluiceConfig, args: SagasArgs) -> anyhow::Result<ExitCode> {
     let (catalog, topology) = super::load(config, args.topology)?;
     let tick = naming::parse_duration(&args.tick).map_err(|e| anyhow::anyhow!("--tick: {e}"))?;
+    let keep_finished = naming::parse_duration(&args.keep_finished)
+        .map_err(|e| anyhow::anyhow!("--keep-finished: {e}"))?;
     let Process {
         shutdown,
         metrics_registry,
@@ -205,17 +211,17 @@ pub async fn run_orchestrator(config: &SluiceConfig, args: SagasArgs) -> anyhow:
         clients,
         registry,
     } = Process::start(config, "sagas").await?;
-    let orchestrator = Arc::new(
-        Orchestrator::new(
-            clients.clone(),
-            &registry,
-            &catalog,
-            &topology,
-            &args.sagas,
-            &metrics_registry,
-        )
-        .await?,
-    );
+    let mut orchestrator = Orchestrator::new(
+        clients.clone(),
+        &registry,
+        &catalog,
+        &topology,
+        &args.sagas,
+        &metrics_registry,
+    )
+    .await?;
+    orchestrator.keep_finished_ms = i64::try_from(keep_finished.as_millis())?;
+    let orchestrator = Arc::new(orchestrator);
     let router = failure_router(&topology);
     let mut topics = orchestrator.input_topics();
     topics.extend(router.tiers.iter().map(|t| t.topic.clone()));

@@ -147,9 +147,13 @@ impl Deployment {
     }
 
     fn orchestrator(&self) -> ChildGuard {
+        self.orchestrator_with(&[])
+    }
+
+    fn orchestrator_with(&self, extra: &[&str]) -> ChildGuard {
         let listen = format!("127.0.0.1:{}", self.admin_port);
         spawn_sluice(
-            &["sagas", "--topology", &self.file],
+            &[&["sagas", "--topology", &self.file][..], extra].concat(),
             &[
                 ("SLUICE_INSTANCE_ID", "e2e"),
                 ("SLUICE_ADMIN__LISTEN", &listen),
@@ -814,6 +818,56 @@ async fn a_failing_compensation_parks_the_saga_until_an_operator_retries() {
     assert!(
         metrics.contains("sluice_saga_parked{saga=\"order-fulfillment\"} 0"),
         "{metrics}"
+    );
+}
+
+/// A finished instance's state is deleted once the keep period is over: a tombstone in the
+/// state topic, so operators see an unknown id and a restart does not bring it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_sagas_are_deleted_after_the_keep_period() {
+    let d = Deployment::new().await;
+    let _orchestrator = d.orchestrator_with(&["--keep-finished", "3s"]);
+    let _participants = d.participants(&[]);
+    let publisher = d.publisher().await;
+    let done = format!("{}-done", d.prefix);
+    place(&publisher, &done, &["A-1"]).await;
+    let mut lifecycle = Lifecycle::new(&d);
+    lifecycle
+        .until_terminal(std::iter::once(&done), Duration::from_secs(60))
+        .await;
+    assert_eq!(
+        Lifecycle::terminal(&lifecycle.by_id()[&done]),
+        ["SagaCompleted"]
+    );
+    assert_eq!(d.state(&done).await["status"], "completed");
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let err = loop {
+        let (ok, _, err) = d.sluice(&["saga", "show", &done]).await;
+        if !ok {
+            break err;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{done} still has state long after the keep period"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(err.contains(&done), "{err}");
+    let line = "sluice_saga_expired_total{saga=\"order-fulfillment\"} 1";
+    assert!(d.wait_metrics(&[line]).await.contains(line));
+
+    // The tombstone is the instance's last record in the state topic.
+    let state = read_until(
+        &reader(&d.topic("state.saga-order-fulfillment")),
+        Duration::from_secs(20),
+        |g| g.iter().any(|r| r.0 == done && r.2.is_empty()),
+    )
+    .await;
+    let last = state.iter().rev().find(|r| r.0 == done).unwrap();
+    assert!(
+        last.2.is_empty(),
+        "last state record of {done} is not a tombstone"
     );
 }
 

@@ -86,6 +86,8 @@ pub enum Ignored {
     StaleDeadline,
     NotParked,
     NotRunning,
+    /// An expire request for an instance that is not finished, or not long enough.
+    NotExpired,
 }
 
 impl Ignored {
@@ -99,6 +101,7 @@ impl Ignored {
             Ignored::StaleDeadline => "stale_deadline",
             Ignored::NotParked => "not_parked",
             Ignored::NotRunning => "not_running",
+            Ignored::NotExpired => "not_expired",
         }
     }
 }

@@ -416,6 +416,8 @@ pub enum Action {
     Deadline,
     Retry,
     Abort,
+    /// Delete a long-finished instance's state (a tombstone in the state topic).
+    Expire,
 }
 
 impl Action {
@@ -425,6 +427,7 @@ impl Action {
             Action::Deadline => "deadline",
             Action::Retry => "retry",
             Action::Abort => "abort",
+            Action::Expire => "expire",
         }
     }
 
@@ -434,6 +437,7 @@ impl Action {
             Action::Deadline,
             Action::Retry,
             Action::Abort,
+            Action::Expire,
         ]
         .into_iter()
         .find(|a| a.as_str() == text)

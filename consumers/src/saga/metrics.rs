@@ -23,6 +23,7 @@ pub struct SagaMetrics {
     pub duration: HistogramVec,
     /// Inputs that arrived on another partition than their instance's and were moved.
     pub forwarded: IntCounterVec,
+    pub expired: IntCounterVec,
     /// Deadline control messages the timer wrote.
     pub deadlines: IntCounterVec,
     /// Records on a trigger topic that are not a trigger (other event types).
@@ -81,6 +82,11 @@ impl SagaMetrics {
                 "Saga inputs moved to their instance's partition of the replies topic.",
                 &["saga"],
             )?,
+            expired: counter(
+                "sluice_saga_expired_total",
+                "Finished saga instances whose state record was deleted after the keep period.",
+                &["saga"],
+            )?,
             deadlines: counter(
                 "sluice_saga_deadlines_total",
                 "Deadline control messages written by the saga timer.",
@@ -100,6 +106,7 @@ impl SagaMetrics {
         registry.register(Box::new(m.oldest_in_flight.clone()))?;
         registry.register(Box::new(m.duration.clone()))?;
         registry.register(Box::new(m.forwarded.clone()))?;
+        registry.register(Box::new(m.expired.clone()))?;
         registry.register(Box::new(m.deadlines.clone()))?;
         registry.register(Box::new(m.skipped.clone()))?;
         Ok(m)

@@ -88,7 +88,12 @@ enum Count {
     Terminal(usize, Status, f64),
     Forwarded(usize),
     Skipped(String),
+    Expired(usize),
 }
+
+/// Finished instances' state records are kept a week by default, like the normalizer's
+/// dedup window: a trigger redelivered within it does not start the saga again.
+pub const DEFAULT_KEEP_FINISHED_MS: i64 = 7 * 24 * 3_600_000;
 
 pub struct Orchestrator {
     clients: KafkaClients,
@@ -104,6 +109,10 @@ pub struct Orchestrator {
     /// How long a finished instance stays in memory in full (a late reply is told from a
     /// duplicate against it) before only its status is kept.
     pub finished_retention_ms: i64,
+    /// How long a finished instance's state record is kept. Until then a repeated trigger
+    /// for the same saga id is recognised and ignored; after it the record is deleted (a
+    /// tombstone), so the state topic and memory do not grow with every saga ever run.
+    pub keep_finished_ms: i64,
 }
 
 impl std::fmt::Debug for Orchestrator {
@@ -223,6 +232,7 @@ impl Orchestrator {
             counts: Mutex::default(),
             metrics: SagaMetrics::new(metrics_registry)?,
             finished_retention_ms: 60_000,
+            keep_finished_ms: DEFAULT_KEEP_FINISHED_MS,
         })
     }
 
@@ -414,6 +424,7 @@ impl Orchestrator {
         let input = if event_type == SAGA_CONTROL_TYPE {
             let c = Control::from_value(&value).map_err(bad)?;
             match c.action {
+                Action::Expire => return Ok(self.expire(s, home, &id)),
                 Action::Start => Input::Start {
                     data: c.data.unwrap_or_else(|| "{}".into()),
                     trigger: TriggerRef {
@@ -463,7 +474,7 @@ impl Orchestrator {
 
         let now = metadata::now_ms();
         let transition = match self.store.get(s, home, &id) {
-            Some(Slot::Gone(status)) => {
+            Some(Slot::Gone { status, .. }) => {
                 let why = match input {
                     Input::Start { .. } => Ignored::DuplicateTrigger,
                     Input::Reply { .. } => Ignored::LateReply,
@@ -750,6 +761,7 @@ impl Orchestrator {
                         .observe(seconds);
                 }
                 Count::Forwarded(s) => self.metrics.forwarded.with_label_values(&[name(s)]).inc(),
+                Count::Expired(s) => self.metrics.expired.with_label_values(&[name(s)]).inc(),
                 Count::Skipped(topic) => self.metrics.skipped.with_label_values(&[&topic]).inc(),
             }
         }
@@ -758,6 +770,42 @@ impl Orchestrator {
     /// Pending commands whose deadline or backoff has passed at `now`.
     pub fn due(&self, now: i64) -> Vec<Due> {
         self.store.due(now)
+    }
+
+    /// Finished instances whose state may now be deleted (at most `limit`).
+    pub fn expired(&self, now: i64, limit: usize) -> Vec<(usize, String)> {
+        self.store
+            .expired(now - self.keep_finished_ms, limit)
+            .into_iter()
+            .map(|(s, _, id)| (s, id))
+            .collect()
+    }
+
+    /// Deletes a finished instance's state, if it is still finished and old enough (an
+    /// expire message may be late or written twice): a tombstone in the state topic, in the
+    /// batch's transaction.
+    fn expire(&self, s: usize, home: i32, id: &str) -> Vec<Output> {
+        let saga = &self.sagas[s];
+        let before = metadata::now_ms() - self.keep_finished_ms;
+        let expired = self
+            .store
+            .get(s, home, id)
+            .as_ref()
+            .and_then(super::store::finished_at)
+            .is_some_and(|at| at < before);
+        if !expired {
+            self.count(Count::Ignored(s, Ignored::NotExpired));
+            return Vec::new();
+        }
+        self.store.stage_delete(s, home, id.to_string());
+        self.count(Count::Expired(s));
+        vec![Output {
+            topic: saga.state_topic.clone(),
+            partition: Some(home),
+            key: Some(id.as_bytes().to_vec()),
+            value: None,
+            headers: Vec::new(),
+        }]
     }
 
     /// Updates the in-flight gauges and keeps only the status of instances finished more
@@ -907,10 +955,16 @@ fn restore(value: &[u8]) -> Result<impl FnOnce(i64) -> Slot + '_, serde_json::Er
     };
     Ok(move |finished_before: i64| match full {
         Some(i) => Slot::Live(Arc::new(i)),
-        None if peek.updated_at < finished_before => Slot::Gone(peek.status),
+        None if peek.updated_at < finished_before => Slot::Gone {
+            status: peek.status,
+            finished_at: peek.updated_at,
+        },
         None => Instance::from_json(value)
             .map(|i| Slot::Live(Arc::new(i)))
-            .unwrap_or(Slot::Gone(peek.status)),
+            .unwrap_or(Slot::Gone {
+                status: peek.status,
+                finished_at: peek.updated_at,
+            }),
     })
 }
 

@@ -7,12 +7,13 @@ use std::sync::{Arc, Mutex};
 
 use super::instance::{Instance, Status};
 
-/// An instance in memory: in full while it can still receive inputs, or only its status once
-/// it has been finished for a while (enough to refuse a second trigger).
+/// An instance in memory: in full while it can still receive inputs, or only its status and
+/// when it finished once it has been finished for a while (enough to refuse a second
+/// trigger, and to know when its state record may be deleted).
 #[derive(Debug, Clone)]
 pub enum Slot {
     Live(Arc<Instance>),
-    Gone(Status),
+    Gone { status: Status, finished_at: i64 },
 }
 
 /// A pending command whose deadline (or backoff) has passed, for the timer.
@@ -36,6 +37,9 @@ pub struct Tally {
 
 type Partition = (usize, i32);
 
+/// A batch's change of an instance: its new state, or `None` when the batch deletes it.
+type Change = Option<Arc<Instance>>;
+
 #[derive(Debug, Default)]
 struct Committed {
     slots: HashMap<Partition, HashMap<String, Slot>>,
@@ -43,10 +47,19 @@ struct Committed {
     deadlines: BTreeSet<(i64, usize, i32, String)>,
 }
 
+/// When a finished instance finished; `None` while it runs.
+pub fn finished_at(slot: &Slot) -> Option<i64> {
+    match slot {
+        Slot::Live(i) if i.status.is_terminal() => Some(i.updated_at),
+        Slot::Live(_) => None,
+        Slot::Gone { finished_at, .. } => Some(*finished_at),
+    }
+}
+
 fn due_at(slot: &Slot) -> Option<i64> {
     match slot {
         Slot::Live(i) => i.pending.as_ref().and_then(|p| p.due_at()),
-        Slot::Gone(_) => None,
+        Slot::Gone { .. } => None,
     }
 }
 
@@ -60,6 +73,14 @@ impl Committed {
             self.deadlines.insert((d, saga, p, id.clone()));
         }
         m.insert(id, slot);
+    }
+
+    fn remove(&mut self, (saga, p): Partition, id: &str) {
+        if let Some(slot) = self.slots.get_mut(&(saga, p)).and_then(|m| m.remove(id)) {
+            if let Some(d) = due_at(&slot) {
+                self.deadlines.remove(&(d, saga, p, id.to_string()));
+            }
+        }
     }
 
     fn drop_partition(&mut self, (saga, p): Partition) {
@@ -76,19 +97,19 @@ impl Committed {
 #[derive(Debug, Default)]
 pub struct Store {
     committed: Mutex<Committed>,
-    batch: Mutex<HashMap<(usize, i32, String), Arc<Instance>>>,
+    batch: Mutex<HashMap<(usize, i32, String), Change>>,
 }
 
 impl Store {
     /// The instance's latest state: this batch's, else the committed one.
     pub fn get(&self, saga: usize, partition: i32, id: &str) -> Option<Slot> {
-        if let Some(i) =
+        if let Some(change) =
             self.batch
                 .lock()
                 .expect("saga store")
                 .get(&(saga, partition, id.to_string()))
         {
-            return Some(Slot::Live(i.clone()));
+            return change.clone().map(Slot::Live);
         }
         self.committed
             .lock()
@@ -104,7 +125,15 @@ impl Store {
         self.batch
             .lock()
             .expect("saga store")
-            .insert((saga, partition, id), instance);
+            .insert((saga, partition, id), Some(instance));
+    }
+
+    /// Records that the batch deletes an instance (its state record gets a tombstone).
+    pub fn stage_delete(&self, saga: usize, partition: i32, id: String) {
+        self.batch
+            .lock()
+            .expect("saga store")
+            .insert((saga, partition, id), None);
     }
 
     /// Applies the batch on commit, or forgets it on abort.
@@ -112,8 +141,11 @@ impl Store {
         let batch = std::mem::take(&mut *self.batch.lock().expect("saga store"));
         if committed {
             let mut c = self.committed.lock().expect("saga store");
-            for ((saga, p, id), instance) in batch {
-                c.put((saga, p), id, Slot::Live(instance));
+            for ((saga, p, id), change) in batch {
+                match change {
+                    Some(instance) => c.put((saga, p), id, Slot::Live(instance)),
+                    None => c.remove((saga, p), &id),
+                }
             }
         }
     }
@@ -164,6 +196,18 @@ impl Store {
             .collect()
     }
 
+    /// Up to `limit` finished instances (saga, partition, id) that finished before `before`.
+    pub fn expired(&self, before: i64, limit: usize) -> Vec<(usize, i32, String)> {
+        let c = self.committed.lock().expect("saga store");
+        c.slots
+            .iter()
+            .flat_map(|((saga, p), m)| m.iter().map(move |(id, slot)| (*saga, *p, id, slot)))
+            .filter(|(_, _, _, slot)| finished_at(slot).is_some_and(|at| at < before))
+            .take(limit)
+            .map(|(saga, p, id, _)| (saga, p, id.clone()))
+            .collect()
+    }
+
     /// Counts in-flight instances per saga (`sagas` of them), and keeps only the status of
     /// instances finished before `finished_before`.
     pub fn sweep(&self, sagas: usize, now: i64, finished_before: i64) -> Vec<Tally> {
@@ -175,7 +219,10 @@ impl Store {
                 let Slot::Live(instance) = slot else { continue };
                 if instance.status.is_terminal() {
                     if instance.updated_at < finished_before {
-                        *slot = Slot::Gone(instance.status);
+                        *slot = Slot::Gone {
+                            status: instance.status,
+                            finished_at: instance.updated_at,
+                        };
                     }
                     continue;
                 }
@@ -270,5 +317,48 @@ mod tests {
         store.drop_partition(0, 1);
         assert!(store.due(1_000).is_empty());
         assert!(!store.owns(0, 1));
+    }
+
+    fn finished(id: &str, at: i64) -> Arc<Instance> {
+        let mut i = (*instance(id, None)).clone();
+        i.status = Status::Completed;
+        i.updated_at = at;
+        Arc::new(i)
+    }
+
+    #[test]
+    fn only_instances_finished_before_the_cut_expire_and_deletes_wait_for_the_commit() {
+        let store = Store::default();
+        store.load(0, 1, HashMap::new());
+        store.stage(0, 1, "old".into(), finished("old", 100));
+        store.stage(0, 1, "new".into(), finished("new", 900));
+        store.stage(0, 1, "running".into(), instance("running", Some(50)));
+        store.finish(true);
+        // Kept in full, or only the status after a sweep: both expire by when they finished.
+        store.sweep(1, 1_000, 500);
+        let mut expired = store.expired(500, 10);
+        expired.sort();
+        assert_eq!(expired, [(0, 1, "old".to_string())]);
+        assert_eq!(
+            store.expired(1_000, 10).len(),
+            2,
+            "a running saga never expires"
+        );
+        assert_eq!(store.expired(1_000, 1).len(), 1, "at most `limit`");
+
+        store.stage_delete(0, 1, "old".into());
+        assert!(
+            store.get(0, 1, "old").is_none(),
+            "the batch sees the delete"
+        );
+        store.finish(false);
+        assert!(
+            store.get(0, 1, "old").is_some(),
+            "an aborted delete leaves it"
+        );
+        store.stage_delete(0, 1, "old".into());
+        store.finish(true);
+        assert!(store.get(0, 1, "old").is_none());
+        assert!(store.expired(500, 10).is_empty());
     }
 }

@@ -32,6 +32,8 @@ pub async fn run(
     // (saga, id) → (command id, deadline, when we wrote it)
     let mut fired: HashMap<(usize, String), (String, i64, i64)> = HashMap::new();
     let mut housekeeping_at = 0;
+    // (saga, id) → when its expire message was written
+    let mut expiring: HashMap<(usize, String), i64> = HashMap::new();
     loop {
         tokio::select! {
             _ = shutdown.wait() => return,
@@ -41,6 +43,7 @@ pub async fn run(
         if now >= housekeeping_at {
             orchestrator.housekeeping(now);
             housekeeping_at = now + 1_000;
+            expire(&orchestrator, &producer, &mut expiring, now).await;
         }
         let due = orchestrator.due(now);
         let still: std::collections::HashSet<(usize, String)> =
@@ -91,6 +94,50 @@ pub async fn run(
                     tracing::warn!(error = %e, "writing a deadline failed; retrying on the next tick");
                     fired.remove(key);
                 }
+            }
+        }
+    }
+}
+
+/// Expire messages written per housekeeping pass at most.
+const EXPIRE_BATCH: usize = 500;
+
+/// Writes an `expire` control message for each instance finished longer ago than the keep
+/// period; the orchestrator deletes its state in the transaction that applies it.
+async fn expire(
+    orchestrator: &Orchestrator,
+    producer: &FutureProducer,
+    written: &mut HashMap<(usize, String), i64>,
+    now: i64,
+) {
+    let expired = orchestrator.expired(now, EXPIRE_BATCH);
+    let still: std::collections::HashSet<&(usize, String)> = expired.iter().collect();
+    written.retain(|k, _| still.contains(k));
+    let mut sends = Vec::new();
+    for (s, id) in expired {
+        if written
+            .get(&(s, id.clone()))
+            .is_some_and(|at| now - at < REFIRE_AFTER_MS)
+        {
+            continue;
+        }
+        let name = &orchestrator.sagas()[s].def.name;
+        let request_id = messages::event_id(&format!("expire/{name}/{id}"));
+        let control = Control::new(name, &id, Action::Expire, &request_id);
+        let traceparent = messages::child_traceparent(None, &request_id);
+        match orchestrator.control_output(s, &control, &traceparent) {
+            Ok(output) => sends.push(((s, id), output)),
+            Err(e) => tracing::error!(id, error = %e, "cannot write an expire message"),
+        }
+    }
+    let results = join_all(sends.iter().map(|(_, o)| super::produce(producer, o))).await;
+    for ((key, _), result) in sends.into_iter().zip(results) {
+        match result {
+            Ok(_) => {
+                written.insert(key, now);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "writing an expire message failed; retrying later")
             }
         }
     }
