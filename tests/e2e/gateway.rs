@@ -65,6 +65,13 @@ impl GatewayProcess {
     /// Starts the binary with `config_yaml` as its config file, the topology file, and `env`
     /// (secrets), on free ports; returns once `/health/ready` answers 200.
     pub async fn start(topology: &Path, config_yaml: &str, env: &[(&str, &str)]) -> Self {
+        let mut gw = Self::spawn(topology, config_yaml, env);
+        gw.wait_ready().await;
+        gw
+    }
+
+    /// Starts the process without waiting for it to be ready.
+    pub fn spawn(topology: &Path, config_yaml: &str, env: &[(&str, &str)]) -> Self {
         let config = temp_file("sluice.yaml", config_yaml);
         let log = config.with_file_name("gateway.log");
         let (port, admin_port) = (free_port(), free_port());
@@ -84,14 +91,12 @@ impl GatewayProcess {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("spawn sluice gateway");
-        let mut gw = Self {
+        Self {
             child: Some(child),
             base: format!("http://127.0.0.1:{port}"),
             admin: format!("http://127.0.0.1:{admin_port}"),
             log,
-        };
-        gw.wait_ready().await;
-        gw
+        }
     }
 
     async fn wait_ready(&mut self) {
@@ -900,6 +905,29 @@ async fn ready_status(gw: &GatewayProcess) -> u16 {
         .await
         .map(|r| r.status().as_u16())
         .unwrap_or(0)
+}
+
+/// A source whose raw topic does not exist keeps the gateway unready, with the topic named,
+/// until the topology is applied.
+#[tokio::test]
+async fn the_gateway_is_not_ready_until_its_raw_topics_exist() {
+    require_stack().await;
+    let p = unique_prefix("gwtopics");
+    let file = temp_file("topology.yaml", &webhook_topology(&p));
+    let mut gw = GatewayProcess::spawn(&file, "", &secrets_env());
+    let missing = format!("{p}.raw.stripe");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !gw.log().contains(&missing) {
+        assert!(Instant::now() < deadline, "no word of {missing}:\n{}", gw.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(gw.log().contains("raw topics missing"), "{}", gw.log());
+    assert!(gw.log().contains("sluice topology apply"), "{}", gw.log());
+    assert_eq!(ready_status(&gw).await, 503);
+
+    apply_topology(&webhook_topology(&p)).await;
+    gw.wait_ready().await;
+    assert_eq!(ready_status(&gw).await, 200);
 }
 
 #[tokio::test]

@@ -173,7 +173,15 @@ impl Gateway {
         readiness: Readiness,
         shutdown: Shutdown,
     ) -> tokio::task::JoinHandle<()> {
-        readiness::spawn_kafka_probe(self.state.producer.clone(), readiness, shutdown)
+        let mut raw_topics: Vec<String> = self
+            .state
+            .sources
+            .values()
+            .map(|s| s.raw_topic.clone())
+            .collect();
+        raw_topics.sort();
+        raw_topics.dedup();
+        readiness::spawn_kafka_probe(self.state.producer.clone(), raw_topics, readiness, shutdown)
     }
 
     /// Serves until `shutdown`: then stops accepting, lets in-flight requests finish, and
