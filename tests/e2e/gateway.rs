@@ -918,7 +918,11 @@ async fn the_gateway_is_not_ready_until_its_raw_topics_exist() {
     let missing = format!("{p}.raw.stripe");
     let deadline = Instant::now() + Duration::from_secs(60);
     while !gw.log().contains(&missing) {
-        assert!(Instant::now() < deadline, "no word of {missing}:\n{}", gw.log());
+        assert!(
+            Instant::now() < deadline,
+            "no word of {missing}:\n{}",
+            gw.log()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(gw.log().contains("raw topics missing"), "{}", gw.log());

@@ -1,10 +1,15 @@
 //! Redelivery dedup with its state in Kafka.
 //!
-//! Each processed delivery writes `<source>\n<delivery id>` → received time to a compacted
-//! changelog, in the same transaction as its normalized events, to the changelog partition
-//! with the same number as the raw record's partition. Redeliveries carry the same key, so
-//! they land on the same raw partition, and whoever owns that partition rebuilds exactly
-//! the state it needs by reading that changelog partition on assignment.
+//! The delivery keys (`<source>\n<delivery id>`) a batch processed go to the changelog as
+//! one record per changelog partition, a JSON array of `[key, received time]`, in the same
+//! transaction as the batch's normalized events, to the partition with the same number as
+//! the raw records' partition. One record per batch instead of one per delivery halves what
+//! the broker writes for each delivery. The changelog is retained for the dedup window
+//! (`cleanup.policy: compact,delete`, `retention.ms`), and batch records have unique keys,
+//! so retention, not compaction, removes them. Redeliveries carry the same key, so they land
+//! on the same raw partition, and whoever owns that partition rebuilds exactly the state it
+//! needs by reading that changelog partition on assignment. Records of the earlier format
+//! (one key per record, value = received time) are still read.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -31,8 +36,9 @@ pub struct DedupStore {
     window_ms: i64,
     /// Changelog partition → keys seen (with their time).
     seen: Mutex<HashMap<i32, HashMap<String, i64>>>,
-    /// Keys of the batch in progress, applied on commit.
-    pending: Mutex<Vec<(i32, String, i64)>>,
+    /// Keys of the batch in progress by changelog partition, applied on commit. A map, not
+    /// a list: every record of a batch looks its key up here.
+    pending: Mutex<HashMap<i32, HashMap<String, i64>>>,
 }
 
 pub fn key(source: &str, delivery_id: &str) -> String {
@@ -56,8 +62,8 @@ impl DedupStore {
             .pending
             .lock()
             .expect("dedup lock")
-            .iter()
-            .any(|(p, k, _)| *p == partition && k == key)
+            .get(&partition)
+            .is_some_and(|m| m.contains_key(key))
         {
             return true;
         }
@@ -73,7 +79,27 @@ impl DedupStore {
         self.pending
             .lock()
             .expect("dedup lock")
-            .push((partition, key, at_ms));
+            .entry(partition)
+            .or_default()
+            .insert(key, at_ms);
+    }
+
+    /// The batch's keys as changelog records: (partition, record key, value), one per
+    /// partition. Record keys are unique, so compaction never drops one.
+    pub fn pending_records(&self) -> Vec<(i32, Vec<u8>, Vec<u8>)> {
+        let pending = self.pending.lock().expect("dedup lock");
+        pending
+            .iter()
+            .filter(|(_, keys)| !keys.is_empty())
+            .map(|(p, keys)| {
+                let entries: Vec<(&String, &i64)> = keys.iter().collect();
+                (
+                    *p,
+                    format!("{BATCH_KEY_PREFIX}{}", uuid::Uuid::new_v4().simple()).into_bytes(),
+                    serde_json::to_vec(&entries).expect("keys and times serialise"),
+                )
+            })
+            .collect()
     }
 
     /// Applies (on commit) or drops (on abort) the batch's keys.
@@ -81,8 +107,8 @@ impl DedupStore {
         let pending = std::mem::take(&mut *self.pending.lock().expect("dedup lock"));
         if committed {
             let mut seen = self.seen.lock().expect("dedup lock");
-            for (p, k, t) in pending {
-                seen.entry(p).or_default().insert(k, t);
+            for (p, keys) in pending {
+                seen.entry(p).or_default().extend(keys);
             }
         }
     }
@@ -152,15 +178,14 @@ impl DedupStore {
                         else {
                             continue;
                         };
-                        match m
-                            .payload()
-                            .and_then(|v| std::str::from_utf8(v).ok()?.parse::<i64>().ok())
-                        {
-                            Some(t) if now_ms - t <= self.window_ms => {
-                                state.insert(key, t);
-                            }
-                            _ => {
-                                state.remove(&key); // tombstone or expired
+                        for (key, t) in entries(key, m.payload()) {
+                            match t {
+                                Some(t) if now_ms - t <= self.window_ms => {
+                                    state.insert(key, t);
+                                }
+                                _ => {
+                                    state.remove(&key); // tombstone or expired
+                                }
                             }
                         }
                         if m.offset() + 1 >= high {
@@ -180,6 +205,24 @@ impl DedupStore {
             .insert(partition, state);
         Ok(n)
     }
+}
+
+/// Record keys of batch records start with this; a delivery key never does (it starts with
+/// a source name, which holds no NUL).
+const BATCH_KEY_PREFIX: &str = "\0dedup-batch\0";
+
+/// The (delivery key, received time) entries of one changelog record: every entry of a
+/// batch record, or the one key of an earlier single-key record (`None` time for a
+/// tombstone or an unreadable value).
+fn entries(record_key: String, value: Option<&[u8]>) -> Vec<(String, Option<i64>)> {
+    if record_key.starts_with(BATCH_KEY_PREFIX) {
+        return value
+            .and_then(|v| serde_json::from_slice::<Vec<(String, i64)>>(v).ok())
+            .map(|all| all.into_iter().map(|(k, t)| (k, Some(t))).collect())
+            .unwrap_or_default();
+    }
+    let t = value.and_then(|v| std::str::from_utf8(v).ok()?.parse::<i64>().ok());
+    vec![(record_key, t)]
 }
 
 #[cfg(test)]
@@ -202,5 +245,41 @@ mod tests {
         assert!(d.is_duplicate(0, "a", 2000));
         assert!(!d.is_duplicate(1, "a", 2000), "state is per partition");
         assert!(!d.is_duplicate(0, "a", 1000 + 61_000), "outside the window");
+    }
+
+    #[test]
+    fn a_batch_is_one_record_per_partition_and_reads_back_with_the_old_format() {
+        let d = DedupStore::new("t", Duration::from_secs(60));
+        d.record_pending(0, "stripe\nevt_1".into(), 1000);
+        d.record_pending(0, "stripe\nevt_2".into(), 1001);
+        d.record_pending(2, "github\nd-1".into(), 1002);
+        let mut records = d.pending_records();
+        records.sort();
+        assert_eq!(records.len(), 2, "one record per partition");
+        let (p, key, value) = &records[0];
+        assert_eq!(*p, 0);
+        let mut got = entries(String::from_utf8(key.clone()).unwrap(), Some(value));
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                ("stripe\nevt_1".to_string(), Some(1000)),
+                ("stripe\nevt_2".to_string(), Some(1001))
+            ]
+        );
+        assert_ne!(
+            records[0].1,
+            d.pending_records()[0].1,
+            "record keys are unique"
+        );
+        // A record of the earlier format: the key itself, its time as text; a tombstone.
+        assert_eq!(
+            entries("stripe\nevt_9".into(), Some(b"1234")),
+            [("stripe\nevt_9".to_string(), Some(1234))]
+        );
+        assert_eq!(
+            entries("stripe\nevt_9".into(), None),
+            [("stripe\nevt_9".to_string(), None)]
+        );
     }
 }

@@ -405,13 +405,8 @@ impl Normalizer {
                     .collect(),
             });
         }
-        outputs.push(Output {
-            topic: self.dedup.topic.clone(),
-            partition: Some(raw_partition),
-            key: Some(dedup_key.clone().into_bytes()),
-            value: Some(received_at_ms.to_string().into_bytes()),
-            headers: Vec::new(),
-        });
+        // Written with the batch's other deliveries in one changelog record (see
+        // `batch_outputs`).
         self.dedup
             .record_pending(raw_partition, dedup_key, received_at_ms);
         Ok(outputs)
@@ -424,6 +419,20 @@ impl Handler for Normalizer {
         let span = tracing::info_span!("normalize", topic = %record.topic, partition = record.partition, offset = record.offset);
         trace_context::follow(&span, record.header(metadata::TRACEPARENT));
         self.normalize(record, &span).instrument(span.clone()).await
+    }
+
+    fn batch_outputs(&self) -> Vec<Output> {
+        self.dedup
+            .pending_records()
+            .into_iter()
+            .map(|(partition, key, value)| Output {
+                topic: self.dedup.topic.clone(),
+                partition: Some(partition),
+                key: Some(key),
+                value: Some(value),
+                headers: Vec::new(),
+            })
+            .collect()
     }
 
     async fn on_assigned(&self, partitions: &Assigned) -> Result<(), HandlerError> {

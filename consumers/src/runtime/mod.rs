@@ -151,6 +151,13 @@ pub trait Handler: Send + Sync + 'static {
     /// Called after partitions are revoked, to drop their state.
     fn on_revoked(&self, _partitions: &Assigned) {}
 
+    /// Records to write once per batch, after every record of it was handled: in the same
+    /// transaction (exactly-once), or before the offsets are committed (at-least-once). For
+    /// state a handler gathers over a batch and writes once rather than per record.
+    fn batch_outputs(&self) -> Vec<Output> {
+        Vec::new()
+    }
+
     /// Called once a batch's outputs and offsets are committed (`true`) or abandoned
     /// (`false`, the batch will be handled again), so state derived from it is applied
     /// only when it is durable.

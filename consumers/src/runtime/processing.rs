@@ -245,6 +245,7 @@ pub async fn run<H: Handler>(
             }
         }
 
+        outputs.extend(handler.batch_outputs());
         let committed = match config.guarantee {
             Guarantee::ExactlyOnce => {
                 commit_transaction(&consumer, &producer, &outputs, &offsets).await

@@ -29,6 +29,12 @@ pub struct NormalizerBench {
     /// Raw deliveries per run.
     #[arg(long, default_value_t = 20_000)]
     pub records: usize,
+    /// Passed to `sluice normalize` (its default when absent).
+    #[arg(long)]
+    pub max_batch: Option<usize>,
+    /// Passed to `sluice normalize` (its default when absent).
+    #[arg(long)]
+    pub linger_ms: Option<u64>,
 }
 
 fn topology_yaml(prefix: &str) -> String {
@@ -193,6 +199,9 @@ async fn measure(
         }
         if done as usize >= total {
             let (t1, c1) = first.expect("10% comes before 100%");
+            if c1 >= done {
+                bail!("group {group} committed everything between two samples; run with more --records");
+            }
             return Ok((done - c1) as f64 / t1.elapsed().as_secs_f64());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -202,22 +211,29 @@ async fn measure(
 
 async fn normalizer_run(
     config: &SluiceConfig,
-    n: usize,
+    b: &NormalizerBench,
     guarantee: &str,
 ) -> anyhow::Result<(f64, Option<f64>)> {
+    let n = b.records;
     let prefix = format!("bench{}", &uuid_like());
     let (path, topics) = prepare(config, &prefix).await?;
     load(config, &prefix, 0, n).await?;
-    let child = spawn_self(
-        &[
-            "normalize",
-            "--topology",
-            &path.display().to_string(),
-            "--guarantee",
-            guarantee,
-        ],
-        &[("SLUICE_INSTANCE_ID", format!("bench-{prefix}"))],
-    )?;
+    let path = path.display().to_string();
+    let mut args = vec![
+        "normalize".to_string(),
+        "--topology".into(),
+        path,
+        "--guarantee".into(),
+        guarantee.into(),
+    ];
+    if let Some(m) = b.max_batch {
+        args.extend(["--max-batch".into(), m.to_string()]);
+    }
+    if let Some(l) = b.linger_ms {
+        args.extend(["--linger-ms".into(), l.to_string()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let child = spawn_self(&args, &[("SLUICE_INSTANCE_ID", format!("bench-{prefix}"))])?;
     let rate = measure(config, &format!("{prefix}-normalizer"), &topics, n).await?;
     Ok((rate, child.peak_rss_mib()))
 }
@@ -258,10 +274,10 @@ pub async fn run(config: &SluiceConfig, b: NormalizerBench) -> anyhow::Result<Ex
     let pass = passthrough(config, b.records)
         .await
         .context("passthrough run")?;
-    let (eos, eos_rss) = normalizer_run(config, b.records, "exactly-once")
+    let (eos, eos_rss) = normalizer_run(config, &b, "exactly-once")
         .await
         .context("exactly-once run")?;
-    let (alo, alo_rss) = normalizer_run(config, b.records, "at-least-once")
+    let (alo, alo_rss) = normalizer_run(config, &b, "at-least-once")
         .await
         .context("at-least-once run")?;
     println!(
