@@ -19,6 +19,9 @@ pub mod processing;
 use std::future::Future;
 use std::time::Duration;
 
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::FutureRecord;
+
 pub use failure::{FailureRouter, RetryTier};
 pub use processing::{run, LoopError};
 
@@ -85,6 +88,32 @@ pub struct Output {
     /// `None` writes a tombstone.
     pub value: Option<Vec<u8>>,
     pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Output {
+    /// The record to produce: key, value (absent for a tombstone), headers and, when set,
+    /// the partition.
+    pub fn record(&self) -> FutureRecord<'_, [u8], [u8]> {
+        let mut headers = OwnedHeaders::new_with_capacity(self.headers.len());
+        for (k, v) in &self.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v),
+            });
+        }
+        let mut record: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(&self.topic).headers(headers);
+        if let Some(k) = &self.key {
+            record = record.key(k.as_slice());
+        }
+        if let Some(v) = &self.value {
+            record = record.payload(v.as_slice());
+        }
+        if let Some(p) = self.partition {
+            record = record.partition(p);
+        }
+        record
+    }
 }
 
 /// Why a handler could not process a record.

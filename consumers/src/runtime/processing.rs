@@ -12,8 +12,7 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_runtime::kafka::KafkaClients;
 use sluice_runtime::Shutdown;
@@ -466,25 +465,8 @@ fn enqueue(
     producer: &FutureProducer,
     o: &Output,
 ) -> Result<rdkafka::producer::DeliveryFuture, LoopError> {
-    let mut headers = OwnedHeaders::new_with_capacity(o.headers.len());
-    for (k, v) in &o.headers {
-        headers = headers.insert(Header {
-            key: k,
-            value: Some(v),
-        });
-    }
-    let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&o.topic).headers(headers);
-    if let Some(k) = &o.key {
-        record = record.key(k.as_slice());
-    }
-    if let Some(v) = &o.value {
-        record = record.payload(v.as_slice());
-    }
-    if let Some(p) = o.partition {
-        record = record.partition(p);
-    }
     producer
-        .send_result(record)
+        .send_result(o.record())
         .map_err(|(e, _)| LoopError::Kafka {
             what: "enqueuing an output",
             source: e,

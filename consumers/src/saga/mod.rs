@@ -66,27 +66,8 @@ pub async fn produce(
     producer: &rdkafka::producer::FutureProducer,
     o: &crate::runtime::Output,
 ) -> Result<(i32, i64), rdkafka::error::KafkaError> {
-    use rdkafka::message::{Header, OwnedHeaders};
-    let mut headers = OwnedHeaders::new_with_capacity(o.headers.len());
-    for (k, v) in &o.headers {
-        headers = headers.insert(Header {
-            key: k,
-            value: Some(v),
-        });
-    }
-    let mut record: rdkafka::producer::FutureRecord<'_, [u8], [u8]> =
-        rdkafka::producer::FutureRecord::to(&o.topic).headers(headers);
-    if let Some(k) = &o.key {
-        record = record.key(k.as_slice());
-    }
-    if let Some(v) = &o.value {
-        record = record.payload(v.as_slice());
-    }
-    if let Some(p) = o.partition {
-        record = record.partition(p);
-    }
     producer
-        .send(record, std::time::Duration::from_secs(10))
+        .send(o.record(), std::time::Duration::from_secs(10))
         .await
         .map(|d| (d.partition, d.offset))
         .map_err(|(e, _)| e)
