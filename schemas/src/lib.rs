@@ -16,4 +16,4 @@ pub mod traceparent;
 
 pub use catalog::{Catalog, CatalogEntry, CatalogError};
 pub use codec::{AvroCodec, CodecError, RecordLocation};
-pub use registry::{RegistryClient, RegistryError};
+pub use registry::{Registration, RegistryClient, RegistryError};

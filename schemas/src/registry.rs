@@ -40,6 +40,17 @@ impl RegistryError {
     }
 }
 
+/// Whether a subject's latest version is the catalog's schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registration {
+    /// Registered, and the latest version is this schema, with this global id.
+    Current { id: u32 },
+    /// Registered, but the latest version (this id) is another schema.
+    OutOfDate { id: u32 },
+    /// No such subject: `sluice schemas register` has not run.
+    Missing,
+}
+
 /// A subject's latest registered version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LatestSchema {
@@ -174,6 +185,29 @@ impl RegistryClient {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// How `subject`'s latest registered schema compares with `schema` (a catalog entry):
+    /// the check every writer makes at start-up, since schemas are registered at deploy
+    /// time and never on the hot path. A registered schema that does not parse counts as
+    /// different.
+    pub async fn registration_of(
+        &self,
+        subject: &str,
+        schema: &apache_avro::Schema,
+    ) -> Result<Registration, RegistryError> {
+        Ok(match self.latest(subject).await? {
+            None => Registration::Missing,
+            Some(latest) => {
+                let same = apache_avro::Schema::parse_str(&latest.schema)
+                    .is_ok_and(|s| s.canonical_form() == schema.canonical_form());
+                if same {
+                    Registration::Current { id: latest.id }
+                } else {
+                    Registration::OutOfDate { id: latest.id }
+                }
+            }
+        })
     }
 
     /// Asks the registry whether `schema_json` may be registered under `subject` (against the

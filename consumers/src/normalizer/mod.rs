@@ -13,7 +13,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use apache_avro::Schema;
 use prometheus::{IntCounterVec, Opts, Registry};
 use serde_json::Value as Json;
 use sluice_runtime::kafka::KafkaClients;
@@ -21,7 +20,7 @@ use sluice_runtime::trace_context;
 use sluice_schemas::codec::SchemaWriter;
 use sluice_schemas::json::from_json;
 use sluice_schemas::metadata::{self, raw, EventMetadata};
-use sluice_schemas::{Catalog, RegistryClient};
+use sluice_schemas::{Catalog, Registration, RegistryClient};
 use sluice_topology::model::UnmappedPolicy;
 use sluice_topology::Topology;
 use tracing::Instrument;
@@ -114,25 +113,27 @@ impl Normalizer {
                         subject: subject.clone(),
                         reason: e.to_string(),
                     })?;
-            let registered = registry
-                .schema_by_subject(&subject, None)
+            let not_registered = |reason: String| NormalizerError::NotRegistered {
+                subject: subject.clone(),
+                reason,
+            };
+            let id = match registry
+                .registration_of(&subject, &entry.schema)
                 .await
-                .map_err(|e| NormalizerError::NotRegistered {
-                    subject: subject.clone(),
-                    reason: e.to_string(),
-                })?;
-            let same = Schema::parse_str(&registered.schema)
-                .map(|s| s.canonical_form() == entry.schema.canonical_form())
-                .unwrap_or(false);
-            if !same {
-                return Err(NormalizerError::OutOfDate {
-                    subject,
-                    id: registered.id,
-                    event_type: route.event_type.clone(),
-                    version: entry.version,
-                });
-            }
-            let writer = SchemaWriter::new(registered.id, entry.schema.clone()).map_err(|e| {
+                .map_err(|e| not_registered(e.to_string()))?
+            {
+                Registration::Current { id } => id,
+                Registration::OutOfDate { id } => {
+                    return Err(NormalizerError::OutOfDate {
+                        subject,
+                        id,
+                        event_type: route.event_type.clone(),
+                        version: entry.version,
+                    })
+                }
+                Registration::Missing => return Err(not_registered("no such subject".into())),
+            };
+            let writer = SchemaWriter::new(id, entry.schema.clone()).map_err(|e| {
                 NormalizerError::NotRegistered {
                     subject: subject.clone(),
                     reason: e.to_string(),

@@ -14,7 +14,7 @@ use serde_json::Value as Json;
 use sluice_schemas::codec::MAGIC_BYTE;
 use sluice_schemas::json::from_json;
 use sluice_schemas::metadata::EventMetadata;
-use sluice_schemas::{AvroCodec, Catalog, RegistryClient};
+use sluice_schemas::{AvroCodec, Catalog, Registration, RegistryClient};
 use sluice_topology::model::SubjectNaming;
 
 use super::SagaError;
@@ -76,23 +76,24 @@ impl SchemaBook {
             let entry = catalog
                 .latest(&event_type)
                 .map_err(|e| not_registered(e.to_string()))?;
-            let registered = registry
-                .schema_by_subject(&subject, None)
+            let id = match registry
+                .registration_of(&subject, &entry.schema)
                 .await
-                .map_err(|e| not_registered(e.to_string()))?;
-            let same = Schema::parse_str(&registered.schema)
-                .map(|s| s.canonical_form() == entry.schema.canonical_form())
-                .unwrap_or(false);
-            if !same {
-                return Err(SagaError::OutOfDate {
-                    subject,
-                    id: registered.id,
-                    event_type,
-                    version: entry.version,
-                });
-            }
+                .map_err(|e| not_registered(e.to_string()))?
+            {
+                Registration::Current { id } => id,
+                Registration::OutOfDate { id } => {
+                    return Err(SagaError::OutOfDate {
+                        subject,
+                        id,
+                        event_type,
+                        version: entry.version,
+                    })
+                }
+                Registration::Missing => return Err(not_registered("no such subject".into())),
+            };
             codec
-                .preload(registered.id, entry.schema.clone())
+                .preload(id, entry.schema.clone())
                 .map_err(|e| not_registered(e.to_string()))?;
             let schema: &'static Schema = Box::leak(Box::new(entry.schema.clone()));
             let writer = GenericDatumWriter::builder(schema)
@@ -101,7 +102,7 @@ impl SchemaBook {
             entries.insert(
                 (topic, event_type),
                 Registered {
-                    id: registered.id,
+                    id,
                     schema,
                     writer: Box::leak(Box::new(writer)),
                 },

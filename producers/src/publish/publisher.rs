@@ -17,7 +17,7 @@ use sluice_runtime::kafka::{ClientError, KafkaClients};
 use sluice_schemas::codec::{encode_with, CodecError};
 use sluice_schemas::json::{from_json, FieldError};
 use sluice_schemas::metadata::{now_ms, EventMetadata};
-use sluice_schemas::{Catalog, CatalogError, RegistryClient, RegistryError};
+use sluice_schemas::{Catalog, CatalogError, Registration, RegistryClient, RegistryError};
 use sluice_topology::Topology;
 
 use crate::produce::{self, ProduceError};
@@ -68,8 +68,6 @@ pub enum PublisherBuildError {
     Catalog(#[from] CatalogError),
     #[error("looking up {what} in the schema registry: {source}")]
     Registry { what: String, source: RegistryError },
-    #[error("the registry's latest schema for subject {subject} is not valid Avro: {reason}")]
-    InvalidRegisteredSchema { subject: String, reason: String },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -211,33 +209,24 @@ impl Publisher {
                 .subjects
                 .naming
                 .subject(&route.topic, &route.event_type);
-            let latest = registry.latest(&subject).await.map_err(|source| {
-                PublisherBuildError::Registry {
+            let registration = registry
+                .registration_of(&subject, &entry.schema)
+                .await
+                .map_err(|source| PublisherBuildError::Registry {
                     what: format!("subject {subject}"),
                     source,
-                }
-            })?;
-            let availability = if let Some(latest) = latest {
-                let schema = Schema::parse_str(&latest.schema).map_err(|e| {
-                    PublisherBuildError::InvalidRegisteredSchema {
-                        subject: subject.clone(),
-                        reason: e.to_string(),
-                    }
                 })?;
-                if schema.canonical_form() == entry.schema.canonical_form() {
-                    Availability::Ready {
-                        schema_id: latest.id,
-                    }
-                } else {
-                    tracing::warn!(%subject, registered_id = latest.id, catalog = %entry.path,
+            let availability = match registration {
+                Registration::Current { id } => Availability::Ready { schema_id: id },
+                Registration::OutOfDate { id } => {
+                    tracing::warn!(%subject, registered_id = id, catalog = %entry.path,
                         "registry's latest schema differs from the catalog; publishing {} is disabled", route.event_type);
-                    Availability::OutOfDate {
-                        registered_id: latest.id,
-                    }
+                    Availability::OutOfDate { registered_id: id }
                 }
-            } else {
-                tracing::warn!(%subject, "subject not registered (run `sluice schemas register`); publishing {} is disabled", route.event_type);
-                Availability::NotRegistered
+                Registration::Missing => {
+                    tracing::warn!(%subject, "subject not registered (run `sluice schemas register`); publishing {} is disabled", route.event_type);
+                    Availability::NotRegistered
+                }
             };
             routes.insert(
                 route.event_type.clone(),
