@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
@@ -21,6 +21,7 @@ use sluice_runtime::Shutdown;
 use super::failure::{FailureRouter, Routed};
 use super::headers as h;
 use super::metrics::LoopMetrics;
+use super::ordering::{self, Decision, KeyOrdering, OrderingError};
 use super::{Guarantee, Handler, LoopConfig, Output, Record};
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +37,8 @@ pub enum LoopError {
     },
     #[error("restoring state for newly assigned partitions failed: {0}")]
     Restore(String),
+    #[error(transparent)]
+    Ordering(#[from] OrderingError),
 }
 
 fn kafka(what: &'static str) -> impl FnOnce(KafkaError) -> LoopError {
@@ -46,14 +49,46 @@ fn kafka(what: &'static str) -> impl FnOnce(KafkaError) -> LoopError {
 #[derive(Default)]
 struct LoopContext {
     changed: AtomicBool,
+    /// Partitions revoked since the loop last looked, including those assigned again since
+    /// (an eager rebalance revokes everything): their state and any of their records taken
+    /// before the revocation are stale.
+    revoked: Mutex<HashSet<TopicPartition>>,
+    /// The same, for the batch being collected; taken by [`LoopContext::drop_revoked`].
+    revoked_in_batch: Mutex<HashSet<TopicPartition>>,
 }
 
 impl ClientContext for LoopContext {}
 
 impl ConsumerContext for LoopContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let tps: Vec<TopicPartition> = tpl
+                .elements()
+                .iter()
+                .map(|e| (e.topic().to_string(), e.partition()))
+                .collect();
+            self.revoked
+                .lock()
+                .expect("revoked lock")
+                .extend(tps.iter().cloned());
+            self.revoked_in_batch
+                .lock()
+                .expect("revoked lock")
+                .extend(tps);
+        }
         if !matches!(rebalance, Rebalance::Error(_)) {
             self.changed.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+impl LoopContext {
+    /// Drops from a batch being collected the records of partitions revoked since they were
+    /// taken: if the partition comes back it is fetched again from its committed offset.
+    fn drop_revoked(&self, batch: &mut Vec<Record>) {
+        let revoked = std::mem::take(&mut *self.revoked_in_batch.lock().expect("revoked lock"));
+        if !revoked.is_empty() {
+            batch.retain(|r| !revoked.contains(&(r.topic.clone(), r.partition)));
         }
     }
 }
@@ -70,11 +105,29 @@ pub async fn run<H: Handler>(
     metrics: LoopMetrics,
     shutdown: Shutdown,
 ) -> Result<(), LoopError> {
+    if let Some(per_key) = &config.per_key {
+        per_key.check_guarantee(config.guarantee)?;
+    }
+    // Per-key ordering needs partition i of every topic on one member (see `ordering`):
+    // `range` does that for topics with equal partition counts, checked below.
+    let assignor = match config.per_key {
+        Some(_) => "range",
+        None => "cooperative-sticky",
+    };
     let consumer: StreamConsumer<LoopContext> = clients
         .consumer_config("consumer", &config.group)?
-        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("partition.assignment.strategy", assignor)
         .create_with_context(LoopContext::default())
         .map_err(kafka("creating the consumer"))?;
+    let ordering: Option<Arc<KeyOrdering>> = match &config.per_key {
+        Some(per_key) => {
+            let mut all = config.topics.clone();
+            all.push(per_key.held_topic.clone());
+            blocking(|| ordering::check_partitions(&consumer, &per_key.policy, &all))?;
+            Some(Arc::new(KeyOrdering::new(per_key.clone(), router.clone())))
+        }
+        None => None,
+    };
     let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics).map_err(kafka("subscribing"))?;
 
@@ -123,6 +176,7 @@ pub async fn run<H: Handler>(
         .with_label_values(&[&group])
         .set(0);
     metrics.in_flight.with_label_values(&[&group]).set(0);
+    metrics.held_keys.with_label_values(&[&group]).set(0);
     let mut assigned: HashSet<TopicPartition> = HashSet::new();
     // Retry-tier partitions waiting for their next record to be due.
     let mut paused: BTreeMap<TopicPartition, i64> = BTreeMap::new();
@@ -143,7 +197,11 @@ pub async fn run<H: Handler>(
             _ = tokio::time::sleep(wait) => {}
             first = consumer.recv() => {
                 match first {
-                    Ok(m) => batch.push(Record::from_message(&m)),
+                    Ok(m) => {
+                        // Only forgets revocations from before this batch.
+                        consumer.context().drop_revoked(&mut batch);
+                        batch.push(Record::from_message(&m));
+                    }
                     Err(e) => {
                         consume_error(e, &group)?;
                         continue;
@@ -153,7 +211,10 @@ pub async fn run<H: Handler>(
                 while batch.len() < config.max_batch {
                     let left = deadline.saturating_duration_since(Instant::now());
                     match tokio::time::timeout(left, consumer.recv()).await {
-                        Ok(Ok(m)) => batch.push(Record::from_message(&m)),
+                        Ok(Ok(m)) => {
+                            consumer.context().drop_revoked(&mut batch);
+                            batch.push(Record::from_message(&m));
+                        }
                         Ok(Err(e)) => {
                             consume_error(e, &group)?;
                             break;
@@ -164,6 +225,7 @@ pub async fn run<H: Handler>(
             }
         }
 
+        consumer.context().drop_revoked(&mut batch);
         if consumer.context().changed.swap(false, Ordering::SeqCst) {
             let now: HashSet<TopicPartition> = consumer
                 .assignment()
@@ -172,21 +234,56 @@ pub async fn run<H: Handler>(
                 .iter()
                 .map(|e| (e.topic().to_string(), e.partition()))
                 .collect();
-            let revoked: Vec<TopicPartition> = assigned.difference(&now).cloned().collect();
-            let added: Vec<TopicPartition> = now.difference(&assigned).cloned().collect();
+            // Revoked and assigned again since the last look counts as both.
+            let again: HashSet<TopicPartition> =
+                std::mem::take(&mut *consumer.context().revoked.lock().expect("revoked lock"));
+            let revoked: Vec<TopicPartition> = assigned
+                .iter()
+                .filter(|tp| !now.contains(*tp) || again.contains(*tp))
+                .cloned()
+                .collect();
+            let added: Vec<TopicPartition> = now
+                .iter()
+                .filter(|tp| !assigned.contains(*tp) || again.contains(*tp))
+                .cloned()
+                .collect();
             if !revoked.is_empty() {
                 tracing::info!(group, ?revoked, "partitions revoked");
                 for tp in &revoked {
                     paused.remove(tp);
                 }
                 handler.on_revoked(&revoked);
+                if let Some(o) = &ordering {
+                    o.forget(&revoked.iter().map(|(_, p)| *p).collect());
+                }
             }
             if !added.is_empty() {
                 tracing::info!(group, ?added, "partitions assigned");
+                // A partition paused before a revocation starts afresh.
+                let mut tpl = TopicPartitionList::new();
+                for (t, p) in &added {
+                    tpl.add_partition(t, *p);
+                }
+                let _ = consumer.resume(&tpl);
                 handler
                     .on_assigned(&added)
                     .await
                     .map_err(|e| LoopError::Restore(e.to_string()))?;
+                if let Some(o) = &ordering {
+                    let indices: HashSet<i32> = added.iter().map(|(_, p)| *p).collect();
+                    let n = blocking(|| o.restore(clients, &indices))?;
+                    tracing::info!(group, partitions = ?indices, keys = n, "held keys restored");
+                }
+                metrics
+                    .paused_partitions
+                    .with_label_values(&[&group])
+                    .set(paused.len() as i64);
+            }
+            if let Some(o) = &ordering {
+                metrics
+                    .held_keys
+                    .with_label_values(&[&group])
+                    .set(o.held() as i64);
             }
             assigned = now;
             batch.retain(|r| assigned.contains(&(r.topic.clone(), r.partition)));
@@ -213,14 +310,21 @@ pub async fn run<H: Handler>(
             .collect();
         // Each partition's records on their own task, so handlers use every core.
         let tasks = by_partition.into_iter().map(|(tp, records)| {
-            let (handler, router, metrics, group) = (
+            let (handler, router, metrics, group, ordering) = (
                 handler.clone(),
                 router.clone(),
                 metrics.clone(),
                 group.clone(),
+                ordering.clone(),
             );
             tokio::spawn(async move {
-                handle_partition(tp, records, &*handler, &router, &metrics, &group).await
+                let ctx = PartitionContext {
+                    router: &router,
+                    ordering: ordering.as_deref(),
+                    metrics: &metrics,
+                    group: &group,
+                };
+                handle_partition(tp, records, &*handler, &ctx).await
             })
         });
         let mut results = Vec::new();
@@ -230,11 +334,11 @@ pub async fn run<H: Handler>(
             );
         }
 
-        let mut outputs: Vec<Output> = Vec::new();
+        let mut stamped: Vec<(u64, Output)> = Vec::new();
         let mut offsets = TopicPartitionList::new();
         let mut to_pause: Vec<(TopicPartition, i64, i64)> = Vec::new();
         for result in results {
-            outputs.extend(result.outputs);
+            stamped.extend(result.outputs);
             if let Some(next) = result.next_offset {
                 offsets
                     .add_partition_offset(&result.tp.0, result.tp.1, Offset::Offset(next))
@@ -245,6 +349,15 @@ pub async fn run<H: Handler>(
             }
         }
 
+        // Under per-key ordering a key's records may be handled by different partition tasks
+        // (main topic, tiers) in one batch: write outputs in the order their records were let
+        // through, so a released key's outputs cannot come out ahead of its head's.
+        stamped.sort_by_key(|(stamp, _)| *stamp);
+        let mut outputs: Vec<Output> = stamped.into_iter().map(|(_, o)| o).collect();
+        if let Some(o) = &ordering {
+            // Each changed key's final state, after every partition task is done.
+            outputs.extend(o.batch_writes());
+        }
         let committed = match config.guarantee {
             Guarantee::ExactlyOnce => {
                 commit_transaction(&consumer, &producer, &outputs, &offsets).await
@@ -255,6 +368,13 @@ pub async fn run<H: Handler>(
         };
         metrics.in_flight.with_label_values(&[&group]).set(0);
         handler.on_batch_end(committed.is_ok());
+        if let Some(o) = &ordering {
+            let held = o.finish_batch(committed.is_ok());
+            metrics
+                .held_keys
+                .with_label_values(&[&group])
+                .set(held as i64);
+        }
         match committed {
             Ok(()) => {
                 metrics
@@ -309,21 +429,34 @@ pub async fn run<H: Handler>(
 
 struct PartitionResult {
     tp: TopicPartition,
-    outputs: Vec<Output>,
+    /// Each with the stamp of its record (see [`KeyOrdering::decide`]; 0 without ordering).
+    outputs: Vec<(u64, Output)>,
     /// Offset to commit (one past the last record handled), if any was.
     next_offset: Option<i64>,
     /// A retry record that is not yet due: its offset and due time.
     wait_until: Option<(i64, i64)>,
 }
 
+/// What a partition task shares with the loop.
+struct PartitionContext<'a> {
+    router: &'a FailureRouter,
+    ordering: Option<&'a KeyOrdering>,
+    metrics: &'a LoopMetrics,
+    group: &'a str,
+}
+
 async fn handle_partition<H: Handler>(
     tp: TopicPartition,
     records: Vec<Record>,
     handler: &H,
-    router: &FailureRouter,
-    metrics: &LoopMetrics,
-    group: &str,
+    ctx: &PartitionContext<'_>,
 ) -> PartitionResult {
+    let PartitionContext {
+        router,
+        metrics,
+        group,
+        ..
+    } = *ctx;
     let mut result = PartitionResult {
         tp,
         outputs: Vec::new(),
@@ -337,6 +470,20 @@ async fn handle_partition<H: Handler>(
                 break;
             }
         }
+        let (stamp, decision) = match ctx.ordering {
+            Some(o) => o.decide(&record),
+            None => (0, Decision::Free),
+        };
+        let slot = match decision {
+            Decision::Forward(copy) => {
+                // Waits behind its key's head, unhandled.
+                result.outputs.push((stamp, copy));
+                result.next_offset = Some(record.offset + 1);
+                continue;
+            }
+            Decision::Handle(slot) => Some(slot),
+            Decision::Free => None,
+        };
         let started = Instant::now();
         let outcome = handler.handle(&record).await;
         metrics
@@ -350,10 +497,21 @@ async fn handle_partition<H: Handler>(
                     .records
                     .with_label_values(&[group, &topic, "ok"])
                     .inc();
-                result.outputs.extend(outputs);
+                result
+                    .outputs
+                    .extend(outputs.into_iter().map(|o| (stamp, o)));
+                if let (Some(o), Some(slot)) = (ctx.ordering, &slot) {
+                    o.resolved(slot);
+                }
             }
             Err(error) => {
-                let (routed, copy) = router.route(&record, &error, now_ms());
+                let (routed, mut copy) = router.route(&record, &error, now_ms());
+                if let (Some(o), Some(slot)) = (ctx.ordering, &slot) {
+                    match routed {
+                        Routed::Retry { tier, .. } => o.retried(slot, tier, &mut copy),
+                        Routed::DeadLetter => o.resolved(slot),
+                    }
+                }
                 match routed {
                     Routed::Retry { tier, .. } => {
                         metrics
@@ -377,7 +535,7 @@ async fn handle_partition<H: Handler>(
                     }
                 }
                 tracing::debug!(group, topic = record.topic, offset = record.offset, %error, ?routed, "record failed");
-                result.outputs.push(copy);
+                result.outputs.push((stamp, copy));
             }
         }
         result.next_offset = Some(record.offset + 1);
