@@ -1,5 +1,6 @@
 //! Per-key ordering on the retry path (`ordering: per_key`) against the real broker:
-//! interleaved keys with scripted failures, and a restart while keys are held.
+//! interleaved keys with scripted failures, and a restart while keys are held; and
+//! `sluice normalize` under a topology whose normalizer policy orders per key.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,9 +16,9 @@ use sluice_consumers::runtime::{
 };
 use sluice_runtime::Shutdown;
 
-use crate::normalizer::{read_until, reader, Seen};
+use crate::normalizer::{fixture, read_until, reader, send_raw, spawn_sluice, Seen};
 use crate::retry::handled_copy;
-use crate::support::{clients, require_stack};
+use crate::support::{clients, free_port, require_stack, sluice_async, temp_file};
 
 /// Copies records to `out`. Failures are scripted by value: `A1` fails transiently on its
 /// first two attempts, `C1` always (so it is dead-lettered), `D1` and `D2` on their first,
@@ -362,4 +363,105 @@ async fn held_keys_survive_a_restart() {
     })
     .await;
     second.stop().await;
+}
+
+/// The normalizer's test topology with its retry policy ordered per key.
+fn per_key_topology(prefix: &str) -> String {
+    crate::normalizer::topology(prefix)
+        .replace(
+            &format!("dlq_topic: {prefix}.dlq.normalizer}}"),
+            &format!("dlq_topic: {prefix}.dlq.normalizer, ordering: per_key}}"),
+        )
+        .replace(
+            "sources:",
+            &format!("  - {{name: {prefix}.state.held-normalizer, partitions: 3, config: {{cleanup.policy: compact}}}}\nsources:"),
+        )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sluice_normalize_keeps_its_policy_s_held_keys() {
+    require_stack().await;
+    let prefix = format!("ok{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let file = temp_file("topology.yaml", &per_key_topology(&prefix))
+        .display()
+        .to_string();
+    let (ok, out, err) = sluice_async(
+        ["topology", "plan", "--topology", &file]
+            .map(String::from)
+            .to_vec(),
+    )
+    .await;
+    assert!(ok, "{out}{err}");
+    for created in [
+        format!("+ create      {prefix}.state.held-normalizer (3 partitions"),
+        format!("+ create      {prefix}.retry.normalizer.1s (3 partitions"),
+    ] {
+        assert!(out.contains(&created), "missing `{created}` in:\n{out}");
+    }
+    for cmd in [["topology", "apply"], ["schemas", "register"]] {
+        let (ok, out, err) = sluice_async(
+            [cmd[0], cmd[1], "--topology", &file]
+                .map(String::from)
+                .to_vec(),
+        )
+        .await;
+        assert!(ok, "{cmd:?}: {out}{err}");
+    }
+
+    // At-least-once cannot keep the held keys with the outputs: refused, naming the policy.
+    let refused = tokio::task::spawn_blocking({
+        let file = file.clone();
+        move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+                .args(["normalize", "--guarantee", "at-least-once"])
+                .args(["--topology", &file])
+                .env("SLUICE_ADMIN__LISTEN", "127.0.0.1:0")
+                .output()
+                .unwrap()
+        }
+    });
+    let refused = tokio::time::timeout(Duration::from_secs(60), refused)
+        .await
+        .expect("an at-least-once per-key normalizer must stop at once")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains("retry policy `normalizer` has `ordering: per_key`, which needs the exactly-once guarantee"),
+        "{stderr}"
+    );
+
+    // Exactly-once runs, normalizes, and exports the gauge at 0.
+    let admin = free_port();
+    let listen = format!("127.0.0.1:{admin}");
+    let instance = format!("e2e-{prefix}");
+    let _child = spawn_sluice(
+        &["normalize", "--topology", &file],
+        &[
+            ("SLUICE_INSTANCE_ID", instance.as_str()),
+            ("SLUICE_ADMIN__LISTEN", listen.as_str()),
+        ],
+    );
+    let producer = clients().producer("e2e").unwrap();
+    send_raw(
+        &producer,
+        &format!("{prefix}.raw.stripe"),
+        "stripe",
+        "stripe",
+        "evt_1",
+        Some("payment_intent.succeeded"),
+        &fixture("stripe/payment_intent.succeeded.json"),
+    )
+    .await;
+    let payments = reader(&format!("{prefix}.events.payments"));
+    let events = read_until(&payments, Duration::from_secs(60), |g| !g.is_empty()).await;
+    assert_eq!(events.len(), 1);
+    let metrics = reqwest::get(format!("http://{listen}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let gauge = format!("sluice_consumer_held_keys{{group=\"{prefix}-normalizer\"}} 0");
+    assert!(metrics.contains(&gauge), "{metrics}");
 }
