@@ -22,7 +22,7 @@ use crate::support::{clients, free_port, require_stack, sluice_async, temp_file}
 
 /// Copies records to `out`. Failures are scripted by value: `A1` fails transiently on its
 /// first two attempts, `C1` always (so it is dead-lettered), `D1` and `D2` on their first,
-/// `E1` permanently, `R1` until `release` is set; everything else succeeds.
+/// `E1` permanently, `R1` and `S1` until `release` is set; everything else succeeds.
 struct Scripted {
     out: String,
     release: Arc<AtomicBool>,
@@ -40,7 +40,7 @@ impl Handler for Scripted {
             "A1" => attempts < 2,
             "C1" => true,
             "D1" | "D2" => attempts < 1,
-            "R1" => !self.release.load(Ordering::SeqCst),
+            "R1" | "S1" => !self.release.load(Ordering::SeqCst),
             "E1" => {
                 return Err(HandlerError::permanent("ValidationFailed", "E1 is invalid"));
             }
@@ -127,7 +127,8 @@ impl Rig {
         rig
     }
 
-    fn start(&self) -> Running {
+    /// Starts a loop; instances of one group need different `instance` names.
+    fn start(&self, instance: &str) -> Running {
         let router = FailureRouter {
             group: self.group.clone(),
             tiers: self.tiers.clone(),
@@ -136,7 +137,7 @@ impl Rig {
         };
         let mut topics = vec![self.input.clone()];
         topics.extend(self.tiers.iter().map(|t| t.topic.clone()));
-        let mut config = LoopConfig::new(&self.group, "e2e", topics, Guarantee::ExactlyOnce);
+        let mut config = LoopConfig::new(&self.group, instance, topics, Guarantee::ExactlyOnce);
         config.per_key = Some(PerKey {
             policy: "e2e".into(),
             held_topic: self.held.clone(),
@@ -214,7 +215,7 @@ async fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_keys_release_their_records_in_order_and_other_keys_flow_past() {
     let rig = Rig::new(&[1, 1], 3).await;
-    let running = rig.start();
+    let running = rig.start("e2e");
     let producer = clients().producer("e2e").unwrap();
     // Interleaved: A, B and E share partition 0, C and D partition 1.
     for n in 1..=3 {
@@ -314,7 +315,7 @@ async fn held_keys_release_their_records_in_order_and_other_keys_flow_past() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_keys_survive_a_restart() {
     let rig = Rig::new(&[1], 1000).await;
-    let first = rig.start();
+    let first = rig.start("e2e");
     let producer = clients().producer("e2e").unwrap();
     rig.send(&producer, 0, &["R1", "R2"]).await;
     // R1 keeps failing; R2 waits behind it. The state says so in the held-key topic.
@@ -333,7 +334,7 @@ async fn held_keys_survive_a_restart() {
     first.stop().await;
 
     // A new loop in the same group restores the held key from the topic.
-    let second = rig.start();
+    let second = rig.start("e2e");
     wait_for("the held key restored", Duration::from_secs(30), || {
         second.held(&rig.group) == 1
     })
@@ -363,6 +364,45 @@ async fn held_keys_survive_a_restart() {
     })
     .await;
     second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_keys_move_with_their_partition_when_a_member_joins() {
+    let rig = Rig::new(&[1], 1000).await;
+    let a = rig.start("a");
+    let producer = clients().producer("e2e").unwrap();
+    rig.send(&producer, 0, &["R1", "R2"]).await;
+    rig.send(&producer, 1, &["S1", "S2"]).await;
+    wait_for("two held keys", Duration::from_secs(30), || {
+        a.held(&rig.group) == 2
+    })
+    .await;
+
+    // A second member takes one partition of every topic, with its held key.
+    let b = rig.start("b");
+    wait_for("one held key each", Duration::from_secs(30), || {
+        a.held(&rig.group) == 1 && b.held(&rig.group) == 1
+    })
+    .await;
+    rig.send(&producer, 0, &["R3"]).await;
+    rig.send(&producer, 1, &["S3"]).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    rig.release.store(true, Ordering::SeqCst);
+    let out = read_until(&reader(&rig.out), Duration::from_secs(30), |g| g.len() >= 6).await;
+    for (name, running) in [("a", &a), ("b", &b)] {
+        assert!(!running.task.is_finished(), "loop {name} stopped early");
+    }
+    let keys = by_key(&out);
+    assert_eq!(keys["R"], ["R1", "R2", "R3"], "{out:?}");
+    assert_eq!(keys["S"], ["S1", "S2", "S3"], "{out:?}");
+    wait_for("no held keys", Duration::from_secs(10), || {
+        a.held(&rig.group) + b.held(&rig.group) == 0
+    })
+    .await;
+    let again = read_until(&reader(&rig.out), Duration::from_secs(3), |_| false).await;
+    assert_eq!(again.len(), 6, "once each");
+    b.stop().await;
+    a.stop().await;
 }
 
 /// The normalizer's test topology with its retry policy ordered per key.
