@@ -17,6 +17,7 @@ pub mod headers;
 pub mod metrics;
 pub mod ordering;
 pub mod processing;
+mod rebalance;
 
 use std::future::Future;
 use std::time::Duration;

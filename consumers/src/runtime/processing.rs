@@ -2,15 +2,12 @@
 //! outputs and offsets together (exactly-once) or in order (at-least-once).
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use rdkafka::client::ClientContext;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -22,6 +19,7 @@ use super::failure::{FailureRouter, Routed};
 use super::headers as h;
 use super::metrics::LoopMetrics;
 use super::ordering::{self, Decision, KeyOrdering, OrderingError};
+use super::rebalance::{LoopContext, TopicPartition};
 use super::{Guarantee, Handler, LoopConfig, Output, Record};
 
 #[derive(Debug, thiserror::Error)]
@@ -44,56 +42,6 @@ pub enum LoopError {
 fn kafka(what: &'static str) -> impl FnOnce(KafkaError) -> LoopError {
     move |source| LoopError::Kafka { what, source }
 }
-
-/// Notes rebalances so the loop can restore or drop state between batches.
-#[derive(Default)]
-struct LoopContext {
-    changed: AtomicBool,
-    /// Partitions revoked since the loop last looked, including those assigned again since
-    /// (an eager rebalance revokes everything): their state and any of their records taken
-    /// before the revocation are stale.
-    revoked: Mutex<HashSet<TopicPartition>>,
-    /// The same, for the batch being collected; taken by [`LoopContext::drop_revoked`].
-    revoked_in_batch: Mutex<HashSet<TopicPartition>>,
-}
-
-impl ClientContext for LoopContext {}
-
-impl ConsumerContext for LoopContext {
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            let tps: Vec<TopicPartition> = tpl
-                .elements()
-                .iter()
-                .map(|e| (e.topic().to_string(), e.partition()))
-                .collect();
-            self.revoked
-                .lock()
-                .expect("revoked lock")
-                .extend(tps.iter().cloned());
-            self.revoked_in_batch
-                .lock()
-                .expect("revoked lock")
-                .extend(tps);
-        }
-        if !matches!(rebalance, Rebalance::Error(_)) {
-            self.changed.store(true, Ordering::SeqCst);
-        }
-    }
-}
-
-impl LoopContext {
-    /// Drops from a batch being collected the records of partitions revoked since they were
-    /// taken: if the partition comes back it is fetched again from its committed offset.
-    fn drop_revoked(&self, batch: &mut Vec<Record>) {
-        let revoked = std::mem::take(&mut *self.revoked_in_batch.lock().expect("revoked lock"));
-        if !revoked.is_empty() {
-            batch.retain(|r| !revoked.contains(&(r.topic.clone(), r.partition)));
-        }
-    }
-}
-
-type TopicPartition = (String, i32);
 
 /// Runs the loop until shutdown. Returns an error only for failures a restart must fix
 /// (a fenced producer, a broken state restore).
@@ -234,19 +182,7 @@ pub async fn run<H: Handler>(
                 .iter()
                 .map(|e| (e.topic().to_string(), e.partition()))
                 .collect();
-            // Revoked and assigned again since the last look counts as both.
-            let again: HashSet<TopicPartition> =
-                std::mem::take(&mut *consumer.context().revoked.lock().expect("revoked lock"));
-            let revoked: Vec<TopicPartition> = assigned
-                .iter()
-                .filter(|tp| !now.contains(*tp) || again.contains(*tp))
-                .cloned()
-                .collect();
-            let added: Vec<TopicPartition> = now
-                .iter()
-                .filter(|tp| !assigned.contains(*tp) || again.contains(*tp))
-                .cloned()
-                .collect();
+            let (revoked, added) = consumer.context().changes(&assigned, &now);
             if !revoked.is_empty() {
                 tracing::info!(group, ?revoked, "partitions revoked");
                 for tp in &revoked {
