@@ -210,11 +210,11 @@ pub async fn run<H: Handler>(
                     let n = blocking(|| o.restore(clients, &indices))?;
                     tracing::info!(group, partitions = ?indices, keys = n, "held keys restored");
                 }
-                metrics
-                    .paused_partitions
-                    .with_label_values(&[&group])
-                    .set(paused.len() as i64);
             }
+            metrics
+                .paused_partitions
+                .with_label_values(&[&group])
+                .set(paused.len() as i64);
             if let Some(o) = &ordering {
                 metrics
                     .held_keys
