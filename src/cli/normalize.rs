@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use sluice_consumers::normalizer::{self, Normalizer};
 use sluice_consumers::runtime::metrics::LoopMetrics;
-use sluice_consumers::runtime::{self, FailureRouter, Guarantee, LoopConfig, RetryTier};
+use sluice_consumers::runtime::{self, FailureRouter, Guarantee, LoopConfig, PerKey, RetryTier};
 use sluice_runtime::admin::{self, Readiness};
 use sluice_runtime::kafka::KafkaClients;
 use sluice_runtime::{Shutdown, SluiceConfig};
@@ -68,6 +68,15 @@ pub fn failure_router(topology: &Topology) -> anyhow::Result<FailureRouter> {
         max_attempts: policy.max_attempts,
         dlq_topic: policy.dlq_topic.clone(),
     })
+}
+
+/// Per-key ordering of retry policy `policy`, when the topology asks for it.
+pub fn per_key(topology: &Topology, policy: &str) -> Option<PerKey> {
+    topology
+        .retry_policies
+        .iter()
+        .find(|p| p.name == policy)
+        .and_then(|p| PerKey::for_policy(&topology.prefix, p))
 }
 
 pub fn default_instance_id(role: &str) -> String {
@@ -134,6 +143,7 @@ pub async fn run(config: &SluiceConfig, args: NormalizeArgs) -> anyhow::Result<E
     );
     loop_config.max_batch = args.max_batch.max(1);
     loop_config.linger = std::time::Duration::from_millis(args.linger_ms);
+    loop_config.per_key = per_key(&topology, normalizer::RETRY_POLICY);
     let metrics = LoopMetrics::new(&metrics_registry)?;
     readiness.set("normalizer", true);
     tracing::info!(instance, ?guarantee, "normalizer running");

@@ -175,12 +175,14 @@ pub async fn run(
         let mut topics = handler.raw_topics();
         topics.extend(router.tiers.iter().map(|t| t.topic.clone()));
         let group = sluice_consumers::normalizer::group(&topology.prefix);
-        let loop_config = LoopConfig::new(
+        let mut loop_config = LoopConfig::new(
             &group,
             &format!("{instance}-normalizer"),
             topics,
             Guarantee::ExactlyOnce,
         );
+        loop_config.per_key =
+            super::normalize::per_key(&topology, sluice_consumers::normalizer::RETRY_POLICY);
         let (c, m, s) = (clients.clone(), loop_metrics.clone(), shutdown.clone());
         tasks.spawn(async move {
             let r = runtime::run(&c, loop_config, router, Arc::new(handler), m, s).await;

@@ -235,6 +235,7 @@ pub async fn run_orchestrator(config: &SluiceConfig, args: SagasArgs) -> anyhow:
         Guarantee::ExactlyOnce,
     );
     args.batching.apply(&mut loop_config)?;
+    loop_config.per_key = super::normalize::per_key(&topology, orchestrator::RETRY_POLICY);
     let metrics = LoopMetrics::new(&metrics_registry)?;
     let timer_task = tokio::spawn(timer::run(
         orchestrator.clone(),

@@ -14,6 +14,7 @@ mod interop;
 mod lag;
 mod normalizer;
 mod observability;
+mod ordering;
 mod publish;
 mod retry;
 mod roundtrip;

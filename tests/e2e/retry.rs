@@ -40,13 +40,19 @@ impl Handler for Scripted {
                 "field `x` is required",
             ));
         }
-        Ok(vec![Output {
-            topic: self.out.clone(),
-            partition: None,
-            key: record.key.clone(),
-            value: record.value.clone(),
-            headers: vec![("handled_from".into(), record.topic.clone().into_bytes())],
-        }])
+        Ok(vec![handled_copy(&self.out, record)])
+    }
+}
+
+/// What a scripted handler writes for a record it handled: the record, to `out`, with the
+/// topic it was handled from (main topic or retry tier) in a `handled_from` header.
+pub fn handled_copy(out: &str, record: &Record) -> Output {
+    Output {
+        topic: out.to_string(),
+        partition: None,
+        key: record.key.clone(),
+        value: record.value.clone(),
+        headers: vec![("handled_from".into(), record.topic.clone().into_bytes())],
     }
 }
 

@@ -7,7 +7,8 @@
 //! | `<prefix>.events.<domain>` | normalized Avro events of one domain |
 //! | `<prefix>.retry.<policy>.<delay>` | records waiting for retry tier `<delay>` of a policy |
 //! | `<prefix>.dlq.<consumer>` | dead letters, with provenance headers |
-//! | `<prefix>.state.<what>` | compacted state (dedup, held keys, sagas) |
+//! | `<prefix>.state.<what>` | compacted state (dedup, sagas) |
+//! | `<prefix>.state.held-<policy>` | keys held by a per-key ordered retry policy |
 //! | `<prefix>.saga.<saga>.commands` / `.replies` | saga commands and participant replies |
 //! | `<prefix>.state.saga-<saga>` | saga instances, keyed by saga id |
 //! | `<prefix>.state.saga-participant-<role>` | command ids a saga participant has handled |
@@ -32,6 +33,12 @@ pub fn dlq_topic(prefix: &str, consumer: &str) -> String {
 
 pub fn state_topic(prefix: &str, what: &str) -> String {
     format!("{prefix}.state.{what}")
+}
+
+/// Held keys of retry policy `policy` under `ordering: per_key`, partitioned like the
+/// consumer's input topics.
+pub fn held_topic(prefix: &str, policy: &str) -> String {
+    state_topic(prefix, &format!("held-{policy}"))
 }
 
 /// Commands of saga `saga` to its participants.
@@ -117,6 +124,10 @@ mod tests {
         assert_eq!(
             retry_topic("sluice", "normalizer", Duration::from_secs(60)),
             "sluice.retry.normalizer.1m"
+        );
+        assert_eq!(
+            held_topic("sluice", "normalizer"),
+            "sluice.state.held-normalizer"
         );
     }
 

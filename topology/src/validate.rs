@@ -6,7 +6,8 @@ use std::fmt;
 use std::path::Path;
 
 use crate::model::{
-    CommandSpec, RetrySpec, SagaSpec, TopicSpec, Topology, SAGA_CONTROL_TYPE, SAGA_LIFECYCLE_TYPES,
+    CommandSpec, Ordering, RetrySpec, SagaSpec, TopicSpec, Topology, SAGA_CONTROL_TYPE,
+    SAGA_LIFECYCLE_TYPES,
 };
 use crate::naming;
 
@@ -279,8 +280,87 @@ impl Topology {
                 );
             }
         }
+        self.validate_per_key(&mut errors);
         self.validate_sagas(event_types, &mut errors);
         errors
+    }
+
+    /// `ordering: per_key` keeps a key's records and state in one partition number across
+    /// the inputs, the retry tiers and the held-key topic, so all of them need the same
+    /// partition count, and the held keys must never expire.
+    fn validate_per_key(&self, errors: &mut Vec<ValidationError>) {
+        let topics = self.all_topics();
+        let topic = |name: &str| topics.iter().find(|t| t.name == name);
+        for (i, p) in self.retry_policies.iter().enumerate() {
+            if p.ordering != Ordering::PerKey {
+                continue;
+            }
+            let path = format!("retry_policies[{i}].ordering");
+            let of = format!("policy `{}` orders per key", p.name);
+            let held = naming::held_topic(&self.prefix, &p.name);
+            let Some(h) = topic(&held) else {
+                errors.push(ValidationError {
+                    path,
+                    message: format!("{of}: held-key topic `{held}` is not declared in topics (compacted, partitioned like the policy's inputs)"),
+                });
+                continue;
+            };
+            if h.config.get("cleanup.policy").map(|c| c.trim()) != Some("compact") {
+                errors.push(ValidationError {
+                    path: path.clone(),
+                    message: format!("{of}: held-key topic `{held}` must have cleanup.policy compact (and not delete: a held key must not expire)"),
+                });
+            }
+            let mut others: Vec<&str> = p
+                .tiers
+                .iter()
+                .filter_map(|d| {
+                    topic(&naming::retry_topic(&self.prefix, &p.name, d.0)).map(|t| t.name.as_str())
+                })
+                .collect();
+            let inputs = self.policy_inputs(&p.name);
+            others.extend(inputs.iter().map(String::as_str));
+            let wrong: Vec<String> = others
+                .iter()
+                .filter_map(|n| topic(n))
+                .filter(|t| t.partitions != h.partitions)
+                .map(|t| format!("`{}` has {}", t.name, t.partitions))
+                .collect();
+            if !wrong.is_empty() {
+                errors.push(ValidationError {
+                    path,
+                    message: format!(
+                        "{of}, so its inputs and retry tiers need as many partitions as held-key topic `{held}` ({}): {}",
+                        h.partitions,
+                        wrong.join(", ")
+                    ),
+                });
+            }
+        }
+    }
+
+    /// The input topics of the consumer a retry policy belongs to, where the topology says
+    /// them: `normalizer` reads every source's raw topic, `sagas` every saga's trigger and
+    /// replies topics. Other policies' inputs are only known to their consumer, which checks
+    /// them at start.
+    pub fn policy_inputs(&self, policy: &str) -> Vec<String> {
+        let mut out: Vec<String> = match policy {
+            "normalizer" => self.sources.iter().map(|s| s.raw_topic.clone()).collect(),
+            "sagas" => self
+                .sagas
+                .iter()
+                .flat_map(|s| {
+                    [
+                        s.trigger.topic.clone(),
+                        naming::saga_replies_topic(&self.prefix, &s.name),
+                    ]
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        out.sort();
+        out.dedup();
+        out
     }
 
     /// The saga section: every message names the saga and the step, and says what is wrong.
@@ -539,11 +619,15 @@ impl Topology {
     }
 
     /// Declared topics plus the retry tier topics derived from each retry policy (sized like
-    /// the policy's DLQ topic).
+    /// the policy's DLQ topic, or like its held-key topic under per-key ordering).
     pub fn all_topics(&self) -> Vec<TopicSpec> {
         let mut out = self.topics.clone();
         for p in &self.retry_policies {
-            let dlq = self.topics.iter().find(|t| t.name == p.dlq_topic);
+            let like = match p.ordering {
+                Ordering::PerKey => naming::held_topic(&self.prefix, &p.name),
+                Ordering::None => p.dlq_topic.clone(),
+            };
+            let sized = self.topics.iter().find(|t| t.name == like);
             for tier in &p.tiers {
                 let name = naming::retry_topic(&self.prefix, &p.name, tier.0);
                 if out.iter().any(|t| t.name == name) {
@@ -551,8 +635,8 @@ impl Topology {
                 }
                 out.push(TopicSpec {
                     name,
-                    partitions: dlq.map_or(1, |d| d.partitions),
-                    replication_factor: dlq.map_or(1, |d| d.replication_factor),
+                    partitions: sized.map_or(1, |d| d.partitions),
+                    replication_factor: sized.map_or(1, |d| d.replication_factor),
                     config: BTreeMap::new(),
                 });
             }
@@ -767,6 +851,71 @@ retry_policies:
             err.contains("topics[0].name: `other.raw` must start with the prefix `sluice.`"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn per_key_ordering_needs_a_compacted_held_topic_and_equal_partitions() {
+        let per_key = GOOD.replace(
+            "dlq_topic: sluice.dlq.normalizer}",
+            "dlq_topic: sluice.dlq.normalizer, ordering: per_key}",
+        );
+        let err = Topology::parse("t.yaml", &per_key, &types())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("retry_policies[0].ordering: policy `normalizer` orders per key: held-key topic `sluice.state.held-normalizer` is not declared"),
+            "{err}"
+        );
+
+        let held = per_key.replace(
+            "sources:",
+            "  - {name: sluice.state.held-normalizer, partitions: 3, config: {cleanup.policy: compact}}\nsources:",
+        );
+        let t = Topology::parse("t.yaml", &held, &types()).unwrap();
+        let tier = t
+            .all_topics()
+            .into_iter()
+            .find(|t| t.name == "sluice.retry.normalizer.5s")
+            .unwrap();
+        assert_eq!(
+            tier.partitions, 3,
+            "tiers are sized like the held-key topic"
+        );
+        assert_eq!(t.policy_inputs("normalizer"), vec!["sluice.raw.stripe"]);
+
+        let bad = held
+            .replace(
+                "{name: sluice.raw.stripe, partitions: 3,",
+                "{name: sluice.raw.stripe, partitions: 6,",
+            )
+            .replace(
+                "config: {cleanup.policy: compact}}",
+                "config: {cleanup.policy: \"compact,delete\"}}",
+            );
+        let err = Topology::parse("t.yaml", &bad, &types())
+            .unwrap_err()
+            .to_string();
+        for expected in [
+            "held-key topic `sluice.state.held-normalizer` must have cleanup.policy compact",
+            "its inputs and retry tiers need as many partitions as held-key topic `sluice.state.held-normalizer` (3): `sluice.raw.stripe` has 6",
+        ] {
+            assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
+        }
+    }
+
+    #[test]
+    fn the_reference_topology_is_valid() {
+        let catalog_free: BTreeSet<String> = BTreeSet::new();
+        let text = include_str!("../topology.yaml");
+        let t: Topology = serde_yaml_ng::from_str(text).unwrap();
+        // Event types come from the catalog, which this crate does not load: check the rest.
+        let errors: Vec<String> = t
+            .validate(&catalog_free)
+            .into_iter()
+            .filter(|e| !e.message.contains("catalog") && !e.message.contains("unknown event type"))
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{errors:#?}");
     }
 
     const SAGA: &str = r#"

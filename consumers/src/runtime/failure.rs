@@ -44,38 +44,8 @@ impl FailureRouter {
         let transient = matches!(error, HandlerError::Transient { .. });
         let retry = transient && attempt < self.max_attempts && !self.tiers.is_empty();
 
-        let mut headers: Vec<(String, Vec<u8>)> = record
-            .headers
-            .iter()
-            .filter(|(k, _)| !h::ROUTING_HEADERS.contains(&k.as_str()))
-            .cloned()
-            .collect();
-        let keep = |name: &str| record.header_bytes(name).map(<[u8]>::to_vec);
-        let already_routed = record.header_bytes(h::ORIGINAL_TOPIC).is_some();
+        let mut headers = self.provenance(record);
         let mut push = |k: &str, v: Vec<u8>| headers.push((k.to_string(), v));
-        if already_routed {
-            for name in [
-                h::ORIGINAL_TOPIC,
-                h::ORIGINAL_PARTITION,
-                h::ORIGINAL_OFFSET,
-                h::ORIGINAL_TIMESTAMP,
-                h::ORIGINAL_TIMESTAMP_TYPE,
-                h::ORIGINAL_CONSUMER_GROUP,
-            ] {
-                if let Some(v) = keep(name) {
-                    push(name, v);
-                }
-            }
-        } else {
-            push(h::ORIGINAL_TOPIC, record.topic.as_bytes().to_vec());
-            push(h::ORIGINAL_PARTITION, h::int(record.partition));
-            push(h::ORIGINAL_OFFSET, h::long(record.offset));
-            if let Some(ts) = record.timestamp_ms {
-                push(h::ORIGINAL_TIMESTAMP, h::long(ts));
-                push(h::ORIGINAL_TIMESTAMP_TYPE, b"CreateTime".to_vec());
-            }
-            push(h::ORIGINAL_CONSUMER_GROUP, self.group.as_bytes().to_vec());
-        }
         push(h::EXCEPTION_FQCN, error.class().as_bytes().to_vec());
         push(h::EXCEPTION_MESSAGE, error.message().as_bytes().to_vec());
         push(h::ATTEMPTS, attempt.to_string().into_bytes());
@@ -119,6 +89,44 @@ impl FailureRouter {
             headers,
         };
         (routed, output)
+    }
+
+    /// `record`'s own headers (minus routing ones) plus where it was first read: kept from
+    /// the record when it already comes from a tier, else taken from it.
+    pub fn provenance(&self, record: &Record) -> Vec<(String, Vec<u8>)> {
+        let mut headers: Vec<(String, Vec<u8>)> = record
+            .headers
+            .iter()
+            .filter(|(k, _)| !h::ROUTING_HEADERS.contains(&k.as_str()))
+            .cloned()
+            .collect();
+        let keep = |name: &str| record.header_bytes(name).map(<[u8]>::to_vec);
+        let already_routed = record.header_bytes(h::ORIGINAL_TOPIC).is_some();
+        let mut push = |k: &str, v: Vec<u8>| headers.push((k.to_string(), v));
+        if already_routed {
+            for name in [
+                h::ORIGINAL_TOPIC,
+                h::ORIGINAL_PARTITION,
+                h::ORIGINAL_OFFSET,
+                h::ORIGINAL_TIMESTAMP,
+                h::ORIGINAL_TIMESTAMP_TYPE,
+                h::ORIGINAL_CONSUMER_GROUP,
+            ] {
+                if let Some(v) = keep(name) {
+                    push(name, v);
+                }
+            }
+        } else {
+            push(h::ORIGINAL_TOPIC, record.topic.as_bytes().to_vec());
+            push(h::ORIGINAL_PARTITION, h::int(record.partition));
+            push(h::ORIGINAL_OFFSET, h::long(record.offset));
+            if let Some(ts) = record.timestamp_ms {
+                push(h::ORIGINAL_TIMESTAMP, h::long(ts));
+                push(h::ORIGINAL_TIMESTAMP_TYPE, b"CreateTime".to_vec());
+            }
+            push(h::ORIGINAL_CONSUMER_GROUP, self.group.as_bytes().to_vec());
+        }
+        headers
     }
 
     /// The tier a topic belongs to, if it is one of this router's tier topics.

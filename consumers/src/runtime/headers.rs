@@ -24,6 +24,9 @@ pub const DUE_AT: &str = "sluice_due_at";
 pub const FAILURE_KIND: &str = "sluice_failure_kind";
 /// One line per failed attempt: `<attempt> <epoch ms> <class>: <message>`.
 pub const ATTEMPT_HISTORY: &str = "sluice_attempt_history";
+/// Per-key ordering: the record's sequence number among its key's records in the retry
+/// path, decimal (see [`super::ordering`]).
+pub const KEY_SEQ: &str = "sluice_key_seq";
 /// Set on a record replayed from a DLQ: `<dlq topic>/<partition>@<offset>`.
 pub const REPLAYED_FROM: &str = "sluice_replayed_from";
 
@@ -43,6 +46,7 @@ pub const ROUTING_HEADERS: &[&str] = &[
     DUE_AT,
     FAILURE_KIND,
     ATTEMPT_HISTORY,
+    KEY_SEQ,
 ];
 
 pub fn int(v: i32) -> Vec<u8> {

@@ -13,6 +13,8 @@ pub struct LoopMetrics {
     pub in_flight: IntGaugeVec,
     pub transactions: IntCounterVec,
     pub paused_partitions: IntGaugeVec,
+    /// Keys with a record in the retry path, under per-key ordering.
+    pub held_keys: IntGaugeVec,
 }
 
 impl LoopMetrics {
@@ -70,6 +72,13 @@ impl LoopMetrics {
                 ),
                 &["group"],
             )?,
+            held_keys: IntGaugeVec::new(
+                Opts::new(
+                    "sluice_consumer_held_keys",
+                    "Keys whose later records wait behind one in the retry path (per-key ordering).",
+                ),
+                &["group"],
+            )?,
         };
         registry.register(Box::new(m.records.clone()))?;
         registry.register(Box::new(m.retries.clone()))?;
@@ -78,6 +87,7 @@ impl LoopMetrics {
         registry.register(Box::new(m.in_flight.clone()))?;
         registry.register(Box::new(m.transactions.clone()))?;
         registry.register(Box::new(m.paused_partitions.clone()))?;
+        registry.register(Box::new(m.held_keys.clone()))?;
         Ok(m)
     }
 }

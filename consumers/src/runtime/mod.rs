@@ -9,12 +9,15 @@
 //! The loop never polls while a transaction is open, so a rebalance (which librdkafka only
 //! delivers from a poll) can never revoke a partition mid-transaction. A handler returns
 //! outputs, a transient error (retried through the retry tiers) or a permanent error
-//! (dead-lettered with provenance).
+//! (dead-lettered with provenance). With per-key ordering (see [`ordering`]) later records of
+//! a key with a record in the retry path wait behind it.
 
 pub mod failure;
 pub mod headers;
 pub mod metrics;
+pub mod ordering;
 pub mod processing;
+mod rebalance;
 
 use std::future::Future;
 use std::time::Duration;
@@ -23,6 +26,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 
 pub use failure::{FailureRouter, RetryTier};
+pub use ordering::PerKey;
 pub use processing::{run, LoopError};
 
 /// One consumed record, owned so handlers can hold it across awaits.
@@ -214,6 +218,8 @@ pub struct LoopConfig {
     /// How long to wait for more records before processing a partial batch.
     pub linger: Duration,
     pub transaction_timeout: Duration,
+    /// Per-key ordering on the retry path; needs [`Guarantee::ExactlyOnce`].
+    pub per_key: Option<PerKey>,
 }
 
 impl LoopConfig {
@@ -226,6 +232,7 @@ impl LoopConfig {
             max_batch: 2000,
             linger: Duration::from_millis(50),
             transaction_timeout: Duration::from_secs(30),
+            per_key: None,
         }
     }
 }

@@ -2,15 +2,12 @@
 //! outputs and offsets together (exactly-once) or in order (at-least-once).
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use rdkafka::client::ClientContext;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -20,6 +17,8 @@ use sluice_runtime::Shutdown;
 use super::failure::{FailureRouter, Routed};
 use super::headers as h;
 use super::metrics::LoopMetrics;
+use super::ordering::{self, Decision, KeyOrdering, OrderingError};
+use super::rebalance::{LoopContext, TopicPartition};
 use super::{Guarantee, Handler, LoopConfig, Output, Record};
 
 #[derive(Debug, thiserror::Error)]
@@ -35,29 +34,15 @@ pub enum LoopError {
     },
     #[error("restoring state for newly assigned partitions failed: {0}")]
     Restore(String),
+    #[error("input topics missing from the cluster: {0} (run `sluice topology apply`)")]
+    MissingTopics(String),
+    #[error(transparent)]
+    Ordering(#[from] OrderingError),
 }
 
 fn kafka(what: &'static str) -> impl FnOnce(KafkaError) -> LoopError {
     move |source| LoopError::Kafka { what, source }
 }
-
-/// Notes rebalances so the loop can restore or drop state between batches.
-#[derive(Default)]
-struct LoopContext {
-    changed: AtomicBool,
-}
-
-impl ClientContext for LoopContext {}
-
-impl ConsumerContext for LoopContext {
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if !matches!(rebalance, Rebalance::Error(_)) {
-            self.changed.store(true, Ordering::SeqCst);
-        }
-    }
-}
-
-type TopicPartition = (String, i32);
 
 /// Runs the loop until shutdown. Returns an error only for failures a restart must fix
 /// (a fenced producer, a broken state restore).
@@ -69,12 +54,31 @@ pub async fn run<H: Handler>(
     metrics: LoopMetrics,
     shutdown: Shutdown,
 ) -> Result<(), LoopError> {
+    if let Some(per_key) = &config.per_key {
+        per_key.check_guarantee(config.guarantee)?;
+    }
+    // Per-key ordering needs partition i of every topic on one member (see `ordering`):
+    // `range` does that for topics with equal partition counts, checked below.
+    let assignor = match config.per_key {
+        Some(_) => "range",
+        None => "cooperative-sticky",
+    };
     let consumer: StreamConsumer<LoopContext> = clients
         .consumer_config("consumer", &config.group)?
-        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("partition.assignment.strategy", assignor)
         .create_with_context(LoopContext::default())
         .map_err(kafka("creating the consumer"))?;
+    let ordering: Option<Arc<KeyOrdering>> = match &config.per_key {
+        Some(per_key) => {
+            let mut all = config.topics.clone();
+            all.push(per_key.held_topic.clone());
+            blocking(|| ordering::check_partitions(&consumer, &per_key.policy, &all))?;
+            Some(Arc::new(KeyOrdering::new(per_key.clone(), router.clone())))
+        }
+        None => None,
+    };
     let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
+    blocking(|| wait_for_topics(&consumer, &topics, TOPICS_TIMEOUT))?;
     consumer.subscribe(&topics).map_err(kafka("subscribing"))?;
 
     let producer: FutureProducer = match config.guarantee {
@@ -122,6 +126,7 @@ pub async fn run<H: Handler>(
         .with_label_values(&[&group])
         .set(0);
     metrics.in_flight.with_label_values(&[&group]).set(0);
+    metrics.held_keys.with_label_values(&[&group]).set(0);
     let mut assigned: HashSet<TopicPartition> = HashSet::new();
     // Retry-tier partitions waiting for their next record to be due.
     let mut paused: BTreeMap<TopicPartition, i64> = BTreeMap::new();
@@ -142,7 +147,11 @@ pub async fn run<H: Handler>(
             _ = tokio::time::sleep(wait) => {}
             first = consumer.recv() => {
                 match first {
-                    Ok(m) => batch.push(Record::from_message(&m)),
+                    Ok(m) => {
+                        // Only forgets revocations from before this batch.
+                        consumer.context().drop_revoked(&mut batch);
+                        batch.push(Record::from_message(&m));
+                    }
                     Err(e) => {
                         consume_error(e, &group)?;
                         continue;
@@ -152,7 +161,10 @@ pub async fn run<H: Handler>(
                 while batch.len() < config.max_batch {
                     let left = deadline.saturating_duration_since(Instant::now());
                     match tokio::time::timeout(left, consumer.recv()).await {
-                        Ok(Ok(m)) => batch.push(Record::from_message(&m)),
+                        Ok(Ok(m)) => {
+                            consumer.context().drop_revoked(&mut batch);
+                            batch.push(Record::from_message(&m));
+                        }
                         Ok(Err(e)) => {
                             consume_error(e, &group)?;
                             break;
@@ -163,6 +175,7 @@ pub async fn run<H: Handler>(
             }
         }
 
+        consumer.context().drop_revoked(&mut batch);
         if consumer.context().changed.swap(false, Ordering::SeqCst) {
             let now: HashSet<TopicPartition> = consumer
                 .assignment()
@@ -171,21 +184,44 @@ pub async fn run<H: Handler>(
                 .iter()
                 .map(|e| (e.topic().to_string(), e.partition()))
                 .collect();
-            let revoked: Vec<TopicPartition> = assigned.difference(&now).cloned().collect();
-            let added: Vec<TopicPartition> = now.difference(&assigned).cloned().collect();
+            let (revoked, added) = consumer.context().changes(&assigned, &now);
             if !revoked.is_empty() {
                 tracing::info!(group, ?revoked, "partitions revoked");
                 for tp in &revoked {
                     paused.remove(tp);
                 }
                 handler.on_revoked(&revoked);
+                if let Some(o) = &ordering {
+                    o.forget(&revoked.iter().map(|(_, p)| *p).collect());
+                }
             }
             if !added.is_empty() {
                 tracing::info!(group, ?added, "partitions assigned");
+                // A partition paused before a revocation starts afresh.
+                let mut tpl = TopicPartitionList::new();
+                for (t, p) in &added {
+                    tpl.add_partition(t, *p);
+                }
+                let _ = consumer.resume(&tpl);
                 handler
                     .on_assigned(&added)
                     .await
                     .map_err(|e| LoopError::Restore(e.to_string()))?;
+                if let Some(o) = &ordering {
+                    let indices: HashSet<i32> = added.iter().map(|(_, p)| *p).collect();
+                    let n = blocking(|| o.restore(clients, &indices))?;
+                    tracing::info!(group, partitions = ?indices, keys = n, "held keys restored");
+                }
+            }
+            metrics
+                .paused_partitions
+                .with_label_values(&[&group])
+                .set(paused.len() as i64);
+            if let Some(o) = &ordering {
+                metrics
+                    .held_keys
+                    .with_label_values(&[&group])
+                    .set(o.held() as i64);
             }
             assigned = now;
             batch.retain(|r| assigned.contains(&(r.topic.clone(), r.partition)));
@@ -212,14 +248,21 @@ pub async fn run<H: Handler>(
             .collect();
         // Each partition's records on their own task, so handlers use every core.
         let tasks = by_partition.into_iter().map(|(tp, records)| {
-            let (handler, router, metrics, group) = (
+            let (handler, router, metrics, group, ordering) = (
                 handler.clone(),
                 router.clone(),
                 metrics.clone(),
                 group.clone(),
+                ordering.clone(),
             );
             tokio::spawn(async move {
-                handle_partition(tp, records, &*handler, &router, &metrics, &group).await
+                let ctx = PartitionContext {
+                    router: &router,
+                    ordering: ordering.as_deref(),
+                    metrics: &metrics,
+                    group: &group,
+                };
+                handle_partition(tp, records, &*handler, &ctx).await
             })
         });
         let mut results = Vec::new();
@@ -229,11 +272,11 @@ pub async fn run<H: Handler>(
             );
         }
 
-        let mut outputs: Vec<Output> = Vec::new();
+        let mut stamped: Vec<(u64, Output)> = Vec::new();
         let mut offsets = TopicPartitionList::new();
         let mut to_pause: Vec<(TopicPartition, i64, i64)> = Vec::new();
         for result in results {
-            outputs.extend(result.outputs);
+            stamped.extend(result.outputs);
             if let Some(next) = result.next_offset {
                 offsets
                     .add_partition_offset(&result.tp.0, result.tp.1, Offset::Offset(next))
@@ -244,6 +287,15 @@ pub async fn run<H: Handler>(
             }
         }
 
+        // Under per-key ordering a key's records may be handled by different partition tasks
+        // (main topic, tiers) in one batch: write outputs in the order their records were let
+        // through, so a released key's outputs cannot come out ahead of its head's.
+        stamped.sort_by_key(|(stamp, _)| *stamp);
+        let mut outputs: Vec<Output> = stamped.into_iter().map(|(_, o)| o).collect();
+        if let Some(o) = &ordering {
+            // Each changed key's final state, after every partition task is done.
+            outputs.extend(o.batch_writes());
+        }
         outputs.extend(handler.batch_outputs());
         let committed = match config.guarantee {
             Guarantee::ExactlyOnce => {
@@ -255,6 +307,13 @@ pub async fn run<H: Handler>(
         };
         metrics.in_flight.with_label_values(&[&group]).set(0);
         handler.on_batch_end(committed.is_ok());
+        if let Some(o) = &ordering {
+            let held = o.finish_batch(committed.is_ok());
+            metrics
+                .held_keys
+                .with_label_values(&[&group])
+                .set(held as i64);
+        }
         match committed {
             Ok(()) => {
                 metrics
@@ -309,21 +368,34 @@ pub async fn run<H: Handler>(
 
 struct PartitionResult {
     tp: TopicPartition,
-    outputs: Vec<Output>,
+    /// Each with the stamp of its record (see [`KeyOrdering::decide`]; 0 without ordering).
+    outputs: Vec<(u64, Output)>,
     /// Offset to commit (one past the last record handled), if any was.
     next_offset: Option<i64>,
     /// A retry record that is not yet due: its offset and due time.
     wait_until: Option<(i64, i64)>,
 }
 
+/// What a partition task shares with the loop.
+struct PartitionContext<'a> {
+    router: &'a FailureRouter,
+    ordering: Option<&'a KeyOrdering>,
+    metrics: &'a LoopMetrics,
+    group: &'a str,
+}
+
 async fn handle_partition<H: Handler>(
     tp: TopicPartition,
     records: Vec<Record>,
     handler: &H,
-    router: &FailureRouter,
-    metrics: &LoopMetrics,
-    group: &str,
+    ctx: &PartitionContext<'_>,
 ) -> PartitionResult {
+    let PartitionContext {
+        router,
+        metrics,
+        group,
+        ..
+    } = *ctx;
     let mut result = PartitionResult {
         tp,
         outputs: Vec::new(),
@@ -337,6 +409,20 @@ async fn handle_partition<H: Handler>(
                 break;
             }
         }
+        let (stamp, decision) = match ctx.ordering {
+            Some(o) => o.decide(&record),
+            None => (0, Decision::Free),
+        };
+        let slot = match decision {
+            Decision::Forward(copy) => {
+                // Waits behind its key's head, unhandled.
+                result.outputs.push((stamp, copy));
+                result.next_offset = Some(record.offset + 1);
+                continue;
+            }
+            Decision::Handle(slot) => Some(slot),
+            Decision::Free => None,
+        };
         let started = Instant::now();
         let outcome = handler.handle(&record).await;
         metrics
@@ -350,10 +436,21 @@ async fn handle_partition<H: Handler>(
                     .records
                     .with_label_values(&[group, &topic, "ok"])
                     .inc();
-                result.outputs.extend(outputs);
+                result
+                    .outputs
+                    .extend(outputs.into_iter().map(|o| (stamp, o)));
+                if let (Some(o), Some(slot)) = (ctx.ordering, &slot) {
+                    o.resolved(slot);
+                }
             }
             Err(error) => {
-                let (routed, copy) = router.route(&record, &error, now_ms());
+                let (routed, mut copy) = router.route(&record, &error, now_ms());
+                if let (Some(o), Some(slot)) = (ctx.ordering, &slot) {
+                    match routed {
+                        Routed::Retry { tier, .. } => o.retried(slot, tier, &mut copy),
+                        Routed::DeadLetter => o.resolved(slot),
+                    }
+                }
                 match routed {
                     Routed::Retry { tier, .. } => {
                         metrics
@@ -377,7 +474,7 @@ async fn handle_partition<H: Handler>(
                     }
                 }
                 tracing::debug!(group, topic = record.topic, offset = record.offset, %error, ?routed, "record failed");
-                result.outputs.push(copy);
+                result.outputs.push((stamp, copy));
             }
         }
         result.next_offset = Some(record.offset + 1);
@@ -536,6 +633,42 @@ fn pause_at(
             }
             Err(e) => return Err(kafka("rewinding a retry partition")(e)),
         }
+    }
+}
+
+/// How long the loop waits at start for its input topics to appear in the cluster metadata.
+const TOPICS_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Waits until the broker's metadata has every input topic. A subscribed topic the group
+/// leader does not see when the group forms is left out of the assignment until the next
+/// metadata refresh, minutes later: a topic created just before the loop starts (a fresh
+/// deployment, a new retry tier) would sit unread.
+fn wait_for_topics(
+    consumer: &StreamConsumer<LoopContext>,
+    topics: &[&str],
+    timeout: Duration,
+) -> Result<(), LoopError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let metadata = consumer
+            .fetch_metadata(None, Duration::from_secs(5))
+            .map_err(kafka("reading cluster metadata"))?;
+        let missing: Vec<&str> = topics
+            .iter()
+            .copied()
+            .filter(|t| {
+                !metadata.topics().iter().any(|m| {
+                    m.name() == *t && m.error().is_none() && !m.partitions().is_empty()
+                })
+            })
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(LoopError::MissingTopics(missing.join(", ")));
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
