@@ -18,6 +18,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use anyhow::Context;
+use sluice_runtime::kafka::KafkaClients;
 use sluice_runtime::SluiceConfig;
 use sluice_schemas::Catalog;
 use sluice_topology::Topology;
@@ -39,4 +40,17 @@ pub fn load(config: &SluiceConfig, flag: Option<PathBuf>) -> anyhow::Result<(Cat
     let types: BTreeSet<String> = catalog.event_types().map(str::to_string).collect();
     let topology = Topology::load(&topology_path(config, flag), &types)?;
     Ok((catalog, topology))
+}
+
+/// Kafka clients for a processing loop with static group membership (`group.instance.id` =
+/// the instance id): an instance restarted after a crash takes its partitions back at once
+/// instead of leaving them idle until its old session times out. Two processes must not
+/// share an instance id within one group.
+pub fn static_member(config: &SluiceConfig, instance: &str) -> KafkaClients {
+    let mut kafka = config.kafka.clone();
+    kafka
+        .properties
+        .entry("group.instance.id".into())
+        .or_insert_with(|| instance.to_string());
+    KafkaClients::new(kafka)
 }

@@ -138,7 +138,7 @@ pub async fn run(config: &SluiceConfig, args: NormalizeArgs) -> anyhow::Result<E
     readiness.set("normalizer", true);
     tracing::info!(instance, ?guarantee, "normalizer running");
     runtime::run(
-        &clients,
+        &super::static_member(config, &instance),
         loop_config,
         router,
         Arc::new(handler),

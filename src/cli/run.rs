@@ -175,13 +175,10 @@ pub async fn run(
         let mut topics = handler.raw_topics();
         topics.extend(router.tiers.iter().map(|t| t.topic.clone()));
         let group = sluice_consumers::normalizer::group(&topology.prefix);
-        let loop_config = LoopConfig::new(
-            &group,
-            &format!("{instance}-normalizer"),
-            topics,
-            Guarantee::ExactlyOnce,
-        );
-        let (c, m, s) = (clients.clone(), loop_metrics.clone(), shutdown.clone());
+        let member = format!("{instance}-normalizer");
+        let loop_config = LoopConfig::new(&group, &member, topics, Guarantee::ExactlyOnce);
+        let c = super::static_member(config, &member);
+        let (m, s) = (loop_metrics.clone(), shutdown.clone());
         tasks.spawn(async move {
             let r = runtime::run(&c, loop_config, router, Arc::new(handler), m, s).await;
             (Role::Normalizer, r.map_err(Into::into))

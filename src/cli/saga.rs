@@ -239,7 +239,7 @@ pub async fn run_orchestrator(config: &SluiceConfig, args: SagasArgs) -> anyhow:
     readiness.set("sagas", true);
     tracing::info!(instance, sagas = ?orchestrator.sagas().iter().map(|s| &s.def.name).collect::<Vec<_>>(), "saga orchestrator running");
     let result = runtime::run(
-        &static_member(config, &instance),
+        &super::static_member(config, &instance),
         loop_config,
         router,
         orchestrator,
@@ -285,17 +285,6 @@ impl Process {
             registry: RegistryClient::new(&config.registry)?,
         })
     }
-}
-
-/// Kafka clients for a processing loop with static group membership: a restarted instance
-/// takes its partitions back at once instead of waiting for its old session to time out.
-fn static_member(config: &SluiceConfig, instance: &str) -> KafkaClients {
-    let mut kafka = config.kafka.clone();
-    kafka
-        .properties
-        .entry("group.instance.id".into())
-        .or_insert_with(|| instance.to_string());
-    KafkaClients::new(kafka)
 }
 
 /// The orchestrator's failure routing: the topology's `sagas` retry policy when it has one,
@@ -661,7 +650,7 @@ async fn participants(config: &SluiceConfig, args: ParticipantArgs) -> anyhow::R
         let (metrics, shutdown, clients) = (
             loop_metrics.clone(),
             shutdown.clone(),
-            static_member(config, &member),
+            super::static_member(config, &member),
         );
         tracing::info!(role, topics = ?spec.command_topics, "saga participant running");
         loops.push(tokio::spawn(async move {
