@@ -29,12 +29,8 @@ const SAGA: &str = "order-fulfillment";
 
 /// The reference saga with test-sized timeouts, under `prefix`.
 fn topology(prefix: &str) -> String {
-    let catalog = Catalog::embedded().unwrap();
-    let types = catalog.event_types().map(str::to_string).collect();
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/topology/topology.yaml");
-    let reference = Topology::load(path.as_ref(), &types).unwrap();
     scratch_topology(
-        &reference,
+        &crate::support::reference_topology(),
         SAGA,
         &Scratch {
             prefix,
@@ -287,20 +283,25 @@ async fn place(publisher: &Publisher, id: &str, skus: &[&str]) {
 
 /// Lifecycle event types by saga id, read from the start of the lifecycle topic until
 /// `done` says enough (or `timeout`).
-struct Lifecycle {
+pub struct Lifecycle {
     reader: StreamConsumer,
     seen: Vec<Seen>,
 }
 
 impl Lifecycle {
     fn new(d: &Deployment) -> Self {
+        Self::on(&d.topic("events.sagas"))
+    }
+
+    /// Reads the lifecycle topic `topic`.
+    pub fn on(topic: &str) -> Self {
         Self {
-            reader: reader(&d.topic("events.sagas")),
+            reader: reader(topic),
             seen: Vec::new(),
         }
     }
 
-    async fn until(
+    pub async fn until(
         &mut self,
         timeout: Duration,
         done: impl Fn(&BTreeMap<String, Vec<String>>) -> bool,
@@ -327,7 +328,7 @@ impl Lifecycle {
         .await
     }
 
-    fn by_id(&self) -> BTreeMap<String, Vec<String>> {
+    pub fn by_id(&self) -> BTreeMap<String, Vec<String>> {
         let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (key, headers, _) in &self.seen {
             let t = String::from_utf8_lossy(&headers["ce_type"]);
