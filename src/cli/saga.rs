@@ -624,7 +624,7 @@ async fn participants(config: &SluiceConfig, args: ParticipantArgs) -> anyhow::R
     let instance = args
         .instance_id
         .unwrap_or_else(|| super::normalize::default_instance_id("participant"));
-    let mut loops = Vec::new();
+    let mut loops = tokio::task::JoinSet::new();
     for spec in specs {
         let role = spec.role.clone();
         let demo = DemoParticipant::new(&role, faults.clone(), args.effects_log.as_deref())
@@ -653,7 +653,7 @@ async fn participants(config: &SluiceConfig, args: ParticipantArgs) -> anyhow::R
             super::static_member(config, &member),
         );
         tracing::info!(role, topics = ?spec.command_topics, "saga participant running");
-        loops.push(tokio::spawn(async move {
+        loops.spawn(async move {
             let router = spec.failure_router();
             runtime::run(
                 &clients,
@@ -665,12 +665,15 @@ async fn participants(config: &SluiceConfig, args: ParticipantArgs) -> anyhow::R
             )
             .await
             .with_context(|| format!("participant {role}"))
-        }));
+        });
     }
     readiness.set("participants", true);
+    // Whichever role's loop fails first (a producer fenced after a broker restart) stops the
+    // others, so the process exits and its supervisor restarts it; waiting on the loops in
+    // order would leave a dead role unnoticed behind one that never ends.
     let mut failed = None;
-    for l in loops {
-        if let Err(e) = l.await? {
+    while let Some(done) = loops.join_next().await {
+        if let Err(e) = done? {
             shutdown.trigger();
             failed.get_or_insert(e);
         }
