@@ -56,44 +56,10 @@ struct Deployment {
     topology: Topology,
 }
 
-/// The deployment's topics and subjects go when the test ends, passed or not: each
-/// deployment registers 27 subjects, and the shared registry lists only its first 1000
-/// subjects, which is all a publisher checks.
+/// The deployment's topics and subjects go when the test ends, passed or not.
 impl Drop for Deployment {
     fn drop(&mut self) {
-        let subjects: Vec<String> = self
-            .topology
-            .registrations()
-            .into_iter()
-            .map(|(topic, t)| self.topology.subjects.naming.subject(&topic, &t))
-            .collect();
-        let empty = temp_file("empty.yaml", &format!("prefix: {}\n", self.prefix));
-        let base = registry().url;
-        let _ = std::thread::spawn(move || {
-            let _ = crate::support::sluice(&[
-                "topology",
-                "apply",
-                "--allow-delete",
-                "--topology",
-                &empty.display().to_string(),
-            ]);
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async {
-                let http = reqwest::Client::new();
-                for subject in subjects {
-                    for query in ["", "?permanent=true"] {
-                        let _ = http
-                            .delete(format!("{base}/subjects/{subject}{query}"))
-                            .send()
-                            .await;
-                    }
-                }
-            });
-        })
-        .join();
+        crate::support::remove_deployment(&self.topology);
     }
 }
 
@@ -125,9 +91,7 @@ impl Deployment {
             .await;
             assert!(ok, "{cmd:?}: {out}{err}");
         }
-        let catalog = Catalog::embedded().unwrap();
-        let types = catalog.event_types().map(str::to_string).collect();
-        let topology = Topology::load(file.as_ref(), &types).unwrap();
+        let topology = crate::support::load_topology(file.as_ref());
         let effects = std::path::Path::new(&file).with_file_name("effects.log");
         Self {
             prefix,

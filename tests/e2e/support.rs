@@ -133,12 +133,16 @@ impl Drop for StackGuard {
     }
 }
 
-/// The reference topology, `topology/topology.yaml`, loaded against the embedded catalog.
-pub fn reference_topology() -> sluice_topology::Topology {
+/// The topology at `path`, loaded against the embedded catalog.
+pub fn load_topology(path: &std::path::Path) -> sluice_topology::Topology {
     let catalog = sluice_schemas::Catalog::embedded().unwrap();
     let types = catalog.event_types().map(str::to_string).collect();
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/topology/topology.yaml");
-    sluice_topology::Topology::load(path.as_ref(), &types).unwrap()
+    sluice_topology::Topology::load(path, &types).unwrap()
+}
+
+/// The reference topology, `topology/topology.yaml`.
+pub fn reference_topology() -> sluice_topology::Topology {
+    load_topology(concat!(env!("CARGO_MANIFEST_DIR"), "/topology/topology.yaml").as_ref())
 }
 
 /// The status `<admin>/health/ready` answers (0 when nothing answers).
@@ -170,4 +174,42 @@ pub async fn wait_ready(
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Deletes a test deployment's topics and its registry subjects. Call it when a test that
+/// deploys a saga topology ends, passed or not: each registers about 30 subjects, and the
+/// shared registry lists only its first 1000 subjects, which is all a publisher checks.
+pub fn remove_deployment(topology: &sluice_topology::Topology) {
+    let subjects: Vec<String> = topology
+        .registrations()
+        .into_iter()
+        .map(|(topic, t)| topology.subjects.naming.subject(&topic, &t))
+        .collect();
+    let empty = temp_file("empty.yaml", &format!("prefix: {}\n", topology.prefix));
+    let base = registry().url;
+    let _ = std::thread::spawn(move || {
+        let _ = sluice(&[
+            "topology",
+            "apply",
+            "--allow-delete",
+            "--topology",
+            &empty.display().to_string(),
+        ]);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let http = reqwest::Client::new();
+            for subject in subjects {
+                for query in ["", "?permanent=true"] {
+                    let _ = http
+                        .delete(format!("{base}/subjects/{subject}{query}"))
+                        .send()
+                        .await;
+                }
+            }
+        });
+    })
+    .join();
 }
