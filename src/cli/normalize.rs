@@ -99,6 +99,10 @@ pub async fn run(config: &SluiceConfig, args: NormalizeArgs) -> anyhow::Result<E
 
     let clients = KafkaClients::new(config.kafka.clone());
     let registry = RegistryClient::new(&config.registry)?;
+    super::wait_for_registry(&registry, &shutdown).await;
+    if shutdown.is_triggered() {
+        return Ok(ExitCode::SUCCESS);
+    }
     let handler = Normalizer::new(
         clients.clone(),
         &registry,

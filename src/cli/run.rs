@@ -122,6 +122,12 @@ pub async fn run(
     .with_context(|| format!("starting the admin server on {}", config.admin.listen))?;
     let clients = KafkaClients::new(config.kafka.clone());
     let registry = RegistryClient::new(&config.registry)?;
+    if roles.contains(&Role::Normalizer) {
+        super::wait_for_registry(&registry, &shutdown).await;
+        if shutdown.is_triggered() {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
     let loop_metrics = LoopMetrics::new(&metrics)?;
     let instance = args
         .instance_id

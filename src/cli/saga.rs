@@ -277,12 +277,14 @@ impl Process {
         )
         .await
         .with_context(|| format!("starting the admin server on {}", config.admin.listen))?;
+        let registry = RegistryClient::new(&config.registry)?;
+        super::wait_for_registry(&registry, &shutdown).await;
         Ok(Self {
             shutdown,
             metrics_registry,
             readiness,
             clients: KafkaClients::new(config.kafka.clone()),
-            registry: RegistryClient::new(&config.registry)?,
+            registry,
         })
     }
 }

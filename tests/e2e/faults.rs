@@ -7,8 +7,8 @@
 //!   503, never 2xx, while it is down;
 //! - `role_kills`: each role in turn is killed with SIGKILL and restarted;
 //! - `registry_outage`: the schema registry is stopped for about ten seconds, and the
-//!   consumer roles are killed while it is gone (they cannot start without it, so they are
-//!   restarted until it is back) while the gateway keeps accepting;
+//!   consumer roles are killed while it is gone: restarted, each must wait for the registry
+//!   (not exit) and then catch up, while the gateway keeps accepting;
 //! - `bad_input`: tampered signatures, replayed timestamps, oversized bodies, invalid JSON
 //!   from a verified sender, unknown event types and schema-incompatible publishes, at
 //!   volume, between good deliveries.
@@ -1006,6 +1006,14 @@ async fn registry_outage() {
     let a = account(&cluster, "registry outage", &answers, fault, started).await;
     assert_eq!(a.sent, payments + orders);
     assert_eq!(a.accepted, payments + orders, "the gateway kept accepting");
+    // Started during the outage, each role waited for the registry instead of exiting.
+    let restarts = cluster.restarts();
+    for role in ["normalizer", "sagas", "participants"] {
+        assert_eq!(
+            restarts[role], 1,
+            "{role} started once after its kill: {restarts:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
