@@ -25,9 +25,12 @@ deploy:
 test: stack lint
 	dev/test
 
-# The fault suite alone (kills and restarts the broker; real processes).
+# The fault suite alone, long version (kills and restarts the broker and every role, stops
+# the registry; real processes; prints an accounting table per scenario; docs/faults.md).
+# `make test` runs the same scenarios at scale 1.
+SLUICE_FAULTS_SCALE ?= 5
 faults: stack
-	cargo test --locked --test e2e -- --ignored --test-threads=1 --nocapture
+	SLUICE_FAULTS_SCALE=$(SLUICE_FAULTS_SCALE) cargo test --locked --test e2e -- --ignored --test-threads=1 --nocapture
 
 # Benchmarks against the live stack, release build.
 bench: stack

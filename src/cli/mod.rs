@@ -18,8 +18,9 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use sluice_runtime::SluiceConfig;
-use sluice_schemas::Catalog;
+use sluice_runtime::kafka::KafkaClients;
+use sluice_runtime::{Shutdown, SluiceConfig};
+use sluice_schemas::{Catalog, RegistryClient};
 use sluice_topology::Topology;
 
 /// What to run when the local stack is not reachable.
@@ -39,4 +40,38 @@ pub fn load(config: &SluiceConfig, flag: Option<PathBuf>) -> anyhow::Result<(Cat
     let types: BTreeSet<String> = catalog.event_types().map(str::to_string).collect();
     let topology = Topology::load(&topology_path(config, flag), &types)?;
     Ok((catalog, topology))
+}
+
+/// Kafka clients for a processing loop with static group membership (`group.instance.id` =
+/// the instance id): an instance restarted after a crash takes its partitions back at once
+/// instead of leaving them idle until its old session times out. Two processes must not
+/// share an instance id within one group.
+pub fn static_member(config: &SluiceConfig, instance: &str) -> KafkaClients {
+    let mut kafka = config.kafka.clone();
+    kafka
+        .properties
+        .entry("group.instance.id".into())
+        .or_insert_with(|| instance.to_string());
+    KafkaClients::new(kafka)
+}
+
+/// Waits while the schema registry cannot be reached (a timeout, a refused connection, a 5xx),
+/// retrying with a backoff up to 5 s, so that a role started during a registry outage starts
+/// once the registry is back instead of exiting; returns at once when it answers, whatever
+/// the answer, and early on shutdown. Roles resolve their schemas right after this.
+pub async fn wait_for_registry(registry: &RegistryClient, shutdown: &Shutdown) {
+    let mut delay = std::time::Duration::from_millis(500);
+    loop {
+        match registry.subjects().await {
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %e, retry_in = ?delay, "the schema registry is unreachable; waiting for it before starting");
+            }
+            _ => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.wait() => return,
+        }
+        delay = (delay * 2).min(std::time::Duration::from_secs(5));
+    }
 }

@@ -108,6 +108,10 @@ pub async fn run(config: &SluiceConfig, args: NormalizeArgs) -> anyhow::Result<E
 
     let clients = KafkaClients::new(config.kafka.clone());
     let registry = RegistryClient::new(&config.registry)?;
+    super::wait_for_registry(&registry, &shutdown).await;
+    if shutdown.is_triggered() {
+        return Ok(ExitCode::SUCCESS);
+    }
     let handler = Normalizer::new(
         clients.clone(),
         &registry,
@@ -148,7 +152,7 @@ pub async fn run(config: &SluiceConfig, args: NormalizeArgs) -> anyhow::Result<E
     readiness.set("normalizer", true);
     tracing::info!(instance, ?guarantee, "normalizer running");
     runtime::run(
-        &clients,
+        &super::static_member(config, &instance),
         loop_config,
         router,
         Arc::new(handler),

@@ -122,6 +122,12 @@ pub async fn run(
     .with_context(|| format!("starting the admin server on {}", config.admin.listen))?;
     let clients = KafkaClients::new(config.kafka.clone());
     let registry = RegistryClient::new(&config.registry)?;
+    if roles.contains(&Role::Normalizer) {
+        super::wait_for_registry(&registry, &shutdown).await;
+        if shutdown.is_triggered() {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
     let loop_metrics = LoopMetrics::new(&metrics)?;
     let instance = args
         .instance_id
@@ -175,15 +181,12 @@ pub async fn run(
         let mut topics = handler.raw_topics();
         topics.extend(router.tiers.iter().map(|t| t.topic.clone()));
         let group = sluice_consumers::normalizer::group(&topology.prefix);
-        let mut loop_config = LoopConfig::new(
-            &group,
-            &format!("{instance}-normalizer"),
-            topics,
-            Guarantee::ExactlyOnce,
-        );
+        let member = format!("{instance}-normalizer");
+        let mut loop_config = LoopConfig::new(&group, &member, topics, Guarantee::ExactlyOnce);
         loop_config.per_key =
             super::normalize::per_key(&topology, sluice_consumers::normalizer::RETRY_POLICY);
-        let (c, m, s) = (clients.clone(), loop_metrics.clone(), shutdown.clone());
+        let c = super::static_member(config, &member);
+        let (m, s) = (loop_metrics.clone(), shutdown.clone());
         tasks.spawn(async move {
             let r = runtime::run(&c, loop_config, router, Arc::new(handler), m, s).await;
             (Role::Normalizer, r.map_err(Into::into))

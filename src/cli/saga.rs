@@ -246,7 +246,7 @@ pub async fn run_orchestrator(config: &SluiceConfig, args: SagasArgs) -> anyhow:
     readiness.set("sagas", true);
     tracing::info!(instance, sagas = ?orchestrator.sagas().iter().map(|s| &s.def.name).collect::<Vec<_>>(), "saga orchestrator running");
     let result = runtime::run(
-        &static_member(config, &instance),
+        &super::static_member(config, &instance),
         loop_config,
         router,
         orchestrator,
@@ -284,25 +284,16 @@ impl Process {
         )
         .await
         .with_context(|| format!("starting the admin server on {}", config.admin.listen))?;
+        let registry = RegistryClient::new(&config.registry)?;
+        super::wait_for_registry(&registry, &shutdown).await;
         Ok(Self {
             shutdown,
             metrics_registry,
             readiness,
             clients: KafkaClients::new(config.kafka.clone()),
-            registry: RegistryClient::new(&config.registry)?,
+            registry,
         })
     }
-}
-
-/// Kafka clients for a processing loop with static group membership: a restarted instance
-/// takes its partitions back at once instead of waiting for its old session to time out.
-fn static_member(config: &SluiceConfig, instance: &str) -> KafkaClients {
-    let mut kafka = config.kafka.clone();
-    kafka
-        .properties
-        .entry("group.instance.id".into())
-        .or_insert_with(|| instance.to_string());
-    KafkaClients::new(kafka)
 }
 
 /// The orchestrator's failure routing: the topology's `sagas` retry policy when it has one,
@@ -642,7 +633,7 @@ async fn participants(config: &SluiceConfig, args: ParticipantArgs) -> anyhow::R
     let instance = args
         .instance_id
         .unwrap_or_else(|| super::normalize::default_instance_id("participant"));
-    let mut loops = Vec::new();
+    let mut loops = tokio::task::JoinSet::new();
     for spec in specs {
         let role = spec.role.clone();
         let demo = DemoParticipant::new(&role, faults.clone(), args.effects_log.as_deref())
@@ -668,10 +659,10 @@ async fn participants(config: &SluiceConfig, args: ParticipantArgs) -> anyhow::R
         let (metrics, shutdown, clients) = (
             loop_metrics.clone(),
             shutdown.clone(),
-            static_member(config, &member),
+            super::static_member(config, &member),
         );
         tracing::info!(role, topics = ?spec.command_topics, "saga participant running");
-        loops.push(tokio::spawn(async move {
+        loops.spawn(async move {
             let router = spec.failure_router();
             runtime::run(
                 &clients,
@@ -683,12 +674,15 @@ async fn participants(config: &SluiceConfig, args: ParticipantArgs) -> anyhow::R
             )
             .await
             .with_context(|| format!("participant {role}"))
-        }));
+        });
     }
     readiness.set("participants", true);
+    // Whichever role's loop fails first (a producer fenced after a broker restart) stops the
+    // others, so the process exits and its supervisor restarts it; waiting on the loops in
+    // order would leave a dead role unnoticed behind one that never ends.
     let mut failed = None;
-    for l in loops {
-        if let Err(e) = l.await? {
+    while let Some(done) = loops.join_next().await {
+        if let Err(e) = done? {
             shutdown.trigger();
             failed.get_or_insert(e);
         }

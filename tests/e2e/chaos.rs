@@ -14,33 +14,16 @@ use std::time::Duration;
 use crate::normalizer::{
     deploy, fixture, read_until, reader, send_payment, send_raw, spawn_sluice, ChildGuard,
 };
-use crate::support::{clients, require_stack};
+use crate::support::{clients, require_stack, stack, StackGuard};
 
 const DISTINCT: usize = 300;
 const POISON: usize = 10;
-
-fn stack(cmd: &str) {
-    let status = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/dev/stack"))
-        .arg(cmd)
-        .status()
-        .expect("run dev/stack");
-    assert!(status.success(), "dev/stack {cmd} failed");
-}
-
-/// Brings the broker back even when the test fails half-way.
-struct BrokerGuard;
-
-impl Drop for BrokerGuard {
-    fn drop(&mut self) {
-        stack("broker-start");
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "kills and restarts the shared broker; run by `make test` in its serial step"]
 async fn exactly_once_survives_normalizer_kills_and_a_broker_restart() {
     require_stack().await;
-    let _broker = BrokerGuard;
+    let _broker = StackGuard("broker-start");
     let prefix = format!("c{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
     let file = deploy(&prefix).await;
     let raw = format!("{prefix}.raw.stripe");

@@ -123,13 +123,15 @@ fn compose_broker_settings_match_the_dev_stack() {
 }
 
 /// Every `-Dapicurio.…` system property dev/stack starts the registry with, as Quarkus
-/// environment names (`apicurio.storage.kind` → `APICURIO_STORAGE_KIND`).
+/// environment names (`apicurio.storage.kind` → `APICURIO_STORAGE_KIND`), except those
+/// naming a path in the stack's state directory (where the local registry keeps its data).
 fn dev_stack_registry_settings() -> BTreeMap<String, String> {
     let script = std::fs::read_to_string(root().join("dev/stack")).unwrap();
     script
         .split_whitespace()
         .filter_map(|word| word.strip_prefix("-Dapicurio."))
         .filter_map(|setting| setting.split_once('='))
+        .filter(|(_, v)| !v.contains("$STATE"))
         .map(|(k, v)| {
             (
                 format!("APICURIO_{}", k.to_uppercase().replace(['.', '-'], "_")),

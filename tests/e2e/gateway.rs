@@ -15,7 +15,9 @@ use rdkafka::{Offset, TopicPartitionList};
 use sluice_producers::gateway::raw_record;
 use sluice_producers::sign;
 
-use crate::support::{clients, require_stack, sluice_async, temp_file};
+use crate::support::{
+    clients, ready_status, require_stack, sluice_async, stack, temp_file, wait_ready, StackGuard,
+};
 
 // ---------------------------------------------------------------------------------------------
 // Harness
@@ -100,31 +102,17 @@ impl GatewayProcess {
     }
 
     async fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        let http = reqwest::Client::new();
-        loop {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+        let child = self.child.as_mut().unwrap();
+        let log = &self.log;
+        let exited = || {
+            if let Some(status) = child.try_wait().unwrap() {
                 panic!(
                     "sluice gateway exited ({status}) during start-up:\n{}",
-                    self.log()
+                    process_log(log)
                 );
             }
-            let ready = http
-                .get(format!("{}/health/ready", self.admin))
-                .send()
-                .await
-                .map(|r| r.status() == 200)
-                .unwrap_or(false);
-            if ready {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "sluice gateway not ready in time:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        };
+        wait_ready(&self.admin, "sluice gateway", exited, || process_log(log)).await;
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -133,12 +121,7 @@ impl GatewayProcess {
 
     /// Everything the process wrote.
     pub fn log(&self) -> String {
-        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
-        format!(
-            "{}{}",
-            read(&self.log),
-            read(&self.log.with_extension("err"))
-        )
+        process_log(&self.log)
     }
 
     /// Sends SIGTERM and waits for the process to exit.
@@ -153,6 +136,12 @@ impl GatewayProcess {
             .await
             .unwrap()
     }
+}
+
+/// What a process logging to `log` (stdout) and `log.err` (stderr) wrote.
+fn process_log(log: &Path) -> String {
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    format!("{}{}", read(log), read(&log.with_extension("err")))
 }
 
 impl Drop for GatewayProcess {
@@ -876,37 +865,6 @@ async fn slack_url_verification_is_answered_without_producing_and_sigterm_flushe
     assert!(gw.log().contains("producer flushed"), "{}", gw.log());
 }
 
-/// Restarts the shared broker when dropped, so a failing test does not leave it down.
-struct BrokerGuard;
-
-const STACK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/dev/stack");
-
-fn stack(command: &str) {
-    let out = Command::new(STACK)
-        .arg(command)
-        .output()
-        .expect("run dev/stack");
-    assert!(
-        out.status.success(),
-        "dev/stack {command} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-impl Drop for BrokerGuard {
-    fn drop(&mut self) {
-        let _ = Command::new(STACK).arg("broker-start").status();
-    }
-}
-
-async fn ready_status(gw: &GatewayProcess) -> u16 {
-    reqwest::get(format!("{}/health/ready", gw.admin))
-        .await
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0)
-}
-
 /// A source whose raw topic does not exist keeps the gateway unready, with the topic named,
 /// until the topology is applied.
 #[tokio::test]
@@ -927,11 +885,11 @@ async fn the_gateway_is_not_ready_until_its_raw_topics_exist() {
     }
     assert!(gw.log().contains("raw topics missing"), "{}", gw.log());
     assert!(gw.log().contains("sluice topology apply"), "{}", gw.log());
-    assert_eq!(ready_status(&gw).await, 503);
+    assert_eq!(ready_status(&gw.admin).await, 503);
 
     apply_topology(&webhook_topology(&p)).await;
     gw.wait_ready().await;
-    assert_eq!(ready_status(&gw).await, 200);
+    assert_eq!(ready_status(&gw.admin).await, 200);
 }
 
 #[tokio::test]
@@ -948,7 +906,7 @@ async fn with_the_broker_down_deliveries_get_503_never_2xx_and_recover_after() {
     let (h, b) = delivery("evt_before");
     assert_eq!(post(&gw.url("/webhooks/stripe"), &h, b).await.0, 202);
 
-    let _guard = BrokerGuard;
+    let _guard = StackGuard("broker-start");
     tokio::task::spawn_blocking(|| stack("broker-kill"))
         .await
         .unwrap();
@@ -968,7 +926,7 @@ async fn with_the_broker_down_deliveries_get_503_never_2xx_and_recover_after() {
         );
     }
     let deadline = Instant::now() + Duration::from_secs(60);
-    while ready_status(&gw).await != 503 {
+    while ready_status(&gw.admin).await != 503 {
         assert!(Instant::now() < deadline, "/health/ready never said 503");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -1004,7 +962,7 @@ async fn with_the_broker_down_deliveries_get_503_never_2xx_and_recover_after() {
     .await;
     assert_eq!(rec.value, body);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while ready_status(&gw).await != 200 {
+    while ready_status(&gw.admin).await != 200 {
         assert!(Instant::now() < deadline, "/health/ready never recovered");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

@@ -9,6 +9,7 @@ mod chaos;
 mod cli;
 mod compose;
 mod docs;
+mod faults;
 mod gateway;
 mod interop;
 mod lag;

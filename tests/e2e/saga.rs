@@ -29,12 +29,8 @@ const SAGA: &str = "order-fulfillment";
 
 /// The reference saga with test-sized timeouts, under `prefix`.
 fn topology(prefix: &str) -> String {
-    let catalog = Catalog::embedded().unwrap();
-    let types = catalog.event_types().map(str::to_string).collect();
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/topology/topology.yaml");
-    let reference = Topology::load(path.as_ref(), &types).unwrap();
     scratch_topology(
-        &reference,
+        &crate::support::reference_topology(),
         SAGA,
         &Scratch {
             prefix,
@@ -60,44 +56,10 @@ struct Deployment {
     topology: Topology,
 }
 
-/// The deployment's topics and subjects go when the test ends, passed or not: each
-/// deployment registers 27 subjects, and the shared registry lists only its first 1000
-/// subjects, which is all a publisher checks.
+/// The deployment's topics and subjects go when the test ends, passed or not.
 impl Drop for Deployment {
     fn drop(&mut self) {
-        let subjects: Vec<String> = self
-            .topology
-            .registrations()
-            .into_iter()
-            .map(|(topic, t)| self.topology.subjects.naming.subject(&topic, &t))
-            .collect();
-        let empty = temp_file("empty.yaml", &format!("prefix: {}\n", self.prefix));
-        let base = registry().url;
-        let _ = std::thread::spawn(move || {
-            let _ = crate::support::sluice(&[
-                "topology",
-                "apply",
-                "--allow-delete",
-                "--topology",
-                &empty.display().to_string(),
-            ]);
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async {
-                let http = reqwest::Client::new();
-                for subject in subjects {
-                    for query in ["", "?permanent=true"] {
-                        let _ = http
-                            .delete(format!("{base}/subjects/{subject}{query}"))
-                            .send()
-                            .await;
-                    }
-                }
-            });
-        })
-        .join();
+        crate::support::remove_deployment(&self.topology);
     }
 }
 
@@ -129,9 +91,7 @@ impl Deployment {
             .await;
             assert!(ok, "{cmd:?}: {out}{err}");
         }
-        let catalog = Catalog::embedded().unwrap();
-        let types = catalog.event_types().map(str::to_string).collect();
-        let topology = Topology::load(file.as_ref(), &types).unwrap();
+        let topology = crate::support::load_topology(file.as_ref());
         let effects = std::path::Path::new(&file).with_file_name("effects.log");
         Self {
             prefix,
@@ -291,20 +251,25 @@ async fn place(publisher: &Publisher, id: &str, skus: &[&str]) {
 
 /// Lifecycle event types by saga id, read from the start of the lifecycle topic until
 /// `done` says enough (or `timeout`).
-struct Lifecycle {
+pub struct Lifecycle {
     reader: StreamConsumer,
     seen: Vec<Seen>,
 }
 
 impl Lifecycle {
     fn new(d: &Deployment) -> Self {
+        Self::on(&d.topic("events.sagas"))
+    }
+
+    /// Reads the lifecycle topic `topic`.
+    pub fn on(topic: &str) -> Self {
         Self {
-            reader: reader(&d.topic("events.sagas")),
+            reader: reader(topic),
             seen: Vec::new(),
         }
     }
 
-    async fn until(
+    pub async fn until(
         &mut self,
         timeout: Duration,
         done: impl Fn(&BTreeMap<String, Vec<String>>) -> bool,
@@ -331,7 +296,7 @@ impl Lifecycle {
         .await
     }
 
-    fn by_id(&self) -> BTreeMap<String, Vec<String>> {
+    pub fn by_id(&self) -> BTreeMap<String, Vec<String>> {
         let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (key, headers, _) in &self.seen {
             let t = String::from_utf8_lossy(&headers["ce_type"]);

@@ -105,3 +105,111 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+const STACK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/dev/stack");
+
+/// Runs `dev/stack <command>` (e.g. `broker-kill`, `registry-start`) against the stack the
+/// tests use (its ports come from the same environment); panics with its output on failure.
+pub fn stack(command: &str) {
+    let out = std::process::Command::new(STACK)
+        .arg(command)
+        .output()
+        .expect("run dev/stack");
+    assert!(
+        out.status.success(),
+        "dev/stack {command} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `dev/stack <command>` when dropped (`broker-start`, `registry-start`), so a test
+/// that fails half-way does not leave the stack down.
+pub struct StackGuard(pub &'static str);
+
+impl Drop for StackGuard {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(STACK).arg(self.0).status();
+    }
+}
+
+/// The topology at `path`, loaded against the embedded catalog.
+pub fn load_topology(path: &std::path::Path) -> sluice_topology::Topology {
+    let catalog = sluice_schemas::Catalog::embedded().unwrap();
+    let types = catalog.event_types().map(str::to_string).collect();
+    sluice_topology::Topology::load(path, &types).unwrap()
+}
+
+/// The reference topology, `topology/topology.yaml`.
+pub fn reference_topology() -> sluice_topology::Topology {
+    load_topology(concat!(env!("CARGO_MANIFEST_DIR"), "/topology/topology.yaml").as_ref())
+}
+
+/// The status `<admin>/health/ready` answers (0 when nothing answers).
+pub async fn ready_status(admin: &str) -> u16 {
+    reqwest::get(format!("{admin}/health/ready"))
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+/// Polls `<admin>/health/ready` until it answers 200, running `check` before each poll (to
+/// fail fast when the process died); after 90 s panics naming `what`, with `log()`.
+pub async fn wait_ready(
+    admin: &str,
+    what: &str,
+    mut check: impl FnMut(),
+    log: impl Fn() -> String,
+) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        check();
+        if ready_status(admin).await == 200 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} not ready in 90 s:\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Deletes a test deployment's topics and its registry subjects. Call it when a test that
+/// deploys a saga topology ends, passed or not: each registers about 30 subjects, and the
+/// shared registry lists only its first 1000 subjects, which is all a publisher checks.
+pub fn remove_deployment(topology: &sluice_topology::Topology) {
+    let subjects: Vec<String> = topology
+        .registrations()
+        .into_iter()
+        .map(|(topic, t)| topology.subjects.naming.subject(&topic, &t))
+        .collect();
+    let empty = temp_file("empty.yaml", &format!("prefix: {}\n", topology.prefix));
+    let base = registry().url;
+    let _ = std::thread::spawn(move || {
+        let _ = sluice(&[
+            "topology",
+            "apply",
+            "--allow-delete",
+            "--topology",
+            &empty.display().to_string(),
+        ]);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let http = reqwest::Client::new();
+            for subject in subjects {
+                for query in ["", "?permanent=true"] {
+                    let _ = http
+                        .delete(format!("{base}/subjects/{subject}{query}"))
+                        .send()
+                        .await;
+                }
+            }
+        });
+    })
+    .join();
+}
