@@ -657,9 +657,10 @@ fn wait_for_topics(
             .iter()
             .copied()
             .filter(|t| {
-                !metadata.topics().iter().any(|m| {
-                    m.name() == *t && m.error().is_none() && !m.partitions().is_empty()
-                })
+                !metadata
+                    .topics()
+                    .iter()
+                    .any(|m| m.name() == *t && m.error().is_none() && !m.partitions().is_empty())
             })
             .collect();
         if missing.is_empty() {
