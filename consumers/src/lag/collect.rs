@@ -134,7 +134,7 @@ pub const DEFAULT_CONCURRENCY: usize = 8;
 type Fetched = Result<BTreeMap<TopicPartition, i64>, String>;
 
 /// Time one pass may spend telling marker-only lags from readable ones.
-const SETTLED_CHECK_BUDGET: Duration = Duration::from_millis(500);
+const SETTLED_CHECK_BUDGET: Duration = Duration::from_secs(2);
 
 /// Partitions per OffsetFetch request.
 pub const OFFSET_FETCH_CHUNK: usize = 256;
