@@ -2,6 +2,10 @@
 
 mod cli;
 
+/// Small, short-lived allocations dominate every role's per-record work.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

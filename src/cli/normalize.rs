@@ -36,7 +36,7 @@ pub struct NormalizeArgs {
     pub dedup_window: String,
     /// Most records per transaction (exactly-once) or commit (at-least-once); larger batches
     /// amortise the transaction's round trips, smaller ones bound latency and memory.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = sluice_consumers::runtime::DEFAULT_MAX_BATCH)]
     pub max_batch: usize,
     /// How long to wait for a batch to fill, in milliseconds.
     #[arg(long, default_value_t = 50)]
