@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -119,14 +119,9 @@ fn probe(
         }
         // A client per topic, so an end-of-partition event cannot be taken for another
         // topic's partition with the same number.
-        let consumer: BaseConsumer = clients
-            .base("lag-settled")
-            .map_err(|e| KafkaError::ClientCreation(e.to_string()))?
-            .set("group.id", "sluice-lag-settled-probe")
-            .set("isolation.level", "read_committed")
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "true")
-            .create()?;
+        let consumer = clients
+            .read_to_end_consumer("lag-settled", "sluice-lag-settled-probe")
+            .map_err(|e| KafkaError::ClientCreation(e.to_string()))?;
         let mut tpl = TopicPartitionList::new();
         for (p, offset) in partitions {
             tpl.add_partition_offset(topic, *p, Offset::Offset(*offset))?;

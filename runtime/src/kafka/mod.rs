@@ -143,7 +143,11 @@ pub struct ReadToEnd;
 
 impl rdkafka::client::ClientContext for ReadToEnd {
     fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(error, KafkaError::PartitionEOF(_)) {
+        // An end of partition reaches this callback too (as a global error) when it arrives
+        // after the reader stopped polling, e.g. while the client closes.
+        let eof = matches!(error, KafkaError::PartitionEOF(_))
+            || error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF);
+        if !eof {
             tracing::error!(%error, reason, "kafka client error");
         }
     }

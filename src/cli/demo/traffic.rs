@@ -448,12 +448,14 @@ async fn lag_status(clients: &KafkaClients) -> Vec<(String, String)> {
     tokio::task::spawn_blocking(move || -> Option<Vec<(String, String)>> {
         let collector = sluice_consumers::lag::Collector::new(
             c,
-            sluice_consumers::lag::GroupFilter::new(Vec::<String>::new()),
+            sluice_consumers::lag::GroupFilter::new(["sluice*".to_string()]),
         )
         .ok()?;
+        // A window of three; two more passes give the transaction-marker probes (from the
+        // second pass on) room to tell an idle exactly-once group from a stalled one.
         let mut tracker = sluice_consumers::lag::Tracker::new(3);
         let mut report = None;
-        for _ in 0..3 {
+        for _ in 0..5 {
             report = Some(tracker.observe(&collector.collect().ok()?));
             std::thread::sleep(Duration::from_millis(500));
         }
@@ -462,7 +464,7 @@ async fn lag_status(clients: &KafkaClients) -> Vec<(String, String)> {
                 .groups
                 .iter()
                 .filter(|g| g.group.starts_with("sluice"))
-                .map(|g| (g.group.clone(), format!("{:?}", g.status)))
+                .map(|g| (g.group.clone(), g.status.to_string()))
                 .collect(),
         )
     })
