@@ -173,4 +173,22 @@ async fn every_metric_in_dashboards_and_rules_is_exported() {
         missing.is_empty(),
         "named by a panel or rule but not exported: {missing:?}"
     );
+
+    // And the other way: every family sluice exports has a row in the README's tables.
+    let readme = std::fs::read_to_string(root("README.md")).unwrap();
+    let families: BTreeSet<&str> = all
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|r| r.split_whitespace().next())
+        .filter(|n| n.starts_with("sluice_") || n.starts_with("kafka_"))
+        .collect();
+    assert!(families.len() > 20, "{families:?}");
+    let undocumented: Vec<&&str> = families
+        .iter()
+        .filter(|n| !readme.contains(&format!("| `{n}` |")))
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "exported but missing from the README's metric tables: {undocumented:?}"
+    );
 }
