@@ -18,6 +18,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use anyhow::Context;
+use sluice_runtime::admin::{self, Readiness};
 use sluice_runtime::kafka::KafkaClients;
 use sluice_runtime::{Shutdown, SluiceConfig};
 use sluice_schemas::{Catalog, RegistryClient};
@@ -73,5 +74,42 @@ pub async fn wait_for_registry(registry: &RegistryClient, shutdown: &Shutdown) {
             _ = shutdown.wait() => return,
         }
         delay = (delay * 2).min(std::time::Duration::from_secs(5));
+    }
+}
+
+/// What a long-running role process starts with: signal handling, the admin server (metrics
+/// and readiness, `check` not ready yet) and its clients.
+pub struct Process {
+    pub shutdown: Shutdown,
+    pub metrics_registry: prometheus::Registry,
+    pub readiness: Readiness,
+    pub clients: KafkaClients,
+    pub registry: RegistryClient,
+}
+
+impl Process {
+    /// Also waits while the registry is unreachable (see [`wait_for_registry`]).
+    pub async fn start(config: &SluiceConfig, check: &str) -> anyhow::Result<Self> {
+        let shutdown = Shutdown::on_signals();
+        let metrics_registry = prometheus::Registry::new();
+        let readiness = Readiness::default();
+        readiness.set(check, false);
+        admin::serve(
+            &config.admin.listen,
+            metrics_registry.clone(),
+            readiness.clone(),
+            shutdown.clone(),
+        )
+        .await
+        .with_context(|| format!("starting the admin server on {}", config.admin.listen))?;
+        let registry = RegistryClient::new(&config.registry)?;
+        wait_for_registry(&registry, &shutdown).await;
+        Ok(Self {
+            shutdown,
+            metrics_registry,
+            readiness,
+            clients: KafkaClients::new(config.kafka.clone()),
+            registry,
+        })
     }
 }

@@ -9,11 +9,8 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use sluice_consumers::normalizer::{self, Normalizer};
 use sluice_consumers::runtime::metrics::LoopMetrics;
-use sluice_consumers::runtime::{self, FailureRouter, Guarantee, LoopConfig, PerKey, RetryTier};
-use sluice_runtime::admin::{self, Readiness};
-use sluice_runtime::kafka::KafkaClients;
-use sluice_runtime::{Shutdown, SluiceConfig};
-use sluice_schemas::RegistryClient;
+use sluice_consumers::runtime::{self, FailureRouter, Guarantee, LoopConfig, PerKey};
+use sluice_runtime::SluiceConfig;
 use sluice_topology::{naming, Topology};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -55,19 +52,11 @@ pub fn failure_router(topology: &Topology) -> anyhow::Result<FailureRouter> {
                 normalizer::RETRY_POLICY
             )
         })?;
-    Ok(FailureRouter {
-        group: normalizer::group(&topology.prefix),
-        tiers: policy
-            .tiers
-            .iter()
-            .map(|d| RetryTier {
-                topic: naming::retry_topic(&topology.prefix, &policy.name, d.0),
-                delay: d.0,
-            })
-            .collect(),
-        max_attempts: policy.max_attempts,
-        dlq_topic: policy.dlq_topic.clone(),
-    })
+    Ok(FailureRouter::from_policy(
+        &topology.prefix,
+        &normalizer::group(&topology.prefix),
+        policy,
+    ))
 }
 
 /// Per-key ordering of retry policy `policy`, when the topology asks for it.
@@ -93,22 +82,13 @@ pub async fn run(config: &SluiceConfig, args: NormalizeArgs) -> anyhow::Result<E
     let (catalog, topology) = super::load(config, args.topology)?;
     let window = naming::parse_duration(&args.dedup_window)
         .map_err(|e| anyhow::anyhow!("--dedup-window: {e}"))?;
-    let shutdown = Shutdown::on_signals();
-    let metrics_registry = prometheus::Registry::new();
-    let readiness = Readiness::default();
-    readiness.set("normalizer", false);
-    admin::serve(
-        &config.admin.listen,
-        metrics_registry.clone(),
-        readiness.clone(),
-        shutdown.clone(),
-    )
-    .await
-    .with_context(|| format!("starting the admin server on {}", config.admin.listen))?;
-
-    let clients = KafkaClients::new(config.kafka.clone());
-    let registry = RegistryClient::new(&config.registry)?;
-    super::wait_for_registry(&registry, &shutdown).await;
+    let super::Process {
+        shutdown,
+        metrics_registry,
+        readiness,
+        clients,
+        registry,
+    } = super::Process::start(config, "normalizer").await?;
     if shutdown.is_triggered() {
         return Ok(ExitCode::SUCCESS);
     }

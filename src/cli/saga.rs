@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use sluice_consumers::runtime::metrics::LoopMetrics;
-use sluice_consumers::runtime::{self, FailureRouter, Guarantee, LoopConfig, RetryTier};
+use sluice_consumers::runtime::{self, FailureRouter, Guarantee, LoopConfig};
 use sluice_consumers::saga::demo::{DemoParticipant, Faults, Rule};
 use sluice_consumers::saga::instance::{Instance, Status};
 use sluice_consumers::saga::messages::Action;
@@ -17,9 +17,8 @@ use sluice_consumers::saga::ops::{self, OpsError};
 use sluice_consumers::saga::orchestrator::{self, Orchestrator};
 use sluice_consumers::saga::participant::{ParticipantHandler, RoleSpec};
 use sluice_consumers::saga::timer;
-use sluice_runtime::admin::{self, Readiness};
 use sluice_runtime::kafka::KafkaClients;
-use sluice_runtime::{Shutdown, SluiceConfig};
+use sluice_runtime::SluiceConfig;
 use sluice_schemas::metadata::{now_ms, rfc3339_ms};
 use sluice_schemas::RegistryClient;
 use sluice_topology::{naming, Topology};
@@ -204,13 +203,13 @@ pub async fn run_orchestrator(config: &SluiceConfig, args: SagasArgs) -> anyhow:
     let tick = naming::parse_duration(&args.tick).map_err(|e| anyhow::anyhow!("--tick: {e}"))?;
     let keep_finished = naming::parse_duration(&args.keep_finished)
         .map_err(|e| anyhow::anyhow!("--keep-finished: {e}"))?;
-    let Process {
+    let super::Process {
         shutdown,
         metrics_registry,
         readiness,
         clients,
         registry,
-    } = Process::start(config, "sagas").await?;
+    } = super::Process::start(config, "sagas").await?;
     let mut orchestrator = Orchestrator::new(
         clients.clone(),
         &registry,
@@ -260,42 +259,6 @@ pub async fn run_orchestrator(config: &SluiceConfig, args: SagasArgs) -> anyhow:
     Ok(ExitCode::SUCCESS)
 }
 
-/// What a long-running saga process starts with: signal handling, the admin server (metrics
-/// and readiness, `check` not ready yet) and its clients.
-struct Process {
-    shutdown: Shutdown,
-    metrics_registry: prometheus::Registry,
-    readiness: Readiness,
-    clients: KafkaClients,
-    registry: RegistryClient,
-}
-
-impl Process {
-    async fn start(config: &SluiceConfig, check: &str) -> anyhow::Result<Self> {
-        let shutdown = Shutdown::on_signals();
-        let metrics_registry = prometheus::Registry::new();
-        let readiness = Readiness::default();
-        readiness.set(check, false);
-        admin::serve(
-            &config.admin.listen,
-            metrics_registry.clone(),
-            readiness.clone(),
-            shutdown.clone(),
-        )
-        .await
-        .with_context(|| format!("starting the admin server on {}", config.admin.listen))?;
-        let registry = RegistryClient::new(&config.registry)?;
-        super::wait_for_registry(&registry, &shutdown).await;
-        Ok(Self {
-            shutdown,
-            metrics_registry,
-            readiness,
-            clients: KafkaClients::new(config.kafka.clone()),
-            registry,
-        })
-    }
-}
-
 /// The orchestrator's failure routing: the topology's `sagas` retry policy when it has one,
 /// else straight to `<prefix>.dlq.sagas`.
 fn failure_router(topology: &Topology) -> FailureRouter {
@@ -305,19 +268,7 @@ fn failure_router(topology: &Topology) -> FailureRouter {
         .iter()
         .find(|p| p.name == orchestrator::RETRY_POLICY)
     {
-        Some(policy) => FailureRouter {
-            group,
-            tiers: policy
-                .tiers
-                .iter()
-                .map(|d| RetryTier {
-                    topic: naming::retry_topic(&topology.prefix, &policy.name, d.0),
-                    delay: d.0,
-                })
-                .collect(),
-            max_attempts: policy.max_attempts,
-            dlq_topic: policy.dlq_topic.clone(),
-        },
+        Some(policy) => FailureRouter::from_policy(&topology.prefix, &group, policy),
         None => FailureRouter {
             group,
             tiers: Vec::new(),
@@ -621,13 +572,13 @@ async fn participants(config: &SluiceConfig, args: ParticipantArgs) -> anyhow::R
         timeout_when: args.timeout_when.clone(),
         seed: args.seed,
     };
-    let Process {
+    let super::Process {
         shutdown,
         metrics_registry,
         readiness,
         clients,
         registry,
-    } = Process::start(config, "participants").await?;
+    } = super::Process::start(config, "participants").await?;
     let loop_metrics = LoopMetrics::new(&metrics_registry)?;
     let participant_metrics = ParticipantMetrics::new(&metrics_registry)?;
     let instance = args

@@ -6,6 +6,9 @@
 
 use std::time::Duration;
 
+use sluice_topology::model::RetryPolicySpec;
+use sluice_topology::naming;
+
 use super::headers as h;
 use super::{HandlerError, Output, Record};
 
@@ -24,6 +27,26 @@ pub struct FailureRouter {
     /// Attempts in all, the first one included.
     pub max_attempts: u32,
     pub dlq_topic: String,
+}
+
+impl FailureRouter {
+    /// The routing `policy` from the topology describes, for consumer group `group`: one
+    /// tier per delay, named by the topology's convention.
+    pub fn from_policy(prefix: &str, group: &str, policy: &RetryPolicySpec) -> Self {
+        Self {
+            group: group.to_string(),
+            tiers: policy
+                .tiers
+                .iter()
+                .map(|d| RetryTier {
+                    topic: naming::retry_topic(prefix, &policy.name, d.0),
+                    delay: d.0,
+                })
+                .collect(),
+            max_attempts: policy.max_attempts,
+            dlq_topic: policy.dlq_topic.clone(),
+        }
+    }
 }
 
 /// Where a failure was sent.
