@@ -88,8 +88,15 @@ pub struct Process {
 }
 
 impl Process {
-    /// Also waits while the registry is unreachable (see [`wait_for_registry`]).
-    pub async fn start(config: &SluiceConfig, check: &str) -> anyhow::Result<Self> {
+    /// Also waits while the registry is unreachable (see [`wait_for_registry`]); before that
+    /// it fences `predecessors`, the (group, instance) of each exactly-once loop the process
+    /// will run, so a predecessor's open transaction does not hold up downstream readers
+    /// while this one waits.
+    pub async fn start(
+        config: &SluiceConfig,
+        check: &str,
+        predecessors: &[(String, String)],
+    ) -> anyhow::Result<Self> {
         let shutdown = Shutdown::on_signals();
         let metrics_registry = prometheus::Registry::new();
         let readiness = Readiness::default();
@@ -103,12 +110,20 @@ impl Process {
         .await
         .with_context(|| format!("starting the admin server on {}", config.admin.listen))?;
         let registry = RegistryClient::new(&config.registry)?;
+        let clients = KafkaClients::new(config.kafka.clone());
+        for (group, instance) in predecessors {
+            let fenced = sluice_consumers::runtime::fence_predecessor(&clients, group, instance);
+            if let Err(e) = fenced.await {
+                // The loop initialises transactions again, and fails there if it must.
+                tracing::warn!(group, instance, error = %e, "could not fence the previous instance yet");
+            }
+        }
         wait_for_registry(&registry, &shutdown).await;
         Ok(Self {
             shutdown,
             metrics_registry,
             readiness,
-            clients: KafkaClients::new(config.kafka.clone()),
+            clients,
             registry,
         })
     }

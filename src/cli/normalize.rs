@@ -82,13 +82,25 @@ pub async fn run(config: &SluiceConfig, args: NormalizeArgs) -> anyhow::Result<E
     let (catalog, topology) = super::load(config, args.topology)?;
     let window = naming::parse_duration(&args.dedup_window)
         .map_err(|e| anyhow::anyhow!("--dedup-window: {e}"))?;
+    let instance = args
+        .instance_id
+        .unwrap_or_else(|| default_instance_id("normalizer"));
+    let group = normalizer::group(&topology.prefix);
+    let guarantee = match args.guarantee {
+        GuaranteeArg::ExactlyOnce => Guarantee::ExactlyOnce,
+        GuaranteeArg::AtLeastOnce => Guarantee::AtLeastOnce,
+    };
+    let predecessors = match guarantee {
+        Guarantee::ExactlyOnce => vec![(group.clone(), instance.clone())],
+        Guarantee::AtLeastOnce => vec![],
+    };
     let super::Process {
         shutdown,
         metrics_registry,
         readiness,
         clients,
         registry,
-    } = super::Process::start(config, "normalizer").await?;
+    } = super::Process::start(config, "normalizer", &predecessors).await?;
     if shutdown.is_triggered() {
         return Ok(ExitCode::SUCCESS);
     }
@@ -112,19 +124,7 @@ pub async fn run(config: &SluiceConfig, args: NormalizeArgs) -> anyhow::Result<E
     let handler = handler.with_dead_letters(router.clone());
     let mut topics = handler.raw_topics();
     topics.extend(router.tiers.iter().map(|t| t.topic.clone()));
-    let guarantee = match args.guarantee {
-        GuaranteeArg::ExactlyOnce => Guarantee::ExactlyOnce,
-        GuaranteeArg::AtLeastOnce => Guarantee::AtLeastOnce,
-    };
-    let instance = args
-        .instance_id
-        .unwrap_or_else(|| default_instance_id("normalizer"));
-    let mut loop_config = LoopConfig::new(
-        &normalizer::group(&topology.prefix),
-        &instance,
-        topics,
-        guarantee,
-    );
+    let mut loop_config = LoopConfig::new(&group, &instance, topics, guarantee);
     loop_config.max_batch = args.max_batch.max(1);
     loop_config.linger = std::time::Duration::from_millis(args.linger_ms);
     loop_config.per_key = per_key(&topology, normalizer::RETRY_POLICY);

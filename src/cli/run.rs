@@ -122,16 +122,24 @@ pub async fn run(
     .with_context(|| format!("starting the admin server on {}", config.admin.listen))?;
     let clients = KafkaClients::new(config.kafka.clone());
     let registry = RegistryClient::new(&config.registry)?;
+    let instance = args
+        .instance_id
+        .unwrap_or_else(|| super::normalize::default_instance_id("run"));
     if roles.contains(&Role::Normalizer) {
+        // As `Process::start` does: fence the previous normalizer's open transaction first.
+        let group = sluice_consumers::normalizer::group(&topology.prefix);
+        let member = format!("{instance}-normalizer");
+        if let Err(e) =
+            sluice_consumers::runtime::fence_predecessor(&clients, &group, &member).await
+        {
+            tracing::warn!(group, member, error = %e, "could not fence the previous instance yet");
+        }
         super::wait_for_registry(&registry, &shutdown).await;
         if shutdown.is_triggered() {
             return Ok(ExitCode::SUCCESS);
         }
     }
     let loop_metrics = LoopMetrics::new(&metrics)?;
-    let instance = args
-        .instance_id
-        .unwrap_or_else(|| super::normalize::default_instance_id("run"));
     let mut tasks: JoinSet<(Role, anyhow::Result<()>)> = JoinSet::new();
 
     let mut gateway_addr = None;

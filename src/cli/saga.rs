@@ -203,13 +203,17 @@ pub async fn run_orchestrator(config: &SluiceConfig, args: SagasArgs) -> anyhow:
     let tick = naming::parse_duration(&args.tick).map_err(|e| anyhow::anyhow!("--tick: {e}"))?;
     let keep_finished = naming::parse_duration(&args.keep_finished)
         .map_err(|e| anyhow::anyhow!("--keep-finished: {e}"))?;
+    let instance = args
+        .instance_id
+        .unwrap_or_else(|| super::normalize::default_instance_id("sagas"));
+    let group = orchestrator::group(&topology.prefix);
     let super::Process {
         shutdown,
         metrics_registry,
         readiness,
         clients,
         registry,
-    } = super::Process::start(config, "sagas").await?;
+    } = super::Process::start(config, "sagas", &[(group.clone(), instance.clone())]).await?;
     let mut orchestrator = Orchestrator::new(
         clients.clone(),
         &registry,
@@ -224,15 +228,7 @@ pub async fn run_orchestrator(config: &SluiceConfig, args: SagasArgs) -> anyhow:
     let router = failure_router(&topology);
     let mut topics = orchestrator.input_topics();
     topics.extend(router.tiers.iter().map(|t| t.topic.clone()));
-    let instance = args
-        .instance_id
-        .unwrap_or_else(|| super::normalize::default_instance_id("sagas"));
-    let mut loop_config = LoopConfig::new(
-        &orchestrator::group(&topology.prefix),
-        &instance,
-        topics,
-        Guarantee::ExactlyOnce,
-    );
+    let mut loop_config = LoopConfig::new(&group, &instance, topics, Guarantee::ExactlyOnce);
     args.batching.apply(&mut loop_config)?;
     loop_config.per_key = super::normalize::per_key(&topology, orchestrator::RETRY_POLICY);
     let metrics = LoopMetrics::new(&metrics_registry)?;
@@ -572,18 +568,22 @@ async fn participants(config: &SluiceConfig, args: ParticipantArgs) -> anyhow::R
         timeout_when: args.timeout_when.clone(),
         seed: args.seed,
     };
+    let instance = args
+        .instance_id
+        .unwrap_or_else(|| super::normalize::default_instance_id("participant"));
+    let predecessors: Vec<(String, String)> = specs
+        .iter()
+        .map(|spec| (spec.group.clone(), format!("{instance}-{}", spec.role)))
+        .collect();
     let super::Process {
         shutdown,
         metrics_registry,
         readiness,
         clients,
         registry,
-    } = super::Process::start(config, "participants").await?;
+    } = super::Process::start(config, "participants", &predecessors).await?;
     let loop_metrics = LoopMetrics::new(&metrics_registry)?;
     let participant_metrics = ParticipantMetrics::new(&metrics_registry)?;
-    let instance = args
-        .instance_id
-        .unwrap_or_else(|| super::normalize::default_instance_id("participant"));
     let mut loops = tokio::task::JoinSet::new();
     for spec in specs {
         let role = spec.role.clone();

@@ -6,9 +6,12 @@
 //! - `broker_kill`: the broker is killed with SIGKILL and restarted; the gateway must answer
 //!   503, never 2xx, while it is down;
 //! - `role_kills`: each role in turn is killed with SIGKILL and restarted;
-//! - `registry_outage`: the schema registry is stopped for about ten seconds, and the
-//!   consumer roles are killed while it is gone: restarted, each must wait for the registry
-//!   (not exit) and then catch up, while the gateway keeps accepting;
+//! - `registry_outage`: the schema registry is stopped for about ten seconds. The normalizer
+//!   and the participants are killed while it is gone: restarted, each must wait for the
+//!   registry (not exit) and then catch up, while the gateway keeps accepting. Meanwhile a
+//!   backend service publishes orders written with a schema version the running
+//!   orchestrator has never seen: it cannot decode them until the registry is back, so they
+//!   must go through its retry tiers and still start their sagas;
 //! - `bad_input`: tampered signatures, replayed timestamps, oversized bodies, invalid JSON
 //!   from a verified sender, unknown event types and schema-incompatible publishes, at
 //!   volume, between good deliveries.
@@ -40,13 +43,12 @@ use sluice_consumers::normalize::event_id;
 use sluice_consumers::saga::demo::{scratch_topology, Scratch};
 use sluice_producers::sign;
 
-use crate::gateway::{
-    all_records, apply_topology, now_unix, record_count, register_schemas, unique_prefix,
-};
+use crate::gateway::{all_records, apply_topology, now_unix, register_schemas, unique_prefix};
 use crate::normalizer::{fixture, read_until, reader, stripe_with_id, Seen};
 use crate::saga::Lifecycle;
 use crate::support::{
-    free_port, load_topology, reference_topology, require_stack, stack, wait_ready, StackGuard,
+    clients, free_port, load_topology, reference_topology, registry, require_stack, send_event,
+    stack, wait_ready, StackGuard,
 };
 
 const SAGA: &str = "order-fulfillment";
@@ -54,6 +56,8 @@ const STRIPE_SECRET: &str = "whsec_faults_stripe";
 const SHOPIFY_SECRET: &str = "faults-shopify-secret";
 const PUBLISH_TOKEN: &str = "faults-publish-token-0123456789";
 const ORDER_PLACED: &str = "dev.sluice.events.commerce.OrderPlaced";
+/// The `ce_source` of the orders a backend service publishes itself (registry outage).
+const SERVICE: &str = "sluice://services/checkout";
 /// The Stripe source's body limit; oversized deliveries are twice this.
 const MAX_BODY: usize = 16 * 1024;
 /// How long a delivery is retried (503 or no answer) before the load gives up on it.
@@ -578,7 +582,7 @@ struct Accounting {
     dead: BTreeMap<String, usize>,
     duplicates: usize,
     /// Records that went through a retry tier (normalizer and orchestrator).
-    retried: i64,
+    retried: usize,
     sagas: BTreeMap<&'static str, usize>,
     fault: String,
     /// From the first delivery to the last answer, and to the end of the accounting.
@@ -636,6 +640,47 @@ impl Accounting {
     }
 }
 
+/// How many committed records `topic` holds: read to the end, since the offsets of a
+/// transactional topic also count its commit markers.
+async fn committed_records(topic: &str) -> usize {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = clients()
+            .consumer_config("e2e-faults", &format!("e2e-{}", uuid::Uuid::new_v4()))
+            .unwrap()
+            .set("enable.partition.eof", "true")
+            .create()
+            .unwrap();
+        let metadata = consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(10))
+            .unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        let partitions = metadata.topics()[0].partitions().len();
+        for p in metadata.topics()[0].partitions() {
+            tpl.add_partition_offset(&topic, p.id(), rdkafka::Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        let (mut records, mut at_end) = (0, BTreeSet::new());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while at_end.len() < partitions {
+            assert!(Instant::now() < deadline, "reading {topic} to its end");
+            match consumer.poll(Duration::from_millis(500)) {
+                Some(Ok(_)) => records += 1,
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                    at_end.insert(p);
+                }
+                Some(Err(e)) => panic!("reading {topic}: {e}"),
+                None => {}
+            }
+        }
+        records
+    })
+    .await
+    .unwrap()
+}
+
 /// Reads a topic until `enough` or `timeout`, then two seconds more: anything late would
 /// be a duplicate.
 async fn read_all(
@@ -656,6 +701,7 @@ async fn account(
     answers: &[Answer],
     fault: String,
     started: Instant,
+    from_service: &[String],
 ) -> Accounting {
     let mut a = Accounting {
         scenario: scenario.into(),
@@ -733,11 +779,12 @@ async fn account(
             (event_id(source, id, 0), (id.as_str(), source))
         })
         .collect();
-    let orders: Vec<String> = last
+    let mut orders: Vec<String> = last
         .iter()
         .filter(|((k, _), x)| *k == Kind::Order && (200..300).contains(&x.status))
         .map(|((_, n), _)| order_id(*n).to_string())
         .collect();
+    orders.extend(from_service.iter().cloned());
     let from_sources = |r: &Seen| {
         r.1.get("ce_source")
             .is_some_and(|s| s.starts_with(b"sluice://sources/"))
@@ -754,7 +801,7 @@ async fn account(
     })
     .await;
     let commerce = read_all(&cluster.topic("events.commerce"), quiet, |g| {
-        ids(g).len() >= orders.len()
+        ids(g).len() >= orders.len() - from_service.len()
     })
     .await;
     let normalized: Vec<&Seen> = payments
@@ -762,10 +809,12 @@ async fn account(
         .chain(&commerce)
         .filter(|r| from_sources(r))
         .collect();
-    // Orders that did not come from the normalizer: the refused publishes, had they got in.
+    // Orders that came from neither the normalizer nor the backend service: the refused
+    // publishes, had they got in.
     let published: Vec<&Seen> = commerce
         .iter()
         .filter(|r| r.1["ce_type"] == ORDER_PLACED.as_bytes() && !from_sources(r))
+        .filter(|r| r.1.get("ce_source").map(Vec::as_slice) != Some(SERVICE.as_bytes()))
         .collect();
     assert!(
         published.is_empty(),
@@ -795,8 +844,8 @@ async fn account(
             "{key} dead-lettered twice"
         );
     }
-    a.retried = record_count(&cluster.topic("retry.normalizer.1s")).await
-        + record_count(&cluster.topic("retry.sagas.2s")).await;
+    a.retried = committed_records(&cluster.topic("retry.normalizer.1s")).await
+        + committed_records(&cluster.topic("retry.sagas.2s")).await;
 
     // Sagas: every order's saga in exactly one terminal state.
     let mut lifecycle = Lifecycle::on(&cluster.topic("events.sagas"));
@@ -821,8 +870,8 @@ async fn account(
     lifecycle.until(Duration::from_secs(2), |_| false).await;
     let sagas = lifecycle.by_id();
     a.seconds = started.elapsed().as_secs_f64();
-    let saga_dead = record_count(&cluster.topic("dlq.sagas")).await
-        + record_count(&cluster.topic("dlq.saga-participants")).await;
+    let saga_dead = committed_records(&cluster.topic("dlq.sagas")).await
+        + committed_records(&cluster.topic("dlq.saga-participants")).await;
     let mut started_sagas = 0;
     for id in &orders {
         let events = sagas.get(id).map(Vec::as_slice).unwrap_or_default();
@@ -934,6 +983,7 @@ async fn broker_kill() {
         &answers,
         fault,
         started,
+        &[],
     )
     .await;
     assert!(
@@ -969,12 +1019,69 @@ async fn role_kills() {
     let answers = drive(&cluster.gateway, plan(payments, orders, 0), over, fault).await;
     let restarts = cluster.restarts();
     let fault = format!("SIGKILL; {}", restarted(&cluster));
-    let a = account(&cluster, "SIGKILL each role", &answers, fault, started).await;
+    let a = account(&cluster, "SIGKILL each role", &answers, fault, started, &[]).await;
     assert!(
         restarts.values().all(|n| *n >= 1),
         "every role was killed and restarted: {restarts:?}"
     );
     assert_eq!(a.sent, payments + orders);
+}
+
+/// A backend service that publishes OrderPlaced straight to the commerce topic, written with
+/// a newer, compatible version of the schema (one more optional field) that it registered
+/// under a subject of its own, as a service with its own subject naming does. The
+/// orchestrator meets that schema id for the first time when such an order arrives, so it
+/// must fetch the writer schema from the registry then.
+struct CheckoutService {
+    producer: rdkafka::producer::FutureProducer,
+    topic: String,
+    schema_id: u32,
+    schema: apache_avro::Schema,
+}
+
+impl CheckoutService {
+    async fn register(cluster: &Cluster) -> Self {
+        let catalog = sluice_schemas::Catalog::embedded().unwrap();
+        let mut json: Json =
+            serde_json::from_str(&catalog.latest(ORDER_PLACED).unwrap().json).unwrap();
+        json["fields"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!(
+                {"name": "sales_channel", "type": ["null", "string"], "default": null}
+            ));
+        let text = json.to_string();
+        let subject = format!("{}.checkout-{ORDER_PLACED}", cluster.prefix);
+        let schema_id = sluice_schemas::RegistryClient::new(&registry())
+            .unwrap()
+            .register(&subject, &text)
+            .await
+            .unwrap();
+        Self {
+            producer: clients().producer("faults-checkout").unwrap(),
+            topic: cluster.topic("events.commerce"),
+            schema_id,
+            schema: apache_avro::Schema::parse_str(&text).unwrap(),
+        }
+    }
+
+    /// Publishes order `id` (keyed by it, Confluent framing, CloudEvents headers).
+    async fn place(&self, id: &str) {
+        let meta = sluice_schemas::metadata::EventMetadata::new(SERVICE, ORDER_PLACED);
+        let order = serde_json::json!({
+            "event_id": meta.id, "occurred_at": meta.time_ms, "source": SERVICE,
+            "subject": id, "order_id": id, "order_number": format!("#{id}"),
+            "total": {"amount": "10.0000", "currency": "EUR"},
+            "line_items": [{"sku": "SKU-1", "title": "item", "quantity": 1,
+                            "unit_price": {"amount": "10.0000", "currency": "EUR"}}],
+            "provider": "checkout", "sales_channel": "web"
+        });
+        let value = sluice_schemas::json::from_json(&order, &self.schema)
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        let payload =
+            sluice_schemas::codec::encode_with(self.schema_id, &self.schema, value).unwrap();
+        send_event(&self.producer, &self.topic, id, &payload, &meta).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -983,35 +1090,92 @@ async fn registry_outage() {
     let cluster = Cluster::start("fro").await;
     let _registry = StackGuard("registry-start");
     let (payments, orders, over) = load();
+    let checkout = CheckoutService::register(&cluster).await;
+    let from_service: Vec<String> = (0..10 * scale()).map(|i| format!("checkout-{i}")).collect();
     let started = Instant::now();
     let outage: Arc<Mutex<Duration>> = Arc::default();
     let fault = async {
         tokio::time::sleep(over / 3).await;
         blocking("registry-stop").await;
         let down = Instant::now();
-        // Roles that start while it is gone cannot resolve their schemas.
-        for role in ["normalizer", "sagas", "participants"] {
+        for role in ["normalizer", "participants"] {
             cluster.kill(role);
         }
-        tokio::time::sleep(Duration::from_secs(10)).await;
+        // The running orchestrator meets a schema id it has never seen: it cannot decode
+        // these orders until the registry is back, so they go through its retry tiers.
+        for id in &from_service {
+            checkout.place(id).await;
+        }
+        tokio::time::sleep(Duration::from_secs(10).saturating_sub(down.elapsed())).await;
         blocking("registry-start").await;
         *outage.lock().unwrap() = down.elapsed();
     };
     let answers = drive(&cluster.gateway, plan(payments, orders, 0), over, fault).await;
     let fault = format!(
-        "registry down {:.0} s; {}",
+        "registry down {:.0} s; {} orders from a service in a schema new to the orchestrator; {}",
         outage.lock().unwrap().as_secs_f64(),
+        from_service.len(),
         restarted(&cluster)
     );
-    let a = account(&cluster, "registry outage", &answers, fault, started).await;
+    let a = account(
+        &cluster,
+        "registry outage",
+        &answers,
+        fault,
+        started,
+        &from_service,
+    )
+    .await;
     assert_eq!(a.sent, payments + orders);
     assert_eq!(a.accepted, payments + orders, "the gateway kept accepting");
     // Started during the outage, each role waited for the registry instead of exiting.
     let restarts = cluster.restarts();
-    for role in ["normalizer", "sagas", "participants"] {
+    for role in ["normalizer", "participants"] {
         assert_eq!(
             restarts[role], 1,
             "{role} started once after its kill: {restarts:?}"
+        );
+    }
+    assert_eq!(restarts["sagas"], 0, "the orchestrator kept running");
+    // Every service order waited in the orchestrator's first retry tier, for the registry.
+    let tier = read_all(
+        &cluster.topic("retry.sagas.2s"),
+        Duration::from_secs(10),
+        |g| g.len() >= from_service.len(),
+    )
+    .await;
+    let waited: BTreeSet<&str> = tier
+        .iter()
+        .filter(|r| {
+            r.1.get("kafka_dlt-exception-fqcn").map(Vec::as_slice) == Some(b"RegistryUnavailable")
+        })
+        .map(|r| r.0.as_str())
+        .collect();
+    let mut others: BTreeMap<String, usize> = BTreeMap::new();
+    for r in tier.iter().filter(|r| !from_service.contains(&r.0)) {
+        let reason =
+            r.1.get("kafka_dlt-exception-fqcn")
+                .cloned()
+                .unwrap_or_default();
+        let message =
+            r.1.get("kafka_dlt-exception-message")
+                .cloned()
+                .unwrap_or_default();
+        *others
+            .entry(format!(
+                "{}: {}",
+                String::from_utf8_lossy(&reason),
+                String::from_utf8_lossy(&message)
+            ))
+            .or_default() += 1;
+    }
+    if !others.is_empty() {
+        println!("other records in the orchestrator's first retry tier: {others:#?}");
+    }
+    for id in &from_service {
+        assert!(
+            waited.contains(id.as_str()),
+            "order {id} went through the retry tier for the registry: {waited:?}"
         );
     }
 }
@@ -1031,7 +1195,7 @@ async fn bad_input() {
     )
     .await;
     let fault = format!("{bad} of each bad kind among the good deliveries");
-    let a = account(&cluster, "bad input", &answers, fault, started).await;
+    let a = account(&cluster, "bad input", &answers, fault, started, &[]).await;
     assert_eq!(a.sent, payments + orders + 6 * bad);
     assert_eq!(a.rejected.values().sum::<usize>(), 4 * bad);
     assert_eq!(a.dead_total(), 2 * bad);

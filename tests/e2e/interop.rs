@@ -2,17 +2,14 @@
 //! events from the same registry to the expected fields.
 
 use std::process::Command;
-use std::time::Duration;
 
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::FutureRecord;
 use sluice_runtime::kafka::create_topic_if_missing;
 use sluice_schemas::codec::encode_with;
 use sluice_schemas::json::from_json;
 use sluice_schemas::metadata::EventMetadata;
 use sluice_schemas::{Catalog, RegistryClient};
 
-use crate::support::{clients, config, registry, require_stack, unique_topic};
+use crate::support::{clients, config, registry, require_stack, send_event, unique_topic};
 
 const ORDER: &str = "dev.sluice.events.commerce.OrderPlaced";
 
@@ -62,24 +59,7 @@ async fn confluent_python_client_decodes_sluice_events() {
         });
         let value = from_json(&event, &entry.schema).unwrap_or_else(|e| panic!("{e:?}"));
         let payload = encode_with(id, &entry.schema, value).unwrap();
-        let mut headers = OwnedHeaders::new();
-        for (k, v) in meta.headers() {
-            headers = headers.insert(Header {
-                key: k,
-                value: Some(v.as_bytes()),
-            });
-        }
-        producer
-            .send(
-                FutureRecord::to(&topic)
-                    .key(&format!("{i}"))
-                    .payload(&payload)
-                    .headers(headers),
-                Duration::from_secs(10),
-            )
-            .await
-            .map_err(|(e, _)| e)
-            .unwrap();
+        send_event(&producer, &topic, &format!("{i}"), &payload, &meta).await;
         sent.push((meta.id.clone(), total.to_string()));
     }
 

@@ -4,15 +4,14 @@
 use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::FutureRecord;
+use rdkafka::message::{Headers, Message};
 use sluice_runtime::kafka::create_topic_if_missing;
 use sluice_schemas::codec::{encode_with, CodecError, ReaderSchema};
 use sluice_schemas::json::{from_json, to_json_with_schema};
 use sluice_schemas::metadata::EventMetadata;
 use sluice_schemas::{AvroCodec, Catalog, RecordLocation, RegistryClient};
 
-use crate::support::{clients, registry, require_stack, unique_topic};
+use crate::support::{clients, registry, require_stack, send_event, unique_topic};
 
 const PAYMENT: &str = "dev.sluice.events.payments.PaymentSucceeded";
 
@@ -44,25 +43,8 @@ async fn avro_event_round_trips_through_registry_and_broker() {
     assert_eq!(payload[0], 0, "Confluent magic byte");
     assert_eq!(u32::from_be_bytes(payload[1..5].try_into().unwrap()), id);
 
-    let mut headers = OwnedHeaders::new();
-    for (k, v) in meta.headers() {
-        headers = headers.insert(Header {
-            key: k,
-            value: Some(v.as_bytes()),
-        });
-    }
     let producer = clients.producer("e2e").unwrap();
-    let delivered = producer
-        .send(
-            FutureRecord::to(&topic)
-                .key("pi_e2e")
-                .payload(&payload)
-                .headers(headers),
-            Duration::from_secs(10),
-        )
-        .await
-        .map_err(|(e, _)| e)
-        .unwrap();
+    let delivered = send_event(&producer, &topic, "pi_e2e", &payload, &meta).await;
 
     let consumer: StreamConsumer = clients
         .consumer_config("e2e", &format!("{topic}-group"))

@@ -213,3 +213,33 @@ pub fn remove_deployment(topology: &sluice_topology::Topology) {
     })
     .join();
 }
+
+/// Produces one Avro event with `meta`'s CloudEvents headers, as any Confluent-framing
+/// producer would, and waits for its acknowledgement; returns where it landed.
+pub async fn send_event(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    key: &str,
+    payload: &[u8],
+    meta: &sluice_schemas::metadata::EventMetadata,
+) -> rdkafka::producer::future_producer::Delivery {
+    use rdkafka::message::{Header, OwnedHeaders};
+    let mut headers = OwnedHeaders::new();
+    for (k, v) in meta.headers() {
+        headers = headers.insert(Header {
+            key: k,
+            value: Some(v.as_bytes()),
+        });
+    }
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::to(topic)
+                .key(key)
+                .payload(payload)
+                .headers(headers),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap()
+}

@@ -27,7 +27,7 @@ use rdkafka::producer::FutureRecord;
 
 pub use failure::{FailureRouter, RetryTier};
 pub use ordering::PerKey;
-pub use processing::{run, LoopError};
+pub use processing::{fence_predecessor, run, LoopError};
 
 /// One consumed record, owned so handlers can hold it across awaits.
 #[derive(Debug, Clone, PartialEq, Eq)]

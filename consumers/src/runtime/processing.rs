@@ -44,6 +44,43 @@ fn kafka(what: &'static str) -> impl FnOnce(KafkaError) -> LoopError {
     move |source| LoopError::Kafka { what, source }
 }
 
+/// The exactly-once loop's producer, with transactions initialised: which fences this
+/// member's predecessor and aborts the transaction it left open.
+async fn transactional_producer(
+    clients: &KafkaClients,
+    group: &str,
+    instance_id: &str,
+    config: &LoopConfig,
+) -> Result<FutureProducer, LoopError> {
+    let p: FutureProducer = clients
+        .transactional_producer_config("consumer", &format!("{group}-{instance_id}"))?
+        .set(
+            "transaction.timeout.ms",
+            config.transaction_timeout.as_millis().to_string(),
+        )
+        .create()
+        .map_err(kafka("creating the transactional producer"))?;
+    let init = p.clone();
+    blocking(move || init.init_transactions(Duration::from_secs(30)))
+        .map_err(kafka("initialising transactions"))?;
+    Ok(p)
+}
+
+/// Fences the previous incarnation of exactly-once member `instance_id` of `group` now,
+/// before the loop can start: a member killed mid-transaction leaves it open, and until it
+/// is aborted every `read_committed` reader of the partitions it wrote stops at it (up to
+/// the transaction timeout). A process that must wait before it runs its loop (for the
+/// schema registry, say) calls this first, so downstream consumers are not held up meanwhile.
+pub async fn fence_predecessor(
+    clients: &KafkaClients,
+    group: &str,
+    instance_id: &str,
+) -> Result<(), LoopError> {
+    let config = LoopConfig::new(group, instance_id, Vec::new(), Guarantee::ExactlyOnce);
+    drop(transactional_producer(clients, group, instance_id, &config).await?);
+    Ok(())
+}
+
 /// Runs the loop until shutdown. Returns an error only for failures a restart must fix
 /// (a fenced producer, a broken state restore).
 pub async fn run<H: Handler>(
@@ -83,21 +120,7 @@ pub async fn run<H: Handler>(
 
     let producer: FutureProducer = match config.guarantee {
         Guarantee::ExactlyOnce => {
-            let p: FutureProducer = clients
-                .transactional_producer_config(
-                    "consumer",
-                    &format!("{}-{}", config.group, config.instance_id),
-                )?
-                .set(
-                    "transaction.timeout.ms",
-                    config.transaction_timeout.as_millis().to_string(),
-                )
-                .create()
-                .map_err(kafka("creating the transactional producer"))?;
-            let init = p.clone();
-            blocking(move || init.init_transactions(Duration::from_secs(30)))
-                .map_err(kafka("initialising transactions"))?;
-            p
+            transactional_producer(clients, &config.group, &config.instance_id, &config).await?
         }
         Guarantee::AtLeastOnce => clients
             .producer_config("consumer")?
