@@ -36,7 +36,7 @@ pub struct NormalizeArgs {
     #[arg(long, default_value_t = sluice_consumers::runtime::DEFAULT_MAX_BATCH)]
     pub max_batch: usize,
     /// How long to wait for a batch to fill, in milliseconds.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = sluice_consumers::runtime::DEFAULT_LINGER.as_millis() as u64)]
     pub linger_ms: u64,
 }
 

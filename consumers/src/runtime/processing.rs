@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_runtime::kafka::KafkaClients;
 use sluice_runtime::Shutdown;
@@ -269,25 +269,41 @@ pub async fn run<H: Handler>(
             .iter()
             .map(|(tp, rs)| (tp.clone(), rs[0].offset))
             .collect();
+        // The transaction opens before handling, so outputs can be produced as they are made.
+        let begun = match config.guarantee {
+            Guarantee::ExactlyOnce => producer
+                .begin_transaction()
+                .map_err(kafka("beginning a transaction")),
+            Guarantee::AtLeastOnce => Ok(()),
+        };
+        // Without per-key ordering nothing needs the batch's outputs in a batch-wide order,
+        // so each is handed to the producer as soon as it is made: producing overlaps handling.
+        let stream = (begun.is_ok() && ordering.is_none())
+            .then(|| Arc::new(OutputStream::new(producer.clone())));
         // Each partition's records on their own task, so handlers use every core.
-        let tasks = by_partition.into_iter().map(|(tp, records)| {
-            let (handler, router, metrics, group, ordering) = (
-                handler.clone(),
-                router.clone(),
-                metrics.clone(),
-                group.clone(),
-                ordering.clone(),
-            );
-            tokio::spawn(async move {
-                let ctx = PartitionContext {
-                    router: &router,
-                    ordering: ordering.as_deref(),
-                    metrics: &metrics,
-                    group: &group,
-                };
-                handle_partition(tp, records, &*handler, &ctx).await
-            })
-        });
+        let tasks = by_partition
+            .into_iter()
+            .filter(|_| begun.is_ok())
+            .map(|(tp, records)| {
+                let (handler, router, metrics, group, ordering, stream) = (
+                    handler.clone(),
+                    router.clone(),
+                    metrics.clone(),
+                    group.clone(),
+                    ordering.clone(),
+                    stream.clone(),
+                );
+                tokio::spawn(async move {
+                    let ctx = PartitionContext {
+                        router: &router,
+                        ordering: ordering.as_deref(),
+                        stream: stream.as_deref(),
+                        metrics: &metrics,
+                        group: &group,
+                    };
+                    handle_partition(tp, records, &*handler, &ctx).await
+                })
+            });
         let mut results = Vec::new();
         for joined in join_all(tasks).await {
             results.push(
@@ -320,12 +336,22 @@ pub async fn run<H: Handler>(
             outputs.extend(o.batch_writes());
         }
         outputs.extend(handler.batch_outputs());
-        let committed = match config.guarantee {
-            Guarantee::ExactlyOnce => {
-                commit_transaction(&consumer, &producer, &outputs, &offsets).await
+        let stream = stream.map(|s| {
+            Arc::try_unwrap(s).unwrap_or_else(|_| unreachable!("the partition tasks are done"))
+        });
+        let committed = match (begun, config.guarantee) {
+            (Err(e), _) => Err(e),
+            (Ok(()), Guarantee::ExactlyOnce) => {
+                commit_transaction(&consumer, &producer, &outputs, &offsets, stream).await
             }
-            Guarantee::AtLeastOnce => {
-                commit_after_acks(&consumer, &producer, &outputs, &offsets).await
+            // Offsets committed once every output is acknowledged.
+            (Ok(()), Guarantee::AtLeastOnce) => {
+                match produce_all(&producer, &outputs, stream).await {
+                    Ok(()) if offsets.count() > 0 => consumer
+                        .commit(&offsets, CommitMode::Sync)
+                        .map_err(kafka("committing offsets")),
+                    other => other,
+                }
             }
         };
         metrics.in_flight.with_label_values(&[&group]).set(0);
@@ -399,10 +425,47 @@ struct PartitionResult {
     wait_until: Option<(i64, i64)>,
 }
 
+/// Outputs handed to the producer as the partition tasks make them.
+struct OutputStream {
+    producer: FutureProducer,
+    deliveries: std::sync::Mutex<Vec<DeliveryFuture>>,
+    /// The first output the producer would not take: the batch then fails as a whole.
+    refused: std::sync::Mutex<Option<LoopError>>,
+}
+
+impl OutputStream {
+    fn new(producer: FutureProducer) -> Self {
+        Self {
+            producer,
+            deliveries: Default::default(),
+            refused: Default::default(),
+        }
+    }
+
+    fn send(&self, o: &Output) {
+        match enqueue(&self.producer, o) {
+            Ok(d) => self.deliveries.lock().expect("deliveries").push(d),
+            Err(e) => {
+                self.refused.lock().expect("refused").get_or_insert(e);
+            }
+        }
+    }
+
+    /// The batch's deliveries so far, or the first output the producer refused.
+    fn finish(self) -> Result<Vec<DeliveryFuture>, LoopError> {
+        if let Some(e) = self.refused.into_inner().expect("refused") {
+            return Err(e);
+        }
+        Ok(self.deliveries.into_inner().expect("deliveries"))
+    }
+}
+
 /// What a partition task shares with the loop.
 struct PartitionContext<'a> {
     router: &'a FailureRouter,
     ordering: Option<&'a KeyOrdering>,
+    /// Where outputs go as they are made; when absent they are returned with the result.
+    stream: Option<&'a OutputStream>,
     metrics: &'a LoopMetrics,
     group: &'a str,
 }
@@ -459,9 +522,12 @@ async fn handle_partition<H: Handler>(
                     .records
                     .with_label_values(&[group, &topic, "ok"])
                     .inc();
-                result
-                    .outputs
-                    .extend(outputs.into_iter().map(|o| (stamp, o)));
+                match ctx.stream {
+                    Some(stream) => outputs.iter().for_each(|o| stream.send(o)),
+                    None => result
+                        .outputs
+                        .extend(outputs.into_iter().map(|o| (stamp, o))),
+                }
                 if let (Some(o), Some(slot)) = (ctx.ordering, &slot) {
                     o.resolved(slot);
                 }
@@ -497,7 +563,10 @@ async fn handle_partition<H: Handler>(
                     }
                 }
                 tracing::debug!(group, topic = record.topic, offset = record.offset, %error, ?routed, "record failed");
-                result.outputs.push((stamp, copy));
+                match ctx.stream {
+                    Some(stream) => stream.send(&copy),
+                    None => result.outputs.push((stamp, copy)),
+                }
             }
         }
         result.next_offset = Some(record.offset + 1);
@@ -518,14 +587,13 @@ async fn commit_transaction(
     producer: &FutureProducer,
     outputs: &[Output],
     offsets: &TopicPartitionList,
+    stream: Option<OutputStream>,
 ) -> Result<(), LoopError> {
-    producer
-        .begin_transaction()
-        .map_err(kafka("beginning a transaction"))?;
     let result = async {
-        for o in outputs {
-            enqueue(producer, o)?;
-        }
+        // Every output acknowledged before the commit: rdkafka's commit flushes first, and a
+        // flush that finds messages in flight sleeps 100 ms per check, which would otherwise
+        // be the price of every transaction.
+        produce_all(producer, outputs, stream).await?;
         let metadata = consumer
             .group_metadata()
             .ok_or_else(|| LoopError::Restore("the consumer has no group metadata".into()))?;
@@ -546,13 +614,19 @@ async fn commit_transaction(
     result
 }
 
-async fn commit_after_acks(
-    consumer: &StreamConsumer<LoopContext>,
+/// Produces the batch's remaining `outputs` after those already streamed, and waits until
+/// every one is acknowledged (an error for the first that failed), then until the producer
+/// holds no message at all (a delivery resolves just before librdkafka lets go of its
+/// message).
+async fn produce_all(
     producer: &FutureProducer,
     outputs: &[Output],
-    offsets: &TopicPartitionList,
+    stream: Option<OutputStream>,
 ) -> Result<(), LoopError> {
-    let mut deliveries = Vec::with_capacity(outputs.len());
+    let mut deliveries = match stream {
+        Some(stream) => stream.finish()?,
+        None => Vec::new(),
+    };
     for o in outputs {
         deliveries.push(enqueue(producer, o)?);
     }
@@ -573,10 +647,9 @@ async fn commit_after_acks(
             }
         }
     }
-    if offsets.count() > 0 {
-        consumer
-            .commit(offsets, CommitMode::Sync)
-            .map_err(kafka("committing offsets"))?;
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while producer.in_flight_count() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
     Ok(())
 }

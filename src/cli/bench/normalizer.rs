@@ -27,8 +27,12 @@ use super::{fixtures, spawn_self};
 #[derive(Debug, Args)]
 pub struct NormalizerBench {
     /// Raw deliveries per run.
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = 100_000)]
     pub records: usize,
+    /// Rounds of passthrough, exactly-once and at-least-once runs, one after the other; each
+    /// round's ratios are against its own passthrough, and the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
     /// Passed to `sluice normalize` (its default when absent).
     #[arg(long)]
     pub max_batch: Option<usize>,
@@ -271,29 +275,51 @@ fn uuid_like() -> String {
 }
 
 pub async fn run(config: &SluiceConfig, b: NormalizerBench) -> anyhow::Result<ExitCode> {
-    let pass = passthrough(config, b.records)
-        .await
-        .context("passthrough run")?;
-    let (eos, eos_rss) = normalizer_run(config, &b, "exactly-once")
-        .await
-        .context("exactly-once run")?;
-    let (alo, alo_rss) = normalizer_run(config, &b, "at-least-once")
-        .await
-        .context("at-least-once run")?;
+    if b.rounds == 0 {
+        bail!("--rounds must be at least 1");
+    }
     println!(
-        "normalizer benchmark ({} preloaded raw deliveries per run, half Stripe payment_intent.succeeded, half GitHub push; steady-state rate from 10% to 100% committed)",
-        b.records
-    );
-    println!("  raw passthrough (consume→produce→commit) {pass:>10.0} records/s   (ceiling)");
-    println!(
-        "  normalizer exactly-once                   {eos:>10.0} records/s   ratio {:.2}   peak RSS {:.1} MiB",
-        eos / pass,
-        eos_rss.unwrap_or(f64::NAN)
+        "normalizer benchmark ({} preloaded raw deliveries per run, half Stripe payment_intent.succeeded, half GitHub push; steady-state rate from 10% to 100% committed; {} rounds)",
+        b.records, b.rounds
     );
     println!(
-        "  normalizer at-least-once                  {alo:>10.0} records/s   ratio {:.2}   peak RSS {:.1} MiB",
-        alo / pass,
-        alo_rss.unwrap_or(f64::NAN)
+        "  round  passthrough/s  exactly-once/s  ratio  at-least-once/s  ratio  peak RSS EOS/ALO"
+    );
+    let (mut eos_ratios, mut alo_ratios) = (Vec::new(), Vec::new());
+    for round in 1..=b.rounds {
+        let pass = passthrough(config, b.records)
+            .await
+            .context("passthrough run")?;
+        let (eos, eos_rss) = normalizer_run(config, &b, "exactly-once")
+            .await
+            .context("exactly-once run")?;
+        let (alo, alo_rss) = normalizer_run(config, &b, "at-least-once")
+            .await
+            .context("at-least-once run")?;
+        eos_ratios.push(eos / pass);
+        alo_ratios.push(alo / pass);
+        println!(
+            "  {round:>5}  {pass:>13.0}  {eos:>14.0}  {:>5.2}  {alo:>15.0}  {:>5.2}  {:.0}/{:.0} MiB",
+            eos / pass,
+            alo / pass,
+            eos_rss.unwrap_or(f64::NAN),
+            alo_rss.unwrap_or(f64::NAN)
+        );
+    }
+    println!(
+        "  median ratio: exactly-once {:.2} (target 0.60), at-least-once {:.2} (target 0.75)",
+        median(&mut eos_ratios),
+        median(&mut alo_ratios)
     );
     Ok(ExitCode::SUCCESS)
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
 }
