@@ -336,17 +336,15 @@ pub async fn run<H: Handler>(
             outputs.extend(o.batch_writes());
         }
         outputs.extend(handler.batch_outputs());
-        let stream = stream.map(|s| {
-            Arc::try_unwrap(s).unwrap_or_else(|_| unreachable!("the partition tasks are done"))
-        });
         let committed = match (begun, config.guarantee) {
             (Err(e), _) => Err(e),
             (Ok(()), Guarantee::ExactlyOnce) => {
-                commit_transaction(&consumer, &producer, &outputs, &offsets, stream).await
+                commit_transaction(&consumer, &producer, &outputs, &offsets, stream.as_deref())
+                    .await
             }
             // Offsets committed once every output is acknowledged.
             (Ok(()), Guarantee::AtLeastOnce) => {
-                match produce_all(&producer, &outputs, stream).await {
+                match produce_all(&producer, &outputs, stream.as_deref()).await {
                     Ok(()) if offsets.count() > 0 => consumer
                         .commit(&offsets, CommitMode::Sync)
                         .map_err(kafka("committing offsets")),
@@ -452,11 +450,13 @@ impl OutputStream {
     }
 
     /// The batch's deliveries so far, or the first output the producer refused.
-    fn finish(self) -> Result<Vec<DeliveryFuture>, LoopError> {
-        if let Some(e) = self.refused.into_inner().expect("refused") {
+    fn finish(&self) -> Result<Vec<DeliveryFuture>, LoopError> {
+        if let Some(e) = self.refused.lock().expect("refused").take() {
             return Err(e);
         }
-        Ok(self.deliveries.into_inner().expect("deliveries"))
+        Ok(std::mem::take(
+            &mut *self.deliveries.lock().expect("deliveries"),
+        ))
     }
 }
 
@@ -587,7 +587,7 @@ async fn commit_transaction(
     producer: &FutureProducer,
     outputs: &[Output],
     offsets: &TopicPartitionList,
-    stream: Option<OutputStream>,
+    stream: Option<&OutputStream>,
 ) -> Result<(), LoopError> {
     let result = async {
         // Every output acknowledged before the commit: rdkafka's commit flushes first, and a
@@ -621,7 +621,7 @@ async fn commit_transaction(
 async fn produce_all(
     producer: &FutureProducer,
     outputs: &[Output],
-    stream: Option<OutputStream>,
+    stream: Option<&OutputStream>,
 ) -> Result<(), LoopError> {
     let mut deliveries = match stream {
         Some(stream) => stream.finish()?,
