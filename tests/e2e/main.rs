@@ -10,6 +10,7 @@ mod cli;
 mod compose;
 mod docs;
 mod faults;
+mod fencing;
 mod gateway;
 mod interop;
 mod lag;
