@@ -77,6 +77,18 @@ pub async fn wait_for_registry(registry: &RegistryClient, shutdown: &Shutdown) {
     }
 }
 
+/// Fences each (group, instance) exactly-once member's previous incarnation (see
+/// [`sluice_consumers::runtime::fence_predecessor`]); a failure is only logged, since the
+/// loop initialises transactions again and fails there if it must.
+pub async fn fence_predecessors(clients: &KafkaClients, predecessors: &[(String, String)]) {
+    for (group, instance) in predecessors {
+        let fenced = sluice_consumers::runtime::fence_predecessor(clients, group, instance);
+        if let Err(e) = fenced.await {
+            tracing::warn!(group, instance, error = %e, "could not fence the previous instance yet");
+        }
+    }
+}
+
 /// What a long-running role process starts with: signal handling, the admin server (metrics
 /// and readiness, `check` not ready yet) and its clients.
 pub struct Process {
@@ -111,13 +123,7 @@ impl Process {
         .with_context(|| format!("starting the admin server on {}", config.admin.listen))?;
         let registry = RegistryClient::new(&config.registry)?;
         let clients = KafkaClients::new(config.kafka.clone());
-        for (group, instance) in predecessors {
-            let fenced = sluice_consumers::runtime::fence_predecessor(&clients, group, instance);
-            if let Err(e) = fenced.await {
-                // The loop initialises transactions again, and fails there if it must.
-                tracing::warn!(group, instance, error = %e, "could not fence the previous instance yet");
-            }
-        }
+        fence_predecessors(&clients, predecessors).await;
         wait_for_registry(&registry, &shutdown).await;
         Ok(Self {
             shutdown,

@@ -125,15 +125,13 @@ pub async fn run(
     let instance = args
         .instance_id
         .unwrap_or_else(|| super::normalize::default_instance_id("run"));
+    let normalizer_member = (
+        sluice_consumers::normalizer::group(&topology.prefix),
+        format!("{instance}-normalizer"),
+    );
     if roles.contains(&Role::Normalizer) {
         // As `Process::start` does: fence the previous normalizer's open transaction first.
-        let group = sluice_consumers::normalizer::group(&topology.prefix);
-        let member = format!("{instance}-normalizer");
-        if let Err(e) =
-            sluice_consumers::runtime::fence_predecessor(&clients, &group, &member).await
-        {
-            tracing::warn!(group, member, error = %e, "could not fence the previous instance yet");
-        }
+        super::fence_predecessors(&clients, std::slice::from_ref(&normalizer_member)).await;
         super::wait_for_registry(&registry, &shutdown).await;
         if shutdown.is_triggered() {
             return Ok(ExitCode::SUCCESS);
@@ -188,12 +186,11 @@ pub async fn run(
         let handler = handler.with_dead_letters(router.clone());
         let mut topics = handler.raw_topics();
         topics.extend(router.tiers.iter().map(|t| t.topic.clone()));
-        let group = sluice_consumers::normalizer::group(&topology.prefix);
-        let member = format!("{instance}-normalizer");
-        let mut loop_config = LoopConfig::new(&group, &member, topics, Guarantee::ExactlyOnce);
+        let (group, member) = &normalizer_member;
+        let mut loop_config = LoopConfig::new(group, member, topics, Guarantee::ExactlyOnce);
         loop_config.per_key =
             super::normalize::per_key(&topology, sluice_consumers::normalizer::RETRY_POLICY);
-        let c = super::static_member(config, &member);
+        let c = super::static_member(config, member);
         let (m, s) = (loop_metrics.clone(), shutdown.clone());
         tasks.spawn(async move {
             let r = runtime::run(&c, loop_config, router, Arc::new(handler), m, s).await;

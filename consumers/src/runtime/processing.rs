@@ -48,12 +48,13 @@ fn kafka(what: &'static str) -> impl FnOnce(KafkaError) -> LoopError {
 /// member's predecessor and aborts the transaction it left open.
 async fn transactional_producer(
     clients: &KafkaClients,
-    group: &str,
-    instance_id: &str,
     config: &LoopConfig,
 ) -> Result<FutureProducer, LoopError> {
     let p: FutureProducer = clients
-        .transactional_producer_config("consumer", &format!("{group}-{instance_id}"))?
+        .transactional_producer_config(
+            "consumer",
+            &format!("{}-{}", config.group, config.instance_id),
+        )?
         .set(
             "transaction.timeout.ms",
             config.transaction_timeout.as_millis().to_string(),
@@ -77,7 +78,7 @@ pub async fn fence_predecessor(
     instance_id: &str,
 ) -> Result<(), LoopError> {
     let config = LoopConfig::new(group, instance_id, Vec::new(), Guarantee::ExactlyOnce);
-    drop(transactional_producer(clients, group, instance_id, &config).await?);
+    drop(transactional_producer(clients, &config).await?);
     Ok(())
 }
 
@@ -119,9 +120,7 @@ pub async fn run<H: Handler>(
     consumer.subscribe(&topics).map_err(kafka("subscribing"))?;
 
     let producer: FutureProducer = match config.guarantee {
-        Guarantee::ExactlyOnce => {
-            transactional_producer(clients, &config.group, &config.instance_id, &config).await?
-        }
+        Guarantee::ExactlyOnce => transactional_producer(clients, &config).await?,
         Guarantee::AtLeastOnce => clients
             .producer_config("consumer")?
             .create()
