@@ -76,8 +76,8 @@ fn deliveries(n: usize, run: &str) -> anyhow::Result<Vec<Delivery>> {
         .map(|i| {
             if i % 2 == 0 {
                 let mut v = order.clone();
-                let order_id = (base * 1_000 + i as u64).to_string();
-                v["id"] = serde_json::json!(order_id.parse::<u64>().unwrap_or_default());
+                let order_id = base * 1_000 + i as u64;
+                v["id"] = order_id.into();
                 let body = serde_json::to_vec(&v).unwrap_or_default();
                 let webhook_id = format!("{run}-{i}");
                 Delivery {
@@ -85,7 +85,7 @@ fn deliveries(n: usize, run: &str) -> anyhow::Result<Vec<Delivery>> {
                     headers: sign::shopify(SECRET, "orders/create", &webhook_id, &body),
                     event_id: sluice_consumers::normalize::event_id("shopify", &webhook_id, 0),
                     body,
-                    saga: Some(order_id),
+                    saga: Some(order_id.to_string()),
                 }
             } else {
                 let mut v = payment.clone();

@@ -463,7 +463,6 @@ async fn lag_status(clients: &KafkaClients) -> Vec<(String, String)> {
             report?
                 .groups
                 .iter()
-                .filter(|g| g.group.starts_with("sluice"))
                 .map(|g| (g.group.clone(), g.status.to_string()))
                 .collect(),
         )
