@@ -90,6 +90,11 @@ pub async fn run(config: &SluiceConfig, args: NormalizeArgs) -> anyhow::Result<E
         GuaranteeArg::ExactlyOnce => Guarantee::ExactlyOnce,
         GuaranteeArg::AtLeastOnce => Guarantee::AtLeastOnce,
     };
+    // A configuration that cannot run is refused before any network work.
+    let ordering = per_key(&topology, normalizer::RETRY_POLICY);
+    if let Some(o) = &ordering {
+        o.check_guarantee(guarantee)?;
+    }
     let predecessors = match guarantee {
         Guarantee::ExactlyOnce => vec![(group.clone(), instance.clone())],
         Guarantee::AtLeastOnce => vec![],
@@ -127,7 +132,7 @@ pub async fn run(config: &SluiceConfig, args: NormalizeArgs) -> anyhow::Result<E
     let mut loop_config = LoopConfig::new(&group, &instance, topics, guarantee);
     loop_config.max_batch = args.max_batch.max(1);
     loop_config.linger = std::time::Duration::from_millis(args.linger_ms);
-    loop_config.per_key = per_key(&topology, normalizer::RETRY_POLICY);
+    loop_config.per_key = ordering;
     let metrics = LoopMetrics::new(&metrics_registry)?;
     readiness.set("normalizer", true);
     tracing::info!(instance, ?guarantee, "normalizer running");
