@@ -32,6 +32,10 @@ pub mod raw {
     pub const RECEIVED_AT: &str = "sluice_received_at";
     /// Prefix of the safe copies of original request headers.
     pub const ORIGINAL_HEADER_PREFIX: &str = "sluice_h_";
+    /// SHA-256 (hex) of the claimed event type, a newline and the body; set when the
+    /// provider's signature does not cover its delivery id, so a replay under a fresh id is
+    /// still recognised as a redelivery.
+    pub const CONTENT_DIGEST: &str = "sluice_content_digest";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

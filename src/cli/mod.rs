@@ -39,7 +39,18 @@ pub fn topology_path(config: &SluiceConfig, flag: Option<PathBuf>) -> PathBuf {
 pub fn load(config: &SluiceConfig, flag: Option<PathBuf>) -> anyhow::Result<(Catalog, Topology)> {
     let catalog = Catalog::embedded().context("loading the embedded schema catalog")?;
     let types: BTreeSet<String> = catalog.event_types().map(str::to_string).collect();
-    let topology = Topology::load(&topology_path(config, flag), &types)?;
+    let path = topology_path(config, flag);
+    let topology = Topology::load(&path, &types)?;
+    // The producers' record limit is part of this process's config, not of the topology.
+    let producer_max = KafkaClients::new(config.kafka.clone()).producer_max_message_bytes();
+    let errors = topology.size_problems(producer_max);
+    if !errors.is_empty() {
+        return Err(sluice_topology::TopologyError::Invalid {
+            file: path.display().to_string(),
+            errors,
+        }
+        .into());
+    }
     Ok((catalog, topology))
 }
 

@@ -5,6 +5,7 @@
 //! - [`validate`]: cross-references (routes to declared topics, retry policies to DLQs, …),
 //!   each error naming the file and the path inside it (`topics[3].partitions`).
 //! - [`naming`]: the topic naming convention.
+//! - [`sizes`]: record limits that let every accepted delivery be normalized or dead-lettered.
 //! - [`plan`] / [`apply`]: the diff against a live cluster and its idempotent application.
 //! - [`asyncapi`]: an AsyncAPI 3.0 document for data teams.
 
@@ -13,6 +14,7 @@ pub mod asyncapi;
 pub mod model;
 pub mod naming;
 pub mod plan;
+pub mod sizes;
 pub mod validate;
 
 pub use model::Topology;

@@ -100,7 +100,7 @@ pub struct SourceLimits {
 impl Default for SourceLimits {
     fn default() -> Self {
         Self {
-            max_body_bytes: 1024 * 1024,
+            max_body_bytes: crate::sizes::DEFAULT_MAX_BODY_BYTES as usize,
             rate_per_sec: None,
             burst: None,
         }

@@ -282,6 +282,8 @@ impl Topology {
         }
         self.validate_per_key(&mut errors);
         self.validate_sagas(event_types, &mut errors);
+        // Topic limits only; each process checks its producers' limit too (see `sizes`).
+        errors.extend(self.size_problems(u64::MAX));
         errors
     }
 
@@ -628,6 +630,15 @@ impl Topology {
                 Ordering::None => p.dlq_topic.clone(),
             };
             let sized = self.topics.iter().find(|t| t.name == like);
+            // A tier holds the same copies as the dead-letter topic, so it takes the same
+            // record limit.
+            let config: BTreeMap<String, String> = self
+                .topics
+                .iter()
+                .find(|t| t.name == p.dlq_topic)
+                .and_then(|d| d.config.get("max.message.bytes"))
+                .map(|v| [("max.message.bytes".to_string(), v.clone())].into())
+                .unwrap_or_default();
             for tier in &p.tiers {
                 let name = naming::retry_topic(&self.prefix, &p.name, tier.0);
                 if out.iter().any(|t| t.name == name) {
@@ -637,7 +648,7 @@ impl Topology {
                     name,
                     partitions: sized.map_or(1, |d| d.partitions),
                     replication_factor: sized.map_or(1, |d| d.replication_factor),
-                    config: BTreeMap::new(),
+                    config: config.clone(),
                 });
             }
         }

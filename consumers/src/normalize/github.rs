@@ -40,6 +40,8 @@ pub fn map(delivery: &RawDelivery<'_>) -> Result<Vec<Mapped>, MapError> {
             reason: "no event name (the X-GitHub-Event header) on the delivery".into(),
         });
     };
+    // The event name is an unsigned header: the body must agree with it.
+    super::claims::github(event, &body)?;
     let action = body.get("action").and_then(Json::as_str);
     let name = match action {
         Some(a) => format!("{event}.{a}"),

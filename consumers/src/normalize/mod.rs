@@ -5,6 +5,7 @@
 //! adds the common metadata fields (`event_id`, `occurred_at`, `source`, `subject`), encodes
 //! with the catalog schema and produces to the routed topic.
 
+pub mod claims;
 pub mod generic;
 pub mod github;
 pub mod money;
@@ -68,6 +69,14 @@ pub enum MapError {
         event_type: String,
         reason: String,
     },
+    /// The event type an unsigned header claims contradicts the signed body (see
+    /// [`claims`]).
+    #[error("{provider} delivery claims `{claimed}`, but {reason}")]
+    EventTypeMismatch {
+        provider: String,
+        claimed: String,
+        reason: String,
+    },
 }
 
 impl MapError {
@@ -77,6 +86,7 @@ impl MapError {
             MapError::InvalidJson { .. } => "invalid_json",
             MapError::Unmapped { .. } => "unmapped_event_type",
             MapError::Invalid { .. } => "invalid_payload",
+            MapError::EventTypeMismatch { .. } => "event_type_mismatch",
         }
     }
 }

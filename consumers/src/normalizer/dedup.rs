@@ -11,8 +11,8 @@
 //! needs by reading that changelog partition on assignment. Records of the earlier format
 //! (one key per record, value = received time) are still read.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::consumer::Consumer;
@@ -34,11 +34,46 @@ pub enum DedupError {
 pub struct DedupStore {
     pub topic: String,
     window_ms: i64,
-    /// Changelog partition → keys seen (with their time).
-    seen: Mutex<HashMap<i32, HashMap<String, i64>>>,
+    /// Changelog partition → keys seen (with their time), pruned as the window moves.
+    seen: Mutex<HashMap<i32, PartitionKeys>>,
     /// Keys of the batch in progress by changelog partition, applied on commit. A map, not
     /// a list: every record of a batch looks its key up here.
     pending: Mutex<HashMap<i32, HashMap<String, i64>>>,
+}
+
+/// One partition's keys, and the same keys oldest first so the window can be pruned from the
+/// front as it moves, without scanning every key.
+#[derive(Debug, Default)]
+struct PartitionKeys {
+    times: HashMap<Arc<str>, i64>,
+    /// In the order keys were recorded; received times are nearly in that order, and a key
+    /// recorded out of order is pruned a little late, never early.
+    by_age: VecDeque<(i64, Arc<str>)>,
+}
+
+impl PartitionKeys {
+    fn insert(&mut self, key: String, at_ms: i64) {
+        let key: Arc<str> = key.into();
+        self.times.insert(key.clone(), at_ms);
+        self.by_age.push_back((at_ms, key));
+    }
+
+    fn get(&self, key: &str) -> Option<i64> {
+        self.times.get(key).copied()
+    }
+
+    /// Drops every key recorded before `oldest_ms`.
+    fn prune(&mut self, oldest_ms: i64) {
+        while self.by_age.front().is_some_and(|(at, _)| *at < oldest_ms) {
+            let Some((at, key)) = self.by_age.pop_front() else {
+                break;
+            };
+            // A key recorded again later keeps its newer entry.
+            if self.times.get(&key) == Some(&at) {
+                self.times.remove(&key);
+            }
+        }
+    }
 }
 
 pub fn key(source: &str, delivery_id: &str) -> String {
@@ -72,7 +107,7 @@ impl DedupStore {
             .expect("dedup lock")
             .get(&partition)
             .and_then(|m| m.get(key))
-            .is_some_and(fresh)
+            .is_some_and(|t| fresh(&t))
     }
 
     pub fn record_pending(&self, partition: i32, key: String, at_ms: i64) {
@@ -102,13 +137,22 @@ impl DedupStore {
             .collect()
     }
 
-    /// Applies (on commit) or drops (on abort) the batch's keys.
-    pub fn finish_batch(&self, committed: bool) {
+    /// Applies (on commit) or drops (on abort) the batch's keys, and forgets keys that fell
+    /// out of the window by `now_ms`, so memory follows the window, not the run's length.
+    pub fn finish_batch(&self, committed: bool, now_ms: i64) {
         let pending = std::mem::take(&mut *self.pending.lock().expect("dedup lock"));
         if committed {
             let mut seen = self.seen.lock().expect("dedup lock");
             for (p, keys) in pending {
-                seen.entry(p).or_default().extend(keys);
+                let partition = seen.entry(p).or_default();
+                let mut keys: Vec<(String, i64)> = keys.into_iter().collect();
+                keys.sort_by_key(|(_, at)| *at);
+                for (key, at) in keys {
+                    partition.insert(key, at);
+                }
+            }
+            for partition in seen.values_mut() {
+                partition.prune(now_ms - self.window_ms);
             }
         }
     }
@@ -134,7 +178,7 @@ impl DedupStore {
             .lock()
             .expect("dedup lock")
             .values()
-            .map(HashMap::len)
+            .map(|p| p.times.len())
             .sum()
     }
 
@@ -199,10 +243,16 @@ impl DedupStore {
             }
         }
         let n = state.len();
+        let mut keys: Vec<(String, i64)> = state.into_iter().collect();
+        keys.sort_by_key(|(_, at)| *at);
+        let mut restored = PartitionKeys::default();
+        for (key, at) in keys {
+            restored.insert(key, at);
+        }
         self.seen
             .lock()
             .expect("dedup lock")
-            .insert(partition, state);
+            .insert(partition, restored);
         Ok(n)
     }
 }
@@ -235,16 +285,44 @@ mod tests {
         assert!(!d.is_duplicate(0, "a", 1000));
         d.record_pending(0, "a".into(), 1000);
         assert!(d.is_duplicate(0, "a", 1000), "same batch");
-        d.finish_batch(false);
+        d.finish_batch(false, 1000);
         assert!(
             !d.is_duplicate(0, "a", 1000),
             "aborted batches leave no trace"
         );
         d.record_pending(0, "a".into(), 1000);
-        d.finish_batch(true);
+        d.finish_batch(true, 1000);
         assert!(d.is_duplicate(0, "a", 2000));
         assert!(!d.is_duplicate(1, "a", 2000), "state is per partition");
         assert!(!d.is_duplicate(0, "a", 1000 + 61_000), "outside the window");
+    }
+
+    #[test]
+    fn memory_follows_the_window_over_a_million_distinct_ids() {
+        // One id a millisecond for 1,000,000 ms, batches of 1,000, a 10 s window: the store
+        // must hold about the window's 10,000 ids (plus one batch), never the run's million.
+        let d = DedupStore::new("t", Duration::from_secs(10));
+        let mut most = 0;
+        for batch in 0..1_000i64 {
+            for i in 0..1_000i64 {
+                let at = batch * 1_000 + i;
+                d.record_pending((i % 3) as i32, format!("src\nid-{at}"), at);
+            }
+            d.finish_batch(true, batch * 1_000 + 999);
+            most = most.max(d.len());
+        }
+        assert!(most <= 11_003, "held {most} keys");
+        assert!(d.len() >= 10_000, "the window's ids are kept: {}", d.len());
+        assert!(d.is_duplicate(0, "src\nid-999999", 1_000_000));
+        assert!(!d.is_duplicate(0, "src\nid-3", 1_000_000));
+        let held: usize = d
+            .seen
+            .lock()
+            .unwrap()
+            .values()
+            .map(|p| p.by_age.len())
+            .sum();
+        assert_eq!(held, d.len(), "the age queue is pruned with the map");
     }
 
     #[test]

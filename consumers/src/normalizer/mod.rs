@@ -274,6 +274,7 @@ fn permanent(e: &MapError) -> HandlerError {
         MapError::InvalidJson { .. } => "InvalidJson",
         MapError::Unmapped { .. } => "UnmappedEventType",
         MapError::Invalid { .. } => "InvalidPayload",
+        MapError::EventTypeMismatch { .. } => "EventTypeMismatch",
     };
     HandlerError::permanent(class, e.to_string())
 }
@@ -316,8 +317,14 @@ impl Normalizer {
                 .map_err(|e| HandlerError::transient("DedupRestore", e.to_string()))?;
         }
         let dedup_key = dedup::key(source, delivery_id);
+        // Where the signature leaves the delivery id out, a replay under a fresh id is
+        // still the same signed content (the gateway keys it to the same partition).
+        let digest_key = record
+            .header(raw::CONTENT_DIGEST)
+            .map(|d| dedup::key(source, &format!("sha256:{d}")));
         let now = metadata::now_ms();
-        if self.dedup.is_duplicate(raw_partition, &dedup_key, now) {
+        let seen = |key: &String| self.dedup.is_duplicate(raw_partition, key, now);
+        if seen(&dedup_key) || digest_key.as_ref().is_some_and(seen) {
             self.metrics.duplicates.with_label_values(&[source]).inc();
             return Ok(Vec::new());
         }
@@ -410,6 +417,10 @@ impl Normalizer {
         // `batch_outputs`).
         self.dedup
             .record_pending(raw_partition, dedup_key, received_at_ms);
+        if let Some(key) = digest_key {
+            self.dedup
+                .record_pending(raw_partition, key, received_at_ms);
+        }
         Ok(outputs)
     }
 }
@@ -475,6 +486,6 @@ impl Handler for Normalizer {
     }
 
     fn on_batch_end(&self, committed: bool) {
-        self.dedup.finish_batch(committed);
+        self.dedup.finish_batch(committed, metadata::now_ms());
     }
 }

@@ -12,6 +12,37 @@ use sluice_topology::naming;
 use super::headers as h;
 use super::{HandlerError, Output, Record};
 
+/// Most of an error message a copy carries: a copy must stay within the room the topology
+/// leaves for failure headers (`sluice_topology::sizes::FAILURE_COPY_OVERHEAD_BYTES`),
+/// whatever the error says about the record.
+const MAX_MESSAGE_BYTES: usize = 2 * 1024;
+/// Most of the attempt history a copy carries; the oldest lines go first.
+const MAX_HISTORY_BYTES: usize = 4 * 1024;
+
+/// The first `max` bytes of `text`, cut at a character boundary, with `…` when cut.
+fn clip_front(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return text.into();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end]).into()
+}
+
+/// The last `max` bytes of `text`, cut at a character boundary, with `…` when cut.
+fn clip_back(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return text.into();
+    }
+    let mut start = text.len() - max;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("…{}", &text[start..]).into()
+}
+
 /// One retry tier: its topic and how long a record waits there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetryTier {
@@ -70,7 +101,12 @@ impl FailureRouter {
         let mut headers = self.provenance(record);
         let mut push = |k: &str, v: Vec<u8>| headers.push((k.to_string(), v));
         push(h::EXCEPTION_FQCN, error.class().as_bytes().to_vec());
-        push(h::EXCEPTION_MESSAGE, error.message().as_bytes().to_vec());
+        push(
+            h::EXCEPTION_MESSAGE,
+            clip_front(error.message(), MAX_MESSAGE_BYTES)
+                .as_bytes()
+                .to_vec(),
+        );
         push(h::ATTEMPTS, attempt.to_string().into_bytes());
         let first = record
             .header(h::FIRST_FAILURE_AT)
@@ -90,8 +126,14 @@ impl FailureRouter {
         if !history.is_empty() {
             history.push('\n');
         }
-        history.push_str(&format!("{attempt} {now_ms} {error}"));
-        push(h::ATTEMPT_HISTORY, history.into_bytes());
+        history.push_str(&format!(
+            "{attempt} {now_ms} {}",
+            clip_front(&error.to_string(), MAX_MESSAGE_BYTES)
+        ));
+        push(
+            h::ATTEMPT_HISTORY,
+            clip_back(&history, MAX_HISTORY_BYTES).as_bytes().to_vec(),
+        );
 
         let (routed, topic) = if retry {
             let tier = (attempt as usize - 1).min(self.tiers.len() - 1);
@@ -178,6 +220,29 @@ mod tests {
             max_attempts: 3,
             dlq_topic: "dlq".into(),
         }
+    }
+
+    #[test]
+    fn failure_headers_stay_within_their_room_whatever_the_error_says() {
+        let r = router();
+        let mut rec = record();
+        let huge = "é".repeat(50_000);
+        for _ in 0..10 {
+            let (_, copy) = r.route(&rec, &HandlerError::transient("X", huge.clone()), 1000);
+            rec.headers = copy.headers;
+        }
+        let added: usize = rec.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+        assert!(
+            (added as u64) < sluice_topology::sizes::FAILURE_COPY_OVERHEAD_BYTES,
+            "{added}"
+        );
+        let message = rec
+            .headers
+            .iter()
+            .find(|(k, _)| k == h::EXCEPTION_MESSAGE)
+            .map(|(_, v)| String::from_utf8(v.clone()).expect("cut at a char boundary"))
+            .unwrap();
+        assert!(message.ends_with('…'));
     }
 
     fn record() -> Record {

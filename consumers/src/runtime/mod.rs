@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod ordering;
 pub mod processing;
 mod rebalance;
+pub mod refusals;
 
 use std::future::Future;
 use std::time::Duration;

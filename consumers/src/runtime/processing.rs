@@ -19,7 +19,8 @@ use super::headers as h;
 use super::metrics::LoopMetrics;
 use super::ordering::{self, Decision, KeyOrdering, OrderingError};
 use super::rebalance::{LoopContext, TopicPartition};
-use super::{Guarantee, Handler, LoopConfig, Output, Record};
+use super::refusals::{self, Origin, RefusalClass, Refusals};
+use super::{Guarantee, Handler, HandlerError, LoopConfig, Output, Record};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoopError {
@@ -38,6 +39,41 @@ pub enum LoopError {
     MissingTopics(String),
     #[error(transparent)]
     Ordering(#[from] OrderingError),
+    /// Kafka will not take an output for the record it came from; the record is
+    /// dead-lettered when the batch comes round again (see [`super::refusals`]).
+    #[error("{what} of {topic}/{partition}@{offset} refused ({}): {detail}", class.as_str())]
+    Refused {
+        what: &'static str,
+        class: RefusalClass,
+        topic: String,
+        partition: i32,
+        offset: i64,
+        detail: String,
+    },
+}
+
+impl LoopError {
+    /// Pins the refusal on its record, and the error that fails the batch.
+    fn refused(
+        refusals: &Refusals,
+        origin: &Origin,
+        class: RefusalClass,
+        detail: String,
+    ) -> LoopError {
+        refusals.note(origin, class, detail.clone());
+        LoopError::Refused {
+            what: if origin.failure_copy {
+                "the failure copy"
+            } else {
+                "an output"
+            },
+            class,
+            topic: origin.topic.clone(),
+            partition: origin.partition,
+            offset: origin.offset,
+            detail,
+        }
+    }
 }
 
 fn kafka(what: &'static str) -> impl FnOnce(KafkaError) -> LoopError {
@@ -128,6 +164,8 @@ pub async fn run<H: Handler>(
     };
 
     let group = config.group.clone();
+    let refusals = Arc::new(Refusals::default());
+    let max_record = clients.producer_max_message_bytes();
     // Start every known series at zero, so dashboards and alerts see them before the first
     // failure rather than an absent metric.
     for topic in config.topics.iter().filter(|t| router.tier_of(t).is_none()) {
@@ -278,25 +316,28 @@ pub async fn run<H: Handler>(
         // Without per-key ordering nothing needs the batch's outputs in a batch-wide order,
         // so each is handed to the producer as soon as it is made: producing overlaps handling.
         let stream = (begun.is_ok() && ordering.is_none())
-            .then(|| Arc::new(OutputStream::new(producer.clone())));
+            .then(|| Arc::new(OutputStream::new(producer.clone(), refusals.clone())));
         // Each partition's records on their own task, so handlers use every core.
         let tasks = by_partition
             .into_iter()
             .filter(|_| begun.is_ok())
             .map(|(tp, records)| {
-                let (handler, router, metrics, group, ordering, stream) = (
+                let (handler, router, metrics, group, ordering, stream, refusals) = (
                     handler.clone(),
                     router.clone(),
                     metrics.clone(),
                     group.clone(),
                     ordering.clone(),
                     stream.clone(),
+                    refusals.clone(),
                 );
                 tokio::spawn(async move {
                     let ctx = PartitionContext {
                         router: &router,
                         ordering: ordering.as_deref(),
                         stream: stream.as_deref(),
+                        refusals: &refusals,
+                        max_record,
                         metrics: &metrics,
                         group: &group,
                     };
@@ -310,11 +351,15 @@ pub async fn run<H: Handler>(
             );
         }
 
-        let mut stamped: Vec<(u64, Output)> = Vec::new();
+        let mut stamped: Vec<(u64, Option<Origin>, Output)> = Vec::new();
         let mut offsets = TopicPartitionList::new();
         let mut to_pause: Vec<(TopicPartition, i64, i64)> = Vec::new();
+        let mut refused: Option<LoopError> = None;
         for result in results {
             stamped.extend(result.outputs);
+            if result.refused.is_some() {
+                refused = refused.or(result.refused);
+            }
             if let Some(next) = result.next_offset {
                 offsets
                     .add_partition_offset(&result.tp.0, result.tp.1, Offset::Offset(next))
@@ -328,22 +373,40 @@ pub async fn run<H: Handler>(
         // Under per-key ordering a key's records may be handled by different partition tasks
         // (main topic, tiers) in one batch: write outputs in the order their records were let
         // through, so a released key's outputs cannot come out ahead of its head's.
-        stamped.sort_by_key(|(stamp, _)| *stamp);
-        let mut outputs: Vec<Output> = stamped.into_iter().map(|(_, o)| o).collect();
+        stamped.sort_by_key(|(stamp, _, _)| *stamp);
+        let mut outputs: Vec<(Option<Origin>, Output)> =
+            stamped.into_iter().map(|(_, at, o)| (at, o)).collect();
         if let Some(o) = &ordering {
             // Each changed key's final state, after every partition task is done.
-            outputs.extend(o.batch_writes());
+            outputs.extend(o.batch_writes().into_iter().map(|o| (None, o)));
         }
-        outputs.extend(handler.batch_outputs());
+        outputs.extend(handler.batch_outputs().into_iter().map(|o| (None, o)));
+        let begun = match refused {
+            // A record's output cannot be taken: this batch is abandoned and comes round
+            // again with that record dead-lettered.
+            Some(e) => begun.and(Err(e)),
+            None => begun,
+        };
         let committed = match (begun, config.guarantee) {
-            (Err(e), _) => Err(e),
+            (Err(e), Guarantee::ExactlyOnce) => {
+                abort_transaction(&producer);
+                Err(e)
+            }
+            (Err(e), Guarantee::AtLeastOnce) => Err(e),
             (Ok(()), Guarantee::ExactlyOnce) => {
-                commit_transaction(&consumer, &producer, &outputs, &offsets, stream.as_deref())
-                    .await
+                commit_transaction(
+                    &consumer,
+                    &producer,
+                    &outputs,
+                    &offsets,
+                    stream.as_deref(),
+                    &refusals,
+                )
+                .await
             }
             // Offsets committed once every output is acknowledged.
             (Ok(()), Guarantee::AtLeastOnce) => {
-                match produce_all(&producer, &outputs, stream.as_deref()).await {
+                match produce_all(&producer, &outputs, stream.as_deref(), &refusals).await {
                     Ok(()) if offsets.count() > 0 => consumer
                         .commit(&offsets, CommitMode::Sync)
                         .map_err(kafka("committing offsets")),
@@ -366,6 +429,13 @@ pub async fn run<H: Handler>(
                     .transactions
                     .with_label_values(&[&group, "committed"])
                     .inc();
+                if !refusals.is_empty() {
+                    for e in offsets.elements() {
+                        if let Offset::Offset(next) = e.offset() {
+                            refusals.committed(e.topic(), e.partition(), next);
+                        }
+                    }
+                }
                 for ((topic, partition), offset, due) in to_pause {
                     pause_at(&consumer, &topic, partition, offset)?;
                     paused.insert((topic, partition), due);
@@ -400,7 +470,11 @@ pub async fn run<H: Handler>(
                         Duration::from_secs(5),
                     );
                 }
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                // A refused record is dead-lettered on the next pass; anything else is
+                // given a moment to clear.
+                if !matches!(e, LoopError::Refused { .. }) {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
             }
         }
     }
@@ -414,34 +488,46 @@ pub async fn run<H: Handler>(
 
 struct PartitionResult {
     tp: TopicPartition,
-    /// Each with the stamp of its record (see [`KeyOrdering::decide`]; 0 without ordering).
-    outputs: Vec<(u64, Output)>,
+    /// Each with the stamp of its record (see [`KeyOrdering::decide`]; 0 without ordering)
+    /// and the record it was made for.
+    outputs: Vec<(u64, Option<Origin>, Output)>,
     /// Offset to commit (one past the last record handled), if any was.
     next_offset: Option<i64>,
     /// A retry record that is not yet due: its offset and due time.
     wait_until: Option<(i64, i64)>,
+    /// A record made an output Kafka cannot take: the batch must not commit.
+    refused: Option<LoopError>,
 }
 
 /// Outputs handed to the producer as the partition tasks make them.
 struct OutputStream {
     producer: FutureProducer,
-    deliveries: std::sync::Mutex<Vec<DeliveryFuture>>,
+    deliveries: std::sync::Mutex<Vec<Delivery>>,
     /// The first output the producer would not take: the batch then fails as a whole.
     refused: std::sync::Mutex<Option<LoopError>>,
+    refusals: Arc<Refusals>,
 }
 
+/// An output handed to the producer, with the record it was made for.
+type Delivery = (Option<Origin>, DeliveryFuture);
+
 impl OutputStream {
-    fn new(producer: FutureProducer) -> Self {
+    fn new(producer: FutureProducer, refusals: Arc<Refusals>) -> Self {
         Self {
             producer,
             deliveries: Default::default(),
             refused: Default::default(),
+            refusals,
         }
     }
 
-    fn send(&self, o: &Output) {
-        match enqueue(&self.producer, o) {
-            Ok(d) => self.deliveries.lock().expect("deliveries").push(d),
+    fn send(&self, origin: Option<Origin>, o: &Output) {
+        match enqueue(&self.producer, o, origin.as_ref(), &self.refusals) {
+            Ok(d) => self
+                .deliveries
+                .lock()
+                .expect("deliveries")
+                .push((origin, d)),
             Err(e) => {
                 self.refused.lock().expect("refused").get_or_insert(e);
             }
@@ -449,7 +535,7 @@ impl OutputStream {
     }
 
     /// The batch's deliveries so far, or the first output the producer refused.
-    fn finish(&self) -> Result<Vec<DeliveryFuture>, LoopError> {
+    fn finish(&self) -> Result<Vec<Delivery>, LoopError> {
         if let Some(e) = self.refused.lock().expect("refused").take() {
             return Err(e);
         }
@@ -465,6 +551,9 @@ struct PartitionContext<'a> {
     ordering: Option<&'a KeyOrdering>,
     /// Where outputs go as they are made; when absent they are returned with the result.
     stream: Option<&'a OutputStream>,
+    refusals: &'a Refusals,
+    /// The producer's `message.max.bytes`.
+    max_record: u64,
     metrics: &'a LoopMetrics,
     group: &'a str,
 }
@@ -486,6 +575,7 @@ async fn handle_partition<H: Handler>(
         outputs: Vec::new(),
         next_offset: None,
         wait_until: None,
+        refused: None,
     };
     for record in records {
         if let Some(due) = record.header(h::DUE_AT).and_then(|d| d.parse::<i64>().ok()) {
@@ -494,6 +584,17 @@ async fn handle_partition<H: Handler>(
                 break;
             }
         }
+        if let Some(refusal) = ctx.refusals.get(&record) {
+            // Its outputs were refused last time round: dead-lettered unhandled, outside
+            // per-key ordering (nothing of it can ever be delivered in order).
+            let error = HandlerError::permanent(refusal.class.as_str(), refusal.detail);
+            let (_, mut copy) = router.route(&record, &error, now_ms());
+            refusals::fit_failure_copy(&mut copy, &record, ctx.max_record, refusal.copies_refused);
+            count_failure(ctx, &record, &error, &Routed::DeadLetter);
+            emit(ctx, &mut result, 0, Origin::of(&record, true), copy);
+            result.next_offset = Some(record.offset + 1);
+            continue;
+        }
         let (stamp, decision) = match ctx.ordering {
             Some(o) => o.decide(&record),
             None => (0, Decision::Free),
@@ -501,7 +602,9 @@ async fn handle_partition<H: Handler>(
         let slot = match decision {
             Decision::Forward(copy) => {
                 // Waits behind its key's head, unhandled.
-                result.outputs.push((stamp, copy));
+                result
+                    .outputs
+                    .push((stamp, Some(Origin::of(&record, true)), copy));
                 result.next_offset = Some(record.offset + 1);
                 continue;
             }
@@ -514,18 +617,18 @@ async fn handle_partition<H: Handler>(
             .handler_seconds
             .with_label_values(&[group])
             .observe(started.elapsed().as_secs_f64());
-        let topic = original_topic(&record);
         match outcome {
             Ok(outputs) => {
+                if let Some(e) = oversized(ctx, &record, &outputs) {
+                    result.refused = Some(e);
+                    break;
+                }
                 metrics
                     .records
-                    .with_label_values(&[group, &topic, "ok"])
+                    .with_label_values(&[group, &original_topic(&record), "ok"])
                     .inc();
-                match ctx.stream {
-                    Some(stream) => outputs.iter().for_each(|o| stream.send(o)),
-                    None => result
-                        .outputs
-                        .extend(outputs.into_iter().map(|o| (stamp, o))),
+                for o in outputs {
+                    emit(ctx, &mut result, stamp, Origin::of(&record, false), o);
                 }
                 if let (Some(o), Some(slot)) = (ctx.ordering, &slot) {
                     o.resolved(slot);
@@ -533,44 +636,85 @@ async fn handle_partition<H: Handler>(
             }
             Err(error) => {
                 let (routed, mut copy) = router.route(&record, &error, now_ms());
+                refusals::fit_failure_copy(&mut copy, &record, ctx.max_record, 0);
                 if let (Some(o), Some(slot)) = (ctx.ordering, &slot) {
                     match routed {
                         Routed::Retry { tier, .. } => o.retried(slot, tier, &mut copy),
                         Routed::DeadLetter => o.resolved(slot),
                     }
                 }
-                match routed {
-                    Routed::Retry { tier, .. } => {
-                        metrics
-                            .records
-                            .with_label_values(&[group, &topic, "retried"])
-                            .inc();
-                        metrics
-                            .retries
-                            .with_label_values(&[group, &topic, &tier.to_string()])
-                            .inc();
-                    }
-                    Routed::DeadLetter => {
-                        metrics
-                            .records
-                            .with_label_values(&[group, &topic, "dead_lettered"])
-                            .inc();
-                        metrics
-                            .dead_letters
-                            .with_label_values(&[group, &topic, error.class()])
-                            .inc();
-                    }
-                }
+                count_failure(ctx, &record, &error, &routed);
                 tracing::debug!(group, topic = record.topic, offset = record.offset, %error, ?routed, "record failed");
-                match ctx.stream {
-                    Some(stream) => stream.send(&copy),
-                    None => result.outputs.push((stamp, copy)),
-                }
+                emit(ctx, &mut result, stamp, Origin::of(&record, true), copy);
             }
         }
         result.next_offset = Some(record.offset + 1);
     }
     result
+}
+
+/// Hands `output` to the producer at once, or keeps it for the batch's ordered write.
+fn emit(
+    ctx: &PartitionContext<'_>,
+    result: &mut PartitionResult,
+    stamp: u64,
+    origin: Origin,
+    output: Output,
+) {
+    match ctx.stream {
+        Some(stream) => stream.send(Some(origin), &output),
+        None => result.outputs.push((stamp, Some(origin), output)),
+    }
+}
+
+/// The refusal of the first of `record`'s outputs the producer could never send.
+fn oversized(ctx: &PartitionContext<'_>, record: &Record, outputs: &[Output]) -> Option<LoopError> {
+    let o = outputs
+        .iter()
+        .find(|o| refusals::output_size(o) > ctx.max_record)?;
+    Some(LoopError::refused(
+        ctx.refusals,
+        &Origin::of(record, false),
+        RefusalClass::RecordTooLarge,
+        format!(
+            "its output to {} is {} bytes, over the producer's message.max.bytes ({})",
+            o.topic,
+            refusals::output_size(o),
+            ctx.max_record
+        ),
+    ))
+}
+
+fn count_failure(
+    ctx: &PartitionContext<'_>,
+    record: &Record,
+    error: &HandlerError,
+    routed: &Routed,
+) {
+    let (metrics, group) = (ctx.metrics, ctx.group);
+    let topic = original_topic(record);
+    match routed {
+        Routed::Retry { tier, .. } => {
+            metrics
+                .records
+                .with_label_values(&[group, &topic, "retried"])
+                .inc();
+            metrics
+                .retries
+                .with_label_values(&[group, &topic, &tier.to_string()])
+                .inc();
+        }
+        Routed::DeadLetter => {
+            metrics
+                .records
+                .with_label_values(&[group, &topic, "dead_lettered"])
+                .inc();
+            metrics
+                .dead_letters
+                .with_label_values(&[group, &topic, error.class()])
+                .inc();
+        }
+    }
 }
 
 /// The topic a record first came from, for metric labels.
@@ -584,15 +728,16 @@ fn original_topic(record: &Record) -> String {
 async fn commit_transaction(
     consumer: &StreamConsumer<LoopContext>,
     producer: &FutureProducer,
-    outputs: &[Output],
+    outputs: &[(Option<Origin>, Output)],
     offsets: &TopicPartitionList,
     stream: Option<&OutputStream>,
+    refusals: &Refusals,
 ) -> Result<(), LoopError> {
     let result = async {
         // Every output acknowledged before the commit: rdkafka's commit flushes first, and a
         // flush that finds messages in flight sleeps 100 ms per check, which would otherwise
         // be the price of every transaction.
-        produce_all(producer, outputs, stream).await?;
+        produce_all(producer, outputs, stream, refusals).await?;
         let metadata = consumer
             .group_metadata()
             .ok_or_else(|| LoopError::Restore("the consumer has no group metadata".into()))?;
@@ -607,10 +752,14 @@ async fn commit_transaction(
     }
     .await;
     if result.is_err() {
-        let p = producer.clone();
-        let _ = blocking(move || p.abort_transaction(Duration::from_secs(30)));
+        abort_transaction(producer);
     }
     result
+}
+
+fn abort_transaction(producer: &FutureProducer) {
+    let p = producer.clone();
+    let _ = blocking(move || p.abort_transaction(Duration::from_secs(30)));
 }
 
 /// Produces the batch's remaining `outputs` after those already streamed, and waits until
@@ -619,32 +768,33 @@ async fn commit_transaction(
 /// message).
 async fn produce_all(
     producer: &FutureProducer,
-    outputs: &[Output],
+    outputs: &[(Option<Origin>, Output)],
     stream: Option<&OutputStream>,
+    refusals: &Refusals,
 ) -> Result<(), LoopError> {
     let mut deliveries = match stream {
         Some(stream) => stream.finish()?,
         None => Vec::new(),
     };
-    for o in outputs {
-        deliveries.push(enqueue(producer, o)?);
+    for (origin, o) in outputs {
+        deliveries.push((
+            origin.clone(),
+            enqueue(producer, o, origin.as_ref(), refusals)?,
+        ));
     }
-    for d in join_all(deliveries).await {
-        match d {
-            Ok(Ok(_)) => {}
-            Ok(Err((e, _))) => {
-                return Err(LoopError::Kafka {
-                    what: "producing an output",
-                    source: e,
-                })
-            }
-            Err(_) => {
-                return Err(LoopError::Kafka {
-                    what: "producing an output",
-                    source: KafkaError::Canceled,
-                })
-            }
-        }
+    let (origins, futures): (Vec<_>, Vec<_>) = deliveries.into_iter().unzip();
+    for (origin, d) in origins.iter().zip(join_all(futures).await) {
+        let e = match d {
+            Ok(Ok(_)) => continue,
+            Ok(Err((e, _))) => e,
+            Err(_) => KafkaError::Canceled,
+        };
+        return Err(produce_error(
+            "producing an output",
+            e,
+            origin.as_ref(),
+            refusals,
+        ));
     }
     let deadline = Instant::now() + Duration::from_secs(1);
     while producer.in_flight_count() > 0 && Instant::now() < deadline {
@@ -656,13 +806,26 @@ async fn produce_all(
 fn enqueue(
     producer: &FutureProducer,
     o: &Output,
+    origin: Option<&Origin>,
+    refusals: &Refusals,
 ) -> Result<rdkafka::producer::DeliveryFuture, LoopError> {
     producer
         .send_result(o.record())
-        .map_err(|(e, _)| LoopError::Kafka {
-            what: "enqueuing an output",
-            source: e,
-        })
+        .map_err(|(e, _)| produce_error("enqueuing an output", e, origin, refusals))
+}
+
+/// A refusal pinned on its record when the error is about the record itself, else the
+/// Kafka error (the batch is retried as it is).
+fn produce_error(
+    what: &'static str,
+    e: KafkaError,
+    origin: Option<&Origin>,
+    refusals: &Refusals,
+) -> LoopError {
+    match (RefusalClass::of(&e), origin) {
+        (Some(class), Some(origin)) => LoopError::refused(refusals, origin, class, e.to_string()),
+        _ => LoopError::Kafka { what, source: e },
+    }
 }
 
 fn resume_due(

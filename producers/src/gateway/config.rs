@@ -153,7 +153,10 @@ mod tests {
         assert_eq!(a.provider.kind(), "stripe");
         assert_eq!(a.max_body_bytes, 10);
         assert!(a.bucket.is_some());
-        assert_eq!(sources["b"].max_body_bytes, 1024 * 1024);
+        assert_eq!(
+            sources["b"].max_body_bytes as u64,
+            sluice_topology::sizes::DEFAULT_MAX_BODY_BYTES
+        );
         assert!(sources["b"].bucket.is_none());
         assert!(!format!("{a:?}").contains("s3cr3t"));
     }

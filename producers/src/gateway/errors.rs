@@ -16,6 +16,7 @@ pub mod code {
     pub const UNKNOWN_SOURCE: &str = "unknown_source";
     pub const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
     pub const BODY_TOO_LARGE: &str = "body_too_large";
+    pub const HEADERS_TOO_LARGE: &str = "headers_too_large";
     pub const BODY_READ_FAILED: &str = "body_read_failed";
     pub const BODY_READ_TIMEOUT: &str = "body_read_timeout";
     pub const RATE_LIMITED: &str = "rate_limited";

@@ -4,7 +4,9 @@
 //! - value: the request body, byte for byte (signatures cover exact bytes, so nothing is
 //!   re-encoded);
 //! - key: the provider's delivery id, or for providers without one the SHA-256 of the body,
-//!   so a redelivery lands on the same partition as the original and dedup sees both;
+//!   so a redelivery lands on the same partition as the original and dedup sees both; where
+//!   the signature does not cover the delivery id (GitHub, Shopify, generic HMAC with an id
+//!   header) the [`content_digest`] instead, so a replay under a fresh id lands there too;
 //! - headers: provenance (`sluice_*`), `content-type`, `traceparent`, and an allow-list of
 //!   the original request headers prefixed `sluice_h_`. Signature headers and anything
 //!   that could carry a secret are never copied.
@@ -31,6 +33,8 @@ pub const RECEIVED_AT: &str = raw::RECEIVED_AT;
 pub const CONTENT_TYPE: &str = sluice_schemas::metadata::CONTENT_TYPE;
 /// W3C trace context: the request's when valid, otherwise a new trace.
 pub const TRACEPARENT: &str = crate::traceparent::HEADER;
+/// Set when the signature does not cover the delivery id (see [`content_digest`]).
+pub const CONTENT_DIGEST: &str = raw::CONTENT_DIGEST;
 /// Prefix of copied original request headers (`sluice_h_user-agent`).
 pub const ORIGINAL_HEADER_PREFIX: &str = raw::ORIGINAL_HEADER_PREFIX;
 
@@ -91,6 +95,19 @@ pub fn delivery_id(verified: &Verified, body: &[u8]) -> String {
     }
 }
 
+/// SHA-256 (hex) of the claimed event type, a newline and the signed body: what a replay of
+/// a captured delivery under a fresh, unsigned delivery id still has in common with the
+/// original. The claimed type is part of it, because a provider may send one unchanged body
+/// under two topics (a Shopify order created already paid: `orders/create` and
+/// `orders/paid`), and both are real.
+pub fn content_digest(event_type: Option<&str>, body: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(event_type.unwrap_or_default().as_bytes());
+    h.update(b"\n");
+    h.update(body);
+    hex::encode(h.finalize())
+}
+
 /// Everything that goes on one raw record besides the body.
 #[derive(Debug, Clone)]
 pub struct RawDelivery<'a> {
@@ -101,6 +118,8 @@ pub struct RawDelivery<'a> {
     pub received_at_ms: i64,
     pub content_type: Option<&'a str>,
     pub traceparent: &'a str,
+    /// [`content_digest`], when the provider's signature leaves the delivery id out.
+    pub content_digest: Option<&'a str>,
     /// The request headers, lower-cased names, every value.
     pub request_headers: &'a [(String, Vec<u8>)],
 }
@@ -128,6 +147,9 @@ impl RawDelivery<'_> {
                 .to_vec(),
         ));
         h.push((TRACEPARENT.into(), self.traceparent.as_bytes().to_vec()));
+        if let Some(d) = self.content_digest {
+            h.push((CONTENT_DIGEST.into(), d.as_bytes().to_vec()));
+        }
         for (name, value) in self.request_headers {
             if is_copied(name) {
                 h.push((
@@ -201,6 +223,7 @@ mod tests {
             received_at_ms: 1_649_367_553_123,
             content_type: Some("application/json"),
             traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            content_digest: Some("abc"),
             request_headers: &request,
         };
         let h = d.headers();
@@ -213,6 +236,12 @@ mod tests {
         assert_eq!(get(PROVIDER).as_deref(), Some("github"));
         assert_eq!(get(DELIVERY_ID).as_deref(), Some("d-1"));
         assert_eq!(get(EVENT_TYPE).as_deref(), Some("push"));
+        assert_eq!(get(CONTENT_DIGEST).as_deref(), Some("abc"));
+        assert_ne!(
+            content_digest(Some("orders/create"), b"{}"),
+            content_digest(Some("orders/paid"), b"{}"),
+            "one body under two topics is two deliveries"
+        );
         assert_eq!(
             get(RECEIVED_AT).as_deref(),
             Some("2022-04-07T21:39:13.123Z")

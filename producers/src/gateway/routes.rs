@@ -27,6 +27,7 @@ use super::raw_record::{self, RawDelivery};
 use super::AppState;
 use crate::produce::{self, ProduceError};
 use crate::verify::{Request, VerifyError};
+use sluice_topology::sizes::MAX_REQUEST_HEADER_BYTES;
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {
     Router::new()
@@ -209,6 +210,8 @@ async fn receive(
     }
 
     let delivery_id = raw_record::delivery_id(&verified, &body);
+    let digest = (!source.provider.signs_delivery_id())
+        .then(|| raw_record::content_digest(verified.event_type.as_deref(), &body));
     let traceparent = trace_context::traceparent(span).unwrap_or_else(|| {
         crate::traceparent::continue_or_start(
             headers
@@ -227,14 +230,34 @@ async fn receive(
             .unwrap_or(0),
         content_type: headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()),
         traceparent: &traceparent,
+        content_digest: digest.as_deref(),
         request_headers: &request_headers,
     };
+    let raw_headers = record.headers();
+    let header_bytes: usize = delivery_id.len()
+        + raw_headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>();
+    // The topology sizes every topic for the body limit plus this much (see
+    // `sluice_topology::sizes`): more would make a record that fits nowhere downstream.
+    if header_bytes as u64 > MAX_REQUEST_HEADER_BYTES {
+        return Err(ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            code::HEADERS_TOO_LARGE,
+            format!(
+                "the delivery id and the copied request headers take {header_bytes} bytes; at most {MAX_REQUEST_HEADER_BYTES} are accepted"
+            ),
+        ));
+    }
     let delivered = produce::send(
         &app.producer,
         &source.raw_topic,
-        delivery_id.as_bytes(),
+        // A replay under a fresh unsigned id must land where the original did, so the
+        // normalizer instance that saw the original sees its digest.
+        digest.as_deref().unwrap_or(&delivery_id).as_bytes(),
         &body,
-        produce::owned_headers(&record.headers()),
+        produce::owned_headers(&raw_headers),
         app.produce_timeout,
     )
     .await

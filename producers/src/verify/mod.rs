@@ -371,6 +371,23 @@ impl From<RawProviderConfig> for ProviderConfig {
 
 impl ProviderConfig {
     /// The configuration tag, e.g. `"standard_webhooks"`; handy as a metric label.
+    /// Whether a valid signature also vouches for the delivery id. Where it does not (the id
+    /// is a header the signature leaves out), anyone holding one captured delivery can send
+    /// it again under a fresh id; the gateway then adds a digest of the signed content to
+    /// the raw record, and the normalizer deduplicates on both.
+    pub fn signs_delivery_id(&self) -> bool {
+        match self {
+            // The id comes from the signed body (Stripe, Slack) or is signed itself
+            // (Standard Webhooks); SendGrid has none, so the body's hash is the id.
+            Self::Stripe { .. } | Self::Slack { .. } | Self::StandardWebhooks { .. } => true,
+            Self::Sendgrid => true,
+            Self::Github | Self::Shopify => false,
+            Self::GenericHmac {
+                delivery_id_header, ..
+            } => delivery_id_header.is_none(),
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Stripe { .. } => "stripe",

@@ -27,6 +27,12 @@ pub enum ClientError {
     },
 }
 
+/// The producers' `message.max.bytes` unless configured. librdkafka's own default (1,000,000)
+/// is below Kafka's default topic limit, so a record the topic would take was refused by the
+/// client; sluice raises it so that each topic's `max.message.bytes` is the limit that counts
+/// (the topology declares those, checked against the sources' body limits).
+pub const DEFAULT_MESSAGE_MAX_BYTES: u64 = 32 * 1024 * 1024;
+
 /// Builds librdkafka configurations from [`KafkaConfig`].
 #[derive(Debug, Clone)]
 pub struct KafkaClients {
@@ -68,7 +74,22 @@ impl KafkaClients {
         set_default(&mut c, "acks", "all");
         set_default(&mut c, "compression.type", "zstd");
         set_default(&mut c, "linger.ms", "5");
+        set_default(
+            &mut c,
+            "message.max.bytes",
+            &DEFAULT_MESSAGE_MAX_BYTES.to_string(),
+        );
         Ok(c)
+    }
+
+    /// The largest record sluice's producers send (`message.max.bytes`): the configured
+    /// value, else [`DEFAULT_MESSAGE_MAX_BYTES`].
+    pub fn producer_max_message_bytes(&self) -> u64 {
+        self.config
+            .properties
+            .get("message.max.bytes")
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES)
     }
 
     /// Transactional producer for exactly-once loops; `transactional_id` must be stable per
