@@ -12,6 +12,7 @@ mod docs;
 mod faults;
 mod fencing;
 mod gateway;
+mod intake;
 mod interop;
 mod lag;
 mod normalizer;

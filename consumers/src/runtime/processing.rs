@@ -62,7 +62,7 @@ impl LoopError {
     ) -> LoopError {
         refusals.note(origin, class, detail.clone());
         LoopError::Refused {
-            what: if origin.failure_copy {
+            what: if origin.is_failure_copy() {
                 "the failure copy"
             } else {
                 "an output"
@@ -508,8 +508,26 @@ struct OutputStream {
     refusals: Arc<Refusals>,
 }
 
-/// An output handed to the producer, with the record it was made for.
-type Delivery = (Option<Origin>, DeliveryFuture);
+/// An output handed to the producer: what it was, and its delivery report to come.
+type Delivery = (Sent, DeliveryFuture);
+
+/// What the loop keeps of an output in flight, to tell which record a refusal is about.
+struct Sent {
+    /// The record it was made for; `None` for batch-wide state writes.
+    origin: Option<Origin>,
+    topic: String,
+    size: u64,
+}
+
+impl Sent {
+    fn of(origin: Option<Origin>, o: &Output) -> Self {
+        Self {
+            origin,
+            topic: o.topic.clone(),
+            size: refusals::output_size(o),
+        }
+    }
+}
 
 impl OutputStream {
     fn new(producer: FutureProducer, refusals: Arc<Refusals>) -> Self {
@@ -527,7 +545,7 @@ impl OutputStream {
                 .deliveries
                 .lock()
                 .expect("deliveries")
-                .push((origin, d)),
+                .push((Sent::of(origin, o), d)),
             Err(e) => {
                 self.refused.lock().expect("refused").get_or_insert(e);
             }
@@ -587,11 +605,17 @@ async fn handle_partition<H: Handler>(
         if let Some(refusal) = ctx.refusals.get(&record) {
             // Its outputs were refused last time round: dead-lettered unhandled, outside
             // per-key ordering (nothing of it can ever be delivered in order).
-            let error = HandlerError::permanent(refusal.class.as_str(), refusal.detail);
+            let error = refusal.error;
             let (_, mut copy) = router.route(&record, &error, now_ms());
             refusals::fit_failure_copy(&mut copy, &record, ctx.max_record, refusal.copies_refused);
             count_failure(ctx, &record, &error, &Routed::DeadLetter);
-            emit(ctx, &mut result, 0, Origin::of(&record, true), copy);
+            emit(
+                ctx,
+                &mut result,
+                0,
+                Origin::failure_copy(&record, &error),
+                copy,
+            );
             result.next_offset = Some(record.offset + 1);
             continue;
         }
@@ -602,9 +626,12 @@ async fn handle_partition<H: Handler>(
         let slot = match decision {
             Decision::Forward(copy) => {
                 // Waits behind its key's head, unhandled.
-                result
-                    .outputs
-                    .push((stamp, Some(Origin::of(&record, true)), copy));
+                let cause = HandlerError::permanent(
+                    RefusalClass::RecordTooLarge.as_str(),
+                    "its copy waiting behind its key's head was refused",
+                );
+                let origin = Origin::failure_copy(&record, &cause);
+                result.outputs.push((stamp, Some(origin), copy));
                 result.next_offset = Some(record.offset + 1);
                 continue;
             }
@@ -628,7 +655,7 @@ async fn handle_partition<H: Handler>(
                     .with_label_values(&[group, &original_topic(&record), "ok"])
                     .inc();
                 for o in outputs {
-                    emit(ctx, &mut result, stamp, Origin::of(&record, false), o);
+                    emit(ctx, &mut result, stamp, Origin::output(&record), o);
                 }
                 if let (Some(o), Some(slot)) = (ctx.ordering, &slot) {
                     o.resolved(slot);
@@ -645,7 +672,13 @@ async fn handle_partition<H: Handler>(
                 }
                 count_failure(ctx, &record, &error, &routed);
                 tracing::debug!(group, topic = record.topic, offset = record.offset, %error, ?routed, "record failed");
-                emit(ctx, &mut result, stamp, Origin::of(&record, true), copy);
+                emit(
+                    ctx,
+                    &mut result,
+                    stamp,
+                    Origin::failure_copy(&record, &error),
+                    copy,
+                );
             }
         }
         result.next_offset = Some(record.offset + 1);
@@ -674,7 +707,7 @@ fn oversized(ctx: &PartitionContext<'_>, record: &Record, outputs: &[Output]) ->
         .find(|o| refusals::output_size(o) > ctx.max_record)?;
     Some(LoopError::refused(
         ctx.refusals,
-        &Origin::of(record, false),
+        &Origin::output(record),
         RefusalClass::RecordTooLarge,
         format!(
             "its output to {} is {} bytes, over the producer's message.max.bytes ({})",
@@ -763,9 +796,8 @@ fn abort_transaction(producer: &FutureProducer) {
 }
 
 /// Produces the batch's remaining `outputs` after those already streamed, and waits until
-/// every one is acknowledged (an error for the first that failed), then until the producer
-/// holds no message at all (a delivery resolves just before librdkafka lets go of its
-/// message).
+/// every one is acknowledged (an error when one failed), then until the producer holds no
+/// message at all (a delivery resolves just before librdkafka lets go of its message).
 async fn produce_all(
     producer: &FutureProducer,
     outputs: &[(Option<Origin>, Output)],
@@ -777,30 +809,66 @@ async fn produce_all(
         None => Vec::new(),
     };
     for (origin, o) in outputs {
-        deliveries.push((
-            origin.clone(),
-            enqueue(producer, o, origin.as_ref(), refusals)?,
-        ));
+        let d = enqueue(producer, o, origin.as_ref(), refusals)?;
+        deliveries.push((Sent::of(origin.clone(), o), d));
     }
-    let (origins, futures): (Vec<_>, Vec<_>) = deliveries.into_iter().unzip();
-    for (origin, d) in origins.iter().zip(join_all(futures).await) {
-        let e = match d {
-            Ok(Ok(_)) => continue,
-            Ok(Err((e, _))) => e,
-            Err(_) => KafkaError::Canceled,
-        };
-        return Err(produce_error(
-            "producing an output",
-            e,
-            origin.as_ref(),
-            refusals,
-        ));
+    let (sent, futures): (Vec<Sent>, Vec<_>) = deliveries.into_iter().unzip();
+    let failed: Vec<(Sent, KafkaError)> = sent
+        .into_iter()
+        .zip(join_all(futures).await)
+        .filter_map(|(s, d)| match d {
+            Ok(Ok(_)) => None,
+            Ok(Err((e, _))) => Some((s, e)),
+            Err(_) => Some((s, KafkaError::Canceled)),
+        })
+        .collect();
+    if !failed.is_empty() {
+        return Err(delivery_failure(failed, refusals));
     }
     let deadline = Instant::now() + Duration::from_secs(1);
     while producer.in_flight_count() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     Ok(())
+}
+
+/// The error of a batch some of whose outputs failed, with refusals pinned on the records
+/// they are about. The broker refuses a whole produce request when one record in it is too
+/// large, so every output that shared it fails alike: only the largest failed output of
+/// each topic is taken for the culprit. Each pass removes at least one, and a record that
+/// merely shared a request with it goes through on the next.
+fn delivery_failure(failed: Vec<(Sent, KafkaError)>, refusals: &Refusals) -> LoopError {
+    let mut culprits: BTreeMap<&str, (&Sent, &KafkaError, RefusalClass)> = BTreeMap::new();
+    let mut all_refused = Vec::new();
+    for (sent, e) in &failed {
+        let (Some(class), Some(_)) = (RefusalClass::of(e), &sent.origin) else {
+            continue;
+        };
+        if class != RefusalClass::RecordTooLarge {
+            all_refused.push((sent, e, class));
+            continue;
+        }
+        let larger = culprits
+            .get(sent.topic.as_str())
+            .is_none_or(|(c, _, _)| c.size < sent.size);
+        if larger {
+            culprits.insert(&sent.topic, (sent, e, class));
+        }
+    }
+    all_refused.extend(culprits.into_values());
+    let mut first = None;
+    for (sent, e, class) in all_refused {
+        let origin = sent.origin.as_ref().expect("filtered on an origin");
+        let refused = LoopError::refused(refusals, origin, class, e.to_string());
+        first.get_or_insert(refused);
+    }
+    first.unwrap_or_else(|| {
+        let (_, e) = failed.into_iter().next().expect("a failure");
+        LoopError::Kafka {
+            what: "producing an output",
+            source: e,
+        }
+    })
 }
 
 fn enqueue(

@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
-use super::{Output, Record};
+use super::{HandlerError, Output, Record};
 
 /// Why Kafka will not take a record's output. The strings are DLQ reasons
 /// (`kafka_dlt-exception-fqcn`) and metric labels.
@@ -59,31 +59,47 @@ impl RefusalClass {
 }
 
 /// The input record an output was made for.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {
     pub topic: String,
     pub partition: i32,
     pub offset: i64,
-    /// The output is the record's retry or dead-letter copy, not something its handler made.
-    pub failure_copy: bool,
+    /// Set when the output is the record's retry or dead-letter copy rather than something
+    /// its handler made: the failure the copy carries.
+    pub copy_of: Option<HandlerError>,
 }
 
 impl Origin {
-    pub fn of(record: &Record, failure_copy: bool) -> Self {
+    /// An output the handler made for `record`.
+    pub fn output(record: &Record) -> Self {
         Self {
             topic: record.topic.clone(),
             partition: record.partition,
             offset: record.offset,
-            failure_copy,
+            copy_of: None,
         }
+    }
+
+    /// `record`'s copy carrying `error` to a retry tier or the DLQ.
+    pub fn failure_copy(record: &Record, error: &HandlerError) -> Self {
+        Self {
+            copy_of: Some(error.clone()),
+            ..Self::output(record)
+        }
+    }
+
+    pub fn is_failure_copy(&self) -> bool {
+        self.copy_of.is_some()
     }
 }
 
 /// What the loop remembers about one refused record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
-    pub class: RefusalClass,
-    pub detail: String,
+    /// What it is dead-lettered with: the refusal itself (`RecordTooLarge`, …) when its
+    /// handler's output was refused, else the failure its refused copy carried, made
+    /// permanent (a cut copy must never be retried as if it were whole).
+    pub error: HandlerError,
     /// How many of its failure copies were refused: each one makes the next copy smaller.
     pub copies_refused: u32,
 }
@@ -102,15 +118,18 @@ impl Refusals {
         let key = (origin.topic.clone(), origin.partition, origin.offset);
         let mut map = self.by_record.lock().expect("refusals lock");
         match map.get_mut(&key) {
-            Some(r) if origin.failure_copy => r.copies_refused += 1,
+            Some(r) if origin.is_failure_copy() => r.copies_refused += 1,
             Some(_) => {}
             None => {
+                let error = match &origin.copy_of {
+                    Some(cause) => HandlerError::permanent(cause.class(), cause.message()),
+                    None => HandlerError::permanent(class.as_str(), detail),
+                };
                 map.insert(
                     key,
                     Refusal {
-                        class,
-                        detail,
-                        copies_refused: u32::from(origin.failure_copy),
+                        error,
+                        copies_refused: u32::from(origin.is_failure_copy()),
                     },
                 );
             }
@@ -285,28 +304,46 @@ mod tests {
     }
 
     #[test]
-    fn a_copy_refusal_counts_up_and_commits_forget_refusals() {
+    fn a_copy_refusal_counts_up_keeps_its_cause_and_commits_forget_refusals() {
         let refusals = Refusals::default();
         let r = record(1);
         refusals.note(
-            &Origin::of(&r, false),
+            &Origin::output(&r),
             RefusalClass::RecordTooLarge,
             "too big".into(),
         );
+        let cause = HandlerError::permanent("InvalidJson", "not json");
         refusals.note(
-            &Origin::of(&r, true),
+            &Origin::failure_copy(&r, &cause),
             RefusalClass::RecordTooLarge,
             "x".into(),
         );
         let got = refusals.get(&r).unwrap();
+        assert_eq!(got.copies_refused, 1);
         assert_eq!(
-            (got.class, got.copies_refused),
-            (RefusalClass::RecordTooLarge, 1)
+            got.error,
+            HandlerError::permanent("RecordTooLarge", "too big")
         );
-        assert_eq!(got.detail, "too big");
-        refusals.committed("sluice.raw.a", 2, 15);
-        assert_eq!(refusals.len(), 1, "offset 15 is not committed past yet");
+
+        // A refused copy keeps the failure it carried, made permanent.
+        let other = Record {
+            offset: 16,
+            ..record(1)
+        };
+        let transient = HandlerError::transient("RegistryUnavailable", "down");
+        refusals.note(
+            &Origin::failure_copy(&other, &transient),
+            RefusalClass::RecordTooLarge,
+            "x".into(),
+        );
+        let got = refusals.get(&other).unwrap();
+        assert_eq!(
+            (got.error, got.copies_refused),
+            (HandlerError::permanent("RegistryUnavailable", "down"), 1)
+        );
         refusals.committed("sluice.raw.a", 2, 16);
+        assert_eq!(refusals.len(), 1, "offset 16 is not committed past yet");
+        refusals.committed("sluice.raw.a", 2, 17);
         assert!(refusals.is_empty());
     }
 }
