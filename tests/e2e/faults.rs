@@ -43,7 +43,7 @@ use sluice_consumers::normalize::event_id;
 use sluice_consumers::saga::demo::{scratch_topology, Scratch};
 use sluice_producers::sign;
 
-use crate::gateway::{all_records, apply_topology, now_unix, register_schemas, unique_prefix};
+use crate::gateway::{apply_topology, now_unix, register_schemas, unique_prefix};
 use crate::normalizer::{fixture, read_until, reader, stripe_with_id, Seen};
 use crate::saga::Lifecycle;
 use crate::support::{
@@ -643,6 +643,14 @@ impl Accounting {
 /// How many committed records `topic` holds: read to the end, since the offsets of a
 /// transactional topic also count its commit markers.
 async fn committed_records(topic: &str) -> usize {
+    read_committed(topic, |_| ()).await.len()
+}
+
+/// `pick` of every committed record of `topic`, read from the start to the end.
+async fn read_committed<T: Send + 'static>(
+    topic: &str,
+    pick: fn(&rdkafka::message::BorrowedMessage<'_>) -> T,
+) -> Vec<T> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let topic = topic.to_string();
     tokio::task::spawn_blocking(move || {
@@ -662,12 +670,12 @@ async fn committed_records(topic: &str) -> usize {
                 .unwrap();
         }
         consumer.assign(&tpl).unwrap();
-        let (mut records, mut at_end) = (0, BTreeSet::new());
+        let (mut records, mut at_end) = (Vec::new(), BTreeSet::new());
         let deadline = Instant::now() + Duration::from_secs(30);
         while at_end.len() < partitions {
             assert!(Instant::now() < deadline, "reading {topic} to its end");
             match consumer.poll(Duration::from_millis(500)) {
-                Some(Ok(_)) => records += 1,
+                Some(Ok(m)) => records.push(pick(&m)),
                 Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
                     at_end.insert(p);
                 }
@@ -679,6 +687,20 @@ async fn committed_records(topic: &str) -> usize {
     })
     .await
     .unwrap()
+}
+
+/// The `sluice_delivery_id` of a raw record (its key is the content digest for providers
+/// whose signature leaves the id out).
+fn delivery_id_of(m: &rdkafka::message::BorrowedMessage<'_>) -> String {
+    use rdkafka::message::{Headers, Message};
+    m.headers()
+        .and_then(|h| {
+            h.iter()
+                .find(|h| h.key == sluice_schemas::metadata::raw::DELIVERY_ID)
+                .and_then(|h| h.value)
+        })
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_default()
 }
 
 /// Reads a topic until `enough` or `timeout`, then two seconds more: anything late would
@@ -749,9 +771,8 @@ async fn account(
     // Raw topics: exactly the accepted deliveries (a lost answer may leave a second copy).
     let mut raw: BTreeMap<String, usize> = BTreeMap::new();
     for source in ["stripe", "shopify"] {
-        for (key, _) in all_records(&cluster.topic(&format!("raw.{source}"))).await {
-            let key = String::from_utf8_lossy(&key.unwrap_or_default()).into_owned();
-            *raw.entry(key).or_default() += 1;
+        for id in read_committed(&cluster.topic(&format!("raw.{source}")), delivery_id_of).await {
+            *raw.entry(id).or_default() += 1;
         }
     }
     a.raw_copies = raw.values().map(|n| n - 1).sum();
