@@ -14,7 +14,11 @@
 //!   must go through its retry tiers and still start their sagas;
 //! - `bad_input`: tampered signatures, replayed timestamps, oversized bodies, invalid JSON
 //!   from a verified sender, unknown event types and schema-incompatible publishes, at
-//!   volume, between good deliveries.
+//!   volume, between good deliveries;
+//! - `hostile_input`: what a sender holding captured deliveries can try: orders replayed
+//!   under fresh webhook ids (accepted, then dropped as redeliveries), an order body sent as
+//!   `orders/paid` (dead-lettered as EventTypeMismatch, never an OrderPaid), unsigned
+//!   requests, and headers too large to fit a raw record.
 //!
 //! Each ends with an exact accounting read back from the topics: the deliveries the gateway
 //! accepted (2xx) are exactly those on the raw topics, and exactly the normalized ones plus
@@ -56,6 +60,7 @@ const STRIPE_SECRET: &str = "whsec_faults_stripe";
 const SHOPIFY_SECRET: &str = "faults-shopify-secret";
 const PUBLISH_TOKEN: &str = "faults-publish-token-0123456789";
 const ORDER_PLACED: &str = "dev.sluice.events.commerce.OrderPlaced";
+const ORDER_PAID: &str = "dev.sluice.events.commerce.OrderPaid";
 /// The `ce_source` of the orders a backend service publishes itself (registry outage).
 const SERVICE: &str = "sluice://services/checkout";
 /// The Stripe source's body limit; oversized deliveries are twice this.
@@ -355,6 +360,16 @@ enum Kind {
     UnknownType,
     /// An OrderPlaced through the publish API that does not fit its schema: 422.
     IncompatiblePublish,
+    /// A captured order sent again under a fresh webhook id: accepted, then recognised as a
+    /// redelivery (its signed content was seen) and dropped.
+    ReplayedOrder,
+    /// A captured order body (financial_status `authorized`) sent as `orders/paid`:
+    /// accepted, then dead-lettered as EventTypeMismatch; never an OrderPaid.
+    ForgedPaid,
+    /// A payment with no signature at all: 400 missing_signature.
+    Unsigned,
+    /// A signed payment whose copied headers would not fit a raw record: 431.
+    HugeHeaders,
 }
 
 impl Kind {
@@ -369,7 +384,16 @@ impl Kind {
             Kind::InvalidJson => (202, "", Some("InvalidJson")),
             Kind::UnknownType => (202, "", Some("UnmappedEventType")),
             Kind::IncompatiblePublish => (422, "schema_mismatch", None),
+            Kind::ReplayedOrder => (202, "", None),
+            Kind::ForgedPaid => (202, "", Some("EventTypeMismatch")),
+            Kind::Unsigned => (400, "missing_signature", None),
+            Kind::HugeHeaders => (431, "headers_too_large", None),
         }
+    }
+
+    /// Accepted, and rightly nothing comes of it: a redelivery of one already processed.
+    fn is_redelivery(self) -> bool {
+        self == Kind::ReplayedOrder
     }
 }
 
@@ -415,14 +439,14 @@ impl Fixtures {
                     .into_bytes(),
                 now,
             ),
-            Kind::Order => {
-                let mut v = self.order.clone();
-                v["id"] = (order_id(n)).into();
-                v["name"] = format!("#F{n}").into();
-                let body = serde_json::to_vec(&v).unwrap();
-                let headers =
-                    sign::shopify(SHOPIFY_SECRET, "orders/create", &format!("order-{n}"), &body);
-                ("/webhooks/shopify".to_string(), headers, body)
+            Kind::Order => self.order(n, "orders/create", &format!("order-{n}")),
+            Kind::ReplayedOrder => self.order(n, "orders/create", &format!("order-{n}-replayed")),
+            Kind::ForgedPaid => self.order(n, "orders/paid", &format!("order-{n}-forged")),
+            Kind::Unsigned => ("/webhooks/stripe".to_string(), Vec::new(), payment()),
+            Kind::HugeHeaders => {
+                let (path, mut headers, body) = stripe(payment(), now);
+                headers.push(("user-agent", "x".repeat(20 * 1024)));
+                (path, headers, body)
             }
             Kind::IncompatiblePublish => {
                 let body = serde_json::json!({
@@ -437,6 +461,23 @@ impl Fixtures {
                 )
             }
         }
+    }
+}
+
+impl Fixtures {
+    /// The `n`-th order's signed body, sent as `topic` under `webhook_id`.
+    fn order(
+        &self,
+        n: usize,
+        topic: &str,
+        webhook_id: &str,
+    ) -> (String, Vec<(&'static str, String)>, Vec<u8>) {
+        let mut v = self.order.clone();
+        v["id"] = (order_id(n)).into();
+        v["name"] = format!("#F{n}").into();
+        let body = serde_json::to_vec(&v).unwrap();
+        let headers = sign::shopify(SHOPIFY_SECRET, topic, webhook_id, &body);
+        ("/webhooks/shopify".to_string(), headers, body)
     }
 }
 
@@ -580,7 +621,12 @@ struct Accounting {
     raw_copies: usize,
     normalized: usize,
     dead: BTreeMap<String, usize>,
+    /// Accepted deliveries dropped as redeliveries of one already processed.
+    redeliveries: usize,
     duplicates: usize,
+    /// Events of a type no accepted delivery claimed truthfully (an OrderPaid from a forged
+    /// topic).
+    forged: usize,
     /// Records that went through a retry tier (normalizer and orchestrator).
     retried: usize,
     sagas: BTreeMap<&'static str, usize>,
@@ -634,8 +680,8 @@ impl Accounting {
         println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
         println!("{}", self.row());
         println!(
-            "  raw copies from retried deliveries: {}, 503: {}, no answer: {}\n",
-            self.raw_copies, self.unavailable, self.no_answer
+            "  raw copies from retried deliveries: {}, 503: {}, no answer: {}, redeliveries dropped: {}, forged events: {}\n",
+            self.raw_copies, self.unavailable, self.no_answer, self.redeliveries, self.forged
         );
     }
 }
@@ -788,9 +834,10 @@ async fn account(
         .iter()
         .filter_map(|(id, k)| k.expected().2.map(|r| (id.clone(), r)))
         .collect();
+    a.redeliveries = accepted.values().filter(|k| k.is_redelivery()).count();
     let expected_events: BTreeMap<String, (&str, &str)> = accepted
         .iter()
-        .filter(|(_, k)| k.expected().2.is_none())
+        .filter(|(_, k)| k.expected().2.is_none() && !k.is_redelivery())
         .map(|(id, k)| {
             let source = if *k == Kind::Order {
                 "shopify"
@@ -842,6 +889,10 @@ async fn account(
         "{} OrderPlaced from the publish API were produced",
         published.len()
     );
+    a.forged = commerce
+        .iter()
+        .filter(|r| r.1["ce_type"] == ORDER_PAID.as_bytes())
+        .count();
     let mut by_id: BTreeMap<String, usize> = BTreeMap::new();
     for r in &normalized {
         *by_id
@@ -857,7 +908,11 @@ async fn account(
     )
     .await;
     let mut dead_ids: BTreeMap<String, String> = BTreeMap::new();
-    for (key, headers, _) in &dead {
+    for (_, headers, _) in &dead {
+        // The delivery id, not the record key: the key is the content digest for providers
+        // whose signature leaves the id out.
+        let key = String::from_utf8_lossy(&headers[sluice_schemas::metadata::raw::DELIVERY_ID])
+            .into_owned();
         let reason = String::from_utf8_lossy(&headers["kafka_dlt-exception-fqcn"]).into_owned();
         *a.dead.entry(reason.clone()).or_default() += 1;
         assert!(
@@ -919,9 +974,10 @@ async fn account(
     );
     assert_eq!(
         a.accepted,
-        a.normalized + a.dead_total(),
-        "accepted = normalized + dead-lettered"
+        a.normalized + a.dead_total() + a.redeliveries,
+        "accepted = normalized + dead-lettered + redeliveries dropped"
     );
+    assert_eq!(a.forged, 0, "no event from a forged event type");
     assert_eq!(saga_dead, 0, "no saga input or command dead-lettered");
     for id in &orders {
         let events = sagas.get(id).map(Vec::as_slice).unwrap_or_default();
@@ -1220,4 +1276,46 @@ async fn bad_input() {
     assert_eq!(a.sent, payments + orders + 6 * bad);
     assert_eq!(a.rejected.values().sum::<usize>(), 4 * bad);
     assert_eq!(a.dead_total(), 2 * bad);
+}
+
+#[tokio::test]
+#[ignore = "hostile input at volume; run in the serial step (make test, make faults)"]
+async fn hostile_input() {
+    let cluster = Cluster::start("fhi").await;
+    let (payments, orders, over) = load();
+    let hostile = 10 * scale();
+    let started = Instant::now();
+    let mut answers = drive(
+        &cluster.gateway,
+        plan(payments, orders, 0),
+        over,
+        std::future::ready(()),
+    )
+    .await;
+    // Then what a sender can do with the orders it captured, and requests it cannot sign.
+    let kinds = [
+        Kind::ReplayedOrder,
+        Kind::ForgedPaid,
+        Kind::Unsigned,
+        Kind::HugeHeaders,
+    ];
+    let attack: Vec<(Kind, usize)> = (0..hostile)
+        .flat_map(|n| kinds.map(|k| (k, n % orders)))
+        .collect();
+    answers.extend(
+        drive(
+            &cluster.gateway,
+            attack,
+            Duration::from_secs(2),
+            std::future::ready(()),
+        )
+        .await,
+    );
+    let fault =
+        format!("{hostile} of each: replayed order, forged orders/paid, unsigned, 20 KiB header");
+    let a = account(&cluster, "hostile input", &answers, fault, started, &[]).await;
+    assert_eq!(a.sent, payments + orders + kinds.len() * hostile);
+    assert_eq!(a.rejected.values().sum::<usize>(), 2 * hostile);
+    assert_eq!(a.redeliveries, hostile);
+    assert_eq!(a.dead.get("EventTypeMismatch"), Some(&hostile));
 }
