@@ -5,10 +5,13 @@
 //! in the timing. Token values are never logged; errors name the env var or file.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use sluice_runtime::config::PublishToken;
 use subtle::{ConditionallySelectable, ConstantTimeEq};
+
+use crate::gateway::rate_limit::RateBucket;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
@@ -45,8 +48,38 @@ impl Allowed {
 /// An authenticated publisher.
 #[derive(Debug, Clone)]
 pub struct Caller {
+    /// The publisher's name: its events' `source` is [`Caller::source`], and event ids it
+    /// chooses are namespaced as `<name>:<id>`.
     pub name: String,
     pub allowed: Allowed,
+    /// The token's rate limit (`rate_per_sec` / `burst`), if it has one.
+    pub bucket: Option<Arc<RateBucket>>,
+}
+
+impl Caller {
+    /// The only `source` this publisher's events may carry.
+    pub fn source(&self) -> String {
+        format!("sluice://publishers/{}", self.name)
+    }
+
+    /// The event id stored for an id this publisher chose: `<name>:<id>`, so no publisher
+    /// can choose an id that another publisher's events carry (names contain no `:`). An id
+    /// already in this publisher's namespace is kept as it is.
+    pub fn namespaced_event_id(&self, chosen: &str) -> String {
+        match chosen.strip_prefix(self.name.as_str()) {
+            Some(rest) if rest.starts_with(':') => chosen.to_string(),
+            _ => format!("{}:{chosen}", self.name),
+        }
+    }
+}
+
+/// Whether `name` may name a publisher: letters, digits, `.`, `_`, `-` (it appears in
+/// `sluice://publishers/<name>` and as the `<name>:` event id namespace).
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 struct Entry {
@@ -77,8 +110,13 @@ impl Tokens {
                 name: t.name.clone(),
                 reason,
             };
-            if t.name.is_empty() {
-                return Err(invalid("name must not be empty".into()));
+            if !valid_name(&t.name) {
+                return Err(invalid(
+                    "name must be 1 or more letters, digits, `.`, `_` or `-`".into(),
+                ));
+            }
+            if entries.iter().any(|e| e.caller.name == t.name) {
+                return Err(invalid("the same name is configured twice".into()));
             }
             let value = t.token.resolve().map_err(|source| TokenError::Secret {
                 index,
@@ -112,6 +150,9 @@ impl Tokens {
                 caller: Caller {
                     name: t.name.clone(),
                     allowed,
+                    bucket: t
+                        .rate_per_sec
+                        .map(|rate| Arc::new(RateBucket::new(rate, t.burst))),
                 },
             });
         }
@@ -159,6 +200,8 @@ mod tests {
             name: name.into(),
             token: SecretRef::Env(env.into()),
             event_types: types.iter().map(|s| s.to_string()).collect(),
+            rate_per_sec: None,
+            burst: None,
         }
     }
 
@@ -209,6 +252,65 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("event_types[0]: `c.C`"), "{err}");
+    }
+
+    #[test]
+    fn names_are_restricted_and_unique_so_namespaces_cannot_overlap() {
+        std::env::set_var("SLUICE_AUTH_TEST_N1", "token-n1-0123456789");
+        std::env::set_var("SLUICE_AUTH_TEST_N2", "token-n2-0123456789");
+        for bad in ["", "a:b", "a/b", "a b"] {
+            let err = Tokens::resolve(&[token(bad, "SLUICE_AUTH_TEST_N1", &["*"])], &routed())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("name must be"), "{bad}: {err}");
+        }
+        let err = Tokens::resolve(
+            &[
+                token("same", "SLUICE_AUTH_TEST_N1", &["*"]),
+                token("same", "SLUICE_AUTH_TEST_N2", &["*"]),
+            ],
+            &routed(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("publish_tokens[1] (same)"), "{err}");
+    }
+
+    #[test]
+    fn chosen_event_ids_are_namespaced_by_publisher() {
+        let caller = |name: &str| Caller {
+            name: name.into(),
+            allowed: Allowed::All,
+            bucket: None,
+        };
+        let (billing, shop) = (caller("billing"), caller("shop"));
+        assert_eq!(billing.namespaced_event_id("order-42"), "billing:order-42");
+        assert_eq!(
+            billing.namespaced_event_id("billing:order-42"),
+            "billing:order-42",
+            "an id already in the namespace is kept"
+        );
+        assert_eq!(
+            shop.namespaced_event_id("billing:order-42"),
+            "shop:billing:order-42",
+            "another publisher's namespace cannot be claimed"
+        );
+        assert_eq!(billing.namespaced_event_id("billingx"), "billing:billingx");
+        assert_eq!(billing.source(), "sluice://publishers/billing");
+    }
+
+    #[test]
+    fn a_token_with_a_rate_gets_a_bucket() {
+        std::env::set_var("SLUICE_AUTH_TEST_R1", "token-r1-0123456789");
+        let mut t = token("r", "SLUICE_AUTH_TEST_R1", &["*"]);
+        t.rate_per_sec = Some(1);
+        t.burst = Some(2);
+        let tokens = Tokens::resolve(&[t], &routed()).unwrap();
+        let caller = tokens.authenticate(b"token-r1-0123456789").unwrap();
+        let bucket = caller.bucket.as_ref().expect("a bucket");
+        let d = bucket.try_acquire();
+        assert!(d.allowed);
+        assert_eq!((d.limit, d.remaining), (2, 1));
     }
 
     #[test]
