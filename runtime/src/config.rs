@@ -219,9 +219,15 @@ impl Default for GatewayConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PublishToken {
-    /// Names the publisher in logs and in the default event `source`
-    /// (`sluice://publishers/<name>`); not secret.
+    /// Names the publisher in logs, in its events' `source` (`sluice://publishers/<name>`
+    /// unless `source` is set) and in the namespace of the event ids it chooses
+    /// (`<name>:<event_id>`); not secret. Letters, digits, `.`, `_`, `-`. Several tokens may
+    /// share a name (rotation): they are one publisher.
     pub name: String,
+    /// The `source` every event of this publisher carries; defaults to
+    /// `sluice://publishers/<name>`. A body naming another source is refused.
+    #[serde(default)]
+    pub source: Option<String>,
     pub token: SecretRef,
     /// Full event type names this token may publish; `"*"` allows every routed type.
     pub event_types: Vec<String>,
@@ -496,7 +502,7 @@ mod tests {
         assert_eq!(t.name, "billing");
         assert_eq!(t.token, SecretRef::Env("BILLING_TOKEN".into()));
         assert_eq!(t.event_types, vec!["*".to_string()]);
-        assert_eq!((t.rate_per_sec, t.burst), (None, None));
+        assert_eq!((t.rate_per_sec, t.burst, &t.source), (None, None, &None));
 
         let yaml = "gateway:\n  header_read_timeout_ms: 3000\n  publish_tokens:\n    - {name: a, token: {env: A}, event_types: ['*'], rate_per_sec: 5, burst: 10}\n";
         let c = SluiceConfig::from_yaml_with_env(

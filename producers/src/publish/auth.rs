@@ -48,20 +48,16 @@ impl Allowed {
 /// An authenticated publisher.
 #[derive(Debug, Clone)]
 pub struct Caller {
-    /// The publisher's name: its events' `source` is [`Caller::source`], and event ids it
-    /// chooses are namespaced as `<name>:<id>`.
+    /// The publisher's name: event ids it chooses are namespaced as `<name>:<id>`.
     pub name: String,
+    /// The only `source` this publisher's events may carry.
+    pub source: String,
     pub allowed: Allowed,
     /// The token's rate limit (`rate_per_sec` / `burst`), if it has one.
     pub bucket: Option<Arc<RateBucket>>,
 }
 
 impl Caller {
-    /// The only `source` this publisher's events may carry.
-    pub fn source(&self) -> String {
-        format!("sluice://publishers/{}", self.name)
-    }
-
     /// The event id stored for an id this publisher chose: `<name>:<id>`, so no publisher
     /// can choose an id that another publisher's events carry (names contain no `:`). An id
     /// already in this publisher's namespace is kept as it is.
@@ -115,8 +111,22 @@ impl Tokens {
                     "name must be 1 or more letters, digits, `.`, `_` or `-`".into(),
                 ));
             }
-            if entries.iter().any(|e| e.caller.name == t.name) {
-                return Err(invalid("the same name is configured twice".into()));
+            let source = t
+                .source
+                .clone()
+                .unwrap_or_else(|| format!("sluice://publishers/{}", t.name));
+            if source.trim().is_empty() {
+                return Err(invalid("source must not be empty".into()));
+            }
+            // A source names one publisher: otherwise two could pass for each other.
+            if let Some(other) = entries
+                .iter()
+                .find(|e| e.caller.source == source && e.caller.name != t.name)
+            {
+                return Err(invalid(format!(
+                    "source `{source}` is already the source of publisher `{}`",
+                    other.caller.name
+                )));
             }
             let value = t.token.resolve().map_err(|source| TokenError::Secret {
                 index,
@@ -149,6 +159,7 @@ impl Tokens {
                 digest,
                 caller: Caller {
                     name: t.name.clone(),
+                    source,
                     allowed,
                     bucket: t
                         .rate_per_sec
@@ -202,6 +213,7 @@ mod tests {
             event_types: types.iter().map(|s| s.to_string()).collect(),
             rate_per_sec: None,
             burst: None,
+            source: None,
         }
     }
 
@@ -255,7 +267,7 @@ mod tests {
     }
 
     #[test]
-    fn names_are_restricted_and_unique_so_namespaces_cannot_overlap() {
+    fn names_are_restricted_and_sources_unique_so_publishers_cannot_overlap() {
         std::env::set_var("SLUICE_AUTH_TEST_N1", "token-n1-0123456789");
         std::env::set_var("SLUICE_AUTH_TEST_N2", "token-n2-0123456789");
         for bad in ["", "a:b", "a/b", "a b"] {
@@ -264,22 +276,40 @@ mod tests {
                 .to_string();
             assert!(err.contains("name must be"), "{bad}: {err}");
         }
-        let err = Tokens::resolve(
+        // Two tokens of one publisher (rotation) are fine; two publishers sharing a source
+        // are not.
+        let rotated = Tokens::resolve(
             &[
                 token("same", "SLUICE_AUTH_TEST_N1", &["*"]),
                 token("same", "SLUICE_AUTH_TEST_N2", &["*"]),
             ],
             &routed(),
         )
+        .unwrap();
+        assert_eq!(
+            rotated.authenticate(b"token-n2-0123456789").unwrap().name,
+            "same"
+        );
+        let mut other = token("other", "SLUICE_AUTH_TEST_N2", &["*"]);
+        other.source = Some("sluice://publishers/same".into());
+        let err = Tokens::resolve(
+            &[token("same", "SLUICE_AUTH_TEST_N1", &["*"]), other],
+            &routed(),
+        )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("publish_tokens[1] (same)"), "{err}");
+        assert!(err.contains("publish_tokens[1] (other)"), "{err}");
+        assert!(
+            err.contains("already the source of publisher `same`"),
+            "{err}"
+        );
     }
 
     #[test]
     fn chosen_event_ids_are_namespaced_by_publisher() {
         let caller = |name: &str| Caller {
             name: name.into(),
+            source: format!("sluice://publishers/{name}"),
             allowed: Allowed::All,
             bucket: None,
         };
@@ -296,7 +326,6 @@ mod tests {
             "another publisher's namespace cannot be claimed"
         );
         assert_eq!(billing.namespaced_event_id("billingx"), "billing:billingx");
-        assert_eq!(billing.source(), "sluice://publishers/billing");
     }
 
     #[test]

@@ -7,8 +7,9 @@
 //! `Idempotency-Key` (replay / 409 / 422), schema (422 with field errors), then the durable
 //! write (202, or 503 when Kafka does not acknowledge in time).
 //!
-//! Who published an event is the token's business, not the body's: `source` is always
-//! `sluice://publishers/<token name>` (filled in when absent, refused when different), and an
+//! Who published an event is the token's business, not the body's: `source` is always the
+//! token's (`sluice://publishers/<token name>` unless the token configures `source`; filled
+//! in when absent, refused when different), and an
 //! `event_id` the publisher chooses is stored as `<token name>:<event_id>`, so no publisher
 //! can write events that pass for another's or collide with another's ids. An event without
 //! `event_id` gets a fresh UUIDv7.
@@ -219,7 +220,7 @@ async fn handle(
     };
 
     let context = PublishContext {
-        source: Some(caller.source()),
+        source: Some(caller.source.clone()),
         traceparent: headers
             .get(crate::traceparent::HEADER)
             .and_then(|v| v.to_str().ok())
@@ -256,9 +257,9 @@ fn bind_to_publisher(json: &mut serde_json::Value, caller: &Caller) -> Result<()
     let Some(event) = json.as_object_mut() else {
         return Ok(());
     };
-    let own = caller.source();
+    let own = caller.source.as_str();
     if let Some(source) = event.get("source").filter(|v| !v.is_null()) {
-        if source.as_str() != Some(own.as_str()) {
+        if source.as_str() != Some(own) {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 code::SOURCE_MISMATCH,
@@ -320,6 +321,7 @@ mod tests {
     fn events_are_bound_to_the_token_publisher() {
         let billing = Caller {
             name: "billing".into(),
+            source: "sluice://publishers/billing".into(),
             allowed: Allowed::All,
             bucket: None,
         };
