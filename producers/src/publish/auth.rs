@@ -111,6 +111,9 @@ impl Tokens {
                     "name must be 1 or more letters, digits, `.`, `_` or `-`".into(),
                 ));
             }
+            if t.rate_per_sec == Some(0) || t.burst == Some(0) {
+                return Err(invalid("rate_per_sec and burst must be at least 1".into()));
+            }
             let source = t
                 .source
                 .clone()
@@ -332,6 +335,14 @@ mod tests {
     fn a_token_with_a_rate_gets_a_bucket() {
         std::env::set_var("SLUICE_AUTH_TEST_R1", "token-r1-0123456789");
         let mut t = token("r", "SLUICE_AUTH_TEST_R1", &["*"]);
+        t.rate_per_sec = Some(0);
+        let err = Tokens::resolve(std::slice::from_ref(&t), &routed())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("rate_per_sec and burst must be at least 1"),
+            "{err}"
+        );
         t.rate_per_sec = Some(1);
         t.burst = Some(2);
         let tokens = Tokens::resolve(&[t], &routed()).unwrap();
