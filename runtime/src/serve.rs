@@ -26,7 +26,8 @@
 //!
 //! Shutdown is graceful: once [`Shutdown`] triggers the server stops accepting, every
 //! connection finishes the request it is handling and is then closed, and [`serve`] returns
-//! when the last connection is gone.
+//! when the last connection is gone. Idle connections close at once; one still receiving a
+//! request head is held at most until its header read timeout.
 
 use std::net::SocketAddr;
 use std::pin::Pin;

@@ -1120,6 +1120,33 @@ async fn the_admin_server_cuts_off_a_trickling_connection() {
 }
 
 #[tokio::test]
+async fn a_silent_connection_is_closed_after_the_idle_timeout_not_the_header_timeout() {
+    use tokio::io::AsyncReadExt;
+    let (_, gw) = start_webhook_gateway(
+        "gwidle",
+        "gateway:\n  idle_timeout_ms: 2000\n  header_read_timeout_ms: 20000\n",
+    )
+    .await;
+    let addr = gw.base.trim_start_matches("http://").to_string();
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let opened = Instant::now();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(15), silent.read(&mut buf)).await;
+    let closed = opened.elapsed();
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the silent connection was still open after {closed:?}"
+    );
+    eprintln!("a silent connection was closed after {closed:?}");
+    // 2 s idle timeout; slack for scheduling on a busy machine. The header timeout (20 s)
+    // would close it only much later.
+    assert!(
+        closed >= Duration::from_millis(1500) && closed <= Duration::from_secs(6),
+        "closed after {closed:?}"
+    );
+}
+
+#[tokio::test]
 async fn an_unsigned_flood_spends_neither_the_source_rate_limit_nor_another_clients_budget() {
     // Failure budget: 5 at once, then one per 10 s (so none comes back during the test).
     let (p, gw) = start_webhook_gateway(
