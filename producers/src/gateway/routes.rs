@@ -120,6 +120,22 @@ async fn read_limited_within(
     }
 }
 
+/// A body that did not arrive in time held a connection and a request slot for the whole
+/// body timeout: it counts against the client's failure budget like a bad signature.
+pub(crate) fn charge_slow_body<C: governor::clock::Clock>(
+    failures: &super::rate_limit::ClientFailures<C>,
+    client: IpAddr,
+    e: ApiError,
+) -> ApiError {
+    if e.code != code::BODY_READ_TIMEOUT {
+        return e;
+    }
+    match failures.charge(client) {
+        Some(retry_after) => ApiError::too_many_failures(retry_after),
+        None => e,
+    }
+}
+
 async fn webhook(
     State(app): State<Arc<AppState>>,
     ClientAddr(client): ClientAddr,
@@ -179,7 +195,9 @@ async fn receive(
         return Err(ApiError::too_many_failures(retry_after));
     }
 
-    let body = read_limited(headers, body, source.max_body_bytes).await?;
+    let body = read_limited(headers, body, source.max_body_bytes)
+        .await
+        .map_err(|e| charge_slow_body(&app.failures, client, e))?;
     app.metrics
         .body_bytes
         .with_label_values(&[&source.name])
@@ -348,6 +366,27 @@ mod tests {
         .await
         .unwrap_err();
         assert_eq!((err.status.as_u16(), err.code), (408, "body_read_timeout"));
+    }
+
+    #[test]
+    fn a_body_timeout_is_charged_to_the_client_other_errors_are_not() {
+        let clock = governor::clock::FakeRelativeClock::default();
+        let failures = super::super::rate_limit::ClientFailures::with_clock(60, 1, clock);
+        let client: IpAddr = "192.0.2.9".parse().unwrap();
+        let slow = || ApiError::new(StatusCode::REQUEST_TIMEOUT, code::BODY_READ_TIMEOUT, "slow");
+        for _ in 0..3 {
+            let e = charge_slow_body(&failures, client, ApiError::body_too_large(1));
+            assert_eq!(e.code, code::BODY_TOO_LARGE);
+        }
+        assert_eq!(
+            charge_slow_body(&failures, client, slow()).code,
+            code::BODY_READ_TIMEOUT
+        );
+        assert_eq!(
+            charge_slow_body(&failures, client, slow()).code,
+            code::TOO_MANY_FAILURES
+        );
+        assert!(failures.refused(client).is_some());
     }
 
     /// `n` chunks of 1 KiB, with no length known up front.

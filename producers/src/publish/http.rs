@@ -33,7 +33,7 @@ use super::publisher::{PublishContext, PublishError, Publisher};
 use crate::gateway::errors::{code, ApiError};
 use crate::gateway::metrics::UNKNOWN;
 use crate::gateway::rate_limit::ClientFailures;
-use crate::gateway::routes::{read_limited, ClientAddr};
+use crate::gateway::routes::{charge_slow_body, read_limited, ClientAddr};
 use crate::gateway::AppState;
 
 /// Largest publish request body accepted.
@@ -176,7 +176,9 @@ async fn handle(
         .check_available(event_type)
         .map_err(|e| from_publish_error(&e, api.retry_after_secs))?;
 
-    let bytes = read_limited(headers, body, MAX_BODY_BYTES).await?;
+    let bytes = read_limited(headers, body, MAX_BODY_BYTES)
+        .await
+        .map_err(|e| charge_slow_body(client.failures, client.addr, e))?;
     let mut json: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
