@@ -1,5 +1,8 @@
 //! The admin HTTP server every long-running sluice process starts:
 //! `/metrics` (Prometheus text format), `/health/live` and `/health/ready`.
+//!
+//! It is served by [`crate::serve`] with the default [`ServeLimits`], like the gateway, so a
+//! client trickling bytes at it is cut off by the header read timeout.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -11,6 +14,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use prometheus::{Encoder, Registry, TextEncoder};
 
+use crate::serve::{self as limited, ServeLimits};
 use crate::shutdown::Shutdown;
 
 /// Named readiness checks; the process is ready when every check is ready.
@@ -68,9 +72,7 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     let app = router(registry, readiness);
     tokio::spawn(async move {
-        let result = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.wait().await })
-            .await;
+        let result = limited::serve(listener, app, ServeLimits::default(), shutdown).await;
         if let Err(e) = result {
             tracing::error!(error = %e, "admin server stopped");
         }

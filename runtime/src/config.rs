@@ -162,6 +162,39 @@ pub struct GatewayConfig {
     pub idempotency_max_keys: usize,
     /// Bearer tokens accepted by `POST /v1/events/{event_type}`.
     pub publish_tokens: Vec<PublishToken>,
+    /// A request head (request line and headers) must arrive within this long, or the
+    /// connection is closed; also the longest wait for the next request on a kept-alive
+    /// connection. Cuts off clients that trickle header bytes.
+    pub header_read_timeout_ms: u64,
+    /// A connection with no request in flight that sends nothing for this long is closed.
+    pub idle_timeout_ms: u64,
+    /// Most client connections served at once; further clients wait in the kernel's accept
+    /// backlog until a connection closes.
+    pub max_connections: usize,
+    /// Most requests handled at once; one more is answered `503 overloaded` with
+    /// `Retry-After`.
+    pub max_in_flight_requests: usize,
+    /// Signature or token failures a client address may cause per minute, after
+    /// `client_failure_burst`. Past that budget the address is answered `429
+    /// too_many_failures` before its body is read, until the budget refills. Only failures
+    /// are counted; verified requests from the same address are never charged.
+    pub client_failures_per_minute: u32,
+    /// Failures a client address may cause at once before `client_failures_per_minute` applies.
+    pub client_failure_burst: u32,
+}
+
+impl GatewayConfig {
+    /// The connection limits of the gateway's HTTP server.
+    pub fn serve_limits(&self) -> crate::serve::ServeLimits {
+        crate::serve::ServeLimits {
+            header_read_timeout: std::time::Duration::from_millis(
+                self.header_read_timeout_ms.max(1),
+            ),
+            idle_timeout: std::time::Duration::from_millis(self.idle_timeout_ms.max(1)),
+            max_connections: self.max_connections.max(1),
+            max_in_flight: self.max_in_flight_requests.max(1),
+        }
+    }
 }
 
 impl Default for GatewayConfig {
@@ -172,6 +205,12 @@ impl Default for GatewayConfig {
             idempotency_window_secs: 86_400,
             idempotency_max_keys: 100_000,
             publish_tokens: Vec::new(),
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 5_000,
+            max_connections: 1_024,
+            max_in_flight_requests: 512,
+            client_failures_per_minute: 60,
+            client_failure_burst: 20,
         }
     }
 }
@@ -180,12 +219,25 @@ impl Default for GatewayConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PublishToken {
-    /// Names the publisher in logs and in the default event `source`
-    /// (`sluice://publishers/<name>`); not secret.
+    /// Names the publisher in logs, in its events' `source` (`sluice://publishers/<name>`
+    /// unless `source` is set) and in the namespace of the event ids it chooses
+    /// (`<name>:<event_id>`); not secret. Letters, digits, `.`, `_`, `-`. Several tokens may
+    /// share a name (rotation): they are one publisher.
     pub name: String,
+    /// The `source` every event of this publisher carries; defaults to
+    /// `sluice://publishers/<name>`. A body naming another source is refused.
+    #[serde(default)]
+    pub source: Option<String>,
     pub token: SecretRef,
     /// Full event type names this token may publish; `"*"` allows every routed type.
     pub event_types: Vec<String>,
+    /// Requests per second this token may make (after `burst`); unlimited when absent.
+    /// Over it: `429 rate_limited` with `Retry-After` and `X-RateLimit-*`, like a source.
+    #[serde(default)]
+    pub rate_per_sec: Option<u32>,
+    /// Requests the token may make at once; defaults to `rate_per_sec`.
+    #[serde(default)]
+    pub burst: Option<u32>,
 }
 
 /// Where a secret comes from, written `{env: NAME}` or `{file: PATH}`. Secrets are never
@@ -424,6 +476,18 @@ mod tests {
         assert_eq!(c.gateway.produce_timeout_ms, 5_000);
         assert_eq!(c.gateway.idempotency_window_secs, 86_400);
         assert!(c.gateway.publish_tokens.is_empty());
+        assert_eq!(
+            c.gateway.serve_limits(),
+            crate::serve::ServeLimits::default(),
+            "the documented defaults are the serving defaults"
+        );
+        assert_eq!(
+            (
+                c.gateway.client_failures_per_minute,
+                c.gateway.client_failure_burst
+            ),
+            (60, 20)
+        );
 
         let yaml = "gateway:\n  produce_timeout_ms: 2000\n  publish_tokens:\n    - name: billing\n      token: {env: BILLING_TOKEN}\n      event_types: ['*']\n";
         let c = SluiceConfig::from_yaml_with_env(
@@ -438,6 +502,20 @@ mod tests {
         assert_eq!(t.name, "billing");
         assert_eq!(t.token, SecretRef::Env("BILLING_TOKEN".into()));
         assert_eq!(t.event_types, vec!["*".to_string()]);
+        assert_eq!((t.rate_per_sec, t.burst, &t.source), (None, None, &None));
+
+        let yaml = "gateway:\n  header_read_timeout_ms: 3000\n  publish_tokens:\n    - {name: a, token: {env: A}, event_types: ['*'], rate_per_sec: 5, burst: 10}\n";
+        let c = SluiceConfig::from_yaml_with_env(
+            "t",
+            yaml,
+            &env(&[("SLUICE_GATEWAY__MAX_IN_FLIGHT_REQUESTS", "7")]),
+        )
+        .unwrap();
+        let limits = c.gateway.serve_limits();
+        assert_eq!(limits.header_read_timeout.as_millis(), 3000);
+        assert_eq!(limits.max_in_flight, 7);
+        let t = &c.gateway.publish_tokens[0];
+        assert_eq!((t.rate_per_sec, t.burst), (Some(5), Some(10)));
 
         let err = SluiceConfig::from_yaml_with_env("t", "gateway:\n  listn: x\n", &[])
             .unwrap_err()

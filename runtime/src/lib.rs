@@ -1,11 +1,13 @@
 //! Shared plumbing for every sluice process: configuration, Kafka client builders,
-//! telemetry, the admin HTTP server and graceful shutdown.
+//! telemetry, the admin HTTP server, the limited HTTP serving both servers share, and graceful
+//! shutdown.
 //!
 //! Nothing here knows about webhooks, schemas or sagas; those live in their own crates.
 
 pub mod admin;
 pub mod config;
 pub mod kafka;
+pub mod serve;
 pub mod shutdown;
 pub mod telemetry;
 pub mod trace_context;

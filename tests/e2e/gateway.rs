@@ -992,3 +992,241 @@ async fn with_the_broker_down_deliveries_get_503_never_2xx_and_recover_after() {
     assert!(keys.contains(&"evt_before".to_string()), "{keys:?}");
     assert!(!keys.iter().any(|k| k.starts_with("evt_down_")), "{keys:?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Slow clients and hostile traffic
+
+/// Opens a connection to `addr` and sends a request head that never ends: the request line
+/// and one header at once, then one more byte every second. Returns how long after
+/// connecting the server closed the connection, or `None` when `give_up` passed first.
+async fn trickle(addr: String, path: &'static str, give_up: Duration) -> Option<Duration> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("the server accepts the connection");
+    let opened = Instant::now();
+    let head = format!("POST {path} HTTP/1.1\r\nHost: e2e\r\nX-Slow: ");
+    if stream.write_all(head.as_bytes()).await.is_err() {
+        return Some(opened.elapsed());
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    let mut buf = [0u8; 512];
+    let deadline = tokio::time::sleep(give_up);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            read = stream.read(&mut buf) => match read {
+                // The server closed (or answered and closed): either way the slot is free.
+                Ok(0) | Err(_) => return Some(opened.elapsed()),
+                Ok(_) => continue,
+            },
+            _ = tick.tick() => {
+                if stream.write_all(b"a").await.is_err() {
+                    return Some(opened.elapsed());
+                }
+            }
+            _ = &mut deadline => return None,
+        }
+    }
+}
+
+/// One signed GitHub delivery to `source`; its status and how long the answer took.
+async fn timed_delivery(gw: &GatewayProcess, source: &str, id: &str) -> (u16, Duration) {
+    let body = format!(r#"{{"zen":"{id}"}}"#).into_bytes();
+    let headers = sign::github(GITHUB_SECRET, "ping", id, &body);
+    let started = Instant::now();
+    let (status, _, json) = post(&gw.url(&format!("/webhooks/{source}")), &headers, body).await;
+    assert!(status == 202, "{id}: {status} {json}");
+    (status, started.elapsed())
+}
+
+#[tokio::test]
+async fn trickling_clients_are_cut_off_at_the_header_timeout_while_deliveries_keep_their_latency() {
+    const CLIENTS: usize = 300;
+    const HEADER_TIMEOUT: Duration = Duration::from_secs(4);
+    let (p, gw) =
+        start_webhook_gateway("gwslow", "gateway:\n  header_read_timeout_ms: 4000\n").await;
+    // Baseline: the slowest of 5 deliveries after a warm-up, in this run, on this machine.
+    timed_delivery(&gw, "github", "warm-up").await;
+    let mut baseline = Duration::ZERO;
+    for i in 0..5 {
+        baseline = baseline.max(timed_delivery(&gw, "github", &format!("base-{i}")).await.1);
+    }
+
+    let addr = gw.base.trim_start_matches("http://").to_string();
+    let give_up = HEADER_TIMEOUT + Duration::from_secs(12);
+    let attack: Vec<_> = (0..CLIENTS)
+        .map(|_| tokio::spawn(trickle(addr.clone(), "/webhooks/github", give_up)))
+        .collect();
+    // Let every client connect and start trickling, well inside the header timeout.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let still_open = attack.iter().filter(|t| !t.is_finished()).count();
+    assert_eq!(
+        still_open, CLIENTS,
+        "every slow client holds a connection now"
+    );
+
+    // Under attack a signed delivery still gets its 202 promptly. The bound is 5× the
+    // slowest baseline delivery, or 1 s when that is smaller: the gateway's 2 cores are
+    // shared with the broker and this test's 300 clients, so some slowdown is expected;
+    // what must not happen is waiting for a connection or a task behind the attackers
+    // (that would take the whole header timeout, 4 s).
+    let bound = (baseline * 5).max(Duration::from_secs(1));
+    let mut under_attack = Vec::new();
+    for i in 0..5 {
+        let (_, took) = timed_delivery(&gw, "github", &format!("attack-{i}")).await;
+        under_attack.push(took);
+    }
+    let open_during = attack.iter().filter(|t| !t.is_finished()).count();
+    assert!(
+        open_during >= CLIENTS * 9 / 10,
+        "the attack was still running while the deliveries were measured ({open_during} open)"
+    );
+    eprintln!("baseline (max of 5): {baseline:?}; under attack: {under_attack:?}; bound {bound:?}");
+    for took in &under_attack {
+        assert!(
+            *took <= bound,
+            "a delivery took {took:?} under attack (bound {bound:?}, baseline {baseline:?})"
+        );
+    }
+
+    // Every slow client is closed by the server once the header timeout has passed.
+    let mut closed_after = Vec::new();
+    for t in attack {
+        closed_after.push(t.await.unwrap());
+    }
+    let still = closed_after.iter().filter(|c| c.is_none()).count();
+    assert_eq!(
+        still, 0,
+        "{still} slow clients were still connected after {give_up:?}"
+    );
+    let slowest = closed_after.iter().flatten().max().copied().unwrap();
+    let fastest = closed_after.iter().flatten().min().copied().unwrap();
+    eprintln!("slow clients closed after {fastest:?} .. {slowest:?}");
+    // Slack: a scheduling delay on 2 busy cores, and up to 1 s until the client notices.
+    assert!(
+        slowest <= HEADER_TIMEOUT + Duration::from_secs(4),
+        "closed after {slowest:?}"
+    );
+    assert!(
+        fastest >= HEADER_TIMEOUT - Duration::from_millis(500),
+        "closed by the header timeout, not before it ({fastest:?})"
+    );
+    // The server is free again, and the deliveries landed.
+    timed_delivery(&gw, "github", "after").await;
+    assert_eq!(record_count(&format!("{p}.raw.github")).await, 12);
+}
+
+#[tokio::test]
+async fn the_admin_server_cuts_off_a_trickling_connection() {
+    let (_, gw) = start_webhook_gateway("gwadminslow", "").await;
+    let addr = gw.admin.trim_start_matches("http://").to_string();
+    // The admin server uses the default header read timeout, 10 s.
+    let header_timeout = sluice_runtime::serve::ServeLimits::DEFAULT_HEADER_READ_TIMEOUT;
+    let closed = trickle(addr, "/metrics", header_timeout + Duration::from_secs(10)).await;
+    let closed = closed.expect("the admin server closed the trickling connection");
+    eprintln!("admin closed a trickling connection after {closed:?}");
+    assert!(
+        closed >= header_timeout - Duration::from_millis(500)
+            && closed <= header_timeout + Duration::from_secs(4),
+        "closed after {closed:?}"
+    );
+    // And it still serves.
+    assert_eq!(ready_status(&gw.admin).await, 200);
+}
+
+#[tokio::test]
+async fn a_silent_connection_is_closed_after_the_idle_timeout_not_the_header_timeout() {
+    use tokio::io::AsyncReadExt;
+    let (_, gw) = start_webhook_gateway(
+        "gwidle",
+        "gateway:\n  idle_timeout_ms: 2000\n  header_read_timeout_ms: 20000\n",
+    )
+    .await;
+    let addr = gw.base.trim_start_matches("http://").to_string();
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let opened = Instant::now();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(15), silent.read(&mut buf)).await;
+    let closed = opened.elapsed();
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the silent connection was still open after {closed:?}"
+    );
+    eprintln!("a silent connection was closed after {closed:?}");
+    // 2 s idle timeout; slack for scheduling on a busy machine. The header timeout (20 s)
+    // would close it only much later.
+    assert!(
+        closed >= Duration::from_millis(1500) && closed <= Duration::from_secs(6),
+        "closed after {closed:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_unsigned_flood_spends_neither_the_source_rate_limit_nor_another_clients_budget() {
+    // Failure budget: 5 at once, then one per 10 s (so none comes back during the test).
+    let (p, gw) = start_webhook_gateway(
+        "gwflood",
+        "gateway:\n  client_failure_burst: 5\n  client_failures_per_minute: 6\n",
+    )
+    .await;
+    // The flood comes from 127.0.0.2, the real sender from 127.0.0.1 (both loopback).
+    let flooder = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    let url = gw.url("/webhooks/limited");
+    let body = br#"{"zen":"flood"}"#.to_vec();
+    let mut codes = Vec::new();
+    // Ten wrongly signed requests: five times the source's burst of 2.
+    for i in 0..10 {
+        let headers = sign::github("not-the-secret", "ping", &format!("f{i}"), &body);
+        let mut req = flooder.post(&url).body(body.clone());
+        for (k, v) in &headers {
+            req = req.header(*k, v);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let retry_after = resp.headers().get("retry-after").cloned();
+        let json: serde_json::Value = resp.json().await.unwrap();
+        let code = json["error"]["code"].as_str().unwrap().to_string();
+        if status == 429 {
+            assert!(retry_after.is_some(), "429 without Retry-After");
+        }
+        codes.push((status, code));
+    }
+    let expected: Vec<(u16, String)> = (0..10)
+        .map(|i| {
+            if i < 5 {
+                (401, "invalid_signature".to_string())
+            } else {
+                (429, "too_many_failures".to_string())
+            }
+        })
+        .collect();
+    assert_eq!(
+        codes, expected,
+        "the flooder gets 429 after its failure budget"
+    );
+
+    // The flooder is refused even when it signs: over budget, its body is not read.
+    let headers = sign::github(GITHUB_SECRET, "ping", "flooder-signed", &body);
+    let mut req = flooder.post(&url).body(body.clone());
+    for (k, v) in &headers {
+        req = req.header(*k, v);
+    }
+    assert_eq!(req.send().await.unwrap().status().as_u16(), 429);
+
+    // The real sender still has the source's whole burst, and its own failure budget.
+    for i in 0..2 {
+        timed_delivery(&gw, "limited", &format!("real-{i}")).await;
+    }
+    let headers = sign::github("not-the-secret", "ping", "real-typo", &body);
+    let (status, _, json) = post(&url, &headers, body.clone()).await;
+    assert_eq!(
+        (status, &json["error"]["code"]),
+        (401, &"invalid_signature".into())
+    );
+    assert_eq!(record_count(&format!("{p}.raw.limited")).await, 2);
+}

@@ -19,6 +19,7 @@ const PUSH: &str = "dev.sluice.events.scm.CodePushed";
 
 const BILLING_TOKEN: &str = "e2e-billing-token-0123456789";
 const SHOP_TOKEN: &str = "e2e-shop-token-0123456789";
+const METERED_TOKEN: &str = "e2e-metered-token-0123456789";
 
 /// Payments and orders are registered; code pushes are routed but their subject is not.
 fn topology(p: &str, with_unregistered: bool) -> String {
@@ -44,6 +45,7 @@ const CONFIG: &str = r#"gateway:
   publish_tokens:
     - {name: billing, token: {env: E2E_PUBLISH_BILLING}, event_types: ["*"]}
     - {name: shop, token: {env: E2E_PUBLISH_SHOP}, event_types: [dev.sluice.events.commerce.OrderPlaced]}
+    - {name: metered, token: {env: E2E_PUBLISH_METERED}, event_types: ["*"], rate_per_sec: 1, burst: 2, source: "sluice://metered-service"}
 "#;
 
 /// Applies and registers a fresh topology, then starts a gateway on it.
@@ -59,6 +61,7 @@ async fn start(tag: &str) -> (String, std::path::PathBuf, GatewayProcess) {
         &[
             ("E2E_PUBLISH_BILLING", BILLING_TOKEN),
             ("E2E_PUBLISH_SHOP", SHOP_TOKEN),
+            ("E2E_PUBLISH_METERED", METERED_TOKEN),
         ],
     )
     .await;
@@ -161,11 +164,12 @@ async fn a_published_event_decodes_from_its_routed_topic_with_cloudevents_header
         Some("application/avro")
     );
 
-    // A caller-chosen event_id, occurred_at and source are kept.
+    // A caller-chosen occurred_at is kept, a chosen event_id is kept in the publisher's
+    // namespace, and the token's own source may be sent.
     let mut mine = payment();
     mine["event_id"] = "evt-mine-1".into();
     mine["occurred_at"] = "2024-07-26T00:00:00.000Z".into();
-    mine["source"] = "sluice://billing-service".into();
+    mine["source"] = "sluice://publishers/billing".into();
     let (status, _, json) = post(
         &gw.url(&format!("/v1/events/{PAYMENT}")),
         &[bearer(BILLING_TOKEN)],
@@ -173,7 +177,7 @@ async fn a_published_event_decodes_from_its_routed_topic_with_cloudevents_header
     )
     .await;
     assert_eq!(status, 202, "{json}");
-    assert_eq!(json["event_id"], "evt-mine-1");
+    assert_eq!(json["event_id"], "billing:evt-mine-1");
     let (event, _, _) = decode(
         &topic,
         json["partition"].as_i64().unwrap() as i32,
@@ -182,7 +186,7 @@ async fn a_published_event_decodes_from_its_routed_topic_with_cloudevents_header
     )
     .await;
     assert_eq!(event["occurred_at"], 1_721_952_000_000i64);
-    assert_eq!(event["source"], "sluice://billing-service");
+    assert_eq!(event["source"], "sluice://publishers/billing");
 }
 
 #[tokio::test]
@@ -405,4 +409,157 @@ async fn the_rust_publisher_takes_the_same_path() {
             .unwrap_err(),
         PublishError::UnknownEventType(_)
     ));
+}
+
+fn order(id: &str) -> serde_json::Value {
+    serde_json::json!({
+        "order_id": id, "total": {"amount": "1", "currency": "EUR"}, "line_items": [],
+        "provider": "shopify"
+    })
+}
+
+#[tokio::test]
+async fn a_token_publishes_only_as_its_own_source_and_in_its_own_event_id_namespace() {
+    let (p, _, gw) = start("pubsrc").await;
+    let payments = gw.url(&format!("/v1/events/{PAYMENT}"));
+    let orders = gw.url(&format!("/v1/events/{ORDER}"));
+
+    // Claiming another publisher's source is refused, naming the field.
+    let mut forged = payment();
+    forged["source"] = "sluice://publishers/shop".into();
+    let (status, _, json) = post(
+        &payments,
+        &[bearer(BILLING_TOKEN)],
+        serde_json::to_vec(&forged).unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, &json["error"]["code"]),
+        (403, &"source_mismatch".into()),
+        "{json}"
+    );
+    assert_eq!(json["error"]["fields"][0]["field"], "source", "{json}");
+
+    // Its own source is fine, and so is leaving it out (covered by the first test).
+    let mut own = payment();
+    own["source"] = "sluice://publishers/billing".into();
+    own["event_id"] = "order-42".into();
+    let (status, _, billing) = post(
+        &payments,
+        &[bearer(BILLING_TOKEN)],
+        serde_json::to_vec(&own).unwrap(),
+    )
+    .await;
+    assert_eq!(status, 202, "{billing}");
+    assert_eq!(billing["event_id"], "billing:order-42");
+
+    // Another publisher choosing the same id, or billing's namespaced id, gets its own.
+    let mut shop_orders = Vec::new();
+    for chosen in ["order-42", "billing:order-42"] {
+        let mut o = order("42");
+        o["event_id"] = chosen.into();
+        let (status, _, json) = post(
+            &orders,
+            &[bearer(SHOP_TOKEN)],
+            serde_json::to_vec(&o).unwrap(),
+        )
+        .await;
+        assert_eq!(status, 202, "{json}");
+        shop_orders.push(json);
+    }
+    assert_eq!(shop_orders[0]["event_id"], "shop:order-42");
+    assert_eq!(shop_orders[1]["event_id"], "shop:billing:order-42");
+
+    // What landed carries the namespaced id and the token's source, in the record and in
+    // the CloudEvents headers consumers deduplicate on.
+    let (event, headers, _) = decode(
+        &format!("{p}.events.payments"),
+        billing["partition"].as_i64().unwrap() as i32,
+        billing["offset"].as_i64().unwrap(),
+        PAYMENT,
+    )
+    .await;
+    assert_eq!(event["event_id"], "billing:order-42");
+    assert_eq!(event["source"], "sluice://publishers/billing");
+    let meta = EventMetadata::from_headers(headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+        .unwrap();
+    assert_eq!(
+        (meta.id.as_str(), meta.source.as_str()),
+        ("billing:order-42", "sluice://publishers/billing")
+    );
+    for json in &shop_orders {
+        let (event, headers, _) = decode(
+            &format!("{p}.events.commerce"),
+            json["partition"].as_i64().unwrap() as i32,
+            json["offset"].as_i64().unwrap(),
+            ORDER,
+        )
+        .await;
+        assert_eq!(event["event_id"], json["event_id"]);
+        assert_eq!(event["source"], "sluice://publishers/shop");
+        let meta =
+            EventMetadata::from_headers(headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+                .unwrap();
+        assert_eq!(meta.id, json["event_id"].as_str().unwrap());
+    }
+    assert_eq!(
+        record_count(&format!("{p}.events.payments")).await,
+        1,
+        "the forged event was not written"
+    );
+}
+
+#[tokio::test]
+async fn a_publish_token_over_its_rate_limit_gets_429_with_rate_limit_headers() {
+    let (p, _, gw) = start("pubrate").await;
+    let url = gw.url(&format!("/v1/events/{ORDER}"));
+    // Burst 2, 1 per second: of 8 requests sent at once, most are refused.
+    let answers = futures::future::join_all((0..8).map(|i| {
+        let url = url.clone();
+        async move {
+            post(
+                &url,
+                &[bearer(METERED_TOKEN)],
+                serde_json::to_vec(&order(&format!("m{i}"))).unwrap(),
+            )
+            .await
+        }
+    }))
+    .await;
+    let accepted = answers.iter().filter(|(s, _, _)| *s == 202).count();
+    let limited: Vec<_> = answers.iter().filter(|(s, _, _)| *s == 429).collect();
+    assert_eq!(accepted + limited.len(), 8, "only 202 or 429: {answers:?}");
+    assert!(
+        (2..=4).contains(&accepted),
+        "the burst, and at most what refilled meanwhile: {answers:?}"
+    );
+    for (_, h, json) in &limited {
+        assert_eq!(json["error"]["code"], "rate_limited", "{json}");
+        assert!(h["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+        assert_eq!(h["x-ratelimit-limit"], "2");
+        assert_eq!(h["x-ratelimit-remaining"], "0");
+        assert!(
+            h["x-ratelimit-reset"]
+                .to_str()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+                >= 1
+        );
+    }
+    // Other tokens have their own budgets (none here).
+    for i in 0..4 {
+        let (status, _, json) = post(
+            &url,
+            &[bearer(SHOP_TOKEN)],
+            serde_json::to_vec(&order(&format!("s{i}"))).unwrap(),
+        )
+        .await;
+        assert_eq!(status, 202, "{json}");
+    }
+    assert_eq!(
+        record_count(&format!("{p}.events.commerce")).await,
+        accepted as i64 + 4,
+        "only accepted events were written"
+    );
 }

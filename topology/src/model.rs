@@ -92,8 +92,11 @@ pub enum UnmappedPolicy {
 #[serde(deny_unknown_fields, default)]
 pub struct SourceLimits {
     pub max_body_bytes: usize,
-    /// Token-bucket rate limit; none when absent.
+    /// Verified deliveries per second the gateway accepts for this source (after `burst`);
+    /// none when absent. Only requests whose signature verified are counted, so unsigned
+    /// traffic cannot spend it. Over it: 429 `rate_limited` with `X-RateLimit-*`.
     pub rate_per_sec: Option<u32>,
+    /// Deliveries accepted at once; defaults to `rate_per_sec`.
     pub burst: Option<u32>,
 }
 

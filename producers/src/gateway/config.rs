@@ -4,12 +4,11 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use sluice_runtime::SecretRef;
 use sluice_topology::Topology;
 
-use super::rate_limit::TokenBucket;
+use super::rate_limit::RateBucket;
 use crate::verify::{self, BuildError, ProviderConfig, Secret, Verifier};
 
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +41,8 @@ pub struct Source {
     pub verifier: Box<dyn Verifier>,
     pub raw_topic: String,
     pub max_body_bytes: usize,
-    pub bucket: Option<TokenBucket>,
+    /// Charged only by requests whose signature verified.
+    pub bucket: Option<RateBucket>,
 }
 
 impl std::fmt::Debug for Source {
@@ -58,7 +58,6 @@ impl std::fmt::Debug for Source {
 
 /// Builds every source of `topology`, keyed by name.
 pub fn build_sources(topology: &Topology) -> Result<BTreeMap<String, Arc<Source>>, SourceError> {
-    let now = Instant::now();
     let mut out = BTreeMap::new();
     for (index, spec) in topology.sources.iter().enumerate() {
         let provider: ProviderConfig =
@@ -91,7 +90,7 @@ pub fn build_sources(topology: &Topology) -> Result<BTreeMap<String, Arc<Source>
         let bucket = spec
             .limits
             .rate_per_sec
-            .map(|rate| TokenBucket::new(rate, spec.limits.burst, now));
+            .map(|rate| RateBucket::new(rate, spec.limits.burst));
         out.insert(
             spec.name.clone(),
             Arc::new(Source {

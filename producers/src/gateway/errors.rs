@@ -20,6 +20,13 @@ pub mod code {
     pub const BODY_READ_FAILED: &str = "body_read_failed";
     pub const BODY_READ_TIMEOUT: &str = "body_read_timeout";
     pub const RATE_LIMITED: &str = "rate_limited";
+    /// The client address caused too many verification failures (signatures, tokens).
+    pub const TOO_MANY_FAILURES: &str = "too_many_failures";
+    /// The server is handling as many requests as it is configured to (answered by the
+    /// serving layer, `sluice_runtime::serve`).
+    pub const OVERLOADED: &str = sluice_runtime::serve::OVERLOADED;
+    /// A published event names a `source` other than its token's publisher.
+    pub const SOURCE_MISMATCH: &str = "source_mismatch";
     pub const KAFKA_UNAVAILABLE: &str = "kafka_unavailable";
     pub const UNAUTHORIZED: &str = "unauthorized";
     pub const FORBIDDEN: &str = "forbidden";
@@ -109,6 +116,37 @@ impl ApiError {
             "Kafka did not acknowledge the write in time; nothing was accepted, retry later",
         )
         .with_header(RETRY_AFTER, retry_after_secs)
+    }
+
+    /// The client address is over its verification failure budget.
+    pub fn too_many_failures(retry_after_secs: u64) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            code::TOO_MANY_FAILURES,
+            "too many requests from this address failed verification; retry later",
+        )
+        .with_header(RETRY_AFTER, retry_after_secs)
+    }
+
+    /// A rate limit ([`crate::gateway::rate_limit::RateBucket`]) said no; `what` names it.
+    pub fn rate_limited(what: &str, d: &crate::gateway::rate_limit::Decision) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            code::RATE_LIMITED,
+            format!("{what} is over its rate limit"),
+        )
+        .with_rate_limit(d)
+        .with_header(RETRY_AFTER, d.retry_after_secs)
+    }
+
+    /// The `X-RateLimit-*` headers of a decision.
+    pub fn with_rate_limit(self, d: &crate::gateway::rate_limit::Decision) -> Self {
+        self.with_header(HeaderName::from_static("x-ratelimit-limit"), d.limit)
+            .with_header(
+                HeaderName::from_static("x-ratelimit-remaining"),
+                d.remaining,
+            )
+            .with_header(HeaderName::from_static("x-ratelimit-reset"), d.reset_secs)
     }
 
     pub fn unauthorized(message: &str) -> Self {

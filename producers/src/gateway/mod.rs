@@ -11,6 +11,12 @@
 //! [`run`] is the whole process: admin server (`/metrics`, `/health/*` with the `kafka`
 //! readiness check), gateway, graceful shutdown that stops accepting, finishes in-flight
 //! requests and flushes the producer.
+//!
+//! Both servers are served by [`sluice_runtime::serve`]: a header read timeout, an idle
+//! timeout, and caps on connections and in-flight requests (`gateway.header_read_timeout_ms`,
+//! `idle_timeout_ms`, `max_connections`, `max_in_flight_requests`), so slow or greedy
+//! clients cannot exhaust the process. Verification failures are budgeted per client address
+//! ([`rate_limit::ClientFailures`]); rate limits are charged only by verified traffic.
 
 pub mod config;
 pub mod errors;
@@ -29,12 +35,14 @@ use rdkafka::producer::{FutureProducer, Producer};
 use sluice_runtime::admin::{self, Readiness};
 use sluice_runtime::config::GatewayConfig;
 use sluice_runtime::kafka::{ClientError, KafkaClients};
+use sluice_runtime::serve::ServeLimits;
 use sluice_runtime::{Shutdown, SluiceConfig};
 use sluice_schemas::{Catalog, RegistryClient, RegistryError};
 use sluice_topology::Topology;
 
 use self::config::{build_sources, Source, SourceError};
 use self::metrics::GatewayMetrics;
+use self::rate_limit::ClientFailures;
 use crate::publish::auth::{TokenError, Tokens};
 use crate::publish::http::PublishApi;
 use crate::publish::idempotency::IdempotencyStore;
@@ -42,6 +50,8 @@ use crate::publish::{Publisher, PublisherBuildError, PublisherOptions};
 
 /// How long shutdown waits for queued records to be delivered.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the per-client failure budgets forget clients whose budget is full again.
+pub const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -75,6 +85,8 @@ pub(crate) struct AppState {
     pub(crate) retry_after_secs: u64,
     pub(crate) metrics: GatewayMetrics,
     pub(crate) publish: PublishApi,
+    /// Verification failures (signatures, bearer tokens) per client address.
+    pub(crate) failures: ClientFailures,
 }
 
 impl std::fmt::Debug for AppState {
@@ -91,6 +103,7 @@ impl std::fmt::Debug for AppState {
 #[derive(Debug, Clone)]
 pub struct Gateway {
     state: Arc<AppState>,
+    limits: ServeLimits,
 }
 
 impl Gateway {
@@ -148,7 +161,12 @@ impl Gateway {
                 retry_after_secs,
                 metrics: GatewayMetrics::register(metrics)?,
                 publish,
+                failures: ClientFailures::new(
+                    config.client_failures_per_minute,
+                    config.client_failure_burst,
+                ),
             }),
+            limits: config.serve_limits(),
         })
     }
 
@@ -165,6 +183,22 @@ impl Gateway {
     /// The gateway's producer (shared with the publish API).
     pub fn producer(&self) -> &FutureProducer {
         &self.state.producer
+    }
+
+    /// Prunes the per-client failure budgets every [`PRUNE_INTERVAL`] until `shutdown`, so
+    /// their memory follows the clients failing now, not every client ever seen.
+    fn spawn_pruner(&self, shutdown: Shutdown) -> tokio::task::JoinHandle<()> {
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PRUNE_INTERVAL);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => state.failures.prune(),
+                    _ = shutdown.wait() => return,
+                }
+            }
+        })
     }
 
     /// Starts the `kafka` readiness probe (see [`readiness`]).
@@ -184,18 +218,19 @@ impl Gateway {
         readiness::spawn_kafka_probe(self.state.producer.clone(), raw_topics, readiness, shutdown)
     }
 
-    /// Serves until `shutdown`: then stops accepting, lets in-flight requests finish, and
-    /// flushes the producer.
+    /// Serves until `shutdown` with the configured [`ServeLimits`]: then stops accepting,
+    /// lets in-flight requests finish, and flushes the producer.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: Shutdown,
     ) -> Result<(), GatewayError> {
         let app = self.router();
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.wait().await })
+        let pruner = self.spawn_pruner(shutdown.clone());
+        sluice_runtime::serve::serve(listener, app, self.limits, shutdown)
             .await
             .map_err(GatewayError::Serve)?;
+        pruner.abort();
         tracing::info!("gateway stopped accepting; flushing the producer");
         let producer = self.state.producer.clone();
         let flushed = tokio::task::spawn_blocking(move || producer.flush(FLUSH_TIMEOUT))
@@ -392,23 +427,45 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_rate_limit_answers_429_with_headers_before_reading_the_body() {
+    async fn unsigned_requests_spend_the_client_failure_budget_not_the_source_rate_limit() {
         let (g, _) = gateway().await;
-        let mut limited = None;
-        for _ in 0..3 {
-            let (s, h, j) = call(&g, post("/webhooks/limited", "{}")).await;
-            if s == StatusCode::TOO_MANY_REQUESTS {
-                limited = Some((h, j));
-                break;
-            }
-            assert_eq!(j["error"]["code"], "missing_signature");
+        let burst = GatewayConfig::default().client_failure_burst;
+        // Far more unsigned requests than the source's burst of 2: none is `rate_limited`.
+        for _ in 0..burst {
+            let (s, _, j) = call(&g, post("/webhooks/limited", "{}")).await;
+            assert_eq!(
+                (s.as_u16(), &j["error"]["code"]),
+                (400, &"missing_signature".into())
+            );
         }
-        let (h, j) = limited.expect("the third request within the burst of 2 is limited");
-        assert_eq!(j["error"]["code"], "rate_limited");
-        assert_eq!(h["x-ratelimit-limit"], "2");
-        assert_eq!(h["x-ratelimit-remaining"], "0");
+        // The next failure is over the client's budget.
+        let (s, h, j) = call(&g, post("/webhooks/limited", "{}")).await;
+        assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(j["error"]["code"], "too_many_failures");
         assert!(h["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
-        assert!(h.contains_key("x-ratelimit-reset"));
+        // From now on the client is refused before its body is read: a body that fails
+        // when read would otherwise answer 400 `body_read_failed`.
+        let broken = futures::stream::iter([Err::<axum::body::Bytes, _>(std::io::Error::other(
+            "never read",
+        ))]);
+        let req = Request::post("/webhooks/gh")
+            .body(Body::from_stream(broken))
+            .unwrap();
+        let (s, _, j) = call(&g, req).await;
+        assert_eq!(
+            (s.as_u16(), &j["error"]["code"]),
+            (429, &"too_many_failures".into())
+        );
+        // And the publish API shares the budget: a bad token is not even looked at.
+        let req = Request::post("/v1/events/dev.sluice.events.payments.PaymentSucceeded")
+            .header("authorization", "Bearer whatever-token-value")
+            .body(Body::from("{}"))
+            .unwrap();
+        let (s, _, j) = call(&g, req).await;
+        assert_eq!(
+            (s.as_u16(), &j["error"]["code"]),
+            (429, &"too_many_failures".into())
+        );
     }
 
     #[tokio::test]

@@ -2,17 +2,21 @@
 //! for everything else.
 //!
 //! A webhook is acknowledged only after Kafka's delivery report for its raw record: the
-//! order is source lookup, method, rate limit (before the body is read), body size (while
-//! streaming), signature, then the durable write.
+//! order is source lookup, method, the client's failure budget (before the body is read),
+//! body size (while streaming), signature (a failure is charged to the client address), the
+//! source's rate limit (charged only now, so unsigned traffic cannot spend it), then the
+//! durable write.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
-use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
-use axum::http::{HeaderMap, HeaderName, Method, StatusCode, Uri};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::{Json, Router};
@@ -38,6 +42,25 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         )
         .fallback(not_found)
         .with_state(state)
+}
+
+/// The client's address: the TCP peer, as the serving layer records it
+/// (`X-Forwarded-For` is never trusted). In-process tests have none and share
+/// `0.0.0.0`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClientAddr(pub(crate) IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip()),
+        ))
+    }
 }
 
 async fn not_found(uri: Uri) -> Response {
@@ -98,8 +121,25 @@ async fn read_limited_within(
     }
 }
 
+/// A body that did not arrive in time held a connection and a request slot for the whole
+/// body timeout: it counts against the client's failure budget like a bad signature.
+pub(crate) fn charge_slow_body<C: governor::clock::Clock>(
+    failures: &super::rate_limit::ClientFailures<C>,
+    client: IpAddr,
+    e: ApiError,
+) -> ApiError {
+    if e.code != code::BODY_READ_TIMEOUT {
+        return e;
+    }
+    match failures.charge(client) {
+        Some(retry_after) => ApiError::too_many_failures(retry_after),
+        None => e,
+    }
+}
+
 async fn webhook(
     State(app): State<Arc<AppState>>,
+    ClientAddr(client): ClientAddr,
     path: Result<Path<String>, PathRejection>,
     method: Method,
     headers: HeaderMap,
@@ -123,7 +163,7 @@ async fn webhook(
             .and_then(|v| v.to_str().ok()),
     );
     let result = if method == Method::POST {
-        receive(&app, &source, &headers, body, &span)
+        receive(&app, &source, client, &headers, body, &span)
             .instrument(span.clone())
             .await
     } else {
@@ -147,29 +187,18 @@ async fn webhook(
 async fn receive(
     app: &AppState,
     source: &Source,
+    client: IpAddr,
     headers: &HeaderMap,
     body: Body,
     span: &tracing::Span,
 ) -> Result<(&'static str, Response), ApiError> {
-    if let Some(bucket) = &source.bucket {
-        let d = bucket.try_acquire(Instant::now());
-        if !d.allowed {
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                code::RATE_LIMITED,
-                format!("source `{}` is over its rate limit", source.name),
-            )
-            .with_header(RETRY_AFTER, d.retry_after_secs)
-            .with_header(HeaderName::from_static("x-ratelimit-limit"), d.limit)
-            .with_header(
-                HeaderName::from_static("x-ratelimit-remaining"),
-                d.remaining,
-            )
-            .with_header(HeaderName::from_static("x-ratelimit-reset"), d.reset_secs));
-        }
+    if let Some(retry_after) = app.failures.refused(client) {
+        return Err(ApiError::too_many_failures(retry_after));
     }
 
-    let body = read_limited(headers, body, source.max_body_bytes).await?;
+    let body = read_limited(headers, body, source.max_body_bytes)
+        .await
+        .map_err(|e| charge_slow_body(&app.failures, client, e))?;
     app.metrics
         .body_bytes
         .with_label_values(&[&source.name])
@@ -193,8 +222,21 @@ async fn receive(
                 .with_label_values(&[&source.name, e.code()])
                 .inc();
             tracing::debug!(source = %source.name, code = e.code(), error = %e, "webhook rejected");
-            ApiError::verify(&e)
+            match app.failures.charge(client) {
+                Some(retry_after) => ApiError::too_many_failures(retry_after),
+                None => ApiError::verify(&e),
+            }
         })?;
+
+    if let Some(bucket) = &source.bucket {
+        let d = bucket.try_acquire();
+        if !d.allowed {
+            return Err(ApiError::rate_limited(
+                &format!("source `{}`", source.name),
+                &d,
+            ));
+        }
+    }
 
     if source.provider.kind() == "slack" {
         if let Some(challenge) = slack_challenge(&body) {
@@ -347,6 +389,27 @@ mod tests {
         .await
         .unwrap_err();
         assert_eq!((err.status.as_u16(), err.code), (408, "body_read_timeout"));
+    }
+
+    #[test]
+    fn a_body_timeout_is_charged_to_the_client_other_errors_are_not() {
+        let clock = governor::clock::FakeRelativeClock::default();
+        let failures = super::super::rate_limit::ClientFailures::with_clock(60, 1, clock);
+        let client: IpAddr = "192.0.2.9".parse().unwrap();
+        let slow = || ApiError::new(StatusCode::REQUEST_TIMEOUT, code::BODY_READ_TIMEOUT, "slow");
+        for _ in 0..3 {
+            let e = charge_slow_body(&failures, client, ApiError::body_too_large(1));
+            assert_eq!(e.code, code::BODY_TOO_LARGE);
+        }
+        assert_eq!(
+            charge_slow_body(&failures, client, slow()).code,
+            code::BODY_READ_TIMEOUT
+        );
+        assert_eq!(
+            charge_slow_body(&failures, client, slow()).code,
+            code::TOO_MANY_FAILURES
+        );
+        assert!(failures.refused(client).is_some());
     }
 
     /// `n` chunks of 1 KiB, with no length known up front.

@@ -5,10 +5,13 @@
 //! in the timing. Token values are never logged; errors name the env var or file.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use sluice_runtime::config::PublishToken;
 use subtle::{ConditionallySelectable, ConstantTimeEq};
+
+use crate::gateway::rate_limit::RateBucket;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
@@ -45,8 +48,34 @@ impl Allowed {
 /// An authenticated publisher.
 #[derive(Debug, Clone)]
 pub struct Caller {
+    /// The publisher's name: event ids it chooses are namespaced as `<name>:<id>`.
     pub name: String,
+    /// The only `source` this publisher's events may carry.
+    pub source: String,
     pub allowed: Allowed,
+    /// The token's rate limit (`rate_per_sec` / `burst`), if it has one.
+    pub bucket: Option<Arc<RateBucket>>,
+}
+
+impl Caller {
+    /// The event id stored for an id this publisher chose: `<name>:<id>`, so no publisher
+    /// can choose an id that another publisher's events carry (names contain no `:`). An id
+    /// already in this publisher's namespace is kept as it is.
+    pub fn namespaced_event_id(&self, chosen: &str) -> String {
+        match chosen.strip_prefix(self.name.as_str()) {
+            Some(rest) if rest.starts_with(':') => chosen.to_string(),
+            _ => format!("{}:{chosen}", self.name),
+        }
+    }
+}
+
+/// Whether `name` may name a publisher: letters, digits, `.`, `_`, `-` (it appears in
+/// `sluice://publishers/<name>` and as the `<name>:` event id namespace).
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 struct Entry {
@@ -77,8 +106,30 @@ impl Tokens {
                 name: t.name.clone(),
                 reason,
             };
-            if t.name.is_empty() {
-                return Err(invalid("name must not be empty".into()));
+            if !valid_name(&t.name) {
+                return Err(invalid(
+                    "name must be 1 or more letters, digits, `.`, `_` or `-`".into(),
+                ));
+            }
+            if t.rate_per_sec == Some(0) || t.burst == Some(0) {
+                return Err(invalid("rate_per_sec and burst must be at least 1".into()));
+            }
+            let source = t
+                .source
+                .clone()
+                .unwrap_or_else(|| format!("sluice://publishers/{}", t.name));
+            if source.trim().is_empty() {
+                return Err(invalid("source must not be empty".into()));
+            }
+            // A source names one publisher: otherwise two could pass for each other.
+            if let Some(other) = entries
+                .iter()
+                .find(|e| e.caller.source == source && e.caller.name != t.name)
+            {
+                return Err(invalid(format!(
+                    "source `{source}` is already the source of publisher `{}`",
+                    other.caller.name
+                )));
             }
             let value = t.token.resolve().map_err(|source| TokenError::Secret {
                 index,
@@ -111,7 +162,11 @@ impl Tokens {
                 digest,
                 caller: Caller {
                     name: t.name.clone(),
+                    source,
                     allowed,
+                    bucket: t
+                        .rate_per_sec
+                        .map(|rate| Arc::new(RateBucket::new(rate, t.burst))),
                 },
             });
         }
@@ -159,6 +214,9 @@ mod tests {
             name: name.into(),
             token: SecretRef::Env(env.into()),
             event_types: types.iter().map(|s| s.to_string()).collect(),
+            rate_per_sec: None,
+            burst: None,
+            source: None,
         }
     }
 
@@ -209,6 +267,90 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("event_types[0]: `c.C`"), "{err}");
+    }
+
+    #[test]
+    fn names_are_restricted_and_sources_unique_so_publishers_cannot_overlap() {
+        std::env::set_var("SLUICE_AUTH_TEST_N1", "token-n1-0123456789");
+        std::env::set_var("SLUICE_AUTH_TEST_N2", "token-n2-0123456789");
+        for bad in ["", "a:b", "a/b", "a b"] {
+            let err = Tokens::resolve(&[token(bad, "SLUICE_AUTH_TEST_N1", &["*"])], &routed())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("name must be"), "{bad}: {err}");
+        }
+        // Two tokens of one publisher (rotation) are fine; two publishers sharing a source
+        // are not.
+        let rotated = Tokens::resolve(
+            &[
+                token("same", "SLUICE_AUTH_TEST_N1", &["*"]),
+                token("same", "SLUICE_AUTH_TEST_N2", &["*"]),
+            ],
+            &routed(),
+        )
+        .unwrap();
+        assert_eq!(
+            rotated.authenticate(b"token-n2-0123456789").unwrap().name,
+            "same"
+        );
+        let mut other = token("other", "SLUICE_AUTH_TEST_N2", &["*"]);
+        other.source = Some("sluice://publishers/same".into());
+        let err = Tokens::resolve(
+            &[token("same", "SLUICE_AUTH_TEST_N1", &["*"]), other],
+            &routed(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("publish_tokens[1] (other)"), "{err}");
+        assert!(
+            err.contains("already the source of publisher `same`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn chosen_event_ids_are_namespaced_by_publisher() {
+        let caller = |name: &str| Caller {
+            name: name.into(),
+            source: format!("sluice://publishers/{name}"),
+            allowed: Allowed::All,
+            bucket: None,
+        };
+        let (billing, shop) = (caller("billing"), caller("shop"));
+        assert_eq!(billing.namespaced_event_id("order-42"), "billing:order-42");
+        assert_eq!(
+            billing.namespaced_event_id("billing:order-42"),
+            "billing:order-42",
+            "an id already in the namespace is kept"
+        );
+        assert_eq!(
+            shop.namespaced_event_id("billing:order-42"),
+            "shop:billing:order-42",
+            "another publisher's namespace cannot be claimed"
+        );
+        assert_eq!(billing.namespaced_event_id("billingx"), "billing:billingx");
+    }
+
+    #[test]
+    fn a_token_with_a_rate_gets_a_bucket() {
+        std::env::set_var("SLUICE_AUTH_TEST_R1", "token-r1-0123456789");
+        let mut t = token("r", "SLUICE_AUTH_TEST_R1", &["*"]);
+        t.rate_per_sec = Some(0);
+        let err = Tokens::resolve(std::slice::from_ref(&t), &routed())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("rate_per_sec and burst must be at least 1"),
+            "{err}"
+        );
+        t.rate_per_sec = Some(1);
+        t.burst = Some(2);
+        let tokens = Tokens::resolve(&[t], &routed()).unwrap();
+        let caller = tokens.authenticate(b"token-r1-0123456789").unwrap();
+        let bucket = caller.bucket.as_ref().expect("a bucket");
+        let d = bucket.try_acquire();
+        assert!(d.allowed);
+        assert_eq!((d.limit, d.remaining), (2, 1));
     }
 
     #[test]

@@ -1,9 +1,18 @@
 //! `POST /v1/events/{event_type}`: the publish API over HTTP, on the gateway's port.
 //!
-//! Order of checks: method, bearer token (401), event type routed (404), token scope (403),
-//! schema available (503), body size (413), JSON (400), `Idempotency-Key` (replay / 409 /
-//! 422), schema (422 with field errors), then the durable write (202, or 503 when Kafka does
-//! not acknowledge in time).
+//! Order of checks: method, the client address's failure budget (429 `too_many_failures`),
+//! bearer token (401; a failure is charged to the client address), the token's rate limit
+//! (429 `rate_limited` with `X-RateLimit-*`), event type routed (404), token scope (403),
+//! schema available (503), body size (413), JSON (400), `source` (403 `source_mismatch`),
+//! `Idempotency-Key` (replay / 409 / 422), schema (422 with field errors), then the durable
+//! write (202, or 503 when Kafka does not acknowledge in time).
+//!
+//! Who published an event is the token's business, not the body's: `source` is always the
+//! token's (`sluice://publishers/<token name>` unless the token configures `source`; filled
+//! in when absent, refused when different), and an
+//! `event_id` the publisher chooses is stored as `<token name>:<event_id>`, so no publisher
+//! can write events that pass for another's or collide with another's ids. An event without
+//! `event_id` gets a fresh UUIDv7.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -16,13 +25,15 @@ use axum::http::header::{AUTHORIZATION, RETRY_AFTER};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use sluice_schemas::json::FieldError;
 
-use super::auth::{bearer, Tokens};
+use super::auth::{bearer, Caller, Tokens};
 use super::idempotency::{fingerprint, Begin, IdempotencyStore, MAX_KEY_LEN};
 use super::publisher::{PublishContext, PublishError, Publisher};
 use crate::gateway::errors::{code, ApiError};
 use crate::gateway::metrics::UNKNOWN;
-use crate::gateway::routes::read_limited;
+use crate::gateway::rate_limit::ClientFailures;
+use crate::gateway::routes::{charge_slow_body, read_limited, ClientAddr};
 use crate::gateway::AppState;
 
 /// Largest publish request body accepted.
@@ -74,6 +85,7 @@ impl PublishApi {
 
 pub(crate) async fn publish(
     State(app): State<Arc<AppState>>,
+    ClientAddr(client): ClientAddr,
     path: Result<Path<String>, PathRejection>,
     method: Method,
     headers: HeaderMap,
@@ -86,7 +98,12 @@ pub(crate) async fn publish(
         Some(p) if p.is_routed(&event_type) => event_type.as_str(),
         _ => UNKNOWN,
     };
-    let (outcome, response) = match handle(api, &method, &headers, &event_type, body).await {
+    let client = Client {
+        addr: client,
+        failures: &app.failures,
+    };
+    let (outcome, response) = match handle(api, client, &method, &headers, &event_type, body).await
+    {
         Ok((outcome, response)) => (outcome, response),
         Err(e) => (e.code, e.into_response()),
     };
@@ -101,8 +118,16 @@ pub(crate) async fn publish(
     response
 }
 
+/// The client address and its failure budget.
+#[derive(Clone, Copy)]
+struct Client<'a> {
+    addr: std::net::IpAddr,
+    failures: &'a ClientFailures,
+}
+
 async fn handle(
     api: &PublishApi,
+    client: Client<'_>,
     method: &Method,
     headers: &HeaderMap,
     event_type: &str,
@@ -111,12 +136,25 @@ async fn handle(
     if method != Method::POST {
         return Err(ApiError::method_not_allowed("POST"));
     }
+    if let Some(retry_after) = client.failures.refused(client.addr) {
+        return Err(ApiError::too_many_failures(retry_after));
+    }
     let presented = bearer(headers.get(AUTHORIZATION).map(|v| v.as_bytes()));
     let caller = presented
         .and_then(|t| api.tokens.authenticate(t))
-        .ok_or_else(|| {
-            ApiError::unauthorized("a valid `Authorization: Bearer <token>` is required")
+        .ok_or_else(|| match client.failures.charge(client.addr) {
+            Some(retry_after) => ApiError::too_many_failures(retry_after),
+            None => ApiError::unauthorized("a valid `Authorization: Bearer <token>` is required"),
         })?;
+    if let Some(bucket) = &caller.bucket {
+        let d = bucket.try_acquire();
+        if !d.allowed {
+            return Err(ApiError::rate_limited(
+                &format!("publish token `{}`", caller.name),
+                &d,
+            ));
+        }
+    }
     let publisher = api
         .publisher
         .as_ref()
@@ -138,14 +176,17 @@ async fn handle(
         .check_available(event_type)
         .map_err(|e| from_publish_error(&e, api.retry_after_secs))?;
 
-    let bytes = read_limited(headers, body, MAX_BODY_BYTES).await?;
-    let json: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+    let bytes = read_limited(headers, body, MAX_BODY_BYTES)
+        .await
+        .map_err(|e| charge_slow_body(client.failures, client.addr, e))?;
+    let mut json: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             code::INVALID_JSON,
             format!("the body is not JSON: {e}"),
         )
     })?;
+    bind_to_publisher(&mut json, caller)?;
 
     let claim = match idempotency_key(headers)? {
         None => None,
@@ -181,7 +222,7 @@ async fn handle(
     };
 
     let context = PublishContext {
-        source: Some(format!("sluice://publishers/{}", caller.name)),
+        source: Some(caller.source.clone()),
         traceparent: headers
             .get(crate::traceparent::HEADER)
             .and_then(|v| v.to_str().ok())
@@ -209,6 +250,36 @@ async fn handle(
         "accepted",
         (StatusCode::ACCEPTED, Json(body)).into_response(),
     ))
+}
+
+/// Makes the event `caller`'s: `source` must be absent, null or the caller's own (403
+/// `source_mismatch` naming the field otherwise), and a chosen `event_id` is namespaced by
+/// the caller's name. Values of the wrong type are left for the schema check to report.
+fn bind_to_publisher(json: &mut serde_json::Value, caller: &Caller) -> Result<(), ApiError> {
+    let Some(event) = json.as_object_mut() else {
+        return Ok(());
+    };
+    let own = caller.source.as_str();
+    if let Some(source) = event.get("source").filter(|v| !v.is_null()) {
+        if source.as_str() != Some(own) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                code::SOURCE_MISMATCH,
+                format!(
+                    "token `{}` publishes as source `{own}`; omit `source` or send that value",
+                    caller.name
+                ),
+            )
+            .with_fields(vec![FieldError {
+                field: "source".into(),
+                message: format!("must be `{own}` or absent"),
+            }]));
+        }
+    }
+    if let Some(serde_json::Value::String(id)) = event.get_mut("event_id") {
+        *id = caller.namespaced_event_id(id);
+    }
+    Ok(())
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
@@ -246,7 +317,33 @@ pub fn from_publish_error(e: &PublishError, retry_after_secs: u64) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sluice_schemas::json::FieldError;
+    use crate::publish::auth::Allowed;
+
+    #[test]
+    fn events_are_bound_to_the_token_publisher() {
+        let billing = Caller {
+            name: "billing".into(),
+            source: "sluice://publishers/billing".into(),
+            allowed: Allowed::All,
+            bucket: None,
+        };
+        let mut json = serde_json::json!({"event_id": "order-42", "source": null});
+        bind_to_publisher(&mut json, &billing).unwrap();
+        assert_eq!(json["event_id"], "billing:order-42");
+        let mut json = serde_json::json!({"source": "sluice://publishers/billing"});
+        bind_to_publisher(&mut json, &billing).unwrap();
+        assert!(
+            json.get("event_id").is_none(),
+            "filled in later as a UUIDv7"
+        );
+        let mut json = serde_json::json!({"source": "sluice://publishers/shop"});
+        let err = bind_to_publisher(&mut json, &billing).unwrap_err();
+        assert_eq!((err.status.as_u16(), err.code), (403, "source_mismatch"));
+        assert_eq!(err.body()["error"]["fields"][0]["field"], "source");
+        let mut json = serde_json::json!({"event_id": 7});
+        bind_to_publisher(&mut json, &billing).unwrap();
+        assert_eq!(json["event_id"], 7, "left for the schema check");
+    }
 
     #[test]
     fn schema_mismatch_carries_field_errors() {
