@@ -23,6 +23,8 @@ use sluice_schemas::metadata::{now_ms, rfc3339_ms};
 use sluice_schemas::RegistryClient;
 use sluice_topology::{naming, Topology};
 
+use super::printable;
+
 mod bench;
 
 #[derive(Debug, Args)]
@@ -347,7 +349,7 @@ async fn list(
         println!(
             "{:<20} {:<28} {:<13} {:<20} {:>8}  {}{why}",
             i.saga,
-            i.id,
+            printable::line(&i.id),
             i.status.as_str(),
             i.current_step().unwrap_or("-"),
             age(now - i.started_at),
@@ -380,16 +382,17 @@ async fn show(
         match tokio::task::block_in_place(|| ops::find(&clients, &topology, saga.as_deref(), id)) {
             Ok(i) => i,
             Err(e @ (OpsError::UnknownId { .. } | OpsError::Ambiguous { .. })) => {
-                eprintln!("error: {e}");
+                eprintln!("error: {}", printable::line(&e.to_string()));
                 return Ok(ExitCode::FAILURE);
             }
             Err(e) => return Err(e.into()),
         };
     if json {
-        println!("{}", serde_json::to_string_pretty(&i)?);
+        println!("{}", printable::json(&serde_json::to_value(&i)?, true));
         return Ok(ExitCode::SUCCESS);
     }
-    print!("{}", timeline(&i));
+    // Ids, reasons and results come from triggers and participants: escaped, lines kept.
+    print!("{}", printable::text(&timeline(&i)));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -514,7 +517,7 @@ async fn request(
             | OpsError::Ambiguous { .. }
             | OpsError::WrongState { .. }),
         ) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", printable::line(&e.to_string()));
             return Ok(ExitCode::FAILURE);
         }
         Err(e) => return Err(e.into()),
@@ -523,7 +526,7 @@ async fn request(
         "{} requested for {} {} (request {request_id})",
         action.as_str(),
         instance.saga,
-        instance.id
+        printable::line(&instance.id)
     );
     if wait.is_zero() {
         return Ok(ExitCode::SUCCESS);
@@ -542,7 +545,7 @@ async fn request(
             println!(
                 "applied: {} {} is {}",
                 now.saga,
-                now.id,
+                printable::line(&now.id),
                 now.status.as_str()
             );
             Ok(ExitCode::SUCCESS)
