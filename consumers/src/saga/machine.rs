@@ -16,6 +16,12 @@
 //!   when the attempts run out the instance is parked until an operator retries it.
 //! - Replies are matched by command id: a reply for an already settled command is a
 //!   duplicate, one for a command the instance no longer waits on is late; both are ignored.
+//! - Stored state is never trusted to fit the definition, which may have changed since it
+//!   was written: when the next step or compensation an instance needs is not in the
+//!   definition, the instance is parked with [`ParkReason::DefinitionChanged`]. An
+//!   operator's retry then continues under the current definition (forward from the first
+//!   step not done, or with the compensations it still has); an abort compensates what it
+//!   can. Nothing here panics on what an instance holds.
 //!
 //! Command ids are `<saga id>:<step>:<do|undo>:<try>`: resends after a timeout keep the id so
 //! the participant's dedup answers instead of repeating a side effect; after a failure reply

@@ -75,10 +75,10 @@ impl SagaRuntime {
         let t = format!("dev.sluice.events.sagas.{short}");
         match self.lifecycle.get(&t) {
             Some(topic) => Ok((t, topic.as_str())),
-            None => Err(SagaError::Unresolved {
-                topic: self.def.name.clone(),
-                event_type: t,
-            }),
+            None => Err(SagaError::Definition(format!(
+                "saga `{}`: lifecycle event {t} is not routed",
+                self.def.name
+            ))),
         }
     }
 
