@@ -347,16 +347,7 @@ impl<'d> Run<'d> {
         let command = match self.command(&name, kind) {
             Ok((_, c)) => c,
             Err(m) => {
-                // Keep a pending command this send would have repeated (what an operator
-                // sees as stuck); any other one is settled and must not look pending.
-                let resend = self
-                    .instance
-                    .pending
-                    .as_ref()
-                    .is_some_and(|p| p.step == name && p.kind == kind);
-                if !resend {
-                    self.instance.pending = None;
-                }
+                self.unsent(&name, kind);
                 return Err(m);
             }
         };
@@ -388,6 +379,19 @@ impl<'d> Run<'d> {
             compensates,
         });
         Ok(())
+    }
+
+    /// A command of `name` could not be sent. Keeps a pending command it would have repeated
+    /// (what an operator sees as stuck); any other one is settled and must not look pending.
+    fn unsent(&mut self, name: &str, kind: Kind) {
+        let resend = self
+            .instance
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.step == name && p.kind == kind);
+        if !resend {
+            self.instance.pending = None;
+        }
     }
 
     /// Applies an input to an existing instance; `Some` when it is ignored without a trace.
@@ -613,20 +617,7 @@ impl<'d> Run<'d> {
     /// Starts compensating: `uncertain` (a command that may have run) first, then the
     /// completed steps in reverse order, each only if it has a compensation.
     fn compensate(&mut self, failure: Failure, uncertain: Option<&Pending>) -> Result<(), Misfit> {
-        let mut undo: Vec<Undo> = Vec::new();
-        if let Some(p) = uncertain {
-            undo.push(Undo {
-                step: p.step.clone(),
-                action_command_id: p.command_id.clone(),
-            });
-        }
-        for done in self.instance.completed.iter().rev() {
-            undo.push(Undo {
-                step: done.step.clone(),
-                action_command_id: done.command_id.clone(),
-            });
-        }
-        undo.retain(|u| self.compensable(&u.step));
+        let undo = self.undo_plan(uncertain);
         let detail = format!("{}: {}", failure.kind.as_str(), failure.reason);
         self.instance.status = Status::Compensating;
         self.note(
@@ -641,6 +632,29 @@ impl<'d> Run<'d> {
         self.next_compensation()
     }
 
+    /// The compensations to run, next first: `uncertain` (a command that may have run), then
+    /// the completed steps in reverse order. A step the definition has without compensation
+    /// is left out (it has no side effects to undo); a step the definition does not have at
+    /// all stays in, so the saga parks when it gets there instead of silently not undoing
+    /// something that may have had side effects.
+    fn undo_plan(&self, uncertain: Option<&Pending>) -> Vec<Undo> {
+        let mut undo: Vec<Undo> = Vec::new();
+        if let Some(p) = uncertain {
+            undo.push(Undo {
+                step: p.step.clone(),
+                action_command_id: p.command_id.clone(),
+            });
+        }
+        for done in self.instance.completed.iter().rev() {
+            undo.push(Undo {
+                step: done.step.clone(),
+                action_command_id: done.command_id.clone(),
+            });
+        }
+        undo.retain(|u| self.def.step_index(&u.step).is_none() || self.compensable(&u.step));
+        undo
+    }
+
     /// Sends the next compensation still to run, or ends the saga compensated. A pending
     /// compensation of the same step is sent again under its own try (its command id).
     fn next_compensation(&mut self) -> Result<(), Misfit> {
@@ -652,10 +666,15 @@ impl<'d> Run<'d> {
                 self.effects.push(Effect::Compensated);
                 Ok(())
             }
-            Some(undo) => {
-                let (step, _) = self.command(&undo.step, Kind::Compensation)?;
-                self.send(step, Kind::Compensation, 1, 1, Some(undo.action_command_id))
-            }
+            Some(undo) => match self.def.step_index(&undo.step) {
+                Some(step) => {
+                    self.send(step, Kind::Compensation, 1, 1, Some(undo.action_command_id))
+                }
+                None => {
+                    self.unsent(&undo.step, Kind::Compensation);
+                    Err(Misfit::UnknownStep(undo.step))
+                }
+            },
         }
     }
 
@@ -846,15 +865,29 @@ impl<'d> Run<'d> {
         }
         let reason = reason.unwrap_or_else(|| "aborted by an operator".into());
         if let Some(parked) = self.instance.parked.take() {
-            if parked.was == Status::Compensating {
-                // Already compensating: run what the current definition can undo.
-                return self.resume(
-                    request_id,
-                    &format!("{by}: {reason}"),
-                    "abort",
-                    Status::Compensating,
-                );
+            // Parked because the definition changed: the operator has seen what is missing,
+            // so compensate what the current definition can undo and skip (and name) the
+            // rest, rather than park again on it.
+            if parked.was == Status::Running {
+                let in_flight = self
+                    .instance
+                    .pending
+                    .clone()
+                    .filter(|p| p.kind == Kind::Action);
+                self.instance.to_compensate = self.undo_plan(in_flight.as_ref());
+                self.instance.failure = Some(Failure {
+                    kind: FailureKind::Aborted,
+                    step: in_flight.map(|p| p.step),
+                    reason: reason.clone(),
+                    at: self.now,
+                });
             }
+            return self.resume(
+                request_id,
+                &format!("{by}: {reason}"),
+                "abort",
+                Status::Compensating,
+            );
         }
         self.note(
             "abort",
@@ -1713,5 +1746,33 @@ mod tests {
             }
         }
         assert!(states.len() > 20);
+    }
+
+    #[test]
+    fn a_completed_step_the_definition_lost_parks_the_compensation_instead_of_skipping_it() {
+        let mut d = Driver::new(def());
+        d.answer(true);
+        d.answer(true);
+        // reserve (done) leaves the definition while ship runs; ship fails.
+        d.def.steps.remove(0);
+        d.answer(false);
+        assert_eq!(d.pending().step, "charge");
+        d.answer(true);
+        // The release cannot be sent: parked, not silently skipped.
+        assert_eq!(d.state().park_reason(), Some(ParkReason::DefinitionChanged));
+        assert!(d
+            .state()
+            .parked
+            .as_ref()
+            .unwrap()
+            .detail
+            .contains("`reserve` is not in"));
+        assert_eq!(d.state().pending, None, "the settled refund is not pending");
+        d.input(Input::Retry {
+            request_id: "r1".into(),
+            by: None,
+        });
+        assert_eq!(d.state().status, Status::Compensated);
+        assert_eq!(d.state().compensated.len(), 1);
     }
 }
