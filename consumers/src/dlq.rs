@@ -392,10 +392,9 @@ pub async fn replay(
     }
     let (c, t, m) = (clients.clone(), topic.to_string(), marker_topic.to_string());
     let (records, done) = tokio::task::spawn_blocking(move || -> Result<_, DlqError> {
-        Ok((
-            scan(&c, &t, scan_limit)?,
-            replayed_positions(&c, &m, scan_limit)?,
-        ))
+        // The markers first: they are what must be complete for at-most-once.
+        let done = replayed_positions(&c, &m, scan_limit)?;
+        Ok((scan(&c, &t, scan_limit)?, done))
     })
     .await
     .map_err(|e| DlqError::Task(e.to_string()))??;
