@@ -104,7 +104,8 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Errors may quote what a topic held (a header naming a topic, a saga id).
+            eprintln!("error: {}", cli::printable::text(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }

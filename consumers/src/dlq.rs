@@ -29,6 +29,8 @@ pub enum DlqError {
     Kafka { what: String, source: KafkaError },
     #[error("topic `{0}` does not exist")]
     NoSuchTopic(String),
+    #[error("a blocking Kafka task failed: {0}")]
+    Task(String),
     #[error("no record at {topic}/{partition}@{offset}")]
     NoSuchRecord {
         topic: String,
@@ -44,7 +46,34 @@ pub enum DlqError {
         partition: i32,
         offset: i64,
     },
+    /// A scan that did not reach the end of every partition in time. Its records are not a
+    /// complete picture: replaying against an incomplete set of markers would replay twice.
+    #[error(
+        "reading {topic} did not reach the end within {}s: partition(s) {} not read to the end after {read} record(s); nothing was done. Run again (a busy broker), or allow longer with --scan-timeout",
+        .limit.as_secs_f64(),
+        .unfinished.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    ScanIncomplete {
+        topic: String,
+        limit: Duration,
+        unfinished: Vec<i32>,
+        read: usize,
+    },
+    /// A replay destination the topology does not declare.
+    #[error(
+        "{what} `{topic}` is not a topic of the topology (prefix {prefix}; its topics: {}); replay there anyway with --force",
+        .known.join(", ")
+    )]
+    NotInTopology {
+        what: String,
+        topic: String,
+        prefix: String,
+        known: Vec<String>,
+    },
 }
+
+/// How long a scan may take by default before it fails as incomplete.
+pub const DEFAULT_SCAN_LIMIT: Duration = Duration::from_secs(120);
 
 fn kafka(what: impl Into<String>) -> impl FnOnce(KafkaError) -> DlqError {
     let what = what.into();
@@ -154,11 +183,17 @@ fn partitions(consumer: &BaseConsumer<ReadToEnd>, topic: &str) -> Result<Vec<i32
     Ok(t.partitions().iter().map(|p| p.id()).collect())
 }
 
-/// Reads every record of `topic` present now (committed records only). Blocking.
-pub fn scan(clients: &KafkaClients, topic: &str) -> Result<Vec<DeadLetter>, DlqError> {
+/// Reads every record of `topic` present now (committed records only), failing with
+/// [`DlqError::ScanIncomplete`] unless every partition is read to its end within `limit`.
+/// Blocking.
+pub fn scan(
+    clients: &KafkaClients,
+    topic: &str,
+    limit: Duration,
+) -> Result<Vec<DeadLetter>, DlqError> {
     let consumer = reader(clients)?;
     let mut tpl = TopicPartitionList::new();
-    let mut remaining = 0;
+    let mut unfinished: Vec<i32> = Vec::new();
     for p in partitions(&consumer, topic)? {
         let (low, high) = consumer
             .fetch_watermarks(topic, p, Duration::from_secs(10))
@@ -166,25 +201,66 @@ pub fn scan(clients: &KafkaClients, topic: &str) -> Result<Vec<DeadLetter>, DlqE
         if high > low {
             tpl.add_partition_offset(topic, p, Offset::Offset(low))
                 .map_err(kafka("assigning"))?;
-            remaining += 1;
+            unfinished.push(p);
         }
     }
     let mut out = Vec::new();
-    if remaining == 0 {
+    if unfinished.is_empty() {
         return Ok(out);
     }
     consumer.assign(&tpl).map_err(kafka("assigning"))?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while remaining > 0 && std::time::Instant::now() < deadline {
+    let deadline = std::time::Instant::now() + limit;
+    while !unfinished.is_empty() && std::time::Instant::now() < deadline {
         match consumer.poll(Duration::from_millis(500)) {
             Some(Ok(m)) => out.push(DeadLetter(Record::from_message(&m))),
-            Some(Err(KafkaError::PartitionEOF(_))) => remaining -= 1,
+            Some(Err(KafkaError::PartitionEOF(p))) => unfinished.retain(|x| *x != p),
             Some(Err(e)) => return Err(kafka("reading")(e)),
             None => {}
         }
     }
+    complete(topic, limit, unfinished, out.len())?;
     out.sort_by_key(|d| (d.partition, d.offset));
     Ok(out)
+}
+
+/// Whether a scan that stopped with `unfinished` partitions left is usable: only when none
+/// is left. A partial read is never returned as if it were everything.
+fn complete(
+    topic: &str,
+    limit: Duration,
+    mut unfinished: Vec<i32>,
+    read: usize,
+) -> Result<(), DlqError> {
+    if unfinished.is_empty() {
+        return Ok(());
+    }
+    unfinished.sort_unstable();
+    Err(DlqError::ScanIncomplete {
+        topic: topic.to_string(),
+        limit,
+        unfinished,
+        read,
+    })
+}
+
+/// Checks a replay destination against the topology's topics (`known`), unless `force`.
+/// `what` names where the destination came from, for the error.
+pub fn check_destination(
+    what: &str,
+    topic: &str,
+    prefix: &str,
+    known: &[String],
+    force: bool,
+) -> Result<(), DlqError> {
+    if force || known.iter().any(|k| k == topic) {
+        return Ok(());
+    }
+    Err(DlqError::NotInTopology {
+        what: what.to_string(),
+        topic: topic.to_string(),
+        prefix: prefix.to_string(),
+        known: known.to_vec(),
+    })
 }
 
 /// One record, by position. Blocking.
@@ -247,35 +323,81 @@ pub struct ReplayReport {
     pub filtered_out: usize,
 }
 
-/// Positions already replayed, from the marker topic. Blocking.
+/// Positions already replayed, from the marker topic, read to its end within `limit`.
+/// Blocking.
 pub fn replayed_positions(
     clients: &KafkaClients,
     marker_topic: &str,
+    limit: Duration,
 ) -> Result<HashSet<String>, DlqError> {
-    Ok(scan(clients, marker_topic)?
+    Ok(scan(clients, marker_topic, limit)?
         .into_iter()
         .filter(|m| m.value.is_some())
         .filter_map(|m| m.0.key.map(|k| String::from_utf8_lossy(&k).into_owned()))
         .collect())
 }
 
+/// Where replayed records may go: the topology's topics, unless forced.
+#[derive(Debug, Clone)]
+pub struct Destinations {
+    pub prefix: String,
+    pub topics: Vec<String>,
+    /// Replay to topics the topology does not declare (`--force`).
+    pub force: bool,
+}
+
+/// What a replay takes and where it sends it.
+#[derive(Debug, Clone)]
+pub struct ReplayPlan<'a> {
+    pub topic: &'a str,
+    pub marker_topic: &'a str,
+    pub filter: &'a Filter,
+    /// Every record here instead of its original topic.
+    pub to: Option<&'a str>,
+    pub dry_run: bool,
+    pub destinations: &'a Destinations,
+    /// How long reading the dead letters and the markers (each) may take; a scan that does
+    /// not reach the end in time fails the replay before anything is sent.
+    pub scan_limit: Duration,
+}
+
 /// Replays the matching dead letters of `topic` to their original topic (or `to`), each at
 /// most once across runs. `progress` is called after every record with (done, total).
+/// Every destination is checked against the topology before the first record is sent.
 pub async fn replay(
     clients: &KafkaClients,
-    topic: &str,
-    marker_topic: &str,
-    filter: &Filter,
-    to: Option<&str>,
-    dry_run: bool,
+    plan: &ReplayPlan<'_>,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<ReplayReport, DlqError> {
+    let ReplayPlan {
+        topic,
+        marker_topic,
+        filter,
+        to,
+        dry_run,
+        destinations,
+        scan_limit,
+    } = *plan;
+    let allowed = |what: &str, dest: &str| {
+        check_destination(
+            what,
+            dest,
+            &destinations.prefix,
+            &destinations.topics,
+            destinations.force,
+        )
+    };
+    if let Some(t) = to {
+        allowed("--to", t)?;
+    }
     let (c, t, m) = (clients.clone(), topic.to_string(), marker_topic.to_string());
     let (records, done) = tokio::task::spawn_blocking(move || -> Result<_, DlqError> {
-        Ok((scan(&c, &t)?, replayed_positions(&c, &m)?))
+        // The markers first: they are what must be complete for at-most-once.
+        let done = replayed_positions(&c, &m, scan_limit)?;
+        Ok((scan(&c, &t, scan_limit)?, done))
     })
     .await
-    .expect("scan task")?;
+    .map_err(|e| DlqError::Task(e.to_string()))??;
     let mut report = ReplayReport::default();
     let mut todo = Vec::new();
     for d in records {
@@ -286,11 +408,19 @@ pub async fn replay(
         } else {
             let dest = match to {
                 Some(t) => t.to_string(),
-                None => d.original_topic().ok_or_else(|| DlqError::NoDestination {
-                    topic: d.topic.clone(),
-                    partition: d.partition,
-                    offset: d.offset,
-                })?,
+                None => {
+                    let original = d.original_topic().ok_or_else(|| DlqError::NoDestination {
+                        topic: d.topic.clone(),
+                        partition: d.partition,
+                        offset: d.offset,
+                    })?;
+                    // The header is as untrusted as the record it came with.
+                    allowed(
+                        &format!("the original topic of {}", d.position()),
+                        &original,
+                    )?;
+                    original
+                }
             };
             todo.push((d, dest));
         }
@@ -509,5 +639,34 @@ mod tests {
         );
         let readable = d.readable_headers();
         assert!(readable.contains(&(h::ORIGINAL_OFFSET.to_string(), "99".to_string())));
+    }
+
+    #[test]
+    fn a_scan_that_did_not_reach_every_end_is_an_error_naming_what_is_missing() {
+        assert!(complete("m", DEFAULT_SCAN_LIMIT, vec![], 5).is_ok());
+        let e = complete("markers", Duration::from_secs(120), vec![2, 0], 7).unwrap_err();
+        assert!(matches!(&e, DlqError::ScanIncomplete { unfinished, .. } if unfinished == &[0, 2]));
+        let text = e.to_string();
+        assert!(
+            text.contains("reading markers did not reach the end within 120s")
+                && text.contains("partition(s) 0, 2")
+                && text.contains("after 7 record(s)")
+                && text.contains("--scan-timeout"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn destinations_must_be_topology_topics_unless_forced() {
+        let known = vec!["p.raw".to_string(), "p.events".to_string()];
+        assert!(check_destination("--to", "p.raw", "p", &known, false).is_ok());
+        assert!(check_destination("--to", "elsewhere", "p", &known, true).is_ok());
+        let text = check_destination("--to", "elsewhere", "p", &known, false)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            text,
+            "--to `elsewhere` is not a topic of the topology (prefix p; its topics: p.raw, p.events); replay there anyway with --force"
+        );
     }
 }

@@ -14,6 +14,8 @@ use sluice_schemas::metadata::{now_ms, parse_rfc3339_ms, rfc3339_ms};
 use sluice_schemas::{AvroCodec, RecordLocation, RegistryClient};
 use sluice_topology::naming;
 
+use super::printable;
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum GroupBy {
     Error,
@@ -27,6 +29,9 @@ pub enum DlqCommand {
         topic: String,
         #[arg(long, value_enum, default_value = "error")]
         group_by: GroupBy,
+        /// Fail when the topic is not read to its end within this long.
+        #[arg(long, default_value = "120s")]
+        scan_timeout: String,
     },
     /// One dead letter: provenance, error, headers and decoded payload.
     Show {
@@ -44,12 +49,22 @@ pub enum DlqCommand {
         /// Only records dead-lettered since this time (RFC 3339, or a duration ago like `2h`).
         #[arg(long)]
         since: Option<String>,
+        /// Replay every record to this topic instead of its original one. It must be a
+        /// topic of the topology, unless --force.
         #[arg(long)]
         to: Option<String>,
+        /// Replay to topics the topology does not declare (--to, or original topics).
+        #[arg(long)]
+        force: bool,
         #[arg(long)]
         dry_run: bool,
         #[arg(long)]
         topology: Option<PathBuf>,
+        /// Reading the dead letters and the replay markers must reach their end within this
+        /// long each; otherwise the replay fails before sending anything (an incomplete set of
+        /// markers would replay records twice).
+        #[arg(long, default_value = "120s")]
+        scan_timeout: String,
     },
     /// Delete records older than a time with Kafka's DeleteRecords.
     Purge {
@@ -61,6 +76,11 @@ pub enum DlqCommand {
         #[arg(long)]
         yes: bool,
     },
+}
+
+/// `--scan-timeout`.
+fn scan_limit(text: &str) -> anyhow::Result<std::time::Duration> {
+    naming::parse_duration(text).map_err(|e| anyhow::anyhow!("--scan-timeout: {e}"))
 }
 
 /// `2026-11-22T10:00:00Z` or `90m` (that long ago).
@@ -76,10 +96,15 @@ fn parse_time(text: &str) -> anyhow::Result<i64> {
 pub async fn run(config: &SluiceConfig, cmd: DlqCommand) -> anyhow::Result<ExitCode> {
     let clients = KafkaClients::new(config.kafka.clone());
     match cmd {
-        DlqCommand::List { topic, group_by } => {
+        DlqCommand::List {
+            topic,
+            group_by,
+            scan_timeout,
+        } => {
+            let limit = scan_limit(&scan_timeout)?;
             let c = clients.clone();
             let t = topic.clone();
-            let records = tokio::task::spawn_blocking(move || dlq::scan(&c, &t)).await??;
+            let records = tokio::task::spawn_blocking(move || dlq::scan(&c, &t, limit)).await??;
             let groups = dlq::group_by(&records, matches!(group_by, GroupBy::OriginalTopic));
             let label = match group_by {
                 GroupBy::Error => "error class",
@@ -88,6 +113,8 @@ pub async fn run(config: &SluiceConfig, cmd: DlqCommand) -> anyhow::Result<ExitC
             println!("{topic}: {} dead letters", records.len());
             println!("{label:<40} {:>8}  sample", "count");
             for (k, (n, sample)) in groups {
+                // Error classes and original topics are header text, written by anyone.
+                let k = printable::line(&k);
                 println!("{k:<40} {n:>8}  {sample}");
             }
             Ok(ExitCode::SUCCESS)
@@ -106,24 +133,30 @@ pub async fn run(config: &SluiceConfig, cmd: DlqCommand) -> anyhow::Result<ExitC
             }
             println!(
                 "original      {}/{}@{}",
-                d.original_topic().unwrap_or_else(|| "?".into()),
+                printable::line(&d.original_topic().unwrap_or_else(|| "?".into())),
                 d.original_partition().map_or("?".into(), |x| x.to_string()),
                 d.original_offset().map_or("?".into(), |x| x.to_string())
             );
-            println!("error         {}: {}", d.error_class(), d.error_message());
+            println!(
+                "error         {}: {}",
+                printable::line(&d.error_class()),
+                printable::text(&d.error_message())
+            );
             println!(
                 "attempts      {}",
                 d.attempts().map_or("?".into(), |a| a.to_string())
             );
             println!(
                 "key           {}",
-                d.key
-                    .as_deref()
-                    .map_or("(none)".into(), |k| String::from_utf8_lossy(k).into_owned())
+                d.key.as_deref().map_or("(none)".into(), printable::bytes)
             );
             println!("headers");
             for (k, v) in d.readable_headers() {
-                println!("  {k}: {}", v.replace('\n', "\n    "));
+                println!(
+                    "  {}: {}",
+                    printable::line(&k),
+                    printable::text(&v).replace('\n', "\n    ")
+                );
             }
             println!("payload");
             let value = d.value.clone().unwrap_or_default();
@@ -133,22 +166,21 @@ pub async fn run(config: &SluiceConfig, cmd: DlqCommand) -> anyhow::Result<ExitC
                 match codec.decode(&value, &at).await {
                     Ok(decoded) => {
                         let schema = codec.writer_schema(decoded.schema_id, &at).await?;
-                        println!(
-                            "{}",
-                            serde_json::to_string_pretty(&to_json_with_schema(
-                                &decoded.value,
-                                &schema
-                            ))?
-                        );
+                        let json = to_json_with_schema(&decoded.value, &schema);
+                        println!("{}", printable::json(&json, true));
                         return Ok(ExitCode::SUCCESS);
                     }
-                    Err(e) => println!("  (not decodable as Avro: {e})"),
+                    Err(e) => println!(
+                        "  (not decodable as Avro: {})",
+                        printable::line(&e.to_string())
+                    ),
                 }
             }
-            match std::str::from_utf8(&value) {
-                Ok(text) => println!("{text}"),
-                Err(_) => println!("{} bytes, not UTF-8", value.len()),
+            // Control characters escaped, newlines kept; bytes that are not UTF-8 as \xNN.
+            if std::str::from_utf8(&value).is_err() {
+                println!("  ({} bytes, not UTF-8)", value.len());
             }
+            println!("{}", printable::bytes(&value));
             Ok(ExitCode::SUCCESS)
         }
         DlqCommand::Replay {
@@ -156,9 +188,12 @@ pub async fn run(config: &SluiceConfig, cmd: DlqCommand) -> anyhow::Result<ExitC
             filter,
             since,
             to,
+            force,
             dry_run,
             topology,
+            scan_timeout,
         } => {
+            let scan_limit = scan_limit(&scan_timeout)?;
             let mut f = Filter::default();
             if let Some(spec) = filter {
                 match spec.split_once('=') {
@@ -181,20 +216,26 @@ pub async fn run(config: &SluiceConfig, cmd: DlqCommand) -> anyhow::Result<ExitC
                 );
                 b
             });
-            let report = dlq::replay(
-                &clients,
-                &topic,
-                &markers,
-                &f,
-                to.as_deref(),
+            let destinations = dlq::Destinations {
+                prefix: topo.prefix.clone(),
+                topics: topo.topics.iter().map(|t| t.name.clone()).collect(),
+                force,
+            };
+            let plan = dlq::ReplayPlan {
+                topic: &topic,
+                marker_topic: &markers,
+                filter: &f,
+                to: to.as_deref(),
                 dry_run,
-                |done, total| {
-                    if let Some(b) = &bar {
-                        b.set_length(total as u64);
-                        b.set_position(done as u64);
-                    }
-                },
-            )
+                destinations: &destinations,
+                scan_limit,
+            };
+            let report = dlq::replay(&clients, &plan, |done, total| {
+                if let Some(b) = &bar {
+                    b.set_length(total as u64);
+                    b.set_position(done as u64);
+                }
+            })
             .await?;
             if let Some(b) = bar {
                 b.finish_and_clear();

@@ -8,6 +8,7 @@ pub mod doctor;
 pub mod gateway;
 pub mod lag;
 pub mod normalize;
+pub mod printable;
 pub mod run;
 pub mod saga;
 pub mod schemas;

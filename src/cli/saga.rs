@@ -10,7 +10,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use sluice_consumers::runtime::metrics::LoopMetrics;
 use sluice_consumers::runtime::{self, FailureRouter, Guarantee, LoopConfig};
 use sluice_consumers::saga::demo::{DemoParticipant, Faults, Rule};
-use sluice_consumers::saga::instance::{Instance, Status};
+use sluice_consumers::saga::instance::{Instance, ParkReason, Status};
 use sluice_consumers::saga::messages::Action;
 use sluice_consumers::saga::metrics::ParticipantMetrics;
 use sluice_consumers::saga::ops::{self, OpsError};
@@ -22,6 +22,8 @@ use sluice_runtime::SluiceConfig;
 use sluice_schemas::metadata::{now_ms, rfc3339_ms};
 use sluice_schemas::RegistryClient;
 use sluice_topology::{naming, Topology};
+
+use super::printable;
 
 mod bench;
 
@@ -117,9 +119,14 @@ pub enum SagaCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Resume a parked instance: its compensation is tried again.
+    /// Resume a parked instance. One parked after its compensation ran out of attempts
+    /// tries that compensation again; one parked because the topology changed under it
+    /// (`definition_changed`) continues under the current definition: forward from its
+    /// first step not yet done (the step in flight is resent under the same command id), or,
+    /// if it was compensating, with the compensations the definition still has.
     Retry(RequestArgs),
-    /// Compensate a running instance now.
+    /// Compensate a running instance now, or one parked because its definition changed
+    /// (what the current definition can compensate is; it ends compensated).
     Abort {
         #[command(flatten)]
         request: RequestArgs,
@@ -334,10 +341,15 @@ async fn list(
         "saga", "id", "state", "step", "age"
     );
     for i in &shown {
+        // A parked instance says why, after the columns every row has.
+        let why = i
+            .park_reason()
+            .map(|r| format!("  {}", r.as_str()))
+            .unwrap_or_default();
         println!(
-            "{:<20} {:<28} {:<13} {:<20} {:>8}  {}",
+            "{:<20} {:<28} {:<13} {:<20} {:>8}  {}{why}",
             i.saga,
-            i.id,
+            printable::line(&i.id),
             i.status.as_str(),
             i.current_step().unwrap_or("-"),
             age(now - i.started_at),
@@ -370,16 +382,17 @@ async fn show(
         match tokio::task::block_in_place(|| ops::find(&clients, &topology, saga.as_deref(), id)) {
             Ok(i) => i,
             Err(e @ (OpsError::UnknownId { .. } | OpsError::Ambiguous { .. })) => {
-                eprintln!("error: {e}");
+                eprintln!("error: {}", printable::line(&e.to_string()));
                 return Ok(ExitCode::FAILURE);
             }
             Err(e) => return Err(e.into()),
         };
     if json {
-        println!("{}", serde_json::to_string_pretty(&i)?);
+        println!("{}", printable::json(&serde_json::to_value(&i)?, true));
         return Ok(ExitCode::SUCCESS);
     }
-    print!("{}", timeline(&i));
+    // Ids, reasons and results come from triggers and participants: escaped, lines kept.
+    print!("{}", printable::text(&timeline(&i)));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -400,6 +413,10 @@ fn timeline(i: &Instance) -> String {
     let _ = writeln!(out, "saga         {}", i.saga);
     let _ = writeln!(out, "id           {}", i.id);
     let _ = writeln!(out, "state        {state}");
+    if let Some(reason) = i.park_reason() {
+        let detail = i.parked.as_ref().map_or("", |p| p.detail.as_str());
+        let _ = writeln!(out, "parked       {}: {detail}", reason.as_str());
+    }
     let _ = writeln!(out, "started      {}", rfc3339_ms(i.started_at));
     let _ = writeln!(out, "updated      {}", rfc3339_ms(i.updated_at));
     let _ = writeln!(
@@ -434,8 +451,11 @@ fn timeline(i: &Instance) -> String {
                         format!("reply due {}", rfc3339_ms(deadline)),
                     sluice_consumers::saga::instance::Wait::Backoff { until } =>
                         format!("resend at {}", rfc3339_ms(until)),
-                    sluice_consumers::saga::instance::Wait::Operator =>
-                        "waiting for `sluice saga retry`".to_string(),
+                    sluice_consumers::saga::instance::Wait::Operator => match i.park_reason() {
+                        Some(ParkReason::DefinitionChanged) =>
+                            "waiting for `sluice saga retry` or `sluice saga abort`".to_string(),
+                        _ => "waiting for `sluice saga retry`".to_string(),
+                    },
                 }
             );
         }
@@ -497,7 +517,7 @@ async fn request(
             | OpsError::Ambiguous { .. }
             | OpsError::WrongState { .. }),
         ) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", printable::line(&e.to_string()));
             return Ok(ExitCode::FAILURE);
         }
         Err(e) => return Err(e.into()),
@@ -506,7 +526,7 @@ async fn request(
         "{} requested for {} {} (request {request_id})",
         action.as_str(),
         instance.saga,
-        instance.id
+        printable::line(&instance.id)
     );
     if wait.is_zero() {
         return Ok(ExitCode::SUCCESS);
@@ -525,7 +545,7 @@ async fn request(
             println!(
                 "applied: {} {} is {}",
                 now.saga,
-                now.id,
+                printable::line(&now.id),
                 now.status.as_str()
             );
             Ok(ExitCode::SUCCESS)

@@ -123,7 +123,9 @@ pub async fn run(config: &SluiceConfig, args: TailArgs) -> anyhow::Result<ExitCo
                 }
             },
         }
-        println!("{}", Value::Object(line));
+        // serde_json escapes C0 controls but not C1 ones: those too, before a terminal
+        // reads them as escape sequences.
+        println!("{}", super::printable::json(&Value::Object(line), false));
         printed += 1;
         if args.max.is_some_and(|m| printed >= m) {
             break;

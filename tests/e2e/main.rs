@@ -8,6 +8,7 @@
 mod chaos;
 mod cli;
 mod compose;
+mod dlq;
 mod docs;
 mod faults;
 mod fencing;

@@ -76,9 +76,14 @@ struct Effect {
 
 impl Deployment {
     async fn new() -> Self {
+        Self::of(topology).await
+    }
+
+    /// Deploys the topology `yaml(prefix)` under a fresh prefix.
+    async fn of(yaml: impl Fn(&str) -> String) -> Self {
         require_stack().await;
         let prefix = format!("sg{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
-        let file = temp_file("topology.yaml", &topology(&prefix))
+        let file = temp_file("topology.yaml", &yaml(&prefix))
             .display()
             .to_string();
         for cmd in [["topology", "apply"], ["schemas", "register"]] {
@@ -949,4 +954,187 @@ async fn crashing_the_orchestrator_loses_and_repeats_nothing() {
         commands.len() - sent.len(),
         started.elapsed()
     );
+}
+
+/// The topology changes under sagas that are compensating: `reserve-inventory` becomes a
+/// step without side effects and without compensation (which `sluice topology validate`
+/// accepts) while its compensation is failing and being retried, and the orchestrator is
+/// killed and started on the new topology. Those sagas cannot take their next step: they are
+/// parked `definition_changed`, the orchestrator keeps running new sagas, and operators end
+/// the parked ones with `sluice saga abort` or `retry`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_definition_change_under_a_compensating_saga_parks_it_and_the_orchestrator_runs_on() {
+    let d = Deployment::of(|prefix| {
+        scratch_topology(
+            &crate::support::reference_topology(),
+            SAGA,
+            &Scratch {
+                prefix,
+                partitions: 3,
+                timeout: "3s",
+                timeouts: &[],
+                retry: None,
+                // The failing release keeps being retried while the test changes the topology.
+                compensation_retry: "{max_attempts: 1000, backoff: 500ms, max_backoff: 1s}",
+            },
+        )
+        .unwrap()
+    })
+    .await;
+    let mut orchestrator = d.orchestrator();
+    let _participants = d.participants(&["--fail-when", "ReleaseInventory=-chg"]);
+    let publisher = d.publisher().await;
+    // The payment fails, so the reservation is released, and the release fails every time.
+    let (aborted, retried) = (format!("{}-a-chg", d.prefix), format!("{}-r-chg", d.prefix));
+    for id in [&aborted, &retried] {
+        place(&publisher, id, &["SKU-1", "FAIL-PAYMENTS"]).await;
+    }
+    for id in [&aborted, &retried] {
+        let s = d
+            .wait_state(id, Duration::from_secs(60), |s| {
+                s["status"] == "compensating"
+                    && s["pending"]["step"] == "reserve-inventory"
+                    && s["pending"]["attempt"].as_u64() >= Some(2)
+            })
+            .await;
+        assert_eq!(s["status"], "compensating", "{s}");
+        assert_eq!(s["pending"]["kind"], "compensation", "{s}");
+        assert!(s["pending"]["attempt"].as_u64() >= Some(2), "{s}");
+    }
+
+    // The new topology: reserve-inventory has no side effects and no compensation.
+    let mut yaml: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(&d.file).unwrap()).unwrap();
+    let steps = yaml["sagas"][0]["steps"].as_sequence_mut().unwrap();
+    let reserve = steps
+        .iter_mut()
+        .find(|s| s["name"] == "reserve-inventory")
+        .unwrap()
+        .as_mapping_mut()
+        .unwrap();
+    reserve.insert("side_effects".into(), false.into());
+    assert!(reserve.remove("compensation").is_some());
+    let changed = std::path::Path::new(&d.file).with_file_name("changed.yaml");
+    std::fs::write(&changed, serde_yaml_ng::to_string(&yaml).unwrap()).unwrap();
+    let changed = changed.display().to_string();
+    let (ok, out, err) = sluice_async(vec![
+        "topology".into(),
+        "validate".into(),
+        "--topology".into(),
+        changed.clone(),
+    ])
+    .await;
+    assert!(ok, "the changed topology is valid: {out}{err}");
+
+    let _ = orchestrator.0.kill(); // SIGKILL
+    let _ = orchestrator.0.wait();
+    let mut d = d;
+    d.file = changed;
+    orchestrator = d.orchestrator();
+
+    // Both are parked, saying why; nothing was sent for them on the new definition.
+    for id in [&aborted, &retried] {
+        let s = d
+            .wait_state(id, Duration::from_secs(60), |s| s["status"] == "parked")
+            .await;
+        assert_eq!(s["status"], "parked", "{s}");
+        assert_eq!(s["parked"]["reason"], "definition_changed", "{s}");
+        assert_eq!(s["parked"]["was"], "compensating", "{s}");
+        assert_eq!(s["pending"]["step"], "reserve-inventory", "{s}");
+        assert_eq!(s["pending"]["wait"]["for"], "operator", "{s}");
+    }
+    assert!(
+        orchestrator.0.try_wait().unwrap().is_none(),
+        "the orchestrator exited on the restored state"
+    );
+
+    // A saga started now runs to completion on the new definition.
+    let fresh = format!("{}-new", d.prefix);
+    place(&publisher, &fresh, &["SKU-1"]).await;
+    let mut lifecycle = Lifecycle::new(&d);
+    lifecycle
+        .until_terminal(std::iter::once(&fresh), Duration::from_secs(60))
+        .await;
+    assert_eq!(
+        Lifecycle::terminal(
+            lifecycle
+                .by_id()
+                .get(&fresh)
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+        ),
+        ["SagaCompleted"]
+    );
+
+    // Operators see why.
+    let (_, out, _) = d.sluice(&["saga", "show", &aborted]).await;
+    assert!(
+        out.contains("parked       definition_changed: step `reserve-inventory` has no compensation in the current definition"),
+        "{out}"
+    );
+    assert!(
+        out.contains("waiting for `sluice saga retry` or `sluice saga abort`"),
+        "{out}"
+    );
+    let (_, out, _) = d.sluice(&["saga", "list", "--state", "parked"]).await;
+    assert!(
+        out.lines()
+            .filter(|l| l.ends_with("definition_changed"))
+            .count()
+            == 2
+            && out.contains("2 instance(s)"),
+        "{out}"
+    );
+    let parked = "sluice_saga_parked{saga=\"order-fulfillment\"} 2";
+    assert!(d.wait_metrics(&[parked]).await.contains(parked));
+
+    // Abort ends one compensated, retry the other: the release no longer exists in the
+    // definition, so there is nothing left to undo.
+    let (ok, out, err) = d
+        .sluice(&[
+            "saga",
+            "abort",
+            &aborted,
+            "--reason",
+            "topology changed",
+            "--by",
+            "e2e",
+        ])
+        .await;
+    assert!(ok && out.contains("is compensated"), "{out}{err}");
+    let (ok, out, err) = d.sluice(&["saga", "retry", &retried, "--by", "e2e"]).await;
+    assert!(ok && out.contains("is compensated"), "{out}{err}");
+    lifecycle
+        .until(Duration::from_secs(30), |m| {
+            [&aborted, &retried].iter().all(|id| {
+                m.get(*id)
+                    .is_some_and(|e| !Lifecycle::terminal(e).is_empty())
+            })
+        })
+        .await;
+    let more = read_until(&lifecycle.reader, Duration::from_secs(2), |_| false).await;
+    lifecycle.seen.extend(more);
+    let events = lifecycle.by_id();
+    for id in [&aborted, &retried] {
+        assert_eq!(
+            Lifecycle::terminal(&events[id]),
+            ["SagaCompensated"],
+            "{id}"
+        );
+        assert!(
+            events[id].contains(&"SagaFailed".to_string()),
+            "{id}: {:?}",
+            events[id]
+        );
+        let s = d.state(id).await;
+        assert_eq!(s["status"], "compensated", "{s}");
+        assert!(s.get("parked").is_none(), "{s}");
+    }
+    // No release ran after the change, and none succeeded before it.
+    assert!(executed(&d.effects(), &aborted)
+        .iter()
+        .all(|e| e != "ReleaseInventory:succeeded"));
+    let cleared = "sluice_saga_parked{saga=\"order-fulfillment\"} 0";
+    assert!(d.wait_metrics(&[cleared]).await.contains(cleared));
+    assert!(orchestrator.0.try_wait().unwrap().is_none());
 }

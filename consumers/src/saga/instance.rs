@@ -184,6 +184,42 @@ pub struct Entry {
     pub detail: Option<String>,
 }
 
+/// Why an instance is parked: what an operator looks at before `sluice saga retry|abort`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ParkReason {
+    /// A compensation failed or timed out on every attempt the saga's compensation retry
+    /// allows. `retry` tries it again.
+    CompensationExhausted,
+    /// The stored state names a step or compensation the running definition no longer has
+    /// (the topology changed under an unfinished saga), so the machine cannot take its next
+    /// step. `retry` continues under the current definition, `abort` compensates what the
+    /// current definition can compensate.
+    DefinitionChanged,
+}
+
+impl ParkReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ParkReason::CompensationExhausted => "compensation_exhausted",
+            ParkReason::DefinitionChanged => "definition_changed",
+        }
+    }
+}
+
+/// Why and from where an instance was parked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Parked {
+    pub reason: ParkReason,
+    /// What exactly is missing or failed, for humans.
+    pub detail: String,
+    /// `running` or `compensating`: the direction the saga was going when it stopped, which
+    /// is the one `retry` resumes.
+    pub was: Status,
+    pub at: i64,
+}
+
 /// Timeline entries kept per instance; older ones (after the first) are dropped, so a saga
 /// retried by hand for weeks cannot grow without bound.
 pub const MAX_HISTORY: usize = 200;
@@ -215,6 +251,10 @@ pub struct Instance {
     /// Compensations that ran, in the order they ran.
     #[serde(default)]
     pub compensated: Vec<Done>,
+    /// Set while `status` is `parked`. Records written before reasons existed have none;
+    /// they were all [`ParkReason::CompensationExhausted`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parked: Option<Parked>,
     pub history: Vec<Entry>,
 }
 
@@ -222,6 +262,15 @@ impl Instance {
     /// The step the instance is on, for listings: the pending command's step.
     pub fn current_step(&self) -> Option<&str> {
         self.pending.as_ref().map(|p| p.step.as_str())
+    }
+
+    /// Why the instance is parked; `None` unless it is.
+    pub fn park_reason(&self) -> Option<ParkReason> {
+        (self.status == Status::Parked).then(|| {
+            self.parked
+                .as_ref()
+                .map_or(ParkReason::CompensationExhausted, |p| p.reason)
+        })
     }
 
     pub fn to_json(&self) -> Vec<u8> {

@@ -16,6 +16,12 @@
 //!   when the attempts run out the instance is parked until an operator retries it.
 //! - Replies are matched by command id: a reply for an already settled command is a
 //!   duplicate, one for a command the instance no longer waits on is late; both are ignored.
+//! - Stored state is never trusted to fit the definition, which may have changed since it
+//!   was written: when the next step or compensation an instance needs is not in the
+//!   definition, the instance is parked with [`ParkReason::DefinitionChanged`]. An
+//!   operator's retry then continues under the current definition (forward from the first
+//!   step not done, or with the compensations it still has); an abort compensates what it
+//!   can. Nothing here panics on what an instance holds.
 //!
 //! Command ids are `<saga id>:<step>:<do|undo>:<try>`: resends after a timeout keep the id so
 //! the participant's dedup answers instead of repeating a side effect; after a failure reply
@@ -23,7 +29,8 @@
 
 use super::definition::{CommandDef, SagaDef};
 use super::instance::{
-    Done, Entry, Failure, FailureKind, Instance, Kind, Pending, Status, TriggerRef, Undo, Wait,
+    Done, Entry, Failure, FailureKind, Instance, Kind, ParkReason, Parked, Pending, Status,
+    TriggerRef, Undo, Wait,
 };
 
 /// Timeline events; also the `event` label of `sluice_saga_transitions_total`.
@@ -128,11 +135,13 @@ pub enum Effect {
     Completed,
     /// Terminal: the compensations ran.
     Compensated,
-    /// A compensation ran out of attempts; the instance is parked.
+    /// The instance is parked: a compensation ran out of attempts, or the definition no
+    /// longer fits it. `step` is a name because it may be one the definition lacks.
     Parked {
-        step: usize,
+        step: String,
         reason: String,
         attempts: u32,
+        why: ParkReason,
     },
 }
 
@@ -166,7 +175,23 @@ pub fn command_id(saga_id: &str, step: &str, kind: Kind, try_no: u32) -> String 
     format!("{saga_id}:{step}:{verb}:{try_no}")
 }
 
+/// What a stored instance needs that the running definition lacks: the topology changed
+/// under an unfinished saga. The machine parks such an instance
+/// ([`ParkReason::DefinitionChanged`]) instead of guessing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Misfit {
+    #[error("step `{0}` is not in the current definition")]
+    UnknownStep(String),
+    #[error("step `{0}` has no compensation in the current definition")]
+    NoCompensation(String),
+    #[error("the definition has no step at position {0}")]
+    NoStepAt(usize),
+}
+
 /// Applies `input` to instance `id` (absent when `current` is `None`).
+///
+/// Never panics on stored state: whatever the instance holds is checked against `def`
+/// where it is used, and an instance the definition no longer fits is parked.
 pub fn apply(
     def: &SagaDef,
     id: &str,
@@ -198,12 +223,15 @@ pub fn apply(
                 failure: None,
                 to_compensate: Vec::new(),
                 compensated: Vec::new(),
+                parked: None,
                 history: Vec::new(),
             };
             let mut run = Run::new(def, instance, now);
             run.note("started", None, None, None, None);
             run.effects.push(Effect::Started);
-            run.send(0, Kind::Action, 1, 1, None);
+            if let Err(m) = run.send(0, Kind::Action, 1, 1, None) {
+                run.park_changed(m);
+            }
             run
         }
         (Some(_), Input::Start { .. }) => return Transition::ignored(Ignored::DuplicateTrigger),
@@ -269,16 +297,38 @@ impl<'d> Run<'d> {
         self.events.push(event);
     }
 
-    fn command(&self, step: usize, kind: Kind) -> Option<&'d CommandDef> {
+    /// The position of step `name` in the current definition.
+    fn index(&self, name: &str) -> Result<usize, Misfit> {
+        self.def
+            .step_index(name)
+            .ok_or_else(|| Misfit::UnknownStep(name.to_string()))
+    }
+
+    /// The command of step `name` of this kind, and the step's position.
+    fn command(&self, name: &str, kind: Kind) -> Result<(usize, &'d CommandDef), Misfit> {
+        let step = self.index(name)?;
         let s = &self.def.steps[step];
         match kind {
-            Kind::Action => Some(&s.action),
-            Kind::Compensation => s.compensation.as_ref(),
+            Kind::Action => Ok((step, &s.action)),
+            Kind::Compensation => s
+                .compensation
+                .as_ref()
+                .map(|c| (step, c))
+                .ok_or_else(|| Misfit::NoCompensation(name.to_string())),
         }
     }
 
-    fn index(&self, step: &str) -> Option<usize> {
-        self.def.step_index(step)
+    /// Whether step `name` can be compensated under the current definition.
+    fn compensable(&self, name: &str) -> bool {
+        self.command(name, Kind::Compensation).is_ok()
+    }
+
+    /// The first step of the definition, in order, that has not succeeded yet.
+    fn next_step(&self) -> Option<usize> {
+        self.def
+            .steps
+            .iter()
+            .position(|s| !self.instance.completed.iter().any(|d| d.step == s.name))
     }
 
     /// Sends (or resends) the command of `step`, waiting for its reply until its timeout.
@@ -289,9 +339,18 @@ impl<'d> Run<'d> {
         try_no: u32,
         attempt: u32,
         compensates: Option<String>,
-    ) {
-        let name = self.def.steps[step].name.clone();
-        let command = self.command(step, kind).expect("sent commands exist");
+    ) -> Result<(), Misfit> {
+        let name = match self.def.steps.get(step) {
+            Some(s) => s.name.clone(),
+            None => return Err(Misfit::NoStepAt(step)),
+        };
+        let command = match self.command(&name, kind) {
+            Ok((_, c)) => c,
+            Err(m) => {
+                self.unsent(&name, kind);
+                return Err(m);
+            }
+        };
         let id = command_id(&self.instance.id, &name, kind, try_no);
         let deadline = self.now + command.timeout_ms;
         let short = short_name(&command.event_type).to_string();
@@ -319,12 +378,26 @@ impl<'d> Run<'d> {
             attempt,
             compensates,
         });
+        Ok(())
+    }
+
+    /// A command of `name` could not be sent. Keeps a pending command it would have repeated
+    /// (what an operator sees as stuck); any other one is settled and must not look pending.
+    fn unsent(&mut self, name: &str, kind: Kind) {
+        let resend = self
+            .instance
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.step == name && p.kind == kind);
+        if !resend {
+            self.instance.pending = None;
+        }
     }
 
     /// Applies an input to an existing instance; `Some` when it is ignored without a trace.
     fn input(&mut self, input: Input) -> Option<Ignored> {
-        match input {
-            Input::Start { .. } => Some(Ignored::DuplicateTrigger),
+        let applied = match input {
+            Input::Start { .. } => Ok(Some(Ignored::DuplicateTrigger)),
             Input::Reply {
                 event_type,
                 command_id,
@@ -333,19 +406,17 @@ impl<'d> Run<'d> {
                 result,
             } => self.reply(&event_type, &command_id, reason, retryable, result),
             Input::Deadline { command_id, due_at } => self.deadline(&command_id, due_at),
-            Input::Retry { request_id, by } => {
-                self.retry(&request_id, by);
-                None
-            }
+            Input::Retry { request_id, by } => self.retry(&request_id, by).map(|()| None),
             Input::Abort {
                 request_id,
                 by,
                 reason,
-            } => {
-                self.abort(&request_id, by, reason);
-                None
-            }
-        }
+            } => self.abort(&request_id, by, reason).map(|()| None),
+        };
+        applied.unwrap_or_else(|misfit| {
+            self.park_changed(misfit);
+            None
+        })
     }
 
     fn reply(
@@ -355,7 +426,7 @@ impl<'d> Run<'d> {
         reason: Option<String>,
         retryable: bool,
         result: Option<String>,
-    ) -> Option<Ignored> {
+    ) -> Result<Option<Ignored>, Misfit> {
         let waiting = self
             .instance
             .pending
@@ -367,24 +438,21 @@ impl<'d> Run<'d> {
                 .history
                 .iter()
                 .any(|e| e.event == "reply" && e.command_id.as_deref() == Some(command_id));
-            return Some(if settled {
+            return Ok(Some(if settled {
                 Ignored::DuplicateReply
             } else {
                 Ignored::LateReply
-            });
+            }));
         };
-        let Some(step) = self.index(&pending.step) else {
-            return Some(Ignored::UnexpectedReply);
-        };
-        let command = self
-            .command(step, pending.kind)
-            .expect("pending commands exist");
+        // The reply answers the command the instance waits on, but the definition no longer
+        // knows that command: there is no telling what the reply means.
+        let (step, command) = self.command(&pending.step, pending.kind)?;
         let success = if event_type == command.success {
             true
         } else if event_type == command.failure {
             false
         } else {
-            return Some(Ignored::UnexpectedReply);
+            return Ok(Some(Ignored::UnexpectedReply));
         };
         let detail = match &reason {
             Some(r) => format!("{}: {r}", short_name(event_type)),
@@ -413,14 +481,7 @@ impl<'d> Run<'d> {
                     attempt: pending.attempt,
                     result,
                 });
-                if step + 1 < self.def.steps.len() {
-                    self.send(step + 1, Kind::Action, 1, 1, None);
-                } else {
-                    self.instance.pending = None;
-                    self.instance.status = Status::Completed;
-                    self.note("completed", None, None, None, None);
-                    self.effects.push(Effect::Completed);
-                }
+                self.forward()?;
             }
             (Kind::Action, false) => {
                 let retry = self.def.steps[step].retry;
@@ -435,7 +496,7 @@ impl<'d> Run<'d> {
                             at: self.now,
                         },
                         None,
-                    );
+                    )?;
                 }
             }
             (Kind::Compensation, true) => {
@@ -449,18 +510,32 @@ impl<'d> Run<'d> {
                 if !self.instance.to_compensate.is_empty() {
                     self.instance.to_compensate.remove(0);
                 }
-                self.next_compensation();
+                self.next_compensation()?;
             }
             (Kind::Compensation, false) => {
                 let retry = self.def.compensation_retry;
                 if pending.attempt < retry.max_attempts {
                     self.back_off(&pending, true, retry.delay_ms(pending.attempt));
                 } else {
-                    self.park(&pending, step, true, reason);
+                    self.park(&pending, true, reason);
                 }
             }
         }
-        None
+        Ok(None)
+    }
+
+    /// Sends the next step that has not succeeded, or completes the saga.
+    fn forward(&mut self) -> Result<(), Misfit> {
+        match self.next_step() {
+            Some(next) => self.send(next, Kind::Action, 1, 1, None),
+            None => {
+                self.instance.pending = None;
+                self.instance.status = Status::Completed;
+                self.note("completed", None, None, None, None);
+                self.effects.push(Effect::Completed);
+                Ok(())
+            }
+        }
     }
 
     /// Waits `delay` before sending `pending` again; a new command id after a failure reply.
@@ -483,14 +558,12 @@ impl<'d> Run<'d> {
         );
     }
 
-    fn deadline(&mut self, command_id: &str, due_at: i64) -> Option<Ignored> {
+    fn deadline(&mut self, command_id: &str, due_at: i64) -> Result<Option<Ignored>, Misfit> {
         let pending = match &self.instance.pending {
             Some(p) if p.command_id == command_id && p.due_at() == Some(due_at) => p.clone(),
-            _ => return Some(Ignored::StaleDeadline),
+            _ => return Ok(Some(Ignored::StaleDeadline)),
         };
-        let Some(step) = self.index(&pending.step) else {
-            return Some(Ignored::StaleDeadline);
-        };
+        let (step, command) = self.command(&pending.step, pending.kind)?;
         match pending.wait {
             Wait::Backoff { .. } => {
                 self.send(
@@ -499,12 +572,9 @@ impl<'d> Run<'d> {
                     pending.try_no,
                     pending.attempt + 1,
                     pending.compensates.clone(),
-                );
+                )?;
             }
             Wait::Reply { .. } => {
-                let command = self
-                    .command(step, pending.kind)
-                    .expect("pending commands exist");
                 let reason = format!(
                     "no reply to {} within {}ms (attempt {})",
                     short_name(&command.event_type),
@@ -534,19 +604,40 @@ impl<'d> Run<'d> {
                             at: self.now,
                         },
                         Some(&pending),
-                    );
+                    )?;
                 } else {
-                    self.park(&pending, step, false, reason);
+                    self.park(&pending, false, reason);
                 }
             }
-            Wait::Operator => return Some(Ignored::StaleDeadline),
+            Wait::Operator => return Ok(Some(Ignored::StaleDeadline)),
         }
-        None
+        Ok(None)
     }
 
     /// Starts compensating: `uncertain` (a command that may have run) first, then the
     /// completed steps in reverse order, each only if it has a compensation.
-    fn compensate(&mut self, failure: Failure, uncertain: Option<&Pending>) {
+    fn compensate(&mut self, failure: Failure, uncertain: Option<&Pending>) -> Result<(), Misfit> {
+        let undo = self.undo_plan(uncertain);
+        let detail = format!("{}: {}", failure.kind.as_str(), failure.reason);
+        self.instance.status = Status::Compensating;
+        self.note(
+            "compensating",
+            failure.step.as_deref(),
+            None,
+            None,
+            Some(detail),
+        );
+        self.instance.failure = Some(failure);
+        self.instance.to_compensate = undo;
+        self.next_compensation()
+    }
+
+    /// The compensations to run, next first: `uncertain` (a command that may have run), then
+    /// the completed steps in reverse order. A step the definition has without compensation
+    /// is left out (it has no side effects to undo); a step the definition does not have at
+    /// all stays in, so the saga parks when it gets there instead of silently not undoing
+    /// something that may have had side effects.
+    fn undo_plan(&self, uncertain: Option<&Pending>) -> Vec<Undo> {
         let mut undo: Vec<Undo> = Vec::new();
         if let Some(p) = uncertain {
             undo.push(Undo {
@@ -560,41 +651,35 @@ impl<'d> Run<'d> {
                 action_command_id: done.command_id.clone(),
             });
         }
-        let def = self.def;
-        undo.retain(|u| {
-            def.step_index(&u.step)
-                .is_some_and(|i| def.steps[i].compensation.is_some())
-        });
-        let detail = format!("{}: {}", failure.kind.as_str(), failure.reason);
-        self.instance.status = Status::Compensating;
-        self.note(
-            "compensating",
-            failure.step.as_deref(),
-            None,
-            None,
-            Some(detail),
-        );
-        self.instance.failure = Some(failure);
-        self.instance.to_compensate = undo;
-        self.next_compensation();
+        undo.retain(|u| self.def.step_index(&u.step).is_none() || self.compensable(&u.step));
+        undo
     }
 
-    fn next_compensation(&mut self) {
+    /// Sends the next compensation still to run, or ends the saga compensated. A pending
+    /// compensation of the same step is sent again under its own try (its command id).
+    fn next_compensation(&mut self) -> Result<(), Misfit> {
         match self.instance.to_compensate.first().cloned() {
             None => {
                 self.instance.pending = None;
                 self.instance.status = Status::Compensated;
                 self.note("compensated", None, None, None, None);
                 self.effects.push(Effect::Compensated);
+                Ok(())
             }
-            Some(undo) => {
-                let step = self.index(&undo.step).expect("kept only known steps");
-                self.send(step, Kind::Compensation, 1, 1, Some(undo.action_command_id));
-            }
+            Some(undo) => match self.def.step_index(&undo.step) {
+                Some(step) => {
+                    self.send(step, Kind::Compensation, 1, 1, Some(undo.action_command_id))
+                }
+                None => {
+                    self.unsent(&undo.step, Kind::Compensation);
+                    Err(Misfit::UnknownStep(undo.step))
+                }
+            },
         }
     }
 
-    fn park(&mut self, pending: &Pending, step: usize, failed: bool, reason: String) {
+    /// Parks after a compensation ran out of attempts.
+    fn park(&mut self, pending: &Pending, failed: bool, reason: String) {
         let try_no = pending.try_no + u32::from(failed);
         self.instance.pending = Some(Pending {
             try_no,
@@ -603,6 +688,12 @@ impl<'d> Run<'d> {
             ..pending.clone()
         });
         self.instance.status = Status::Parked;
+        self.instance.parked = Some(Parked {
+            reason: ParkReason::CompensationExhausted,
+            detail: reason.clone(),
+            was: Status::Compensating,
+            at: self.now,
+        });
         self.note(
             "parked",
             Some(&pending.step),
@@ -611,65 +702,193 @@ impl<'d> Run<'d> {
             Some(reason.clone()),
         );
         self.effects.push(Effect::Parked {
-            step,
+            step: pending.step.clone(),
             reason,
             attempts: pending.attempt,
+            why: ParkReason::CompensationExhausted,
         });
     }
 
-    fn retry(&mut self, request_id: &str, by: Option<String>) {
+    /// Parks an instance the current definition does not fit, until an operator decides.
+    /// Whatever it waited on stays visible, but nothing is sent and no deadline runs.
+    fn park_changed(&mut self, misfit: Misfit) {
+        let was = match (self.instance.status, &self.instance.parked) {
+            (Status::Parked, Some(p)) => p.was,
+            (Status::Parked, None) => Status::Compensating,
+            (s, _) => s,
+        };
+        let detail = misfit.to_string();
+        if let Some(p) = &mut self.instance.pending {
+            p.wait = Wait::Operator;
+        }
+        let pending = self.instance.pending.clone();
+        self.instance.status = Status::Parked;
+        self.instance.parked = Some(Parked {
+            reason: ParkReason::DefinitionChanged,
+            detail: detail.clone(),
+            was,
+            at: self.now,
+        });
+        let step = pending.as_ref().map(|p| p.step.clone()).or(match &misfit {
+            Misfit::UnknownStep(s) | Misfit::NoCompensation(s) => Some(s.clone()),
+            Misfit::NoStepAt(_) => None,
+        });
+        self.note(
+            "parked",
+            step.as_deref(),
+            pending.as_ref().map(|p| p.command_id.as_str()),
+            pending.as_ref().map(|p| p.attempt),
+            Some(format!(
+                "{}: {detail}",
+                ParkReason::DefinitionChanged.as_str()
+            )),
+        );
+        self.effects.push(Effect::Parked {
+            step: step.unwrap_or_else(|| "-".into()),
+            reason: detail,
+            attempts: pending.as_ref().map_or(0, |p| p.attempt),
+            why: ParkReason::DefinitionChanged,
+        });
+    }
+
+    fn retry(&mut self, request_id: &str, by: Option<String>) -> Result<(), Misfit> {
         let by = by.unwrap_or_else(|| "operator".into());
-        let parked = self
-            .instance
-            .pending
-            .clone()
-            .filter(|_| self.instance.status == Status::Parked);
-        let Some(pending) = parked else {
+        if self.instance.status != Status::Parked {
             let detail = format!(
                 "retry {request_id} by {by} ignored: the saga is {}, not parked",
                 self.instance.status.as_str()
             );
             self.note("ignored", None, None, None, Some(detail));
             self.ignored = Some(Ignored::NotParked);
-            return;
-        };
-        let Some(step) = self.index(&pending.step) else {
-            self.note(
-                "ignored",
-                None,
-                None,
-                None,
-                Some(format!(
-                    "retry {request_id}: step `{}` is no longer defined",
-                    pending.step
-                )),
-            );
-            self.ignored = Some(Ignored::NotParked);
-            return;
-        };
-        self.instance.status = Status::Compensating;
-        self.note(
-            "retry",
-            Some(&pending.step),
-            None,
-            None,
-            Some(format!("retry {request_id} by {by}")),
-        );
-        self.send(step, pending.kind, pending.try_no, 1, pending.compensates);
+            return Ok(());
+        }
+        let parked = self.instance.parked.take();
+        let reason = parked
+            .as_ref()
+            .map_or(ParkReason::CompensationExhausted, |p| p.reason);
+        let pending = self.instance.pending.clone();
+        match reason {
+            ParkReason::CompensationExhausted => {
+                self.instance.status = Status::Compensating;
+                self.note(
+                    "retry",
+                    pending.as_ref().map(|p| p.step.as_str()),
+                    None,
+                    None,
+                    Some(format!("retry {request_id} by {by}")),
+                );
+                match pending {
+                    Some(p) => {
+                        let (step, _) = self.command(&p.step, p.kind)?;
+                        self.send(step, p.kind, p.try_no, 1, p.compensates)
+                    }
+                    None => self.next_compensation(),
+                }
+            }
+            ParkReason::DefinitionChanged => {
+                let was = parked.map_or(Status::Compensating, |p| p.was);
+                self.resume(request_id, &by, "retry", was)
+            }
+        }
     }
 
-    fn abort(&mut self, request_id: &str, by: Option<String>, reason: Option<String>) {
+    /// Continues a saga parked because its definition changed, under the current
+    /// definition: forward from the first step it has that has not succeeded (the step
+    /// that was in flight is sent again under the same command id, so a participant that
+    /// ran it answers from its dedup), or, when it was compensating, with the compensations
+    /// still to run that the definition still has; the others are skipped and named in the
+    /// timeline.
+    fn resume(
+        &mut self,
+        request_id: &str,
+        by: &str,
+        verb: &'static str,
+        was: Status,
+    ) -> Result<(), Misfit> {
+        let pending = self.instance.pending.clone();
+        if was == Status::Compensating {
+            let (keep, skip): (Vec<Undo>, Vec<Undo>) =
+                std::mem::take(&mut self.instance.to_compensate)
+                    .into_iter()
+                    .partition(|u| self.compensable(&u.step));
+            self.instance.to_compensate = keep;
+            self.instance.status = Status::Compensating;
+            self.note(
+                verb,
+                None,
+                None,
+                None,
+                Some(resumed(request_id, by, "compensating", &skip)),
+            );
+            return match (self.instance.to_compensate.first().cloned(), pending) {
+                (Some(undo), Some(p)) if p.kind == Kind::Compensation && p.step == undo.step => {
+                    let (step, _) = self.command(&p.step, p.kind)?;
+                    self.send(step, p.kind, p.try_no, 1, p.compensates)
+                }
+                _ => self.next_compensation(),
+            };
+        }
+        self.instance.status = Status::Running;
+        self.note(
+            verb,
+            None,
+            None,
+            None,
+            Some(resumed(request_id, by, "running", &[])),
+        );
+        match (self.next_step(), pending) {
+            (Some(next), Some(p))
+                if p.kind == Kind::Action && self.def.steps[next].name == p.step =>
+            {
+                self.send(next, p.kind, p.try_no, 1, None)
+            }
+            _ => self.forward(),
+        }
+    }
+
+    fn abort(
+        &mut self,
+        request_id: &str,
+        by: Option<String>,
+        reason: Option<String>,
+    ) -> Result<(), Misfit> {
         let by = by.unwrap_or_else(|| "operator".into());
-        if self.instance.status != Status::Running {
+        let changed = self.instance.park_reason() == Some(ParkReason::DefinitionChanged);
+        if self.instance.status != Status::Running && !changed {
             let detail = format!(
                 "abort {request_id} by {by} ignored: the saga is {}, not running",
                 self.instance.status.as_str()
             );
             self.note("ignored", None, None, None, Some(detail));
             self.ignored = Some(Ignored::NotRunning);
-            return;
+            return Ok(());
         }
         let reason = reason.unwrap_or_else(|| "aborted by an operator".into());
+        if let Some(parked) = self.instance.parked.take() {
+            // Parked because the definition changed: the operator has seen what is missing,
+            // so compensate what the current definition can undo and skip (and name) the
+            // rest, rather than park again on it.
+            if parked.was == Status::Running {
+                let in_flight = self
+                    .instance
+                    .pending
+                    .clone()
+                    .filter(|p| p.kind == Kind::Action);
+                self.instance.to_compensate = self.undo_plan(in_flight.as_ref());
+                self.instance.failure = Some(Failure {
+                    kind: FailureKind::Aborted,
+                    step: in_flight.map(|p| p.step),
+                    reason: reason.clone(),
+                    at: self.now,
+                });
+            }
+            return self.resume(
+                request_id,
+                &format!("{by}: {reason}"),
+                "abort",
+                Status::Compensating,
+            );
+        }
         self.note(
             "abort",
             None,
@@ -690,8 +909,21 @@ impl<'d> Run<'d> {
                 at: self.now,
             },
             in_flight.as_ref(),
-        );
+        )
     }
+}
+
+/// The timeline detail of a resumed saga: who asked, and what the definition skips.
+fn resumed(request_id: &str, by: &str, direction: &str, skipped: &[Undo]) -> String {
+    let mut detail = format!("{request_id} by {by}: {direction} under the current definition");
+    if !skipped.is_empty() {
+        let names: Vec<&str> = skipped.iter().map(|u| u.step.as_str()).collect();
+        detail.push_str(&format!(
+            "; not compensated (no compensation in it): {}",
+            names.join(", ")
+        ));
+    }
+    detail
 }
 
 /// `dev.sluice.events.sagas.ChargePayment` → `ChargePayment`.
@@ -1151,5 +1383,396 @@ mod tests {
         assert_eq!(&Instance::from_json(&json).unwrap(), d.state());
         let text = String::from_utf8(json).unwrap();
         assert!(text.contains(r#""status":"compensating""#), "{text}");
+    }
+
+    /// The reported crash: a saga compensating `reserve` (its compensation failing and
+    /// being retried) meets a definition where `reserve` has no compensation.
+    fn compensating_reserve_with_a_failing_undo() -> Driver {
+        let mut def = def();
+        def.compensation_retry.max_attempts = 10;
+        let mut d = Driver::new(def);
+        d.answer(true);
+        d.answer(false); // charge fails: release the reservation
+        d.answer(false); // the release fails: backoff, then a resend
+        assert_eq!(d.state().status, Status::Compensating);
+        assert!(matches!(d.pending().wait, Wait::Backoff { .. }));
+        d
+    }
+
+    #[test]
+    fn a_compensation_the_definition_dropped_parks_the_saga_definition_changed() {
+        let mut d = compensating_reserve_with_a_failing_undo();
+        let before = d.pending();
+        d.def.steps[0].compensation = None;
+        let sent = d.commands().len();
+        let t = d.expire();
+        assert_eq!(d.state().status, Status::Parked);
+        assert_eq!(d.state().park_reason(), Some(ParkReason::DefinitionChanged));
+        let parked = d.state().parked.clone().unwrap();
+        assert_eq!(parked.was, Status::Compensating);
+        assert!(
+            parked.detail.contains("`reserve` has no compensation"),
+            "{parked:?}"
+        );
+        // What it waited on stays visible, without a deadline; nothing was sent.
+        let p = d.pending();
+        assert_eq!((p.step.as_str(), p.kind), ("reserve", Kind::Compensation));
+        assert_eq!(p.command_id, before.command_id);
+        assert_eq!(p.due_at(), None);
+        assert_eq!(d.commands().len(), sent);
+        assert!(matches!(
+            &t.effects[..],
+            [Effect::Parked { step, why: ParkReason::DefinitionChanged, .. }] if step == "reserve"
+        ));
+        let last = d.state().history.last().unwrap();
+        assert_eq!(last.event, "parked");
+        assert!(last
+            .detail
+            .as_deref()
+            .unwrap()
+            .starts_with("definition_changed: "));
+    }
+
+    #[test]
+    fn retrying_a_changed_compensating_saga_skips_what_the_definition_cannot_undo() {
+        let mut d = compensating_reserve_with_a_failing_undo();
+        d.def.steps[0].compensation = None;
+        d.expire();
+        let t = d.input(Input::Retry {
+            request_id: "r1".into(),
+            by: Some("ops".into()),
+        });
+        assert_eq!(t.ignored, None);
+        assert_eq!(d.state().status, Status::Compensated);
+        assert_eq!(d.state().parked, None);
+        assert_eq!(d.effects.last(), Some(&Effect::Compensated));
+        let retry = d
+            .state()
+            .history
+            .iter()
+            .find(|e| e.event == "retry")
+            .unwrap();
+        assert!(
+            retry
+                .detail
+                .as_deref()
+                .unwrap()
+                .contains("not compensated (no compensation in it): reserve"),
+            "{retry:?}"
+        );
+    }
+
+    #[test]
+    fn aborting_a_changed_compensating_saga_ends_it_compensated_once() {
+        let mut def = def();
+        def.compensation_retry.max_attempts = 10;
+        let mut d = Driver::new(def);
+        d.answer(true);
+        d.answer(true);
+        d.answer(false); // ship fails: refund, then release
+        d.answer(false); // the refund fails: backoff
+        d.def.steps[1].compensation = None; // charge: no refund any more
+        d.expire();
+        assert_eq!(d.state().park_reason(), Some(ParkReason::DefinitionChanged));
+        d.input(Input::Abort {
+            request_id: "a1".into(),
+            by: None,
+            reason: Some("give up".into()),
+        });
+        // The release still exists: it runs, then the saga is compensated.
+        assert_eq!(d.state().status, Status::Compensating);
+        assert_eq!(d.pending().step, "reserve");
+        d.answer(true);
+        assert_eq!(d.state().status, Status::Compensated);
+        let terminal = d
+            .effects
+            .iter()
+            .filter(|e| matches!(e, Effect::Compensated | Effect::Completed))
+            .count();
+        assert_eq!(terminal, 1);
+        assert_eq!(
+            d.commands(),
+            [
+                "reserve:do",
+                "charge:do",
+                "ship:do",
+                "charge:undo",
+                "reserve:undo"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_running_saga_whose_step_was_removed_parks_then_resumes_or_compensates() {
+        let removed = || {
+            let mut d = Driver::new(def());
+            d.answer(true); // reserve done; charge in flight
+            d.def.steps.remove(1);
+            d.expire();
+            assert_eq!(d.state().park_reason(), Some(ParkReason::DefinitionChanged));
+            assert_eq!(d.state().parked.as_ref().unwrap().was, Status::Running);
+            assert!(d
+                .state()
+                .parked
+                .as_ref()
+                .unwrap()
+                .detail
+                .contains("`charge` is not in"));
+            d
+        };
+        // Retry: forward from the first step not done under the new definition.
+        let mut d = removed();
+        d.input(Input::Retry {
+            request_id: "r1".into(),
+            by: None,
+        });
+        assert_eq!(d.state().status, Status::Running);
+        assert_eq!(d.pending().step, "ship");
+        assert_eq!(d.pending().command_id, "o1:ship:do:1");
+        d.answer(true);
+        assert_eq!(d.state().status, Status::Completed);
+
+        // Abort: the steps it can undo are undone (charge is unknown now).
+        let mut d = removed();
+        d.input(Input::Abort {
+            request_id: "a1".into(),
+            by: None,
+            reason: None,
+        });
+        assert_eq!(d.state().status, Status::Compensating);
+        assert_eq!(d.pending().step, "reserve");
+        d.answer(true);
+        assert_eq!(d.state().status, Status::Compensated);
+        assert_eq!(
+            d.state().failure.as_ref().unwrap().kind,
+            FailureKind::Aborted
+        );
+    }
+
+    #[test]
+    fn retry_resends_the_step_in_flight_under_its_command_id() {
+        let mut d = Driver::new(def());
+        d.answer(true); // charge in flight
+        let charge = d.pending();
+        d.def.steps[2].compensation = None; // ship: irrelevant while running forward...
+        d.def.steps.remove(0); // ...but reserve is gone from the definition
+                               // The deadline of charge still fits; the reply to charge completes it, and the
+                               // next step is ship.
+        d.answer(true);
+        assert_eq!(d.state().status, Status::Running);
+        assert_eq!(d.pending().step, "ship");
+        // A reply to a command whose step the definition lost parks the saga.
+        let mut d = Driver::new(def());
+        d.answer(true);
+        d.def.steps.remove(1);
+        let t = d.input(Input::Reply {
+            event_type: "x.ChargeOk".into(),
+            command_id: charge.command_id.clone(),
+            reason: None,
+            retryable: false,
+            result: None,
+        });
+        assert_eq!(t.ignored, None);
+        assert_eq!(d.state().park_reason(), Some(ParkReason::DefinitionChanged));
+        // Put the step back: retry sends charge again with the same id (dedup answers).
+        d.def = def();
+        d.input(Input::Retry {
+            request_id: "r1".into(),
+            by: None,
+        });
+        assert_eq!(d.pending().command_id, charge.command_id);
+        assert_eq!(d.pending().attempt, 1);
+    }
+
+    #[test]
+    fn an_exhausted_compensation_retried_without_its_definition_parks_definition_changed() {
+        let mut d = Driver::new(def());
+        d.answer(true);
+        d.answer(false);
+        d.answer(false);
+        d.expire();
+        d.answer(false);
+        assert_eq!(
+            d.state().park_reason(),
+            Some(ParkReason::CompensationExhausted)
+        );
+        // Only a running saga or a definition_changed one can be aborted.
+        let t = d.input(Input::Abort {
+            request_id: "a0".into(),
+            by: None,
+            reason: None,
+        });
+        assert_eq!(t.ignored, Some(Ignored::NotRunning));
+        d.def.steps[0].compensation = None;
+        d.input(Input::Retry {
+            request_id: "r1".into(),
+            by: None,
+        });
+        assert_eq!(d.state().park_reason(), Some(ParkReason::DefinitionChanged));
+        assert_eq!(d.pending().wait, Wait::Operator);
+    }
+
+    /// Every state a saga reaches under the full definition, met by every definition with
+    /// a step or a compensation removed, and every input: the machine never panics, and an
+    /// instance left running or compensating always waits on a command the definition has.
+    #[test]
+    fn no_stored_state_makes_the_machine_panic_under_a_changed_definition() {
+        let mut states: Vec<Instance> = Vec::new();
+        for script in [
+            "", "s", "ss", "sss", "f", "sf", "ssf", "sfs", "sff", "sffe", "sffef", "ssfff", "e",
+            "se", "ssee",
+        ] {
+            let mut def = def();
+            def.steps[1].retry = Retry {
+                max_attempts: 2,
+                backoff_ms: 10,
+                max_backoff_ms: None,
+            };
+            let mut d = Driver::new(def);
+            for c in script.chars() {
+                if d.state().pending.is_none() || d.state().status.is_terminal() {
+                    break;
+                }
+                if d.pending().due_at().is_none() {
+                    break;
+                }
+                match c {
+                    's' => d.answer(true),
+                    'f' => d.answer(false),
+                    _ => d.expire(),
+                };
+                states.push(d.state().clone());
+            }
+            states.push(d.state().clone());
+        }
+        let mut defs = Vec::new();
+        for i in 0..3 {
+            let mut removed = def();
+            removed.steps.remove(i);
+            defs.push(removed);
+            let mut uncompensated = def();
+            uncompensated.steps[i].compensation = None;
+            defs.push(uncompensated);
+        }
+        let mut empty = def();
+        empty.steps.clear();
+        defs.push(empty);
+        let full = def();
+        for state in &states {
+            let p = state.pending.clone();
+            let mut inputs = vec![
+                Input::Retry {
+                    request_id: "r".into(),
+                    by: None,
+                },
+                Input::Abort {
+                    request_id: "a".into(),
+                    by: None,
+                    reason: None,
+                },
+            ];
+            if let Some(p) = &p {
+                if let Some(due_at) = p.due_at() {
+                    inputs.push(Input::Deadline {
+                        command_id: p.command_id.clone(),
+                        due_at,
+                    });
+                }
+                let i = full.step_index(&p.step).unwrap();
+                let c = match p.kind {
+                    Kind::Action => &full.steps[i].action,
+                    Kind::Compensation => full.steps[i].compensation.as_ref().unwrap(),
+                };
+                for event_type in [&c.success, &c.failure] {
+                    inputs.push(Input::Reply {
+                        event_type: event_type.clone(),
+                        command_id: p.command_id.clone(),
+                        reason: None,
+                        retryable: true,
+                        result: None,
+                    });
+                }
+            }
+            for def in &defs {
+                for input in &inputs {
+                    let mut now = state.updated_at + 1_000_000;
+                    let mut current = state.clone();
+                    // Apply the input, then a retry and an abort on whatever it left.
+                    for next in [
+                        input.clone(),
+                        Input::Retry {
+                            request_id: "r2".into(),
+                            by: None,
+                        },
+                        Input::Abort {
+                            request_id: "a2".into(),
+                            by: None,
+                            reason: None,
+                        },
+                    ] {
+                        now += 1;
+                        let t = apply(def, "o1", Some(&current), next, now);
+                        if let Some(s) = t.state {
+                            current = s;
+                        }
+                        if current.status == Status::Parked {
+                            assert!(current.parked.is_some());
+                        }
+                    }
+                    // A live instance waits on a command; if the definition lacks it, its
+                    // deadline parks the instance (it is not sent, and nothing panics).
+                    if matches!(current.status, Status::Running | Status::Compensating) {
+                        let p = current.pending.clone().expect("a live saga waits");
+                        let fits = def.step_index(&p.step).is_some_and(|i| {
+                            p.kind == Kind::Action || def.steps[i].compensation.is_some()
+                        });
+                        if !fits {
+                            let due_at = p.due_at().expect("a live saga has a deadline");
+                            let t = apply(
+                                def,
+                                "o1",
+                                Some(&current),
+                                Input::Deadline {
+                                    command_id: p.command_id,
+                                    due_at,
+                                },
+                                due_at,
+                            );
+                            let s = t.state.expect("parked");
+                            assert_eq!(s.park_reason(), Some(ParkReason::DefinitionChanged));
+                        }
+                    }
+                }
+            }
+        }
+        assert!(states.len() > 20);
+    }
+
+    #[test]
+    fn a_completed_step_the_definition_lost_parks_the_compensation_instead_of_skipping_it() {
+        let mut d = Driver::new(def());
+        d.answer(true);
+        d.answer(true);
+        // reserve (done) leaves the definition while ship runs; ship fails.
+        d.def.steps.remove(0);
+        d.answer(false);
+        assert_eq!(d.pending().step, "charge");
+        d.answer(true);
+        // The release cannot be sent: parked, not silently skipped.
+        assert_eq!(d.state().park_reason(), Some(ParkReason::DefinitionChanged));
+        assert!(d
+            .state()
+            .parked
+            .as_ref()
+            .unwrap()
+            .detail
+            .contains("`reserve` is not in"));
+        assert_eq!(d.state().pending, None, "the settled refund is not pending");
+        d.input(Input::Retry {
+            request_id: "r1".into(),
+            by: None,
+        });
+        assert_eq!(d.state().status, Status::Compensated);
+        assert_eq!(d.state().compensated.len(), 1);
     }
 }

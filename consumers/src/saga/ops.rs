@@ -12,7 +12,7 @@ use sluice_schemas::{AvroCodec, Catalog, RegistryClient};
 use sluice_topology::model::SAGA_CONTROL_TYPE;
 use sluice_topology::{naming, Topology};
 
-use super::instance::{Instance, Status};
+use super::instance::{Instance, ParkReason, Status};
 use super::messages::{
     self, Action, Control, Meta, SchemaBook, CORRELATION_HEADER, SAGA_ID_HEADER,
 };
@@ -145,7 +145,8 @@ pub struct Request<'a> {
     pub by: &'a str,
 }
 
-/// Asks the orchestrator to retry (a parked instance) or abort (a running one): checks the
+/// Asks the orchestrator to retry (a parked instance) or abort (a running one, or one parked
+/// because its definition changed): checks the
 /// instance's state, writes the control message, and returns the request id, which the
 /// instance's history names once the request is applied. Blocking parts run in place.
 pub async fn request(
@@ -169,8 +170,9 @@ pub async fn request(
             "only a parked saga can be retried",
         ),
         Action::Abort => (
-            instance.status == Status::Running,
-            "only a running saga can be aborted (a compensating one already is)",
+            instance.status == Status::Running
+                || instance.park_reason() == Some(ParkReason::DefinitionChanged),
+            "only a running saga can be aborted, or one parked because its definition changed (a compensating one already is)",
         ),
         _ => (false, "not an operator request"),
     };

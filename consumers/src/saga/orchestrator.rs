@@ -33,7 +33,7 @@ use sluice_topology::{naming, Topology};
 use tracing::Instrument;
 
 use super::definition::SagaDef;
-use super::instance::{Instance, Kind, Status, TriggerRef};
+use super::instance::{Instance, Kind, ParkReason, Status, TriggerRef};
 use super::machine::{self, Effect, Ignored, Input};
 use super::messages::{
     self, opt_text, text, Action, Command, Control, Meta, Reply, SchemaBook, COMMAND_ID_HEADER,
@@ -69,14 +69,28 @@ pub struct SagaRuntime {
 }
 
 impl SagaRuntime {
-    fn lifecycle_topic(&self, short: &str) -> (String, &str) {
+    /// The lifecycle event type `dev.sluice.events.sagas.<short>` and its topic (every one is
+    /// routed when the runtime is built).
+    fn lifecycle_topic(&self, short: &str) -> Result<(String, &str), SagaError> {
         let t = format!("dev.sluice.events.sagas.{short}");
-        let topic = self
-            .lifecycle
-            .get(&t)
-            .map(String::as_str)
-            .expect("lifecycle events are routed (validated)");
-        (t, topic)
+        match self.lifecycle.get(&t) {
+            Some(topic) => Ok((t, topic.as_str())),
+            None => Err(SagaError::Definition(format!(
+                "saga `{}`: lifecycle event {t} is not routed",
+                self.def.name
+            ))),
+        }
+    }
+
+    /// The name of step `step` (a position the machine took from this definition).
+    fn step_name(&self, step: usize) -> Result<&str, SagaError> {
+        self.def
+            .steps
+            .get(step)
+            .map(|s| s.name.as_str())
+            .ok_or_else(|| {
+                SagaError::Definition(format!("saga `{}` has no step {step}", self.def.name))
+            })
     }
 }
 
@@ -560,7 +574,7 @@ impl Orchestrator {
             };
         let saga_header = [(SAGA_ID_HEADER, state.id.as_str())];
         let lifecycle = |short: &str, fields: Vec<(&str, Value)>| {
-            let (t, topic) = saga.lifecycle_topic(short);
+            let (t, topic) = saga.lifecycle_topic(short)?;
             let mut all = vec![
                 ("saga_id", text(&state.id)),
                 ("saga_name", text(&saga.def.name)),
@@ -591,10 +605,19 @@ impl Orchestrator {
                 attempt,
                 compensates,
             } => {
-                let st = &saga.def.steps[*step];
+                let st = saga.def.steps.get(*step).ok_or_else(|| {
+                    SagaError::Definition(format!("saga `{}` has no step {step}", saga.def.name))
+                })?;
+                // The machine only sends commands the definition has; checked again rather
+                // than trusted, so a mistake costs this input (dead-lettered), not the process.
                 let c = match kind {
                     Kind::Action => &st.action,
-                    Kind::Compensation => st.compensation.as_ref().expect("compensations exist"),
+                    Kind::Compensation => st.compensation.as_ref().ok_or_else(|| {
+                        SagaError::Definition(format!(
+                            "step `{}` of saga `{}` has no compensation",
+                            st.name, saga.def.name
+                        ))
+                    })?,
                 };
                 let command = Command {
                     event_type: c.event_type.clone(),
@@ -643,7 +666,7 @@ impl Orchestrator {
             } => out.push(lifecycle(
                 "SagaStepCompleted",
                 vec![
-                    ("step", text(&saga.def.steps[*step].name)),
+                    ("step", text(saga.step_name(*step)?)),
                     ("step_index", Value::Int(*step as i32)),
                     ("command_id", text(command_id)),
                     ("attempt", Value::Int(*attempt as i32)),
@@ -690,12 +713,21 @@ impl Orchestrator {
                 step,
                 reason,
                 attempts,
+                why,
             } => out.push(lifecycle(
                 "SagaFailed",
                 vec![
                     ("started_at", started_at),
-                    ("reason", text(reason)),
-                    ("step", text(&saga.def.steps[*step].name)),
+                    (
+                        "reason",
+                        match why {
+                            ParkReason::CompensationExhausted => text(reason),
+                            ParkReason::DefinitionChanged => {
+                                text(&format!("{}: {reason}", why.as_str()))
+                            }
+                        },
+                    ),
+                    ("step", text(step)),
                     ("attempts", Value::Int(*attempts as i32)),
                     ("state", text(Status::Parked.as_str())),
                 ],

@@ -281,6 +281,7 @@ mod tests {
             failure: None,
             to_compensate: vec![],
             compensated: vec![],
+            parked: None,
             history: vec![],
         })
     }
