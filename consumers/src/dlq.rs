@@ -124,7 +124,18 @@ impl DeadLetter {
         self.text(h::ATTEMPTS)?.parse().ok()
     }
 
+    /// Where the whole original sits (`<topic>/<partition>@<offset>`) when this copy's
+    /// payload was cut to fit the DLQ (see `runtime::refusals`).
+    pub fn truncated_original(&self) -> Option<String> {
+        self.header_bytes(crate::runtime::refusals::TRUNCATED_ORIGINAL_BYTES)?;
+        Some(
+            self.text(crate::runtime::refusals::TRUNCATED_ORIGINAL_AT)
+                .unwrap_or_else(|| "unknown".into()),
+        )
+    }
+
     /// `topic/partition@offset`, the identity replay markers use.
+
     pub fn position(&self) -> String {
         format!("{}/{}@{}", self.topic, self.partition, self.offset)
     }
@@ -321,6 +332,10 @@ pub struct ReplayReport {
     pub replayed: usize,
     pub already_replayed: usize,
     pub filtered_out: usize,
+    /// Matching dead letters whose payload was cut to fit the DLQ, left where they are:
+    /// their position, and where the whole original sits. Replaying a cut payload would
+    /// lose what was cut.
+    pub truncated: Vec<(String, String)>,
 }
 
 /// Positions already replayed, from the marker topic, read to its end within `limit`.
@@ -405,6 +420,8 @@ pub async fn replay(
             report.filtered_out += 1;
         } else if done.contains(&d.position()) {
             report.already_replayed += 1;
+        } else if let Some(original) = d.truncated_original() {
+            report.truncated.push((d.position(), original));
         } else {
             let dest = match to {
                 Some(t) => t.to_string(),

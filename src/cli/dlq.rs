@@ -247,7 +247,17 @@ pub async fn run(config: &SluiceConfig, cmd: DlqCommand) -> anyhow::Result<ExitC
                 report.already_replayed,
                 report.filtered_out
             );
-            Ok(ExitCode::SUCCESS)
+            if report.truncated.is_empty() {
+                return Ok(ExitCode::SUCCESS);
+            }
+            eprintln!(
+                "{} dead letters were not replayed: their payload was cut to fit the DLQ (replay the original instead, see docs/runbook.md, \"Oversized and refused records\"):",
+                report.truncated.len()
+            );
+            for (position, original) in &report.truncated {
+                eprintln!("  {position}: the whole original is at {original}");
+            }
+            Ok(ExitCode::FAILURE)
         }
         DlqCommand::Purge { topic, before, yes } => {
             let before_ms = parse_time(&before)?;

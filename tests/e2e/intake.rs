@@ -13,7 +13,7 @@ use crate::gateway::{
     apply_topology, fixture, now_unix, post, register_schemas, unique_prefix, GatewayProcess,
 };
 use crate::normalizer::{read_until, reader, spawn_sluice, ChildGuard, Seen};
-use crate::support::{clients, require_stack};
+use crate::support::{clients, require_stack, sluice_async};
 
 const SW_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const GITHUB_SECRET: &str = "e2e-intake-github-secret";
@@ -45,6 +45,7 @@ topics:
   - {{name: {p}.dlq.normalizer, partitions: 1, config: {{max.message.bytes: {big}}}}}
   - {{name: {p}.state.dedup, partitions: 1, config: {{cleanup.policy: compact}}}}
   - {{name: {p}.state.held-normalizer, partitions: 1, config: {{cleanup.policy: compact}}}}
+  - {{name: {p}.state.dlq-replays, partitions: 1, config: {{cleanup.policy: compact}}}}
 sources:
   - {{name: hooks, provider: {{type: standard_webhooks}}, secrets: [{{env: E2E_INTAKE_SW}}], raw_topic: {p}.raw.hooks, unmapped: generic, limits: {{max_body_bytes: 1500000}}}}
   - {{name: github, provider: {{type: github}}, secrets: [{{env: E2E_INTAKE_GITHUB}}], raw_topic: {p}.raw.github, limits: {{max_body_bytes: 26214400}}}}
@@ -65,6 +66,7 @@ retry_policies:
 /// A deployed topology with a gateway and a normalizer running on it.
 struct Pipeline {
     p: String,
+    file: String,
     gateway: GatewayProcess,
     _normalizer: ChildGuard,
 }
@@ -83,6 +85,7 @@ async fn pipeline(tag: &str) -> Pipeline {
     );
     Pipeline {
         p,
+        file,
         gateway,
         _normalizer: normalizer,
     }
@@ -227,6 +230,23 @@ async fn an_oversized_record_is_dead_lettered_and_the_normalizer_keeps_going() {
     assert_eq!(
         header(&events[0], "ce_type").as_deref(),
         Some("dev.sluice.events.external.ExternalEvent")
+    );
+
+    // A cut copy is never replayed as if it were whole.
+    let (ok, out, err) = sluice_async(vec![
+        "dlq".into(),
+        "replay".into(),
+        pl.topic("dlq.normalizer"),
+        "--topology".into(),
+        pl.file.clone(),
+        "--dry-run".into(),
+    ])
+    .await;
+    assert!(!ok, "{out}{err}");
+    assert!(err.contains("2 dead letters were not replayed"), "{err}");
+    assert!(
+        err.contains(&format!("the whole original is at {at}")),
+        "{err}"
     );
 }
 
