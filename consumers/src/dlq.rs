@@ -135,7 +135,6 @@ impl DeadLetter {
     }
 
     /// `topic/partition@offset`, the identity replay markers use.
-
     pub fn position(&self) -> String {
         format!("{}/{}@{}", self.topic, self.partition, self.offset)
     }
