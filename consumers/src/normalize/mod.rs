@@ -8,6 +8,7 @@
 pub mod generic;
 pub mod github;
 pub mod money;
+pub mod redact;
 pub mod sendgrid;
 pub mod shopify;
 pub mod slack;
