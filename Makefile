@@ -12,7 +12,7 @@ export SLUICE_CACHE CARGO_TARGET_DIR
 
 SLUICE := $(CARGO_TARGET_DIR)/debug/sluice
 
-.PHONY: demo test faults bench setup stack stack-down build lint deploy
+.PHONY: demo test faults fuzz bench setup stack stack-down build lint deploy
 
 demo: stack build deploy
 	set -a && . dev/demo.env && set +a && $(SLUICE) --config dev/demo.yaml run --demo
@@ -31,6 +31,17 @@ test: stack lint
 SLUICE_FAULTS_SCALE ?= 5
 faults: stack
 	SLUICE_FAULTS_SCALE=$(SLUICE_FAULTS_SCALE) cargo test --locked --test e2e -- --ignored --test-threads=1 --nocapture
+
+# Fuzzes every provider mapping with mutated real fixtures for FUZZ_SECONDS, release build,
+# stable Rust; needs no stack. Crashing inputs are saved under $(CARGO_TARGET_DIR)/fuzz-crashes
+# (replay one with FUZZ_REPLAY=<that dir>/crash-<seed>-<n>); FUZZ_SEED repeats a run;
+# docs/faults.md, "Fuzzing". `make test` runs the same strategies briefly as property tests.
+FUZZ_SECONDS ?= 600
+FUZZ_THREADS ?= 1
+fuzz: setup
+	FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_THREADS=$(FUZZ_THREADS) FUZZ_CRASH_DIR=$(CARGO_TARGET_DIR)/fuzz-crashes \
+	  cargo test --release --locked -p sluice-consumers --lib -- --ignored --exact \
+	  normalize::proptests::fuzz_normalizers_for_a_set_time --nocapture
 
 # Benchmarks against the live stack, release build.
 bench: stack

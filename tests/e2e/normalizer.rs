@@ -490,3 +490,109 @@ async fn dlq_tooling(prefix: &str, file: &str) {
     let (_, out, _) = run(&["dlq", "list", &dlq]).await;
     assert!(out.contains("0 dead letters"), "{out}");
 }
+
+/// Slack puts the app's verification `token` in every Events API body. Under
+/// `unmapped: generic`, an envelope the Slack mapping does not cover (`app_rate_limited`)
+/// became an `ExternalEvent` whose payload was the body, token included, on the widely read
+/// events topic. A signed delivery through a real gateway and normalizer: the token stays on
+/// the raw topic (replay needs the exact bytes) and reaches no event.
+#[tokio::test]
+async fn slack_verification_token_does_not_reach_the_external_event() {
+    use crate::gateway::{apply_topology, now_unix, post, register_schemas, GatewayProcess};
+
+    require_stack().await;
+    let prefix = format!("nslk{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let secret = "e2e-normalizer-slack-signing-secret";
+    let token = "Jhj5dZrVaK7ZwHHjRyZWjbDl";
+    let file = apply_topology(&format!(
+        r#"prefix: {prefix}
+topics:
+  - {{name: {prefix}.raw.slack, partitions: 1}}
+  - {{name: {prefix}.events.external, partitions: 1}}
+  - {{name: {prefix}.dlq.normalizer, partitions: 1}}
+  - {{name: {prefix}.state.dedup, partitions: 1, config: {{cleanup.policy: compact}}}}
+sources:
+  - {{name: slack, provider: {{type: slack}}, secrets: [{{env: E2E_NORM_SLACK}}], raw_topic: {prefix}.raw.slack, unmapped: generic}}
+routes:
+  - {{event_type: dev.sluice.events.external.ExternalEvent, topic: {prefix}.events.external}}
+retry_policies:
+  - {{name: normalizer, tiers: [1s], max_attempts: 2, dlq_topic: {prefix}.dlq.normalizer}}
+"#
+    ))
+    .await;
+    register_schemas(&file).await;
+    let env = [("E2E_NORM_SLACK", secret)];
+    let gw = GatewayProcess::start(&file, "", &env).await;
+
+    // An envelope with no Slack mapping (the `unmapped: generic` path) and a mapped
+    // `event_callback`, both carrying the token.
+    let rate_limited = format!(
+        r#"{{"token":"{token}","type":"app_rate_limited","team_id":"T0E2E","minute_rate_limited":1518467820,"api_app_id":"A0E2E"}}"#
+    );
+    let callback = format!(
+        r#"{{"token":"{token}","team_id":"T0E2E","api_app_id":"A0E2E","type":"event_callback","event_id":"Ev0E2ETOKEN","event_time":1700000000,"event":{{"type":"app_mention","channel":"C0E2E","text":"hi"}}}}"#
+    );
+    for body in [&rate_limited, &callback] {
+        let mut headers = sluice_producers::sign::slack(secret, now_unix(), body.as_bytes());
+        headers.push(("content-type", "application/json".into()));
+        let (status, _, json) =
+            post(&gw.url("/webhooks/slack"), &headers, body.clone().into()).await;
+        assert_eq!(status, 202, "{json}");
+    }
+    let raw = reader(&format!("{prefix}.raw.slack"));
+    let raw = read_until(&raw, Duration::from_secs(30), |g| g.len() >= 2).await;
+    assert_eq!(raw.len(), 2);
+    assert!(
+        raw.iter()
+            .all(|r| r.2.windows(token.len()).any(|w| w == token.as_bytes())),
+        "the raw topic keeps the exact bytes, token included"
+    );
+
+    let instance = format!("e2e-{prefix}");
+    let _normalizer = spawn_sluice(
+        &["normalize", "--topology", file.to_str().unwrap()],
+        &[
+            ("SLUICE_INSTANCE_ID", instance.as_str()),
+            ("E2E_NORM_SLACK", secret),
+        ],
+    );
+    let external = reader(&format!("{prefix}.events.external"));
+    let events = read_until(&external, Duration::from_secs(60), |g| g.len() >= 2).await;
+    assert_eq!(events.len(), 2, "both deliveries became ExternalEvents");
+
+    let catalog = Catalog::embedded().unwrap();
+    let schema = &catalog
+        .latest("dev.sluice.events.external.ExternalEvent")
+        .unwrap()
+        .schema;
+    let codec = AvroCodec::new(RegistryClient::new(&registry()).unwrap());
+    let mut event_types = Vec::new();
+    for (_, _, value) in &events {
+        assert!(
+            !value.windows(token.len()).any(|w| w == token.as_bytes()),
+            "the token is in the encoded event"
+        );
+        let decoded = codec
+            .decode_as(
+                value,
+                &ReaderSchema::new(schema.clone()).unwrap(),
+                &RecordLocation::default(),
+            )
+            .await
+            .unwrap();
+        let json = to_json_with_schema(&decoded.value, schema);
+        let payload: serde_json::Value =
+            serde_json::from_str(json["payload"].as_str().unwrap()).unwrap();
+        assert!(payload.get("token").is_none(), "{payload}");
+        assert_eq!(
+            payload["team_id"], "T0E2E",
+            "the rest of the body is carried"
+        );
+        event_types.push(json["event_type"].as_str().unwrap().to_string());
+    }
+    event_types.sort();
+    assert_eq!(
+        event_types,
+        ["app_rate_limited", "event_callback.app_mention"]
+    );
+}

@@ -19,7 +19,7 @@
 use serde_json::{json, Value as Json};
 use sluice_schemas::metadata::parse_rfc3339_ms;
 
-use super::money;
+use super::{money, redact};
 use super::{parse_json, MapError, Mapped, RawDelivery};
 
 /// Full Avro name of the generic event.
@@ -32,7 +32,8 @@ pub fn map(delivery: &RawDelivery<'_>) -> Result<Vec<Mapped>, MapError> {
 
 /// The delivery as an `ExternalEvent`: `provider`, `source_instance`, `event_type` (the
 /// gateway's, else the body's top-level string `type`), `delivery_id`, `received_at`,
-/// `content_type` and the body as UTF-8 JSON text in `payload`.
+/// `content_type` and the body as UTF-8 JSON text in `payload`, without the provider's
+/// documented secret fields (see [`redact`]; Slack's `token` under `unmapped: generic`).
 ///
 /// Fails with [`MapError::InvalidJson`] when the body is not UTF-8 JSON, since the
 /// schema's `payload` is JSON text.
@@ -54,6 +55,7 @@ pub fn external_event(delivery: &RawDelivery<'_>) -> Result<Mapped, MapError> {
             .unwrap_or(delivery.received_at_ms),
         _ => delivery.received_at_ms,
     };
+    let payload = redact::redacted_payload(delivery.provider, body, payload);
     Ok(Mapped {
         event_type: EXTERNAL_EVENT,
         key: delivery.delivery_id.to_string(),
@@ -357,7 +359,7 @@ mod tests {
     #[test]
     fn unmapped_deliveries_of_any_provider_convert() {
         // What the normalizer does for `unmapped: generic`: a Slack url_verification and a
-        // Stripe event, byte for byte.
+        // Stripe event, as sent except for their documented secrets.
         let d = delivery(
             "slack",
             Some("url_verification"),
@@ -366,13 +368,58 @@ mod tests {
         let m = external_event(&d).unwrap();
         assert_valid(std::slice::from_ref(&m));
         assert_eq!(m.fields["event_type"], "url_verification");
-        assert_eq!(m.fields["payload"], SLACK_URL_VERIFICATION);
+        let mut without_token: Json = serde_json::from_str(SLACK_URL_VERIFICATION).unwrap();
+        without_token.as_object_mut().unwrap().shift_remove("token");
+        assert_eq!(m.fields["payload"], without_token.to_string());
 
         let d = delivery("stripe", None, STRIPE_SUCCEEDED.as_bytes());
         let m = external_event(&d).unwrap();
         assert_valid(std::slice::from_ref(&m));
         assert_eq!(m.fields["event_type"], "payment_intent.succeeded");
         assert_eq!(m.fields["provider"], "stripe");
+        // The PaymentIntent's client secret stays out; everything else is carried.
+        let mut expected: Json = serde_json::from_str(STRIPE_SUCCEEDED).unwrap();
+        let object = expected["data"]["object"].as_object_mut().unwrap();
+        assert!(
+            object.shift_remove("client_secret").is_some(),
+            "fixture has one"
+        );
+        assert_eq!(m.fields["payload"], expected.to_string());
+    }
+
+    /// Under `unmapped: generic` a Slack envelope the mapping does not cover (here
+    /// `app_rate_limited`; `url_verification` above) reached the events topic with the
+    /// app's verification token.
+    #[test]
+    fn slack_token_does_not_reach_the_external_event() {
+        let body = br#"{"token":"Jhj5dZrVaK7ZwHHjRyZWjbDl","team_id":"T1","minute_rate_limited":1518467820,"api_app_id":"A1","type":"app_rate_limited"}"#;
+        let m = external_event(&delivery("slack", Some("app_rate_limited"), body)).unwrap();
+        assert_valid(std::slice::from_ref(&m));
+        let payload = m.fields["payload"].as_str().unwrap();
+        assert!(!payload.contains("Jhj5dZrVaK7ZwHHjRyZWjbDl"), "{payload}");
+        assert_eq!(
+            payload,
+            r#"{"team_id":"T1","minute_rate_limited":1518467820,"api_app_id":"A1","type":"app_rate_limited"}"#
+        );
+    }
+
+    #[test]
+    fn stripe_client_secret_does_not_reach_the_external_event() {
+        let body = br#"{"id":"evt_1","type":"payment_intent.created","data":{"object":{"id":"pi_1","client_secret":"pi_1_secret_xyz"}}}"#;
+        let m = external_event(&delivery("stripe", None, body)).unwrap();
+        let payload = m.fields["payload"].as_str().unwrap();
+        assert!(!payload.contains("pi_1_secret_xyz"), "{payload}");
+        assert!(payload.contains(r#""id":"pi_1""#), "{payload}");
+    }
+
+    #[test]
+    fn generic_providers_keep_their_body_as_sent() {
+        // No documented secrets for standard webhooks or generic HMAC: nothing is guessed.
+        let body = br#"{"type":"x","token":"t","secret":"s","password":"p"}"#;
+        for provider in ["standard_webhooks", "generic_hmac"] {
+            let m = external_event(&delivery(provider, None, body)).unwrap();
+            assert_eq!(m.fields["payload"], std::str::from_utf8(body).unwrap());
+        }
     }
 
     #[test]

@@ -9,6 +9,11 @@ pub mod claims;
 pub mod generic;
 pub mod github;
 pub mod money;
+#[cfg(test)]
+mod proptests;
+pub mod redact;
+#[cfg(test)]
+mod regressions;
 pub mod sendgrid;
 pub mod shopify;
 pub mod slack;
@@ -92,15 +97,30 @@ impl MapError {
 }
 
 /// Maps a delivery with the mapping for its provider.
+///
+/// Every event it returns has a non-empty key: an entity id sent as `""` (a hostile or
+/// broken payload) is [`MapError::Invalid`], not an event that would share the empty key
+/// (and so a partition and an ordering) with every other such event.
 pub fn map(delivery: &RawDelivery<'_>) -> Result<Vec<Mapped>, MapError> {
-    match delivery.provider {
+    let mapped = match delivery.provider {
         "stripe" => stripe::map(delivery),
         "github" => github::map(delivery),
         "shopify" => shopify::map(delivery),
         "sendgrid" => sendgrid::map(delivery),
         "slack" => slack::map(delivery),
         _ => generic::map(delivery),
+    }?;
+    if let Some((i, m)) = mapped.iter().enumerate().find(|(_, m)| m.key.is_empty()) {
+        return Err(MapError::Invalid {
+            provider: delivery.provider.to_string(),
+            event_type: delivery.event_type.unwrap_or("unknown").to_string(),
+            reason: format!(
+                "event {i} ({}) has an empty key: its entity id is an empty string",
+                m.event_type
+            ),
+        });
     }
+    Ok(mapped)
 }
 
 /// Parses the body as JSON or says why not.

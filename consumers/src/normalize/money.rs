@@ -123,7 +123,7 @@ pub(crate) mod testing {
     /// `received_at` of every test delivery: 2024-07-26T00:00:00Z.
     pub(crate) const RECEIVED_AT_MS: i64 = 1_721_952_000_000;
 
-    fn catalog() -> &'static Catalog {
+    pub(crate) fn catalog() -> &'static Catalog {
         static CATALOG: OnceLock<Catalog> = OnceLock::new();
         CATALOG.get_or_init(|| Catalog::embedded().expect("embedded catalog"))
     }

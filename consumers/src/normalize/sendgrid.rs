@@ -187,6 +187,29 @@ mod unmapped_tests {
         assert!(listed[1].2.contains("b@x"));
         assert_eq!(map(&d).unwrap().len(), 1);
     }
+
+    /// The normalizer copies each unmapped element into an `ExternalEvent` (under
+    /// `unmapped: generic`) through the shared redaction; SendGrid documents no secret
+    /// fields, so the element is carried as listed, nothing guessed away.
+    #[test]
+    fn unmapped_elements_become_external_events_through_the_shared_redaction() {
+        let body = br#"[{"event":"processed","email":"a@x","token":"t"},{"event":"delivered","email":"a@x"}]"#;
+        let d = delivery("sendgrid", None, body);
+        let (_, kind, element) = unmapped_elements(&d).remove(0);
+        let one = RawDelivery {
+            event_type: Some(&kind),
+            body: element.as_bytes(),
+            ..d
+        };
+        let m = crate::normalize::generic::external_event(&one).unwrap();
+        assert_eq!(m.fields["event_type"], "processed");
+        assert_eq!(
+            m.fields["payload"],
+            r#"{"event":"processed","email":"a@x","token":"t"}"#
+        );
+        let mut element: Json = serde_json::from_str(&element).unwrap();
+        assert!(!crate::normalize::redact::redact("sendgrid", &mut element));
+    }
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@
 use serde_json::{json, Value as Json};
 
 use super::generic::{Fields, EXTERNAL_EVENT};
-use super::{parse_json, MapError, Mapped, RawDelivery};
+use super::{parse_json, redact, MapError, Mapped, RawDelivery};
 
 /// Maps one Events API delivery.
 pub fn map(delivery: &RawDelivery<'_>) -> Result<Vec<Mapped>, MapError> {
@@ -46,24 +46,23 @@ pub fn map(delivery: &RawDelivery<'_>) -> Result<Vec<Mapped>, MapError> {
             break;
         }
     }
-    std::str::from_utf8(delivery.body).map_err(|e| MapError::InvalidJson {
+    let raw = std::str::from_utf8(delivery.body).map_err(|e| MapError::InvalidJson {
         provider: delivery.provider.to_string(),
         reason: format!("body is not UTF-8: {e}"),
     })?;
+    let key = key.to_string();
+    let subject = f.opt_ref("event.channel")?;
+    let occurred_at_ms = f
+        .opt_secs_as_ms("event_time")?
+        .unwrap_or(delivery.received_at_ms);
     // Slack's envelope carries the app's legacy verification `token`: a credential, which
     // stays in the raw topic and is not copied to the widely read events topic.
-    let mut redacted = body.clone();
-    if let Some(obj) = redacted.as_object_mut() {
-        obj.remove("token");
-    }
-    let payload = redacted.to_string();
+    let payload = redact::redacted_payload(delivery.provider, body, raw);
     Ok(vec![Mapped {
         event_type: EXTERNAL_EVENT,
-        key: key.to_string(),
-        subject: f.opt_ref("event.channel")?,
-        occurred_at_ms: f
-            .opt_secs_as_ms("event_time")?
-            .unwrap_or(delivery.received_at_ms),
+        key,
+        subject,
+        occurred_at_ms,
         fields: json!({
             "provider": delivery.provider,
             "source_instance": delivery.source,
@@ -113,7 +112,7 @@ mod tests {
             serde_json::from_str(m.fields["payload"].as_str().unwrap()).unwrap();
         let mut expected: serde_json::Value = serde_json::from_str(MESSAGE).unwrap();
         assert_eq!(expected["token"], "XXYYZZ", "the fixture carries a token");
-        expected.as_object_mut().unwrap().remove("token");
+        expected.as_object_mut().unwrap().shift_remove("token");
         assert_eq!(payload, expected);
         let mut fields = m.fields.clone();
         fields["payload"] = json!("(checked above)");
