@@ -16,6 +16,7 @@ pub mod failure;
 pub mod headers;
 pub mod metrics;
 pub mod ordering;
+pub mod outcome;
 pub mod processing;
 mod rebalance;
 pub mod refusals;

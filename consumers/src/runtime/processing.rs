@@ -18,6 +18,7 @@ use super::failure::{FailureRouter, Routed};
 use super::headers as h;
 use super::metrics::LoopMetrics;
 use super::ordering::{self, Decision, KeyOrdering, OrderingError};
+use super::outcome::{Outcomes, RecordOutcome};
 use super::rebalance::{LoopContext, TopicPartition};
 use super::refusals::{self, Origin, RefusalClass, Refusals};
 use super::{Guarantee, Handler, HandlerError, LoopConfig, Output, Record};
@@ -35,6 +36,10 @@ pub enum LoopError {
     },
     #[error("restoring state for newly assigned partitions failed: {0}")]
     Restore(String),
+    #[error("a partition's handler task failed: {0}")]
+    HandlerTask(String),
+    #[error("the consumer has no group metadata to commit offsets with")]
+    NoGroupMetadata,
     #[error("input topics missing from the cluster: {0} (run `sluice topology apply`)")]
     MissingTopics(String),
     #[error(transparent)]
@@ -120,6 +125,12 @@ pub async fn fence_predecessor(
 
 /// Runs the loop until shutdown. Returns an error only for failures a restart must fix
 /// (a fenced producer, a broken state restore).
+///
+/// Each turn goes through named phases: [`Loop::collect_batch`] polls (outside any
+/// transaction), [`Loop::apply_rebalance`] drops and restores state for partitions that
+/// moved, [`Loop::handle_batch`] runs the handler on each partition's records concurrently,
+/// [`Loop::write_batch`] commits the outputs and offsets (one transaction, or outputs then
+/// offsets), and [`Loop::settle`] counts what was committed or rewinds what was not.
 pub async fn run<H: Handler>(
     clients: &KafkaClients,
     config: LoopConfig,
@@ -128,82 +139,165 @@ pub async fn run<H: Handler>(
     metrics: LoopMetrics,
     shutdown: Shutdown,
 ) -> Result<(), LoopError> {
-    if let Some(per_key) = &config.per_key {
-        per_key.check_guarantee(config.guarantee)?;
-    }
-    // Per-key ordering needs partition i of every topic on one member (see `ordering`):
-    // `range` does that for topics with equal partition counts, checked below.
-    let assignor = match config.per_key {
-        Some(_) => "range",
-        None => "cooperative-sticky",
-    };
-    let consumer: StreamConsumer<LoopContext> = clients
-        .consumer_config("consumer", &config.group)?
-        .set("partition.assignment.strategy", assignor)
-        .create_with_context(LoopContext::default())
-        .map_err(kafka("creating the consumer"))?;
-    let ordering: Option<Arc<KeyOrdering>> = match &config.per_key {
-        Some(per_key) => {
-            let mut all = config.topics.clone();
-            all.push(per_key.held_topic.clone());
-            blocking(|| ordering::check_partitions(&consumer, &per_key.policy, &all))?;
-            Some(Arc::new(KeyOrdering::new(per_key.clone(), router.clone())))
-        }
-        None => None,
-    };
-    let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
-    blocking(|| wait_for_topics(&consumer, &topics, TOPICS_TIMEOUT))?;
-    consumer.subscribe(&topics).map_err(kafka("subscribing"))?;
-
-    let producer: FutureProducer = match config.guarantee {
-        Guarantee::ExactlyOnce => transactional_producer(clients, &config).await?,
-        Guarantee::AtLeastOnce => clients
-            .producer_config("consumer")?
-            .create()
-            .map_err(kafka("creating the producer"))?,
-    };
-
-    let group = config.group.clone();
-    let refusals = Arc::new(Refusals::default());
-    let max_record = clients.producer_max_message_bytes();
-    // Start every known series at zero, so dashboards and alerts see them before the first
-    // failure rather than an absent metric.
-    for topic in config.topics.iter().filter(|t| router.tier_of(t).is_none()) {
-        for outcome in ["ok", "retried", "dead_lettered"] {
-            metrics.records.with_label_values(&[&group, topic, outcome]);
-        }
-        for tier in 0..router.tiers.len() {
-            metrics
-                .retries
-                .with_label_values(&[&group, topic, &tier.to_string()]);
-        }
-    }
-    for outcome in ["committed", "aborted"] {
-        metrics.transactions.with_label_values(&[&group, outcome]);
-    }
-    metrics
-        .paused_partitions
-        .with_label_values(&[&group])
-        .set(0);
-    metrics.in_flight.with_label_values(&[&group]).set(0);
-    metrics.held_keys.with_label_values(&[&group]).set(0);
-    let mut assigned: HashSet<TopicPartition> = HashSet::new();
-    // Retry-tier partitions waiting for their next record to be due.
-    let mut paused: BTreeMap<TopicPartition, i64> = BTreeMap::new();
-    tracing::info!(group, topics = ?config.topics, guarantee = ?config.guarantee, "consumer loop started");
-
+    let mut lp = Loop::start(clients, config, router, handler, metrics).await?;
     while !shutdown.is_triggered() {
-        resume_due(&consumer, &mut paused, &metrics, &group)?;
-        let next_resume = paused
+        lp.resume_due()?;
+        let Some(mut batch) = lp.collect_batch(&shutdown).await? else {
+            break;
+        };
+        lp.apply_rebalance(&mut batch).await?;
+        if batch.is_empty() {
+            continue;
+        }
+        let mut handled = lp.handle_batch(batch).await?;
+        let written = lp.write_batch(&mut handled).await;
+        lp.settle(handled, written).await?;
+    }
+    lp.stop();
+    Ok(())
+}
+
+/// A running loop: its clients, its handler and what it tracks between batches.
+struct Loop<'c, H> {
+    clients: &'c KafkaClients,
+    config: LoopConfig,
+    group: String,
+    router: FailureRouter,
+    handler: Arc<H>,
+    metrics: LoopMetrics,
+    consumer: StreamConsumer<LoopContext>,
+    producer: FutureProducer,
+    ordering: Option<Arc<KeyOrdering>>,
+    refusals: Arc<Refusals>,
+    /// The producer's `message.max.bytes`.
+    max_record: u64,
+    assigned: HashSet<TopicPartition>,
+    /// Retry-tier partitions waiting for their next record to be due.
+    paused: BTreeMap<TopicPartition, i64>,
+}
+
+/// A batch after its handling: what to write, what to commit, what to count.
+struct Handled {
+    /// Where each partition started, to rewind to when the batch is not committed.
+    firsts: Vec<(TopicPartition, i64)>,
+    /// Whether the batch's transaction is open (exactly-once), or why it is not.
+    begun: Result<(), LoopError>,
+    outputs: Vec<(Option<Origin>, Output)>,
+    /// Outputs already handed to the producer while handling.
+    stream: Option<Arc<OutputStream>>,
+    offsets: TopicPartitionList,
+    to_pause: Vec<(TopicPartition, i64, i64)>,
+    outcomes: Outcomes,
+}
+
+impl<'c, H: Handler> Loop<'c, H> {
+    /// Creates the consumer and producer, checks the inputs, subscribes.
+    async fn start(
+        clients: &'c KafkaClients,
+        config: LoopConfig,
+        router: FailureRouter,
+        handler: Arc<H>,
+        metrics: LoopMetrics,
+    ) -> Result<Self, LoopError> {
+        if let Some(per_key) = &config.per_key {
+            per_key.check_guarantee(config.guarantee)?;
+        }
+        // Per-key ordering needs partition i of every topic on one member (see `ordering`):
+        // `range` does that for topics with equal partition counts, checked below.
+        let assignor = match config.per_key {
+            Some(_) => "range",
+            None => "cooperative-sticky",
+        };
+        let consumer: StreamConsumer<LoopContext> = clients
+            .consumer_config("consumer", &config.group)?
+            .set("partition.assignment.strategy", assignor)
+            .create_with_context(LoopContext::default())
+            .map_err(kafka("creating the consumer"))?;
+        let ordering: Option<Arc<KeyOrdering>> = match &config.per_key {
+            Some(per_key) => {
+                let mut all = config.topics.clone();
+                all.push(per_key.held_topic.clone());
+                blocking(|| ordering::check_partitions(&consumer, &per_key.policy, &all))?;
+                Some(Arc::new(KeyOrdering::new(per_key.clone(), router.clone())))
+            }
+            None => None,
+        };
+        let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
+        blocking(|| wait_for_topics(&consumer, &topics, TOPICS_TIMEOUT))?;
+        consumer.subscribe(&topics).map_err(kafka("subscribing"))?;
+
+        let producer: FutureProducer = match config.guarantee {
+            Guarantee::ExactlyOnce => transactional_producer(clients, &config).await?,
+            Guarantee::AtLeastOnce => clients
+                .producer_config("consumer")?
+                .create()
+                .map_err(kafka("creating the producer"))?,
+        };
+        let lp = Self {
+            clients,
+            group: config.group.clone(),
+            config,
+            router,
+            handler,
+            metrics,
+            consumer,
+            producer,
+            ordering,
+            refusals: Arc::new(Refusals::default()),
+            max_record: clients.producer_max_message_bytes(),
+            assigned: HashSet::new(),
+            paused: BTreeMap::new(),
+        };
+        lp.zero_series();
+        tracing::info!(group = lp.group, topics = ?lp.config.topics, guarantee = ?lp.config.guarantee, "consumer loop started");
+        Ok(lp)
+    }
+
+    /// Starts every known series at zero, so dashboards and alerts see them before the
+    /// first failure rather than an absent metric.
+    fn zero_series(&self) {
+        let (metrics, group) = (&self.metrics, self.group.as_str());
+        for topic in self
+            .config
+            .topics
+            .iter()
+            .filter(|t| self.router.tier_of(t).is_none())
+        {
+            for outcome in RecordOutcome::LABELS {
+                metrics.records.with_label_values(&[group, topic, outcome]);
+            }
+            for tier in 0..self.router.tiers.len() {
+                metrics
+                    .retries
+                    .with_label_values(&[group, topic, &tier.to_string()]);
+            }
+        }
+        for outcome in ["committed", "aborted"] {
+            metrics.transactions.with_label_values(&[group, outcome]);
+        }
+        metrics.paused_partitions.with_label_values(&[group]).set(0);
+        metrics.in_flight.with_label_values(&[group]).set(0);
+        metrics.held_keys.with_label_values(&[group]).set(0);
+    }
+
+    /// Resumes the retry-tier partitions whose next record is due.
+    fn resume_due(&mut self) -> Result<(), LoopError> {
+        resume_due(&self.consumer, &mut self.paused, &self.metrics, &self.group)
+    }
+
+    /// Up to `max_batch` records, waiting at most `linger` once the first arrived; `None`
+    /// on shutdown. Polling happens only here, outside any transaction.
+    async fn collect_batch(&self, shutdown: &Shutdown) -> Result<Option<Vec<Record>>, LoopError> {
+        let next_resume = self
+            .paused
             .values()
             .min()
             .map(|due| Duration::from_millis((due - now_ms()).max(0) as u64));
-
-        // Collect a batch. Polling happens only here, outside any transaction.
         let mut batch: Vec<Record> = Vec::new();
         let wait = next_resume.unwrap_or(Duration::from_secs(1));
+        let consumer = &self.consumer;
         tokio::select! {
-            _ = shutdown.wait() => break,
+            _ = shutdown.wait() => return Ok(None),
             _ = tokio::time::sleep(wait) => {}
             first = consumer.recv() => {
                 match first {
@@ -213,12 +307,12 @@ pub async fn run<H: Handler>(
                         batch.push(Record::from_message(&m));
                     }
                     Err(e) => {
-                        consume_error(e, &group)?;
-                        continue;
+                        consume_error(e, &self.group)?;
+                        return Ok(Some(batch));
                     }
                 }
-                let deadline = Instant::now() + config.linger;
-                while batch.len() < config.max_batch {
+                let deadline = Instant::now() + self.config.linger;
+                while batch.len() < self.config.max_batch {
                     let left = deadline.saturating_duration_since(Instant::now());
                     match tokio::time::timeout(left, consumer.recv()).await {
                         Ok(Ok(m)) => {
@@ -226,7 +320,7 @@ pub async fn run<H: Handler>(
                             batch.push(Record::from_message(&m));
                         }
                         Ok(Err(e)) => {
-                            consume_error(e, &group)?;
+                            consume_error(e, &self.group)?;
                             break;
                         }
                         Err(_) => break,
@@ -234,67 +328,82 @@ pub async fn run<H: Handler>(
                 }
             }
         }
-
         consumer.context().drop_revoked(&mut batch);
-        if consumer.context().changed.swap(false, Ordering::SeqCst) {
-            let now: HashSet<TopicPartition> = consumer
-                .assignment()
-                .map_err(kafka("reading the assignment"))?
-                .elements()
-                .iter()
-                .map(|e| (e.topic().to_string(), e.partition()))
-                .collect();
-            let (revoked, added) = consumer.context().changes(&assigned, &now);
-            if !revoked.is_empty() {
-                tracing::info!(group, ?revoked, "partitions revoked");
-                for tp in &revoked {
-                    paused.remove(tp);
-                }
-                handler.on_revoked(&revoked);
-                if let Some(o) = &ordering {
-                    o.forget(&revoked.iter().map(|(_, p)| *p).collect());
-                }
-            }
-            if !added.is_empty() {
-                tracing::info!(group, ?added, "partitions assigned");
-                // A partition paused before a revocation starts afresh.
-                let mut tpl = TopicPartitionList::new();
-                for (t, p) in &added {
-                    tpl.add_partition(t, *p);
-                }
-                let _ = consumer.resume(&tpl);
-                handler
-                    .on_assigned(&added)
-                    .await
-                    .map_err(|e| LoopError::Restore(e.to_string()))?;
-                if let Some(o) = &ordering {
-                    let indices: HashSet<i32> = added.iter().map(|(_, p)| *p).collect();
-                    let n = blocking(|| o.restore(clients, &indices))?;
-                    tracing::info!(group, partitions = ?indices, keys = n, "held keys restored");
-                }
-            }
-            metrics
-                .paused_partitions
-                .with_label_values(&[&group])
-                .set(paused.len() as i64);
-            if let Some(o) = &ordering {
-                metrics
-                    .held_keys
-                    .with_label_values(&[&group])
-                    .set(o.held() as i64);
-            }
-            assigned = now;
-            batch.retain(|r| assigned.contains(&(r.topic.clone(), r.partition)));
-        }
-        if batch.is_empty() {
-            continue;
-        }
-        metrics
-            .in_flight
-            .with_label_values(&[&group])
-            .set(batch.len() as i64);
+        Ok(Some(batch))
+    }
 
-        // Partition by partition, in offset order; partitions run concurrently.
+    /// Applies an assignment change: drops the state of revoked partitions, restores the
+    /// state of added ones, and keeps only `batch`'s records of partitions still owned.
+    async fn apply_rebalance(&mut self, batch: &mut Vec<Record>) -> Result<(), LoopError> {
+        if !self
+            .consumer
+            .context()
+            .changed
+            .swap(false, Ordering::SeqCst)
+        {
+            return Ok(());
+        }
+        let group = self.group.clone();
+        let now: HashSet<TopicPartition> = self
+            .consumer
+            .assignment()
+            .map_err(kafka("reading the assignment"))?
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
+        let (revoked, added) = self.consumer.context().changes(&self.assigned, &now);
+        if !revoked.is_empty() {
+            tracing::info!(group, ?revoked, "partitions revoked");
+            for tp in &revoked {
+                self.paused.remove(tp);
+            }
+            self.handler.on_revoked(&revoked);
+            if let Some(o) = &self.ordering {
+                o.forget(&revoked.iter().map(|(_, p)| *p).collect());
+            }
+        }
+        if !added.is_empty() {
+            tracing::info!(group, ?added, "partitions assigned");
+            // A partition paused before a revocation starts afresh.
+            let mut tpl = TopicPartitionList::new();
+            for (t, p) in &added {
+                tpl.add_partition(t, *p);
+            }
+            let _ = self.consumer.resume(&tpl);
+            self.handler
+                .on_assigned(&added)
+                .await
+                .map_err(|e| LoopError::Restore(e.to_string()))?;
+            if let Some(o) = &self.ordering {
+                let indices: HashSet<i32> = added.iter().map(|(_, p)| *p).collect();
+                let clients = self.clients;
+                let n = blocking(|| o.restore(clients, &indices))?;
+                tracing::info!(group, partitions = ?indices, keys = n, "held keys restored");
+            }
+        }
+        self.metrics
+            .paused_partitions
+            .with_label_values(&[&group])
+            .set(self.paused.len() as i64);
+        if let Some(o) = &self.ordering {
+            self.metrics
+                .held_keys
+                .with_label_values(&[&group])
+                .set(o.held() as i64);
+        }
+        self.assigned = now;
+        batch.retain(|r| self.assigned.contains(&(r.topic.clone(), r.partition)));
+        Ok(())
+    }
+
+    /// Opens the batch's transaction and runs the handler on each partition's records, in
+    /// offset order, the partitions concurrently.
+    async fn handle_batch(&self, batch: Vec<Record>) -> Result<Handled, LoopError> {
+        self.metrics
+            .in_flight
+            .with_label_values(&[&self.group])
+            .set(batch.len() as i64);
         let mut by_partition: BTreeMap<TopicPartition, Vec<Record>> = BTreeMap::new();
         for r in batch {
             by_partition
@@ -307,183 +416,239 @@ pub async fn run<H: Handler>(
             .map(|(tp, rs)| (tp.clone(), rs[0].offset))
             .collect();
         // The transaction opens before handling, so outputs can be produced as they are made.
-        let begun = match config.guarantee {
-            Guarantee::ExactlyOnce => producer
+        let begun = match self.config.guarantee {
+            Guarantee::ExactlyOnce => self
+                .producer
                 .begin_transaction()
                 .map_err(kafka("beginning a transaction")),
             Guarantee::AtLeastOnce => Ok(()),
         };
         // Without per-key ordering nothing needs the batch's outputs in a batch-wide order,
         // so each is handed to the producer as soon as it is made: producing overlaps handling.
-        let stream = (begun.is_ok() && ordering.is_none())
-            .then(|| Arc::new(OutputStream::new(producer.clone(), refusals.clone())));
-        // Each partition's records on their own task, so handlers use every core.
-        let tasks = by_partition
-            .into_iter()
-            .filter(|_| begun.is_ok())
-            .map(|(tp, records)| {
-                let (handler, router, metrics, group, ordering, stream, refusals) = (
-                    handler.clone(),
-                    router.clone(),
-                    metrics.clone(),
-                    group.clone(),
-                    ordering.clone(),
-                    stream.clone(),
-                    refusals.clone(),
-                );
-                tokio::spawn(async move {
-                    let ctx = PartitionContext {
-                        router: &router,
-                        ordering: ordering.as_deref(),
-                        stream: stream.as_deref(),
-                        refusals: &refusals,
-                        max_record,
-                        metrics: &metrics,
-                        group: &group,
-                    };
-                    handle_partition(tp, records, &*handler, &ctx).await
-                })
-            });
-        let mut results = Vec::new();
-        for joined in join_all(tasks).await {
-            results.push(
-                joined.map_err(|e| LoopError::Restore(format!("a handler task failed: {e}")))?,
-            );
-        }
-
+        let stream = (begun.is_ok() && self.ordering.is_none()).then(|| {
+            Arc::new(OutputStream::new(
+                self.producer.clone(),
+                self.refusals.clone(),
+            ))
+        });
+        let results = if begun.is_ok() {
+            self.handle_partitions(by_partition, stream.clone()).await?
+        } else {
+            Vec::new()
+        };
+        let mut handled = Handled {
+            firsts,
+            begun,
+            outputs: Vec::new(),
+            stream,
+            offsets: TopicPartitionList::new(),
+            to_pause: Vec::new(),
+            outcomes: Outcomes::default(),
+        };
         let mut stamped: Vec<(u64, Option<Origin>, Output)> = Vec::new();
-        let mut offsets = TopicPartitionList::new();
-        let mut to_pause: Vec<(TopicPartition, i64, i64)> = Vec::new();
         let mut refused: Option<LoopError> = None;
         for result in results {
             stamped.extend(result.outputs);
+            handled.outcomes.extend(result.outcomes);
             if result.refused.is_some() {
                 refused = refused.or(result.refused);
             }
             if let Some(next) = result.next_offset {
-                offsets
+                handled
+                    .offsets
                     .add_partition_offset(&result.tp.0, result.tp.1, Offset::Offset(next))
                     .map_err(kafka("building offsets"))?;
             }
             if let Some((offset, due)) = result.wait_until {
-                to_pause.push((result.tp.clone(), offset, due));
+                handled.to_pause.push((result.tp.clone(), offset, due));
             }
         }
-
         // Under per-key ordering a key's records may be handled by different partition tasks
         // (main topic, tiers) in one batch: write outputs in the order their records were let
         // through, so a released key's outputs cannot come out ahead of its head's.
         stamped.sort_by_key(|(stamp, _, _)| *stamp);
-        let mut outputs: Vec<(Option<Origin>, Output)> =
-            stamped.into_iter().map(|(_, at, o)| (at, o)).collect();
-        if let Some(o) = &ordering {
+        handled.outputs = stamped.into_iter().map(|(_, at, o)| (at, o)).collect();
+        if let Some(o) = &self.ordering {
             // Each changed key's final state, after every partition task is done.
-            outputs.extend(o.batch_writes().into_iter().map(|o| (None, o)));
+            handled
+                .outputs
+                .extend(o.batch_writes().into_iter().map(|o| (None, o)));
         }
-        outputs.extend(handler.batch_outputs().into_iter().map(|o| (None, o)));
-        let begun = match refused {
+        handled
+            .outputs
+            .extend(self.handler.batch_outputs().into_iter().map(|o| (None, o)));
+        if let Some(e) = refused {
             // A record's output cannot be taken: this batch is abandoned and comes round
             // again with that record dead-lettered.
-            Some(e) => begun.and(Err(e)),
-            None => begun,
-        };
-        let committed = match (begun, config.guarantee) {
+            handled.begun = handled.begun.and(Err(e));
+        }
+        Ok(handled)
+    }
+
+    /// Each partition's records on their own task, so handlers use every core.
+    async fn handle_partitions(
+        &self,
+        by_partition: BTreeMap<TopicPartition, Vec<Record>>,
+        stream: Option<Arc<OutputStream>>,
+    ) -> Result<Vec<PartitionResult>, LoopError> {
+        let max_record = self.max_record;
+        let tasks = by_partition.into_iter().map(|(tp, records)| {
+            let (handler, router, metrics, group, ordering, stream, refusals) = (
+                self.handler.clone(),
+                self.router.clone(),
+                self.metrics.clone(),
+                self.group.clone(),
+                self.ordering.clone(),
+                stream.clone(),
+                self.refusals.clone(),
+            );
+            tokio::spawn(async move {
+                let ctx = PartitionContext {
+                    router: &router,
+                    ordering: ordering.as_deref(),
+                    stream: stream.as_deref(),
+                    refusals: &refusals,
+                    max_record,
+                    metrics: &metrics,
+                    group: &group,
+                };
+                handle_partition(tp, records, &*handler, &ctx).await
+            })
+        });
+        join_all(tasks)
+            .await
+            .into_iter()
+            .map(|joined| joined.map_err(|e| LoopError::HandlerTask(e.to_string())))
+            .collect()
+    }
+
+    /// Writes the batch: its outputs and offsets in one transaction (exactly-once), or its
+    /// outputs and then, once every one is acknowledged, its offsets (at-least-once).
+    async fn write_batch(&self, handled: &mut Handled) -> Result<(), LoopError> {
+        let (producer, refusals) = (&self.producer, self.refusals.as_ref());
+        let begun = std::mem::replace(&mut handled.begun, Ok(()));
+        let stream = handled.stream.as_deref();
+        match (begun, self.config.guarantee) {
             (Err(e), Guarantee::ExactlyOnce) => {
-                abort_transaction(&producer);
+                abort_transaction(producer);
                 Err(e)
             }
             (Err(e), Guarantee::AtLeastOnce) => Err(e),
             (Ok(()), Guarantee::ExactlyOnce) => {
                 commit_transaction(
-                    &consumer,
-                    &producer,
-                    &outputs,
-                    &offsets,
-                    stream.as_deref(),
-                    &refusals,
+                    &self.consumer,
+                    producer,
+                    &handled.outputs,
+                    &handled.offsets,
+                    stream,
+                    refusals,
                 )
                 .await
             }
-            // Offsets committed once every output is acknowledged.
             (Ok(()), Guarantee::AtLeastOnce) => {
-                match produce_all(&producer, &outputs, stream.as_deref(), &refusals).await {
-                    Ok(()) if offsets.count() > 0 => consumer
-                        .commit(&offsets, CommitMode::Sync)
+                match produce_all(producer, &handled.outputs, stream, refusals).await {
+                    Ok(()) if handled.offsets.count() > 0 => self
+                        .consumer
+                        .commit(&handled.offsets, CommitMode::Sync)
                         .map_err(kafka("committing offsets")),
                     other => other,
-                }
-            }
-        };
-        metrics.in_flight.with_label_values(&[&group]).set(0);
-        handler.on_batch_end(committed.is_ok());
-        if let Some(o) = &ordering {
-            let held = o.finish_batch(committed.is_ok());
-            metrics
-                .held_keys
-                .with_label_values(&[&group])
-                .set(held as i64);
-        }
-        match committed {
-            Ok(()) => {
-                metrics
-                    .transactions
-                    .with_label_values(&[&group, "committed"])
-                    .inc();
-                if !refusals.is_empty() {
-                    for e in offsets.elements() {
-                        if let Offset::Offset(next) = e.offset() {
-                            refusals.committed(e.topic(), e.partition(), next);
-                        }
-                    }
-                }
-                for ((topic, partition), offset, due) in to_pause {
-                    pause_at(&consumer, &topic, partition, offset)?;
-                    paused.insert((topic, partition), due);
-                }
-                metrics
-                    .paused_partitions
-                    .with_label_values(&[&group])
-                    .set(paused.len() as i64);
-            }
-            Err(e) => {
-                metrics
-                    .transactions
-                    .with_label_values(&[&group, "aborted"])
-                    .inc();
-                tracing::warn!(group, error = %e, "batch not committed; rewinding to its start");
-                if let LoopError::Kafka {
-                    source: KafkaError::Transaction(t),
-                    ..
-                } = &e
-                {
-                    if t.is_fatal() {
-                        return Err(e);
-                    }
-                }
-                for ((topic, partition), first) in firsts {
-                    // A partition revoked meanwhile cannot be sought; its new owner resumes
-                    // from the committed offset.
-                    let _ = consumer.seek(
-                        &topic,
-                        partition,
-                        Offset::Offset(first),
-                        Duration::from_secs(5),
-                    );
-                }
-                // A refused record is dead-lettered on the next pass; anything else is
-                // given a moment to clear.
-                if !matches!(e, LoopError::Refused { .. }) {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }
         }
     }
 
-    tracing::info!(group, "consumer loop stopping; flushing");
-    let p = producer.clone();
-    let _ = blocking(move || p.flush(Duration::from_secs(10)));
-    consumer.unsubscribe();
-    Ok(())
+    /// After the write: counts a committed batch and pauses its retry partitions that are
+    /// not due yet; rewinds a batch that was not committed to its start (a fatal producer
+    /// error ends the loop instead).
+    async fn settle(
+        &mut self,
+        handled: Handled,
+        written: Result<(), LoopError>,
+    ) -> Result<(), LoopError> {
+        let group = self.group.clone();
+        self.metrics.in_flight.with_label_values(&[&group]).set(0);
+        self.handler.on_batch_end(written.is_ok());
+        if let Some(o) = &self.ordering {
+            let held = o.finish_batch(written.is_ok());
+            self.metrics
+                .held_keys
+                .with_label_values(&[&group])
+                .set(held as i64);
+        }
+        let outcome = if written.is_ok() {
+            "committed"
+        } else {
+            "aborted"
+        };
+        self.metrics
+            .transactions
+            .with_label_values(&[&group, outcome])
+            .inc();
+        match written {
+            Ok(()) => {
+                handled.outcomes.committed(&self.metrics, &group);
+                if !self.refusals.is_empty() {
+                    for e in handled.offsets.elements() {
+                        if let Offset::Offset(next) = e.offset() {
+                            self.refusals.committed(e.topic(), e.partition(), next);
+                        }
+                    }
+                }
+                for ((topic, partition), offset, due) in handled.to_pause {
+                    pause_at(&self.consumer, &topic, partition, offset)?;
+                    self.paused.insert((topic, partition), due);
+                }
+                self.metrics
+                    .paused_partitions
+                    .with_label_values(&[&group])
+                    .set(self.paused.len() as i64);
+                Ok(())
+            }
+            Err(e) => self.rewind(handled.firsts, e).await,
+        }
+    }
+
+    /// Seeks every partition of an uncommitted batch back to where the batch started.
+    async fn rewind(
+        &self,
+        firsts: Vec<(TopicPartition, i64)>,
+        e: LoopError,
+    ) -> Result<(), LoopError> {
+        tracing::warn!(group = self.group, error = %e, "batch not committed; rewinding to its start");
+        if let LoopError::Kafka {
+            source: KafkaError::Transaction(t),
+            ..
+        } = &e
+        {
+            if t.is_fatal() {
+                return Err(e);
+            }
+        }
+        for ((topic, partition), first) in firsts {
+            // A partition revoked meanwhile cannot be sought; its new owner resumes from the
+            // committed offset.
+            let _ = self.consumer.seek(
+                &topic,
+                partition,
+                Offset::Offset(first),
+                Duration::from_secs(5),
+            );
+        }
+        // A refused record is dead-lettered on the next pass; anything else is given a
+        // moment to clear.
+        if !matches!(e, LoopError::Refused { .. }) {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Ok(())
+    }
+
+    /// Flushes what is still queued and leaves the group.
+    fn stop(self) {
+        tracing::info!(group = self.group, "consumer loop stopping; flushing");
+        let p = self.producer.clone();
+        let _ = blocking(move || p.flush(Duration::from_secs(10)));
+        self.consumer.unsubscribe();
+    }
 }
 
 struct PartitionResult {
@@ -497,6 +662,8 @@ struct PartitionResult {
     wait_until: Option<(i64, i64)>,
     /// A record made an output Kafka cannot take: the batch must not commit.
     refused: Option<LoopError>,
+    /// What became of each record, counted once the batch is committed.
+    outcomes: Outcomes,
 }
 
 /// Outputs handed to the producer as the partition tasks make them.
@@ -594,6 +761,7 @@ async fn handle_partition<H: Handler>(
         next_offset: None,
         wait_until: None,
         refused: None,
+        outcomes: Outcomes::default(),
     };
     for record in records {
         if let Some(due) = record.header(h::DUE_AT).and_then(|d| d.parse::<i64>().ok()) {
@@ -608,7 +776,10 @@ async fn handle_partition<H: Handler>(
             let error = refusal.error;
             let (_, mut copy) = router.route(&record, &error, now_ms());
             refusals::fit_failure_copy(&mut copy, &record, ctx.max_record, refusal.copies_refused);
-            count_failure(ctx, &record, &error, &Routed::DeadLetter);
+            result.outcomes.note(
+                original_topic(&record),
+                failure_outcome(&error, &Routed::DeadLetter),
+            );
             emit(
                 ctx,
                 &mut result,
@@ -650,10 +821,9 @@ async fn handle_partition<H: Handler>(
                     result.refused = Some(e);
                     break;
                 }
-                metrics
-                    .records
-                    .with_label_values(&[group, &original_topic(&record), "ok"])
-                    .inc();
+                result
+                    .outcomes
+                    .note(original_topic(&record), RecordOutcome::Ok);
                 for o in outputs {
                     emit(ctx, &mut result, stamp, Origin::output(&record), o);
                 }
@@ -670,7 +840,9 @@ async fn handle_partition<H: Handler>(
                         Routed::DeadLetter => o.resolved(slot),
                     }
                 }
-                count_failure(ctx, &record, &error, &routed);
+                result
+                    .outcomes
+                    .note(original_topic(&record), failure_outcome(&error, &routed));
                 tracing::debug!(group, topic = record.topic, offset = record.offset, %error, ?routed, "record failed");
                 emit(
                     ctx,
@@ -718,35 +890,12 @@ fn oversized(ctx: &PartitionContext<'_>, record: &Record, outputs: &[Output]) ->
     ))
 }
 
-fn count_failure(
-    ctx: &PartitionContext<'_>,
-    record: &Record,
-    error: &HandlerError,
-    routed: &Routed,
-) {
-    let (metrics, group) = (ctx.metrics, ctx.group);
-    let topic = original_topic(record);
+fn failure_outcome(error: &HandlerError, routed: &Routed) -> RecordOutcome {
     match routed {
-        Routed::Retry { tier, .. } => {
-            metrics
-                .records
-                .with_label_values(&[group, &topic, "retried"])
-                .inc();
-            metrics
-                .retries
-                .with_label_values(&[group, &topic, &tier.to_string()])
-                .inc();
-        }
-        Routed::DeadLetter => {
-            metrics
-                .records
-                .with_label_values(&[group, &topic, "dead_lettered"])
-                .inc();
-            metrics
-                .dead_letters
-                .with_label_values(&[group, &topic, error.class()])
-                .inc();
-        }
+        Routed::Retry { tier, .. } => RecordOutcome::Retried { tier: *tier },
+        Routed::DeadLetter => RecordOutcome::DeadLettered {
+            class: error.class().to_string(),
+        },
     }
 }
 
@@ -773,7 +922,7 @@ async fn commit_transaction(
         produce_all(producer, outputs, stream, refusals).await?;
         let metadata = consumer
             .group_metadata()
-            .ok_or_else(|| LoopError::Restore("the consumer has no group metadata".into()))?;
+            .ok_or(LoopError::NoGroupMetadata)?;
         let (p, offsets) = (producer.clone(), offsets.clone());
         blocking(move || {
             p.send_offsets_to_transaction(&offsets, &metadata, Duration::from_secs(30))
