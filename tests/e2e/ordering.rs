@@ -11,8 +11,8 @@ use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sluice_consumers::runtime::metrics::LoopMetrics;
 use sluice_consumers::runtime::{
-    self, FailureRouter, Guarantee, Handler, HandlerError, LoopConfig, Output, PerKey, Record,
-    RetryTier,
+    self, ErrorClass, FailureRouter, Guarantee, Handler, HandlerError, LoopConfig, Output, PerKey,
+    Record, RetryTier,
 };
 use sluice_runtime::Shutdown;
 
@@ -42,13 +42,16 @@ impl Handler for Scripted {
             "D1" | "D2" => attempts < 1,
             "R1" | "S1" => !self.release.load(Ordering::SeqCst),
             "E1" => {
-                return Err(HandlerError::permanent("ValidationFailed", "E1 is invalid"));
+                return Err(HandlerError::permanent(
+                    ErrorClass::custom("ValidationFailed"),
+                    "E1 is invalid",
+                ));
             }
             _ => false,
         };
         if fails {
             return Err(HandlerError::transient(
-                "DownstreamTimeout",
+                ErrorClass::custom("DownstreamTimeout"),
                 format!("{value} attempt {}", attempts + 1),
             ));
         }

@@ -7,7 +7,8 @@ use std::time::Duration;
 use rdkafka::producer::FutureRecord;
 use sluice_consumers::runtime::metrics::LoopMetrics;
 use sluice_consumers::runtime::{
-    self, FailureRouter, Guarantee, Handler, HandlerError, LoopConfig, Output, Record, RetryTier,
+    self, ErrorClass, FailureRouter, Guarantee, Handler, HandlerError, LoopConfig, Output, Record,
+    RetryTier,
 };
 use sluice_runtime::kafka::create_topic_if_missing;
 use sluice_runtime::Shutdown;
@@ -30,13 +31,13 @@ impl Handler for Scripted {
             .unwrap_or(0);
         if key == "poison" || (key.starts_with("flaky") && attempts < 2) {
             return Err(HandlerError::transient(
-                "DownstreamTimeout",
+                ErrorClass::custom("DownstreamTimeout"),
                 format!("{key} attempt {}", attempts + 1),
             ));
         }
         if key == "bad" {
             return Err(HandlerError::permanent(
-                "ValidationFailed",
+                ErrorClass::custom("ValidationFailed"),
                 "field `x` is required",
             ));
         }

@@ -77,7 +77,7 @@ mod tests {
     fn an_order_body_claimed_as_paid_must_be_paid() {
         let created = json!({"id": 1, "financial_status": "authorized", "cancelled_at": null});
         let err = shopify("orders/paid", &created).unwrap_err();
-        assert_eq!(err.reason(), "event_type_mismatch");
+        assert_eq!(err.class(), crate::runtime::ErrorClass::EventTypeMismatch);
         assert!(err.to_string().contains("`authorized`, not paid"), "{err}");
         assert!(shopify("orders/create", &created).is_ok());
         assert!(shopify("orders/paid", &json!({"financial_status": "paid"})).is_ok());

@@ -21,6 +21,8 @@ pub mod stripe;
 
 use serde_json::Value as Json;
 
+use crate::runtime::ErrorClass;
+
 /// A raw delivery as the gateway wrote it (see the raw record headers).
 #[derive(Debug, Clone, Copy)]
 pub struct RawDelivery<'a> {
@@ -85,13 +87,13 @@ pub enum MapError {
 }
 
 impl MapError {
-    /// Stable reason code for DLQ headers and metrics.
-    pub fn reason(&self) -> &'static str {
+    /// The class a delivery that fails this way is dead-lettered with.
+    pub fn class(&self) -> ErrorClass {
         match self {
-            MapError::InvalidJson { .. } => "invalid_json",
-            MapError::Unmapped { .. } => "unmapped_event_type",
-            MapError::Invalid { .. } => "invalid_payload",
-            MapError::EventTypeMismatch { .. } => "event_type_mismatch",
+            MapError::InvalidJson { .. } => ErrorClass::InvalidJson,
+            MapError::Unmapped { .. } => ErrorClass::UnmappedEventType,
+            MapError::Invalid { .. } => ErrorClass::InvalidPayload,
+            MapError::EventTypeMismatch { .. } => ErrorClass::EventTypeMismatch,
         }
     }
 }

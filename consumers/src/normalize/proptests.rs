@@ -680,7 +680,7 @@ fn exercise(input: &Input) -> Result<(), String> {
         }
         Err(e) => {
             // The error's texts are built too: they go to DLQ headers and logs.
-            let _ = (e.reason(), e.to_string());
+            let _ = (e.class(), e.to_string());
         }
     }
     // `unmapped: generic`.

@@ -505,7 +505,7 @@ mod tests {
     fn non_json_is_invalid_json() {
         let err = map(&delivery("stripe", None, b"<html>")).unwrap_err();
         assert!(matches!(err, MapError::InvalidJson { .. }), "{err:?}");
-        assert_eq!(err.reason(), "invalid_json");
+        assert_eq!(err.class(), crate::runtime::ErrorClass::InvalidJson);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 pub mod dedup;
 
+use crate::runtime::ErrorClass;
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -233,7 +234,7 @@ impl Normalizer {
             .map(|(i, k, _)| format!("{k} at [{i}]"))
             .collect();
         let error = HandlerError::permanent(
-            "UnmappedEventType",
+            ErrorClass::UnmappedEventType,
             format!(
                 "{} batch elements have no mapping: {}",
                 delivery.provider,
@@ -270,13 +271,7 @@ impl Normalizer {
 }
 
 fn permanent(e: &MapError) -> HandlerError {
-    let class = match e {
-        MapError::InvalidJson { .. } => "InvalidJson",
-        MapError::Unmapped { .. } => "UnmappedEventType",
-        MapError::Invalid { .. } => "InvalidPayload",
-        MapError::EventTypeMismatch { .. } => "EventTypeMismatch",
-    };
-    HandlerError::permanent(class, e.to_string())
+    HandlerError::permanent(e.class(), e.to_string())
 }
 
 impl Normalizer {
@@ -289,7 +284,7 @@ impl Normalizer {
         let need = |name: &str| {
             record.header(name).ok_or_else(|| {
                 HandlerError::permanent(
-                    "MissingRawHeader",
+                    ErrorClass::MissingRawHeader,
                     format!("raw record has no `{name}` header"),
                 )
             })
@@ -314,7 +309,7 @@ impl Normalizer {
             let (clients, partition) = (self.clients.clone(), raw_partition);
             let dedup = &self.dedup;
             tokio::task::block_in_place(|| dedup.restore(&clients, partition, metadata::now_ms()))
-                .map_err(|e| HandlerError::transient("DedupRestore", e.to_string()))?;
+                .map_err(|e| HandlerError::transient(ErrorClass::DedupRestore, e.to_string()))?;
         }
         let dedup_key = dedup::key(source, delivery_id);
         // Where the signature leaves the delivery id out, a replay under a fresh id is
@@ -347,7 +342,7 @@ impl Normalizer {
         for (index, m) in mapped.into_iter().enumerate() {
             let target = self.targets.get(m.event_type).ok_or_else(|| {
                 HandlerError::permanent(
-                    "UnroutedEventType",
+                    ErrorClass::UnroutedEventType,
                     format!("{} has no route in the topology", m.event_type),
                 )
             })?;
@@ -368,7 +363,7 @@ impl Normalizer {
                 Json::Object(map) => map,
                 other => {
                     return Err(HandlerError::permanent(
-                        "InvalidPayload",
+                        ErrorClass::InvalidPayload,
                         format!("mapping produced {other} instead of an object"),
                     ))
                 }
@@ -387,7 +382,7 @@ impl Normalizer {
                         .map(|e| format!("{}: {}", e.field, e.message))
                         .collect();
                     HandlerError::permanent(
-                        "SchemaMismatch",
+                        ErrorClass::SchemaMismatch,
                         format!(
                             "{} does not fit {}: {}",
                             provider,
@@ -399,7 +394,7 @@ impl Normalizer {
             let payload = target
                 .writer
                 .encode(value)
-                .map_err(|e| HandlerError::permanent("EncodeFailed", e.to_string()))?;
+                .map_err(|e| HandlerError::permanent(ErrorClass::EncodeFailed, e.to_string()))?;
             self.metrics.events.with_label_values(&[m.event_type]).inc();
             outputs.push(Output {
                 topic: target.topic.clone(),
@@ -465,7 +460,7 @@ impl Handler for Normalizer {
         for p in needed {
             let (clients, dedup) = (self.clients.clone(), &self.dedup);
             let n = tokio::task::block_in_place(|| dedup.restore(&clients, p, metadata::now_ms()))
-                .map_err(|e| HandlerError::transient("DedupRestore", e.to_string()))?;
+                .map_err(|e| HandlerError::transient(ErrorClass::DedupRestore, e.to_string()))?;
             tracing::info!(partition = p, keys = n, "dedup state restored");
         }
         Ok(())

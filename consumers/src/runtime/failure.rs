@@ -100,7 +100,10 @@ impl FailureRouter {
 
         let mut headers = self.provenance(record);
         let mut push = |k: &str, v: Vec<u8>| headers.push((k.to_string(), v));
-        push(h::EXCEPTION_FQCN, error.class().as_bytes().to_vec());
+        push(
+            h::EXCEPTION_FQCN,
+            error.class().as_str().as_bytes().to_vec(),
+        );
         push(
             h::EXCEPTION_MESSAGE,
             clip_front(error.message(), MAX_MESSAGE_BYTES)
@@ -203,6 +206,7 @@ impl FailureRouter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::ErrorClass;
 
     fn router() -> FailureRouter {
         FailureRouter {
@@ -228,7 +232,11 @@ mod tests {
         let mut rec = record();
         let huge = "é".repeat(50_000);
         for _ in 0..10 {
-            let (_, copy) = r.route(&rec, &HandlerError::transient("X", huge.clone()), 1000);
+            let (_, copy) = r.route(
+                &rec,
+                &HandlerError::transient(ErrorClass::custom("X"), huge.clone()),
+                1000,
+            );
             rec.headers = copy.headers;
         }
         let added: usize = rec.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
@@ -267,7 +275,10 @@ mod tests {
     #[test]
     fn transient_failures_climb_the_tiers_then_dead_letter_with_first_provenance() {
         let r = router();
-        let err = HandlerError::transient("RegistryTimeout", "registry did not answer");
+        let err = HandlerError::transient(
+            ErrorClass::custom("RegistryTimeout"),
+            "registry did not answer",
+        );
         let (routed, first) = r.route(&record(), &err, 10_000);
         assert_eq!(
             routed,
@@ -342,7 +353,7 @@ mod tests {
     fn permanent_failures_go_straight_to_the_dlq() {
         let (routed, out) = router().route(
             &record(),
-            &HandlerError::permanent("InvalidJson", "expected value at line 1"),
+            &HandlerError::permanent(ErrorClass::InvalidJson, "expected value at line 1"),
             5,
         );
         assert_eq!(routed, Routed::DeadLetter);

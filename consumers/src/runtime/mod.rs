@@ -12,6 +12,7 @@
 //! (dead-lettered with provenance). With per-key ordering (see [`ordering`]) later records of
 //! a key with a record in the retry path wait behind it.
 
+pub mod error_class;
 pub mod failure;
 pub mod headers;
 pub mod metrics;
@@ -27,6 +28,7 @@ use std::time::Duration;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 
+pub use error_class::ErrorClass;
 pub use failure::{FailureRouter, RetryTier};
 pub use ordering::PerKey;
 pub use processing::{fence_predecessor, run, LoopError};
@@ -127,28 +129,28 @@ impl Output {
 pub enum HandlerError {
     /// Worth retrying later: a registry or broker timeout, a downstream outage.
     #[error("{class}: {message}")]
-    Transient { class: String, message: String },
+    Transient { class: ErrorClass, message: String },
     /// Retrying cannot help: undecodable input, a validation failure, an unmapped type.
     #[error("{class}: {message}")]
-    Permanent { class: String, message: String },
+    Permanent { class: ErrorClass, message: String },
 }
 
 impl HandlerError {
-    pub fn transient(class: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn transient(class: ErrorClass, message: impl Into<String>) -> Self {
         HandlerError::Transient {
-            class: class.into(),
+            class,
             message: message.into(),
         }
     }
 
-    pub fn permanent(class: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn permanent(class: ErrorClass, message: impl Into<String>) -> Self {
         HandlerError::Permanent {
-            class: class.into(),
+            class,
             message: message.into(),
         }
     }
 
-    pub fn class(&self) -> &str {
+    pub fn class(&self) -> &ErrorClass {
         match self {
             HandlerError::Transient { class, .. } | HandlerError::Permanent { class, .. } => class,
         }

@@ -1,6 +1,7 @@
 //! The loop itself: collect a batch, handle it partition by partition, then commit the
 //! outputs and offsets together (exactly-once) or in order (at-least-once).
 
+use crate::runtime::ErrorClass;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -798,7 +799,7 @@ async fn handle_partition<H: Handler>(
             Decision::Forward(copy) => {
                 // Waits behind its key's head, unhandled.
                 let cause = HandlerError::permanent(
-                    RefusalClass::RecordTooLarge.as_str(),
+                    ErrorClass::RecordTooLarge,
                     "its copy waiting behind its key's head was refused",
                 );
                 let origin = Origin::failure_copy(&record, &cause);

@@ -10,6 +10,7 @@
 //! is refused too, the next copy carries a truncated payload, then none, each with headers
 //! that say so and where the original still sits.
 
+use crate::runtime::ErrorClass;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -25,6 +26,16 @@ pub enum RefusalClass {
     RecordTooLarge,
     UnknownTopic,
     InvalidRecord,
+}
+
+impl From<RefusalClass> for ErrorClass {
+    fn from(class: RefusalClass) -> Self {
+        match class {
+            RefusalClass::RecordTooLarge => ErrorClass::RecordTooLarge,
+            RefusalClass::UnknownTopic => ErrorClass::UnknownTopic,
+            RefusalClass::InvalidRecord => ErrorClass::InvalidRecord,
+        }
+    }
 }
 
 impl RefusalClass {
@@ -122,8 +133,8 @@ impl Refusals {
             Some(_) => {}
             None => {
                 let error = match &origin.copy_of {
-                    Some(cause) => HandlerError::permanent(cause.class(), cause.message()),
-                    None => HandlerError::permanent(class.as_str(), detail),
+                    Some(cause) => HandlerError::permanent(cause.class().clone(), cause.message()),
+                    None => HandlerError::permanent(class.into(), detail),
                 };
                 map.insert(
                     key,
@@ -312,7 +323,7 @@ mod tests {
             RefusalClass::RecordTooLarge,
             "too big".into(),
         );
-        let cause = HandlerError::permanent("InvalidJson", "not json");
+        let cause = HandlerError::permanent(ErrorClass::InvalidJson, "not json");
         refusals.note(
             &Origin::failure_copy(&r, &cause),
             RefusalClass::RecordTooLarge,
@@ -322,7 +333,7 @@ mod tests {
         assert_eq!(got.copies_refused, 1);
         assert_eq!(
             got.error,
-            HandlerError::permanent("RecordTooLarge", "too big")
+            HandlerError::permanent(ErrorClass::RecordTooLarge, "too big")
         );
 
         // A refused copy keeps the failure it carried, made permanent.
@@ -330,7 +341,7 @@ mod tests {
             offset: 16,
             ..record(1)
         };
-        let transient = HandlerError::transient("RegistryUnavailable", "down");
+        let transient = HandlerError::transient(ErrorClass::RegistryUnavailable, "down");
         refusals.note(
             &Origin::failure_copy(&other, &transient),
             RefusalClass::RecordTooLarge,
@@ -339,7 +350,10 @@ mod tests {
         let got = refusals.get(&other).unwrap();
         assert_eq!(
             (got.error, got.copies_refused),
-            (HandlerError::permanent("RegistryUnavailable", "down"), 1)
+            (
+                HandlerError::permanent(ErrorClass::RegistryUnavailable, "down"),
+                1
+            )
         );
         refusals.committed("sluice.raw.a", 2, 16);
         assert_eq!(refusals.len(), 1, "offset 16 is not committed past yet");

@@ -14,6 +14,7 @@
 //! redelivered command meets the same fate (timeouts also hash the attempt: a lost message is
 //! a per-delivery accident).
 
+use crate::runtime::ErrorClass;
 use std::io::Write;
 use std::sync::Mutex;
 
@@ -208,7 +209,7 @@ impl Participant for DemoParticipant {
             file.lock()
                 .expect("effects log")
                 .write_all(line.as_bytes())
-                .map_err(|e| HandlerError::transient("EffectsLog", e.to_string()))?;
+                .map_err(|e| HandlerError::transient(ErrorClass::EffectsLog, e.to_string()))?;
         }
         Ok(outcome)
     }

@@ -18,6 +18,7 @@
 //! only what is committed (the batch's own changes are applied when it commits), which is
 //! also what the [timer](super::timer) scans for deadlines.
 
+use crate::runtime::ErrorClass;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -284,9 +285,9 @@ impl Orchestrator {
         let payload = record.value.as_deref().unwrap_or_default();
         let undecodable = |e: sluice_schemas::CodecError| {
             if e.is_transient() {
-                HandlerError::transient("RegistryUnavailable", e.to_string())
+                HandlerError::transient(ErrorClass::RegistryUnavailable, e.to_string())
             } else {
-                HandlerError::permanent("Undecodable", e.to_string())
+                HandlerError::permanent(ErrorClass::Undecodable, e.to_string())
             }
         };
         let decoded = self
@@ -333,7 +334,7 @@ impl Orchestrator {
             }
             let id = saga.def.correlation_value(&event).ok_or_else(|| {
                 HandlerError::permanent(
-                    "MissingCorrelationKey",
+                    ErrorClass::MissingCorrelationKey,
                     format!(
                         "{event_type} at {topic}/{partition}@{offset} has no `{}` for saga `{}`",
                         saga.def.correlation_key.join("."),
@@ -414,7 +415,7 @@ impl Orchestrator {
             .filter(|k| !k.is_empty())
             .ok_or_else(|| {
                 HandlerError::permanent(
-                    "MissingKey",
+                    ErrorClass::MissingKey,
                     "saga inputs must be keyed by saga id (UTF-8)",
                 )
             })?
@@ -433,8 +434,9 @@ impl Orchestrator {
             }]);
         }
         let (event_type, value, _) = self.decode(record).await?;
-        let bad =
-            |e: String| HandlerError::permanent("InvalidSagaMessage", format!("{event_type}: {e}"));
+        let bad = |e: String| {
+            HandlerError::permanent(ErrorClass::InvalidSagaMessage, format!("{event_type}: {e}"))
+        };
         let input = if event_type == SAGA_CONTROL_TYPE {
             let c = Control::from_value(&value).map_err(bad)?;
             match c.action {
@@ -893,7 +895,7 @@ impl Orchestrator {
             return self.on_trigger(sagas, record).await;
         }
         Err(HandlerError::permanent(
-            "UnknownTopic",
+            ErrorClass::UnknownTopic,
             format!("no saga reads {topic}"),
         ))
     }
@@ -943,7 +945,7 @@ impl Handler for Orchestrator {
                     }
                 })
             })
-            .map_err(|e| HandlerError::transient("SagaStateRestore", e.to_string()))?;
+            .map_err(|e| HandlerError::transient(ErrorClass::SagaStateRestore, e.to_string()))?;
             let mut live = 0;
             for (p, m) in restored {
                 live += m.values().filter(|s| matches!(s, Slot::Live(_))).count();
@@ -1044,5 +1046,5 @@ fn merge(into: &mut Json, from: Json) {
 }
 
 fn encode_failed(e: SagaError) -> HandlerError {
-    HandlerError::permanent("EncodeFailed", e.to_string())
+    HandlerError::permanent(ErrorClass::EncodeFailed, e.to_string())
 }

@@ -32,6 +32,7 @@
 //! }
 //! ```
 
+use crate::runtime::ErrorClass;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Mutex;
@@ -329,7 +330,7 @@ impl<P: Participant> ParticipantHandler<P> {
         let value = self
             .book
             .encode_fields(&route.reply_topic, event_type, reply.fields(&meta))
-            .map_err(|e| HandlerError::permanent("EncodeFailed", e.to_string()))?;
+            .map_err(|e| HandlerError::permanent(ErrorClass::EncodeFailed, e.to_string()))?;
         let traceparent = trace_context::traceparent(&tracing::Span::current())
             .unwrap_or_else(|| messages::child_traceparent(record.header(TRACEPARENT), &name));
         Ok(Output {
@@ -383,9 +384,9 @@ impl<P: Participant> ParticipantHandler<P> {
             .await
             .map_err(|e| {
                 if e.is_transient() {
-                    HandlerError::transient("RegistryUnavailable", e.to_string())
+                    HandlerError::transient(ErrorClass::RegistryUnavailable, e.to_string())
                 } else {
-                    HandlerError::permanent("Undecodable", e.to_string())
+                    HandlerError::permanent(ErrorClass::Undecodable, e.to_string())
                 }
             })?;
         let event_type = match declared {
@@ -394,7 +395,7 @@ impl<P: Participant> ParticipantHandler<P> {
                 .codec
                 .writer_schema(decoded.schema_id, &location)
                 .await
-                .map_err(|e| HandlerError::permanent("Undecodable", e.to_string()))?
+                .map_err(|e| HandlerError::permanent(ErrorClass::Undecodable, e.to_string()))?
                 .as_ref()
             {
                 apache_avro::Schema::Record(r) => r.name.fullname(None),
@@ -404,8 +405,9 @@ impl<P: Participant> ParticipantHandler<P> {
         let Some(route) = self.spec.commands.get(&event_type) else {
             return Ok(Vec::new());
         };
-        let command = Command::from_value(&event_type, &decoded.value)
-            .map_err(|e| HandlerError::permanent("InvalidCommand", format!("{event_type}: {e}")))?;
+        let command = Command::from_value(&event_type, &decoded.value).map_err(|e| {
+            HandlerError::permanent(ErrorClass::InvalidCommand, format!("{event_type}: {e}"))
+        })?;
         let partition = record.partition;
         let now = metadata::now_ms();
 
@@ -556,7 +558,7 @@ impl<P: Participant> Handler for ParticipantHandler<P> {
                 }
             })
         })
-        .map_err(|e| HandlerError::transient("DedupRestore", e.to_string()))?;
+        .map_err(|e| HandlerError::transient(ErrorClass::DedupRestore, e.to_string()))?;
         tracing::info!(role = self.spec.role, partitions = ?needed, records = n, "participant dedup state restored");
         self.dedup.committed.lock().expect("dedup").extend(restored);
         Ok(())

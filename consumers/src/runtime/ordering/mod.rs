@@ -279,6 +279,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::runtime::ErrorClass;
     use crate::runtime::failure::{RetryTier, Routed};
     use crate::runtime::HandlerError;
 
@@ -342,7 +343,7 @@ mod tests {
         let Decision::Handle(slot) = o.decide(&main("A", 10)).1 else {
             panic!("A1 is handled")
         };
-        let err = HandlerError::transient("Timeout", "later");
+        let err = HandlerError::transient(ErrorClass::custom("Timeout"), "later");
         let (routed, mut head) = router.route(&main("A", 10), &err, 1000);
         assert!(matches!(routed, Routed::Retry { tier: 0, .. }));
         o.retried(&slot, 0, &mut head);
