@@ -118,109 +118,23 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Formats epoch milliseconds as RFC 3339 UTC (`2026-11-22T23:38:55.123Z`).
+/// Formats epoch milliseconds as RFC 3339 UTC (`2026-11-22T23:38:55.123Z`), always with
+/// milliseconds.
 pub fn rfc3339_ms(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let millis = ms.rem_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let ts = jiff::Timestamp::from_millisecond(ms).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    jiff::fmt::temporal::DateTimePrinter::new()
+        .precision(Some(3))
+        .timestamp_to_string(&ts)
 }
 
 /// Parses an RFC 3339 date-time with any UTC offset to epoch milliseconds:
 /// `2019-05-15T15:20:30Z`, `2019-05-15T15:20:30.123+02:00`, `2008-01-10T11:00:00-05:00`.
-/// Fractions beyond milliseconds are truncated.
+/// Fractions beyond milliseconds are truncated. A time without an offset is refused: it
+/// names no instant.
 pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
-    fn num(s: &str) -> Option<i64> {
-        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        s.parse().ok()
-    }
-    let b = s.as_bytes();
-    if !s.is_ascii()
-        || b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || !matches!(b[10], b'T' | b't')
-        || b[13] != b':'
-        || b[16] != b':'
-    {
-        return None;
-    }
-    let (y, mo, d) = (num(&s[0..4])?, num(&s[5..7])?, num(&s[8..10])?);
-    let (h, mi, sec) = (num(&s[11..13])?, num(&s[14..16])?, num(&s[17..19])?);
-    let mut rest = &s[19..];
-    let mut millis = 0;
-    if let Some(r) = rest.strip_prefix('.') {
-        let digits = r.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return None;
-        }
-        millis = num(&format!("{:0<3}", &r[..digits.min(3)]))?;
-        rest = &r[digits..];
-    }
-    let offset_secs = match rest {
-        "Z" | "z" => 0,
-        _ => {
-            let sign = match rest.as_bytes().first()? {
-                b'+' => 1,
-                b'-' => -1,
-                _ => return None,
-            };
-            let hhmm = &rest[1..];
-            let (oh, om) = match hhmm.len() {
-                5 if hhmm.as_bytes()[2] == b':' => (num(&hhmm[..2])?, num(&hhmm[3..])?),
-                4 => (num(&hhmm[..2])?, num(&hhmm[2..])?),
-                _ => return None,
-            };
-            if oh > 23 || om > 59 {
-                return None;
-            }
-            sign * (oh * 3600 + om * 60)
-        }
-    };
-    let days_in_month = match mo {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        2 if y % 4 == 0 && (y % 100 != 0 || y % 400 == 0) => 29,
-        2 => 28,
-        _ => return None,
-    };
-    if d < 1 || d > days_in_month || h > 23 || mi > 59 || sec > 60 {
-        return None;
-    }
-    let local = days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + sec;
-    Some((local - offset_secs) * 1000 + millis)
-}
-
-// Howard Hinnant's civil-from-days algorithms, for a dependency-free UTC calendar.
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = if m > 2 { m - 3 } else { m + 9 };
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    s.parse::<jiff::Timestamp>()
+        .ok()
+        .map(jiff::Timestamp::as_millisecond)
 }
 
 #[cfg(test)]
@@ -239,6 +153,16 @@ mod tests {
             Some(1_649_367_553_000)
         );
         assert_eq!(parse_rfc3339_ms("not a time"), None);
+        assert_eq!(parse_rfc3339_ms("2019-05-15T15:20:30"), None, "no offset");
+        assert_eq!(
+            parse_rfc3339_ms("2019-02-30T15:20:30Z"),
+            None,
+            "no such day"
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2019-05-15T15:20:30.123456Z"),
+            Some(1_557_933_630_123)
+        );
         assert_eq!(
             parse_rfc3339_ms("2019-05-15T10:20:30-05:00"),
             parse_rfc3339_ms("2019-05-15T15:20:30Z")

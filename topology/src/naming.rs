@@ -78,29 +78,20 @@ pub fn format_duration(d: Duration) -> String {
     format!("{ms}ms")
 }
 
-/// Parses `250ms`, `5s`, `1m`, `10m`, `2h`, `7d`.
+/// Parses `250ms`, `5s`, `1m`, `10m`, `2h`, `7d` (jiff's friendly duration format; a day is
+/// 24 hours, and units with no fixed length, months and years, are refused).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("`{text}` has no unit (use ms, s, m, h or d)"))?;
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("`{text}` has no unit (use ms, s, m, h or d)"));
+    }
+    let span: jiff::Span = t
         .parse()
-        .map_err(|_| format!("`{text}` does not start with a whole number"))?;
-    let ms = match unit {
-        "ms" => n,
-        "s" => n * 1_000,
-        "m" => n * 60_000,
-        "h" => n * 3_600_000,
-        "d" => n * 86_400_000,
-        _ => {
-            return Err(format!(
-                "`{text}`: unknown unit `{unit}` (use ms, s, m, h or d)"
-            ))
-        }
-    };
-    Ok(Duration::from_millis(ms))
+        .map_err(|e| format!("`{text}` is not a duration like 250ms, 5s, 1m, 2h or 7d: {e}"))?;
+    let d = span
+        .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
+        .map_err(|e| format!("`{text}`: unknown unit (use ms, s, m, h or d): {e}"))?;
+    Duration::try_from(d).map_err(|_| format!("`{text}` is negative"))
 }
 
 #[cfg(test)]

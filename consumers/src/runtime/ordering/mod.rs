@@ -279,8 +279,8 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::runtime::ErrorClass;
     use crate::runtime::failure::{RetryTier, Routed};
+    use crate::runtime::ErrorClass;
     use crate::runtime::HandlerError;
 
     fn ordering() -> KeyOrdering {
