@@ -1,6 +1,8 @@
 //! `sluice`: verified webhooks and domain events as versioned Avro on Kafka.
 
+mod bench;
 mod cli;
+mod demo;
 
 /// Small, short-lived allocations dominate every role's per-record work.
 #[global_allocator]
@@ -40,7 +42,7 @@ enum Command {
     Gateway(cli::gateway::GatewayArgs),
     /// Demonstrations against the running stack.
     #[command(subcommand)]
-    Demo(cli::demo::DemoCommand),
+    Demo(demo::DemoCommand),
     /// Run the normalizer: raw deliveries to canonical Avro events, with retry tiers and DLQ.
     Normalize(cli::normalize::NormalizeArgs),
     /// Inspect, replay and purge dead-letter topics.
@@ -59,7 +61,7 @@ enum Command {
     Run(cli::run::RunArgs),
     /// Benchmarks against the live stack, each with a raw rdkafka ceiling from the same run.
     #[command(subcommand)]
-    Bench(cli::bench::BenchCommand),
+    Bench(bench::BenchCommand),
 }
 
 fn main() -> ExitCode {
@@ -90,14 +92,14 @@ fn main() -> ExitCode {
             Command::Schemas(cmd) => cli::schemas::run(&config, cmd).await,
             Command::Topology(cmd) => cli::topology::run(&config, cmd).await,
             Command::Tail(args) => cli::tail::run(&config, args).await,
-            Command::Demo(cmd) => cli::demo::run(&config, cmd).await,
+            Command::Demo(cmd) => demo::run(&config, cmd).await,
             Command::Gateway(args) => cli::gateway::run(&config, args).await,
             Command::Normalize(args) => cli::normalize::run(&config, args).await,
             Command::Dlq(cmd) => cli::dlq::run(&config, cmd).await,
             Command::Sagas(args) => cli::saga::run_orchestrator(&config, args).await,
             Command::Saga(cmd) => cli::saga::run(&config, cmd).await,
             Command::Lag(args) => cli::lag::run(&config, args).await,
-            Command::Bench(cmd) => cli::bench::run(&config, cmd).await,
+            Command::Bench(cmd) => bench::run(&config, cmd).await,
             Command::Run(args) => cli::run::run(&config, cli.config.as_deref(), args).await,
         }
     });

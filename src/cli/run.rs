@@ -242,7 +242,7 @@ pub async fn run(
     if args.demo {
         let gateway = gateway_addr.context("--demo needs the gateway role")?;
         let summary =
-            super::demo::traffic::drive(config, &topology, &format!("http://{gateway}")).await?;
+            crate::demo::traffic::drive(config, &topology, &format!("http://{gateway}")).await?;
         summary.print(&format!("http://{admin_addr}/metrics"), &topology);
         println!("\nstill running: Ctrl-C stops every role cleanly");
     }

@@ -25,8 +25,6 @@ use sluice_topology::{naming, Topology};
 
 use super::printable;
 
-mod bench;
-
 #[derive(Debug, Args)]
 pub struct SagasArgs {
     #[arg(long)]
@@ -139,7 +137,7 @@ pub enum SagaCommand {
     Trigger(TriggerArgs),
     /// Completed three-step sagas per second and saga latency, against a raw request→reply
     /// chain through the broker with as many hops; memory per in-flight saga.
-    Bench(bench::BenchArgs),
+    Bench(crate::bench::saga::BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -301,7 +299,7 @@ pub async fn run(config: &SluiceConfig, cmd: SagaCommand) -> anyhow::Result<Exit
         }
         SagaCommand::Participant(args) => participants(config, args).await,
         SagaCommand::Trigger(args) => trigger(config, args).await,
-        SagaCommand::Bench(args) => bench::run(config, args).await,
+        SagaCommand::Bench(args) => crate::bench::saga::run(config, args).await,
     }
 }
 

@@ -38,7 +38,7 @@ use super::{
 
 const COMPLETED: &str = "dev.sluice.events.sagas.SagaCompleted";
 const ORDERS_CREATE: &[u8] =
-    include_bytes!("../../../tests/fixtures/webhooks/shopify/orders.create.json");
+    include_bytes!("../../tests/fixtures/webhooks/shopify/orders.create.json");
 
 #[derive(Debug, Args)]
 pub struct E2eBench {
