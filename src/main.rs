@@ -48,10 +48,8 @@ enum Command {
     /// Inspect, replay and purge dead-letter topics.
     #[command(subcommand)]
     Dlq(cli::dlq::DlqCommand),
-    /// Run the saga orchestrator: triggers and replies in, commands and state out, each
-    /// transition one Kafka transaction.
-    Sagas(cli::saga::SagasArgs),
-    /// Inspect and operate saga instances; run the demo participants.
+    /// Run the saga orchestrator (`saga run`); inspect and operate saga instances; run the
+    /// demo participants.
     #[command(subcommand)]
     Saga(cli::saga::SagaCommand),
     /// Consumer lag of every group: offsets, time lag and Burrow-style status; `--export`
@@ -67,7 +65,7 @@ enum Command {
 fn main() -> ExitCode {
     exit_quietly_on_closed_stdout();
     exit_with_supervisor();
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(cli::renamed::rewrite(std::env::args_os()));
     let config = match SluiceConfig::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -96,7 +94,6 @@ fn main() -> ExitCode {
             Command::Gateway(args) => cli::gateway::run(&config, args).await,
             Command::Normalize(args) => cli::normalize::run(&config, args).await,
             Command::Dlq(cmd) => cli::dlq::run(&config, cmd).await,
-            Command::Sagas(args) => cli::saga::run_orchestrator(&config, args).await,
             Command::Saga(cmd) => cli::saga::run(&config, cmd).await,
             Command::Lag(args) => cli::lag::run(&config, args).await,
             Command::Bench(cmd) => bench::run(&config, cmd).await,

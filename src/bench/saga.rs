@@ -5,9 +5,9 @@
 //!    (no transactions, no state, no Avro): client → "orchestrator" → its own inbox (the
 //!    trigger hand-off) → three command/reply round trips with a "participant" → done.
 //!    Nine produce→consume hops, like a saga.
-//! 2. **Memory**: `sluice sagas` as a process, with no participant yet: twice N sagas started
-//!    and left waiting on their first step; the orchestrator's resident memory growth over
-//!    the second N, per in-flight saga.
+//! 2. **Memory**: `sluice saga run` as a process, with no participant yet: twice N sagas
+//!    started and left waiting on their first step; the orchestrator's resident memory growth
+//!    over the second N, per in-flight saga.
 //! 3. **Sagas**: `sluice saga participant --role all` joins (the waiting sagas complete and
 //!    warm everything up); then N OrderPlaced events published at once: completed sagas per
 //!    second, and saga duration (end to end as the client sees it, and start to completion
@@ -167,7 +167,7 @@ pub async fn run(config: &SluiceConfig, args: BenchArgs) -> anyhow::Result<ExitC
         tuning.extend(["--linger", l.as_str()]);
     }
     let orchestrator = Child::spawn(
-        &[&["sagas", "--topology", &path][..], &tuning].concat(),
+        &[&["saga", "run", "--topology", &path][..], &tuning].concat(),
         "bench",
     )?;
     let publisher = Publisher::new(&clients, &registry, &catalog, &topology).await?;

@@ -8,6 +8,7 @@ pub mod gateway;
 pub mod lag;
 pub mod normalize;
 pub mod printable;
+pub mod renamed;
 pub mod run;
 pub mod saga;
 pub mod schemas;

@@ -1,5 +1,5 @@
-//! `sluice sagas` (the orchestrator) and `sluice saga …`: operators' list/show/retry/abort,
-//! the demo participants, a demo trigger, and the saga benchmark.
+//! `sluice saga …`: `saga run` (the orchestrator), operators' list/show/retry/abort, the
+//! demo participants and a demo trigger. (`saga bench` lives in `bench/saga.rs`.)
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,7 +26,7 @@ use sluice_topology::{naming, Topology};
 use super::printable;
 
 #[derive(Debug, Args)]
-pub struct SagasArgs {
+pub struct OrchestratorArgs {
     #[arg(long)]
     pub topology: Option<PathBuf>,
     /// Run only these sagas (default: every saga in the topology).
@@ -93,6 +93,9 @@ impl From<StateArg> for Status {
 
 #[derive(Debug, Subcommand)]
 pub enum SagaCommand {
+    /// Run the saga orchestrator: triggers and replies in, commands and state out, each
+    /// transition one Kafka transaction.
+    Run(OrchestratorArgs),
     /// List saga instances from the state topics.
     List {
         #[arg(long)]
@@ -203,7 +206,10 @@ pub struct TriggerArgs {
     pub sku: Vec<String>,
 }
 
-pub async fn run_orchestrator(config: &SluiceConfig, args: SagasArgs) -> anyhow::Result<ExitCode> {
+pub async fn run_orchestrator(
+    config: &SluiceConfig,
+    args: OrchestratorArgs,
+) -> anyhow::Result<ExitCode> {
     let (catalog, topology) = super::load(config, args.topology)?;
     let tick = naming::parse_duration(&args.tick).map_err(|e| anyhow::anyhow!("--tick: {e}"))?;
     let keep_finished = naming::parse_duration(&args.keep_finished)
@@ -281,6 +287,7 @@ fn failure_router(topology: &Topology) -> FailureRouter {
 
 pub async fn run(config: &SluiceConfig, cmd: SagaCommand) -> anyhow::Result<ExitCode> {
     match cmd {
+        SagaCommand::Run(args) => run_orchestrator(config, args).await,
         SagaCommand::List {
             topology,
             saga,
@@ -549,7 +556,7 @@ async fn request(
             Ok(ExitCode::SUCCESS)
         }
         None => bail!(
-            "the request was not applied within {}; is `sluice sagas` running?",
+            "the request was not applied within {}; is `sluice saga run` running?",
             args.wait
         ),
     }
