@@ -1,6 +1,8 @@
 //! `sluice`: verified webhooks and domain events as versioned Avro on Kafka.
 
+mod bench;
 mod cli;
+mod demo;
 
 /// Small, short-lived allocations dominate every role's per-record work.
 #[global_allocator]
@@ -40,16 +42,14 @@ enum Command {
     Gateway(cli::gateway::GatewayArgs),
     /// Demonstrations against the running stack.
     #[command(subcommand)]
-    Demo(cli::demo::DemoCommand),
+    Demo(demo::DemoCommand),
     /// Run the normalizer: raw deliveries to canonical Avro events, with retry tiers and DLQ.
     Normalize(cli::normalize::NormalizeArgs),
     /// Inspect, replay and purge dead-letter topics.
     #[command(subcommand)]
     Dlq(cli::dlq::DlqCommand),
-    /// Run the saga orchestrator: triggers and replies in, commands and state out, each
-    /// transition one Kafka transaction.
-    Sagas(cli::saga::SagasArgs),
-    /// Inspect and operate saga instances; run the demo participants.
+    /// Run the saga orchestrator (`saga run`); inspect and operate saga instances; run the
+    /// demo participants.
     #[command(subcommand)]
     Saga(cli::saga::SagaCommand),
     /// Consumer lag of every group: offsets, time lag and Burrow-style status; `--export`
@@ -59,13 +59,13 @@ enum Command {
     Run(cli::run::RunArgs),
     /// Benchmarks against the live stack, each with a raw rdkafka ceiling from the same run.
     #[command(subcommand)]
-    Bench(cli::bench::BenchCommand),
+    Bench(bench::BenchCommand),
 }
 
 fn main() -> ExitCode {
     exit_quietly_on_closed_stdout();
     exit_with_supervisor();
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(cli::renamed::rewrite(std::env::args_os()));
     let config = match SluiceConfig::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -90,14 +90,13 @@ fn main() -> ExitCode {
             Command::Schemas(cmd) => cli::schemas::run(&config, cmd).await,
             Command::Topology(cmd) => cli::topology::run(&config, cmd).await,
             Command::Tail(args) => cli::tail::run(&config, args).await,
-            Command::Demo(cmd) => cli::demo::run(&config, cmd).await,
+            Command::Demo(cmd) => demo::run(&config, cmd).await,
             Command::Gateway(args) => cli::gateway::run(&config, args).await,
             Command::Normalize(args) => cli::normalize::run(&config, args).await,
             Command::Dlq(cmd) => cli::dlq::run(&config, cmd).await,
-            Command::Sagas(args) => cli::saga::run_orchestrator(&config, args).await,
             Command::Saga(cmd) => cli::saga::run(&config, cmd).await,
             Command::Lag(args) => cli::lag::run(&config, args).await,
-            Command::Bench(cmd) => cli::bench::run(&config, cmd).await,
+            Command::Bench(cmd) => bench::run(&config, cmd).await,
             Command::Run(args) => cli::run::run(&config, cli.config.as_deref(), args).await,
         }
     });

@@ -1,14 +1,14 @@
-//! Subcommands of the `sluice` binary. Each module is one command family; the libraries do
-//! the work, these modules print.
+//! The operator CLI: argument parsing and the commands that run or operate a deployment.
+//! Each module is one command family; the libraries do the work, these modules print.
+//! Benchmarks live in `bench/`, demo traffic in `demo/`.
 
-pub mod bench;
-pub mod demo;
 pub mod dlq;
 pub mod doctor;
 pub mod gateway;
 pub mod lag;
 pub mod normalize;
 pub mod printable;
+pub mod renamed;
 pub mod run;
 pub mod saga;
 pub mod schemas;

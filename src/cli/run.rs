@@ -1,6 +1,6 @@
 //! `sluice run`: every role, supervised. The gateway and the normalizer run in this process,
 //! sharing one admin server, metrics registry and shutdown; the saga orchestrator, the demo
-//! participants and the lag exporter run as child processes (`sluice sagas`,
+//! participants and the lag exporter run as child processes (`sluice saga run`,
 //! `sluice saga participant`, `sluice lag --export`) that are restarted when they exit, each
 //! with its own admin port (this process's admin port + 1, + 2, + 3). Each role can also run
 //! on its own, to scale out.
@@ -35,7 +35,7 @@ impl Role {
     /// The `sluice` arguments of a role that runs as a child process.
     fn child_args(self) -> Option<&'static [&'static str]> {
         match self {
-            Role::Sagas => Some(&["sagas"]),
+            Role::Sagas => Some(&["saga", "run"]),
             Role::Participants => Some(&["saga", "participant", "--role", "all"]),
             Role::LagExporter => Some(&["lag", "--export"]),
             Role::Gateway | Role::Normalizer => None,
@@ -242,7 +242,7 @@ pub async fn run(
     if args.demo {
         let gateway = gateway_addr.context("--demo needs the gateway role")?;
         let summary =
-            super::demo::traffic::drive(config, &topology, &format!("http://{gateway}")).await?;
+            crate::demo::traffic::drive(config, &topology, &format!("http://{gateway}")).await?;
         summary.print(&format!("http://{admin_addr}/metrics"), &topology);
         println!("\nstill running: Ctrl-C stops every role cleanly");
     }

@@ -1,5 +1,5 @@
-//! `sluice sagas` (the orchestrator) and `sluice saga …`: operators' list/show/retry/abort,
-//! the demo participants, a demo trigger, and the saga benchmark.
+//! `sluice saga …`: `saga run` (the orchestrator), operators' list/show/retry/abort, the
+//! demo participants and a demo trigger. (`saga bench` lives in `bench/saga.rs`.)
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,10 +25,8 @@ use sluice_topology::{naming, Topology};
 
 use super::printable;
 
-mod bench;
-
 #[derive(Debug, Args)]
-pub struct SagasArgs {
+pub struct OrchestratorArgs {
     #[arg(long)]
     pub topology: Option<PathBuf>,
     /// Run only these sagas (default: every saga in the topology).
@@ -95,6 +93,9 @@ impl From<StateArg> for Status {
 
 #[derive(Debug, Subcommand)]
 pub enum SagaCommand {
+    /// Run the saga orchestrator: triggers and replies in, commands and state out, each
+    /// transition one Kafka transaction.
+    Run(OrchestratorArgs),
     /// List saga instances from the state topics.
     List {
         #[arg(long)]
@@ -139,7 +140,7 @@ pub enum SagaCommand {
     Trigger(TriggerArgs),
     /// Completed three-step sagas per second and saga latency, against a raw request→reply
     /// chain through the broker with as many hops; memory per in-flight saga.
-    Bench(bench::BenchArgs),
+    Bench(crate::bench::saga::BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -205,7 +206,10 @@ pub struct TriggerArgs {
     pub sku: Vec<String>,
 }
 
-pub async fn run_orchestrator(config: &SluiceConfig, args: SagasArgs) -> anyhow::Result<ExitCode> {
+pub async fn run_orchestrator(
+    config: &SluiceConfig,
+    args: OrchestratorArgs,
+) -> anyhow::Result<ExitCode> {
     let (catalog, topology) = super::load(config, args.topology)?;
     let tick = naming::parse_duration(&args.tick).map_err(|e| anyhow::anyhow!("--tick: {e}"))?;
     let keep_finished = naming::parse_duration(&args.keep_finished)
@@ -283,6 +287,7 @@ fn failure_router(topology: &Topology) -> FailureRouter {
 
 pub async fn run(config: &SluiceConfig, cmd: SagaCommand) -> anyhow::Result<ExitCode> {
     match cmd {
+        SagaCommand::Run(args) => run_orchestrator(config, args).await,
         SagaCommand::List {
             topology,
             saga,
@@ -301,7 +306,7 @@ pub async fn run(config: &SluiceConfig, cmd: SagaCommand) -> anyhow::Result<Exit
         }
         SagaCommand::Participant(args) => participants(config, args).await,
         SagaCommand::Trigger(args) => trigger(config, args).await,
-        SagaCommand::Bench(args) => bench::run(config, args).await,
+        SagaCommand::Bench(args) => crate::bench::saga::run(config, args).await,
     }
 }
 
@@ -551,7 +556,7 @@ async fn request(
             Ok(ExitCode::SUCCESS)
         }
         None => bail!(
-            "the request was not applied within {}; is `sluice sagas` running?",
+            "the request was not applied within {}; is `sluice saga run` running?",
             args.wait
         ),
     }

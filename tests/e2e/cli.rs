@@ -85,3 +85,32 @@ async fn demo_roundtrip_publishes_and_reads_back() {
     assert!(stdout.contains("magic 0x00"), "{stdout}");
     assert!(stdout.contains("roundtrip ok"), "{stdout}");
 }
+
+/// `sluice saga run` is the orchestrator; `sluice sagas`, its old name, is hidden from
+/// `sluice --help` but still takes the same arguments, after a notice on stderr.
+#[test]
+fn the_orchestrator_is_saga_run_and_the_old_name_still_works_with_a_notice() {
+    const NOTICE: &str = "`sluice sagas` is now `sluice saga run`";
+    let new = sluice().args(["saga", "run", "--help"]).output().unwrap();
+    let new_help = String::from_utf8_lossy(&new.stdout);
+    assert!(new.status.success(), "{new_help}");
+    assert!(new_help.contains("Usage: sluice saga run"), "{new_help}");
+    assert!(new_help.contains("--keep-finished"), "{new_help}");
+    assert!(!String::from_utf8_lossy(&new.stderr).contains(NOTICE));
+
+    let old = sluice().args(["sagas", "--help"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&old.stderr);
+    assert!(old.status.success(), "{stderr}");
+    assert_eq!(stderr.matches(NOTICE).count(), 1, "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&old.stdout), new_help);
+
+    let top = sluice().arg("--help").output().unwrap();
+    let top_help = String::from_utf8_lossy(&top.stdout);
+    assert!(top.status.success(), "{top_help}");
+    let commands: Vec<&str> = top_help
+        .lines()
+        .filter_map(|l| l.strip_prefix("  ")?.split_whitespace().next())
+        .collect();
+    assert!(commands.contains(&"saga"), "{top_help}");
+    assert!(!commands.contains(&"sagas"), "{top_help}");
+}

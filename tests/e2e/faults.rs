@@ -229,7 +229,7 @@ impl Cluster {
                 &[("SLUICE_GATEWAY__LISTEN", format!("127.0.0.1:{port}"))],
             ),
             role("normalizer", &["normalize", "--topology", &file], &[]),
-            role("sagas", &["sagas", "--topology", &file], &[]),
+            role("sagas", &["saga", "run", "--topology", &file], &[]),
             role(
                 "participants",
                 &[

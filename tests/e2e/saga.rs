@@ -1,4 +1,4 @@
-//! Sagas against the real broker and registry: `sluice sagas` and the demo participants run
+//! Sagas against the real broker and registry: `sluice saga run` and the demo participants run
 //! as real processes on the reference order-fulfillment saga (read from
 //! `topology/topology.yaml`, with short timeouts), under a topology prefix of their own.
 //!
@@ -116,9 +116,14 @@ impl Deployment {
     }
 
     fn orchestrator_with(&self, extra: &[&str]) -> ChildGuard {
+        self.orchestrator_named(&["saga", "run"], extra)
+    }
+
+    /// The orchestrator started as `sluice <command> --topology … <extra>`.
+    fn orchestrator_named(&self, command: &[&str], extra: &[&str]) -> ChildGuard {
         let listen = format!("127.0.0.1:{}", self.admin_port);
         spawn_sluice(
-            &[&["sagas", "--topology", &self.file][..], extra].concat(),
+            &[command, &["--topology", &self.file][..], extra].concat(),
             &[
                 ("SLUICE_INSTANCE_ID", "e2e"),
                 ("SLUICE_ADMIN__LISTEN", &listen),
@@ -838,6 +843,29 @@ async fn finished_sagas_are_deleted_after_the_keep_period() {
     assert!(
         last.2.is_empty(),
         "last state record of {done} is not a tombstone"
+    );
+}
+
+/// `sluice sagas`, the orchestrator's old name, still runs it: scripts and manifests written
+/// before `sluice saga run` keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_old_name_sluice_sagas_still_runs_the_orchestrator() {
+    let d = Deployment::new().await;
+    let _orchestrator = d.orchestrator_named(&["sagas"], &[]);
+    let _participants = d.participants(&[]);
+    let publisher = d.publisher().await;
+    let id = format!("{}-old-name", d.prefix);
+    place(&publisher, &id, &["A-1"]).await;
+    let mut lifecycle = Lifecycle::new(&d);
+    lifecycle
+        .until_terminal(std::iter::once(&id), Duration::from_secs(60))
+        .await;
+    let events = lifecycle.by_id();
+    let events = events.get(&id).map(Vec::as_slice).unwrap_or_default();
+    assert_eq!(
+        Lifecycle::terminal(events),
+        ["SagaCompleted"],
+        "the saga of {id} under `sluice sagas`: {events:?}"
     );
 }
 

@@ -107,7 +107,7 @@ async fn the_saga_command_a_webhook_causes_carries_its_trace_id() {
     let _run: ChildGuard = spawn_sluice(&["run"], &refs);
     let sagas_listen = format!("127.0.0.1:{sagas_admin}");
     let _sagas: ChildGuard = spawn_sluice(
-        &["sagas"],
+        &["saga", "run"],
         &[
             ("SLUICE_ADMIN__LISTEN", sagas_listen.as_str()),
             ("SLUICE_INSTANCE_ID", instance.as_str()),

@@ -24,7 +24,7 @@ pub struct Topology {
     pub subjects: SubjectsSpec,
     #[serde(default)]
     pub retry_policies: Vec<RetryPolicySpec>,
-    /// Orchestrated flows (see [`SagaSpec`]); `sluice sagas` runs them.
+    /// Orchestrated flows (see [`SagaSpec`]); `sluice saga run` runs them.
     #[serde(default)]
     pub sagas: Vec<SagaSpec>,
 }

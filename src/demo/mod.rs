@@ -1,4 +1,7 @@
-//! `sluice demo …`: short demonstrations against the running stack.
+//! Demo traffic: `sluice demo …`, short demonstrations against the running stack, and the
+//! deliveries `sluice run --demo` sends ([`traffic`]).
+//!
+//! Kept apart from the operator commands in `cli/`: everything here writes made-up input.
 
 pub mod traffic;
 
@@ -42,7 +45,7 @@ pub async fn run(config: &SluiceConfig, cmd: DemoCommand) -> anyhow::Result<Exit
     match cmd {
         DemoCommand::Roundtrip { topic } => roundtrip(config, &topic).await,
         DemoCommand::Traffic { gateway, topology } => {
-            let (_, topology) = super::load(config, topology)?;
+            let (_, topology) = crate::cli::load(config, topology)?;
             let summary = traffic::drive(config, &topology, &gateway).await?;
             summary.print("the /metrics of each sluice process", &topology);
             Ok(ExitCode::SUCCESS)

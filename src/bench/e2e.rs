@@ -3,9 +3,10 @@
 //! Half the deliveries are Shopify `orders/create` webhooks (each order starts the
 //! order-fulfillment saga, answered by the demo participants), half are Stripe
 //! `payment_intent.succeeded` webhooks. All are signed and sent to a real `sluice gateway`;
-//! `sluice normalize` (exactly-once), `sluice sagas` and `sluice saga participant --role all`
-//! run as their own processes. A reader watches the normalized topics (by `ce_id`, which is
-//! derived from the delivery id) and the saga lifecycle topic (by saga id, the order id).
+//! `sluice normalize` (exactly-once), `sluice saga run` and
+//! `sluice saga participant --role all` run as their own processes. A reader watches the
+//! normalized topics (by `ce_id`, which is derived from the delivery id) and the saga
+//! lifecycle topic (by saga id, the order id).
 //!
 //! Reported: accepted deliveries/s; sustained deliveries/s through to the last saga
 //! completion; latency from the 2xx to the normalized event and to saga completion; each
@@ -38,7 +39,7 @@ use super::{
 
 const COMPLETED: &str = "dev.sluice.events.sagas.SagaCompleted";
 const ORDERS_CREATE: &[u8] =
-    include_bytes!("../../../tests/fixtures/webhooks/shopify/orders.create.json");
+    include_bytes!("../../tests/fixtures/webhooks/shopify/orders.create.json");
 
 #[derive(Debug, Args)]
 pub struct E2eBench {
@@ -320,7 +321,7 @@ pub async fn run(config: &SluiceConfig, b: E2eBench) -> anyhow::Result<ExitCode>
         ),
         (
             "orchestrator",
-            spawn_self(&["sagas", "--topology", &path], &instance)?,
+            spawn_self(&["saga", "run", "--topology", &path], &instance)?,
         ),
         (
             "participants",

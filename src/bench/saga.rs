@@ -5,9 +5,9 @@
 //!    (no transactions, no state, no Avro): client → "orchestrator" → its own inbox (the
 //!    trigger hand-off) → three command/reply round trips with a "participant" → done.
 //!    Nine produce→consume hops, like a saga.
-//! 2. **Memory**: `sluice sagas` as a process, with no participant yet: twice N sagas started
-//!    and left waiting on their first step; the orchestrator's resident memory growth over
-//!    the second N, per in-flight saga.
+//! 2. **Memory**: `sluice saga run` as a process, with no participant yet: twice N sagas
+//!    started and left waiting on their first step; the orchestrator's resident memory growth
+//!    over the second N, per in-flight saga.
 //! 3. **Sagas**: `sluice saga participant --role all` joins (the waiting sagas complete and
 //!    warm everything up); then N OrderPlaced events published at once: completed sagas per
 //!    second, and saga duration (end to end as the client sees it, and start to completion
@@ -62,7 +62,7 @@ pub struct BenchArgs {
     pub no_memory: bool,
     /// Passed to the orchestrator and the participants.
     #[command(flatten)]
-    pub batching: super::Batching,
+    pub batching: crate::cli::saga::Batching,
 }
 
 /// A child process stopped when dropped.
@@ -131,7 +131,7 @@ pub async fn run(config: &SluiceConfig, args: BenchArgs) -> anyhow::Result<ExitC
     if args.sagas == 0 {
         bail!("--sagas must be at least 1");
     }
-    let (catalog, reference) = super::super::load(config, args.topology.clone())?;
+    let (catalog, reference) = crate::cli::load(config, args.topology.clone())?;
     let prefix = format!("bench{}", sluice_schemas::metadata::now_ms());
     let clients = KafkaClients::new(config.kafka.clone());
     let registry = RegistryClient::new(&config.registry)?;
@@ -151,7 +151,7 @@ pub async fn run(config: &SluiceConfig, args: BenchArgs) -> anyhow::Result<ExitC
     std::fs::write(&file, yaml)?;
     let types = catalog.event_types().map(str::to_string).collect();
     let topology = Topology::load(&file, &types)?;
-    crate::cli::bench::deploy_scratch(&clients, &registry, &catalog, &topology).await?;
+    super::deploy_scratch(&clients, &registry, &catalog, &topology).await?;
     println!(
         "saga bench: {} sagas per phase, {} partitions, max batch {}, prefix {prefix}",
         args.sagas, args.partitions, args.batching.max_batch
@@ -167,7 +167,7 @@ pub async fn run(config: &SluiceConfig, args: BenchArgs) -> anyhow::Result<ExitC
         tuning.extend(["--linger", l.as_str()]);
     }
     let orchestrator = Child::spawn(
-        &[&["sagas", "--topology", &path][..], &tuning].concat(),
+        &[&["saga", "run", "--topology", &path][..], &tuning].concat(),
         "bench",
     )?;
     let publisher = Publisher::new(&clients, &registry, &catalog, &topology).await?;
@@ -295,7 +295,7 @@ pub async fn run(config: &SluiceConfig, args: BenchArgs) -> anyhow::Result<ExitC
     if args.keep {
         println!("kept the topics under `{prefix}.` and their subjects");
     } else {
-        crate::cli::bench::remove_scratch(config, &clients, &topology).await?;
+        super::remove_scratch(config, &clients, &topology).await?;
         let _ = std::fs::remove_file(&file);
         println!("removed the topics under `{prefix}.` and their subjects");
     }
@@ -331,7 +331,10 @@ async fn publish_timed(
         let sends = chunk.iter().map(|id| async move {
             let sent = Instant::now();
             publisher
-                .publish(ORDER_PLACED, super::demo_order(id, &["SKU-1".to_string()]))
+                .publish(
+                    ORDER_PLACED,
+                    crate::cli::saga::demo_order(id, &["SKU-1".to_string()]),
+                )
                 .await
                 .map(|_| sent)
         });

@@ -18,7 +18,7 @@ use sluice_topology::Topology;
 
 macro_rules! fixture {
     ($path:literal) => {
-        include_bytes!(concat!("../../../tests/fixtures/webhooks/", $path)).as_slice()
+        include_bytes!(concat!("../../tests/fixtures/webhooks/", $path)).as_slice()
     };
 }
 

@@ -1,10 +1,14 @@
-//! `sluice bench …`: throughput and latency against the live stack, each reported next to a
-//! raw rdkafka ceiling measured in the same run, because absolute numbers on a shared or
-//! small machine mean little on their own.
+//! Benchmarks: `sluice bench …` and `sluice saga bench` ([`saga`]). Throughput and latency
+//! against the live stack, each reported next to a raw rdkafka ceiling measured in the same
+//! run, because absolute numbers on a shared or small machine mean little on their own.
+//!
+//! Kept apart from the operator commands in `cli/`: benches create scratch topics, start
+//! sluice roles as child processes and measure them; they operate nothing.
 
 pub mod e2e;
 pub mod gateway;
 pub mod normalizer;
+pub mod saga;
 pub mod stats;
 
 use std::process::ExitCode;
@@ -48,9 +52,8 @@ pub async fn run(config: &SluiceConfig, cmd: BenchCommand) -> anyhow::Result<Exi
 /// The real webhook payloads the benches send (see tests/fixtures/webhooks/README.md).
 pub mod fixtures {
     pub const STRIPE_PAYMENT_SUCCEEDED: &[u8] =
-        include_bytes!("../../../tests/fixtures/webhooks/stripe/payment_intent.succeeded.json");
-    pub const GITHUB_PUSH: &[u8] =
-        include_bytes!("../../../tests/fixtures/webhooks/github/push.json");
+        include_bytes!("../../tests/fixtures/webhooks/stripe/payment_intent.succeeded.json");
+    pub const GITHUB_PUSH: &[u8] = include_bytes!("../../tests/fixtures/webhooks/github/push.json");
 }
 
 /// Starts another `sluice` process (this binary) with extra environment, for benches that
