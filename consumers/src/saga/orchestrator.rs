@@ -1,4 +1,4 @@
-//! `sluice sagas`: the orchestrator, a [`Handler`] of the exactly-once processing loop.
+//! `sluice saga run`: the orchestrator, a [`Handler`] of the exactly-once processing loop.
 //!
 //! For each input record it looks up the instance, applies the [state machine](super::machine)
 //! and returns, as the loop's outputs, the new state record, the commands to send, and the

@@ -1,4 +1,4 @@
-//! Deadlines as inputs: a task inside `sluice sagas` that scans the committed instances of the
+//! Deadlines as inputs: a task inside `sluice saga run` that scans the committed instances of the
 //! partitions this process owns and, when a pending command's reply deadline or backoff has
 //! passed, writes a `deadline` control message to the instance's replies partition.
 //!
