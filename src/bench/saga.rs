@@ -25,7 +25,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::TopicPartitionList;
-use sluice_consumers::saga::changelog;
+use sluice_consumers::runtime::compacted;
 use sluice_consumers::saga::demo::{scratch_topology, Scratch};
 use sluice_producers::publish::Publisher;
 use sluice_runtime::kafka::{create_topic_if_missing, KafkaClients};
@@ -216,7 +216,7 @@ pub async fn run(config: &SluiceConfig, args: BenchArgs) -> anyhow::Result<ExitC
         let all: Vec<i32> = (0..args.partitions).collect();
         let c = clients.clone();
         tokio::task::block_in_place(|| {
-            changelog::read_partitions(&c, &state, &all, |_, _, v| {
+            compacted::read_partitions(&c, &state, &all, |_, _, v| {
                 bytes += v.map_or(0, <[u8]>::len);
                 records += 1;
             })
@@ -397,7 +397,7 @@ async fn measure(
 /// The end of every partition of `topic` now, to read only what comes after.
 fn mark(clients: &KafkaClients, topic: &str) -> anyhow::Result<TopicPartitionList> {
     let consumer: rdkafka::consumer::BaseConsumer = clients.base("bench-mark")?.create()?;
-    let partitions = changelog::partition_count(clients, topic)?;
+    let partitions = compacted::partition_count(clients, topic)?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         let (_, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;

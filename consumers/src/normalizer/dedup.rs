@@ -15,10 +15,9 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::consumer::Consumer;
-use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 use sluice_runtime::kafka::KafkaClients;
+
+use crate::runtime::compacted;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DedupError {
@@ -186,7 +185,7 @@ impl DedupStore {
         self.len() == 0
     }
 
-    /// Reads changelog `partition` from the start to its end (committed records only) and
+    /// Reads changelog `partition` to its stable end (see [`crate::runtime::compacted`]) and
     /// replaces that partition's state. Blocking; call from a blocking context.
     pub fn restore(
         &self,
@@ -194,54 +193,25 @@ impl DedupStore {
         partition: i32,
         now_ms: i64,
     ) -> Result<usize, DedupError> {
-        let fail = |reason: String| DedupError::Restore {
-            topic: self.topic.clone(),
-            partition,
-            reason,
-        };
-        let consumer = clients
-            .read_to_end_consumer("dedup-restore", "sluice-dedup-restore")
-            .map_err(|e| fail(e.to_string()))?;
-        let (low, high) = consumer
-            .fetch_watermarks(&self.topic, partition, Duration::from_secs(10))
-            .map_err(|e| fail(e.to_string()))?;
-        let mut state = HashMap::new();
-        if high > low {
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition_offset(&self.topic, partition, Offset::Beginning)
-                .map_err(|e| fail(e.to_string()))?;
-            consumer.assign(&tpl).map_err(|e| fail(e.to_string()))?;
-            let deadline = std::time::Instant::now() + Duration::from_secs(60);
-            loop {
-                if std::time::Instant::now() > deadline {
-                    return Err(fail("timed out before reaching the end".into()));
-                }
-                match consumer.poll(Duration::from_millis(500)) {
-                    Some(Ok(m)) => {
-                        let Some(key) = m.key().map(|k| String::from_utf8_lossy(k).into_owned())
-                        else {
-                            continue;
-                        };
-                        for (key, t) in entries(key, m.payload()) {
-                            match t {
-                                Some(t) if now_ms - t <= self.window_ms => {
-                                    state.insert(key, t);
-                                }
-                                _ => {
-                                    state.remove(&key); // tombstone or expired
-                                }
-                            }
-                        }
-                        if m.offset() + 1 >= high {
-                            break;
-                        }
+        let mut state: HashMap<String, i64> = HashMap::new();
+        compacted::read_partitions(clients, &self.topic, &[partition], |_, key, value| {
+            let key = String::from_utf8_lossy(key).into_owned();
+            for (key, t) in entries(key, value) {
+                match t {
+                    Some(t) if now_ms - t <= self.window_ms => {
+                        state.insert(key, t);
                     }
-                    Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
-                    Some(Err(e)) => return Err(fail(e.to_string())),
-                    None => {}
+                    _ => {
+                        state.remove(&key); // tombstone or expired
+                    }
                 }
             }
-        }
+        })
+        .map_err(|e| DedupError::Restore {
+            topic: self.topic.clone(),
+            partition,
+            reason: e.to_string(),
+        })?;
         let n = state.len();
         let mut keys: Vec<(String, i64)> = state.into_iter().collect();
         keys.sort_by_key(|(_, at)| *at);

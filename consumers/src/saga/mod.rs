@@ -17,7 +17,6 @@
 //! instance's state in the state topic partition with the same number, which it reads back
 //! when the partition is assigned.
 
-pub mod changelog;
 pub mod definition;
 pub mod demo;
 pub mod instance;
@@ -53,7 +52,7 @@ pub enum SagaError {
     #[error("no saga participant handles role `{0}` (see the `participant` of each saga step)")]
     UnknownRole(String),
     #[error(transparent)]
-    Changelog(#[from] changelog::ChangelogError),
+    Changelog(#[from] crate::runtime::compacted::CompactedError),
     #[error("Kafka: {0}")]
     Kafka(String),
     #[error("metrics: {0}")]

@@ -16,7 +16,8 @@ use super::instance::{Instance, ParkReason, Status};
 use super::messages::{
     self, Action, Control, Meta, SchemaBook, CORRELATION_HEADER, SAGA_ID_HEADER,
 };
-use super::{changelog, home_partition, SagaError};
+use super::{home_partition, SagaError};
+use crate::runtime::compacted;
 use crate::runtime::Output;
 
 #[derive(Debug, thiserror::Error)]
@@ -60,9 +61,9 @@ pub fn list(
     let mut out = Vec::new();
     for name in sagas(topology, saga)? {
         let topic = naming::saga_state_topic(&topology.prefix, name);
-        let partitions: Vec<i32> = (0..changelog::partition_count(clients, &topic)?).collect();
+        let partitions: Vec<i32> = (0..compacted::partition_count(clients, &topic)?).collect();
         let mut latest: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
-        changelog::read_partitions(clients, &topic, &partitions, |_, key, value| {
+        compacted::read_partitions(clients, &topic, &partitions, |_, key, value| {
             latest.insert(
                 String::from_utf8_lossy(key).into_owned(),
                 value.map(<[u8]>::to_vec),
@@ -91,10 +92,10 @@ pub fn find(
     let mut topics = Vec::new();
     for name in sagas(topology, saga)? {
         let topic = naming::saga_state_topic(&topology.prefix, name);
-        let partitions = changelog::partition_count(clients, &topic).map_err(SagaError::from)?;
+        let partitions = compacted::partition_count(clients, &topic).map_err(SagaError::from)?;
         let home = home_partition(id.as_bytes(), partitions);
         let mut latest: Option<Option<Vec<u8>>> = None;
-        changelog::read_partitions(clients, &topic, &[home], |_, key, value| {
+        compacted::read_partitions(clients, &topic, &[home], |_, key, value| {
             if key == id.as_bytes() {
                 latest = Some(value.map(<[u8]>::to_vec));
             }
@@ -194,7 +195,7 @@ pub async fn request(
         &codec,
     )
     .await?;
-    let partitions = tokio::task::block_in_place(|| changelog::partition_count(clients, &replies))
+    let partitions = tokio::task::block_in_place(|| compacted::partition_count(clients, &replies))
         .map_err(SagaError::from)?;
     let request_id = uuid::Uuid::now_v7().to_string();
     let mut control = Control::new(&instance.saga, id, action, &request_id);

@@ -42,7 +42,8 @@ use super::messages::{
 };
 use super::metrics::SagaMetrics;
 use super::store::{Due, Slot, Store};
-use super::{changelog, home_partition, SagaError};
+use super::{home_partition, SagaError};
+use crate::runtime::compacted;
 use crate::runtime::headers as routing;
 use crate::runtime::{Assigned, Handler, HandlerError, Output, Record};
 
@@ -172,7 +173,7 @@ impl Orchestrator {
             let replies_topic = naming::saga_replies_topic(&topology.prefix, &def.name);
             let partitions = {
                 let (clients, topic) = (clients.clone(), replies_topic.clone());
-                tokio::task::block_in_place(|| changelog::partition_count(&clients, &topic))?
+                tokio::task::block_in_place(|| compacted::partition_count(&clients, &topic))?
             };
             let route = |t: &str| {
                 topology
@@ -928,7 +929,7 @@ impl Handler for Orchestrator {
             let mut unreadable = 0usize;
             let clients = self.clients.clone();
             let read = tokio::task::block_in_place(|| {
-                changelog::read_partitions(&clients, &saga.state_topic, &ps, |p, key, value| {
+                compacted::read_partitions(&clients, &saga.state_topic, &ps, |p, key, value| {
                     let id = String::from_utf8_lossy(key).into_owned();
                     let m = restored.entry(p).or_default();
                     match value.map(restore) {

@@ -52,7 +52,8 @@ use super::messages::{
     self, Command, Meta, Reply, SchemaBook, COMMAND_ID_HEADER, CORRELATION_HEADER, SAGA_ID_HEADER,
 };
 use super::metrics::ParticipantMetrics;
-use super::{changelog, SagaError};
+use super::SagaError;
+use crate::runtime::compacted;
 use crate::runtime::{Assigned, FailureRouter, Handler, HandlerError, Output, Record};
 
 /// What a participant did with a command.
@@ -542,7 +543,7 @@ impl<P: Participant> Handler for ParticipantHandler<P> {
         let clients = self.clients.clone();
         let topic = self.spec.state_topic.clone();
         let n = tokio::task::block_in_place(|| {
-            changelog::read_partitions(&clients, &topic, &needed, |p, key, value| {
+            compacted::read_partitions(&clients, &topic, &needed, |p, key, value| {
                 let id = String::from_utf8_lossy(key).into_owned();
                 let m = restored.entry(p).or_default();
                 match value.map(serde_json::from_slice::<Entry>) {

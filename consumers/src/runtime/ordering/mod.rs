@@ -256,10 +256,12 @@ impl KeyOrdering {
         partitions: &HashSet<i32>,
     ) -> Result<usize, OrderingError> {
         let mut restored = 0;
-        for p in partitions {
-            let keys = restore::read_partition(clients, &self.per_key.held_topic, *p)?;
-            // Indices beyond today's tiers (a policy lost tiers) wait on the last one.
-            let last = self.router.tiers.len().saturating_sub(1);
+        let partitions: Vec<i32> = partitions.iter().copied().collect();
+        let by_partition =
+            restore::read_partitions(clients, &self.per_key.held_topic, &partitions)?;
+        // Indices beyond today's tiers (a policy lost tiers) wait on the last one.
+        let last = self.router.tiers.len().saturating_sub(1);
+        for (p, keys) in by_partition {
             let keys = keys
                 .into_iter()
                 .map(|(id, mut s)| {
@@ -268,7 +270,7 @@ impl KeyOrdering {
                 })
                 .collect::<std::collections::HashMap<_, _>>();
             restored += keys.len();
-            self.state().load(*p, keys);
+            self.state().load(p, keys);
         }
         Ok(restored)
     }

@@ -4,109 +4,52 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::consumer::Consumer;
 use sluice_runtime::kafka::KafkaClients;
 
 use super::state::{KeyId, KeyState};
 use super::OrderingError;
+use crate::runtime::compacted;
 
-/// How long a restore waits for a transaction still open on the partition (a predecessor
-/// that died mid-batch) to be committed or aborted, on top of the read itself.
-const RESTORE_DEADLINE: Duration = Duration::from_secs(90);
-
-/// Reads held-key partition `partition` of `topic` to its end, committed records only.
-/// Blocking.
-pub fn read_partition(
+/// Reads held-key partitions `partitions` of `topic` to their stable end (see
+/// [`crate::runtime::compacted`]), each partition's keys apart. Blocking.
+pub fn read_partitions(
     clients: &KafkaClients,
     topic: &str,
-    partition: i32,
-) -> Result<HashMap<KeyId, KeyState>, OrderingError> {
-    let fail = |reason: String| OrderingError::Restore {
-        topic: topic.to_string(),
-        partition,
-        reason,
-    };
-    let consumer = clients
-        .read_to_end_consumer("held-keys-restore", "sluice-held-keys-restore")
-        .map_err(|e| fail(e.to_string()))?;
-    let deadline = Instant::now() + RESTORE_DEADLINE;
-    let end = stable_end(clients, &consumer, topic, partition, deadline).map_err(fail)?;
-    let mut keys = HashMap::new();
-    let (low, _) = consumer
-        .fetch_watermarks(topic, partition, Duration::from_secs(10))
-        .map_err(|e| fail(e.to_string()))?;
-    if end <= low {
-        return Ok(keys);
-    }
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition, Offset::Beginning)
-        .map_err(|e| fail(e.to_string()))?;
-    consumer.assign(&tpl).map_err(|e| fail(e.to_string()))?;
-    loop {
-        if Instant::now() > deadline {
-            return Err(fail("timed out before reaching the end".into()));
-        }
-        match consumer.poll(Duration::from_millis(500)) {
-            Some(Ok(m)) => {
-                if let Some(id) = m.key().and_then(KeyId::decode) {
-                    match m.payload() {
-                        Some(v) => {
-                            let state: KeyState = serde_json::from_slice(v)
-                                .map_err(|e| fail(format!("offset {}: {e}", m.offset())))?;
-                            keys.insert(id, state);
-                        }
-                        None => {
-                            keys.remove(&id);
-                        }
-                    }
-                }
-                if m.offset() + 1 >= end {
-                    break;
-                }
+    partitions: &[i32],
+) -> Result<HashMap<i32, HashMap<KeyId, KeyState>>, OrderingError> {
+    let mut keys: HashMap<i32, HashMap<KeyId, KeyState>> =
+        partitions.iter().map(|p| (*p, HashMap::new())).collect();
+    let mut undecodable: Option<OrderingError> = None;
+    compacted::read_partitions(clients, topic, partitions, |p, key, value| {
+        let Some(id) = KeyId::decode(key) else {
+            return;
+        };
+        let held = keys.entry(p).or_default();
+        match value.map(serde_json::from_slice::<KeyState>) {
+            Some(Ok(state)) => {
+                held.insert(id, state);
             }
-            Some(Err(KafkaError::PartitionEOF(_))) => break,
-            Some(Err(e)) => return Err(fail(e.to_string())),
-            None => {}
+            Some(Err(e)) => {
+                undecodable.get_or_insert(OrderingError::Restore {
+                    topic: topic.to_string(),
+                    partition: p,
+                    reason: format!("a held key's state is not readable: {e}"),
+                });
+            }
+            None => {
+                held.remove(&id);
+            }
         }
-    }
-    Ok(keys)
-}
-
-/// The partition's end once no transaction is open on it: a `read_committed` read stops at
-/// the last stable offset, so a predecessor's open transaction would otherwise hide state
-/// that is about to commit.
-fn stable_end<C: rdkafka::consumer::ConsumerContext>(
-    clients: &KafkaClients,
-    committed: &BaseConsumer<C>,
-    topic: &str,
-    partition: i32,
-    deadline: Instant,
-) -> Result<i64, String> {
-    let everything: BaseConsumer = clients
-        .base("held-keys-restore")
-        .map_err(|e| e.to_string())?
-        .set("isolation.level", "read_uncommitted")
-        .create()
-        .map_err(|e| e.to_string())?;
-    let (_, high) = everything
-        .fetch_watermarks(topic, partition, Duration::from_secs(10))
-        .map_err(|e| e.to_string())?;
-    loop {
-        let (_, stable) = committed
-            .fetch_watermarks(topic, partition, Duration::from_secs(10))
-            .map_err(|e| e.to_string())?;
-        if stable >= high {
-            return Ok(stable);
-        }
-        if Instant::now() > deadline {
-            return Err(format!(
-                "a transaction stayed open on it (stable offset {stable}, end {high})"
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(200));
+    })
+    .map_err(|e| OrderingError::Restore {
+        topic: topic.to_string(),
+        partition: partitions.first().copied().unwrap_or_default(),
+        reason: e.to_string(),
+    })?;
+    match undecodable {
+        Some(e) => Err(e),
+        None => Ok(keys),
     }
 }
 

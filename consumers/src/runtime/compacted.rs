@@ -1,0 +1,157 @@
+//! Reading compacted state topics back to their end: the one way every piece of state a loop
+//! keeps in Kafka comes back (the normalizer's dedup keys, held keys under per-key ordering,
+//! saga instances, saga participants' handled commands).
+//!
+//! The rules, the same for all of them:
+//! - only committed records are read (`read_committed`): state written by an aborted
+//!   transaction, or by a fenced zombie's open one, never comes back;
+//! - a partition is read to its *stable* end: while a predecessor that died mid-batch still
+//!   has a transaction open on it, a committed read would stop short of state that is about
+//!   to commit, so the read first waits for the open transaction to end;
+//! - one deadline, [`READ_DEADLINE`], for waiting and reading together; past it the read
+//!   fails with what is missing, and the loop stops rather than run on partial state.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use sluice_runtime::kafka::{KafkaClients, ReadToEnd};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompactedError {
+    #[error("reading {topic}: {reason}")]
+    Read { topic: String, reason: String },
+}
+
+/// How long a restore may take, waiting for open transactions included.
+pub const READ_DEADLINE: Duration = Duration::from_secs(120);
+
+/// Reads `partitions` of `topic` from their start to their stable end, calling `f(partition,
+/// key, value)` for each keyed record in offset order per partition (`None` value: a
+/// tombstone). Returns the number of records read. Blocking: call from a blocking context.
+pub fn read_partitions(
+    clients: &KafkaClients,
+    topic: &str,
+    partitions: &[i32],
+    mut f: impl FnMut(i32, &[u8], Option<&[u8]>),
+) -> Result<usize, CompactedError> {
+    let fail = |reason: String| CompactedError::Read {
+        topic: topic.to_string(),
+        reason,
+    };
+    let deadline = Instant::now() + READ_DEADLINE;
+    let consumer = clients
+        .read_to_end_consumer("state-restore", "sluice-state-restore")
+        .map_err(|e| fail(e.to_string()))?;
+    let ends = stable_ends(clients, &consumer, topic, partitions, deadline).map_err(fail)?;
+    let mut tpl = TopicPartitionList::new();
+    for p in ends.keys() {
+        tpl.add_partition_offset(topic, *p, Offset::Beginning)
+            .map_err(|e| fail(e.to_string()))?;
+    }
+    let mut open: BTreeSet<i32> = ends.keys().copied().collect();
+    if open.is_empty() {
+        return Ok(0);
+    }
+    consumer.assign(&tpl).map_err(|e| fail(e.to_string()))?;
+    let mut n = 0;
+    while !open.is_empty() {
+        if Instant::now() > deadline {
+            return Err(fail(format!(
+                "partitions {open:?} did not reach their end within {READ_DEADLINE:?}"
+            )));
+        }
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) => {
+                if let Some(key) = m.key() {
+                    f(m.partition(), key, m.payload());
+                    n += 1;
+                }
+                if ends
+                    .get(&m.partition())
+                    .is_some_and(|end| m.offset() + 1 >= *end)
+                {
+                    open.remove(&m.partition());
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                open.remove(&p);
+            }
+            Some(Err(e)) => return Err(fail(e.to_string())),
+            None => {}
+        }
+    }
+    Ok(n)
+}
+
+/// Each of `partitions` that holds records, with its end once no transaction is open on it.
+fn stable_ends(
+    clients: &KafkaClients,
+    committed: &BaseConsumer<ReadToEnd>,
+    topic: &str,
+    partitions: &[i32],
+    deadline: Instant,
+) -> Result<BTreeMap<i32, i64>, String> {
+    let everything: BaseConsumer = clients
+        .base("state-restore")
+        .map_err(|e| e.to_string())?
+        .set("isolation.level", "read_uncommitted")
+        .create()
+        .map_err(|e| e.to_string())?;
+    let watermarks = |c: &dyn Fn(i32) -> rdkafka::error::KafkaResult<(i64, i64)>, p: i32| {
+        c(p).map_err(|e| format!("partition {p}: {e}"))
+    };
+    let mut ends = BTreeMap::new();
+    for &p in partitions {
+        let (low, high) = watermarks(
+            &|p| everything.fetch_watermarks(topic, p, Duration::from_secs(10)),
+            p,
+        )?;
+        loop {
+            let (_, stable) = watermarks(
+                &|p| committed.fetch_watermarks(topic, p, Duration::from_secs(10)),
+                p,
+            )?;
+            if stable >= high {
+                if stable > low {
+                    ends.insert(p, stable);
+                }
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "partition {p}: a transaction stayed open on it (stable offset {stable}, end {high})"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    Ok(ends)
+}
+
+/// The number of partitions of `topic`. Blocking.
+pub fn partition_count(clients: &KafkaClients, topic: &str) -> Result<i32, CompactedError> {
+    let fail = |reason: String| CompactedError::Read {
+        topic: topic.to_string(),
+        reason,
+    };
+    let consumer: BaseConsumer = clients
+        .base("state-metadata")
+        .map_err(|e| fail(e.to_string()))?
+        .create()
+        .map_err(|e| fail(e.to_string()))?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(|e| fail(e.to_string()))?;
+    match metadata.topics().first() {
+        Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+            Ok(t.partitions().len() as i32)
+        }
+        _ => Err(fail(
+            "the topic does not exist; run `sluice topology apply`".into(),
+        )),
+    }
+}
