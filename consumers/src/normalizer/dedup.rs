@@ -79,6 +79,13 @@ pub fn key(source: &str, delivery_id: &str) -> String {
     format!("{source}\n{delivery_id}")
 }
 
+/// The key of a delivery's content digest (see `sluice_content_digest`). The NUL keeps it
+/// apart from every delivery id: an HTTP header value cannot hold one, so a sender choosing
+/// an unsigned id cannot make it equal another delivery's digest key.
+pub fn digest_key(source: &str, digest: &str) -> String {
+    format!("{source}\n\0sha256:{digest}")
+}
+
 impl DedupStore {
     pub fn new(topic: &str, window: Duration) -> Self {
         Self {
@@ -265,6 +272,13 @@ mod tests {
         assert!(d.is_duplicate(0, "a", 2000));
         assert!(!d.is_duplicate(1, "a", 2000), "state is per partition");
         assert!(!d.is_duplicate(0, "a", 1000 + 61_000), "outside the window");
+    }
+
+    #[test]
+    fn no_delivery_id_can_name_a_digest_key() {
+        let digest = "ab".repeat(32);
+        let forged_id = format!("sha256:{digest}");
+        assert_ne!(key("github", &forged_id), digest_key("github", &digest));
     }
 
     #[test]

@@ -316,7 +316,7 @@ impl Normalizer {
         // still the same signed content (the gateway keys it to the same partition).
         let digest_key = record
             .header(raw::CONTENT_DIGEST)
-            .map(|d| dedup::key(source, &format!("sha256:{d}")));
+            .map(|d| dedup::digest_key(source, d));
         let now = metadata::now_ms();
         let seen = |key: &String| self.dedup.is_duplicate(raw_partition, key, now);
         if seen(&dedup_key) || digest_key.as_ref().is_some_and(seen) {
