@@ -521,6 +521,67 @@ mod tests {
         assert_eq!(m.event_type, entry.full_name);
     }
 
+    /// A missing or out-of-date subject disables only its event type; a catalog or registry
+    /// failure stops the build, with the messages the publisher always gave.
+    #[test]
+    fn subject_resolution_decides_availability_or_fails_the_build() {
+        let catalog = Catalog::embedded().unwrap();
+        let event_type = "dev.sluice.events.payments.PaymentSucceeded";
+        let entry = catalog.latest(event_type).unwrap();
+        let not_registered = |reason: Unreadable| SubjectError::NotRegistered {
+            subject: "orders-value".into(),
+            reason: Box::new(reason),
+        };
+
+        let ready = subject::ready(
+            "orders-value".into(),
+            entry,
+            sluice_schemas::Registration::Current { id: 31 },
+        );
+        match availability(ready, &catalog, event_type).unwrap() {
+            Availability::Ready { version, writer } => {
+                assert_eq!((version, writer.id()), (entry.version, 31));
+            }
+            other => panic!("{other:?}"),
+        }
+        let missing = Err(not_registered(Unreadable::Missing));
+        assert!(matches!(
+            availability(missing, &catalog, event_type),
+            Ok(Availability::NotRegistered)
+        ));
+        let out_of_date = Err(SubjectError::OutOfDate {
+            subject: "orders-value".into(),
+            id: 9,
+            event_type: event_type.into(),
+            version: 2,
+        });
+        assert!(matches!(
+            availability(out_of_date, &catalog, event_type),
+            Ok(Availability::OutOfDate {
+                registered_id: 9,
+                catalog_version: 2
+            })
+        ));
+
+        let down = Err(not_registered(Unreadable::Registry(
+            RegistryError::Request {
+                url: "http://registry".into(),
+                message: "HTTP 503".into(),
+                retriable: true,
+            },
+        )));
+        let err = availability(down, &catalog, event_type).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "looking up subject orders-value in the schema registry: registry http://registry: HTTP 503"
+        );
+        let unknown = Err(not_registered(Unreadable::Catalog(
+            CatalogError::UnknownEventType("x".into()),
+        )));
+        let err = availability(unknown, &catalog, "x").unwrap_err();
+        assert!(matches!(err, PublisherBuildError::Catalog(_)), "{err}");
+    }
+
     #[test]
     fn error_codes_and_statuses_are_stable() {
         let e = PublishError::SchemaMismatch {
