@@ -1,5 +1,6 @@
 //! Avro in the Confluent wire format: magic byte `0`, the writer schema's id as a 4-byte
-//! big-endian integer, then the Avro binary datum.
+//! big-endian integer, then the Avro binary datum. [`SchemaWriter`] writes it;
+//! [`AvroCodec`] reads it.
 //!
 //! Writer schemas are fetched from the registry once per id and cached, so the registry is
 //! hit once per schema, not once per message. Decoding against a reader schema reads the
@@ -216,17 +217,6 @@ impl AvroCodec {
         &self.registry
     }
 
-    /// Encodes `value` with `schema`, whose registry id is `schema_id` (from registration at
-    /// deploy time). Validates the value against the schema first.
-    pub fn encode(
-        &self,
-        schema_id: u32,
-        schema: &Schema,
-        value: Value,
-    ) -> Result<Vec<u8>, CodecError> {
-        encode_with(schema_id, schema, value)
-    }
-
     /// Decodes a wire-format payload with its writer schema.
     pub async fn decode(
         &self,
@@ -369,18 +359,35 @@ impl AvroCodec {
     }
 }
 
-/// Encodes values of one registered schema with a writer built once.
+/// Writes values of one registered schema in the Confluent wire format: magic byte `0`, the
+/// schema's registry id as a 4-byte big-endian integer, then the Avro binary datum.
 ///
-/// apache-avro's writer borrows its schema and indexes its names when built; building it per
-/// record costs more than encoding. The schema is given a `'static` lifetime, so build one
-/// `SchemaWriter` per schema a process writes (at start-up), not per record.
-pub struct SchemaWriter {
+/// This is the one place sluice writes Avro. apache-avro's datum writer borrows its schema
+/// and indexes the schema's names when built, which costs more than encoding a small record,
+/// so a writer is prepared once and reused:
+///
+/// - [`SchemaWriter::new`] owns its schema for the rest of the process: build one per
+///   (topic, event type) a process writes, at start-up (see [`crate::subject::resolve`]).
+/// - [`SchemaWriter::borrowing`] borrows a schema, for a one-off record.
+///
+/// ```
+/// use apache_avro::{types::Value, Schema};
+/// use sluice_schemas::codec::SchemaWriter;
+///
+/// let schema = Schema::parse_str(r#"{"type":"record","name":"Ping","fields":[{"name":"n","type":"long"}]}"#).unwrap();
+/// let writer = SchemaWriter::new(42, schema).unwrap();
+/// let bytes = writer.encode(Value::Record(vec![("n".into(), Value::Long(1))])).unwrap();
+/// assert_eq!(bytes, [0, 0, 0, 0, 42, 2]);
+/// ```
+#[derive(Clone)]
+pub struct SchemaWriter<'s> {
     id: u32,
-    schema: &'static Schema,
-    writer: GenericDatumWriter<'static>,
+    schema: &'s Schema,
+    /// Shared so that copies of a process's writers (a cloned saga book) share one encoder.
+    writer: Arc<GenericDatumWriter<'s>>,
 }
 
-impl fmt::Debug for SchemaWriter {
+impl fmt::Debug for SchemaWriter<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
@@ -391,9 +398,20 @@ impl fmt::Debug for SchemaWriter {
     }
 }
 
-impl SchemaWriter {
+impl SchemaWriter<'static> {
+    /// A writer for schema `id` that lives as long as the process.
+    ///
+    /// The schema is given a `'static` lifetime by leaking it, as [`AvroCodec`] does for its
+    /// readers: a process builds one writer per schema it writes, at start-up, so this is the
+    /// writers' memory, not a leak that grows per record.
     pub fn new(id: u32, schema: Schema) -> Result<Self, CodecError> {
-        let schema: &'static Schema = Box::leak(Box::new(schema));
+        Self::borrowing(id, Box::leak(Box::new(schema)))
+    }
+}
+
+impl<'s> SchemaWriter<'s> {
+    /// A writer for schema `id` that borrows `schema`; for a one-off record.
+    pub fn borrowing(id: u32, schema: &'s Schema) -> Result<Self, CodecError> {
         let writer =
             GenericDatumWriter::builder(schema)
                 .build()
@@ -401,18 +419,23 @@ impl SchemaWriter {
                     id,
                     reason: e.to_string(),
                 })?;
-        Ok(Self { id, schema, writer })
+        Ok(Self {
+            id,
+            schema,
+            writer: Arc::new(writer),
+        })
     }
 
+    /// The registry id written in every record's header.
     pub fn id(&self) -> u32 {
         self.id
     }
 
-    pub fn schema(&self) -> &Schema {
+    pub fn schema(&self) -> &'s Schema {
         self.schema
     }
 
-    /// Encodes in the Confluent wire format, validating the value against the schema.
+    /// Encodes `value` in the Confluent wire format, validating it against the schema first.
     pub fn encode(&self, value: Value) -> Result<Vec<u8>, CodecError> {
         let mut out = Vec::with_capacity(128);
         out.push(MAGIC_BYTE);
@@ -427,24 +450,11 @@ impl SchemaWriter {
     }
 }
 
-/// Encodes without a registry round trip: the id is already known.
+/// Encodes one record with schema `schema_id` without a registry round trip, preparing a
+/// writer for it alone. For one-off records (a demo, a test); anything that writes more than
+/// once keeps a [`SchemaWriter`].
 pub fn encode_with(schema_id: u32, schema: &Schema, value: Value) -> Result<Vec<u8>, CodecError> {
-    let mut out = Vec::with_capacity(64);
-    out.push(MAGIC_BYTE);
-    out.extend_from_slice(&schema_id.to_be_bytes());
-    let writer = GenericDatumWriter::builder(schema)
-        .build()
-        .map_err(|e| CodecError::Encode {
-            id: schema_id,
-            reason: e.to_string(),
-        })?;
-    writer
-        .write_value(&mut out, value)
-        .map_err(|e| CodecError::Encode {
-            id: schema_id,
-            reason: e.to_string(),
-        })?;
-    Ok(out)
+    SchemaWriter::borrowing(schema_id, schema)?.encode(value)
 }
 
 /// Splits the wire-format header from the datum.
@@ -568,7 +578,7 @@ fn schema_name(schema: &Schema) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A codec whose registry is never called: every schema is preloaded.
@@ -614,14 +624,87 @@ mod tests {
         );
     }
 
+    /// A normalized event with a negative decimal, a nested record and optional fields.
+    pub(crate) fn payment() -> (Schema, Value) {
+        let catalog = crate::Catalog::embedded().unwrap();
+        let entry = catalog
+            .latest("dev.sluice.events.payments.PaymentSucceeded")
+            .unwrap();
+        let json = serde_json::json!({
+            "event_id": "e1", "occurred_at": 1_649_367_553_123i64, "source": "s",
+            "subject": "pi_1", "payment_id": "pi_1", "description": null,
+            "amount": {"amount": "-2000.05", "currency": "EUR"}, "provider": "stripe"
+        });
+        let value = crate::json::from_json(&json, &entry.schema).unwrap();
+        (entry.schema.clone(), value)
+    }
+
+    /// What each writer sluice had before [`SchemaWriter`] served them all produced (the
+    /// publisher's per-call writer, the saga book's, the normalizer's): the magic byte, the id
+    /// big-endian, then apache-avro's datum.
+    fn header_then_datum(id: u32, schema: &Schema, value: Value) -> Vec<u8> {
+        let mut out = vec![MAGIC_BYTE];
+        out.extend_from_slice(&id.to_be_bytes());
+        let datum = GenericDatumWriter::builder(schema)
+            .build()
+            .unwrap()
+            .write_value_to_vec(value)
+            .unwrap();
+        out.extend(datum);
+        out
+    }
+
+    #[test]
+    fn every_writer_writes_the_same_wire_bytes() {
+        let (schema, value) = payment();
+        let id = 0x0A0B_0C0D;
+        let expected = header_then_datum(id, &schema, value.clone());
+        assert_eq!(&expected[..5], &[0, 0x0a, 0x0b, 0x0c, 0x0d]);
+
+        let process = SchemaWriter::new(id, schema.clone()).unwrap();
+        assert_eq!(process.id(), id);
+        assert_eq!(process.encode(value.clone()).unwrap(), expected);
+        let copy = process.clone();
+        assert_eq!(copy.encode(value.clone()).unwrap(), expected);
+        // The writer is reusable: a second record encodes the same way.
+        assert_eq!(process.encode(value.clone()).unwrap(), expected);
+        let one_off = SchemaWriter::borrowing(id, &schema).unwrap();
+        assert_eq!(one_off.encode(value.clone()).unwrap(), expected);
+        assert_eq!(encode_with(id, &schema, value).unwrap(), expected);
+    }
+
+    #[test]
+    fn written_records_decode_back_with_the_codec() {
+        let (schema, value) = payment();
+        let bytes = SchemaWriter::new(77, schema.clone())
+            .unwrap()
+            .encode(value.clone())
+            .unwrap();
+        let codec = offline_codec();
+        codec.preload(77, schema.clone()).unwrap();
+        let at = RecordLocation::default();
+        let decoded = codec.decode_cached(&bytes, None, &at).unwrap().unwrap();
+        assert_eq!(decoded.schema_id, 77);
+        assert_eq!(decoded.value, value);
+        let reader = ReaderSchema::new(schema).unwrap();
+        let resolved = codec
+            .decode_cached(&bytes, Some(&reader), &at)
+            .unwrap()
+            .unwrap();
+        assert_eq!(resolved.value, value);
+    }
+
     #[test]
     fn encode_rejects_a_value_that_does_not_match() {
         let schema = Schema::parse_str(SCHEMA).unwrap();
         let value = Value::Record(vec![("n".into(), Value::String("x".into()))]);
         assert!(matches!(
-            encode_with(1, &schema, value),
-            Err(CodecError::Encode { .. })
+            encode_with(1, &schema, value.clone()),
+            Err(CodecError::Encode { id: 1, .. })
         ));
+        let writer = SchemaWriter::new(2, schema).unwrap();
+        let err = writer.encode(value).unwrap_err();
+        assert!(matches!(err, CodecError::Encode { id: 2, .. }), "{err}");
     }
 
     #[test]

@@ -118,27 +118,8 @@ pub struct RouteSpec {
     pub topic: String,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SubjectNaming {
-    /// `<topic>-<record full name>`: several event types per topic (the default).
-    #[default]
-    TopicRecordName,
-    /// `<topic>-value`: one event type per topic.
-    TopicName,
-    /// `<record full name>`: one subject per type across topics.
-    RecordName,
-}
-
-impl SubjectNaming {
-    pub fn subject(self, topic: &str, record_full_name: &str) -> String {
-        match self {
-            SubjectNaming::TopicRecordName => format!("{topic}-{record_full_name}"),
-            SubjectNaming::TopicName => format!("{topic}-value"),
-            SubjectNaming::RecordName => record_full_name.to_string(),
-        }
-    }
-}
+// Subject naming lives in `sluice-schemas`, which resolves subjects for every writer.
+pub use sluice_schemas::subject::SubjectNaming;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]

@@ -21,7 +21,8 @@ use sluice_runtime::trace_context;
 use sluice_schemas::codec::SchemaWriter;
 use sluice_schemas::json::from_json;
 use sluice_schemas::metadata::{self, raw, EventMetadata};
-use sluice_schemas::{Catalog, Registration, RegistryClient};
+use sluice_schemas::subject::{self, SubjectError};
+use sluice_schemas::{Catalog, RegistryClient};
 use sluice_topology::model::UnmappedPolicy;
 use sluice_topology::Topology;
 use tracing::Instrument;
@@ -41,15 +42,9 @@ pub const RETRY_POLICY: &str = "normalizer";
 
 #[derive(Debug, thiserror::Error)]
 pub enum NormalizerError {
-    #[error("subject {subject} is not registered or not readable ({reason}); run `sluice schemas register`")]
-    NotRegistered { subject: String, reason: String },
-    #[error("subject {subject}'s latest schema (id {id}) is not the catalog's {event_type} v{version}; run `sluice schemas register`")]
-    OutOfDate {
-        subject: String,
-        id: u32,
-        event_type: String,
-        version: u32,
-    },
+    /// A routed event type's subject is missing or out of date.
+    #[error(transparent)]
+    Subject(#[from] SubjectError),
     #[error("the topology has no `{0}` topic for dedup state")]
     NoDedupTopic(String),
     #[error("metrics: {0}")]
@@ -60,7 +55,7 @@ pub enum NormalizerError {
 #[derive(Debug)]
 struct Target {
     topic: String,
-    writer: SchemaWriter,
+    writer: SchemaWriter<'static>,
 }
 
 #[derive(Debug, Clone)]
@@ -103,48 +98,19 @@ impl Normalizer {
     ) -> Result<Self, NormalizerError> {
         let mut targets = HashMap::new();
         for route in &topology.routes {
-            let subject = topology
-                .subjects
-                .naming
-                .subject(&route.topic, &route.event_type);
-            let entry =
-                catalog
-                    .latest(&route.event_type)
-                    .map_err(|e| NormalizerError::NotRegistered {
-                        subject: subject.clone(),
-                        reason: e.to_string(),
-                    })?;
-            let not_registered = |reason: String| NormalizerError::NotRegistered {
-                subject: subject.clone(),
-                reason,
-            };
-            let id = match registry
-                .registration_of(&subject, &entry.schema)
-                .await
-                .map_err(|e| not_registered(e.to_string()))?
-            {
-                Registration::Current { id } => id,
-                Registration::OutOfDate { id } => {
-                    return Err(NormalizerError::OutOfDate {
-                        subject,
-                        id,
-                        event_type: route.event_type.clone(),
-                        version: entry.version,
-                    })
-                }
-                Registration::Missing => return Err(not_registered("no such subject".into())),
-            };
-            let writer = SchemaWriter::new(id, entry.schema.clone()).map_err(|e| {
-                NormalizerError::NotRegistered {
-                    subject: subject.clone(),
-                    reason: e.to_string(),
-                }
-            })?;
+            let ready = subject::resolve(
+                catalog,
+                registry,
+                topology.subjects.naming,
+                &route.topic,
+                &route.event_type,
+            )
+            .await?;
             targets.insert(
                 route.event_type.clone(),
                 Target {
                     topic: route.topic.clone(),
-                    writer,
+                    writer: ready.writer,
                 },
             );
         }

@@ -8,14 +8,13 @@
 use std::collections::HashMap;
 
 use apache_avro::types::Value;
-use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::Schema;
 use serde_json::Value as Json;
-use sluice_schemas::codec::MAGIC_BYTE;
+use sluice_schemas::codec::{CodecError, SchemaWriter};
 use sluice_schemas::json::from_json;
 use sluice_schemas::metadata::EventMetadata;
-use sluice_schemas::{AvroCodec, Catalog, Registration, RegistryClient};
-use sluice_topology::model::SubjectNaming;
+use sluice_schemas::subject::{self, SubjectError, SubjectNaming};
+use sluice_schemas::{AvroCodec, Catalog, RegistryClient};
 
 use super::SagaError;
 
@@ -26,31 +25,11 @@ pub const COMMAND_ID_HEADER: &str = "sluice_command_id";
 /// Header carrying the correlation id (the trigger's correlation key value).
 pub const CORRELATION_HEADER: &str = "sluice_correlation_id";
 
-/// The schema a (topic, event type) pair is written with, its registry id, and a writer
-/// built once for it.
-///
-/// apache-avro's writer borrows its schema and resolves it when built, which is most of the
-/// cost of encoding a small record; both are given a `'static` lifetime by leaking them, as
-/// the codec does for readers. A process resolves a fixed set of pairs once, so this is the
-/// book's memory, not a leak that grows.
-#[derive(Clone)]
-struct Registered {
-    id: u32,
-    schema: &'static Schema,
-    writer: &'static GenericDatumWriter<'static>,
-}
-
-impl std::fmt::Debug for Registered {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Registered({})", self.id)
-    }
-}
-
 /// Schema ids of every (topic, event type) a process writes, resolved once at start-up from
 /// subjects `sluice schemas register` created, and checked against the catalog.
 #[derive(Debug, Clone, Default)]
 pub struct SchemaBook {
-    entries: HashMap<(String, String), Registered>,
+    entries: HashMap<(String, String), SchemaWriter<'static>>,
 }
 
 impl SchemaBook {
@@ -68,45 +47,14 @@ impl SchemaBook {
             if entries.contains_key(&(topic.clone(), event_type.clone())) {
                 continue;
             }
-            let subject = naming.subject(&topic, &event_type);
-            let not_registered = |reason: String| SagaError::NotRegistered {
-                subject: subject.clone(),
-                reason,
-            };
-            let entry = catalog
-                .latest(&event_type)
-                .map_err(|e| not_registered(e.to_string()))?;
-            let id = match registry
-                .registration_of(&subject, &entry.schema)
-                .await
-                .map_err(|e| not_registered(e.to_string()))?
-            {
-                Registration::Current { id } => id,
-                Registration::OutOfDate { id } => {
-                    return Err(SagaError::OutOfDate {
-                        subject,
-                        id,
-                        event_type,
-                        version: entry.version,
-                    })
-                }
-                Registration::Missing => return Err(not_registered("no such subject".into())),
-            };
+            let ready = subject::resolve(catalog, registry, naming, &topic, &event_type).await?;
             codec
-                .preload(id, entry.schema.clone())
-                .map_err(|e| not_registered(e.to_string()))?;
-            let schema: &'static Schema = Box::leak(Box::new(entry.schema.clone()));
-            let writer = GenericDatumWriter::builder(schema)
-                .build()
-                .map_err(|e| not_registered(e.to_string()))?;
-            entries.insert(
-                (topic, event_type),
-                Registered {
-                    id,
-                    schema,
-                    writer: Box::leak(Box::new(writer)),
-                },
-            );
+                .preload(ready.writer.id(), ready.writer.schema().clone())
+                .map_err(|e| SubjectError::NotRegistered {
+                    subject: ready.subject,
+                    reason: Box::new(e.into()),
+                })?;
+            entries.insert((topic, event_type), ready.writer);
         }
         Ok(Self { entries })
     }
@@ -116,14 +64,14 @@ impl SchemaBook {
         match self
             .entries
             .get(&(topic.to_string(), event_type.to_string()))
-            .map(|r| r.schema)
+            .map(SchemaWriter::schema)
         {
             Some(Schema::Record(r)) => r.fields.iter().map(|f| f.name.clone()).collect(),
             _ => Vec::new(),
         }
     }
 
-    fn entry(&self, topic: &str, event_type: &str) -> Result<&Registered, SagaError> {
+    fn entry(&self, topic: &str, event_type: &str) -> Result<&SchemaWriter<'static>, SagaError> {
         self.entries
             .get(&(topic.to_string(), event_type.to_string()))
             .ok_or_else(|| SagaError::Unresolved {
@@ -132,17 +80,19 @@ impl SchemaBook {
             })
     }
 
-    fn write(&self, r: &Registered, event_type: &str, value: Value) -> Result<Vec<u8>, SagaError> {
-        let mut out = Vec::with_capacity(256);
-        out.push(MAGIC_BYTE);
-        out.extend_from_slice(&r.id.to_be_bytes());
-        r.writer
-            .write_value(&mut out, value)
-            .map_err(|e| SagaError::Encode {
-                event_type: event_type.to_string(),
-                reason: e.to_string(),
-            })?;
-        Ok(out)
+    fn write(
+        &self,
+        writer: &SchemaWriter<'_>,
+        event_type: &str,
+        value: Value,
+    ) -> Result<Vec<u8>, SagaError> {
+        writer.encode(value).map_err(|e| SagaError::Encode {
+            event_type: event_type.to_string(),
+            reason: match e {
+                CodecError::Encode { reason, .. } => reason,
+                other => other.to_string(),
+            },
+        })
     }
 
     /// Encodes a record of `event_type` for `topic` from its fields by name, in the
@@ -155,7 +105,7 @@ impl SchemaBook {
         fields: Vec<(&str, Value)>,
     ) -> Result<Vec<u8>, SagaError> {
         let r = self.entry(topic, event_type)?;
-        let Schema::Record(record) = r.schema else {
+        let Schema::Record(record) = r.schema() else {
             return Err(SagaError::Encode {
                 event_type: event_type.to_string(),
                 reason: "not a record schema".into(),
@@ -198,7 +148,7 @@ impl SchemaBook {
         value: &Json,
     ) -> Result<Vec<u8>, SagaError> {
         let r = self.entry(topic, event_type)?;
-        let avro = from_json(value, r.schema).map_err(|errors| SagaError::Encode {
+        let avro = from_json(value, r.schema()).map_err(|errors| SagaError::Encode {
             event_type: event_type.to_string(),
             reason: errors
                 .iter()
@@ -692,16 +642,10 @@ mod tests {
     /// Encodes through a book holding `t` (as the registry would give it id 7), decodes back.
     fn roundtrip(t: &str, fields: Vec<(&str, Value)>) -> Value {
         let s = schema(t);
-        let schema: &'static Schema = Box::leak(Box::new(s.clone()));
-        let writer = GenericDatumWriter::builder(schema).build().unwrap();
         let book = SchemaBook {
             entries: [(
                 ("topic".to_string(), t.to_string()),
-                Registered {
-                    id: 7,
-                    schema,
-                    writer: Box::leak(Box::new(writer)),
-                },
+                SchemaWriter::new(7, s.clone()).unwrap(),
             )]
             .into(),
         };

@@ -32,15 +32,9 @@ pub mod timer;
 /// Why a saga process cannot start or a message cannot be written.
 #[derive(Debug, thiserror::Error)]
 pub enum SagaError {
-    #[error("subject {subject} is not registered or not readable ({reason}); run `sluice schemas register`")]
-    NotRegistered { subject: String, reason: String },
-    #[error("subject {subject}'s latest schema (id {id}) is not the catalog's {event_type} v{version}; run `sluice schemas register`")]
-    OutOfDate {
-        subject: String,
-        id: u32,
-        event_type: String,
-        version: u32,
-    },
+    /// A subject this saga writes is missing or out of date.
+    #[error(transparent)]
+    Subject(#[from] sluice_schemas::subject::SubjectError),
     #[error("no schema was resolved for {event_type} on {topic}")]
     Unresolved { topic: String, event_type: String },
     #[error("cannot encode {event_type}: {reason}")]

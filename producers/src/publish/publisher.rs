@@ -7,17 +7,16 @@
 //! path never calls the registry.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use apache_avro::types::Value;
-use apache_avro::Schema;
 use rdkafka::producer::{FutureProducer, Producer};
 use sluice_runtime::kafka::{ClientError, KafkaClients};
-use sluice_schemas::codec::{encode_with, CodecError};
+use sluice_schemas::codec::{CodecError, SchemaWriter};
 use sluice_schemas::json::{from_json, FieldError};
 use sluice_schemas::metadata::{now_ms, EventMetadata};
-use sluice_schemas::{Catalog, CatalogError, Registration, RegistryClient, RegistryError};
+use sluice_schemas::subject::{self, SubjectError, Unreadable};
+use sluice_schemas::{Catalog, CatalogError, RegistryClient, RegistryError};
 use sluice_topology::Topology;
 
 use crate::produce::{self, ProduceError};
@@ -68,6 +67,9 @@ pub enum PublisherBuildError {
     Catalog(#[from] CatalogError),
     #[error("looking up {what} in the schema registry: {source}")]
     Registry { what: String, source: RegistryError },
+    /// The catalog's schema for a registered subject could not be prepared for writing.
+    #[error(transparent)]
+    Subject(SubjectError),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -133,20 +135,34 @@ impl PublishError {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Whether a route's event type can be published, and the writer when it can.
+#[derive(Debug)]
 enum Availability {
-    Ready { schema_id: u32 },
+    Ready {
+        /// The catalog version `writer` writes.
+        version: u32,
+        writer: SchemaWriter<'static>,
+    },
     NotRegistered,
-    OutOfDate { registered_id: u32 },
+    OutOfDate {
+        registered_id: u32,
+        catalog_version: u32,
+    },
 }
 
 #[derive(Debug)]
 struct Route {
     topic: String,
     subject: String,
-    version: u32,
-    schema: Arc<Schema>,
     availability: Availability,
+}
+
+/// A route that can be published: its topic, the catalog version and the writer built for
+/// its subject at construction.
+struct ReadyRoute<'a> {
+    topic: &'a str,
+    version: u32,
+    writer: &'a SchemaWriter<'static>,
 }
 
 /// Publishes catalog events to their routed topics. Cheap to share behind an `Arc`.
@@ -204,37 +220,16 @@ impl Publisher {
     ) -> Result<Self, PublisherBuildError> {
         let mut routes = BTreeMap::new();
         for route in &topology.routes {
-            let entry = catalog.latest(&route.event_type)?;
-            let subject = topology
-                .subjects
-                .naming
-                .subject(&route.topic, &route.event_type);
-            let registration = registry
-                .registration_of(&subject, &entry.schema)
-                .await
-                .map_err(|source| PublisherBuildError::Registry {
-                    what: format!("subject {subject}"),
-                    source,
-                })?;
-            let availability = match registration {
-                Registration::Current { id } => Availability::Ready { schema_id: id },
-                Registration::OutOfDate { id } => {
-                    tracing::warn!(%subject, registered_id = id, catalog = %entry.path,
-                        "registry's latest schema differs from the catalog; publishing {} is disabled", route.event_type);
-                    Availability::OutOfDate { registered_id: id }
-                }
-                Registration::Missing => {
-                    tracing::warn!(%subject, "subject not registered (run `sluice schemas register`); publishing {} is disabled", route.event_type);
-                    Availability::NotRegistered
-                }
-            };
+            let naming = topology.subjects.naming;
+            let resolved =
+                subject::resolve(catalog, registry, naming, &route.topic, &route.event_type).await;
+            let subject = naming.subject(&route.topic, &route.event_type);
+            let availability = availability(resolved, catalog, &route.event_type)?;
             routes.insert(
                 route.event_type.clone(),
                 Route {
                     topic: route.topic.clone(),
                     subject,
-                    version: entry.version,
-                    schema: Arc::new(entry.schema.clone()),
                     availability,
                 },
             );
@@ -266,22 +261,29 @@ impl Publisher {
         self.ready(event_type).map(|_| ())
     }
 
-    fn ready(&self, event_type: &str) -> Result<(&Route, u32), PublishError> {
+    fn ready(&self, event_type: &str) -> Result<ReadyRoute<'_>, PublishError> {
         let route = self
             .routes
             .get(event_type)
             .ok_or_else(|| PublishError::UnknownEventType(event_type.to_string()))?;
-        match route.availability {
-            Availability::Ready { schema_id } => Ok((route, schema_id)),
+        match &route.availability {
+            Availability::Ready { version, writer } => Ok(ReadyRoute {
+                topic: &route.topic,
+                version: *version,
+                writer,
+            }),
             Availability::NotRegistered => Err(PublishError::SchemaNotRegistered {
                 event_type: event_type.to_string(),
                 subject: route.subject.clone(),
             }),
-            Availability::OutOfDate { registered_id } => Err(PublishError::SchemaOutOfDate {
+            Availability::OutOfDate {
+                registered_id,
+                catalog_version,
+            } => Err(PublishError::SchemaOutOfDate {
                 event_type: event_type.to_string(),
                 subject: route.subject.clone(),
-                registered_id,
-                catalog_version: route.version,
+                registered_id: *registered_id,
+                catalog_version: *catalog_version,
             }),
         }
     }
@@ -304,18 +306,19 @@ impl Publisher {
         mut json: serde_json::Value,
         context: &PublishContext,
     ) -> Result<Published, PublishError> {
-        let (route, _) = self.ready(event_type)?;
+        let route = self.ready(event_type)?;
         let source = context
             .source
             .clone()
             .unwrap_or_else(|| self.options.default_source.clone());
         fill_defaults(&mut json, &source);
-        let value =
-            from_json(&json, &route.schema).map_err(|fields| PublishError::SchemaMismatch {
+        let value = from_json(&json, route.writer.schema()).map_err(|fields| {
+            PublishError::SchemaMismatch {
                 event_type: event_type.to_string(),
                 version: route.version,
                 fields,
-            })?;
+            }
+        })?;
         self.send(event_type, value, context).await
     }
 
@@ -327,8 +330,8 @@ impl Publisher {
         value: Value,
         context: &PublishContext,
     ) -> Result<Published, PublishError> {
-        let (route, _) = self.ready(event_type)?;
-        let value = sluice_schemas::codec::resolve(value, &route.schema).map_err(|e| {
+        let route = self.ready(event_type)?;
+        let value = sluice_schemas::codec::resolve(value, route.writer.schema()).map_err(|e| {
             PublishError::SchemaMismatch {
                 event_type: event_type.to_string(),
                 version: route.version,
@@ -347,7 +350,7 @@ impl Publisher {
         value: Value,
         context: &PublishContext,
     ) -> Result<Published, PublishError> {
-        let (route, schema_id) = self.ready(event_type)?;
+        let route = self.ready(event_type)?;
         let mut meta =
             metadata_of(&value, event_type).ok_or_else(|| PublishError::SchemaMismatch {
                 event_type: event_type.to_string(),
@@ -361,10 +364,10 @@ impl Publisher {
             context.traceparent.as_deref(),
         ));
         let key = meta.subject.clone().unwrap_or_else(|| meta.id.clone());
-        let payload = encode_with(schema_id, &route.schema, value)?;
+        let payload = route.writer.encode(value)?;
         let delivered = produce::send(
             &self.producer,
-            &route.topic,
+            route.topic,
             key.as_bytes(),
             &payload,
             produce::owned_headers(&meta.headers()),
@@ -373,10 +376,10 @@ impl Publisher {
         .await?;
         Ok(Published {
             event_id: meta.id,
-            topic: route.topic.clone(),
+            topic: route.topic.to_string(),
             partition: delivered.partition,
             offset: delivered.offset,
-            schema_id,
+            schema_id: route.writer.id(),
         })
     }
 
@@ -388,6 +391,51 @@ impl Publisher {
     pub async fn flush(&self, timeout: Duration) {
         let producer = self.producer.clone();
         let _ = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
+    }
+}
+
+/// What a route's subject resolution means for publishing: a missing or out-of-date subject
+/// disables only its event type (with a warning), while a catalog or registry failure stops
+/// the publisher from being built at all.
+fn availability(
+    resolved: Result<subject::Ready, SubjectError>,
+    catalog: &Catalog,
+    event_type: &str,
+) -> Result<Availability, PublisherBuildError> {
+    match resolved {
+        Ok(ready) => Ok(Availability::Ready {
+            version: ready.version,
+            writer: ready.writer,
+        }),
+        Err(SubjectError::OutOfDate {
+            subject,
+            id,
+            version,
+            ..
+        }) => {
+            let path = catalog.latest(event_type).map(|e| e.path.as_str());
+            tracing::warn!(%subject, registered_id = id, catalog = %path.unwrap_or_default(),
+                "registry's latest schema differs from the catalog; publishing {event_type} is disabled");
+            Ok(Availability::OutOfDate {
+                registered_id: id,
+                catalog_version: version,
+            })
+        }
+        Err(SubjectError::NotRegistered { subject, reason }) => match *reason {
+            Unreadable::Missing => {
+                tracing::warn!(%subject, "subject not registered (run `sluice schemas register`); publishing {event_type} is disabled");
+                Ok(Availability::NotRegistered)
+            }
+            Unreadable::Catalog(e) => Err(PublisherBuildError::Catalog(e)),
+            Unreadable::Registry(source) => Err(PublisherBuildError::Registry {
+                what: format!("subject {subject}"),
+                source,
+            }),
+            reason => Err(PublisherBuildError::Subject(SubjectError::NotRegistered {
+                subject,
+                reason: Box::new(reason),
+            })),
+        },
     }
 }
 
@@ -471,6 +519,67 @@ mod tests {
         assert_eq!(m.time_ms, 1_649_367_553_123);
         assert_eq!(m.subject.as_deref(), Some("pi_1"));
         assert_eq!(m.event_type, entry.full_name);
+    }
+
+    /// A missing or out-of-date subject disables only its event type; a catalog or registry
+    /// failure stops the build, with the messages the publisher always gave.
+    #[test]
+    fn subject_resolution_decides_availability_or_fails_the_build() {
+        let catalog = Catalog::embedded().unwrap();
+        let event_type = "dev.sluice.events.payments.PaymentSucceeded";
+        let entry = catalog.latest(event_type).unwrap();
+        let not_registered = |reason: Unreadable| SubjectError::NotRegistered {
+            subject: "orders-value".into(),
+            reason: Box::new(reason),
+        };
+
+        let ready = subject::ready(
+            "orders-value".into(),
+            entry,
+            sluice_schemas::Registration::Current { id: 31 },
+        );
+        match availability(ready, &catalog, event_type).unwrap() {
+            Availability::Ready { version, writer } => {
+                assert_eq!((version, writer.id()), (entry.version, 31));
+            }
+            other => panic!("{other:?}"),
+        }
+        let missing = Err(not_registered(Unreadable::Missing));
+        assert!(matches!(
+            availability(missing, &catalog, event_type),
+            Ok(Availability::NotRegistered)
+        ));
+        let out_of_date = Err(SubjectError::OutOfDate {
+            subject: "orders-value".into(),
+            id: 9,
+            event_type: event_type.into(),
+            version: 2,
+        });
+        assert!(matches!(
+            availability(out_of_date, &catalog, event_type),
+            Ok(Availability::OutOfDate {
+                registered_id: 9,
+                catalog_version: 2
+            })
+        ));
+
+        let down = Err(not_registered(Unreadable::Registry(
+            RegistryError::Request {
+                url: "http://registry".into(),
+                message: "HTTP 503".into(),
+                retriable: true,
+            },
+        )));
+        let err = availability(down, &catalog, event_type).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "looking up subject orders-value in the schema registry: registry http://registry: HTTP 503"
+        );
+        let unknown = Err(not_registered(Unreadable::Catalog(
+            CatalogError::UnknownEventType("x".into()),
+        )));
+        let err = availability(unknown, &catalog, "x").unwrap_err();
+        assert!(matches!(err, PublisherBuildError::Catalog(_)), "{err}");
     }
 
     #[test]
