@@ -15,6 +15,7 @@
 //! a per-delivery accident).
 
 use crate::runtime::ErrorClass;
+use crate::saga::instance::Kind;
 use std::io::Write;
 use std::sync::Mutex;
 
@@ -133,7 +134,7 @@ impl DemoParticipant {
         let skus = Self::skus(command);
         let sku = |s: String| skus.contains(&s);
         let f = &self.faults;
-        let compensation = command.kind == "compensation";
+        let compensation = command.kind == Kind::Compensation;
         let id = &command.command_id;
         let timeout = !compensation
             && (f.timeout_when.iter().any(|r| r.hits(command))
@@ -199,7 +200,7 @@ impl Participant for DemoParticipant {
             let line = format!(
                 "{}\t{}\t{}\t{}\t{}\t{}\t{}\n",
                 self.role,
-                command.kind,
+                command.kind.as_str(),
                 super::machine::short_name(&command.event_type),
                 command.command_id,
                 command.saga_id,
@@ -349,13 +350,13 @@ pub fn scratch_topology(
 mod tests {
     use super::*;
 
-    fn command(event_type: &str, kind: &str, id: &str, data: Json) -> Command {
+    fn command(event_type: &str, kind: Kind, id: &str, data: Json) -> Command {
         Command {
             event_type: format!("dev.sluice.events.sagas.{event_type}"),
             saga_id: id.into(),
             saga_name: "order-fulfillment".into(),
             step: "charge-payment".into(),
-            kind: kind.into(),
+            kind,
             compensates: None,
             attempt: 1,
             command_id: format!("{id}:charge-payment:do:1"),
@@ -411,12 +412,12 @@ mod tests {
         .unwrap();
         let ok = command(
             "ChargePayment",
-            "action",
+            Kind::Action,
             "o-1",
             json!({"total": {"amount": "1.0000", "currency": "EUR"}}),
         );
         assert!(matches!(p.decide(&ok), Outcome::Succeeded { .. }));
-        let hit = command("ChargePayment", "action", "o-x", json!({}));
+        let hit = command("ChargePayment", Kind::Action, "o-x", json!({}));
         assert!(matches!(
             p.decide(&hit),
             Outcome::Failed {
@@ -426,14 +427,14 @@ mod tests {
         ));
         let sku = command(
             "ChargePayment",
-            "action",
+            Kind::Action,
             "o-2",
             json!({"line_items": [{"sku": "fail-payments"}]}),
         );
         assert!(matches!(p.decide(&sku), Outcome::Failed { .. }));
         let undo = command(
             "RefundPayment",
-            "compensation",
+            Kind::Compensation,
             "o-3",
             json!({"line_items": [{"sku": "FAIL-PAYMENTS-UNDO"}]}),
         );

@@ -57,6 +57,15 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The kind a command's `kind` field names, if it names one.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "action" => Some(Kind::Action),
+            "compensation" => Some(Kind::Compensation),
+            _ => None,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Action => "action",

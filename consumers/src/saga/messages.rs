@@ -5,6 +5,7 @@
 //! orchestrator and participants read and write them generically; the record name (the
 //! `ce_type` header) says which command or reply it is.
 
+use crate::saga::instance::Kind;
 use std::collections::HashMap;
 
 use apache_avro::types::Value;
@@ -266,8 +267,8 @@ pub struct Command {
     pub saga_id: String,
     pub saga_name: String,
     pub step: String,
-    /// `action` or `compensation`.
-    pub kind: String,
+    /// An action, or the compensation of one.
+    pub kind: Kind,
     /// For a compensation: the action command it undoes.
     pub compensates: Option<String>,
     pub attempt: u32,
@@ -286,7 +287,7 @@ impl Command {
             ("saga_id", text(&self.saga_id)),
             ("saga_name", text(&self.saga_name)),
             ("step", text(&self.step)),
-            ("kind", text(&self.kind)),
+            ("kind", text(self.kind.as_str())),
             ("compensates", opt_text(self.compensates.as_deref())),
             ("attempt", Value::Int(self.attempt as i32)),
             ("command_id", text(&self.command_id)),
@@ -304,7 +305,8 @@ impl Command {
             saga_id: f.string("saga_id")?,
             saga_name: f.string("saga_name")?,
             step: f.string("step")?,
-            kind: f.string("kind")?,
+            kind: Kind::parse(&f.string("kind")?)
+                .ok_or("field `kind` is neither `action` nor `compensation`")?,
             compensates: f.opt_string("compensates"),
             attempt: f.int("attempt")? as u32,
             command_id: f.string("command_id")?,
@@ -673,7 +675,7 @@ mod tests {
             saga_id: "o1".into(),
             saga_name: "order-fulfillment".into(),
             step: "charge-payment".into(),
-            kind: "action".into(),
+            kind: Kind::Action,
             compensates: None,
             attempt: 2,
             command_id: "o1:charge-payment:do:1".into(),

@@ -627,7 +627,7 @@ impl Orchestrator {
                     saga_id: state.id.clone(),
                     saga_name: saga.def.name.clone(),
                     step: st.name.clone(),
-                    kind: kind.as_str().to_string(),
+                    kind: *kind,
                     compensates: compensates.clone(),
                     attempt: *attempt,
                     command_id: command_id.clone(),

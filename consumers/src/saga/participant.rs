@@ -16,6 +16,7 @@
 //!
 //! ```no_run
 //! use sluice_consumers::runtime::HandlerError;
+//! use sluice_consumers::saga::instance::Kind;
 //! use sluice_consumers::saga::messages::Command;
 //! use sluice_consumers::saga::participant::{Outcome, Participant};
 //!
@@ -24,9 +25,9 @@
 //! impl Participant for Payments {
 //!     async fn handle(&self, command: &Command) -> Result<Outcome, HandlerError> {
 //!         // `command.command_id` is the idempotency key to pass to the payment provider.
-//!         Ok(match command.kind.as_str() {
-//!             "action" => Outcome::Succeeded { result: Some(serde_json::json!({"charge_id": "ch_1"})) },
-//!             _ => Outcome::Succeeded { result: None },
+//!         Ok(match command.kind {
+//!             Kind::Action => Outcome::Succeeded { result: Some(serde_json::json!({"charge_id": "ch_1"})) },
+//!             Kind::Compensation => Outcome::Succeeded { result: None },
 //!         })
 //!     }
 //! }
