@@ -176,13 +176,71 @@ pub struct Failure {
     pub at: i64,
 }
 
-/// One line of an instance's timeline. `event` is one of a fixed set (see
-/// [`crate::saga::machine::EVENTS`]), which is also the metric label of transitions.
+/// What happened to an instance, as its timeline and the `event` label of transition
+/// metrics name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimelineEvent {
+    Started,
+    Command,
+    Reply,
+    Timeout,
+    Backoff,
+    Compensating,
+    Completed,
+    Compensated,
+    Parked,
+    Retry,
+    Abort,
+    Ignored,
+}
+
+impl TimelineEvent {
+    pub const ALL: [TimelineEvent; 12] = [
+        TimelineEvent::Started,
+        TimelineEvent::Command,
+        TimelineEvent::Reply,
+        TimelineEvent::Timeout,
+        TimelineEvent::Backoff,
+        TimelineEvent::Compensating,
+        TimelineEvent::Completed,
+        TimelineEvent::Compensated,
+        TimelineEvent::Parked,
+        TimelineEvent::Retry,
+        TimelineEvent::Abort,
+        TimelineEvent::Ignored,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimelineEvent::Started => "started",
+            TimelineEvent::Command => "command",
+            TimelineEvent::Reply => "reply",
+            TimelineEvent::Timeout => "timeout",
+            TimelineEvent::Backoff => "backoff",
+            TimelineEvent::Compensating => "compensating",
+            TimelineEvent::Completed => "completed",
+            TimelineEvent::Compensated => "compensated",
+            TimelineEvent::Parked => "parked",
+            TimelineEvent::Retry => "retry",
+            TimelineEvent::Abort => "abort",
+            TimelineEvent::Ignored => "ignored",
+        }
+    }
+}
+
+impl std::fmt::Display for TimelineEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One line of an instance's timeline.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Entry {
     pub at: i64,
-    pub event: String,
+    pub event: TimelineEvent,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -30,24 +30,8 @@
 use super::definition::{CommandDef, SagaDef};
 use super::instance::{
     Done, Entry, Failure, FailureKind, Instance, Kind, ParkReason, Parked, Pending, Status,
-    TriggerRef, Undo, Wait,
+    TimelineEvent, TriggerRef, Undo, Wait,
 };
-
-/// Timeline events; also the `event` label of `sluice_saga_transitions_total`.
-pub const EVENTS: &[&str] = &[
-    "started",
-    "command",
-    "reply",
-    "timeout",
-    "backoff",
-    "compensating",
-    "completed",
-    "compensated",
-    "parked",
-    "retry",
-    "abort",
-    "ignored",
-];
 
 /// An input of an instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,8 +135,8 @@ pub struct Transition {
     pub state: Option<Instance>,
     pub effects: Vec<Effect>,
     pub ignored: Option<Ignored>,
-    /// Timeline events this transition added (see [`EVENTS`]), for metrics.
-    pub events: Vec<&'static str>,
+    /// Timeline events this transition added, for metrics.
+    pub events: Vec<TimelineEvent>,
 }
 
 impl Transition {
@@ -227,7 +211,7 @@ pub fn apply(
                 history: Vec::new(),
             };
             let mut run = Run::new(def, instance, now);
-            run.note("started", None, None, None, None);
+            run.note(TimelineEvent::Started, None, None, None, None);
             run.effects.push(Effect::Started);
             if let Err(m) = run.send(0, Kind::Action, 1, 1, None) {
                 run.park_changed(m);
@@ -261,7 +245,7 @@ struct Run<'d> {
     effects: Vec<Effect>,
     /// Set when the input was ignored but the timeline still records it (operator requests).
     ignored: Option<Ignored>,
-    events: Vec<&'static str>,
+    events: Vec<TimelineEvent>,
     now: i64,
 }
 
@@ -279,7 +263,7 @@ impl<'d> Run<'d> {
 
     fn note(
         &mut self,
-        event: &'static str,
+        event: TimelineEvent,
         step: Option<&str>,
         command_id: Option<&str>,
         attempt: Option<u32>,
@@ -287,7 +271,7 @@ impl<'d> Run<'d> {
     ) {
         let entry = Entry {
             at: self.now,
-            event: event.to_string(),
+            event,
             step: step.map(str::to_string),
             command_id: command_id.map(str::to_string),
             attempt,
@@ -365,7 +349,7 @@ impl<'d> Run<'d> {
             wait: Wait::Reply { deadline },
         });
         self.note(
-            "command",
+            TimelineEvent::Command,
             Some(&name),
             Some(&id),
             Some(attempt),
@@ -433,11 +417,9 @@ impl<'d> Run<'d> {
             .clone()
             .filter(|p| p.command_id == command_id && !matches!(p.wait, Wait::Operator));
         let Some(pending) = waiting else {
-            let settled = self
-                .instance
-                .history
-                .iter()
-                .any(|e| e.event == "reply" && e.command_id.as_deref() == Some(command_id));
+            let settled = self.instance.history.iter().any(|e| {
+                e.event == TimelineEvent::Reply && e.command_id.as_deref() == Some(command_id)
+            });
             return Ok(Some(if settled {
                 Ignored::DuplicateReply
             } else {
@@ -459,7 +441,7 @@ impl<'d> Run<'d> {
             None => short_name(event_type).to_string(),
         };
         self.note(
-            "reply",
+            TimelineEvent::Reply,
             Some(&pending.step),
             Some(command_id),
             Some(pending.attempt),
@@ -531,7 +513,7 @@ impl<'d> Run<'d> {
             None => {
                 self.instance.pending = None;
                 self.instance.status = Status::Completed;
-                self.note("completed", None, None, None, None);
+                self.note(TimelineEvent::Completed, None, None, None, None);
                 self.effects.push(Effect::Completed);
                 Ok(())
             }
@@ -550,7 +532,7 @@ impl<'d> Run<'d> {
             ..pending.clone()
         });
         self.note(
-            "backoff",
+            TimelineEvent::Backoff,
             Some(&pending.step),
             Some(&id),
             Some(pending.attempt),
@@ -582,7 +564,7 @@ impl<'d> Run<'d> {
                     pending.attempt
                 );
                 self.note(
-                    "timeout",
+                    TimelineEvent::Timeout,
                     Some(&pending.step),
                     Some(command_id),
                     Some(pending.attempt),
@@ -621,7 +603,7 @@ impl<'d> Run<'d> {
         let detail = format!("{}: {}", failure.kind.as_str(), failure.reason);
         self.instance.status = Status::Compensating;
         self.note(
-            "compensating",
+            TimelineEvent::Compensating,
             failure.step.as_deref(),
             None,
             None,
@@ -662,7 +644,7 @@ impl<'d> Run<'d> {
             None => {
                 self.instance.pending = None;
                 self.instance.status = Status::Compensated;
-                self.note("compensated", None, None, None, None);
+                self.note(TimelineEvent::Compensated, None, None, None, None);
                 self.effects.push(Effect::Compensated);
                 Ok(())
             }
@@ -695,7 +677,7 @@ impl<'d> Run<'d> {
             at: self.now,
         });
         self.note(
-            "parked",
+            TimelineEvent::Parked,
             Some(&pending.step),
             None,
             Some(pending.attempt),
@@ -734,7 +716,7 @@ impl<'d> Run<'d> {
             Misfit::NoStepAt(_) => None,
         });
         self.note(
-            "parked",
+            TimelineEvent::Parked,
             step.as_deref(),
             pending.as_ref().map(|p| p.command_id.as_str()),
             pending.as_ref().map(|p| p.attempt),
@@ -758,7 +740,7 @@ impl<'d> Run<'d> {
                 "retry {request_id} by {by} ignored: the saga is {}, not parked",
                 self.instance.status.as_str()
             );
-            self.note("ignored", None, None, None, Some(detail));
+            self.note(TimelineEvent::Ignored, None, None, None, Some(detail));
             self.ignored = Some(Ignored::NotParked);
             return Ok(());
         }
@@ -771,7 +753,7 @@ impl<'d> Run<'d> {
             ParkReason::CompensationExhausted => {
                 self.instance.status = Status::Compensating;
                 self.note(
-                    "retry",
+                    TimelineEvent::Retry,
                     pending.as_ref().map(|p| p.step.as_str()),
                     None,
                     None,
@@ -787,7 +769,7 @@ impl<'d> Run<'d> {
             }
             ParkReason::DefinitionChanged => {
                 let was = parked.map_or(Status::Compensating, |p| p.was);
-                self.resume(request_id, &by, "retry", was)
+                self.resume(request_id, &by, TimelineEvent::Retry, was)
             }
         }
     }
@@ -802,7 +784,7 @@ impl<'d> Run<'d> {
         &mut self,
         request_id: &str,
         by: &str,
-        verb: &'static str,
+        verb: TimelineEvent,
         was: Status,
     ) -> Result<(), Misfit> {
         let pending = self.instance.pending.clone();
@@ -859,7 +841,7 @@ impl<'d> Run<'d> {
                 "abort {request_id} by {by} ignored: the saga is {}, not running",
                 self.instance.status.as_str()
             );
-            self.note("ignored", None, None, None, Some(detail));
+            self.note(TimelineEvent::Ignored, None, None, None, Some(detail));
             self.ignored = Some(Ignored::NotRunning);
             return Ok(());
         }
@@ -885,12 +867,12 @@ impl<'d> Run<'d> {
             return self.resume(
                 request_id,
                 &format!("{by}: {reason}"),
-                "abort",
+                TimelineEvent::Abort,
                 Status::Compensating,
             );
         }
         self.note(
-            "abort",
+            TimelineEvent::Abort,
             None,
             None,
             None,
@@ -1425,7 +1407,7 @@ mod tests {
             [Effect::Parked { step, why: ParkReason::DefinitionChanged, .. }] if step == "reserve"
         ));
         let last = d.state().history.last().unwrap();
-        assert_eq!(last.event, "parked");
+        assert_eq!(last.event, TimelineEvent::Parked);
         assert!(last
             .detail
             .as_deref()
@@ -1450,7 +1432,7 @@ mod tests {
             .state()
             .history
             .iter()
-            .find(|e| e.event == "retry")
+            .find(|e| e.event == TimelineEvent::Retry)
             .unwrap();
         assert!(
             retry

@@ -7,7 +7,7 @@ use prometheus::{
 
 #[derive(Debug, Clone)]
 pub struct SagaMetrics {
-    /// Timeline events applied, by saga and event (see `machine::EVENTS`).
+    /// Timeline events applied, by saga and event (see `instance::TimelineEvent`).
     pub transitions: IntCounterVec,
     /// Inputs that changed nothing: duplicate or late replies, stale deadlines, …
     pub ignored: IntCounterVec,

@@ -34,7 +34,7 @@ use sluice_topology::{naming, Topology};
 use tracing::Instrument;
 
 use super::definition::SagaDef;
-use super::instance::{Instance, Kind, ParkReason, Status, TriggerRef};
+use super::instance::{Instance, Kind, ParkReason, Status, TimelineEvent, TriggerRef};
 use super::machine::{self, Effect, Ignored, Input};
 use super::messages::{
     self, opt_text, text, Action, Command, Control, Meta, Reply, SchemaBook, COMMAND_ID_HEADER,
@@ -99,7 +99,7 @@ impl SagaRuntime {
 /// What a batch counts, applied to the metrics only if it commits.
 #[derive(Debug, Clone)]
 enum Count {
-    Event(usize, &'static str),
+    Event(usize, TimelineEvent),
     Ignored(usize, Ignored),
     Terminal(usize, Status, f64),
     Forwarded(usize),
@@ -539,7 +539,7 @@ impl Orchestrator {
             );
         }
         for event in &transition.events {
-            self.count(Count::Event(s, event));
+            self.count(Count::Event(s, *event));
         }
         if state.status.is_terminal() {
             let seconds = (now - state.started_at).max(0) as f64 / 1000.0;
@@ -778,7 +778,7 @@ impl Orchestrator {
                 Count::Event(s, e) => self
                     .metrics
                     .transitions
-                    .with_label_values(&[name(s), e])
+                    .with_label_values(&[name(s), e.as_str()])
                     .inc(),
                 Count::Ignored(s, why) => self
                     .metrics
