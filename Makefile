@@ -40,8 +40,8 @@ FUZZ_SECONDS ?= 600
 FUZZ_THREADS ?= 1
 fuzz: setup
 	FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_THREADS=$(FUZZ_THREADS) FUZZ_CRASH_DIR=$(CARGO_TARGET_DIR)/fuzz-crashes \
-	  cargo test --release --locked -p sluice-consumers --lib -- --ignored --exact \
-	  normalize::proptests::fuzz_normalizers_for_a_set_time --nocapture
+	  cargo test --release --locked -p sluice-normalizer --lib -- --ignored --exact \
+	  mappings::proptests::fuzz_normalizers_for_a_set_time --nocapture
 
 # Benchmarks against the live stack, release build.
 bench: stack
@@ -52,7 +52,7 @@ bench: stack
 	$(CARGO_TARGET_DIR)/release/sluice bench normalizer
 	$(CARGO_TARGET_DIR)/release/sluice saga bench
 	$(CARGO_TARGET_DIR)/release/sluice bench e2e
-	cargo bench -p sluice-consumers --bench lag
+	cargo bench -p sluice-ops --bench lag
 
 setup:
 	dev/setup

@@ -130,7 +130,7 @@ pub enum LogFormat {
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetryConfig {
     pub log_format: LogFormat,
-    /// `tracing` filter directives, e.g. `info,sluice_consumers=debug`. `RUST_LOG` wins.
+    /// `tracing` filter directives, e.g. `info,sluice_stream=debug`. `RUST_LOG` wins.
     pub log_filter: String,
     /// Service name reported to OTLP. Export itself is switched on by
     /// `OTEL_EXPORTER_OTLP_ENDPOINT`, as in every OpenTelemetry SDK.

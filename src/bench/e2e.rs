@@ -84,7 +84,7 @@ fn deliveries(n: usize, run: &str) -> anyhow::Result<Vec<Delivery>> {
                 Delivery {
                     path: "/webhooks/shopify",
                     headers: sign::shopify(SECRET, "orders/create", &webhook_id, &body),
-                    event_id: sluice_consumers::normalize::event_id("shopify", &webhook_id, 0),
+                    event_id: sluice_normalizer::mappings::event_id("shopify", &webhook_id, 0),
                     body,
                     saga: Some(order_id.to_string()),
                 }
@@ -96,7 +96,7 @@ fn deliveries(n: usize, run: &str) -> anyhow::Result<Vec<Delivery>> {
                 Delivery {
                     path: "/webhooks/stripe",
                     headers: sign::stripe(SECRET, now, &body),
-                    event_id: sluice_consumers::normalize::event_id("stripe", &id, 0),
+                    event_id: sluice_normalizer::mappings::event_id("stripe", &id, 0),
                     body,
                     saga: None,
                 }

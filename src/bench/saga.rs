@@ -25,13 +25,13 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::TopicPartitionList;
-use sluice_consumers::runtime::compacted;
-use sluice_consumers::saga::demo::{scratch_topology, Scratch};
 use sluice_producers::publish::Publisher;
 use sluice_runtime::kafka::{create_topic_if_missing, KafkaClients};
 use sluice_runtime::SluiceConfig;
+use sluice_sagas::demo::{scratch_topology, Scratch};
 use sluice_schemas::codec::ReaderSchema;
 use sluice_schemas::{AvroCodec, RecordLocation, RegistryClient};
+use sluice_stream::compacted;
 use sluice_topology::{naming, Topology};
 
 const SAGA: &str = "order-fulfillment";

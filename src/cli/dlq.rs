@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Subcommand, ValueEnum};
-use sluice_consumers::dlq::{self, Filter};
+use sluice_ops::dlq::{self, Filter};
 use sluice_runtime::kafka::KafkaClients;
 use sluice_runtime::SluiceConfig;
 use sluice_schemas::json::to_json_with_schema;

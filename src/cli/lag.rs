@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use sluice_consumers::lag::history::Estimate;
-use sluice_consumers::lag::{self, GroupFilter, LagMetrics, LagMonitor, LagReport};
+use sluice_ops::lag::history::Estimate;
+use sluice_ops::lag::{self, GroupFilter, LagMetrics, LagMonitor, LagReport};
 use sluice_runtime::admin::{self, Readiness};
 use sluice_runtime::kafka::KafkaClients;
 use sluice_runtime::{Shutdown, SluiceConfig};

@@ -90,11 +90,11 @@ pub async fn wait_for_registry(registry: &RegistryClient, shutdown: &Shutdown) {
 }
 
 /// Fences each (group, instance) exactly-once member's previous incarnation (see
-/// [`sluice_consumers::runtime::fence_predecessor`]); a failure is only logged, since the
+/// [`sluice_stream::fence_predecessor`]); a failure is only logged, since the
 /// loop initialises transactions again and fails there if it must.
 pub async fn fence_predecessors(clients: &KafkaClients, predecessors: &[(String, String)]) {
     for (group, instance) in predecessors {
-        let fenced = sluice_consumers::runtime::fence_predecessor(clients, group, instance);
+        let fenced = sluice_stream::fence_predecessor(clients, group, instance);
         if let Err(e) = fenced.await {
             tracing::warn!(group, instance, error = %e, "could not fence the previous instance yet");
         }

@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use sluice_consumers::normalizer::{self, Normalizer};
-use sluice_consumers::runtime::metrics::LoopMetrics;
-use sluice_consumers::runtime::{self, FailureRouter, Guarantee, LoopConfig, PerKey};
+use sluice_normalizer::Normalizer;
 use sluice_runtime::SluiceConfig;
+use sluice_stream::metrics::LoopMetrics;
+use sluice_stream::{FailureRouter, Guarantee, LoopConfig, PerKey};
 use sluice_topology::{naming, Topology};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -33,10 +33,10 @@ pub struct NormalizeArgs {
     pub dedup_window: String,
     /// Most records per transaction (exactly-once) or commit (at-least-once); larger batches
     /// amortise the transaction's round trips, smaller ones bound latency and memory.
-    #[arg(long, default_value_t = sluice_consumers::runtime::DEFAULT_MAX_BATCH)]
+    #[arg(long, default_value_t = sluice_stream::DEFAULT_MAX_BATCH)]
     pub max_batch: usize,
     /// How long to wait for a batch to fill, in milliseconds.
-    #[arg(long, default_value_t = sluice_consumers::runtime::DEFAULT_LINGER.as_millis() as u64)]
+    #[arg(long, default_value_t = sluice_stream::DEFAULT_LINGER.as_millis() as u64)]
     pub linger_ms: u64,
 }
 
@@ -45,16 +45,16 @@ pub fn failure_router(topology: &Topology) -> anyhow::Result<FailureRouter> {
     let policy = topology
         .retry_policies
         .iter()
-        .find(|p| p.name == normalizer::RETRY_POLICY)
+        .find(|p| p.name == sluice_normalizer::RETRY_POLICY)
         .with_context(|| {
             format!(
                 "the topology has no retry policy named `{}`",
-                normalizer::RETRY_POLICY
+                sluice_normalizer::RETRY_POLICY
             )
         })?;
     Ok(FailureRouter::from_policy(
         &topology.prefix,
-        &normalizer::group(&topology.prefix),
+        &sluice_normalizer::group(&topology.prefix),
         policy,
     ))
 }
@@ -85,13 +85,13 @@ pub async fn run(config: &SluiceConfig, args: NormalizeArgs) -> anyhow::Result<E
     let instance = args
         .instance_id
         .unwrap_or_else(|| default_instance_id("normalizer"));
-    let group = normalizer::group(&topology.prefix);
+    let group = sluice_normalizer::group(&topology.prefix);
     let guarantee = match args.guarantee {
         GuaranteeArg::ExactlyOnce => Guarantee::ExactlyOnce,
         GuaranteeArg::AtLeastOnce => Guarantee::AtLeastOnce,
     };
     // A configuration that cannot run is refused before any network work.
-    let ordering = per_key(&topology, normalizer::RETRY_POLICY);
+    let ordering = per_key(&topology, sluice_normalizer::RETRY_POLICY);
     if let Some(o) = &ordering {
         o.check_guarantee(guarantee)?;
     }
@@ -119,7 +119,7 @@ pub async fn run(config: &SluiceConfig, args: NormalizeArgs) -> anyhow::Result<E
     )
     .await?;
     let router = failure_router(&topology)?;
-    sluice_consumers::dlq::spawn_depth_gauge(
+    sluice_ops::dlq::spawn_depth_gauge(
         clients.clone(),
         vec![router.dlq_topic.clone()],
         &metrics_registry,
@@ -136,7 +136,7 @@ pub async fn run(config: &SluiceConfig, args: NormalizeArgs) -> anyhow::Result<E
     let metrics = LoopMetrics::new(&metrics_registry)?;
     readiness.set("normalizer", true);
     tracing::info!(instance, ?guarantee, "normalizer running");
-    runtime::run(
+    sluice_stream::run(
         &super::static_member(config, &instance),
         loop_config,
         router,

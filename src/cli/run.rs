@@ -12,14 +12,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use sluice_consumers::normalizer::Normalizer;
-use sluice_consumers::runtime::metrics::LoopMetrics;
-use sluice_consumers::runtime::{self, Guarantee, LoopConfig};
+use sluice_normalizer::Normalizer;
 use sluice_producers::gateway::Gateway;
 use sluice_runtime::admin::{self, Readiness};
 use sluice_runtime::kafka::KafkaClients;
 use sluice_runtime::{Shutdown, SluiceConfig};
 use sluice_schemas::RegistryClient;
+use sluice_stream::metrics::LoopMetrics;
+use sluice_stream::{Guarantee, LoopConfig};
 use tokio::task::JoinSet;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -126,7 +126,7 @@ pub async fn run(
         .instance_id
         .unwrap_or_else(|| super::normalize::default_instance_id("run"));
     let normalizer_member = (
-        sluice_consumers::normalizer::group(&topology.prefix),
+        sluice_normalizer::group(&topology.prefix),
         format!("{instance}-normalizer"),
     );
     if roles.contains(&Role::Normalizer) {
@@ -176,7 +176,7 @@ pub async fn run(
         )
         .await?;
         let router = super::normalize::failure_router(&topology)?;
-        sluice_consumers::dlq::spawn_depth_gauge(
+        sluice_ops::dlq::spawn_depth_gauge(
             clients.clone(),
             vec![router.dlq_topic.clone()],
             &metrics,
@@ -188,12 +188,11 @@ pub async fn run(
         topics.extend(router.tiers.iter().map(|t| t.topic.clone()));
         let (group, member) = &normalizer_member;
         let mut loop_config = LoopConfig::new(group, member, topics, Guarantee::ExactlyOnce);
-        loop_config.per_key =
-            super::normalize::per_key(&topology, sluice_consumers::normalizer::RETRY_POLICY);
+        loop_config.per_key = super::normalize::per_key(&topology, sluice_normalizer::RETRY_POLICY);
         let c = super::static_member(config, member);
         let (m, s) = (loop_metrics.clone(), shutdown.clone());
         tasks.spawn(async move {
-            let r = runtime::run(&c, loop_config, router, Arc::new(handler), m, s).await;
+            let r = sluice_stream::run(&c, loop_config, router, Arc::new(handler), m, s).await;
             (Role::Normalizer, r.map_err(Into::into))
         });
     }

@@ -7,20 +7,20 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
-use sluice_consumers::runtime::metrics::LoopMetrics;
-use sluice_consumers::runtime::{self, FailureRouter, Guarantee, LoopConfig};
-use sluice_consumers::saga::demo::{DemoParticipant, Faults, Rule};
-use sluice_consumers::saga::instance::{Instance, ParkReason, Status};
-use sluice_consumers::saga::messages::Action;
-use sluice_consumers::saga::metrics::ParticipantMetrics;
-use sluice_consumers::saga::ops::{self, OpsError};
-use sluice_consumers::saga::orchestrator::{self, Orchestrator};
-use sluice_consumers::saga::participant::{ParticipantHandler, RoleSpec};
-use sluice_consumers::saga::timer;
 use sluice_runtime::kafka::KafkaClients;
 use sluice_runtime::SluiceConfig;
+use sluice_sagas::demo::{DemoParticipant, Faults, Rule};
+use sluice_sagas::instance::{Instance, ParkReason, Status};
+use sluice_sagas::messages::Action;
+use sluice_sagas::metrics::ParticipantMetrics;
+use sluice_sagas::ops::{self, OpsError};
+use sluice_sagas::orchestrator::{self, Orchestrator};
+use sluice_sagas::participant::{ParticipantHandler, RoleSpec};
+use sluice_sagas::timer;
 use sluice_schemas::metadata::{now_ms, rfc3339_ms};
 use sluice_schemas::RegistryClient;
+use sluice_stream::metrics::LoopMetrics;
+use sluice_stream::{FailureRouter, Guarantee, LoopConfig};
 use sluice_topology::{naming, Topology};
 
 use super::printable;
@@ -251,7 +251,7 @@ pub async fn run_orchestrator(
     ));
     readiness.set("sagas", true);
     tracing::info!(instance, sagas = ?orchestrator.sagas().iter().map(|s| &s.def.name).collect::<Vec<_>>(), "saga orchestrator running");
-    let result = runtime::run(
+    let result = sluice_stream::run(
         &super::static_member(config, &instance),
         loop_config,
         router,
@@ -430,7 +430,7 @@ fn timeline(i: &Instance) -> String {
         i.trigger.event_type,
         i.trigger.location.as_deref().unwrap_or("")
     );
-    let steps = |d: &[sluice_consumers::saga::instance::Done]| {
+    let steps = |d: &[sluice_sagas::instance::Done]| {
         if d.is_empty() {
             "-".to_string()
         } else {
@@ -452,11 +452,11 @@ fn timeline(i: &Instance) -> String {
                 p.command_id,
                 p.attempt,
                 match p.wait {
-                    sluice_consumers::saga::instance::Wait::Reply { deadline } =>
+                    sluice_sagas::instance::Wait::Reply { deadline } =>
                         format!("reply due {}", rfc3339_ms(deadline)),
-                    sluice_consumers::saga::instance::Wait::Backoff { until } =>
+                    sluice_sagas::instance::Wait::Backoff { until } =>
                         format!("resend at {}", rfc3339_ms(until)),
-                    sluice_consumers::saga::instance::Wait::Operator => match i.park_reason() {
+                    sluice_sagas::instance::Wait::Operator => match i.park_reason() {
                         Some(ParkReason::DefinitionChanged) =>
                             "waiting for `sluice saga retry` or `sluice saga abort`".to_string(),
                         _ => "waiting for `sluice saga retry`".to_string(),
@@ -640,7 +640,7 @@ async fn participants(config: &SluiceConfig, args: ParticipantArgs) -> anyhow::R
         tracing::info!(role, topics = ?spec.command_topics, "saga participant running");
         loops.spawn(async move {
             let router = spec.failure_router();
-            runtime::run(
+            sluice_stream::run(
                 &clients,
                 loop_config,
                 router,

@@ -263,7 +263,7 @@ fn deliveries(topology: &Topology) -> anyhow::Result<Vec<Delivery>> {
 }
 
 /// A demo order as a backend service publishes it; SKUs `FAIL-<ROLE>` make the demo
-/// participants fail that saga step (see consumers/src/saga/demo.rs).
+/// participants fail that saga step (see consumers/sagas/src/demo.rs).
 fn order(id: &str, skus: &[&str]) -> serde_json::Value {
     let lines: Vec<serde_json::Value> = skus
         .iter()
@@ -426,8 +426,7 @@ async fn wait_for_sagas(
     for _ in 0..60 {
         let (c, t) = (clients.clone(), topology.clone());
         let instances =
-            tokio::task::spawn_blocking(move || sluice_consumers::saga::ops::list(&c, &t, None))
-                .await??;
+            tokio::task::spawn_blocking(move || sluice_sagas::ops::list(&c, &t, None)).await??;
         counts.clear();
         let mut running = 0;
         for i in instances.iter().filter(|i| i.id.starts_with(prefix)) {
@@ -446,14 +445,14 @@ async fn wait_for_sagas(
 async fn lag_status(clients: &KafkaClients) -> Vec<(String, String)> {
     let c = clients.clone();
     tokio::task::spawn_blocking(move || -> Option<Vec<(String, String)>> {
-        let collector = sluice_consumers::lag::Collector::new(
+        let collector = sluice_ops::lag::Collector::new(
             c,
-            sluice_consumers::lag::GroupFilter::new(["sluice*".to_string()]),
+            sluice_ops::lag::GroupFilter::new(["sluice*".to_string()]),
         )
         .ok()?;
         // A window of three; two more passes give the transaction-marker probes (from the
         // second pass on) room to tell an idle exactly-once group from a stalled one.
-        let mut tracker = sluice_consumers::lag::Tracker::new(3);
+        let mut tracker = sluice_ops::lag::Tracker::new(3);
         let mut report = None;
         for _ in 0..5 {
             report = Some(tracker.observe(&collector.collect().ok()?));

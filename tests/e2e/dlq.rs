@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
-use sluice_consumers::runtime::headers as h;
 use sluice_runtime::kafka::create_topic_if_missing;
+use sluice_stream::headers as h;
 
 use crate::normalizer::{read_until, reader};
 use crate::support::{clients, require_stack, sluice_async, temp_file};

@@ -43,9 +43,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
-use sluice_consumers::normalize::event_id;
-use sluice_consumers::saga::demo::{scratch_topology, Scratch};
+use sluice_normalizer::mappings::event_id;
 use sluice_producers::sign;
+use sluice_sagas::demo::{scratch_topology, Scratch};
 
 use crate::gateway::{apply_topology, now_unix, register_schemas, unique_prefix};
 use crate::normalizer::{fixture, read_until, reader, stripe_with_id, Seen};

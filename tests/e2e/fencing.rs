@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use sluice_consumers::runtime::fence_predecessor;
 use sluice_runtime::kafka::create_topic_if_missing;
+use sluice_stream::fence_predecessor;
 
 use crate::normalizer::{read_until, reader};
 use crate::support::{clients, require_stack, unique_topic};

@@ -16,8 +16,8 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
-use sluice_consumers::lag::history::Estimate;
-use sluice_consumers::lag::{GroupFilter, LagMonitor, LagReport, Status};
+use sluice_ops::lag::history::Estimate;
+use sluice_ops::lag::{GroupFilter, LagMonitor, LagReport, Status};
 use sluice_runtime::kafka::create_topic_if_missing;
 
 use crate::gateway::{free_port, unique_prefix};

@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use sluice_consumers::runtime::metrics::LoopMetrics;
-use sluice_consumers::runtime::{
-    self, ErrorClass, FailureRouter, Guarantee, Handler, HandlerError, LoopConfig, Output, PerKey,
+use sluice_runtime::Shutdown;
+use sluice_stream::metrics::LoopMetrics;
+use sluice_stream::{
+    ErrorClass, FailureRouter, Guarantee, Handler, HandlerError, LoopConfig, Output, PerKey,
     Record, RetryTier,
 };
-use sluice_runtime::Shutdown;
 
 use crate::normalizer::{fixture, read_until, reader, send_raw, spawn_sluice, Seen};
 use crate::retry::handled_copy;
@@ -74,7 +74,7 @@ struct Rig {
 
 /// One running loop.
 struct Running {
-    task: tokio::task::JoinHandle<Result<(), runtime::LoopError>>,
+    task: tokio::task::JoinHandle<Result<(), sluice_stream::LoopError>>,
     shutdown: Shutdown,
     metrics: LoopMetrics,
 }
@@ -154,7 +154,7 @@ impl Rig {
         let task = {
             let (clients, shutdown, metrics) = (clients(), shutdown.clone(), metrics.clone());
             tokio::spawn(async move {
-                runtime::run(&clients, config, router, handler, metrics, shutdown).await
+                sluice_stream::run(&clients, config, router, handler, metrics, shutdown).await
             })
         };
         Running {

@@ -5,13 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::producer::FutureRecord;
-use sluice_consumers::runtime::metrics::LoopMetrics;
-use sluice_consumers::runtime::{
-    self, ErrorClass, FailureRouter, Guarantee, Handler, HandlerError, LoopConfig, Output, Record,
-    RetryTier,
-};
 use sluice_runtime::kafka::create_topic_if_missing;
 use sluice_runtime::Shutdown;
+use sluice_stream::metrics::LoopMetrics;
+use sluice_stream::{
+    ErrorClass, FailureRouter, Guarantee, Handler, HandlerError, LoopConfig, Output, Record,
+    RetryTier,
+};
 
 use crate::normalizer::{read_until, reader};
 use crate::support::{clients, require_stack};
@@ -91,7 +91,7 @@ async fn run_case(guarantee: Guarantee) {
     let loop_task = {
         let (clients, shutdown) = (clients(), shutdown.clone());
         tokio::spawn(async move {
-            runtime::run(&clients, config, router, handler, metrics, shutdown).await
+            sluice_stream::run(&clients, config, router, handler, metrics, shutdown).await
         })
     };
 

@@ -1,0 +1,1051 @@
+//! `sluice saga run`: the orchestrator, a [`Handler`] of the exactly-once processing loop.
+//!
+//! For each input record it looks up the instance, applies the [state machine](super::machine)
+//! and returns, as the loop's outputs, the new state record, the commands to send, and the
+//! lifecycle and outcome events. The loop commits them in one transaction together with the
+//! input's offset, so a transition happens completely or not at all, and a crash at any
+//! moment replays the input against the last committed state.
+//!
+//! Inputs:
+//! - a trigger on a trigger topic becomes a `start` control message on the saga's replies
+//!   topic, in the partition of its saga id (the trigger topic is keyed and partitioned by
+//!   whatever its producer chose, and may be shared by several sagas);
+//! - records on a replies topic (participant replies, control messages) are applied to the
+//!   instance; one that sits in another partition than its saga id's is moved there first.
+//!
+//! Instance state is written to the state topic partition numbered like the replies
+//! partition, and read back from it when that replies partition is assigned. Memory holds
+//! only what is committed (the batch's own changes are applied when it commits), which is
+//! also what the [timer](super::timer) scans for deadlines.
+
+use sluice_stream::ErrorClass;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use apache_avro::types::Value;
+use serde_json::{json, Value as Json};
+use sluice_runtime::kafka::KafkaClients;
+use sluice_runtime::trace_context;
+use sluice_schemas::json::to_json_with_schema;
+use sluice_schemas::metadata::{self, TRACEPARENT};
+use sluice_schemas::{AvroCodec, Catalog, RecordLocation, RegistryClient};
+use sluice_topology::model::{SAGA_CONTROL_TYPE, SAGA_LIFECYCLE_TYPES};
+use sluice_topology::{naming, Topology};
+use tracing::Instrument;
+
+use super::definition::SagaDef;
+use super::instance::{Instance, Kind, ParkReason, Status, TimelineEvent, TriggerRef};
+use super::machine::{self, Effect, Ignored, Input};
+use super::messages::{
+    self, opt_text, text, Action, Command, Control, Meta, Reply, SchemaBook, COMMAND_ID_HEADER,
+    CORRELATION_HEADER, SAGA_ID_HEADER,
+};
+use super::metrics::SagaMetrics;
+use super::store::{Due, Slot, Store};
+use super::{home_partition, SagaError};
+use sluice_stream::compacted;
+use sluice_stream::headers as routing;
+use sluice_stream::{Assigned, Handler, HandlerError, Output, Record};
+
+/// The orchestrator's consumer group for a topology prefix.
+pub fn group(prefix: &str) -> String {
+    format!("{prefix}-sagas")
+}
+
+/// The retry policy the orchestrator uses when the topology has one by this name.
+pub const RETRY_POLICY: &str = "sagas";
+
+/// One saga as the orchestrator runs it.
+#[derive(Debug, Clone)]
+pub struct SagaRuntime {
+    pub def: SagaDef,
+    pub replies_topic: String,
+    pub state_topic: String,
+    /// Partitions of the replies (and state) topic.
+    pub partitions: i32,
+    source: String,
+    /// Lifecycle event type → its routed topic.
+    lifecycle: HashMap<String, String>,
+    /// (type, topic) of the completed and compensated outcome events.
+    outcome: Option<((String, String), (String, String))>,
+}
+
+impl SagaRuntime {
+    /// The lifecycle event type `dev.sluice.events.sagas.<short>` and its topic (every one is
+    /// routed when the runtime is built).
+    fn lifecycle_topic(&self, short: &str) -> Result<(String, &str), SagaError> {
+        let t = format!("dev.sluice.events.sagas.{short}");
+        match self.lifecycle.get(&t) {
+            Some(topic) => Ok((t, topic.as_str())),
+            None => Err(SagaError::Definition(format!(
+                "saga `{}`: lifecycle event {t} is not routed",
+                self.def.name
+            ))),
+        }
+    }
+
+    /// The name of step `step` (a position the machine took from this definition).
+    fn step_name(&self, step: usize) -> Result<&str, SagaError> {
+        self.def
+            .steps
+            .get(step)
+            .map(|s| s.name.as_str())
+            .ok_or_else(|| {
+                SagaError::Definition(format!("saga `{}` has no step {step}", self.def.name))
+            })
+    }
+}
+
+/// What a batch counts, applied to the metrics only if it commits.
+#[derive(Debug, Clone)]
+enum Count {
+    Event(usize, TimelineEvent),
+    Ignored(usize, Ignored),
+    Terminal(usize, Status, f64),
+    Forwarded(usize),
+    Skipped(String),
+    Expired(usize),
+}
+
+/// Finished instances' state records are kept a week by default, like the normalizer's
+/// dedup window: a trigger redelivered within it does not start the saga again.
+pub const DEFAULT_KEEP_FINISHED_MS: i64 = 7 * 24 * 3_600_000;
+
+pub struct Orchestrator {
+    clients: KafkaClients,
+    codec: AvroCodec,
+    book: SchemaBook,
+    sagas: Vec<SagaRuntime>,
+    by_replies: HashMap<String, usize>,
+    by_trigger_topic: HashMap<String, Vec<usize>>,
+    store: Store,
+    /// The batch's counts, applied to the metrics only if it commits.
+    counts: Mutex<Vec<Count>>,
+    metrics: SagaMetrics,
+    /// How long a finished instance stays in memory in full (a late reply is told from a
+    /// duplicate against it) before only its status is kept.
+    pub finished_retention_ms: i64,
+    /// How long a finished instance's state record is kept. Until then a repeated trigger
+    /// for the same saga id is recognised and ignored; after it the record is deleted (a
+    /// tombstone), so the state topic and memory do not grow with every saga ever run.
+    pub keep_finished_ms: i64,
+}
+
+impl std::fmt::Debug for Orchestrator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Orchestrator")
+            .field(
+                "sagas",
+                &self.sagas.iter().map(|s| &s.def.name).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl Orchestrator {
+    /// Builds the orchestrator for `only` (every saga when empty), checking each saga against
+    /// the catalog and resolving every schema it reads or writes from the registry.
+    pub async fn new(
+        clients: KafkaClients,
+        registry: &RegistryClient,
+        catalog: &Catalog,
+        topology: &Topology,
+        only: &[String],
+        metrics_registry: &prometheus::Registry,
+    ) -> Result<Self, SagaError> {
+        for name in only {
+            if !topology.sagas.iter().any(|s| &s.name == name) {
+                return Err(SagaError::UnknownSaga(name.clone()));
+            }
+        }
+        let codec = AvroCodec::new(registry.clone());
+        let mut sagas = Vec::new();
+        let mut pairs: Vec<(String, String)> = Vec::new();
+        for spec in &topology.sagas {
+            if !only.is_empty() && !only.contains(&spec.name) {
+                continue;
+            }
+            let def = SagaDef::from(spec);
+            let problems = messages::definition_problems(&def, catalog);
+            if !problems.is_empty() {
+                return Err(SagaError::Definition(problems.join("\n")));
+            }
+            let replies_topic = naming::saga_replies_topic(&topology.prefix, &def.name);
+            let partitions = {
+                let (clients, topic) = (clients.clone(), replies_topic.clone());
+                tokio::task::block_in_place(|| compacted::partition_count(&clients, &topic))?
+            };
+            let route = |t: &str| {
+                topology
+                    .route_of(t)
+                    .map(str::to_string)
+                    .ok_or_else(|| SagaError::Definition(format!("`{t}` is not routed")))
+            };
+            let mut lifecycle = HashMap::new();
+            for t in SAGA_LIFECYCLE_TYPES {
+                let topic = route(t)?;
+                pairs.push((topic.clone(), t.to_string()));
+                lifecycle.insert(t.to_string(), topic);
+            }
+            let outcome = match &def.outcome {
+                Some((done, undone)) => {
+                    let o = (
+                        (done.clone(), route(done)?),
+                        (undone.clone(), route(undone)?),
+                    );
+                    pairs.push((o.0 .1.clone(), done.clone()));
+                    pairs.push((o.1 .1.clone(), undone.clone()));
+                    Some(o)
+                }
+                None => None,
+            };
+            pairs.push((replies_topic.clone(), SAGA_CONTROL_TYPE.to_string()));
+            pairs.push((def.trigger_topic.clone(), def.trigger_type.clone()));
+            for step in &def.steps {
+                for c in std::iter::once(&step.action).chain(step.compensation.as_ref()) {
+                    pairs.push((c.topic.clone(), c.event_type.clone()));
+                    pairs.push((replies_topic.clone(), c.success.clone()));
+                    pairs.push((replies_topic.clone(), c.failure.clone()));
+                }
+            }
+            sagas.push(SagaRuntime {
+                state_topic: naming::saga_state_topic(&topology.prefix, &def.name),
+                source: format!("sluice://sagas/{}", def.name),
+                def,
+                replies_topic,
+                partitions,
+                lifecycle,
+                outcome,
+            });
+        }
+        if sagas.is_empty() {
+            return Err(SagaError::Definition(
+                "the topology declares no sagas".into(),
+            ));
+        }
+        let book =
+            SchemaBook::resolve(registry, catalog, topology.subjects.naming, pairs, &codec).await?;
+        let by_replies = sagas
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.replies_topic.clone(), i))
+            .collect();
+        let mut by_trigger_topic: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, s) in sagas.iter().enumerate() {
+            by_trigger_topic
+                .entry(s.def.trigger_topic.clone())
+                .or_default()
+                .push(i);
+        }
+        Ok(Self {
+            clients,
+            codec,
+            book,
+            sagas,
+            by_replies,
+            by_trigger_topic,
+            store: Store::default(),
+            counts: Mutex::default(),
+            metrics: SagaMetrics::new(metrics_registry)?,
+            finished_retention_ms: 60_000,
+            keep_finished_ms: DEFAULT_KEEP_FINISHED_MS,
+        })
+    }
+
+    /// The topics the loop consumes: every saga's replies topic and trigger topic.
+    pub fn input_topics(&self) -> Vec<String> {
+        let mut t: Vec<String> = self
+            .by_replies
+            .keys()
+            .chain(self.by_trigger_topic.keys())
+            .cloned()
+            .collect();
+        t.sort();
+        t.dedup();
+        t
+    }
+
+    pub fn sagas(&self) -> &[SagaRuntime] {
+        &self.sagas
+    }
+
+    pub fn metrics(&self) -> &SagaMetrics {
+        &self.metrics
+    }
+
+    fn location(record: &Record) -> RecordLocation {
+        RecordLocation::new(&record.topic, record.partition, record.offset)
+    }
+
+    /// Decodes a wire-format value with its writer schema; returns (record full name, value).
+    async fn decode(
+        &self,
+        record: &Record,
+    ) -> Result<(String, Value, Arc<apache_avro::Schema>), HandlerError> {
+        let location = Self::location(record);
+        let payload = record.value.as_deref().unwrap_or_default();
+        let undecodable = |e: sluice_schemas::CodecError| {
+            if e.is_transient() {
+                HandlerError::transient(ErrorClass::RegistryUnavailable, e.to_string())
+            } else {
+                HandlerError::permanent(ErrorClass::Undecodable, e.to_string())
+            }
+        };
+        let decoded = self
+            .codec
+            .decode(payload, &location)
+            .await
+            .map_err(undecodable)?;
+        let writer = self
+            .codec
+            .writer_schema(decoded.schema_id, &location)
+            .await
+            .map_err(undecodable)?;
+        let name = match writer.as_ref() {
+            apache_avro::Schema::Record(r) => r.name.fullname(None),
+            _ => String::new(),
+        };
+        Ok((name, decoded.value, writer))
+    }
+
+    async fn on_trigger(
+        &self,
+        sagas: &[usize],
+        record: &Record,
+    ) -> Result<Vec<Output>, HandlerError> {
+        let declared = record.header(metadata::CE_TYPE);
+        let wanted: Vec<usize> = sagas
+            .iter()
+            .copied()
+            .filter(|&s| declared.is_none_or(|t| t == self.sagas[s].def.trigger_type))
+            .collect();
+        if wanted.is_empty() {
+            self.count(Count::Skipped(record.topic.clone()));
+            return Ok(Vec::new());
+        }
+        let (event_type, value, writer) = self.decode(record).await?;
+        let event = to_json_with_schema(&value, &writer);
+        let (topic, partition, offset) = original_location(record);
+        let mut outputs = Vec::new();
+        for s in wanted {
+            let saga = &self.sagas[s];
+            if event_type != saga.def.trigger_type {
+                self.count(Count::Skipped(record.topic.clone()));
+                continue;
+            }
+            let id = saga.def.correlation_value(&event).ok_or_else(|| {
+                HandlerError::permanent(
+                    ErrorClass::MissingCorrelationKey,
+                    format!(
+                        "{event_type} at {topic}/{partition}@{offset} has no `{}` for saga `{}`",
+                        saga.def.correlation_key.join("."),
+                        saga.def.name
+                    ),
+                )
+            })?;
+            let mut control = Control::new(
+                &saga.def.name,
+                &id,
+                Action::Start,
+                &messages::event_id(&format!(
+                    "start/{}/{topic}/{partition}/{offset}",
+                    saga.def.name
+                )),
+            );
+            control.data = Some(event.to_string());
+            control.trigger_event_id = event
+                .get("event_id")
+                .and_then(Json::as_str)
+                .map(str::to_string);
+            control.trigger_type = Some(event_type.clone());
+            control.trigger_location = Some(format!("{topic}/{partition}@{offset}"));
+            let traceparent = trace_context::traceparent(&tracing::Span::current())
+                .or_else(|| record.header(TRACEPARENT).map(str::to_string))
+                .unwrap_or_else(|| {
+                    messages::child_traceparent(None, &format!("{}/{id}", saga.def.name))
+                });
+            outputs.push(self.control_output(s, &control, &traceparent)?);
+        }
+        Ok(outputs)
+    }
+
+    /// A control message for instance `control.saga_id` of saga `s`, in its home partition.
+    pub fn control_output(
+        &self,
+        s: usize,
+        control: &Control,
+        traceparent: &str,
+    ) -> Result<Output, HandlerError> {
+        let saga = &self.sagas[s];
+        let meta = Meta {
+            event_id: control.request_id.clone(),
+            occurred_at: metadata::now_ms(),
+            source: saga.source.clone(),
+            subject: Some(control.saga_id.clone()),
+        };
+        let value = self
+            .book
+            .encode_fields(
+                &saga.replies_topic,
+                SAGA_CONTROL_TYPE,
+                control.fields(&meta),
+            )
+            .map_err(encode_failed)?;
+        Ok(Output {
+            topic: saga.replies_topic.clone(),
+            partition: Some(home_partition(control.saga_id.as_bytes(), saga.partitions)),
+            key: Some(control.saga_id.clone().into_bytes()),
+            value: Some(value),
+            headers: meta.headers(
+                SAGA_CONTROL_TYPE,
+                traceparent,
+                &[
+                    (SAGA_ID_HEADER, &control.saga_id),
+                    (CORRELATION_HEADER, &control.saga_id),
+                ],
+            ),
+        })
+    }
+
+    async fn on_input(&self, s: usize, record: &Record) -> Result<Vec<Output>, HandlerError> {
+        let saga = &self.sagas[s];
+        let id = record
+            .key
+            .as_deref()
+            .and_then(|k| std::str::from_utf8(k).ok())
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| {
+                HandlerError::permanent(
+                    ErrorClass::MissingKey,
+                    "saga inputs must be keyed by saga id (UTF-8)",
+                )
+            })?
+            .to_string();
+        let home = home_partition(id.as_bytes(), saga.partitions);
+        if record.topic != saga.replies_topic || record.partition != home {
+            // Headers are kept as they are: a record back from a retry tier keeps its attempt
+            // count, so a failure that lasts still ends in the dead-letter topic.
+            self.count(Count::Forwarded(s));
+            return Ok(vec![Output {
+                topic: saga.replies_topic.clone(),
+                partition: Some(home),
+                key: record.key.clone(),
+                value: record.value.clone(),
+                headers: record.headers.clone(),
+            }]);
+        }
+        let (event_type, value, _) = self.decode(record).await?;
+        let bad = |e: String| {
+            HandlerError::permanent(ErrorClass::InvalidSagaMessage, format!("{event_type}: {e}"))
+        };
+        let input = if event_type == SAGA_CONTROL_TYPE {
+            let c = Control::from_value(&value).map_err(bad)?;
+            match c.action {
+                Action::Expire => return Ok(self.expire(s, home, &id)),
+                Action::Start => Input::Start {
+                    data: c.data.unwrap_or_else(|| "{}".into()),
+                    trigger: TriggerRef {
+                        event_id: c.trigger_event_id,
+                        event_type: c.trigger_type.unwrap_or_default(),
+                        location: c.trigger_location,
+                    },
+                    traceparent: record.header(TRACEPARENT).map(str::to_string),
+                },
+                Action::Deadline => Input::Deadline {
+                    command_id: c.command_id.unwrap_or_default(),
+                    due_at: c.due_at.unwrap_or_default(),
+                },
+                Action::Retry => Input::Retry {
+                    request_id: c.request_id,
+                    by: c.requested_by,
+                },
+                Action::Abort => Input::Abort {
+                    request_id: c.request_id,
+                    by: c.requested_by,
+                    reason: c.reason,
+                },
+            }
+        } else if saga.def.steps.iter().any(|st| {
+            std::iter::once(&st.action)
+                .chain(st.compensation.as_ref())
+                .any(|c| c.success == event_type || c.failure == event_type)
+        }) {
+            let r = Reply::from_value(&event_type, &value).map_err(bad)?;
+            Input::Reply {
+                event_type: r.event_type,
+                command_id: r.command_id,
+                reason: r.reason,
+                retryable: r.retryable,
+                result: r.result,
+            }
+        } else {
+            tracing::warn!(
+                saga = saga.def.name,
+                event_type,
+                offset = record.offset,
+                "not a reply of this saga; ignored"
+            );
+            self.count(Count::Ignored(s, Ignored::UnexpectedReply));
+            return Ok(Vec::new());
+        };
+
+        let now = metadata::now_ms();
+        let transition = match self.store.get(s, home, &id) {
+            Some(Slot::Gone { status, .. }) => {
+                let why = match input {
+                    Input::Start { .. } => Ignored::DuplicateTrigger,
+                    Input::Reply { .. } => Ignored::LateReply,
+                    Input::Deadline { .. } => Ignored::StaleDeadline,
+                    Input::Retry { .. } => Ignored::NotParked,
+                    Input::Abort { .. } => Ignored::NotRunning,
+                };
+                tracing::debug!(
+                    saga = saga.def.name,
+                    id,
+                    status = status.as_str(),
+                    reason = why.as_str(),
+                    "input for a finished instance ignored"
+                );
+                self.count(Count::Ignored(s, why));
+                return Ok(Vec::new());
+            }
+            Some(Slot::Live(current)) => machine::apply(&saga.def, &id, Some(&current), input, now),
+            None => machine::apply(&saga.def, &id, None, input, now),
+        };
+        if let Some(why) = transition.ignored {
+            tracing::debug!(
+                saga = saga.def.name,
+                id,
+                reason = why.as_str(),
+                "input ignored"
+            );
+            self.count(Count::Ignored(s, why));
+        }
+        let Some(state) = transition.state else {
+            return Ok(Vec::new());
+        };
+        let mut outputs = Vec::with_capacity(transition.effects.len() + 2);
+        outputs.push(Output {
+            topic: saga.state_topic.clone(),
+            partition: Some(home),
+            key: Some(id.clone().into_bytes()),
+            value: Some(state.to_json()),
+            headers: Vec::new(),
+        });
+        for (n, effect) in transition.effects.iter().enumerate() {
+            outputs.extend(
+                self.render(saga, &state, effect, n, now)
+                    .map_err(encode_failed)?,
+            );
+        }
+        for event in &transition.events {
+            self.count(Count::Event(s, *event));
+        }
+        if state.status.is_terminal() {
+            let seconds = (now - state.started_at).max(0) as f64 / 1000.0;
+            self.count(Count::Terminal(s, state.status, seconds));
+        }
+        self.store.stage(s, home, id, Arc::new(state));
+        Ok(outputs)
+    }
+
+    /// The records one effect writes.
+    fn render(
+        &self,
+        saga: &SagaRuntime,
+        state: &Instance,
+        effect: &Effect,
+        n: usize,
+        now: i64,
+    ) -> Result<Vec<Output>, SagaError> {
+        let name = format!("{}/{}/{}/{n}", saga.def.name, state.id, state.seq);
+        let meta = Meta {
+            event_id: messages::event_id(&name),
+            occurred_at: now,
+            source: saga.source.clone(),
+            subject: Some(state.id.clone()),
+        };
+        let traceparent = trace_context::traceparent(&tracing::Span::current())
+            .unwrap_or_else(|| messages::child_traceparent(state.traceparent.as_deref(), &name));
+        let output =
+            |topic: &str, event_type: &str, value: Vec<u8>, extra: &[(&str, &str)]| Output {
+                topic: topic.to_string(),
+                partition: None,
+                key: Some(state.id.clone().into_bytes()),
+                value: Some(value),
+                headers: meta.headers(event_type, &traceparent, extra),
+            };
+        let saga_header = [(SAGA_ID_HEADER, state.id.as_str())];
+        let lifecycle = |short: &str, fields: Vec<(&str, Value)>| {
+            let (t, topic) = saga.lifecycle_topic(short)?;
+            let mut all = vec![
+                ("saga_id", text(&state.id)),
+                ("saga_name", text(&saga.def.name)),
+                ("correlation_id", text(&state.id)),
+            ];
+            all.extend(fields);
+            let value = self.book.encode_fields(topic, &t, meta.with(all))?;
+            Ok::<Output, SagaError>(output(topic, &t, value, &saga_header))
+        };
+        let outcome = |which: Option<&(String, String)>, reason: Option<&str>| {
+            which
+                .map(|(t, topic)| {
+                    let body = self.outcome_body(topic, t, state, &meta, reason);
+                    let value = self.book.encode(topic, t, &body)?;
+                    Ok::<Output, SagaError>(output(topic, t, value, &saga_header))
+                })
+                .transpose()
+        };
+        let steps = || Value::Array(saga.def.steps.iter().map(|s| text(&s.name)).collect());
+        let duration = Value::Long(now - state.started_at);
+        let started_at = Value::TimestampMillis(state.started_at);
+        let mut out = Vec::with_capacity(2);
+        match effect {
+            Effect::Command {
+                step,
+                kind,
+                command_id,
+                attempt,
+                compensates,
+            } => {
+                let st = saga.def.steps.get(*step).ok_or_else(|| {
+                    SagaError::Definition(format!("saga `{}` has no step {step}", saga.def.name))
+                })?;
+                // The machine only sends commands the definition has; checked again rather
+                // than trusted, so a mistake costs this input (dead-lettered), not the process.
+                let c = match kind {
+                    Kind::Action => &st.action,
+                    Kind::Compensation => st.compensation.as_ref().ok_or_else(|| {
+                        SagaError::Definition(format!(
+                            "step `{}` of saga `{}` has no compensation",
+                            st.name, saga.def.name
+                        ))
+                    })?,
+                };
+                let command = Command {
+                    event_type: c.event_type.clone(),
+                    saga_id: state.id.clone(),
+                    saga_name: saga.def.name.clone(),
+                    step: st.name.clone(),
+                    kind: *kind,
+                    compensates: compensates.clone(),
+                    attempt: *attempt,
+                    command_id: command_id.clone(),
+                    correlation_id: state.id.clone(),
+                    reply_topic: saga.replies_topic.clone(),
+                    data: state.data.clone(),
+                    results: results_json(state),
+                };
+                let value =
+                    self.book
+                        .encode_fields(&c.topic, &c.event_type, command.fields(&meta))?;
+                out.push(output(
+                    &c.topic,
+                    &c.event_type,
+                    value,
+                    &[
+                        (SAGA_ID_HEADER, &state.id),
+                        (COMMAND_ID_HEADER, command_id),
+                        (CORRELATION_HEADER, &state.id),
+                    ],
+                ));
+            }
+            Effect::Started => out.push(lifecycle(
+                "SagaStarted",
+                vec![
+                    (
+                        "trigger_event_id",
+                        opt_text(state.trigger.event_id.as_deref()),
+                    ),
+                    ("trigger_type", text(&state.trigger.event_type)),
+                    ("steps", steps()),
+                ],
+            )?),
+            Effect::StepCompleted {
+                step,
+                command_id,
+                attempt,
+                result,
+            } => out.push(lifecycle(
+                "SagaStepCompleted",
+                vec![
+                    ("step", text(saga.step_name(*step)?)),
+                    ("step_index", Value::Int(*step as i32)),
+                    ("command_id", text(command_id)),
+                    ("attempt", Value::Int(*attempt as i32)),
+                    ("result", opt_text(result.as_deref())),
+                ],
+            )?),
+            Effect::Completed => {
+                out.push(lifecycle(
+                    "SagaCompleted",
+                    vec![
+                        ("started_at", started_at),
+                        ("duration_ms", duration),
+                        ("steps", steps()),
+                    ],
+                )?);
+                out.extend(outcome(saga.outcome.as_ref().map(|o| &o.0), None)?);
+            }
+            Effect::Compensated => {
+                let failure = state.failure.as_ref();
+                let reason = failure.map_or("compensated", |f| f.reason.as_str());
+                out.push(lifecycle(
+                    "SagaCompensated",
+                    vec![
+                        ("started_at", started_at),
+                        ("duration_ms", duration),
+                        ("reason", text(reason)),
+                        (
+                            "failed_step",
+                            opt_text(failure.and_then(|f| f.step.as_deref())),
+                        ),
+                        (
+                            "failure_kind",
+                            text(failure.map_or("failed", |f| f.kind.as_str())),
+                        ),
+                        (
+                            "compensated_steps",
+                            Value::Array(state.compensated.iter().map(|d| text(&d.step)).collect()),
+                        ),
+                    ],
+                )?);
+                out.extend(outcome(saga.outcome.as_ref().map(|o| &o.1), Some(reason))?);
+            }
+            Effect::Parked {
+                step,
+                reason,
+                attempts,
+                why,
+            } => out.push(lifecycle(
+                "SagaFailed",
+                vec![
+                    ("started_at", started_at),
+                    (
+                        "reason",
+                        match why {
+                            ParkReason::CompensationExhausted => text(reason),
+                            ParkReason::DefinitionChanged => {
+                                text(&format!("{}: {reason}", why.as_str()))
+                            }
+                        },
+                    ),
+                    ("step", text(step)),
+                    ("attempts", Value::Int(*attempts as i32)),
+                    ("state", text(Status::Parked.as_str())),
+                ],
+            )?),
+        }
+        Ok(out)
+    }
+
+    /// An outcome event: the trigger's fields the event has, plus the saga id and (when
+    /// cancelled) why.
+    fn outcome_body(
+        &self,
+        topic: &str,
+        event_type: &str,
+        state: &Instance,
+        meta: &Meta,
+        reason: Option<&str>,
+    ) -> Json {
+        let fields = self.book.field_names(topic, event_type);
+        let mut body = match serde_json::from_str::<Json>(&state.data) {
+            Ok(Json::Object(mut m)) => {
+                m.retain(|k, _| fields.contains(k));
+                Json::Object(m)
+            }
+            _ => json!({}),
+        };
+        merge(&mut body, json!({"saga_id": state.id}));
+        if let Some(r) = reason {
+            merge(&mut body, json!({"reason": r}));
+        }
+        if let Some(o) = body.as_object_mut() {
+            o.retain(|k, _| fields.contains(k));
+        }
+        meta.fill(body)
+    }
+
+    fn count(&self, c: Count) {
+        self.counts.lock().expect("saga counts").push(c);
+    }
+
+    fn apply_counts(&self, counts: Vec<Count>) {
+        let name = |s: usize| self.sagas[s].def.name.as_str();
+        for c in counts {
+            match c {
+                Count::Event(s, e) => self
+                    .metrics
+                    .transitions
+                    .with_label_values(&[name(s), e.as_str()])
+                    .inc(),
+                Count::Ignored(s, why) => self
+                    .metrics
+                    .ignored
+                    .with_label_values(&[name(s), why.as_str()])
+                    .inc(),
+                Count::Terminal(s, status, seconds) => {
+                    self.metrics
+                        .terminal
+                        .with_label_values(&[name(s), status.as_str()])
+                        .inc();
+                    self.metrics
+                        .duration
+                        .with_label_values(&[name(s), status.as_str()])
+                        .observe(seconds);
+                }
+                Count::Forwarded(s) => self.metrics.forwarded.with_label_values(&[name(s)]).inc(),
+                Count::Expired(s) => self.metrics.expired.with_label_values(&[name(s)]).inc(),
+                Count::Skipped(topic) => self.metrics.skipped.with_label_values(&[&topic]).inc(),
+            }
+        }
+    }
+
+    /// Pending commands whose deadline or backoff has passed at `now`.
+    pub fn due(&self, now: i64) -> Vec<Due> {
+        self.store.due(now)
+    }
+
+    /// Finished instances whose state may now be deleted (at most `limit`).
+    pub fn expired(&self, now: i64, limit: usize) -> Vec<(usize, String)> {
+        self.store
+            .expired(now - self.keep_finished_ms, limit)
+            .into_iter()
+            .map(|(s, _, id)| (s, id))
+            .collect()
+    }
+
+    /// Deletes a finished instance's state, if it is still finished and old enough (an
+    /// expire message may be late or written twice): a tombstone in the state topic, in the
+    /// batch's transaction.
+    fn expire(&self, s: usize, home: i32, id: &str) -> Vec<Output> {
+        let saga = &self.sagas[s];
+        let before = metadata::now_ms() - self.keep_finished_ms;
+        let expired = self
+            .store
+            .get(s, home, id)
+            .as_ref()
+            .and_then(super::store::finished_at)
+            .is_some_and(|at| at < before);
+        if !expired {
+            self.count(Count::Ignored(s, Ignored::NotExpired));
+            return Vec::new();
+        }
+        self.store.stage_delete(s, home, id.to_string());
+        self.count(Count::Expired(s));
+        vec![Output {
+            topic: saga.state_topic.clone(),
+            partition: Some(home),
+            key: Some(id.as_bytes().to_vec()),
+            value: None,
+            headers: Vec::new(),
+        }]
+    }
+
+    /// Updates the in-flight gauges and keeps only the status of instances finished more
+    /// than `finished_retention_ms` ago.
+    pub fn housekeeping(&self, now: i64) {
+        let tallies = self
+            .store
+            .sweep(self.sagas.len(), now, now - self.finished_retention_ms);
+        for (saga, tally) in self.sagas.iter().zip(tallies) {
+            let name = saga.def.name.as_str();
+            self.metrics
+                .in_flight
+                .with_label_values(&[name])
+                .set(tally.in_flight);
+            self.metrics
+                .parked
+                .with_label_values(&[name])
+                .set(tally.parked);
+            for step in saga
+                .def
+                .steps
+                .iter()
+                .map(|st| st.name.as_str())
+                .chain(["-"])
+            {
+                let age = tally.oldest.get(step).copied().unwrap_or(0);
+                self.metrics
+                    .oldest_in_flight
+                    .with_label_values(&[name, step])
+                    .set(age as f64 / 1000.0);
+            }
+        }
+    }
+
+    /// Instances held in full in memory, for the benchmark.
+    pub fn live_instances(&self) -> usize {
+        self.store.live()
+    }
+}
+
+impl Orchestrator {
+    /// Routes one record: a reply or control message to its instance, a trigger to the sagas
+    /// it starts.
+    async fn route(&self, record: &Record) -> Result<Vec<Output>, HandlerError> {
+        let topic = record
+            .header(routing::ORIGINAL_TOPIC)
+            .unwrap_or(&record.topic)
+            .to_string();
+        if let Some(&s) = self.by_replies.get(&topic) {
+            return self.on_input(s, record).await;
+        }
+        if let Some(sagas) = self.by_trigger_topic.get(&topic) {
+            return self.on_trigger(sagas, record).await;
+        }
+        Err(HandlerError::permanent(
+            ErrorClass::UnknownTopic,
+            format!("no saga reads {topic}"),
+        ))
+    }
+}
+
+impl Handler for Orchestrator {
+    async fn handle(&self, record: &Record) -> Result<Vec<Output>, HandlerError> {
+        // This hop's span: a child of the trigger's or reply's, the parent of what the
+        // transition writes.
+        let span =
+            tracing::info_span!("saga.transition", topic = %record.topic, offset = record.offset);
+        trace_context::follow(&span, record.header(TRACEPARENT));
+        self.route(record).instrument(span).await
+    }
+
+    async fn on_assigned(&self, partitions: &Assigned) -> Result<(), HandlerError> {
+        let mut by_saga: HashMap<usize, Vec<i32>> = HashMap::new();
+        for (topic, p) in partitions {
+            if let Some(&s) = self.by_replies.get(topic) {
+                if !self.store.owns(s, *p) {
+                    by_saga.entry(s).or_default().push(*p);
+                }
+            }
+        }
+        let finished_before = metadata::now_ms() - self.finished_retention_ms;
+        for (s, ps) in by_saga {
+            let saga = &self.sagas[s];
+            let mut restored: HashMap<i32, HashMap<String, Slot>> =
+                ps.iter().map(|p| (*p, HashMap::new())).collect();
+            let mut unreadable = 0usize;
+            let clients = self.clients.clone();
+            let read = tokio::task::block_in_place(|| {
+                compacted::read_partitions(&clients, &saga.state_topic, &ps, |p, key, value| {
+                    let id = String::from_utf8_lossy(key).into_owned();
+                    let m = restored.entry(p).or_default();
+                    match value.map(restore) {
+                        None => {
+                            m.remove(&id);
+                        }
+                        Some(Ok(slot)) => {
+                            m.insert(id, slot(finished_before));
+                        }
+                        Some(Err(e)) => {
+                            unreadable += 1;
+                            tracing::error!(topic = saga.state_topic, partition = p, id, error = %e, "unreadable saga state record; this instance cannot continue until it is repaired");
+                        }
+                    }
+                })
+            })
+            .map_err(|e| HandlerError::transient(ErrorClass::SagaStateRestore, e.to_string()))?;
+            let mut live = 0;
+            for (p, m) in restored {
+                live += m.values().filter(|s| matches!(s, Slot::Live(_))).count();
+                self.store.load(s, p, m);
+            }
+            tracing::info!(saga = saga.def.name, partitions = ?ps, records = read, live, unreadable, "saga instances restored");
+        }
+        Ok(())
+    }
+
+    fn on_revoked(&self, partitions: &Assigned) {
+        for (topic, p) in partitions {
+            if let Some(&s) = self.by_replies.get(topic) {
+                self.store.drop_partition(s, *p);
+            }
+        }
+    }
+
+    fn on_batch_end(&self, committed: bool) {
+        self.store.finish(committed);
+        let counts = std::mem::take(&mut *self.counts.lock().expect("saga counts"));
+        if committed {
+            self.apply_counts(counts);
+        }
+    }
+}
+
+/// A state record read back: finished instances are only peeked at (status and when they
+/// finished), so a restart does not parse every instance ever run in full.
+fn restore(value: &[u8]) -> Result<impl FnOnce(i64) -> Slot + '_, serde_json::Error> {
+    #[derive(serde::Deserialize)]
+    struct Peek {
+        status: Status,
+        updated_at: i64,
+    }
+    let peek: Peek = serde_json::from_slice(value)?;
+    let full = if peek.status.is_terminal() {
+        None
+    } else {
+        Some(Instance::from_json(value)?)
+    };
+    Ok(move |finished_before: i64| match full {
+        Some(i) => Slot::Live(Arc::new(i)),
+        None if peek.updated_at < finished_before => Slot::Gone {
+            status: peek.status,
+            finished_at: peek.updated_at,
+        },
+        None => Instance::from_json(value)
+            .map(|i| Slot::Live(Arc::new(i)))
+            .unwrap_or(Slot::Gone {
+                status: peek.status,
+                finished_at: peek.updated_at,
+            }),
+    })
+}
+
+/// Completed steps' results by step name, as the JSON object commands carry.
+fn results_json(state: &Instance) -> String {
+    if state.completed.is_empty() {
+        return "{}".into();
+    }
+    let results: serde_json::Map<String, Json> = state
+        .completed
+        .iter()
+        .map(|d| {
+            let r = d
+                .result
+                .as_deref()
+                .and_then(|r| serde_json::from_str(r).ok())
+                .unwrap_or(Json::Null);
+            (d.step.clone(), r)
+        })
+        .collect();
+    Json::Object(results).to_string()
+}
+
+/// Where a record was first read (its original location when it comes from a retry tier).
+fn original_location(record: &Record) -> (String, i32, i64) {
+    let topic = record
+        .header(routing::ORIGINAL_TOPIC)
+        .unwrap_or(&record.topic)
+        .to_string();
+    let partition = record
+        .header_bytes(routing::ORIGINAL_PARTITION)
+        .and_then(routing::read_int)
+        .unwrap_or(record.partition);
+    let offset = record
+        .header_bytes(routing::ORIGINAL_OFFSET)
+        .and_then(routing::read_long)
+        .unwrap_or(record.offset);
+    (topic, partition, offset)
+}
+
+fn merge(into: &mut Json, from: Json) {
+    if let (Some(a), Json::Object(b)) = (into.as_object_mut(), from) {
+        a.extend(b);
+    }
+}
+
+fn encode_failed(e: SagaError) -> HandlerError {
+    HandlerError::permanent(ErrorClass::EncodeFailed, e.to_string())
+}

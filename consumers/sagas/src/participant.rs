@@ -1,0 +1,591 @@
+//! Writing a saga participant: implement [`Participant`] (a command in, an [`Outcome`] out)
+//! and run a [`ParticipantHandler`] in the exactly-once processing loop. The handler does the
+//! rest:
+//!
+//! - **Dedup by command id.** Every handled command id is recorded, with its outcome, in the
+//!   role's compacted state topic, in the same transaction as the reply; the record goes to
+//!   the partition numbered like the command's, and is read back when that partition is
+//!   assigned. A redelivered command (the orchestrator resends after a timeout) is answered
+//!   from the record without running the side effect again.
+//! - **Compensations that only undo what ran.** A compensation names the action it undoes;
+//!   when that action never ran here (it failed, or never arrived), the compensation is
+//!   answered "nothing to undo" without calling the participant, and the action's id is
+//!   fenced so that, should it still arrive, it is refused instead of executed.
+//! - **Replies** go to the command's reply topic, keyed by saga id, with CloudEvents headers
+//!   and a traceparent continuing the command's.
+//!
+//! ```no_run
+//! use sluice_stream::HandlerError;
+//! use sluice_sagas::instance::Kind;
+//! use sluice_sagas::messages::Command;
+//! use sluice_sagas::participant::{Outcome, Participant};
+//!
+//! struct Payments;
+//!
+//! impl Participant for Payments {
+//!     async fn handle(&self, command: &Command) -> Result<Outcome, HandlerError> {
+//!         // `command.command_id` is the idempotency key to pass to the payment provider.
+//!         Ok(match command.kind {
+//!             Kind::Action => Outcome::Succeeded { result: Some(serde_json::json!({"charge_id": "ch_1"})) },
+//!             Kind::Compensation => Outcome::Succeeded { result: None },
+//!         })
+//!     }
+//! }
+//! ```
+
+use sluice_stream::ErrorClass;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+use sluice_runtime::kafka::KafkaClients;
+use sluice_runtime::trace_context;
+use sluice_schemas::metadata::{self, TRACEPARENT};
+use sluice_schemas::{AvroCodec, Catalog, RecordLocation, RegistryClient};
+use sluice_topology::{naming, Topology};
+use tracing::Instrument;
+
+use super::instance::Kind;
+use super::machine::short_name;
+use super::messages::{
+    self, Command, Meta, Reply, SchemaBook, COMMAND_ID_HEADER, CORRELATION_HEADER, SAGA_ID_HEADER,
+};
+use super::metrics::ParticipantMetrics;
+use super::SagaError;
+use sluice_stream::compacted;
+use sluice_stream::{Assigned, FailureRouter, Handler, HandlerError, Output, Record};
+
+/// What a participant did with a command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// It took effect; `result` (JSON) goes back to the orchestrator and on to later steps.
+    Succeeded { result: Option<Json> },
+    /// It did not take effect. `retryable` says whether trying again may succeed.
+    Failed { reason: String, retryable: bool },
+    /// No reply at all, as if the command had been lost (the demo's simulated timeouts).
+    /// Counted and logged; nothing is recorded, so a resend runs the participant again.
+    NoReply { why: String },
+}
+
+/// A saga participant's business logic.
+pub trait Participant: Send + Sync + 'static {
+    /// Executes one command. Called at most once per command id that gets a reply (see the
+    /// module docs). An error is dead-lettered with the command, and the saga times out.
+    fn handle(
+        &self,
+        command: &Command,
+    ) -> impl Future<Output = Result<Outcome, HandlerError>> + Send;
+}
+
+/// How one command type is answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub saga: String,
+    pub step: String,
+    pub kind: Kind,
+    pub reply_topic: String,
+    pub success: String,
+    pub failure: String,
+}
+
+/// What a participant role handles, from the topology: every command of every saga step
+/// whose `participant` is the role.
+#[derive(Debug, Clone)]
+pub struct RoleSpec {
+    pub role: String,
+    pub group: String,
+    pub commands: HashMap<String, Route>,
+    pub command_topics: Vec<String>,
+    pub state_topic: String,
+    pub dlq_topic: String,
+}
+
+impl RoleSpec {
+    /// Every participant role named in the topology's sagas.
+    pub fn roles(topology: &Topology) -> Vec<String> {
+        let mut roles: Vec<String> = topology
+            .sagas
+            .iter()
+            .flat_map(|s| s.steps.iter().map(|st| st.participant.clone()))
+            .collect();
+        roles.sort();
+        roles.dedup();
+        roles
+    }
+
+    pub fn from_topology(topology: &Topology, role: &str) -> Result<Self, SagaError> {
+        let mut commands = HashMap::new();
+        for saga in &topology.sagas {
+            let reply_topic = naming::saga_replies_topic(&topology.prefix, &saga.name);
+            for step in saga.steps.iter().filter(|s| s.participant == role) {
+                let both = std::iter::once((Kind::Action, step.action()))
+                    .chain(step.compensation.clone().map(|c| (Kind::Compensation, c)));
+                for (kind, c) in both {
+                    commands.insert(
+                        c.command.event_type.clone(),
+                        Route {
+                            saga: saga.name.clone(),
+                            step: step.name.clone(),
+                            kind,
+                            reply_topic: reply_topic.clone(),
+                            success: c.success.clone(),
+                            failure: c.failure.clone(),
+                        },
+                    );
+                }
+            }
+        }
+        if commands.is_empty() {
+            return Err(SagaError::UnknownRole(role.to_string()));
+        }
+        let mut command_topics: Vec<String> = topology
+            .sagas
+            .iter()
+            .flat_map(|s| s.steps.iter().filter(|st| st.participant == role))
+            .flat_map(|st| {
+                std::iter::once(st.command.topic.clone())
+                    .chain(st.compensation.as_ref().map(|c| c.command.topic.clone()))
+            })
+            .collect();
+        command_topics.sort();
+        command_topics.dedup();
+        Ok(Self {
+            role: role.to_string(),
+            group: format!("{}-saga-participant-{role}", topology.prefix),
+            commands,
+            command_topics,
+            state_topic: naming::saga_participant_state_topic(&topology.prefix, role),
+            dlq_topic: naming::dlq_topic(&topology.prefix, "saga-participants"),
+        })
+    }
+
+    /// Failures of this role's handler go straight to the participants' dead-letter topic:
+    /// there are no retry tiers, because a late command only makes its saga time out.
+    pub fn failure_router(&self) -> FailureRouter {
+        FailureRouter {
+            group: self.group.clone(),
+            tiers: Vec::new(),
+            max_attempts: 1,
+            dlq_topic: self.dlq_topic.clone(),
+        }
+    }
+
+    fn schema_pairs(&self) -> Vec<(String, String)> {
+        let mut pairs = Vec::new();
+        for (command, r) in &self.commands {
+            for t in [&r.success, &r.failure] {
+                pairs.push((r.reply_topic.clone(), t.clone()));
+            }
+            for topic in &self.command_topics {
+                pairs.push((topic.clone(), command.clone()));
+            }
+        }
+        pairs
+    }
+}
+
+/// How a command id was settled; what the dedup state records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Settled {
+    Succeeded,
+    Failed,
+    /// Its compensation came first; refuse it if it arrives.
+    Fenced,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Entry {
+    outcome: Settled,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    #[serde(default)]
+    retryable: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    result: Option<String>,
+    at: i64,
+}
+
+/// Command ids by partition: committed, plus the batch in progress.
+#[derive(Debug, Default)]
+struct Dedup {
+    committed: Mutex<HashMap<i32, HashMap<String, Entry>>>,
+    batch: Mutex<HashMap<(i32, String), Entry>>,
+    /// Command partitions owned, by topic, to know when a state partition can be dropped.
+    owned: Mutex<HashSet<(String, i32)>>,
+}
+
+impl Dedup {
+    fn get(&self, partition: i32, id: &str) -> Option<Entry> {
+        if let Some(e) = self
+            .batch
+            .lock()
+            .expect("dedup")
+            .get(&(partition, id.to_string()))
+        {
+            return Some(e.clone());
+        }
+        self.committed
+            .lock()
+            .expect("dedup")
+            .get(&partition)
+            .and_then(|m| m.get(id))
+            .cloned()
+    }
+}
+
+/// Runs a [`Participant`] for one role inside the processing loop.
+pub struct ParticipantHandler<P> {
+    spec: RoleSpec,
+    participant: P,
+    clients: KafkaClients,
+    codec: AvroCodec,
+    book: SchemaBook,
+    dedup: Dedup,
+    metrics: ParticipantMetrics,
+}
+
+impl<P> std::fmt::Debug for ParticipantHandler<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParticipantHandler")
+            .field("role", &self.spec.role)
+            .finish()
+    }
+}
+
+impl<P: Participant> ParticipantHandler<P> {
+    pub async fn new(
+        spec: RoleSpec,
+        participant: P,
+        clients: KafkaClients,
+        registry: &RegistryClient,
+        catalog: &Catalog,
+        topology: &Topology,
+        metrics: ParticipantMetrics,
+    ) -> Result<Self, SagaError> {
+        let codec = AvroCodec::new(registry.clone());
+        let book = SchemaBook::resolve(
+            registry,
+            catalog,
+            topology.subjects.naming,
+            spec.schema_pairs(),
+            &codec,
+        )
+        .await?;
+        Ok(Self {
+            spec,
+            participant,
+            clients,
+            codec,
+            book,
+            dedup: Dedup::default(),
+            metrics,
+        })
+    }
+
+    pub fn spec(&self) -> &RoleSpec {
+        &self.spec
+    }
+
+    fn count(&self, command: &str, outcome: &str) {
+        self.metrics
+            .commands
+            .with_label_values(&[&self.spec.role, short_name(command), outcome])
+            .inc();
+    }
+
+    /// The reply to `command` from a settled entry, and (when new) the entry's state record.
+    fn answer(
+        &self,
+        record: &Record,
+        command: &Command,
+        route: &Route,
+        entry: &Entry,
+    ) -> Result<Output, HandlerError> {
+        let (event_type, reason) = match entry.outcome {
+            Settled::Succeeded => (&route.success, None),
+            Settled::Failed | Settled::Fenced => (&route.failure, entry.reason.clone()),
+        };
+        let reply = Reply {
+            event_type: event_type.clone(),
+            saga_id: command.saga_id.clone(),
+            saga_name: command.saga_name.clone(),
+            step: command.step.clone(),
+            command_id: command.command_id.clone(),
+            attempt: command.attempt,
+            reason,
+            retryable: entry.retryable,
+            result: entry.result.clone(),
+        };
+        let name = format!(
+            "reply/{}/{}/{}",
+            self.spec.role, command.command_id, command.attempt
+        );
+        let meta = Meta {
+            event_id: messages::event_id(&name),
+            occurred_at: metadata::now_ms(),
+            source: format!("sluice://participants/{}", self.spec.role),
+            subject: Some(command.saga_id.clone()),
+        };
+        let value = self
+            .book
+            .encode_fields(&route.reply_topic, event_type, reply.fields(&meta))
+            .map_err(|e| HandlerError::permanent(ErrorClass::EncodeFailed, e.to_string()))?;
+        let traceparent = trace_context::traceparent(&tracing::Span::current())
+            .unwrap_or_else(|| messages::child_traceparent(record.header(TRACEPARENT), &name));
+        Ok(Output {
+            topic: route.reply_topic.clone(),
+            // The default partitioner puts it in the saga id's partition of the replies topic.
+            partition: None,
+            key: Some(command.saga_id.clone().into_bytes()),
+            value: Some(value),
+            headers: meta.headers(
+                event_type,
+                &traceparent,
+                &[
+                    (SAGA_ID_HEADER, &command.saga_id),
+                    (COMMAND_ID_HEADER, &command.command_id),
+                    (CORRELATION_HEADER, &command.correlation_id),
+                ],
+            ),
+        })
+    }
+
+    fn remember(&self, partition: i32, id: &str, entry: &Entry) -> Output {
+        self.dedup
+            .batch
+            .lock()
+            .expect("dedup")
+            .insert((partition, id.to_string()), entry.clone());
+        Output {
+            topic: self.spec.state_topic.clone(),
+            partition: Some(partition),
+            key: Some(id.as_bytes().to_vec()),
+            value: Some(serde_json::to_vec(entry).expect("entries serialize")),
+            headers: Vec::new(),
+        }
+    }
+}
+
+impl<P: Participant> ParticipantHandler<P> {
+    /// Runs one command (or recognises a re-delivered one), inside its hop span.
+    async fn execute(&self, record: &Record) -> Result<Vec<Output>, HandlerError> {
+        let declared = record.header(metadata::CE_TYPE).map(str::to_string);
+        if declared
+            .as_deref()
+            .is_some_and(|t| !self.spec.commands.contains_key(t))
+        {
+            return Ok(Vec::new()); // another role's command
+        }
+        let location = RecordLocation::new(&record.topic, record.partition, record.offset);
+        let decoded = self
+            .codec
+            .decode(record.value.as_deref().unwrap_or_default(), &location)
+            .await
+            .map_err(|e| {
+                if e.is_transient() {
+                    HandlerError::transient(ErrorClass::RegistryUnavailable, e.to_string())
+                } else {
+                    HandlerError::permanent(ErrorClass::Undecodable, e.to_string())
+                }
+            })?;
+        let event_type = match declared {
+            Some(t) => t,
+            None => match self
+                .codec
+                .writer_schema(decoded.schema_id, &location)
+                .await
+                .map_err(|e| HandlerError::permanent(ErrorClass::Undecodable, e.to_string()))?
+                .as_ref()
+            {
+                apache_avro::Schema::Record(r) => r.name.fullname(None),
+                _ => String::new(),
+            },
+        };
+        let Some(route) = self.spec.commands.get(&event_type) else {
+            return Ok(Vec::new());
+        };
+        let command = Command::from_value(&event_type, &decoded.value).map_err(|e| {
+            HandlerError::permanent(ErrorClass::InvalidCommand, format!("{event_type}: {e}"))
+        })?;
+        let partition = record.partition;
+        let now = metadata::now_ms();
+
+        match self.dedup.get(partition, &command.command_id) {
+            // Its compensation came first: refuse it, for good.
+            Some(entry) if entry.outcome == Settled::Fenced => {
+                self.count(&event_type, "fenced");
+                let refused = Entry {
+                    outcome: Settled::Failed,
+                    reason: Some("compensated before it ran".into()),
+                    retryable: false,
+                    result: None,
+                    at: now,
+                };
+                let state = self.remember(partition, &command.command_id, &refused);
+                return Ok(vec![self.answer(record, &command, route, &refused)?, state]);
+            }
+            // Seen before: the same answer again, without running anything.
+            Some(entry) => {
+                self.count(&event_type, "duplicate");
+                return Ok(vec![self.answer(record, &command, route, &entry)?]);
+            }
+            None => {}
+        }
+
+        if route.kind == Kind::Compensation {
+            let undoes = command.compensates.clone().unwrap_or_default();
+            let action = self.dedup.get(partition, &undoes);
+            if !matches!(action.as_ref().map(|e| e.outcome), Some(Settled::Succeeded)) {
+                self.count(&event_type, "nothing_to_undo");
+                let mut outputs = Vec::new();
+                if action.is_none() && !undoes.is_empty() {
+                    let fence = Entry {
+                        outcome: Settled::Fenced,
+                        reason: Some(format!(
+                            "compensated by {} before it ran",
+                            command.command_id
+                        )),
+                        retryable: false,
+                        result: None,
+                        at: now,
+                    };
+                    outputs.push(self.remember(partition, &undoes, &fence));
+                }
+                let done = Entry {
+                    outcome: Settled::Succeeded,
+                    reason: None,
+                    retryable: false,
+                    result: Some(r#"{"nothing_to_undo":true}"#.into()),
+                    at: now,
+                };
+                outputs.push(self.answer(record, &command, route, &done)?);
+                outputs.push(self.remember(partition, &command.command_id, &done));
+                return Ok(outputs);
+            }
+        }
+
+        let entry = match self.participant.handle(&command).await? {
+            Outcome::Succeeded { result } => {
+                self.count(&event_type, "succeeded");
+                Entry {
+                    outcome: Settled::Succeeded,
+                    reason: None,
+                    retryable: false,
+                    result: result.map(|r| r.to_string()),
+                    at: now,
+                }
+            }
+            Outcome::Failed { reason, retryable } => {
+                self.count(&event_type, "failed");
+                Entry {
+                    outcome: Settled::Failed,
+                    reason: Some(reason),
+                    retryable,
+                    result: None,
+                    at: now,
+                }
+            }
+            Outcome::NoReply { why } => {
+                self.count(&event_type, "no_reply");
+                tracing::warn!(
+                    role = self.spec.role,
+                    command_id = command.command_id,
+                    why,
+                    "command left without a reply"
+                );
+                return Ok(Vec::new());
+            }
+        };
+        Ok(vec![
+            self.answer(record, &command, route, &entry)?,
+            self.remember(partition, &command.command_id, &entry),
+        ])
+    }
+}
+
+impl<P: Participant> Handler for ParticipantHandler<P> {
+    async fn handle(&self, record: &Record) -> Result<Vec<Output>, HandlerError> {
+        // This hop's span: a child of the command's, the parent of the reply.
+        let span = tracing::info_span!("saga.participant", role = %self.spec.role, topic = %record.topic, offset = record.offset);
+        trace_context::follow(&span, record.header(TRACEPARENT));
+        self.execute(record).instrument(span).await
+    }
+
+    async fn on_assigned(&self, partitions: &Assigned) -> Result<(), HandlerError> {
+        let mine: Vec<(String, i32)> = partitions
+            .iter()
+            .filter(|(t, _)| self.spec.command_topics.contains(t))
+            .cloned()
+            .collect();
+        let loaded: HashSet<i32> = self
+            .dedup
+            .committed
+            .lock()
+            .expect("dedup")
+            .keys()
+            .copied()
+            .collect();
+        let mut needed: Vec<i32> = mine
+            .iter()
+            .map(|(_, p)| *p)
+            .filter(|p| !loaded.contains(p))
+            .collect();
+        needed.sort_unstable();
+        needed.dedup();
+        self.dedup.owned.lock().expect("dedup").extend(mine);
+        if needed.is_empty() {
+            return Ok(());
+        }
+        let mut restored: HashMap<i32, HashMap<String, Entry>> =
+            needed.iter().map(|p| (*p, HashMap::new())).collect();
+        let clients = self.clients.clone();
+        let topic = self.spec.state_topic.clone();
+        let n = tokio::task::block_in_place(|| {
+            compacted::read_partitions(&clients, &topic, &needed, |p, key, value| {
+                let id = String::from_utf8_lossy(key).into_owned();
+                let m = restored.entry(p).or_default();
+                match value.map(serde_json::from_slice::<Entry>) {
+                    Some(Ok(e)) => {
+                        m.insert(id, e);
+                    }
+                    None => {
+                        m.remove(&id);
+                    }
+                    Some(Err(e)) => {
+                        tracing::error!(topic, partition = p, id, error = %e, "unreadable dedup record; that command would run again");
+                    }
+                }
+            })
+        })
+        .map_err(|e| HandlerError::transient(ErrorClass::DedupRestore, e.to_string()))?;
+        tracing::info!(role = self.spec.role, partitions = ?needed, records = n, "participant dedup state restored");
+        self.dedup.committed.lock().expect("dedup").extend(restored);
+        Ok(())
+    }
+
+    fn on_revoked(&self, partitions: &Assigned) {
+        let mut owned = self.dedup.owned.lock().expect("dedup");
+        for tp in partitions {
+            owned.remove(tp);
+        }
+        let still: HashSet<i32> = owned.iter().map(|(_, p)| *p).collect();
+        self.dedup
+            .committed
+            .lock()
+            .expect("dedup")
+            .retain(|p, _| still.contains(p));
+    }
+
+    fn on_batch_end(&self, committed: bool) {
+        let batch = std::mem::take(&mut *self.dedup.batch.lock().expect("dedup"));
+        if committed {
+            let mut store = self.dedup.committed.lock().expect("dedup");
+            for ((p, id), e) in batch {
+                store.entry(p).or_default().insert(id, e);
+            }
+        }
+    }
+}

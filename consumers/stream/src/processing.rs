@@ -1,0 +1,1173 @@
+//! The loop itself: collect a batch, handle it partition by partition, then commit the
+//! outputs and offsets together (exactly-once) or in order (at-least-once).
+
+use crate::ErrorClass;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use sluice_runtime::kafka::KafkaClients;
+use sluice_runtime::Shutdown;
+
+use super::failure::{FailureRouter, Routed};
+use super::headers as h;
+use super::metrics::LoopMetrics;
+use super::ordering::{self, Decision, KeyOrdering, OrderingError};
+use super::outcome::{Outcomes, RecordOutcome};
+use super::rebalance::{LoopContext, TopicPartition};
+use super::refusals::{self, Origin, RefusalClass, Refusals};
+use super::{Guarantee, Handler, HandlerError, LoopConfig, Output, Record};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoopError {
+    #[error(transparent)]
+    Client(#[from] sluice_runtime::kafka::ClientError),
+    #[error(transparent)]
+    Config(#[from] sluice_runtime::ConfigError),
+    #[error("{what}: {source}")]
+    Kafka {
+        what: &'static str,
+        source: KafkaError,
+    },
+    #[error("restoring state for newly assigned partitions failed: {0}")]
+    Restore(String),
+    #[error("a partition's handler task failed: {0}")]
+    HandlerTask(String),
+    #[error("the consumer has no group metadata to commit offsets with")]
+    NoGroupMetadata,
+    #[error("input topics missing from the cluster: {0} (run `sluice topology apply`)")]
+    MissingTopics(String),
+    #[error(transparent)]
+    Ordering(#[from] OrderingError),
+    /// Kafka will not take an output for the record it came from; the record is
+    /// dead-lettered when the batch comes round again (see [`super::refusals`]).
+    #[error("{what} of {topic}/{partition}@{offset} refused ({}): {detail}", class.as_str())]
+    Refused {
+        what: &'static str,
+        class: RefusalClass,
+        topic: String,
+        partition: i32,
+        offset: i64,
+        detail: String,
+    },
+}
+
+impl LoopError {
+    /// Pins the refusal on its record, and the error that fails the batch.
+    fn refused(
+        refusals: &Refusals,
+        origin: &Origin,
+        class: RefusalClass,
+        detail: String,
+    ) -> LoopError {
+        refusals.note(origin, class, detail.clone());
+        LoopError::Refused {
+            what: if origin.is_failure_copy() {
+                "the failure copy"
+            } else {
+                "an output"
+            },
+            class,
+            topic: origin.topic.clone(),
+            partition: origin.partition,
+            offset: origin.offset,
+            detail,
+        }
+    }
+}
+
+fn kafka(what: &'static str) -> impl FnOnce(KafkaError) -> LoopError {
+    move |source| LoopError::Kafka { what, source }
+}
+
+/// The exactly-once loop's producer, with transactions initialised: which fences this
+/// member's predecessor and aborts the transaction it left open.
+async fn transactional_producer(
+    clients: &KafkaClients,
+    config: &LoopConfig,
+) -> Result<FutureProducer, LoopError> {
+    let p: FutureProducer = clients
+        .transactional_producer_config(
+            "consumer",
+            &format!("{}-{}", config.group, config.instance_id),
+        )?
+        .set(
+            "transaction.timeout.ms",
+            config.transaction_timeout.as_millis().to_string(),
+        )
+        .create()
+        .map_err(kafka("creating the transactional producer"))?;
+    let init = p.clone();
+    blocking(move || init.init_transactions(Duration::from_secs(30)))
+        .map_err(kafka("initialising transactions"))?;
+    Ok(p)
+}
+
+/// Fences the previous incarnation of exactly-once member `instance_id` of `group` now,
+/// before the loop can start: a member killed mid-transaction leaves it open, and until it
+/// is aborted every `read_committed` reader of the partitions it wrote stops at it (up to
+/// the transaction timeout). A process that must wait before it runs its loop (for the
+/// schema registry, say) calls this first, so downstream consumers are not held up meanwhile.
+pub async fn fence_predecessor(
+    clients: &KafkaClients,
+    group: &str,
+    instance_id: &str,
+) -> Result<(), LoopError> {
+    let config = LoopConfig::new(group, instance_id, Vec::new(), Guarantee::ExactlyOnce);
+    drop(transactional_producer(clients, &config).await?);
+    Ok(())
+}
+
+/// Runs the loop until shutdown. Returns an error only for failures a restart must fix
+/// (a fenced producer, a broken state restore).
+///
+/// Each turn goes through named phases: [`Loop::collect_batch`] polls (outside any
+/// transaction), [`Loop::apply_rebalance`] drops and restores state for partitions that
+/// moved, [`Loop::handle_batch`] runs the handler on each partition's records concurrently,
+/// [`Loop::write_batch`] commits the outputs and offsets (one transaction, or outputs then
+/// offsets), and [`Loop::settle`] counts what was committed or rewinds what was not.
+pub async fn run<H: Handler>(
+    clients: &KafkaClients,
+    config: LoopConfig,
+    router: FailureRouter,
+    handler: Arc<H>,
+    metrics: LoopMetrics,
+    shutdown: Shutdown,
+) -> Result<(), LoopError> {
+    let mut lp = Loop::start(clients, config, router, handler, metrics).await?;
+    while !shutdown.is_triggered() {
+        lp.resume_due()?;
+        let Some(mut batch) = lp.collect_batch(&shutdown).await? else {
+            break;
+        };
+        lp.apply_rebalance(&mut batch).await?;
+        if batch.is_empty() {
+            continue;
+        }
+        let mut handled = lp.handle_batch(batch).await?;
+        let written = lp.write_batch(&mut handled).await;
+        lp.settle(handled, written).await?;
+    }
+    lp.stop();
+    Ok(())
+}
+
+/// A running loop: its clients, its handler and what it tracks between batches.
+struct Loop<'c, H> {
+    clients: &'c KafkaClients,
+    config: LoopConfig,
+    group: String,
+    router: FailureRouter,
+    handler: Arc<H>,
+    metrics: LoopMetrics,
+    consumer: StreamConsumer<LoopContext>,
+    producer: FutureProducer,
+    ordering: Option<Arc<KeyOrdering>>,
+    refusals: Arc<Refusals>,
+    /// The producer's `message.max.bytes`.
+    max_record: u64,
+    assigned: HashSet<TopicPartition>,
+    /// Retry-tier partitions waiting for their next record to be due.
+    paused: BTreeMap<TopicPartition, i64>,
+}
+
+/// A batch after its handling: what to write, what to commit, what to count.
+struct Handled {
+    /// Where each partition started, to rewind to when the batch is not committed.
+    firsts: Vec<(TopicPartition, i64)>,
+    /// Whether the batch's transaction is open (exactly-once), or why it is not.
+    begun: Result<(), LoopError>,
+    outputs: Vec<(Option<Origin>, Output)>,
+    /// Outputs already handed to the producer while handling.
+    stream: Option<Arc<OutputStream>>,
+    offsets: TopicPartitionList,
+    to_pause: Vec<(TopicPartition, i64, i64)>,
+    outcomes: Outcomes,
+}
+
+impl<'c, H: Handler> Loop<'c, H> {
+    /// Creates the consumer and producer, checks the inputs, subscribes.
+    async fn start(
+        clients: &'c KafkaClients,
+        config: LoopConfig,
+        router: FailureRouter,
+        handler: Arc<H>,
+        metrics: LoopMetrics,
+    ) -> Result<Self, LoopError> {
+        if let Some(per_key) = &config.per_key {
+            per_key.check_guarantee(config.guarantee)?;
+        }
+        // Per-key ordering needs partition i of every topic on one member (see `ordering`):
+        // `range` does that for topics with equal partition counts, checked below.
+        let assignor = match config.per_key {
+            Some(_) => "range",
+            None => "cooperative-sticky",
+        };
+        let consumer: StreamConsumer<LoopContext> = clients
+            .consumer_config("consumer", &config.group)?
+            .set("partition.assignment.strategy", assignor)
+            .create_with_context(LoopContext::default())
+            .map_err(kafka("creating the consumer"))?;
+        let ordering: Option<Arc<KeyOrdering>> = match &config.per_key {
+            Some(per_key) => {
+                let mut all = config.topics.clone();
+                all.push(per_key.held_topic.clone());
+                blocking(|| ordering::check_partitions(&consumer, &per_key.policy, &all))?;
+                Some(Arc::new(KeyOrdering::new(per_key.clone(), router.clone())))
+            }
+            None => None,
+        };
+        let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
+        blocking(|| wait_for_topics(&consumer, &topics, TOPICS_TIMEOUT))?;
+        consumer.subscribe(&topics).map_err(kafka("subscribing"))?;
+
+        let producer: FutureProducer = match config.guarantee {
+            Guarantee::ExactlyOnce => transactional_producer(clients, &config).await?,
+            Guarantee::AtLeastOnce => clients
+                .producer_config("consumer")?
+                .create()
+                .map_err(kafka("creating the producer"))?,
+        };
+        let lp = Self {
+            clients,
+            group: config.group.clone(),
+            config,
+            router,
+            handler,
+            metrics,
+            consumer,
+            producer,
+            ordering,
+            refusals: Arc::new(Refusals::default()),
+            max_record: clients.producer_max_message_bytes(),
+            assigned: HashSet::new(),
+            paused: BTreeMap::new(),
+        };
+        lp.zero_series();
+        tracing::info!(group = lp.group, topics = ?lp.config.topics, guarantee = ?lp.config.guarantee, "consumer loop started");
+        Ok(lp)
+    }
+
+    /// Starts every known series at zero, so dashboards and alerts see them before the
+    /// first failure rather than an absent metric.
+    fn zero_series(&self) {
+        let (metrics, group) = (&self.metrics, self.group.as_str());
+        for topic in self
+            .config
+            .topics
+            .iter()
+            .filter(|t| self.router.tier_of(t).is_none())
+        {
+            for outcome in RecordOutcome::LABELS {
+                metrics.records.with_label_values(&[group, topic, outcome]);
+            }
+            for tier in 0..self.router.tiers.len() {
+                metrics
+                    .retries
+                    .with_label_values(&[group, topic, &tier.to_string()]);
+            }
+        }
+        for outcome in ["committed", "aborted"] {
+            metrics.transactions.with_label_values(&[group, outcome]);
+        }
+        metrics.paused_partitions.with_label_values(&[group]).set(0);
+        metrics.in_flight.with_label_values(&[group]).set(0);
+        metrics.held_keys.with_label_values(&[group]).set(0);
+    }
+
+    /// Resumes the retry-tier partitions whose next record is due.
+    fn resume_due(&mut self) -> Result<(), LoopError> {
+        resume_due(&self.consumer, &mut self.paused, &self.metrics, &self.group)
+    }
+
+    /// Up to `max_batch` records, waiting at most `linger` once the first arrived; `None`
+    /// on shutdown. Polling happens only here, outside any transaction.
+    async fn collect_batch(&self, shutdown: &Shutdown) -> Result<Option<Vec<Record>>, LoopError> {
+        let next_resume = self
+            .paused
+            .values()
+            .min()
+            .map(|due| Duration::from_millis((due - now_ms()).max(0) as u64));
+        let mut batch: Vec<Record> = Vec::new();
+        let wait = next_resume.unwrap_or(Duration::from_secs(1));
+        let consumer = &self.consumer;
+        tokio::select! {
+            _ = shutdown.wait() => return Ok(None),
+            _ = tokio::time::sleep(wait) => {}
+            first = consumer.recv() => {
+                match first {
+                    Ok(m) => {
+                        // Only forgets revocations from before this batch.
+                        consumer.context().drop_revoked(&mut batch);
+                        batch.push(Record::from_message(&m));
+                    }
+                    Err(e) => {
+                        consume_error(e, &self.group)?;
+                        return Ok(Some(batch));
+                    }
+                }
+                let deadline = Instant::now() + self.config.linger;
+                while batch.len() < self.config.max_batch {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match tokio::time::timeout(left, consumer.recv()).await {
+                        Ok(Ok(m)) => {
+                            consumer.context().drop_revoked(&mut batch);
+                            batch.push(Record::from_message(&m));
+                        }
+                        Ok(Err(e)) => {
+                            consume_error(e, &self.group)?;
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+        }
+        consumer.context().drop_revoked(&mut batch);
+        Ok(Some(batch))
+    }
+
+    /// Applies an assignment change: drops the state of revoked partitions, restores the
+    /// state of added ones, and keeps only `batch`'s records of partitions still owned.
+    async fn apply_rebalance(&mut self, batch: &mut Vec<Record>) -> Result<(), LoopError> {
+        if !self
+            .consumer
+            .context()
+            .changed
+            .swap(false, Ordering::SeqCst)
+        {
+            return Ok(());
+        }
+        let group = self.group.clone();
+        let now: HashSet<TopicPartition> = self
+            .consumer
+            .assignment()
+            .map_err(kafka("reading the assignment"))?
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
+        let (revoked, added) = self.consumer.context().changes(&self.assigned, &now);
+        if !revoked.is_empty() {
+            tracing::info!(group, ?revoked, "partitions revoked");
+            for tp in &revoked {
+                self.paused.remove(tp);
+            }
+            self.handler.on_revoked(&revoked);
+            if let Some(o) = &self.ordering {
+                o.forget(&revoked.iter().map(|(_, p)| *p).collect());
+            }
+        }
+        if !added.is_empty() {
+            tracing::info!(group, ?added, "partitions assigned");
+            // A partition paused before a revocation starts afresh.
+            let mut tpl = TopicPartitionList::new();
+            for (t, p) in &added {
+                tpl.add_partition(t, *p);
+            }
+            let _ = self.consumer.resume(&tpl);
+            self.handler
+                .on_assigned(&added)
+                .await
+                .map_err(|e| LoopError::Restore(e.to_string()))?;
+            if let Some(o) = &self.ordering {
+                let indices: HashSet<i32> = added.iter().map(|(_, p)| *p).collect();
+                let clients = self.clients;
+                let n = blocking(|| o.restore(clients, &indices))?;
+                tracing::info!(group, partitions = ?indices, keys = n, "held keys restored");
+            }
+        }
+        self.metrics
+            .paused_partitions
+            .with_label_values(&[&group])
+            .set(self.paused.len() as i64);
+        if let Some(o) = &self.ordering {
+            self.metrics
+                .held_keys
+                .with_label_values(&[&group])
+                .set(o.held() as i64);
+        }
+        self.assigned = now;
+        batch.retain(|r| self.assigned.contains(&(r.topic.clone(), r.partition)));
+        Ok(())
+    }
+
+    /// Opens the batch's transaction and runs the handler on each partition's records, in
+    /// offset order, the partitions concurrently.
+    async fn handle_batch(&self, batch: Vec<Record>) -> Result<Handled, LoopError> {
+        self.metrics
+            .in_flight
+            .with_label_values(&[&self.group])
+            .set(batch.len() as i64);
+        let mut by_partition: BTreeMap<TopicPartition, Vec<Record>> = BTreeMap::new();
+        for r in batch {
+            by_partition
+                .entry((r.topic.clone(), r.partition))
+                .or_default()
+                .push(r);
+        }
+        let firsts: Vec<(TopicPartition, i64)> = by_partition
+            .iter()
+            .map(|(tp, rs)| (tp.clone(), rs[0].offset))
+            .collect();
+        // The transaction opens before handling, so outputs can be produced as they are made.
+        let begun = match self.config.guarantee {
+            Guarantee::ExactlyOnce => self
+                .producer
+                .begin_transaction()
+                .map_err(kafka("beginning a transaction")),
+            Guarantee::AtLeastOnce => Ok(()),
+        };
+        // Without per-key ordering nothing needs the batch's outputs in a batch-wide order,
+        // so each is handed to the producer as soon as it is made: producing overlaps handling.
+        let stream = (begun.is_ok() && self.ordering.is_none()).then(|| {
+            Arc::new(OutputStream::new(
+                self.producer.clone(),
+                self.refusals.clone(),
+            ))
+        });
+        let results = if begun.is_ok() {
+            self.handle_partitions(by_partition, stream.clone()).await?
+        } else {
+            Vec::new()
+        };
+        let mut handled = Handled {
+            firsts,
+            begun,
+            outputs: Vec::new(),
+            stream,
+            offsets: TopicPartitionList::new(),
+            to_pause: Vec::new(),
+            outcomes: Outcomes::default(),
+        };
+        let mut stamped: Vec<(u64, Option<Origin>, Output)> = Vec::new();
+        let mut refused: Option<LoopError> = None;
+        for result in results {
+            stamped.extend(result.outputs);
+            handled.outcomes.extend(result.outcomes);
+            if result.refused.is_some() {
+                refused = refused.or(result.refused);
+            }
+            if let Some(next) = result.next_offset {
+                handled
+                    .offsets
+                    .add_partition_offset(&result.tp.0, result.tp.1, Offset::Offset(next))
+                    .map_err(kafka("building offsets"))?;
+            }
+            if let Some((offset, due)) = result.wait_until {
+                handled.to_pause.push((result.tp.clone(), offset, due));
+            }
+        }
+        // Under per-key ordering a key's records may be handled by different partition tasks
+        // (main topic, tiers) in one batch: write outputs in the order their records were let
+        // through, so a released key's outputs cannot come out ahead of its head's.
+        stamped.sort_by_key(|(stamp, _, _)| *stamp);
+        handled.outputs = stamped.into_iter().map(|(_, at, o)| (at, o)).collect();
+        if let Some(o) = &self.ordering {
+            // Each changed key's final state, after every partition task is done.
+            handled
+                .outputs
+                .extend(o.batch_writes().into_iter().map(|o| (None, o)));
+        }
+        handled
+            .outputs
+            .extend(self.handler.batch_outputs().into_iter().map(|o| (None, o)));
+        if let Some(e) = refused {
+            // A record's output cannot be taken: this batch is abandoned and comes round
+            // again with that record dead-lettered.
+            handled.begun = handled.begun.and(Err(e));
+        }
+        Ok(handled)
+    }
+
+    /// Each partition's records on their own task, so handlers use every core.
+    async fn handle_partitions(
+        &self,
+        by_partition: BTreeMap<TopicPartition, Vec<Record>>,
+        stream: Option<Arc<OutputStream>>,
+    ) -> Result<Vec<PartitionResult>, LoopError> {
+        let max_record = self.max_record;
+        let tasks = by_partition.into_iter().map(|(tp, records)| {
+            let (handler, router, metrics, group, ordering, stream, refusals) = (
+                self.handler.clone(),
+                self.router.clone(),
+                self.metrics.clone(),
+                self.group.clone(),
+                self.ordering.clone(),
+                stream.clone(),
+                self.refusals.clone(),
+            );
+            tokio::spawn(async move {
+                let ctx = PartitionContext {
+                    router: &router,
+                    ordering: ordering.as_deref(),
+                    stream: stream.as_deref(),
+                    refusals: &refusals,
+                    max_record,
+                    metrics: &metrics,
+                    group: &group,
+                };
+                handle_partition(tp, records, &*handler, &ctx).await
+            })
+        });
+        join_all(tasks)
+            .await
+            .into_iter()
+            .map(|joined| joined.map_err(|e| LoopError::HandlerTask(e.to_string())))
+            .collect()
+    }
+
+    /// Writes the batch: its outputs and offsets in one transaction (exactly-once), or its
+    /// outputs and then, once every one is acknowledged, its offsets (at-least-once).
+    async fn write_batch(&self, handled: &mut Handled) -> Result<(), LoopError> {
+        let (producer, refusals) = (&self.producer, self.refusals.as_ref());
+        let begun = std::mem::replace(&mut handled.begun, Ok(()));
+        let stream = handled.stream.as_deref();
+        match (begun, self.config.guarantee) {
+            (Err(e), Guarantee::ExactlyOnce) => {
+                abort_transaction(producer);
+                Err(e)
+            }
+            (Err(e), Guarantee::AtLeastOnce) => Err(e),
+            (Ok(()), Guarantee::ExactlyOnce) => {
+                commit_transaction(
+                    &self.consumer,
+                    producer,
+                    &handled.outputs,
+                    &handled.offsets,
+                    stream,
+                    refusals,
+                )
+                .await
+            }
+            (Ok(()), Guarantee::AtLeastOnce) => {
+                match produce_all(producer, &handled.outputs, stream, refusals).await {
+                    Ok(()) if handled.offsets.count() > 0 => self
+                        .consumer
+                        .commit(&handled.offsets, CommitMode::Sync)
+                        .map_err(kafka("committing offsets")),
+                    other => other,
+                }
+            }
+        }
+    }
+
+    /// After the write: counts a committed batch and pauses its retry partitions that are
+    /// not due yet; rewinds a batch that was not committed to its start (a fatal producer
+    /// error ends the loop instead).
+    async fn settle(
+        &mut self,
+        handled: Handled,
+        written: Result<(), LoopError>,
+    ) -> Result<(), LoopError> {
+        let group = self.group.clone();
+        self.metrics.in_flight.with_label_values(&[&group]).set(0);
+        self.handler.on_batch_end(written.is_ok());
+        if let Some(o) = &self.ordering {
+            let held = o.finish_batch(written.is_ok());
+            self.metrics
+                .held_keys
+                .with_label_values(&[&group])
+                .set(held as i64);
+        }
+        let outcome = if written.is_ok() {
+            "committed"
+        } else {
+            "aborted"
+        };
+        self.metrics
+            .transactions
+            .with_label_values(&[&group, outcome])
+            .inc();
+        match written {
+            Ok(()) => {
+                handled.outcomes.committed(&self.metrics, &group);
+                if !self.refusals.is_empty() {
+                    for e in handled.offsets.elements() {
+                        if let Offset::Offset(next) = e.offset() {
+                            self.refusals.committed(e.topic(), e.partition(), next);
+                        }
+                    }
+                }
+                for ((topic, partition), offset, due) in handled.to_pause {
+                    pause_at(&self.consumer, &topic, partition, offset)?;
+                    self.paused.insert((topic, partition), due);
+                }
+                self.metrics
+                    .paused_partitions
+                    .with_label_values(&[&group])
+                    .set(self.paused.len() as i64);
+                Ok(())
+            }
+            Err(e) => self.rewind(handled.firsts, e).await,
+        }
+    }
+
+    /// Seeks every partition of an uncommitted batch back to where the batch started.
+    async fn rewind(
+        &self,
+        firsts: Vec<(TopicPartition, i64)>,
+        e: LoopError,
+    ) -> Result<(), LoopError> {
+        tracing::warn!(group = self.group, error = %e, "batch not committed; rewinding to its start");
+        if let LoopError::Kafka {
+            source: KafkaError::Transaction(t),
+            ..
+        } = &e
+        {
+            if t.is_fatal() {
+                return Err(e);
+            }
+        }
+        for ((topic, partition), first) in firsts {
+            // A partition revoked meanwhile cannot be sought; its new owner resumes from the
+            // committed offset.
+            let _ = self.consumer.seek(
+                &topic,
+                partition,
+                Offset::Offset(first),
+                Duration::from_secs(5),
+            );
+        }
+        // A refused record is dead-lettered on the next pass; anything else is given a
+        // moment to clear.
+        if !matches!(e, LoopError::Refused { .. }) {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Ok(())
+    }
+
+    /// Flushes what is still queued and leaves the group.
+    fn stop(self) {
+        tracing::info!(group = self.group, "consumer loop stopping; flushing");
+        let p = self.producer.clone();
+        let _ = blocking(move || p.flush(Duration::from_secs(10)));
+        self.consumer.unsubscribe();
+    }
+}
+
+struct PartitionResult {
+    tp: TopicPartition,
+    /// Each with the stamp of its record (see [`KeyOrdering::decide`]; 0 without ordering)
+    /// and the record it was made for.
+    outputs: Vec<(u64, Option<Origin>, Output)>,
+    /// Offset to commit (one past the last record handled), if any was.
+    next_offset: Option<i64>,
+    /// A retry record that is not yet due: its offset and due time.
+    wait_until: Option<(i64, i64)>,
+    /// A record made an output Kafka cannot take: the batch must not commit.
+    refused: Option<LoopError>,
+    /// What became of each record, counted once the batch is committed.
+    outcomes: Outcomes,
+}
+
+/// Outputs handed to the producer as the partition tasks make them.
+struct OutputStream {
+    producer: FutureProducer,
+    deliveries: std::sync::Mutex<Vec<Delivery>>,
+    /// The first output the producer would not take: the batch then fails as a whole.
+    refused: std::sync::Mutex<Option<LoopError>>,
+    refusals: Arc<Refusals>,
+}
+
+/// An output handed to the producer: what it was, and its delivery report to come.
+type Delivery = (Sent, DeliveryFuture);
+
+/// What the loop keeps of an output in flight, to tell which record a refusal is about.
+struct Sent {
+    /// The record it was made for; `None` for batch-wide state writes.
+    origin: Option<Origin>,
+    topic: String,
+    size: u64,
+}
+
+impl Sent {
+    fn of(origin: Option<Origin>, o: &Output) -> Self {
+        Self {
+            origin,
+            topic: o.topic.clone(),
+            size: refusals::output_size(o),
+        }
+    }
+}
+
+impl OutputStream {
+    fn new(producer: FutureProducer, refusals: Arc<Refusals>) -> Self {
+        Self {
+            producer,
+            deliveries: Default::default(),
+            refused: Default::default(),
+            refusals,
+        }
+    }
+
+    fn send(&self, origin: Option<Origin>, o: &Output) {
+        match enqueue(&self.producer, o, origin.as_ref(), &self.refusals) {
+            Ok(d) => self
+                .deliveries
+                .lock()
+                .expect("deliveries")
+                .push((Sent::of(origin, o), d)),
+            Err(e) => {
+                self.refused.lock().expect("refused").get_or_insert(e);
+            }
+        }
+    }
+
+    /// The batch's deliveries so far, or the first output the producer refused.
+    fn finish(&self) -> Result<Vec<Delivery>, LoopError> {
+        if let Some(e) = self.refused.lock().expect("refused").take() {
+            return Err(e);
+        }
+        Ok(std::mem::take(
+            &mut *self.deliveries.lock().expect("deliveries"),
+        ))
+    }
+}
+
+/// What a partition task shares with the loop.
+struct PartitionContext<'a> {
+    router: &'a FailureRouter,
+    ordering: Option<&'a KeyOrdering>,
+    /// Where outputs go as they are made; when absent they are returned with the result.
+    stream: Option<&'a OutputStream>,
+    refusals: &'a Refusals,
+    /// The producer's `message.max.bytes`.
+    max_record: u64,
+    metrics: &'a LoopMetrics,
+    group: &'a str,
+}
+
+async fn handle_partition<H: Handler>(
+    tp: TopicPartition,
+    records: Vec<Record>,
+    handler: &H,
+    ctx: &PartitionContext<'_>,
+) -> PartitionResult {
+    let PartitionContext {
+        router,
+        metrics,
+        group,
+        ..
+    } = *ctx;
+    let mut result = PartitionResult {
+        tp,
+        outputs: Vec::new(),
+        next_offset: None,
+        wait_until: None,
+        refused: None,
+        outcomes: Outcomes::default(),
+    };
+    for record in records {
+        if let Some(due) = record.header(h::DUE_AT).and_then(|d| d.parse::<i64>().ok()) {
+            if router.tier_of(&record.topic).is_some() && due > now_ms() {
+                result.wait_until = Some((record.offset, due));
+                break;
+            }
+        }
+        if let Some(refusal) = ctx.refusals.get(&record) {
+            // Its outputs were refused last time round: dead-lettered unhandled, outside
+            // per-key ordering (nothing of it can ever be delivered in order).
+            let error = refusal.error;
+            let (_, mut copy) = router.route(&record, &error, now_ms());
+            refusals::fit_failure_copy(&mut copy, &record, ctx.max_record, refusal.copies_refused);
+            result.outcomes.note(
+                original_topic(&record),
+                failure_outcome(&error, &Routed::DeadLetter),
+            );
+            emit(
+                ctx,
+                &mut result,
+                0,
+                Origin::failure_copy(&record, &error),
+                copy,
+            );
+            result.next_offset = Some(record.offset + 1);
+            continue;
+        }
+        let (stamp, decision) = match ctx.ordering {
+            Some(o) => o.decide(&record),
+            None => (0, Decision::Free),
+        };
+        let slot = match decision {
+            Decision::Forward(copy) => {
+                // Waits behind its key's head, unhandled.
+                let cause = HandlerError::permanent(
+                    ErrorClass::RecordTooLarge,
+                    "its copy waiting behind its key's head was refused",
+                );
+                let origin = Origin::failure_copy(&record, &cause);
+                result.outputs.push((stamp, Some(origin), copy));
+                result.next_offset = Some(record.offset + 1);
+                continue;
+            }
+            Decision::Handle(slot) => Some(slot),
+            Decision::Free => None,
+        };
+        let started = Instant::now();
+        let outcome = handler.handle(&record).await;
+        metrics
+            .handler_seconds
+            .with_label_values(&[group])
+            .observe(started.elapsed().as_secs_f64());
+        match outcome {
+            Ok(outputs) => {
+                if let Some(e) = oversized(ctx, &record, &outputs) {
+                    result.refused = Some(e);
+                    break;
+                }
+                result
+                    .outcomes
+                    .note(original_topic(&record), RecordOutcome::Ok);
+                for o in outputs {
+                    emit(ctx, &mut result, stamp, Origin::output(&record), o);
+                }
+                if let (Some(o), Some(slot)) = (ctx.ordering, &slot) {
+                    o.resolved(slot);
+                }
+            }
+            Err(error) => {
+                let (routed, mut copy) = router.route(&record, &error, now_ms());
+                refusals::fit_failure_copy(&mut copy, &record, ctx.max_record, 0);
+                if let (Some(o), Some(slot)) = (ctx.ordering, &slot) {
+                    match routed {
+                        Routed::Retry { tier, .. } => o.retried(slot, tier, &mut copy),
+                        Routed::DeadLetter => o.resolved(slot),
+                    }
+                }
+                result
+                    .outcomes
+                    .note(original_topic(&record), failure_outcome(&error, &routed));
+                tracing::debug!(group, topic = record.topic, offset = record.offset, %error, ?routed, "record failed");
+                emit(
+                    ctx,
+                    &mut result,
+                    stamp,
+                    Origin::failure_copy(&record, &error),
+                    copy,
+                );
+            }
+        }
+        result.next_offset = Some(record.offset + 1);
+    }
+    result
+}
+
+/// Hands `output` to the producer at once, or keeps it for the batch's ordered write.
+fn emit(
+    ctx: &PartitionContext<'_>,
+    result: &mut PartitionResult,
+    stamp: u64,
+    origin: Origin,
+    output: Output,
+) {
+    match ctx.stream {
+        Some(stream) => stream.send(Some(origin), &output),
+        None => result.outputs.push((stamp, Some(origin), output)),
+    }
+}
+
+/// The refusal of the first of `record`'s outputs the producer could never send.
+fn oversized(ctx: &PartitionContext<'_>, record: &Record, outputs: &[Output]) -> Option<LoopError> {
+    let o = outputs
+        .iter()
+        .find(|o| refusals::output_size(o) > ctx.max_record)?;
+    Some(LoopError::refused(
+        ctx.refusals,
+        &Origin::output(record),
+        RefusalClass::RecordTooLarge,
+        format!(
+            "its output to {} is {} bytes, over the producer's message.max.bytes ({})",
+            o.topic,
+            refusals::output_size(o),
+            ctx.max_record
+        ),
+    ))
+}
+
+fn failure_outcome(error: &HandlerError, routed: &Routed) -> RecordOutcome {
+    match routed {
+        Routed::Retry { tier, .. } => RecordOutcome::Retried { tier: *tier },
+        Routed::DeadLetter => RecordOutcome::DeadLettered {
+            class: error.class().to_string(),
+        },
+    }
+}
+
+/// The topic a record first came from, for metric labels.
+fn original_topic(record: &Record) -> String {
+    record
+        .header(h::ORIGINAL_TOPIC)
+        .unwrap_or(&record.topic)
+        .to_string()
+}
+
+async fn commit_transaction(
+    consumer: &StreamConsumer<LoopContext>,
+    producer: &FutureProducer,
+    outputs: &[(Option<Origin>, Output)],
+    offsets: &TopicPartitionList,
+    stream: Option<&OutputStream>,
+    refusals: &Refusals,
+) -> Result<(), LoopError> {
+    let result = async {
+        // Every output acknowledged before the commit: rdkafka's commit flushes first, and a
+        // flush that finds messages in flight sleeps 100 ms per check, which would otherwise
+        // be the price of every transaction.
+        produce_all(producer, outputs, stream, refusals).await?;
+        let metadata = consumer
+            .group_metadata()
+            .ok_or(LoopError::NoGroupMetadata)?;
+        let (p, offsets) = (producer.clone(), offsets.clone());
+        blocking(move || {
+            p.send_offsets_to_transaction(&offsets, &metadata, Duration::from_secs(30))
+        })
+        .map_err(kafka("adding offsets to the transaction"))?;
+        let p = producer.clone();
+        blocking(move || p.commit_transaction(Duration::from_secs(60)))
+            .map_err(kafka("committing the transaction"))
+    }
+    .await;
+    if result.is_err() {
+        abort_transaction(producer);
+    }
+    result
+}
+
+fn abort_transaction(producer: &FutureProducer) {
+    let p = producer.clone();
+    let _ = blocking(move || p.abort_transaction(Duration::from_secs(30)));
+}
+
+/// Produces the batch's remaining `outputs` after those already streamed, and waits until
+/// every one is acknowledged (an error when one failed), then until the producer holds no
+/// message at all (a delivery resolves just before librdkafka lets go of its message).
+async fn produce_all(
+    producer: &FutureProducer,
+    outputs: &[(Option<Origin>, Output)],
+    stream: Option<&OutputStream>,
+    refusals: &Refusals,
+) -> Result<(), LoopError> {
+    let mut deliveries = match stream {
+        Some(stream) => stream.finish()?,
+        None => Vec::new(),
+    };
+    for (origin, o) in outputs {
+        let d = enqueue(producer, o, origin.as_ref(), refusals)?;
+        deliveries.push((Sent::of(origin.clone(), o), d));
+    }
+    let (sent, futures): (Vec<Sent>, Vec<_>) = deliveries.into_iter().unzip();
+    let failed: Vec<(Sent, KafkaError)> = sent
+        .into_iter()
+        .zip(join_all(futures).await)
+        .filter_map(|(s, d)| match d {
+            Ok(Ok(_)) => None,
+            Ok(Err((e, _))) => Some((s, e)),
+            Err(_) => Some((s, KafkaError::Canceled)),
+        })
+        .collect();
+    if !failed.is_empty() {
+        return Err(delivery_failure(failed, refusals));
+    }
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while producer.in_flight_count() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(())
+}
+
+/// The error of a batch some of whose outputs failed, with refusals pinned on the records
+/// they are about. The broker refuses a whole produce request when one record in it is too
+/// large, so every output that shared it fails alike: only the largest failed output of
+/// each topic is taken for the culprit. Each pass removes at least one, and a record that
+/// merely shared a request with it goes through on the next.
+fn delivery_failure(failed: Vec<(Sent, KafkaError)>, refusals: &Refusals) -> LoopError {
+    let mut culprits: BTreeMap<&str, (&Sent, &KafkaError, RefusalClass)> = BTreeMap::new();
+    let mut all_refused = Vec::new();
+    for (sent, e) in &failed {
+        let (Some(class), Some(_)) = (RefusalClass::of(e), &sent.origin) else {
+            continue;
+        };
+        if class != RefusalClass::RecordTooLarge {
+            all_refused.push((sent, e, class));
+            continue;
+        }
+        let larger = culprits
+            .get(sent.topic.as_str())
+            .is_none_or(|(c, _, _)| c.size < sent.size);
+        if larger {
+            culprits.insert(&sent.topic, (sent, e, class));
+        }
+    }
+    all_refused.extend(culprits.into_values());
+    let mut first = None;
+    for (sent, e, class) in all_refused {
+        let origin = sent.origin.as_ref().expect("filtered on an origin");
+        let refused = LoopError::refused(refusals, origin, class, e.to_string());
+        first.get_or_insert(refused);
+    }
+    first.unwrap_or_else(|| {
+        let (_, e) = failed.into_iter().next().expect("a failure");
+        LoopError::Kafka {
+            what: "producing an output",
+            source: e,
+        }
+    })
+}
+
+fn enqueue(
+    producer: &FutureProducer,
+    o: &Output,
+    origin: Option<&Origin>,
+    refusals: &Refusals,
+) -> Result<rdkafka::producer::DeliveryFuture, LoopError> {
+    producer
+        .send_result(o.record())
+        .map_err(|(e, _)| produce_error("enqueuing an output", e, origin, refusals))
+}
+
+/// A refusal pinned on its record when the error is about the record itself, else the
+/// Kafka error (the batch is retried as it is).
+fn produce_error(
+    what: &'static str,
+    e: KafkaError,
+    origin: Option<&Origin>,
+    refusals: &Refusals,
+) -> LoopError {
+    match (RefusalClass::of(&e), origin) {
+        (Some(class), Some(origin)) => LoopError::refused(refusals, origin, class, e.to_string()),
+        _ => LoopError::Kafka { what, source: e },
+    }
+}
+
+fn resume_due(
+    consumer: &StreamConsumer<LoopContext>,
+    paused: &mut BTreeMap<TopicPartition, i64>,
+    metrics: &LoopMetrics,
+    group: &str,
+) -> Result<(), LoopError> {
+    let now = now_ms();
+    let due: Vec<TopicPartition> = paused
+        .iter()
+        .filter(|(_, d)| **d <= now)
+        .map(|(tp, _)| tp.clone())
+        .collect();
+    if due.is_empty() {
+        return Ok(());
+    }
+    let mut tpl = TopicPartitionList::new();
+    for tp in &due {
+        tpl.add_partition(&tp.0, tp.1);
+        paused.remove(tp);
+    }
+    consumer
+        .resume(&tpl)
+        .map_err(kafka("resuming a retry partition"))?;
+    metrics
+        .paused_partitions
+        .with_label_values(&[group])
+        .set(paused.len() as i64);
+    Ok(())
+}
+
+/// Holds a retry-tier partition at `offset` until its record is due: the partition is paused
+/// (other partitions and the main topic keep flowing) and rewound so the record is fetched
+/// again on resume.
+fn pause_at(
+    consumer: &StreamConsumer<LoopContext>,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> Result<(), LoopError> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    consumer
+        .pause(&tpl)
+        .map_err(kafka("pausing a retry partition"))?;
+    // A seek can fail while the partition's fetcher is still starting; without it the
+    // records after `offset` would be skipped, so try again before giving up (a restart
+    // resumes from the committed offset, which is `offset`).
+    let mut attempt = 0;
+    loop {
+        match consumer.seek(
+            topic,
+            partition,
+            Offset::Offset(offset),
+            Duration::from_secs(5),
+        ) {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt < 5 => {
+                attempt += 1;
+                tracing::debug!(topic, partition, offset, error = %e, "rewinding a retry partition failed; trying again");
+                std::thread::sleep(Duration::from_millis(100 * attempt));
+            }
+            Err(e) => return Err(kafka("rewinding a retry partition")(e)),
+        }
+    }
+}
+
+/// How long the loop waits at start for its input topics to appear in the cluster metadata.
+const TOPICS_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Waits until the broker's metadata has every input topic. A subscribed topic the group
+/// leader does not see when the group forms is left out of the assignment until the next
+/// metadata refresh, minutes later: a topic created just before the loop starts (a fresh
+/// deployment, a new retry tier) would sit unread.
+fn wait_for_topics(
+    consumer: &StreamConsumer<LoopContext>,
+    topics: &[&str],
+    timeout: Duration,
+) -> Result<(), LoopError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let metadata = consumer
+            .fetch_metadata(None, Duration::from_secs(5))
+            .map_err(kafka("reading cluster metadata"))?;
+        let missing: Vec<&str> = topics
+            .iter()
+            .copied()
+            .filter(|t| {
+                !metadata
+                    .topics()
+                    .iter()
+                    .any(|m| m.name() == *t && m.error().is_none() && !m.partitions().is_empty())
+            })
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(LoopError::MissingTopics(missing.join(", ")));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Errors the consumer reports between messages (a topic whose metadata has not reached the
+/// client yet, a broker connection that dropped) clear up on their own: librdkafka retries
+/// them. Only a fatal error ends the loop; the rest are logged and the loop polls again.
+fn consume_error(e: KafkaError, group: &str) -> Result<(), LoopError> {
+    if matches!(e, KafkaError::MessageConsumptionFatal(_)) {
+        return Err(LoopError::Kafka {
+            what: "consuming",
+            source: e,
+        });
+    }
+    tracing::warn!(group, error = %e, "consumer reported an error; polling again");
+    Ok(())
+}
+
+/// Runs a blocking librdkafka call without stalling the async runtime's other tasks.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+pub fn now_ms() -> i64 {
+    sluice_schemas::metadata::now_ms()
+}
