@@ -150,6 +150,11 @@ fn deliveries(topology: &Topology) -> anyhow::Result<Vec<Delivery>> {
             fixture!("github/issues.opened.json"),
         ),
     ] {
+        // GitHub signs the body only, so the gateway deduplicates on the body too (a replay
+        // under a fresh delivery id is dropped): each run's bodies carry the run.
+        let body = with_run_id(file, run, |v, suffix| {
+            v["sluice_demo_run"] = suffix.into();
+        });
         out.push(Delivery {
             what,
             source: "github",
@@ -157,9 +162,9 @@ fn deliveries(topology: &Topology) -> anyhow::Result<Vec<Delivery>> {
                 &github,
                 event,
                 &format!("demo-{}-{}", event, now_ms()),
-                file,
+                &body,
             ),
-            body: file.to_vec(),
+            body,
         });
     }
     for (what, topic, file) in [
@@ -179,6 +184,12 @@ fn deliveries(topology: &Topology) -> anyhow::Result<Vec<Delivery>> {
             fixture!("shopify/orders.cancelled.json"),
         ),
     ] {
+        // Shopify signs the body only too: each run's orders get ids of their own.
+        let body = with_run_id(file, run, |v, suffix| {
+            if let Some(id) = v["id"].as_u64() {
+                v["id"] = format!("{id}-{suffix}").into();
+            }
+        });
         out.push(Delivery {
             what,
             source: "shopify",
@@ -186,9 +197,9 @@ fn deliveries(topology: &Topology) -> anyhow::Result<Vec<Delivery>> {
                 &shopify,
                 topic,
                 &format!("demo-{}-{}", topic.replace('/', "-"), now_ms()),
-                file,
+                &body,
             ),
-            body: file.to_vec(),
+            body,
         });
     }
     let batch = &with_run_id(fixture!("sendgrid/events.json"), run, |v, suffix| {
