@@ -988,37 +988,41 @@ async fn produce_all(
 /// each topic is taken for the culprit. Each pass removes at least one, and a record that
 /// merely shared a request with it goes through on the next.
 fn delivery_failure(failed: Vec<(Sent, KafkaError)>, refusals: &Refusals) -> LoopError {
-    let mut culprits: BTreeMap<&str, (&Sent, &KafkaError, RefusalClass)> = BTreeMap::new();
-    let mut all_refused = Vec::new();
+    // (record, error, class, output size) of each failure that is about its record.
+    type Blamed<'a> = (&'a Origin, &'a KafkaError, RefusalClass, u64);
+    let mut culprits: BTreeMap<&str, Blamed<'_>> = BTreeMap::new();
+    let mut blamed: Vec<Blamed<'_>> = Vec::new();
     for (sent, e) in &failed {
-        let (Some(class), Some(_)) = (RefusalClass::of(e), &sent.origin) else {
+        let (Some(class), Some(origin)) = (RefusalClass::of(e), &sent.origin) else {
             continue;
         };
         if class != RefusalClass::RecordTooLarge {
-            all_refused.push((sent, e, class));
+            blamed.push((origin, e, class, sent.size));
             continue;
         }
         let larger = culprits
             .get(sent.topic.as_str())
-            .is_none_or(|(c, _, _)| c.size < sent.size);
+            .is_none_or(|c| c.3 < sent.size);
         if larger {
-            culprits.insert(&sent.topic, (sent, e, class));
+            culprits.insert(&sent.topic, (origin, e, class, sent.size));
         }
     }
-    all_refused.extend(culprits.into_values());
+    blamed.extend(culprits.into_values());
     let mut first = None;
-    for (sent, e, class) in all_refused {
-        let origin = sent.origin.as_ref().expect("filtered on an origin");
-        let refused = LoopError::refused(refusals, origin, class, e.to_string());
-        first.get_or_insert(refused);
+    for (origin, e, class, _) in blamed {
+        first.get_or_insert(LoopError::refused(refusals, origin, class, e.to_string()));
     }
-    first.unwrap_or_else(|| {
-        let (_, e) = failed.into_iter().next().expect("a failure");
-        LoopError::Kafka {
+    match (first, failed.into_iter().next()) {
+        (Some(refused), _) => refused,
+        (None, Some((_, e))) => LoopError::Kafka {
             what: "producing an output",
             source: e,
-        }
-    })
+        },
+        (None, None) => LoopError::Kafka {
+            what: "producing an output",
+            source: KafkaError::Canceled,
+        },
+    }
 }
 
 fn enqueue(
