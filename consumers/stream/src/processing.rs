@@ -776,7 +776,7 @@ async fn handle_partition<H: Handler>(
             // per-key ordering (nothing of it can ever be delivered in order).
             let error = refusal.error;
             let (_, mut copy) = router.route(&record, &error, now_ms());
-            refusals::fit_failure_copy(&mut copy, &record, ctx.max_record, refusal.copies_refused);
+            refusals::fit_failure_copy(&mut copy, ctx.max_record, refusal.copies_refused);
             result.outcomes.note(
                 original_topic(&record),
                 failure_outcome(&error, &Routed::DeadLetter),
@@ -834,7 +834,7 @@ async fn handle_partition<H: Handler>(
             }
             Err(error) => {
                 let (routed, mut copy) = router.route(&record, &error, now_ms());
-                refusals::fit_failure_copy(&mut copy, &record, ctx.max_record, 0);
+                refusals::fit_failure_copy(&mut copy, ctx.max_record, 0);
                 if let (Some(o), Some(slot)) = (ctx.ordering, &slot) {
                     match routed {
                         Routed::Retry { tier, .. } => o.retried(slot, tier, &mut copy),

@@ -17,6 +17,7 @@ use std::sync::Mutex;
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
+use super::headers as h;
 use super::{HandlerError, Output, Record};
 
 /// Why Kafka will not take a record's output. The strings are DLQ reasons
@@ -191,10 +192,11 @@ pub const TRUNCATED_KEEP_BYTES: usize = 64 * 1024;
 /// Room left for framing when a copy is cut to fit a limit.
 const FRAMING_ROOM: u64 = 1024;
 
-/// Makes `copy` (a failure copy of `record`) small enough to be taken: cut to fit
-/// `max_bytes` when it is larger, to [`TRUNCATED_KEEP_BYTES`] after one refused copy, to
-/// nothing after two. A cut copy says so in its headers.
-pub fn fit_failure_copy(copy: &mut Output, record: &Record, max_bytes: u64, copies_refused: u32) {
+/// Makes `copy` (a failure copy, as [`super::FailureRouter::route`] makes it) small enough to
+/// be taken: cut to fit `max_bytes` when it is larger, to [`TRUNCATED_KEEP_BYTES`] after one
+/// refused copy, to nothing after two. A cut copy says so in its headers, and where the whole
+/// original sits (from the provenance the copy already carries).
+pub fn fit_failure_copy(copy: &mut Output, max_bytes: u64, copies_refused: u32) {
     let original = copy.value.as_ref().map_or(0, Vec::len);
     let others = output_size(copy) - original as u64;
     let fits = max_bytes.saturating_sub(others + FRAMING_ROOM) as usize;
@@ -209,18 +211,22 @@ pub fn fit_failure_copy(copy: &mut Output, record: &Record, max_bytes: u64, copi
     if let Some(v) = copy.value.as_mut() {
         v.truncate(keep);
     }
-    let at = match (
-        record.header(super::headers::ORIGINAL_TOPIC),
-        record
-            .header_bytes(super::headers::ORIGINAL_PARTITION)
-            .and_then(super::headers::read_int),
-        record
-            .header_bytes(super::headers::ORIGINAL_OFFSET)
-            .and_then(super::headers::read_long),
-    ) {
-        (Some(t), Some(p), Some(o)) => format!("{t}/{p}@{o}"),
-        _ => format!("{}/{}@{}", record.topic, record.partition, record.offset),
+    let provenance = |name: &str| {
+        copy.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_slice())
     };
+    let at = format!(
+        "{}/{}@{}",
+        String::from_utf8_lossy(provenance(h::ORIGINAL_TOPIC).unwrap_or_default()),
+        provenance(h::ORIGINAL_PARTITION)
+            .and_then(h::read_int)
+            .unwrap_or_default(),
+        provenance(h::ORIGINAL_OFFSET)
+            .and_then(h::read_long)
+            .unwrap_or_default()
+    );
     copy.headers
         .retain(|(k, _)| k != TRUNCATED_ORIGINAL_BYTES && k != TRUNCATED_ORIGINAL_AT);
     copy.headers.push((
@@ -247,14 +253,16 @@ mod tests {
         }
     }
 
+    /// `r`'s dead-letter copy, with its provenance, as the loop makes it.
     fn copy_of(r: &Record) -> Output {
-        Output {
-            topic: "sluice.dlq.n".into(),
-            partition: None,
-            key: r.key.clone(),
-            value: r.value.clone(),
-            headers: r.headers.clone(),
-        }
+        let router = super::super::FailureRouter {
+            group: "g".into(),
+            tiers: Vec::new(),
+            max_attempts: 1,
+            dlq_topic: "sluice.dlq.n".into(),
+        };
+        let error = HandlerError::permanent(ErrorClass::InvalidJson, "not json");
+        router.route(r, &error, 1_000).1
     }
 
     #[test]
@@ -273,7 +281,7 @@ mod tests {
     fn a_copy_that_fits_is_left_alone() {
         let r = record(1000);
         let mut c = copy_of(&r);
-        fit_failure_copy(&mut c, &r, 1_000_000, 0);
+        fit_failure_copy(&mut c, 1_000_000, 0);
         assert_eq!(c, copy_of(&r));
     }
 
@@ -281,7 +289,7 @@ mod tests {
     fn copies_shrink_to_the_limit_then_to_64_kib_then_to_nothing_and_say_where_the_original_is() {
         let r = record(999_000);
         let mut c = copy_of(&r);
-        fit_failure_copy(&mut c, &r, 500_000, 0);
+        fit_failure_copy(&mut c, 500_000, 0);
         assert!(output_size(&c) <= 500_000, "{}", output_size(&c));
         assert!(c.value.as_ref().unwrap().len() > 400_000);
         let header = |c: &Output, name: &str| {
@@ -300,10 +308,10 @@ mod tests {
         );
 
         let mut c = copy_of(&r);
-        fit_failure_copy(&mut c, &r, 500_000, 1);
+        fit_failure_copy(&mut c, 500_000, 1);
         assert_eq!(c.value.as_ref().unwrap().len(), TRUNCATED_KEEP_BYTES);
         let mut c = copy_of(&r);
-        fit_failure_copy(&mut c, &r, 500_000, 2);
+        fit_failure_copy(&mut c, 500_000, 2);
         assert_eq!(c.value.as_ref().unwrap().len(), 0);
         assert_eq!(
             c.headers
