@@ -8,7 +8,7 @@
 //! normalized nor dead-lettered. [`Topology::size_problems`] finds such a topology before
 //! anything runs; each problem names the source, the topic and the numbers.
 
-use crate::model::Topology;
+use crate::model::{TopicSpec, Topology};
 use crate::naming;
 use crate::validate::ValidationError;
 
@@ -40,18 +40,14 @@ impl Topology {
     /// The most one record may take on `topic`: its `max.message.bytes` in the topology (a
     /// retry tier inherits its policy's dead-letter topic's), else Kafka's default.
     pub fn record_limit(&self, topic: &str) -> u64 {
-        self.all_topics()
-            .iter()
-            .find(|t| t.name == topic)
-            .and_then(|t| t.config.get("max.message.bytes"))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(KAFKA_DEFAULT_MAX_MESSAGE_BYTES)
+        limit_in(&self.all_topics(), topic)
     }
 
     /// Every source whose largest accepted delivery would not fit its raw topic, the
     /// normalizer's retry tiers and dead-letter topic, or a producer capped at
     /// `producer_max_bytes` (`message.max.bytes`). Empty when the topology is consistent.
     pub fn size_problems(&self, producer_max_bytes: u64) -> Vec<ValidationError> {
+        let topics = self.all_topics();
         let policy = self
             .retry_policies
             .iter()
@@ -89,14 +85,14 @@ impl Topology {
             };
             check(
                 format!("raw topic {}", s.raw_topic),
-                self.record_limit(&s.raw_topic),
+                limit_in(&topics, &s.raw_topic),
                 raw_need,
                 topic_fix(&s.raw_topic),
             );
             for (what, topic) in &failure_topics {
                 check(
                     what.clone(),
-                    self.record_limit(topic),
+                    limit_in(&topics, topic),
                     copy_need,
                     topic_fix(topic),
                 );
@@ -111,6 +107,16 @@ impl Topology {
         }
         problems
     }
+}
+
+/// The record limit of `topic` among `topics` (declared and derived), else Kafka's default.
+fn limit_in(topics: &[TopicSpec], topic: &str) -> u64 {
+    topics
+        .iter()
+        .find(|t| t.name == topic)
+        .and_then(|t| t.config.get("max.message.bytes"))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(KAFKA_DEFAULT_MAX_MESSAGE_BYTES)
 }
 
 #[cfg(test)]
