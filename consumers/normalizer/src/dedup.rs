@@ -21,10 +21,10 @@ use sluice_stream::compacted;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DedupError {
-    #[error("reading dedup changelog {topic}/{partition}: {reason}")]
+    #[error("reading dedup changelog {topic} partitions {partitions:?}: {reason}")]
     Restore {
         topic: String,
-        partition: i32,
+        partitions: Vec<i32>,
         reason: String,
     },
 }
@@ -192,44 +192,48 @@ impl DedupStore {
         self.len() == 0
     }
 
-    /// Reads changelog `partition` to its stable end (see [`sluice_stream::compacted`]) and
-    /// replaces that partition's state. Blocking; call from a blocking context.
+    /// Reads changelog `partitions` to their stable end (see [`sluice_stream::compacted`]),
+    /// all in one read, and replaces their state. Returns the keys restored. Blocking; call
+    /// from a blocking context.
     pub fn restore(
         &self,
         clients: &KafkaClients,
-        partition: i32,
+        partitions: &[i32],
         now_ms: i64,
     ) -> Result<usize, DedupError> {
-        let mut state: HashMap<String, i64> = HashMap::new();
-        compacted::read_partitions(clients, &self.topic, &[partition], |_, key, value| {
+        let mut state: HashMap<i32, HashMap<String, i64>> =
+            partitions.iter().map(|p| (*p, HashMap::new())).collect();
+        compacted::read_partitions(clients, &self.topic, partitions, |p, key, value| {
+            let keys = state.entry(p).or_default();
             let key = String::from_utf8_lossy(key).into_owned();
             for (key, t) in entries(key, value) {
                 match t {
                     Some(t) if now_ms - t <= self.window_ms => {
-                        state.insert(key, t);
+                        keys.insert(key, t);
                     }
                     _ => {
-                        state.remove(&key); // tombstone or expired
+                        keys.remove(&key); // tombstone or expired
                     }
                 }
             }
         })
         .map_err(|e| DedupError::Restore {
             topic: self.topic.clone(),
-            partition,
+            partitions: partitions.to_vec(),
             reason: e.to_string(),
         })?;
-        let n = state.len();
-        let mut keys: Vec<(String, i64)> = state.into_iter().collect();
-        keys.sort_by_key(|(_, at)| *at);
-        let mut restored = PartitionKeys::default();
-        for (key, at) in keys {
-            restored.insert(key, at);
+        let mut n = 0;
+        let mut seen = self.seen.lock().expect("dedup lock");
+        for (partition, keys) in state {
+            n += keys.len();
+            let mut keys: Vec<(String, i64)> = keys.into_iter().collect();
+            keys.sort_by_key(|(_, at)| *at);
+            let mut restored = PartitionKeys::default();
+            for (key, at) in keys {
+                restored.insert(key, at);
+            }
+            seen.insert(partition, restored);
         }
-        self.seen
-            .lock()
-            .expect("dedup lock")
-            .insert(partition, restored);
         Ok(n)
     }
 }

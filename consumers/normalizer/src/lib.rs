@@ -275,8 +275,10 @@ impl Normalizer {
             // This instance may not own the raw partition: read its committed state now.
             let (clients, partition) = (self.clients.clone(), raw_partition);
             let dedup = &self.dedup;
-            tokio::task::block_in_place(|| dedup.restore(&clients, partition, metadata::now_ms()))
-                .map_err(|e| HandlerError::transient(ErrorClass::DedupRestore, e.to_string()))?;
+            tokio::task::block_in_place(|| {
+                dedup.restore(&clients, &[partition], metadata::now_ms())
+            })
+            .map_err(|e| HandlerError::transient(ErrorClass::DedupRestore, e.to_string()))?;
         }
         let dedup_key = dedup::key(source, delivery_id);
         // Where the signature leaves the delivery id out, a replay under a fresh id is
@@ -424,12 +426,14 @@ impl Handler for Normalizer {
         needed.sort_unstable();
         needed.dedup();
         self.owned.lock().expect("owned lock").extend(raw);
-        for p in needed {
-            let (clients, dedup) = (self.clients.clone(), &self.dedup);
-            let n = tokio::task::block_in_place(|| dedup.restore(&clients, p, metadata::now_ms()))
-                .map_err(|e| HandlerError::transient(ErrorClass::DedupRestore, e.to_string()))?;
-            tracing::info!(partition = p, keys = n, "dedup state restored");
+        if needed.is_empty() {
+            return Ok(());
         }
+        let (clients, dedup) = (self.clients.clone(), &self.dedup);
+        let n =
+            tokio::task::block_in_place(|| dedup.restore(&clients, &needed, metadata::now_ms()))
+                .map_err(|e| HandlerError::transient(ErrorClass::DedupRestore, e.to_string()))?;
+        tracing::info!(partitions = ?needed, keys = n, "dedup state restored");
         Ok(())
     }
 
