@@ -31,7 +31,7 @@ use sluice_runtime::SluiceConfig;
 use sluice_sagas::demo::{scratch_topology, Scratch};
 use sluice_schemas::codec::ReaderSchema;
 use sluice_schemas::{AvroCodec, RecordLocation, RegistryClient};
-use sluice_stream::compacted;
+use sluice_stream::state::kafka as compacted;
 use sluice_topology::{naming, Topology};
 
 const SAGA: &str = "order-fulfillment";

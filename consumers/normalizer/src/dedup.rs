@@ -15,9 +15,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sluice_runtime::kafka::KafkaClients;
-
-use sluice_stream::compacted;
+use sluice_stream::state::StateLog;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DedupError {
@@ -170,15 +168,6 @@ impl DedupStore {
             .retain(|p, _| !partitions.contains(p));
     }
 
-    pub fn loaded_partitions(&self) -> HashSet<i32> {
-        self.seen
-            .lock()
-            .expect("dedup lock")
-            .keys()
-            .copied()
-            .collect()
-    }
-
     pub fn len(&self) -> usize {
         self.seen
             .lock()
@@ -192,18 +181,18 @@ impl DedupStore {
         self.len() == 0
     }
 
-    /// Reads changelog `partitions` to their stable end (see [`sluice_stream::compacted`]),
+    /// Reads changelog `partitions` to their stable end (see [`sluice_stream::state`]),
     /// all in one read, and replaces their state. Returns the keys restored. Blocking; call
     /// from a blocking context.
     pub fn restore(
         &self,
-        clients: &KafkaClients,
+        log: &dyn StateLog,
         partitions: &[i32],
         now_ms: i64,
     ) -> Result<usize, DedupError> {
         let mut state: HashMap<i32, HashMap<String, i64>> =
             partitions.iter().map(|p| (*p, HashMap::new())).collect();
-        compacted::read_partitions(clients, &self.topic, partitions, |p, key, value| {
+        log.read(&self.topic, partitions, &mut |p, key, value| {
             let keys = state.entry(p).or_default();
             let key = String::from_utf8_lossy(key).into_owned();
             for (key, t) in entries(key, value) {

@@ -12,7 +12,7 @@ pub mod mappings;
 
 use sluice_stream::ErrorClass;
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::{IntCounterVec, Opts, Registry};
@@ -31,6 +31,7 @@ use tracing::Instrument;
 use crate::mappings::{generic, MapError, RawDelivery};
 use dedup::DedupStore;
 use sluice_stream::headers as routing;
+use sluice_stream::state::{KafkaStateLog, Ownership, SharedLog};
 use sluice_stream::{Assigned, Handler, HandlerError, Output, Record};
 
 /// The consumer group of the normalizers of a topology: `<prefix>-normalizer`, so
@@ -66,12 +67,13 @@ struct NormalizerMetrics {
 }
 
 pub struct Normalizer {
-    clients: KafkaClients,
+    /// Where the dedup changelog is read back from.
+    state: SharedLog,
     targets: HashMap<String, Target>,
     unmapped: HashMap<String, UnmappedPolicy>,
     dedup: DedupStore,
-    /// Raw partitions this instance owns, to know when a dedup partition can be dropped.
-    owned: Mutex<HashSet<(String, i32)>>,
+    /// Which dedup partitions this instance holds, by the raw partitions it owns.
+    ownership: Ownership,
     raw_topics: HashSet<String>,
     metrics: NormalizerMetrics,
     dead_letters: Option<sluice_stream::FailureRouter>,
@@ -138,7 +140,7 @@ impl Normalizer {
         metrics_registry.register(Box::new(metrics.events.clone()))?;
         metrics_registry.register(Box::new(metrics.duplicates.clone()))?;
         Ok(Self {
-            clients,
+            state: Arc::new(KafkaStateLog::new(clients)),
             targets,
             unmapped: topology
                 .sources
@@ -146,7 +148,7 @@ impl Normalizer {
                 .map(|s| (s.name.clone(), s.unmapped))
                 .collect(),
             dedup: DedupStore::new(&dedup_topic, dedup_window),
-            owned: Mutex::default(),
+            ownership: Ownership::default(),
             raw_topics: topology
                 .sources
                 .iter()
@@ -273,10 +275,9 @@ impl Normalizer {
         let from_tier = record.header_bytes(routing::ORIGINAL_TOPIC).is_some();
         if from_tier {
             // This instance may not own the raw partition: read its committed state now.
-            let (clients, partition) = (self.clients.clone(), raw_partition);
-            let dedup = &self.dedup;
+            let (log, dedup) = (&*self.state, &self.dedup);
             tokio::task::block_in_place(|| {
-                dedup.restore(&clients, &[partition], metadata::now_ms())
+                dedup.restore(log, &[raw_partition], metadata::now_ms())
             })
             .map_err(|e| HandlerError::transient(ErrorClass::DedupRestore, e.to_string()))?;
         }
@@ -412,43 +413,23 @@ impl Handler for Normalizer {
     }
 
     async fn on_assigned(&self, partitions: &Assigned) -> Result<(), HandlerError> {
-        let raw: Vec<(String, i32)> = partitions
-            .iter()
-            .filter(|(t, _)| self.raw_topics.contains(t))
-            .cloned()
-            .collect();
-        let loaded = self.dedup.loaded_partitions();
-        let mut needed: Vec<i32> = raw
-            .iter()
-            .map(|(_, p)| *p)
-            .filter(|p| !loaded.contains(p))
-            .collect();
-        needed.sort_unstable();
-        needed.dedup();
-        self.owned.lock().expect("owned lock").extend(raw);
+        let needed = self
+            .ownership
+            .assign(partitions, |t| self.raw_topics.contains(t));
         if needed.is_empty() {
             return Ok(());
         }
-        let (clients, dedup) = (self.clients.clone(), &self.dedup);
-        let n =
-            tokio::task::block_in_place(|| dedup.restore(&clients, &needed, metadata::now_ms()))
-                .map_err(|e| HandlerError::transient(ErrorClass::DedupRestore, e.to_string()))?;
+        let (log, dedup) = (&*self.state, &self.dedup);
+        let n = tokio::task::block_in_place(|| dedup.restore(log, &needed, metadata::now_ms()))
+            .map_err(|e| HandlerError::transient(ErrorClass::DedupRestore, e.to_string()))?;
+        self.ownership.restored(&needed);
         tracing::info!(partitions = ?needed, keys = n, "dedup state restored");
         Ok(())
     }
 
     fn on_revoked(&self, partitions: &Assigned) {
-        let mut owned = self.owned.lock().expect("owned lock");
-        for tp in partitions {
-            owned.remove(tp);
-        }
-        let still: HashSet<i32> = owned.iter().map(|(_, p)| *p).collect();
-        let gone: HashSet<i32> = partitions
-            .iter()
-            .map(|(_, p)| *p)
-            .filter(|p| !still.contains(p))
-            .collect();
-        self.dedup.forget(&gone);
+        let gone = self.ownership.revoke(partitions);
+        self.dedup.forget(&gone.into_iter().collect());
     }
 
     fn on_batch_end(&self, committed: bool) {

@@ -46,7 +46,7 @@ pub enum SagaError {
     #[error("no saga participant handles role `{0}` (see the `participant` of each saga step)")]
     UnknownRole(String),
     #[error(transparent)]
-    Changelog(#[from] sluice_stream::compacted::CompactedError),
+    Changelog(#[from] sluice_stream::state::StateError),
     #[error("Kafka: {0}")]
     Kafka(String),
     #[error("metrics: {0}")]

@@ -17,7 +17,7 @@ use super::messages::{
     self, Action, Control, Meta, SchemaBook, CORRELATION_HEADER, SAGA_ID_HEADER,
 };
 use super::{home_partition, SagaError};
-use sluice_stream::compacted;
+use sluice_stream::state::kafka as compacted;
 use sluice_stream::Output;
 
 #[derive(Debug, thiserror::Error)]

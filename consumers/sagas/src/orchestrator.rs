@@ -43,8 +43,9 @@ use super::messages::{
 use super::metrics::SagaMetrics;
 use super::store::{Due, Slot, Store};
 use super::{home_partition, SagaError};
-use sluice_stream::compacted;
 use sluice_stream::headers as routing;
+use sluice_stream::state::kafka as compacted;
+use sluice_stream::state::{restore_latest, KafkaStateLog, Ownership, SharedLog};
 use sluice_stream::{Assigned, Handler, HandlerError, Output, Record};
 
 /// The orchestrator's consumer group for a topology prefix.
@@ -112,13 +113,16 @@ enum Count {
 pub const DEFAULT_KEEP_FINISHED_MS: i64 = 7 * 24 * 3_600_000;
 
 pub struct Orchestrator {
-    clients: KafkaClients,
+    /// Where instances' state is read back from.
+    state: SharedLog,
     codec: AvroCodec,
     book: SchemaBook,
     sagas: Vec<SagaRuntime>,
     by_replies: HashMap<String, usize>,
     by_trigger_topic: HashMap<String, Vec<usize>>,
     store: Store,
+    /// Which state partitions of each saga (by index) this instance holds.
+    owned: Vec<Ownership>,
     /// The batch's counts, applied to the metrics only if it commits.
     counts: Mutex<Vec<Count>>,
     metrics: SagaMetrics,
@@ -129,6 +133,86 @@ pub struct Orchestrator {
     /// for the same saga id is recognised and ignored; after it the record is deleted (a
     /// tombstone), so the state topic and memory do not grow with every saga ever run.
     pub keep_finished_ms: i64,
+}
+
+/// What an orchestrator runs: its sagas, and the (topic, event type) pairs they read or
+/// write, whose schemas it needs.
+#[derive(Debug)]
+pub struct Plan {
+    pub sagas: Vec<SagaRuntime>,
+    pub pairs: Vec<(String, String)>,
+}
+
+/// The sagas `only` names (every saga when empty), checked against the catalog;
+/// `partitions_of` gives a replies topic's partition count.
+pub fn plan(
+    catalog: &Catalog,
+    topology: &Topology,
+    only: &[String],
+    partitions_of: impl Fn(&str) -> Result<i32, SagaError>,
+) -> Result<Plan, SagaError> {
+    let mut sagas = Vec::new();
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    for spec in &topology.sagas {
+        if !only.is_empty() && !only.contains(&spec.name) {
+            continue;
+        }
+        let def = SagaDef::from(spec);
+        let problems = messages::definition_problems(&def, catalog);
+        if !problems.is_empty() {
+            return Err(SagaError::Definition(problems.join("\n")));
+        }
+        let replies_topic = naming::saga_replies_topic(&topology.prefix, &def.name);
+        let partitions = partitions_of(&replies_topic)?;
+        let route = |t: &str| {
+            topology
+                .route_of(t)
+                .map(str::to_string)
+                .ok_or_else(|| SagaError::Definition(format!("`{t}` is not routed")))
+        };
+        let mut lifecycle = HashMap::new();
+        for t in SAGA_LIFECYCLE_TYPES {
+            let topic = route(t)?;
+            pairs.push((topic.clone(), t.to_string()));
+            lifecycle.insert(t.to_string(), topic);
+        }
+        let outcome = match &def.outcome {
+            Some((done, undone)) => {
+                let o = (
+                    (done.clone(), route(done)?),
+                    (undone.clone(), route(undone)?),
+                );
+                pairs.push((o.0 .1.clone(), done.clone()));
+                pairs.push((o.1 .1.clone(), undone.clone()));
+                Some(o)
+            }
+            None => None,
+        };
+        pairs.push((replies_topic.clone(), SAGA_CONTROL_TYPE.to_string()));
+        pairs.push((def.trigger_topic.clone(), def.trigger_type.clone()));
+        for step in &def.steps {
+            for c in std::iter::once(&step.action).chain(step.compensation.as_ref()) {
+                pairs.push((c.topic.clone(), c.event_type.clone()));
+                pairs.push((replies_topic.clone(), c.success.clone()));
+                pairs.push((replies_topic.clone(), c.failure.clone()));
+            }
+        }
+        sagas.push(SagaRuntime {
+            state_topic: naming::saga_state_topic(&topology.prefix, &def.name),
+            source: format!("sluice://sagas/{}", def.name),
+            def,
+            replies_topic,
+            partitions,
+            lifecycle,
+            outcome,
+        });
+    }
+    if sagas.is_empty() {
+        return Err(SagaError::Definition(
+            "the topology declares no sagas".into(),
+        ));
+    }
+    Ok(Plan { sagas, pairs })
 }
 
 impl std::fmt::Debug for Orchestrator {
@@ -159,72 +243,33 @@ impl Orchestrator {
             }
         }
         let codec = AvroCodec::new(registry.clone());
-        let mut sagas = Vec::new();
-        let mut pairs: Vec<(String, String)> = Vec::new();
-        for spec in &topology.sagas {
-            if !only.is_empty() && !only.contains(&spec.name) {
-                continue;
-            }
-            let def = SagaDef::from(spec);
-            let problems = messages::definition_problems(&def, catalog);
-            if !problems.is_empty() {
-                return Err(SagaError::Definition(problems.join("\n")));
-            }
-            let replies_topic = naming::saga_replies_topic(&topology.prefix, &def.name);
-            let partitions = {
-                let (clients, topic) = (clients.clone(), replies_topic.clone());
-                tokio::task::block_in_place(|| compacted::partition_count(&clients, &topic))?
-            };
-            let route = |t: &str| {
-                topology
-                    .route_of(t)
-                    .map(str::to_string)
-                    .ok_or_else(|| SagaError::Definition(format!("`{t}` is not routed")))
-            };
-            let mut lifecycle = HashMap::new();
-            for t in SAGA_LIFECYCLE_TYPES {
-                let topic = route(t)?;
-                pairs.push((topic.clone(), t.to_string()));
-                lifecycle.insert(t.to_string(), topic);
-            }
-            let outcome = match &def.outcome {
-                Some((done, undone)) => {
-                    let o = (
-                        (done.clone(), route(done)?),
-                        (undone.clone(), route(undone)?),
-                    );
-                    pairs.push((o.0 .1.clone(), done.clone()));
-                    pairs.push((o.1 .1.clone(), undone.clone()));
-                    Some(o)
-                }
-                None => None,
-            };
-            pairs.push((replies_topic.clone(), SAGA_CONTROL_TYPE.to_string()));
-            pairs.push((def.trigger_topic.clone(), def.trigger_type.clone()));
-            for step in &def.steps {
-                for c in std::iter::once(&step.action).chain(step.compensation.as_ref()) {
-                    pairs.push((c.topic.clone(), c.event_type.clone()));
-                    pairs.push((replies_topic.clone(), c.success.clone()));
-                    pairs.push((replies_topic.clone(), c.failure.clone()));
-                }
-            }
-            sagas.push(SagaRuntime {
-                state_topic: naming::saga_state_topic(&topology.prefix, &def.name),
-                source: format!("sluice://sagas/{}", def.name),
-                def,
-                replies_topic,
-                partitions,
-                lifecycle,
-                outcome,
-            });
-        }
-        if sagas.is_empty() {
-            return Err(SagaError::Definition(
-                "the topology declares no sagas".into(),
-            ));
-        }
+        let partitions_of = |topic: &str| {
+            let clients = clients.clone();
+            tokio::task::block_in_place(|| compacted::partition_count(&clients, topic))
+                .map_err(SagaError::from)
+        };
+        let Plan { sagas, pairs } = plan(catalog, topology, only, partitions_of)?;
         let book =
             SchemaBook::resolve(registry, catalog, topology.subjects.naming, pairs, &codec).await?;
+        let state: SharedLog = Arc::new(KafkaStateLog::new(clients));
+        Ok(Self::with_parts(
+            state,
+            codec,
+            book,
+            sagas,
+            SagaMetrics::new(metrics_registry)?,
+        ))
+    }
+
+    /// An orchestrator from parts already resolved: the state log, the codec (with every
+    /// schema the book holds in its cache), the schema book and the sagas' plans.
+    pub fn with_parts(
+        state: SharedLog,
+        codec: AvroCodec,
+        book: SchemaBook,
+        sagas: Vec<SagaRuntime>,
+        metrics: SagaMetrics,
+    ) -> Self {
         let by_replies = sagas
             .iter()
             .enumerate()
@@ -237,21 +282,21 @@ impl Orchestrator {
                 .or_default()
                 .push(i);
         }
-        Ok(Self {
-            clients,
+        Self {
+            state,
             codec,
             book,
+            owned: sagas.iter().map(|_| Ownership::default()).collect(),
             sagas,
             by_replies,
             by_trigger_topic,
             store: Store::default(),
             counts: Mutex::default(),
-            metrics: SagaMetrics::new(metrics_registry)?,
+            metrics,
             finished_retention_ms: 60_000,
             keep_finished_ms: DEFAULT_KEEP_FINISHED_MS,
-        })
+        }
     }
-
     /// The topics the loop consumes: every saga's replies topic and trigger topic.
     pub fn input_topics(&self) -> Vec<String> {
         let mut t: Vec<String> = self
@@ -913,54 +958,44 @@ impl Handler for Orchestrator {
     }
 
     async fn on_assigned(&self, partitions: &Assigned) -> Result<(), HandlerError> {
-        let mut by_saga: HashMap<usize, Vec<i32>> = HashMap::new();
-        for (topic, p) in partitions {
-            if let Some(&s) = self.by_replies.get(topic) {
-                if !self.store.owns(s, *p) {
-                    by_saga.entry(s).or_default().push(*p);
-                }
-            }
-        }
         let finished_before = metadata::now_ms() - self.finished_retention_ms;
-        for (s, ps) in by_saga {
-            let saga = &self.sagas[s];
-            let mut restored: HashMap<i32, HashMap<String, Slot>> =
-                ps.iter().map(|p| (*p, HashMap::new())).collect();
-            let mut unreadable = 0usize;
-            let clients = self.clients.clone();
-            let read = tokio::task::block_in_place(|| {
-                compacted::read_partitions(&clients, &saga.state_topic, &ps, |p, key, value| {
-                    let id = String::from_utf8_lossy(key).into_owned();
-                    let m = restored.entry(p).or_default();
-                    match value.map(restore) {
-                        None => {
-                            m.remove(&id);
-                        }
-                        Some(Ok(slot)) => {
-                            m.insert(id, slot(finished_before));
-                        }
-                        Some(Err(e)) => {
-                            unreadable += 1;
-                            tracing::error!(topic = saga.state_topic, partition = p, id, error = %e, "unreadable saga state record; this instance cannot continue until it is repaired");
-                        }
-                    }
+        for (s, saga) in self.sagas.iter().enumerate() {
+            let needed = self.owned[s].assign(partitions, |t| t == saga.replies_topic);
+            if needed.is_empty() {
+                continue;
+            }
+            let restored = tokio::task::block_in_place(|| {
+                restore_latest(&*self.state, &saga.state_topic, &needed, |v| {
+                    restore(v).map(|slot| slot(finished_before))
                 })
             })
             .map_err(|e| HandlerError::transient(ErrorClass::SagaStateRestore, e.to_string()))?;
-            let mut live = 0;
-            for (p, m) in restored {
-                live += m.values().filter(|s| matches!(s, Slot::Live(_))).count();
-                self.store.load(s, p, m);
+            for (p, key, why) in &restored.unreadable {
+                let id = String::from_utf8_lossy(key);
+                tracing::error!(topic = saga.state_topic, partition = p, %id, error = why, "unreadable saga state record; this instance cannot continue until it is repaired");
             }
-            tracing::info!(saga = saga.def.name, partitions = ?ps, records = read, live, unreadable, "saga instances restored");
+            let mut live = 0;
+            for (p, slots) in restored.partitions {
+                live += slots
+                    .values()
+                    .filter(|s| matches!(s, Slot::Live(_)))
+                    .count();
+                let slots = slots
+                    .into_iter()
+                    .map(|(id, slot)| (String::from_utf8_lossy(&id).into_owned(), slot))
+                    .collect();
+                self.store.load(s, p, slots);
+            }
+            self.owned[s].restored(&needed);
+            tracing::info!(saga = saga.def.name, partitions = ?needed, records = restored.records, live, unreadable = restored.unreadable.len(), "saga instances restored");
         }
         Ok(())
     }
 
     fn on_revoked(&self, partitions: &Assigned) {
-        for (topic, p) in partitions {
-            if let Some(&s) = self.by_replies.get(topic) {
-                self.store.drop_partition(s, *p);
+        for (s, owned) in self.owned.iter().enumerate() {
+            for p in owned.revoke(partitions) {
+                self.store.drop_partition(s, p);
             }
         }
     }

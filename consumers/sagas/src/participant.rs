@@ -34,9 +34,9 @@
 //! ```
 
 use sluice_stream::ErrorClass;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
@@ -54,7 +54,7 @@ use super::messages::{
 };
 use super::metrics::ParticipantMetrics;
 use super::SagaError;
-use sluice_stream::compacted;
+use sluice_stream::state::{KafkaStateLog, SharedLog, StateTable};
 use sluice_stream::{Assigned, FailureRouter, Handler, HandlerError, Output, Record};
 
 /// What a participant did with a command.
@@ -208,42 +208,16 @@ struct Entry {
     at: i64,
 }
 
-/// Command ids by partition: committed, plus the batch in progress.
-#[derive(Debug, Default)]
-struct Dedup {
-    committed: Mutex<HashMap<i32, HashMap<String, Entry>>>,
-    batch: Mutex<HashMap<(i32, String), Entry>>,
-    /// Command partitions owned, by topic, to know when a state partition can be dropped.
-    owned: Mutex<HashSet<(String, i32)>>,
-}
-
-impl Dedup {
-    fn get(&self, partition: i32, id: &str) -> Option<Entry> {
-        if let Some(e) = self
-            .batch
-            .lock()
-            .expect("dedup")
-            .get(&(partition, id.to_string()))
-        {
-            return Some(e.clone());
-        }
-        self.committed
-            .lock()
-            .expect("dedup")
-            .get(&partition)
-            .and_then(|m| m.get(id))
-            .cloned()
-    }
-}
-
 /// Runs a [`Participant`] for one role inside the processing loop.
 pub struct ParticipantHandler<P> {
     spec: RoleSpec,
     participant: P,
-    clients: KafkaClients,
+    /// Where the handled-command table is read back from.
+    state: SharedLog,
     codec: AvroCodec,
     book: SchemaBook,
-    dedup: Dedup,
+    /// Handled commands by id, per command partition.
+    dedup: StateTable<Entry>,
     metrics: ParticipantMetrics,
 }
 
@@ -274,15 +248,35 @@ impl<P: Participant> ParticipantHandler<P> {
             &codec,
         )
         .await?;
-        Ok(Self {
+        Ok(Self::with_parts(
             spec,
             participant,
-            clients,
+            Arc::new(KafkaStateLog::new(clients)),
             codec,
             book,
-            dedup: Dedup::default(),
             metrics,
-        })
+        ))
+    }
+
+    /// A handler from parts already resolved: the state log, the codec and the schema book.
+    pub fn with_parts(
+        spec: RoleSpec,
+        participant: P,
+        state: SharedLog,
+        codec: AvroCodec,
+        book: SchemaBook,
+        metrics: ParticipantMetrics,
+    ) -> Self {
+        let dedup = StateTable::new(&spec.state_topic);
+        Self {
+            spec,
+            participant,
+            state,
+            codec,
+            book,
+            dedup,
+            metrics,
+        }
     }
 
     pub fn spec(&self) -> &RoleSpec {
@@ -354,18 +348,7 @@ impl<P: Participant> ParticipantHandler<P> {
     }
 
     fn remember(&self, partition: i32, id: &str, entry: &Entry) -> Output {
-        self.dedup
-            .batch
-            .lock()
-            .expect("dedup")
-            .insert((partition, id.to_string()), entry.clone());
-        Output {
-            topic: self.spec.state_topic.clone(),
-            partition: Some(partition),
-            key: Some(id.as_bytes().to_vec()),
-            value: Some(serde_json::to_vec(entry).expect("entries serialize")),
-            headers: Vec::new(),
-        }
+        self.dedup.put(partition, id, entry.clone())
     }
 }
 
@@ -515,77 +498,33 @@ impl<P: Participant> Handler for ParticipantHandler<P> {
     }
 
     async fn on_assigned(&self, partitions: &Assigned) -> Result<(), HandlerError> {
-        let mine: Vec<(String, i32)> = partitions
-            .iter()
-            .filter(|(t, _)| self.spec.command_topics.contains(t))
-            .cloned()
-            .collect();
-        let loaded: HashSet<i32> = self
-            .dedup
-            .committed
-            .lock()
-            .expect("dedup")
-            .keys()
-            .copied()
-            .collect();
-        let mut needed: Vec<i32> = mine
-            .iter()
-            .map(|(_, p)| *p)
-            .filter(|p| !loaded.contains(p))
-            .collect();
-        needed.sort_unstable();
-        needed.dedup();
-        self.dedup.owned.lock().expect("dedup").extend(mine);
-        if needed.is_empty() {
-            return Ok(());
-        }
-        let mut restored: HashMap<i32, HashMap<String, Entry>> =
-            needed.iter().map(|p| (*p, HashMap::new())).collect();
-        let clients = self.clients.clone();
-        let topic = self.spec.state_topic.clone();
-        let n = tokio::task::block_in_place(|| {
-            compacted::read_partitions(&clients, &topic, &needed, |p, key, value| {
-                let id = String::from_utf8_lossy(key).into_owned();
-                let m = restored.entry(p).or_default();
-                match value.map(serde_json::from_slice::<Entry>) {
-                    Some(Ok(e)) => {
-                        m.insert(id, e);
-                    }
-                    None => {
-                        m.remove(&id);
-                    }
-                    Some(Err(e)) => {
-                        tracing::error!(topic, partition = p, id, error = %e, "unreadable dedup record; that command would run again");
-                    }
-                }
+        let commands = &self.spec.command_topics;
+        let report = tokio::task::block_in_place(|| {
+            self.dedup.assign(&*self.state, partitions, |t| {
+                commands.iter().any(|c| c == t)
             })
         })
         .map_err(|e| HandlerError::transient(ErrorClass::DedupRestore, e.to_string()))?;
-        tracing::info!(role = self.spec.role, partitions = ?needed, records = n, "participant dedup state restored");
-        self.dedup.committed.lock().expect("dedup").extend(restored);
+        for (p, id, why) in &report.unreadable {
+            tracing::error!(
+                topic = self.dedup.topic(),
+                partition = p,
+                id,
+                error = why,
+                "unreadable dedup record; that command would run again"
+            );
+        }
+        if !report.partitions.is_empty() {
+            tracing::info!(role = self.spec.role, partitions = ?report.partitions, records = report.records, "participant dedup state restored");
+        }
         Ok(())
     }
 
     fn on_revoked(&self, partitions: &Assigned) {
-        let mut owned = self.dedup.owned.lock().expect("dedup");
-        for tp in partitions {
-            owned.remove(tp);
-        }
-        let still: HashSet<i32> = owned.iter().map(|(_, p)| *p).collect();
-        self.dedup
-            .committed
-            .lock()
-            .expect("dedup")
-            .retain(|p, _| still.contains(p));
+        self.dedup.revoke(partitions);
     }
 
     fn on_batch_end(&self, committed: bool) {
-        let batch = std::mem::take(&mut *self.dedup.batch.lock().expect("dedup"));
-        if committed {
-            let mut store = self.dedup.committed.lock().expect("dedup");
-            for ((p, id), e) in batch {
-                store.entry(p).or_default().insert(id, e);
-            }
-        }
+        self.dedup.finish(committed);
     }
 }

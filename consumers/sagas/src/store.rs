@@ -5,6 +5,8 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
+use sluice_stream::state::Staged;
+
 use super::instance::{Instance, Status};
 
 /// An instance in memory: in full while it can still receive inputs, or only its status and
@@ -36,9 +38,6 @@ pub struct Tally {
 }
 
 type Partition = (usize, i32);
-
-/// A batch's change of an instance: its new state, or `None` when the batch deletes it.
-type Change = Option<Arc<Instance>>;
 
 #[derive(Debug, Default)]
 struct Committed {
@@ -97,19 +96,15 @@ impl Committed {
 #[derive(Debug, Default)]
 pub struct Store {
     committed: Mutex<Committed>,
-    batch: Mutex<HashMap<(usize, i32, String), Change>>,
+    /// The batch's changes: an instance's new state, or a delete.
+    batch: Staged<(usize, i32, String), Arc<Instance>>,
 }
 
 impl Store {
     /// The instance's latest state: this batch's, else the committed one.
     pub fn get(&self, saga: usize, partition: i32, id: &str) -> Option<Slot> {
-        if let Some(change) =
-            self.batch
-                .lock()
-                .expect("saga store")
-                .get(&(saga, partition, id.to_string()))
-        {
-            return change.clone().map(Slot::Live);
+        if let Some(change) = self.batch.get(&(saga, partition, id.to_string())) {
+            return change.map(Slot::Live);
         }
         self.committed
             .lock()
@@ -122,41 +117,27 @@ impl Store {
 
     /// Records the batch's new state of an instance.
     pub fn stage(&self, saga: usize, partition: i32, id: String, instance: Arc<Instance>) {
-        self.batch
-            .lock()
-            .expect("saga store")
-            .insert((saga, partition, id), Some(instance));
+        self.batch.put((saga, partition, id), instance);
     }
 
     /// Records that the batch deletes an instance (its state record gets a tombstone).
     pub fn stage_delete(&self, saga: usize, partition: i32, id: String) {
-        self.batch
-            .lock()
-            .expect("saga store")
-            .insert((saga, partition, id), None);
+        self.batch.delete((saga, partition, id));
     }
 
     /// Applies the batch on commit, or forgets it on abort.
     pub fn finish(&self, committed: bool) {
-        let batch = std::mem::take(&mut *self.batch.lock().expect("saga store"));
-        if committed {
-            let mut c = self.committed.lock().expect("saga store");
-            for ((saga, p, id), change) in batch {
-                match change {
-                    Some(instance) => c.put((saga, p), id, Slot::Live(instance)),
-                    None => c.remove((saga, p), &id),
-                }
+        let changes = self.batch.finish(committed);
+        let mut c = self.committed.lock().expect("saga store");
+        for ((saga, p, id), change) in changes {
+            if !c.slots.contains_key(&(saga, p)) {
+                continue; // revoked meanwhile: its new owner reads the change back
+            }
+            match change {
+                Some(instance) => c.put((saga, p), id, Slot::Live(instance)),
+                None => c.remove((saga, p), &id),
             }
         }
-    }
-
-    /// Whether the partition's state is loaded (the partition is owned).
-    pub fn owns(&self, saga: usize, partition: i32) -> bool {
-        self.committed
-            .lock()
-            .expect("saga store")
-            .slots
-            .contains_key(&(saga, partition))
     }
 
     /// Replaces a partition's state with what was read from the state topic.
@@ -317,7 +298,12 @@ mod tests {
         assert_eq!(store.due(1_000).len(), 2);
         store.drop_partition(0, 1);
         assert!(store.due(1_000).is_empty());
-        assert!(!store.owns(0, 1));
+        store.stage(0, 1, "z".into(), instance("z", Some(100)));
+        store.finish(true);
+        assert!(
+            store.get(0, 1, "z").is_none(),
+            "a change to a partition dropped meanwhile is left to its new owner"
+        );
     }
 
     fn finished(id: &str, at: i64) -> Arc<Instance> {

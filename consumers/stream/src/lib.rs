@@ -12,7 +12,6 @@
 //! (dead-lettered with provenance). With per-key ordering (see [`ordering`]) later records of
 //! a key with a record in the retry path wait behind it.
 
-pub mod compacted;
 pub mod error_class;
 pub mod failure;
 pub mod headers;
@@ -22,6 +21,7 @@ pub mod outcome;
 pub mod processing;
 mod rebalance;
 pub mod refusals;
+pub mod state;
 
 use std::future::Future;
 use std::time::Duration;

@@ -22,6 +22,7 @@ use super::ordering::{self, Decision, KeyOrdering, OrderingError};
 use super::outcome::{Outcomes, RecordOutcome};
 use super::rebalance::{LoopContext, TopicPartition};
 use super::refusals::{self, Origin, RefusalClass, Refusals};
+use super::state::KafkaStateLog;
 use super::{Guarantee, Handler, HandlerError, LoopConfig, Output, Record};
 
 #[derive(Debug, thiserror::Error)]
@@ -378,8 +379,8 @@ impl<'c, H: Handler> Loop<'c, H> {
                 .map_err(|e| LoopError::Restore(e.to_string()))?;
             if let Some(o) = &self.ordering {
                 let indices: HashSet<i32> = added.iter().map(|(_, p)| *p).collect();
-                let clients = self.clients;
-                let n = blocking(|| o.restore(clients, &indices))?;
+                let log = KafkaStateLog::new(self.clients.clone());
+                let n = blocking(|| o.restore(&log, &indices))?;
                 tracing::info!(group, partitions = ?indices, keys = n, "held keys restored");
             }
         }

@@ -252,13 +252,13 @@ impl KeyOrdering {
     /// Rebuilds the state of newly owned partitions from the held-key topic. Blocking.
     pub fn restore(
         &self,
-        clients: &sluice_runtime::kafka::KafkaClients,
+        log: &dyn crate::state::StateLog,
         partitions: &HashSet<i32>,
     ) -> Result<usize, OrderingError> {
         let mut restored = 0;
-        let partitions: Vec<i32> = partitions.iter().copied().collect();
-        let by_partition =
-            restore::read_partitions(clients, &self.per_key.held_topic, &partitions)?;
+        let mut partitions: Vec<i32> = partitions.iter().copied().collect();
+        partitions.sort_unstable();
+        let by_partition = restore::read_partitions(log, &self.per_key.held_topic, &partitions)?;
         // Indices beyond today's tiers (a policy lost tiers) wait on the last one.
         let last = self.router.tiers.len().saturating_sub(1);
         for (p, keys) in by_partition {

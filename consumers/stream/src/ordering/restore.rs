@@ -5,52 +5,50 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
-use sluice_runtime::kafka::KafkaClients;
 
 use super::state::{KeyId, KeyState};
 use super::OrderingError;
-use crate::compacted;
+use crate::state::{restore_latest, StateLog};
 
-/// Reads held-key partitions `partitions` of `topic` to their stable end (see
-/// [`crate::compacted`]), each partition's keys apart. Blocking.
+/// Reads held-key partitions `partitions` of `topic` back (see [`crate::state`]), each
+/// partition's keys apart. A held key whose state cannot be read fails the restore: running
+/// on without it would let its later records overtake the one in the retry path. Blocking.
 pub fn read_partitions(
-    clients: &KafkaClients,
+    log: &dyn StateLog,
     topic: &str,
     partitions: &[i32],
 ) -> Result<HashMap<i32, HashMap<KeyId, KeyState>>, OrderingError> {
-    let mut keys: HashMap<i32, HashMap<KeyId, KeyState>> =
-        partitions.iter().map(|p| (*p, HashMap::new())).collect();
-    let mut undecodable: Option<OrderingError> = None;
-    compacted::read_partitions(clients, topic, partitions, |p, key, value| {
-        let Some(id) = KeyId::decode(key) else {
-            return;
-        };
-        let held = keys.entry(p).or_default();
-        match value.map(serde_json::from_slice::<KeyState>) {
-            Some(Ok(state)) => {
-                held.insert(id, state);
-            }
-            Some(Err(e)) => {
-                undecodable.get_or_insert(OrderingError::Restore {
-                    topic: topic.to_string(),
-                    partition: p,
-                    reason: format!("a held key's state is not readable: {e}"),
-                });
-            }
-            None => {
-                held.remove(&id);
-            }
-        }
-    })
-    .map_err(|e| OrderingError::Restore {
+    let fail = |partition: i32, reason: String| OrderingError::Restore {
         topic: topic.to_string(),
-        partition: partitions.first().copied().unwrap_or_default(),
-        reason: e.to_string(),
+        partition,
+        reason,
+    };
+    let restored = restore_latest(log, topic, partitions, |v| {
+        serde_json::from_slice::<KeyState>(v)
+    })
+    .map_err(|e| {
+        fail(
+            partitions.first().copied().unwrap_or_default(),
+            e.to_string(),
+        )
     })?;
-    match undecodable {
-        Some(e) => Err(e),
-        None => Ok(keys),
+    if let Some((p, _, why)) = restored.unreadable.into_iter().next() {
+        return Err(fail(
+            p,
+            format!("a held key's state is not readable: {why}"),
+        ));
     }
+    Ok(restored
+        .partitions
+        .into_iter()
+        .map(|(p, keys)| {
+            let keys = keys
+                .into_iter()
+                .filter_map(|(key, state)| Some((KeyId::decode(&key)?, state)))
+                .collect();
+            (p, keys)
+        })
+        .collect())
 }
 
 /// Checks that every topic of the loop and the held-key topic have the same partition

@@ -1,4 +1,4 @@
-//! Reading compacted state topics back to their end: the one way every piece of state a loop
+//! Reading compacted state topics back from Kafka: the one way every piece of state a loop
 //! keeps in Kafka comes back (the normalizer's dedup keys, held keys under per-key ordering,
 //! saga instances, saga participants' handled commands).
 //!
@@ -20,10 +20,24 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_runtime::kafka::{KafkaClients, ReadToEnd};
 
-#[derive(Debug, thiserror::Error)]
-pub enum CompactedError {
-    #[error("reading {topic}: {reason}")]
-    Read { topic: String, reason: String },
+use super::{StateError, StateLog, Visit};
+
+/// The production [`StateLog`]: state topics on the cluster `clients` reach.
+#[derive(Debug, Clone)]
+pub struct KafkaStateLog {
+    clients: KafkaClients,
+}
+
+impl KafkaStateLog {
+    pub fn new(clients: KafkaClients) -> Self {
+        Self { clients }
+    }
+}
+
+impl StateLog for KafkaStateLog {
+    fn read(&self, topic: &str, ps: &[i32], f: &mut Visit<'_>) -> Result<usize, StateError> {
+        read_partitions(&self.clients, topic, ps, f)
+    }
 }
 
 /// How long a restore may take, waiting for open transactions included.
@@ -37,8 +51,8 @@ pub fn read_partitions(
     topic: &str,
     partitions: &[i32],
     mut f: impl FnMut(i32, &[u8], Option<&[u8]>),
-) -> Result<usize, CompactedError> {
-    let fail = |reason: String| CompactedError::Read {
+) -> Result<usize, StateError> {
+    let fail = |reason: String| StateError::Read {
         topic: topic.to_string(),
         reason,
     };
@@ -133,8 +147,8 @@ fn stable_ends(
 }
 
 /// The number of partitions of `topic`. Blocking.
-pub fn partition_count(clients: &KafkaClients, topic: &str) -> Result<i32, CompactedError> {
-    let fail = |reason: String| CompactedError::Read {
+pub fn partition_count(clients: &KafkaClients, topic: &str) -> Result<i32, StateError> {
+    let fail = |reason: String| StateError::Read {
         topic: topic.to_string(),
         reason,
     };
