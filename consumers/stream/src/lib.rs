@@ -12,6 +12,7 @@
 //! (dead-lettered with provenance). With per-key ordering (see [`ordering`]) later records of
 //! a key with a record in the retry path wait behind it.
 
+mod batch;
 pub mod error_class;
 pub mod failure;
 pub mod headers;

@@ -1,7 +1,6 @@
 //! The loop itself: collect a batch, handle it partition by partition, then commit the
 //! outputs and offsets together (exactly-once) or in order (at-least-once).
 
-use crate::ErrorClass;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -15,15 +14,15 @@ use rdkafka::{Offset, TopicPartitionList};
 use sluice_runtime::kafka::KafkaClients;
 use sluice_runtime::Shutdown;
 
-use super::failure::{FailureRouter, Routed};
-use super::headers as h;
+use super::batch::{self, Batch, Ended, OutputSink, Shared};
+use super::failure::FailureRouter;
 use super::metrics::LoopMetrics;
-use super::ordering::{self, Decision, KeyOrdering, OrderingError};
-use super::outcome::{Outcomes, RecordOutcome};
+use super::ordering::{self, KeyOrdering, OrderingError};
+use super::outcome::RecordOutcome;
 use super::rebalance::{LoopContext, TopicPartition};
 use super::refusals::{self, Origin, RefusalClass, Refusals};
 use super::state::KafkaStateLog;
-use super::{Guarantee, Handler, HandlerError, LoopConfig, Output, Record};
+use super::{Guarantee, Handler, LoopConfig, Output, Record};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoopError {
@@ -61,7 +60,7 @@ pub enum LoopError {
 
 impl LoopError {
     /// Pins the refusal on its record, and the error that fails the batch.
-    fn refused(
+    pub(crate) fn refused(
         refusals: &Refusals,
         origin: &Origin,
         class: RefusalClass,
@@ -163,33 +162,22 @@ pub async fn run<H: Handler>(
 struct Loop<'c, H> {
     clients: &'c KafkaClients,
     config: LoopConfig,
-    group: String,
-    router: FailureRouter,
-    handler: Arc<H>,
-    metrics: LoopMetrics,
+    /// The handler, failure routing, key ordering and metrics the batches share.
+    shared: Shared<H>,
     consumer: StreamConsumer<LoopContext>,
     producer: FutureProducer,
-    ordering: Option<Arc<KeyOrdering>>,
-    refusals: Arc<Refusals>,
-    /// The producer's `message.max.bytes`.
-    max_record: u64,
     assigned: HashSet<TopicPartition>,
     /// Retry-tier partitions waiting for their next record to be due.
     paused: BTreeMap<TopicPartition, i64>,
 }
 
-/// A batch after its handling: what to write, what to commit, what to count.
+/// A batch after its handling, with the state of its write.
 struct Handled {
-    /// Where each partition started, to rewind to when the batch is not committed.
-    firsts: Vec<(TopicPartition, i64)>,
+    batch: Batch,
     /// Whether the batch's transaction is open (exactly-once), or why it is not.
     begun: Result<(), LoopError>,
-    outputs: Vec<(Option<Origin>, Output)>,
     /// Outputs already handed to the producer while handling.
     stream: Option<Arc<OutputStream>>,
-    offsets: TopicPartitionList,
-    to_pause: Vec<(TopicPartition, i64, i64)>,
-    outcomes: Outcomes,
 }
 
 impl<'c, H: Handler> Loop<'c, H> {
@@ -235,40 +223,43 @@ impl<'c, H: Handler> Loop<'c, H> {
                 .create()
                 .map_err(kafka("creating the producer"))?,
         };
-        let lp = Self {
-            clients,
-            group: config.group.clone(),
-            config,
-            router,
+        let shared = Shared {
             handler,
-            metrics,
-            consumer,
-            producer,
+            router,
             ordering,
             refusals: Arc::new(Refusals::default()),
+            metrics,
+            group: config.group.clone(),
             max_record: clients.producer_max_message_bytes(),
+        };
+        let lp = Self {
+            clients,
+            config,
+            shared,
+            consumer,
+            producer,
             assigned: HashSet::new(),
             paused: BTreeMap::new(),
         };
         lp.zero_series();
-        tracing::info!(group = lp.group, topics = ?lp.config.topics, guarantee = ?lp.config.guarantee, "consumer loop started");
+        tracing::info!(group = lp.shared.group, topics = ?lp.config.topics, guarantee = ?lp.config.guarantee, "consumer loop started");
         Ok(lp)
     }
 
     /// Starts every known series at zero, so dashboards and alerts see them before the
     /// first failure rather than an absent metric.
     fn zero_series(&self) {
-        let (metrics, group) = (&self.metrics, self.group.as_str());
+        let (metrics, group) = (&self.shared.metrics, self.shared.group.as_str());
         for topic in self
             .config
             .topics
             .iter()
-            .filter(|t| self.router.tier_of(t).is_none())
+            .filter(|t| self.shared.router.tier_of(t).is_none())
         {
             for outcome in RecordOutcome::LABELS {
                 metrics.records.with_label_values(&[group, topic, outcome]);
             }
-            for tier in 0..self.router.tiers.len() {
+            for tier in 0..self.shared.router.tiers.len() {
                 metrics
                     .retries
                     .with_label_values(&[group, topic, &tier.to_string()]);
@@ -284,7 +275,12 @@ impl<'c, H: Handler> Loop<'c, H> {
 
     /// Resumes the retry-tier partitions whose next record is due.
     fn resume_due(&mut self) -> Result<(), LoopError> {
-        resume_due(&self.consumer, &mut self.paused, &self.metrics, &self.group)
+        resume_due(
+            &self.consumer,
+            &mut self.paused,
+            &self.shared.metrics,
+            &self.shared.group,
+        )
     }
 
     /// Up to `max_batch` records, waiting at most `linger` once the first arrived; `None`
@@ -309,7 +305,7 @@ impl<'c, H: Handler> Loop<'c, H> {
                         batch.push(Record::from_message(&m));
                     }
                     Err(e) => {
-                        consume_error(e, &self.group)?;
+                        consume_error(e, &self.shared.group)?;
                         return Ok(Some(batch));
                     }
                 }
@@ -322,7 +318,7 @@ impl<'c, H: Handler> Loop<'c, H> {
                             batch.push(Record::from_message(&m));
                         }
                         Ok(Err(e)) => {
-                            consume_error(e, &self.group)?;
+                            consume_error(e, &self.shared.group)?;
                             break;
                         }
                         Err(_) => break,
@@ -345,7 +341,7 @@ impl<'c, H: Handler> Loop<'c, H> {
         {
             return Ok(());
         }
-        let group = self.group.clone();
+        let group = self.shared.group.clone();
         let now: HashSet<TopicPartition> = self
             .consumer
             .assignment()
@@ -360,8 +356,8 @@ impl<'c, H: Handler> Loop<'c, H> {
             for tp in &revoked {
                 self.paused.remove(tp);
             }
-            self.handler.on_revoked(&revoked);
-            if let Some(o) = &self.ordering {
+            self.shared.handler.on_revoked(&revoked);
+            if let Some(o) = &self.shared.ordering {
                 o.forget(&revoked.iter().map(|(_, p)| *p).collect());
             }
         }
@@ -373,23 +369,26 @@ impl<'c, H: Handler> Loop<'c, H> {
                 tpl.add_partition(t, *p);
             }
             let _ = self.consumer.resume(&tpl);
-            self.handler
+            self.shared
+                .handler
                 .on_assigned(&added)
                 .await
                 .map_err(|e| LoopError::Restore(e.to_string()))?;
-            if let Some(o) = &self.ordering {
+            if let Some(o) = &self.shared.ordering {
                 let indices: HashSet<i32> = added.iter().map(|(_, p)| *p).collect();
                 let log = KafkaStateLog::new(self.clients.clone());
                 let n = blocking(|| o.restore(&log, &indices))?;
                 tracing::info!(group, partitions = ?indices, keys = n, "held keys restored");
             }
         }
-        self.metrics
+        self.shared
+            .metrics
             .paused_partitions
             .with_label_values(&[&group])
             .set(self.paused.len() as i64);
-        if let Some(o) = &self.ordering {
-            self.metrics
+        if let Some(o) = &self.shared.ordering {
+            self.shared
+                .metrics
                 .held_keys
                 .with_label_values(&[&group])
                 .set(o.held() as i64);
@@ -400,25 +399,15 @@ impl<'c, H: Handler> Loop<'c, H> {
     }
 
     /// Opens the batch's transaction and runs the handler on each partition's records, in
-    /// offset order, the partitions concurrently.
-    async fn handle_batch(&self, batch: Vec<Record>) -> Result<Handled, LoopError> {
-        self.metrics
+    /// offset order, the partitions concurrently (see [`batch::handle`]).
+    async fn handle_batch(&self, records: Vec<Record>) -> Result<Handled, LoopError> {
+        self.shared
+            .metrics
             .in_flight
-            .with_label_values(&[&self.group])
-            .set(batch.len() as i64);
-        let mut by_partition: BTreeMap<TopicPartition, Vec<Record>> = BTreeMap::new();
-        for r in batch {
-            by_partition
-                .entry((r.topic.clone(), r.partition))
-                .or_default()
-                .push(r);
-        }
-        let firsts: Vec<(TopicPartition, i64)> = by_partition
-            .iter()
-            .map(|(tp, rs)| (tp.clone(), rs[0].offset))
-            .collect();
+            .with_label_values(&[&self.shared.group])
+            .set(records.len() as i64);
         // The transaction opens before handling, so outputs can be produced as they are made.
-        let begun = match self.config.guarantee {
+        let mut begun = match self.config.guarantee {
             Guarantee::ExactlyOnce => self
                 .producer
                 .begin_transaction()
@@ -427,109 +416,43 @@ impl<'c, H: Handler> Loop<'c, H> {
         };
         // Without per-key ordering nothing needs the batch's outputs in a batch-wide order,
         // so each is handed to the producer as soon as it is made: producing overlaps handling.
-        let stream = (begun.is_ok() && self.ordering.is_none()).then(|| {
+        let stream = (begun.is_ok() && self.shared.ordering.is_none()).then(|| {
             Arc::new(OutputStream::new(
                 self.producer.clone(),
-                self.refusals.clone(),
+                self.shared.refusals.clone(),
             ))
         });
-        let results = if begun.is_ok() {
-            self.handle_partitions(by_partition, stream.clone()).await?
+        let mut batch = if begun.is_ok() {
+            let sink = stream.clone().map(|s| s as Arc<dyn OutputSink>);
+            batch::handle(&self.shared, records, sink).await?
         } else {
-            Vec::new()
+            Batch::default()
         };
-        let mut handled = Handled {
-            firsts,
-            begun,
-            outputs: Vec::new(),
-            stream,
-            offsets: TopicPartitionList::new(),
-            to_pause: Vec::new(),
-            outcomes: Outcomes::default(),
-        };
-        let mut stamped: Vec<(u64, Option<Origin>, Output)> = Vec::new();
-        let mut refused: Option<LoopError> = None;
-        for result in results {
-            stamped.extend(result.outputs);
-            handled.outcomes.extend(result.outcomes);
-            if result.refused.is_some() {
-                refused = refused.or(result.refused);
-            }
-            if let Some(next) = result.next_offset {
-                handled
-                    .offsets
-                    .add_partition_offset(&result.tp.0, result.tp.1, Offset::Offset(next))
-                    .map_err(kafka("building offsets"))?;
-            }
-            if let Some((offset, due)) = result.wait_until {
-                handled.to_pause.push((result.tp.clone(), offset, due));
-            }
-        }
-        // Under per-key ordering a key's records may be handled by different partition tasks
-        // (main topic, tiers) in one batch: write outputs in the order their records were let
-        // through, so a released key's outputs cannot come out ahead of its head's.
-        stamped.sort_by_key(|(stamp, _, _)| *stamp);
-        handled.outputs = stamped.into_iter().map(|(_, at, o)| (at, o)).collect();
-        if let Some(o) = &self.ordering {
-            // Each changed key's final state, after every partition task is done.
-            handled
-                .outputs
-                .extend(o.batch_writes().into_iter().map(|o| (None, o)));
-        }
-        handled
-            .outputs
-            .extend(self.handler.batch_outputs().into_iter().map(|o| (None, o)));
-        if let Some(e) = refused {
+        if let Some(e) = batch.refused.take() {
             // A record's output cannot be taken: this batch is abandoned and comes round
             // again with that record dead-lettered.
-            handled.begun = handled.begun.and(Err(e));
+            begun = begun.and(Err(e));
         }
-        Ok(handled)
-    }
-
-    /// Each partition's records on their own task, so handlers use every core.
-    async fn handle_partitions(
-        &self,
-        by_partition: BTreeMap<TopicPartition, Vec<Record>>,
-        stream: Option<Arc<OutputStream>>,
-    ) -> Result<Vec<PartitionResult>, LoopError> {
-        let max_record = self.max_record;
-        let tasks = by_partition.into_iter().map(|(tp, records)| {
-            let (handler, router, metrics, group, ordering, stream, refusals) = (
-                self.handler.clone(),
-                self.router.clone(),
-                self.metrics.clone(),
-                self.group.clone(),
-                self.ordering.clone(),
-                stream.clone(),
-                self.refusals.clone(),
-            );
-            tokio::spawn(async move {
-                let ctx = PartitionContext {
-                    router: &router,
-                    ordering: ordering.as_deref(),
-                    stream: stream.as_deref(),
-                    refusals: &refusals,
-                    max_record,
-                    metrics: &metrics,
-                    group: &group,
-                };
-                handle_partition(tp, records, &*handler, &ctx).await
-            })
-        });
-        join_all(tasks)
-            .await
-            .into_iter()
-            .map(|joined| joined.map_err(|e| LoopError::HandlerTask(e.to_string())))
-            .collect()
+        Ok(Handled {
+            batch,
+            begun,
+            stream,
+        })
     }
 
     /// Writes the batch: its outputs and offsets in one transaction (exactly-once), or its
     /// outputs and then, once every one is acknowledged, its offsets (at-least-once).
     async fn write_batch(&self, handled: &mut Handled) -> Result<(), LoopError> {
-        let (producer, refusals) = (&self.producer, self.refusals.as_ref());
+        let (producer, refusals) = (&self.producer, self.shared.refusals.as_ref());
         let begun = std::mem::replace(&mut handled.begun, Ok(()));
         let stream = handled.stream.as_deref();
+        let outputs = &handled.batch.outputs;
+        let mut offsets = TopicPartitionList::new();
+        for ((topic, partition), next) in &handled.batch.offsets {
+            offsets
+                .add_partition_offset(topic, *partition, Offset::Offset(*next))
+                .map_err(kafka("building offsets"))?;
+        }
         match (begun, self.config.guarantee) {
             (Err(e), Guarantee::ExactlyOnce) => {
                 abort_transaction(producer);
@@ -540,18 +463,18 @@ impl<'c, H: Handler> Loop<'c, H> {
                 commit_transaction(
                     &self.consumer,
                     producer,
-                    &handled.outputs,
-                    &handled.offsets,
+                    outputs,
+                    &offsets,
                     stream,
                     refusals,
                 )
                 .await
             }
             (Ok(()), Guarantee::AtLeastOnce) => {
-                match produce_all(producer, &handled.outputs, stream, refusals).await {
-                    Ok(()) if handled.offsets.count() > 0 => self
+                match produce_all(producer, outputs, stream, refusals).await {
+                    Ok(()) if offsets.count() > 0 => self
                         .consumer
-                        .commit(&handled.offsets, CommitMode::Sync)
+                        .commit(&offsets, CommitMode::Sync)
                         .map_err(kafka("committing offsets")),
                     other => other,
                 }
@@ -559,54 +482,40 @@ impl<'c, H: Handler> Loop<'c, H> {
         }
     }
 
-    /// After the write: counts a committed batch and pauses its retry partitions that are
-    /// not due yet; rewinds a batch that was not committed to its start (a fatal producer
-    /// error ends the loop instead).
+    /// After the write: ends the batch (see [`Batch::end`]), then pauses a committed batch's
+    /// retry partitions that are not due yet, or rewinds a batch that was not committed to
+    /// its start (a fatal producer error ends the loop instead).
     async fn settle(
         &mut self,
         handled: Handled,
         written: Result<(), LoopError>,
     ) -> Result<(), LoopError> {
-        let group = self.group.clone();
-        self.metrics.in_flight.with_label_values(&[&group]).set(0);
-        self.handler.on_batch_end(written.is_ok());
-        if let Some(o) = &self.ordering {
-            let held = o.finish_batch(written.is_ok());
-            self.metrics
-                .held_keys
-                .with_label_values(&[&group])
-                .set(held as i64);
-        }
-        let outcome = if written.is_ok() {
-            "committed"
-        } else {
-            "aborted"
-        };
-        self.metrics
-            .transactions
-            .with_label_values(&[&group, outcome])
-            .inc();
-        match written {
-            Ok(()) => {
-                handled.outcomes.committed(&self.metrics, &group);
-                if !self.refusals.is_empty() {
-                    for e in handled.offsets.elements() {
-                        if let Offset::Offset(next) = e.offset() {
-                            self.refusals.committed(e.topic(), e.partition(), next);
-                        }
+        let group = self.shared.group.clone();
+        self.shared
+            .metrics
+            .in_flight
+            .with_label_values(&[&group])
+            .set(0);
+        match (handled.batch.end(&self.shared, written.is_ok()), written) {
+            (Ended::Committed { offsets, to_pause }, _) => {
+                if !self.shared.refusals.is_empty() {
+                    for ((topic, partition), next) in &offsets {
+                        self.shared.refusals.committed(topic, *partition, *next);
                     }
                 }
-                for ((topic, partition), offset, due) in handled.to_pause {
+                for ((topic, partition), offset, due) in to_pause {
                     pause_at(&self.consumer, &topic, partition, offset)?;
                     self.paused.insert((topic, partition), due);
                 }
-                self.metrics
+                self.shared
+                    .metrics
                     .paused_partitions
                     .with_label_values(&[&group])
                     .set(self.paused.len() as i64);
                 Ok(())
             }
-            Err(e) => self.rewind(handled.firsts, e).await,
+            (Ended::Aborted { rewind }, Err(e)) => self.rewind(rewind, e).await,
+            (Ended::Aborted { .. }, Ok(())) => unreachable!("a written batch ends committed"),
         }
     }
 
@@ -616,7 +525,7 @@ impl<'c, H: Handler> Loop<'c, H> {
         firsts: Vec<(TopicPartition, i64)>,
         e: LoopError,
     ) -> Result<(), LoopError> {
-        tracing::warn!(group = self.group, error = %e, "batch not committed; rewinding to its start");
+        tracing::warn!(group = self.shared.group, error = %e, "batch not committed; rewinding to its start");
         if let LoopError::Kafka {
             source: KafkaError::Transaction(t),
             ..
@@ -646,26 +555,14 @@ impl<'c, H: Handler> Loop<'c, H> {
 
     /// Flushes what is still queued and leaves the group.
     fn stop(self) {
-        tracing::info!(group = self.group, "consumer loop stopping; flushing");
+        tracing::info!(
+            group = self.shared.group,
+            "consumer loop stopping; flushing"
+        );
         let p = self.producer.clone();
         let _ = blocking(move || p.flush(Duration::from_secs(10)));
         self.consumer.unsubscribe();
     }
-}
-
-struct PartitionResult {
-    tp: TopicPartition,
-    /// Each with the stamp of its record (see [`KeyOrdering::decide`]; 0 without ordering)
-    /// and the record it was made for.
-    outputs: Vec<(u64, Option<Origin>, Output)>,
-    /// Offset to commit (one past the last record handled), if any was.
-    next_offset: Option<i64>,
-    /// A retry record that is not yet due: its offset and due time.
-    wait_until: Option<(i64, i64)>,
-    /// A record made an output Kafka cannot take: the batch must not commit.
-    refused: Option<LoopError>,
-    /// What became of each record, counted once the batch is committed.
-    outcomes: Outcomes,
 }
 
 /// Outputs handed to the producer as the partition tasks make them.
@@ -695,6 +592,12 @@ impl Sent {
             topic: o.topic.clone(),
             size: refusals::output_size(o),
         }
+    }
+}
+
+impl OutputSink for OutputStream {
+    fn send(&self, origin: Option<Origin>, o: &Output) {
+        OutputStream::send(self, origin, o)
     }
 }
 
@@ -730,183 +633,6 @@ impl OutputStream {
             &mut *self.deliveries.lock().expect("deliveries"),
         ))
     }
-}
-
-/// What a partition task shares with the loop.
-struct PartitionContext<'a> {
-    router: &'a FailureRouter,
-    ordering: Option<&'a KeyOrdering>,
-    /// Where outputs go as they are made; when absent they are returned with the result.
-    stream: Option<&'a OutputStream>,
-    refusals: &'a Refusals,
-    /// The producer's `message.max.bytes`.
-    max_record: u64,
-    metrics: &'a LoopMetrics,
-    group: &'a str,
-}
-
-async fn handle_partition<H: Handler>(
-    tp: TopicPartition,
-    records: Vec<Record>,
-    handler: &H,
-    ctx: &PartitionContext<'_>,
-) -> PartitionResult {
-    let PartitionContext {
-        router,
-        metrics,
-        group,
-        ..
-    } = *ctx;
-    let mut result = PartitionResult {
-        tp,
-        outputs: Vec::new(),
-        next_offset: None,
-        wait_until: None,
-        refused: None,
-        outcomes: Outcomes::default(),
-    };
-    for record in records {
-        if let Some(due) = record.header(h::DUE_AT).and_then(|d| d.parse::<i64>().ok()) {
-            if router.tier_of(&record.topic).is_some() && due > now_ms() {
-                result.wait_until = Some((record.offset, due));
-                break;
-            }
-        }
-        if let Some(refusal) = ctx.refusals.get(&record) {
-            // Its outputs were refused last time round: dead-lettered unhandled, outside
-            // per-key ordering (nothing of it can ever be delivered in order).
-            let error = refusal.error;
-            let (_, mut copy) = router.route(&record, &error, now_ms());
-            refusals::fit_failure_copy(&mut copy, ctx.max_record, refusal.copies_refused);
-            result.outcomes.note(
-                original_topic(&record),
-                failure_outcome(&error, &Routed::DeadLetter),
-            );
-            emit(
-                ctx,
-                &mut result,
-                0,
-                Origin::failure_copy(&record, &error),
-                copy,
-            );
-            result.next_offset = Some(record.offset + 1);
-            continue;
-        }
-        let (stamp, decision) = match ctx.ordering {
-            Some(o) => o.decide(&record),
-            None => (0, Decision::Free),
-        };
-        let slot = match decision {
-            Decision::Forward(copy) => {
-                // Waits behind its key's head, unhandled.
-                let cause = HandlerError::permanent(
-                    ErrorClass::RecordTooLarge,
-                    "its copy waiting behind its key's head was refused",
-                );
-                let origin = Origin::failure_copy(&record, &cause);
-                result.outputs.push((stamp, Some(origin), copy));
-                result.next_offset = Some(record.offset + 1);
-                continue;
-            }
-            Decision::Handle(slot) => Some(slot),
-            Decision::Free => None,
-        };
-        let started = Instant::now();
-        let outcome = handler.handle(&record).await;
-        metrics
-            .handler_seconds
-            .with_label_values(&[group])
-            .observe(started.elapsed().as_secs_f64());
-        match outcome {
-            Ok(outputs) => {
-                if let Some(e) = oversized(ctx, &record, &outputs) {
-                    result.refused = Some(e);
-                    break;
-                }
-                result
-                    .outcomes
-                    .note(original_topic(&record), RecordOutcome::Ok);
-                for o in outputs {
-                    emit(ctx, &mut result, stamp, Origin::output(&record), o);
-                }
-                if let (Some(o), Some(slot)) = (ctx.ordering, &slot) {
-                    o.resolved(slot);
-                }
-            }
-            Err(error) => {
-                let (routed, mut copy) = router.route(&record, &error, now_ms());
-                refusals::fit_failure_copy(&mut copy, ctx.max_record, 0);
-                if let (Some(o), Some(slot)) = (ctx.ordering, &slot) {
-                    match routed {
-                        Routed::Retry { tier, .. } => o.retried(slot, tier, &mut copy),
-                        Routed::DeadLetter => o.resolved(slot),
-                    }
-                }
-                result
-                    .outcomes
-                    .note(original_topic(&record), failure_outcome(&error, &routed));
-                tracing::debug!(group, topic = record.topic, offset = record.offset, %error, ?routed, "record failed");
-                emit(
-                    ctx,
-                    &mut result,
-                    stamp,
-                    Origin::failure_copy(&record, &error),
-                    copy,
-                );
-            }
-        }
-        result.next_offset = Some(record.offset + 1);
-    }
-    result
-}
-
-/// Hands `output` to the producer at once, or keeps it for the batch's ordered write.
-fn emit(
-    ctx: &PartitionContext<'_>,
-    result: &mut PartitionResult,
-    stamp: u64,
-    origin: Origin,
-    output: Output,
-) {
-    match ctx.stream {
-        Some(stream) => stream.send(Some(origin), &output),
-        None => result.outputs.push((stamp, Some(origin), output)),
-    }
-}
-
-/// The refusal of the first of `record`'s outputs the producer could never send.
-fn oversized(ctx: &PartitionContext<'_>, record: &Record, outputs: &[Output]) -> Option<LoopError> {
-    let o = outputs
-        .iter()
-        .find(|o| refusals::output_size(o) > ctx.max_record)?;
-    Some(LoopError::refused(
-        ctx.refusals,
-        &Origin::output(record),
-        RefusalClass::RecordTooLarge,
-        format!(
-            "its output to {} is {} bytes, over the producer's message.max.bytes ({})",
-            o.topic,
-            refusals::output_size(o),
-            ctx.max_record
-        ),
-    ))
-}
-
-fn failure_outcome(error: &HandlerError, routed: &Routed) -> RecordOutcome {
-    match routed {
-        Routed::Retry { tier, .. } => RecordOutcome::Retried { tier: *tier },
-        Routed::DeadLetter => RecordOutcome::DeadLettered {
-            class: error.class().to_string(),
-        },
-    }
-}
-
-/// The topic a record first came from, for metric labels.
-fn original_topic(record: &Record) -> String {
-    record
-        .header(h::ORIGINAL_TOPIC)
-        .unwrap_or(&record.topic)
-        .to_string()
 }
 
 async fn commit_transaction(
