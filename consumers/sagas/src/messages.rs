@@ -161,6 +161,35 @@ impl SchemaBook {
     }
 }
 
+#[cfg(test)]
+impl SchemaBook {
+    /// A book of the catalog's latest schemas, put in `codec`'s cache, each with an id that
+    /// stands for its event type in every book (its place in the catalog), as a registry
+    /// would give: for unit tests, which run without a registry.
+    pub(crate) fn offline(
+        catalog: &Catalog,
+        pairs: impl IntoIterator<Item = (String, String)>,
+        codec: &AvroCodec,
+    ) -> Self {
+        let mut entries = HashMap::new();
+        for (topic, event_type) in pairs {
+            let place = catalog.event_types().position(|t| t == event_type);
+            let id = place.expect("in the catalog") as u32 + 1;
+            let schema = catalog
+                .latest(&event_type)
+                .expect("in the catalog")
+                .schema
+                .clone();
+            codec.preload(id, schema.clone()).expect("a valid schema");
+            entries.insert(
+                (topic, event_type),
+                SchemaWriter::new(id, schema).expect("a record"),
+            );
+        }
+        Self { entries }
+    }
+}
+
 /// An Avro string.
 pub fn text(s: &str) -> Value {
     Value::String(s.to_string())

@@ -1084,3 +1084,6 @@ fn merge(into: &mut Json, from: Json) {
 fn encode_failed(e: SagaError) -> HandlerError {
     HandlerError::permanent(ErrorClass::EncodeFailed, e.to_string())
 }
+
+#[cfg(test)]
+mod tests;

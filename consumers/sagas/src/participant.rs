@@ -172,7 +172,7 @@ impl RoleSpec {
         }
     }
 
-    fn schema_pairs(&self) -> Vec<(String, String)> {
+    pub(crate) fn schema_pairs(&self) -> Vec<(String, String)> {
         let mut pairs = Vec::new();
         for (command, r) in &self.commands {
             for t in [&r.success, &r.failure] {

@@ -301,9 +301,15 @@ async fn failures_go_to_their_tier_or_the_dead_letter_topic_and_are_counted_on_c
 
     let (outputs_again, ended) = i.batch(records, true).await;
     let routes = |os: &[Output]| -> Vec<(String, Option<Vec<u8>>)> {
-        os.iter().map(|o| (o.topic.clone(), o.key.clone())).collect()
+        os.iter()
+            .map(|o| (o.topic.clone(), o.key.clone()))
+            .collect()
     };
-    assert_eq!(routes(&outputs), routes(&outputs_again), "handling is repeatable");
+    assert_eq!(
+        routes(&outputs),
+        routes(&outputs_again),
+        "handling is repeatable"
+    );
     let retried = on(&outputs, "t0");
     let dead = on(&outputs, "dlq");
     assert_eq!((retried.len(), dead.len()), (1, 1));

@@ -1,0 +1,464 @@
+//! The orchestrator and its participants against state in a [`MemoryLog`], without a broker
+//! or a registry: the reference topology's order-fulfillment saga, driven record by record.
+//! A batch here is one record; committing it appends its outputs to the log (what
+//! `read_committed` readers and restores would see) and queues them for their consumers,
+//! aborting it drops them — as the loop's transaction does.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use serde_json::json;
+use sluice_runtime::config::RegistryConfig;
+use sluice_schemas::{AvroCodec, Catalog, RegistryClient};
+use sluice_stream::state::MemoryLog;
+use sluice_stream::{Handler, HandlerError, Output, Record};
+use sluice_topology::Topology;
+
+use super::*;
+use crate::instance::Status;
+use crate::messages::{Command, Meta, SchemaBook};
+use crate::metrics::ParticipantMetrics;
+use crate::participant::{Outcome, Participant, ParticipantHandler, RoleSpec};
+use crate::store::Slot;
+
+const PARTITIONS: i32 = 3;
+const ORDERS: &str = "sluice.events.commerce";
+const ORDER_PLACED: &str = "dev.sluice.events.commerce.OrderPlaced";
+
+/// A participant that records what it executed and fails `ChargePayment` for orders whose
+/// id says `declined`.
+#[derive(Debug, Clone, Default)]
+struct Scripted {
+    executed: Arc<Mutex<Vec<String>>>,
+}
+
+impl Participant for Scripted {
+    async fn handle(&self, command: &Command) -> Result<Outcome, HandlerError> {
+        let name = command.event_type.rsplit('.').next().unwrap_or_default();
+        self.executed
+            .lock()
+            .unwrap()
+            .push(format!("{name} {}", command.correlation_id));
+        if name == "ChargePayment" && command.correlation_id.contains("declined") {
+            return Ok(Outcome::Failed {
+                reason: "card declined".into(),
+                retryable: false,
+            });
+        }
+        Ok(Outcome::Succeeded {
+            result: Some(json!({"by": name})),
+        })
+    }
+}
+
+fn catalog() -> Catalog {
+    Catalog::embedded().unwrap()
+}
+
+fn topology(catalog: &Catalog) -> Topology {
+    let types = catalog.event_types().map(str::to_string).collect();
+    Topology::parse(
+        "topology.yaml",
+        include_str!("../../../../topology/topology.yaml"),
+        &types,
+    )
+    .unwrap()
+}
+
+/// A codec that can only decode what it was given: any registry look-up fails at once.
+fn offline_codec() -> AvroCodec {
+    let config = RegistryConfig {
+        url: "http://127.0.0.1:9/unreachable".into(),
+        ..RegistryConfig::default()
+    };
+    AvroCodec::new(RegistryClient::new(&config).unwrap())
+}
+
+/// Who handles a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Who {
+    Orchestrator,
+    Participant(usize),
+}
+
+/// One instance of the orchestrator and of every participant role, over a shared log.
+struct World {
+    log: Arc<MemoryLog>,
+    orchestrator: Orchestrator,
+    participants: Vec<ParticipantHandler<Scripted>>,
+    executed: Arc<Mutex<Vec<String>>>,
+    book: SchemaBook,
+    /// Next offset per topic partition.
+    offsets: HashMap<(String, i32), i64>,
+    /// Committed records not yet handled, in order.
+    queue: VecDeque<(Who, Record)>,
+    /// Every committed output.
+    written: Vec<Output>,
+}
+
+impl World {
+    async fn start(log: &Arc<MemoryLog>) -> Self {
+        let catalog = catalog();
+        let topology = topology(&catalog);
+        let codec = offline_codec();
+        let Plan { sagas, mut pairs } = plan(&catalog, &topology, &[], |_| Ok(PARTITIONS)).unwrap();
+        let executed = Arc::new(Mutex::new(Vec::new()));
+        let mut participants = Vec::new();
+        for role in RoleSpec::roles(&topology) {
+            let spec = RoleSpec::from_topology(&topology, &role).unwrap();
+            let book = SchemaBook::offline(&catalog, spec.schema_pairs(), &codec);
+            let metrics = ParticipantMetrics::new(&prometheus::Registry::new()).unwrap();
+            let scripted = Scripted {
+                executed: executed.clone(),
+            };
+            participants.push(ParticipantHandler::with_parts(
+                spec,
+                scripted,
+                log.clone(),
+                codec.clone(),
+                book,
+                metrics,
+            ));
+        }
+        pairs.push((ORDERS.to_string(), ORDER_PLACED.to_string()));
+        let book = SchemaBook::offline(&catalog, pairs, &codec);
+        let metrics = SagaMetrics::new(&prometheus::Registry::new()).unwrap();
+        let orchestrator =
+            Orchestrator::with_parts(log.clone(), codec, book.clone(), sagas, metrics);
+        let world = Self {
+            log: log.clone(),
+            orchestrator,
+            participants,
+            executed,
+            book,
+            offsets: HashMap::new(),
+            queue: VecDeque::new(),
+            written: Vec::new(),
+        };
+        world.assign_everything().await;
+        world
+    }
+
+    /// Gives every instance every partition of its inputs, restoring their state.
+    async fn assign_everything(&self) {
+        let all = |topics: &[String]| -> Vec<(String, i32)> {
+            topics
+                .iter()
+                .flat_map(|t| (0..PARTITIONS).map(move |p| (t.clone(), p)))
+                .collect()
+        };
+        let inputs = self.orchestrator.input_topics();
+        self.orchestrator.on_assigned(&all(&inputs)).await.unwrap();
+        for p in &self.participants {
+            p.on_assigned(&all(&p.spec().command_topics)).await.unwrap();
+        }
+    }
+
+    fn handlers_of(&self, topic: &str) -> Vec<Who> {
+        let mut who = Vec::new();
+        if self.orchestrator.input_topics().iter().any(|t| t == topic) {
+            who.push(Who::Orchestrator);
+        }
+        for (i, p) in self.participants.iter().enumerate() {
+            if p.spec().command_topics.iter().any(|t| t == topic) {
+                who.push(Who::Participant(i));
+            }
+        }
+        who
+    }
+
+    /// Handles `record` as a batch of its own, committed or not; returns its outputs.
+    async fn handle(&mut self, who: Who, record: &Record, commit: bool) -> Vec<Output> {
+        let handler: &dyn Turn = match who {
+            Who::Orchestrator => &self.orchestrator,
+            Who::Participant(i) => &self.participants[i],
+        };
+        let outputs = handler.turn(record, commit).await;
+        if commit {
+            self.log.commit(&outputs);
+            for o in &outputs {
+                self.publish(o);
+            }
+            self.written.extend(outputs.iter().cloned());
+        }
+        outputs
+    }
+
+    /// Queues a committed output for every consumer of its topic.
+    fn publish(&mut self, o: &Output) {
+        let partition = o.partition.unwrap_or_else(|| {
+            crate::home_partition(o.key.as_deref().unwrap_or_default(), PARTITIONS)
+        });
+        let offset = self
+            .offsets
+            .entry((o.topic.clone(), partition))
+            .or_default();
+        let record = Record {
+            topic: o.topic.clone(),
+            partition,
+            offset: *offset,
+            timestamp_ms: Some(metadata::now_ms()),
+            key: o.key.clone(),
+            value: o.value.clone(),
+            headers: o.headers.clone(),
+        };
+        *offset += 1;
+        for who in self.handlers_of(&o.topic) {
+            self.queue.push_back((who, record.clone()));
+        }
+    }
+
+    /// Handles queued records, each committed, until none is left.
+    async fn run_until_quiet(&mut self) {
+        let mut turns = 0;
+        while let Some((who, record)) = self.queue.pop_front() {
+            self.handle(who, &record, true).await;
+            turns += 1;
+            assert!(turns < 1_000, "the saga never settles");
+        }
+    }
+
+    /// Handles queued records, each committed, up to the first one of `event_type` (full
+    /// name) for a handler `wanted` accepts, which it returns unhandled.
+    async fn run_until(&mut self, event_type: &str, wanted: fn(Who) -> bool) -> (Who, Record) {
+        loop {
+            let (who, record) = self.queue.pop_front().expect("the record comes");
+            if wanted(who) && record.header(metadata::CE_TYPE) == Some(event_type) {
+                return (who, record);
+            }
+            self.handle(who, &record, true).await;
+        }
+    }
+
+    /// Publishes an order, as the normalizer or a publishing service would.
+    fn place_order(&mut self, id: &str) {
+        let meta = Meta {
+            event_id: format!("evt-{id}"),
+            occurred_at: metadata::now_ms(),
+            source: "sluice://sources/test".into(),
+            subject: Some(id.into()),
+        };
+        let order = meta.fill(json!({
+            "order_id": id,
+            "total": {"amount": "10.0000", "currency": "EUR"},
+            "line_items": [{"sku": "A-1", "title": "item", "quantity": 1,
+                            "unit_price": {"amount": "10.0000", "currency": "EUR"}}],
+            "provider": "test",
+        }));
+        let value = self.book.encode(ORDERS, ORDER_PLACED, &order).unwrap();
+        self.publish(&Output {
+            topic: ORDERS.into(),
+            partition: None,
+            key: Some(id.as_bytes().to_vec()),
+            value: Some(value),
+            headers: meta.headers(ORDER_PLACED, &messages::child_traceparent(None, id), &[]),
+        });
+    }
+
+    fn executed(&self) -> Vec<String> {
+        self.executed.lock().unwrap().clone()
+    }
+
+    /// The event types written to `topic` about saga `id`, in order.
+    fn events_on(&self, topic: &str, id: &str) -> Vec<String> {
+        self.written
+            .iter()
+            .filter(|o| o.topic == topic && o.key.as_deref() == Some(id.as_bytes()))
+            .filter_map(|o| header(o, metadata::CE_TYPE))
+            .map(|t| t.rsplit('.').next().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    /// The committed status of saga `id`'s instance.
+    fn status(&self, id: &str) -> Option<Status> {
+        let p = crate::home_partition(id.as_bytes(), PARTITIONS);
+        match self.orchestrator.store.get(0, p, id)? {
+            Slot::Live(i) => Some(i.status),
+            Slot::Gone { status, .. } => Some(status),
+        }
+    }
+}
+
+/// The types of `outputs` whose type ends in `suffix`.
+fn of_type(outputs: &[Output], suffix: &str) -> Vec<String> {
+    outputs
+        .iter()
+        .filter_map(|o| header(o, metadata::CE_TYPE))
+        .filter(|t| t.ends_with(suffix))
+        .collect()
+}
+
+fn header(o: &Output, name: &str) -> Option<String> {
+    o.headers
+        .iter()
+        .rev()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+}
+
+/// One record through a handler as a batch of its own: handled, its batch-wide outputs
+/// added, and the batch ended.
+trait Turn {
+    fn turn<'a>(
+        &'a self,
+        record: &'a Record,
+        commit: bool,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Output>> + 'a>>;
+}
+
+impl<H: Handler> Turn for H {
+    fn turn<'a>(
+        &'a self,
+        record: &'a Record,
+        commit: bool,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Output>> + 'a>> {
+        Box::pin(async move {
+            let mut outputs = self.handle(record).await.expect("handled");
+            outputs.extend(self.batch_outputs());
+            self.on_batch_end(commit);
+            outputs
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_saga_runs_its_steps_in_order_once_each_and_completes() {
+    let log = Arc::new(MemoryLog::default());
+    let mut w = World::start(&log).await;
+    w.place_order("o1");
+    w.run_until_quiet().await;
+    assert_eq!(
+        w.executed(),
+        [
+            "ReserveInventory o1",
+            "ChargePayment o1",
+            "CreateShipment o1"
+        ]
+    );
+    assert_eq!(w.status("o1"), Some(Status::Completed));
+    let outcome = w.events_on(ORDERS, "o1");
+    assert!(
+        outcome.contains(&"OrderConfirmed".to_string()),
+        "{outcome:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_step_compensates_the_completed_ones_and_the_saga_ends_compensated() {
+    let log = Arc::new(MemoryLog::default());
+    let mut w = World::start(&log).await;
+    w.place_order("o-declined");
+    w.run_until_quiet().await;
+    assert_eq!(
+        w.executed(),
+        [
+            "ReserveInventory o-declined",
+            "ChargePayment o-declined",
+            "ReleaseInventory o-declined"
+        ],
+        "only the completed step is undone, and nothing after the failure runs"
+    );
+    assert_eq!(w.status("o-declined"), Some(Status::Compensated));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_aborted_transition_is_redone_and_a_committed_one_ignores_its_duplicate() {
+    let log = Arc::new(MemoryLog::default());
+    let mut w = World::start(&log).await;
+    w.place_order("o2");
+    let (_, reply) = w
+        .run_until("dev.sluice.events.sagas.InventoryReserved", |who| {
+            who == Who::Orchestrator
+        })
+        .await;
+    let next = |outputs: &[Output]| of_type(outputs, "ChargePayment");
+    let aborted = w.handle(Who::Orchestrator, &reply, false).await;
+    assert_eq!(next(&aborted).len(), 1, "the transition was made");
+    assert_eq!(w.status("o2"), Some(Status::Running));
+
+    let committed = w.handle(Who::Orchestrator, &reply, true).await;
+    assert_eq!(
+        next(&committed),
+        next(&aborted),
+        "made again, the same command comes out"
+    );
+    assert_eq!(
+        header(&aborted[0], messages::COMMAND_ID_HEADER),
+        header(&committed[0], messages::COMMAND_ID_HEADER),
+        "with the same command id, so a participant can tell a resend"
+    );
+    let duplicate = w.handle(Who::Orchestrator, &reply, true).await;
+    assert!(
+        next(&duplicate).is_empty(),
+        "a committed reply seen again changes nothing: {duplicate:?}"
+    );
+    w.run_until_quiet().await;
+    assert_eq!(w.status("o2"), Some(Status::Completed));
+    assert_eq!(w.executed().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn new_instances_restore_sagas_and_handled_commands_from_their_state_topics() {
+    let log = Arc::new(MemoryLog::default());
+    let mut first = World::start(&log).await;
+    first.place_order("o3");
+    // Up to the payment command: inventory reserved, the charge not yet executed.
+    let (_, charge) = first
+        .run_until("dev.sluice.events.sagas.ChargePayment", |_| true)
+        .await;
+    let reserve = first
+        .written
+        .iter()
+        .find(|o| {
+            header(o, metadata::CE_TYPE).as_deref()
+                == Some("dev.sluice.events.sagas.ReserveInventory")
+        })
+        .cloned()
+        .unwrap();
+
+    // Everything restarts: new instances over the same log.
+    let mut second = World::start(&log).await;
+    assert_eq!(second.status("o3"), Some(Status::Running));
+    second.offsets = first.offsets.clone();
+    // The inventory command delivered again (a resend after a lost reply): answered from
+    // the restored dedup state, not executed again.
+    second.publish(&reserve);
+    second.publish(&Output {
+        topic: charge.topic.clone(),
+        partition: Some(charge.partition),
+        key: charge.key.clone(),
+        value: charge.value.clone(),
+        headers: charge.headers.clone(),
+    });
+    second.run_until_quiet().await;
+    assert_eq!(first.executed(), ["ReserveInventory o3"]);
+    assert_eq!(
+        second.executed(),
+        ["ChargePayment o3", "CreateShipment o3"],
+        "each step ran once across both instances"
+    );
+    assert_eq!(second.status("o3"), Some(Status::Completed));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_participant_answers_a_resend_from_its_committed_state_only() {
+    let log = Arc::new(MemoryLog::default());
+    let mut w = World::start(&log).await;
+    w.place_order("o4");
+    let (who, command) = w
+        .run_until("dev.sluice.events.sagas.ReserveInventory", |who| {
+            matches!(who, Who::Participant(_))
+        })
+        .await;
+    let replies = |outputs: &[Output]| of_type(outputs, "InventoryReserved");
+    let aborted = w.handle(who, &command, false).await;
+    assert_eq!(replies(&aborted).len(), 1);
+    // The aborted batch's record of the command is gone: the command runs again.
+    let committed = w.handle(who, &command, true).await;
+    assert_eq!(replies(&committed).len(), 1);
+    assert_eq!(w.executed(), ["ReserveInventory o4", "ReserveInventory o4"]);
+    // Once committed, a resend is answered with the same reply and not executed.
+    let resent = w.handle(who, &command, true).await;
+    assert_eq!(replies(&resent).len(), 1);
+    assert_eq!(w.executed().len(), 2);
+}
