@@ -11,6 +11,11 @@
 //! accepted answer is remembered: after an error, or when the client disconnects mid-request,
 //! the key is released and a retry publishes. In the disconnect case the first attempt may
 //! still have been written, so such a retry can duplicate; `event_id` dedup covers it.
+//!
+//! A map and an age queue rather than a cache crate such as `moka`: a new key's in-flight
+//! claim must always be taken (moka's TinyLFU admission may refuse a new entry when full,
+//! and a claim not taken would let a concurrent retry publish twice), the oldest keys go
+//! first rather than the least used, and expiry is tested with the caller's clock.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
