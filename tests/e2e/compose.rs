@@ -59,6 +59,7 @@ fn compose_has_every_service_with_the_dev_stack_ports() {
         "kafka",
         "registry",
         "registry-init",
+        "postgres",
         "prometheus",
         "grafana",
         "jaeger",
@@ -71,6 +72,9 @@ fn compose_has_every_service_with_the_dev_stack_ports() {
     }
     assert!(ports_of(&c["services"]["kafka"]).contains(&"9092:9092".to_string()));
     assert!(ports_of(&c["services"]["registry"]).contains(&"8081:8081".to_string()));
+    let stack = std::fs::read_to_string(root().join("dev/stack")).unwrap();
+    assert!(stack.contains("POSTGRES_PORT=${SLUICE_POSTGRES_PORT:-15432}"));
+    assert!(ports_of(&c["services"]["postgres"]).contains(&"15432:5432".to_string()));
     assert!(ports_of(&c["services"]["sluice"]).contains(&"9464:9464".to_string()));
     let defaults = SluiceConfig::default();
     assert!(defaults.kafka.bootstrap_servers.ends_with(":9092"));
