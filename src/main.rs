@@ -55,6 +55,9 @@ enum Command {
     /// Consumer lag of every group: offsets, time lag and Burrow-style status; `--export`
     /// serves it as Prometheus metrics.
     Lag(cli::lag::LagArgs),
+    /// The transactional outbox: create its table (`init`), relay it to Kafka (`relay`).
+    #[command(subcommand)]
+    Outbox(cli::outbox::OutboxCommand),
     /// Every role in one supervised process; `--demo` also drives the demo traffic.
     Run(cli::run::RunArgs),
     /// Benchmarks against the live stack, each with a raw rdkafka ceiling from the same run.
@@ -97,6 +100,7 @@ fn main() -> ExitCode {
             Command::Saga(cmd) => cli::saga::run(&config, cmd).await,
             Command::Lag(args) => cli::lag::run(&config, args).await,
             Command::Bench(cmd) => bench::run(&config, cmd).await,
+            Command::Outbox(cmd) => cli::outbox::run(&config, cmd).await,
             Command::Run(args) => cli::run::run(&config, cli.config.as_deref(), args).await,
         }
     });

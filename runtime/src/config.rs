@@ -39,6 +39,8 @@ pub struct SluiceConfig {
     pub admin: AdminConfig,
     pub telemetry: TelemetryConfig,
     pub gateway: GatewayConfig,
+    /// The transactional outbox relay (`sluice outbox relay`); absent: no outbox.
+    pub outbox: Option<OutboxConfig>,
     /// Path of the topology file (topics, sources, retry tiers, sagas).
     pub topology: Option<PathBuf>,
 }
@@ -238,6 +240,45 @@ pub struct PublishToken {
     /// Requests the token may make at once; defaults to `rate_per_sec`.
     #[serde(default)]
     pub burst: Option<u32>,
+}
+
+/// The transactional outbox: a table in a service's PostgreSQL database whose rows the relay
+/// publishes to Kafka exactly once (`producers/outbox`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxConfig {
+    /// libpq-style connection string (`postgres://user:password@127.0.0.1:15432/db` or
+    /// `host=… user=…`); a secret, since it usually holds the password.
+    pub dsn: SecretRef,
+    /// The outbox table (`sluice outbox init` creates it): a plain identifier, optionally
+    /// schema-qualified (`app.sluice_outbox`).
+    pub table: String,
+    /// Aggregates are spread over this many lanes (a hash of the aggregate id); each lane is
+    /// relayed by one relay at a time, in order. Fixed for the life of a table.
+    pub lanes: u32,
+    /// How often an idle lane looks for new rows.
+    pub poll_interval_ms: u64,
+    /// Rows read and published per Kafka transaction, per lane.
+    pub batch_size: u32,
+    /// How long a gap in an aggregate's sequence is waited for before it is reported (the
+    /// aggregate keeps waiting; nothing is skipped).
+    pub gap_report_ms: u64,
+    /// CloudEvents `source` of relayed events whose payload has none.
+    pub source: String,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self {
+            dsn: SecretRef::Env("SLUICE_OUTBOX_DSN".into()),
+            table: "sluice_outbox".into(),
+            lanes: 8,
+            poll_interval_ms: 100,
+            batch_size: 500,
+            gap_report_ms: 30_000,
+            source: "sluice://outbox".into(),
+        }
+    }
 }
 
 /// Where a secret comes from, written `{env: NAME}` or `{file: PATH}`. Secrets are never

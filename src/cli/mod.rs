@@ -7,6 +7,7 @@ pub mod doctor;
 pub mod gateway;
 pub mod lag;
 pub mod normalize;
+pub mod outbox;
 pub mod printable;
 pub mod renamed;
 pub mod run;

@@ -1,0 +1,323 @@
+//! One owned lane: its transactional producer, its ordering state, and one batch at a time.
+//!
+//! A batch is one Kafka transaction holding the lane's events (or dead letters) and the
+//! lane's new position. Any failure aborts it and drops the lane; the relay claims it again,
+//! which re-initialises the producer (fencing whatever it left open) and reads the position
+//! back from Kafka: the in-memory state is never trusted past an error.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use sluice_runtime::kafka::KafkaClients;
+use sluice_stream::state::kafka::read_partitions;
+
+use super::db::{Db, DbError};
+use super::Relay;
+use crate::position;
+use crate::sequencer::{Durable, Plan, Sequencer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaneError {
+    #[error("lane {lane}: {what}: {source}")]
+    Kafka {
+        lane: u32,
+        what: &'static str,
+        source: KafkaError,
+    },
+    #[error("lane {lane}: reading its position from {topic}: {reason}")]
+    Restore {
+        lane: u32,
+        topic: String,
+        reason: String,
+    },
+    #[error("lane {lane}: {0}", lane = .1)]
+    Db(#[source] DbError, u32),
+}
+
+/// What one step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing new to publish.
+    Idle,
+    /// Published a batch; there may be more.
+    Published { rows: usize },
+}
+
+pub struct Lane {
+    pub lane: u32,
+    producer: FutureProducer,
+    sequencer: Sequencer,
+    partition: i32,
+    last_backlog: Option<Instant>,
+}
+
+impl std::fmt::Debug for Lane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lane").field("lane", &self.lane).finish()
+    }
+}
+
+/// Runs blocking librdkafka calls off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, KafkaError> + Send + 'static,
+) -> Result<T, KafkaError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or(Err(KafkaError::Canceled))
+}
+
+impl Lane {
+    /// Takes over `lane` in Kafka: fences its previous producer, then reads its position.
+    pub async fn open(relay: &Arc<Relay>, lane: u32) -> Result<Self, LaneError> {
+        let kafka = |what| move |source| LaneError::Kafka { lane, what, source };
+        let producer: FutureProducer = relay
+            .clients
+            .transactional_producer_config(
+                "outbox-relay",
+                &format!("outbox-{}-lane-{lane}", relay.settings.table),
+            )
+            .map_err(|e| LaneError::Restore {
+                lane,
+                topic: relay.state_topic.clone(),
+                reason: e.to_string(),
+            })?
+            .create()
+            .map_err(kafka("creating the transactional producer"))?;
+        let init = producer.clone();
+        blocking(move || init.init_transactions(Duration::from_secs(30)))
+            .await
+            .map_err(kafka(
+                "initialising transactions (fencing the previous owner)",
+            ))?;
+        let partition =
+            position::partition_of(relay.settings.table.as_str(), lane, relay.state_partitions);
+        let durable = restore(
+            relay.clients.clone(),
+            relay.state_topic.clone(),
+            relay.settings.table.to_string(),
+            lane,
+            partition,
+        )
+        .await?;
+        tracing::info!(lane, watermark = ?durable.watermark, aggregates = durable.last.len(), "outbox lane claimed");
+        Ok(Self {
+            lane,
+            producer,
+            sequencer: Sequencer::restore(durable),
+            partition,
+            last_backlog: None,
+        })
+    }
+
+    /// Reads the next eligible rows and publishes what is next in line, with the new position,
+    /// in one Kafka transaction; then deletes what the position covers.
+    pub async fn step(&mut self, relay: &Arc<Relay>, db: &mut Db) -> Result<Step, LaneError> {
+        let lane = self.lane;
+        let s = &relay.settings;
+        let rows = db
+            .read_batch(lane, self.sequencer.cursor(), s.batch_size)
+            .await
+            .map_err(|e| LaneError::Db(e, lane))?;
+        let full = rows.len() as u32 >= s.batch_size;
+        let plan = self.sequencer.plan(rows, Instant::now(), s.gap_report);
+        self.report(relay, &plan);
+        if !plan.is_durable_change(&self.sequencer) {
+            self.sequencer.commit(plan);
+            self.observe(relay, db).await;
+            return Ok(if full {
+                Step::Published { rows: 0 }
+            } else {
+                Step::Idle
+            });
+        }
+        let (events, dead) = self.publish(relay, &plan).await?;
+        let watermark = plan.watermark();
+        self.sequencer.commit(plan);
+        let label = lane.to_string();
+        relay
+            .metrics
+            .relayed
+            .with_label_values(&[&label])
+            .inc_by(events);
+        relay
+            .metrics
+            .dead_lettered
+            .with_label_values(&[&label])
+            .inc_by(dead);
+        if let Err(e) = db.delete_through(lane, watermark).await {
+            tracing::warn!(lane, error = %e, "could not delete relayed rows (they stay until the next batch)");
+        }
+        self.observe(relay, db).await;
+        Ok(Step::Published {
+            rows: (events + dead) as usize,
+        })
+    }
+
+    /// One transaction: the plan's records, then the lane's position.
+    async fn publish(&self, relay: &Arc<Relay>, plan: &Plan) -> Result<(u64, u64), LaneError> {
+        let lane = self.lane;
+        let kafka = |what| move |source| LaneError::Kafka { lane, what, source };
+        self.producer
+            .begin_transaction()
+            .map_err(kafka("beginning a transaction"))?;
+        let result = async {
+            let table = relay.settings.table.as_str();
+            let mut deliveries = Vec::with_capacity(plan.emit.len() + plan.advanced.len() + 1);
+            let (mut events, mut dead) = (0, 0);
+            for row in &plan.emit {
+                let out =
+                    relay
+                        .routes
+                        .encode(row, table, &relay.settings.source, &relay.dlq_topic);
+                if out.dead_letter {
+                    dead += 1;
+                    tracing::warn!(lane, row = row.position.id, event_id = %row.event_id,
+                        aggregate_type = %row.aggregate_type, aggregate_id = %row.aggregate_id,
+                        sequence = row.sequence, reason = %out.headers.last().map(|h| h.1.as_str()).unwrap_or_default(),
+                        "outbox row dead-lettered");
+                } else {
+                    events += 1;
+                }
+                let headers = owned_headers(&out.headers);
+                let record = FutureRecord::to(&out.topic)
+                    .key(&out.key)
+                    .payload(&out.payload)
+                    .headers(headers);
+                deliveries.push(
+                    self.producer
+                        .send_result(record)
+                        .map_err(|(e, _)| kafka("enqueuing a record")(e))?,
+                );
+            }
+            let mut state: Vec<(Vec<u8>, Vec<u8>)> = plan
+                .advanced
+                .iter()
+                .map(|(a, s)| {
+                    (
+                        position::aggregate_key(table, lane, a),
+                        position::sequence_value(*s),
+                    )
+                })
+                .collect();
+            state.push((
+                position::watermark_key(table, lane),
+                position::watermark_value(plan.watermark()),
+            ));
+            for (key, value) in &state {
+                let record = FutureRecord::to(&relay.state_topic)
+                    .partition(self.partition)
+                    .key(key)
+                    .payload(value);
+                deliveries.push(
+                    self.producer
+                        .send_result(record)
+                        .map_err(|(e, _)| kafka("enqueuing the position")(e))?,
+                );
+            }
+            for d in join_all(deliveries).await {
+                match d {
+                    Ok(Ok(_)) => {}
+                    Ok(Err((e, _))) => return Err(kafka("producing a record")(e)),
+                    Err(_) => return Err(kafka("producing a record")(KafkaError::Canceled)),
+                }
+            }
+            let p = self.producer.clone();
+            blocking(move || p.commit_transaction(Duration::from_secs(60)))
+                .await
+                .map_err(kafka("committing the transaction"))?;
+            Ok((events, dead))
+        }
+        .await;
+        if result.is_err() {
+            let p = self.producer.clone();
+            let _ = blocking(move || p.abort_transaction(Duration::from_secs(30))).await;
+        }
+        result
+    }
+
+    fn report(&self, relay: &Arc<Relay>, plan: &Plan) {
+        for gap in &plan.gaps {
+            relay
+                .metrics
+                .gaps
+                .with_label_values(&[&self.lane.to_string()])
+                .inc();
+            tracing::error!(lane = self.lane, aggregate_type = %gap.aggregate.aggregate_type,
+                aggregate_id = %gap.aggregate.aggregate_id, expected = gap.expected,
+                next_held = gap.next_held, held_rows = gap.held_rows, waited = ?gap.waited,
+                "gap in an aggregate's outbox sequence: its later events wait until the missing one is written");
+        }
+    }
+
+    /// Refreshes the lane's gauges, at most once a second.
+    async fn observe(&mut self, relay: &Arc<Relay>, db: &Db) {
+        if self
+            .last_backlog
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.last_backlog = Some(Instant::now());
+        let label = self.lane.to_string();
+        relay
+            .metrics
+            .held
+            .with_label_values(&[&label])
+            .set(self.sequencer.held_rows() as i64);
+        if let Ok((waiting, age)) = db
+            .backlog(self.lane, self.sequencer.durable().watermark)
+            .await
+        {
+            relay
+                .metrics
+                .waiting
+                .with_label_values(&[&label])
+                .set(waiting);
+            relay
+                .metrics
+                .oldest_age
+                .with_label_values(&[&label])
+                .set(age);
+        }
+    }
+}
+
+fn owned_headers(pairs: &[(&'static str, String)]) -> rdkafka::message::OwnedHeaders {
+    pairs
+        .iter()
+        .fold(rdkafka::message::OwnedHeaders::new(), |h, (k, v)| {
+            h.insert(rdkafka::message::Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            })
+        })
+}
+
+/// The lane's durable state, read committed from its state partition.
+async fn restore(
+    clients: KafkaClients,
+    topic: String,
+    table: String,
+    lane: u32,
+    partition: i32,
+) -> Result<Durable, LaneError> {
+    let t = topic.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut durable = Durable::default();
+        read_partitions(&clients, &t, &[partition], |_, key, value| {
+            position::apply(&mut durable, &table, lane, key, value)
+        })
+        .map(|_| durable)
+        .map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()))
+    .map_err(|reason| LaneError::Restore {
+        lane,
+        topic,
+        reason,
+    })
+}

@@ -1,0 +1,222 @@
+//! `sluice outbox relay`: publishes outbox rows to Kafka exactly once, in order per
+//! aggregate.
+//!
+//! The relay owns some of the table's lanes (see [`crate::lanes`]); each step of an owned lane
+//! is one Kafka transaction with the lane's next events and its new position
+//! ([`crate::position`]). Relays of one table share the lanes: each takes its fair share
+//! (lanes ÷ live relays, rounded up) and gives back what is above it, so a second relay
+//! started next to a first one gets half the lanes within a few polls.
+
+mod db;
+mod lane;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sluice_runtime::config::OutboxConfig;
+use sluice_runtime::kafka::KafkaClients;
+use sluice_runtime::Shutdown;
+use sluice_stream::state::kafka::partition_count;
+
+pub use db::{application_name, Db, DbError};
+pub use lane::{Lane, LaneError, Step};
+
+use crate::ddl::{InvalidTableName, TableName};
+use crate::metrics::RelayMetrics;
+use crate::records::Routes;
+
+/// The relay's settings, checked.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub table: TableName,
+    pub lanes: u32,
+    pub poll_interval: Duration,
+    pub batch_size: u32,
+    pub gap_report: Duration,
+    pub source: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error(transparent)]
+    Table(#[from] InvalidTableName),
+    #[error("outbox.{0} must be between 1 and {1}")]
+    OutOfRange(&'static str, u32),
+}
+
+impl Settings {
+    pub fn from_config(c: &OutboxConfig) -> Result<Self, SettingsError> {
+        if !(1..=1024).contains(&c.lanes) {
+            return Err(SettingsError::OutOfRange("lanes", 1024));
+        }
+        if !(1..=10_000).contains(&c.batch_size) {
+            return Err(SettingsError::OutOfRange("batch_size", 10_000));
+        }
+        Ok(Self {
+            table: TableName::parse(&c.table)?,
+            lanes: c.lanes,
+            poll_interval: Duration::from_millis(c.poll_interval_ms.max(1)),
+            batch_size: c.batch_size,
+            gap_report: Duration::from_millis(c.gap_report_ms),
+            source: c.source.clone(),
+        })
+    }
+}
+
+/// What every lane of the relay shares.
+pub struct Relay {
+    pub settings: Settings,
+    pub clients: KafkaClients,
+    pub routes: Routes,
+    pub state_topic: String,
+    pub dlq_topic: String,
+    pub state_partitions: i32,
+    pub metrics: RelayMetrics,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("settings", &self.settings)
+            .field("state_topic", &self.state_topic)
+            .finish()
+    }
+}
+
+/// The compacted topic holding the relay's positions under topology `prefix`.
+pub fn state_topic(prefix: &str) -> String {
+    sluice_topology::naming::state_topic(prefix, "outbox")
+}
+
+/// The outbox relay's dead-letter topic under topology `prefix`.
+pub fn dlq_topic(prefix: &str) -> String {
+    sluice_topology::naming::dlq_topic(prefix, "outbox")
+}
+
+impl Relay {
+    pub async fn new(
+        settings: Settings,
+        clients: KafkaClients,
+        routes: Routes,
+        prefix: &str,
+        metrics: RelayMetrics,
+    ) -> Result<Self, sluice_stream::state::StateError> {
+        let state_topic = state_topic(prefix);
+        let (c, t) = (clients.clone(), state_topic.clone());
+        let state_partitions = tokio::task::spawn_blocking(move || partition_count(&c, &t))
+            .await
+            .expect("metadata task")?;
+        Ok(Self {
+            settings,
+            clients,
+            routes,
+            dlq_topic: dlq_topic(prefix),
+            state_topic,
+            state_partitions,
+            metrics,
+        })
+    }
+
+    /// Relays until `shutdown`: connects (again after any loss of the connection, which
+    /// also loses the lane locks), claims a fair share of lanes and steps them in turn.
+    pub async fn run(self: Arc<Self>, dsn: String, shutdown: Shutdown) {
+        let mut backoff = Duration::from_millis(200);
+        while !shutdown.is_triggered() {
+            match Db::connect(&dsn, &self.settings.table, self.settings.lanes).await {
+                Ok(db) => {
+                    backoff = Duration::from_millis(200);
+                    self.relay_connected(db, &shutdown).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "outbox database unavailable")
+                }
+            }
+            self.metrics.lanes_owned.set(0);
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.wait() => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    async fn relay_connected(self: &Arc<Self>, mut db: Db, shutdown: &Shutdown) {
+        let mut owned: BTreeMap<u32, Lane> = BTreeMap::new();
+        let mut last_balance: Option<Instant> = None;
+        while !shutdown.is_triggered() && !db.is_closed() {
+            if last_balance.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                last_balance = Some(Instant::now());
+                if let Err(e) = self.balance(&db, &mut owned).await {
+                    tracing::warn!(error = %e, "could not balance outbox lanes");
+                    break;
+                }
+            }
+            let mut busy = false;
+            let lanes: Vec<u32> = owned.keys().copied().collect();
+            for n in lanes {
+                let Some(lane) = owned.get_mut(&n) else {
+                    continue;
+                };
+                match lane.step(self, &mut db).await {
+                    Ok(Step::Idle) => {}
+                    Ok(Step::Published { .. }) => busy = true,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "outbox lane failed; it is claimed again from its committed position");
+                        owned.remove(&n);
+                        let _ = db.unlock(n).await;
+                    }
+                }
+            }
+            self.metrics.lanes_owned.set(owned.len() as i64);
+            if !busy {
+                tokio::select! {
+                    _ = tokio::time::sleep(self.settings.poll_interval) => {}
+                    _ = shutdown.wait() => {}
+                }
+            }
+        }
+        // Dropping the connection releases whatever locks are left.
+        for n in owned.keys() {
+            let _ = db.unlock(*n).await;
+        }
+    }
+
+    /// Gives back lanes above the fair share, then claims free ones up to it.
+    async fn balance(
+        self: &Arc<Self>,
+        db: &Db,
+        owned: &mut BTreeMap<u32, Lane>,
+    ) -> Result<(), DbError> {
+        let relays = db.live_relays().await?;
+        let share = crate::lanes::fair_share(self.settings.lanes, relays) as usize;
+        while owned.len() > share {
+            let Some((n, _)) = owned.pop_last() else {
+                break;
+            };
+            db.unlock(n).await?;
+            tracing::info!(lane = n, relays, "outbox lane given back to balance relays");
+        }
+        // Start at a different lane per process so relays starting together spread out.
+        let start = std::process::id() % self.settings.lanes;
+        for i in 0..self.settings.lanes {
+            if owned.len() >= share {
+                break;
+            }
+            let n = (start + i) % self.settings.lanes;
+            if owned.contains_key(&n) || !db.try_lock(n).await? {
+                continue;
+            }
+            match Lane::open(self, n).await {
+                Ok(lane) => {
+                    owned.insert(n, lane);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not claim an outbox lane");
+                    db.unlock(n).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,321 @@
+//! Per-aggregate order within one lane, apart from Kafka and PostgreSQL.
+//!
+//! Rows arrive in `(xid, id)` order, which is not commit order: a transaction that took its
+//! id first can write sequence 6 of an aggregate while a later one, committed earlier, wrote
+//! 5. The sequencer releases each aggregate's rows in `sequence` order only (1, 2, 3, …),
+//! holds a row whose predecessor has not been seen yet, and reports a hold that lasts longer
+//! than the configured bound. It never skips: a held aggregate waits until its missing row
+//! arrives, while other aggregates of the lane go on.
+//!
+//! Its durable part ([`Durable`]) is what the relay writes to Kafka with the events: the
+//! position below which every row is done, and each aggregate's last relayed sequence, which
+//! also recognises rows that were relayed after a held one and are read again after a restart.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use crate::event::{AggregateKey, OutboxRow, Position};
+
+/// What survives a restart: restored from the state topic, written in each transaction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Durable {
+    /// Every row at or below it is relayed (or was relayed and is read again as a duplicate).
+    pub watermark: Position,
+    /// The last relayed sequence per aggregate.
+    pub last: HashMap<AggregateKey, i64>,
+}
+
+/// Rows of one aggregate waiting for a missing sequence.
+#[derive(Debug, Clone)]
+struct Held {
+    rows: BTreeMap<i64, OutboxRow>,
+    since: Instant,
+    reported: bool,
+}
+
+/// A gap that has been waited on for longer than the bound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gap {
+    pub aggregate: AggregateKey,
+    pub expected: i64,
+    pub next_held: i64,
+    pub held_rows: usize,
+    pub waited: Duration,
+}
+
+/// One lane's ordering state.
+#[derive(Debug, Clone, Default)]
+pub struct Sequencer {
+    durable: Durable,
+    /// Where the next read starts: past held rows, which stay here in memory.
+    cursor: Position,
+    held: BTreeMap<AggregateKey, Held>,
+}
+
+/// The outcome of one batch: what to publish, in order, and the state once it is committed.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub emit: Vec<OutboxRow>,
+    /// Aggregates whose last sequence changed, with the new value.
+    pub advanced: BTreeMap<AggregateKey, i64>,
+    /// Rows read again that were already relayed (after a restart).
+    pub duplicates: usize,
+    /// Gaps reported for the first time by this batch.
+    pub gaps: Vec<Gap>,
+    next: Sequencer,
+}
+
+impl Plan {
+    pub fn watermark(&self) -> Position {
+        self.next.durable.watermark
+    }
+
+    /// Whether committing the plan changes anything durable.
+    pub fn is_durable_change(&self, before: &Sequencer) -> bool {
+        !self.emit.is_empty() || self.watermark() != before.durable.watermark
+    }
+}
+
+impl Sequencer {
+    pub fn restore(durable: Durable) -> Self {
+        Self {
+            cursor: durable.watermark,
+            durable,
+            held: BTreeMap::new(),
+        }
+    }
+
+    pub fn durable(&self) -> &Durable {
+        &self.durable
+    }
+
+    /// The position the next read starts after.
+    pub fn cursor(&self) -> Position {
+        self.cursor
+    }
+
+    /// Rows held behind gaps.
+    pub fn held_rows(&self) -> usize {
+        self.held.values().map(|h| h.rows.len()).sum()
+    }
+
+    /// The longest current hold.
+    pub fn oldest_hold(&self, now: Instant) -> Duration {
+        self.held
+            .values()
+            .map(|h| now.saturating_duration_since(h.since))
+            .max()
+            .unwrap_or_default()
+    }
+
+    /// Orders `rows` (read after [`cursor`](Self::cursor), in `(xid, id)` order).
+    pub fn plan(&self, rows: Vec<OutboxRow>, now: Instant, report_after: Duration) -> Plan {
+        let mut next = self.clone();
+        let mut emit = Vec::new();
+        let mut advanced = BTreeMap::new();
+        let mut duplicates = 0;
+        for row in rows {
+            next.cursor = next.cursor.max(row.position);
+            let key = row.aggregate();
+            let expected = next.expected(&key);
+            if row.sequence < expected {
+                duplicates += 1;
+            } else if row.sequence > expected {
+                let held = next.held.entry(key).or_insert_with(|| Held {
+                    rows: BTreeMap::new(),
+                    since: now,
+                    reported: false,
+                });
+                held.rows.insert(row.sequence, row);
+            } else {
+                next.durable.last.insert(key.clone(), row.sequence);
+                advanced.insert(key.clone(), row.sequence);
+                emit.push(row);
+                next.release(&key, now, &mut emit, &mut advanced);
+            }
+        }
+        let gaps = next.report(now, report_after);
+        next.durable.watermark = next.safe_watermark();
+        Plan {
+            emit,
+            advanced,
+            duplicates,
+            gaps,
+            next,
+        }
+    }
+
+    /// Takes the state a committed plan leads to.
+    pub fn commit(&mut self, plan: Plan) {
+        *self = plan.next;
+    }
+
+    fn expected(&self, key: &AggregateKey) -> i64 {
+        self.durable.last.get(key).map_or(1, |s| s + 1)
+    }
+
+    /// Emits `key`'s held rows that have become next in line.
+    fn release(
+        &mut self,
+        key: &AggregateKey,
+        now: Instant,
+        emit: &mut Vec<OutboxRow>,
+        advanced: &mut BTreeMap<AggregateKey, i64>,
+    ) {
+        let Some(held) = self.held.get_mut(key) else {
+            return;
+        };
+        let mut last = self.durable.last.get(key).copied().unwrap_or(0);
+        while let Some(row) = held.rows.remove(&(last + 1)) {
+            last = row.sequence;
+            emit.push(row);
+        }
+        self.durable.last.insert(key.clone(), last);
+        advanced.insert(key.clone(), last);
+        if held.rows.is_empty() {
+            self.held.remove(key);
+        } else {
+            // A new gap further on: its wait starts now.
+            held.since = now;
+            held.reported = false;
+        }
+    }
+
+    fn report(&mut self, now: Instant, after: Duration) -> Vec<Gap> {
+        let mut gaps = Vec::new();
+        for (key, held) in &mut self.held {
+            let waited = now.saturating_duration_since(held.since);
+            if !held.reported && waited >= after {
+                held.reported = true;
+                gaps.push(Gap {
+                    aggregate: key.clone(),
+                    expected: self.durable.last.get(key).map_or(1, |s| s + 1),
+                    next_held: held.rows.keys().next().copied().unwrap_or_default(),
+                    held_rows: held.rows.len(),
+                    waited,
+                });
+            }
+        }
+        gaps
+    }
+
+    /// The cursor, pulled back before the first held row so a restart reads it again.
+    fn safe_watermark(&self) -> Position {
+        self.held
+            .values()
+            .flat_map(|h| h.rows.values())
+            .map(|r| r.position.just_before())
+            .min()
+            .map_or(self.cursor, |h| h.min(self.cursor))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(xid: i64, id: i64, agg: &str, seq: i64) -> OutboxRow {
+        OutboxRow {
+            position: Position { xid, id },
+            event_id: uuid::Uuid::now_v7(),
+            aggregate_type: "order".into(),
+            aggregate_id: agg.into(),
+            sequence: seq,
+            event_type: "t".into(),
+            payload: serde_json::json!({}),
+            headers: serde_json::json!({}),
+            created_at_ms: 0,
+        }
+    }
+
+    fn emitted(plan: &Plan) -> Vec<(String, i64)> {
+        plan.emit
+            .iter()
+            .map(|r| (r.aggregate_id.clone(), r.sequence))
+            .collect()
+    }
+
+    const BOUND: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn a_later_sequence_read_first_waits_for_its_predecessor() {
+        let now = Instant::now();
+        let mut s = Sequencer::default();
+        // Sequence 2 took the lower xid (its transaction started first, committed last).
+        let plan = s.plan(
+            vec![row(10, 1, "a", 2), row(11, 2, "b", 1), row(12, 3, "a", 1)],
+            now,
+            BOUND,
+        );
+        assert_eq!(
+            emitted(&plan),
+            [("b".into(), 1), ("a".into(), 1), ("a".into(), 2)]
+        );
+        assert_eq!(plan.watermark(), Position { xid: 12, id: 3 });
+        s.commit(plan);
+        assert_eq!(s.held_rows(), 0);
+    }
+
+    #[test]
+    fn a_held_row_keeps_the_watermark_below_it_but_not_the_cursor() {
+        let now = Instant::now();
+        let mut s = Sequencer::default();
+        let plan = s.plan(vec![row(10, 1, "a", 2), row(11, 2, "b", 1)], now, BOUND);
+        assert_eq!(emitted(&plan), [("b".into(), 1)]);
+        assert_eq!(plan.watermark(), Position { xid: 10, id: 0 });
+        s.commit(plan);
+        assert_eq!(s.cursor(), Position { xid: 11, id: 2 });
+        assert_eq!(s.held_rows(), 1);
+
+        // After a restart from the watermark, b:1 is read again and recognised.
+        let mut restarted = Sequencer::restore(s.durable().clone());
+        let plan = restarted.plan(
+            vec![row(10, 1, "a", 2), row(11, 2, "b", 1), row(13, 4, "a", 1)],
+            now,
+            BOUND,
+        );
+        assert_eq!(emitted(&plan), [("a".into(), 1), ("a".into(), 2)]);
+        assert_eq!(plan.duplicates, 1);
+        assert_eq!(plan.watermark(), Position { xid: 13, id: 4 });
+        restarted.commit(plan);
+    }
+
+    #[test]
+    fn a_gap_is_reported_once_after_the_bound_and_never_skipped() {
+        let t0 = Instant::now();
+        let mut s = Sequencer::default();
+        let plan = s.plan(vec![row(1, 1, "a", 1), row(2, 2, "a", 3)], t0, BOUND);
+        assert!(plan.gaps.is_empty());
+        s.commit(plan);
+        let plan = s.plan(vec![], t0 + Duration::from_secs(31), BOUND);
+        assert_eq!(
+            plan.gaps,
+            [Gap {
+                aggregate: AggregateKey {
+                    aggregate_type: "order".into(),
+                    aggregate_id: "a".into()
+                },
+                expected: 2,
+                next_held: 3,
+                held_rows: 1,
+                waited: Duration::from_secs(31),
+            }]
+        );
+        assert!(plan.emit.is_empty());
+        s.commit(plan);
+        let plan = s.plan(vec![], t0 + Duration::from_secs(62), BOUND);
+        assert!(plan.gaps.is_empty(), "reported once");
+        s.commit(plan);
+        // The missing row arrives late: both go, in order.
+        let plan = s.plan(vec![row(3, 3, "a", 2)], t0 + Duration::from_secs(70), BOUND);
+        assert_eq!(emitted(&plan), [("a".into(), 2), ("a".into(), 3)]);
+        assert_eq!(plan.advanced.values().copied().collect::<Vec<_>>(), [3]);
+    }
+
+    #[test]
+    fn nothing_new_is_no_durable_change() {
+        let s = Sequencer::default();
+        let plan = s.plan(vec![], Instant::now(), BOUND);
+        assert!(!plan.is_durable_change(&s));
+    }
+}
