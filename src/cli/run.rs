@@ -29,6 +29,8 @@ pub enum Role {
     Sagas,
     Participants,
     LagExporter,
+    /// The transactional outbox relay; in the default roles when `outbox` is configured.
+    Outbox,
 }
 
 impl Role {
@@ -38,6 +40,7 @@ impl Role {
             Role::Sagas => Some(&["saga", "run"]),
             Role::Participants => Some(&["saga", "participant", "--role", "all"]),
             Role::LagExporter => Some(&["lag", "--export"]),
+            Role::Outbox => Some(&["outbox", "relay"]),
             Role::Gateway | Role::Normalizer => None,
         }
     }
@@ -99,13 +102,17 @@ pub async fn run(
     let topology_path = super::topology_path(config, args.topology.clone());
     let (catalog, topology) = super::load(config, args.topology)?;
     let roles = if args.roles.is_empty() {
-        vec![
+        let mut all = vec![
             Role::Gateway,
             Role::Normalizer,
             Role::Sagas,
             Role::Participants,
             Role::LagExporter,
-        ]
+        ];
+        if config.outbox.is_some() {
+            all.push(Role::Outbox);
+        }
+        all
     } else {
         args.roles
     };

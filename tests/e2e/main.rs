@@ -19,6 +19,7 @@ mod lag;
 mod normalizer;
 mod observability;
 mod ordering;
+mod outbox;
 mod publish;
 mod retry;
 mod roundtrip;

@@ -243,3 +243,28 @@ pub async fn send_event(
         .map_err(|(e, _)| e)
         .unwrap()
 }
+
+/// The stack's PostgreSQL as the tests reach it: `SLUICE_E2E_POSTGRES_DSN`, else the
+/// `sluice` role and database of `dev/stack` on `SLUICE_POSTGRES_PORT` (15432).
+pub fn postgres_dsn() -> String {
+    std::env::var("SLUICE_E2E_POSTGRES_DSN").unwrap_or_else(|_| {
+        let port = std::env::var("SLUICE_POSTGRES_PORT").unwrap_or_else(|_| "15432".into());
+        format!("postgres://sluice:sluice@127.0.0.1:{port}/sluice")
+    })
+}
+
+/// A connection to the stack's PostgreSQL; panics with [`STACK_HINT`] when it does not answer.
+pub async fn require_postgres() -> tokio_postgres::Client {
+    let dsn = postgres_dsn();
+    let connected = tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await;
+    let (client, connection) = connected.unwrap_or_else(|e| {
+        panic!(
+            "PostgreSQL at {} does not answer ({e}): {STACK_HINT}",
+            dsn.rsplit('@').next().unwrap_or_default()
+        )
+    });
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}

@@ -1,0 +1,701 @@
+//! The transactional outbox against real PostgreSQL, Kafka and registry: services write events
+//! in their own transactions (some rolled back, one taking its transaction id first and
+//! committing last, two on one aggregate committing out of id order), relays are SIGKILLed
+//! and run two at once, and the events topic is read back `read_committed` for an exact
+//! accounting: nothing lost, nothing duplicated, nothing rolled back, every aggregate's
+//! sequence contiguous and in order.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use sluice_outbox::{OutboxEvent, OutboxWriter, TableName};
+use sluice_schemas::{AvroCodec, Catalog, RecordLocation, RegistryClient};
+
+use crate::gateway::{apply_topology, register_schemas, unique_prefix};
+use crate::support::{
+    clients, free_port, postgres_dsn, registry, require_postgres, require_stack, temp_file,
+    wait_ready,
+};
+
+const ORDER: &str = "dev.sluice.events.commerce.OrderPlaced";
+
+/// A deployment of its own: topics under a fresh prefix and a fresh outbox table.
+struct Deployment {
+    prefix: String,
+    table: String,
+    topology: PathBuf,
+}
+
+impl Deployment {
+    async fn new(tag: &str) -> Self {
+        require_stack().await;
+        let db = require_postgres().await;
+        let prefix = unique_prefix(tag);
+        let p = &prefix;
+        let yaml = format!(
+            r#"prefix: {p}
+topics:
+  - {{name: {p}.events.commerce, partitions: 3}}
+  - {{name: {p}.state.outbox, partitions: 2, config: {{cleanup.policy: compact}}}}
+  - {{name: {p}.dlq.outbox, partitions: 1}}
+routes:
+  - {{event_type: {ORDER}, topic: {p}.events.commerce}}
+"#
+        );
+        let topology = apply_topology(&yaml).await;
+        register_schemas(&topology).await;
+        let table = format!("e2e_{prefix}");
+        let t = TableName::parse(&table).unwrap();
+        db.batch_execute(&sluice_outbox::create_statements(&t))
+            .await
+            .unwrap();
+        db.batch_execute(&format!(
+            "CREATE TABLE {table}_agg (id text PRIMARY KEY, version bigint NOT NULL)"
+        ))
+        .await
+        .unwrap();
+        Self {
+            prefix,
+            table,
+            topology,
+        }
+    }
+
+    fn events_topic(&self) -> String {
+        format!("{}.events.commerce", self.prefix)
+    }
+
+    fn writer(&self) -> OutboxWriter {
+        OutboxWriter::new(
+            Arc::new(Catalog::embedded().unwrap()),
+            TableName::parse(&self.table).unwrap(),
+        )
+    }
+
+    fn relay(&self, name: &str, gap_report_ms: u64) -> RelayProcess {
+        RelayProcess::spawn(self, name, gap_report_ms)
+    }
+}
+
+/// A running `sluice outbox relay`, SIGKILLed when dropped.
+struct RelayProcess {
+    child: Option<Child>,
+    admin: String,
+    log: PathBuf,
+    name: String,
+}
+
+impl RelayProcess {
+    fn spawn(d: &Deployment, name: &str, gap_report_ms: u64) -> Self {
+        let config = temp_file(
+            "sluice.yaml",
+            &format!(
+                "outbox:\n  dsn: {{env: E2E_OUTBOX_DSN}}\n  table: {}\n  lanes: 4\n  poll_interval_ms: 20\n  batch_size: 50\n  gap_report_ms: {gap_report_ms}\n",
+                d.table
+            ),
+        );
+        let log = config.with_file_name(format!("{name}.log"));
+        let admin_port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("--config")
+            .arg(&config)
+            .args(["outbox", "relay", "--topology"])
+            .arg(&d.topology)
+            .env("E2E_OUTBOX_DSN", postgres_dsn())
+            .env("SLUICE_ADMIN__LISTEN", format!("127.0.0.1:{admin_port}"))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(log.with_extension("err")).unwrap())
+            .spawn()
+            .expect("spawn sluice outbox relay");
+        Self {
+            child: Some(child),
+            admin: format!("http://127.0.0.1:{admin_port}"),
+            log,
+            name: name.to_string(),
+        }
+    }
+
+    async fn ready(&mut self) {
+        let child = self.child.as_mut().unwrap();
+        let log = self.log.clone();
+        let exited = || {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("relay exited ({status}):\n{}", read_log(&log));
+            }
+        };
+        wait_ready(&self.admin, "sluice outbox relay", exited, || {
+            read_log(&self.log)
+        })
+        .await;
+    }
+
+    /// A metric's value summed over its labels, from `/metrics`.
+    async fn metric(&self, name: &str) -> f64 {
+        let text = reqwest::get(format!("{}/metrics", self.admin))
+            .await
+            .and_then(|r| r.error_for_status())
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill(); // SIGKILL
+            let _ = child.wait();
+        }
+    }
+}
+
+fn read_log(log: &Path) -> String {
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    format!("{}{}", read(log), read(&log.with_extension("err")))
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("--- {} log ---\n{}", self.name, read_log(&self.log));
+        }
+    }
+}
+
+fn order(aggregate: &str, sequence: i64) -> OutboxEvent {
+    OutboxEvent {
+        aggregate_type: "order".into(),
+        aggregate_id: aggregate.into(),
+        sequence,
+        event_type: ORDER.into(),
+        payload: serde_json::json!({
+            "order_id": aggregate,
+            "total": {"amount": format!("{sequence}.00"), "currency": "EUR"},
+            "line_items": [],
+            "provider": "shop"
+        }),
+        headers: Default::default(),
+    }
+}
+
+/// One committed event as the test knows it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Written {
+    event_id: String,
+    aggregate: String,
+    sequence: i64,
+}
+
+/// What the writers did: committed events, and ids of rolled-back ones.
+#[derive(Debug, Default)]
+struct Ledger {
+    committed: Vec<Written>,
+    rolled_back: Vec<String>,
+}
+
+async fn connect() -> tokio_postgres::Client {
+    require_postgres().await
+}
+
+/// Locks the aggregate's row, writes its next event, and commits or rolls back.
+async fn write_next(
+    client: &mut tokio_postgres::Client,
+    writer: &OutboxWriter,
+    table: &str,
+    aggregate: &str,
+    commit: bool,
+    ledger: &Mutex<Ledger>,
+) {
+    let tx = client.transaction().await.unwrap();
+    let sequence = next_sequence(&tx, table, aggregate).await;
+    let id = writer
+        .write(&tx, &order(aggregate, sequence))
+        .await
+        .unwrap()
+        .to_string();
+    if commit {
+        tx.commit().await.unwrap();
+        ledger.lock().unwrap().committed.push(Written {
+            event_id: id,
+            aggregate: aggregate.into(),
+            sequence,
+        });
+    } else {
+        tx.rollback().await.unwrap();
+        ledger.lock().unwrap().rolled_back.push(id);
+    }
+}
+
+/// The aggregate's version + 1, with its row locked until the transaction ends: how a
+/// service serialises writers of one aggregate.
+async fn next_sequence(tx: &tokio_postgres::Transaction<'_>, table: &str, aggregate: &str) -> i64 {
+    tx.execute(
+        &format!("INSERT INTO {table}_agg (id, version) VALUES ($1, 0) ON CONFLICT DO NOTHING"),
+        &[&aggregate],
+    )
+    .await
+    .unwrap();
+    let v: i64 = tx
+        .query_one(
+            &format!("SELECT version FROM {table}_agg WHERE id = $1 FOR UPDATE"),
+            &[&aggregate],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    tx.execute(
+        &format!("UPDATE {table}_agg SET version = $2 WHERE id = $1"),
+        &[&aggregate, &(v + 1)],
+    )
+    .await
+    .unwrap();
+    v + 1
+}
+
+/// One record read back.
+#[derive(Debug, Clone)]
+struct Relayed {
+    partition: i32,
+    offset: i64,
+    key: String,
+    value: Vec<u8>,
+    headers: BTreeMap<String, String>,
+}
+
+impl Relayed {
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .map(String::as_str)
+            .unwrap_or_else(|| panic!("header {name} missing: {:?}", self.headers))
+    }
+}
+
+/// Reads `topic` from the start, `read_committed`, until `want` records arrived and then
+/// `settle` more passed without another (so a duplicate after the last one is caught).
+fn read_topic(topic: &str, want: usize, deadline: Duration, settle: Duration) -> Vec<Relayed> {
+    let consumer: BaseConsumer = clients()
+        .consumer_config("e2e-outbox", &format!("e2e-{}", uuid::Uuid::new_v4()))
+        .unwrap()
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in metadata.topics()[0].partitions() {
+        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let end = Instant::now() + deadline;
+    let mut out = Vec::new();
+    let mut last = Instant::now();
+    while Instant::now() < end && !(out.len() >= want && last.elapsed() >= settle) {
+        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+            let m = m.unwrap();
+            last = Instant::now();
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| {
+                            (
+                                h.key.to_string(),
+                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(Relayed {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                value: m.payload().unwrap_or_default().to_vec(),
+                headers,
+            });
+        }
+    }
+    out
+}
+
+/// The exact accounting: the relayed events are the committed ones, each once, none rolled
+/// back, and each aggregate's sequence is 1..n in topic order.
+fn account(relayed: &[Relayed], ledger: &Ledger) {
+    let mut seen = BTreeSet::new();
+    let duplicates: Vec<&str> = relayed
+        .iter()
+        .map(|r| r.header("ce_id"))
+        .filter(|id| !seen.insert(*id))
+        .collect();
+    assert!(duplicates.is_empty(), "published twice: {duplicates:?}");
+    let committed: BTreeSet<&str> = ledger
+        .committed
+        .iter()
+        .map(|w| w.event_id.as_str())
+        .collect();
+    let lost: Vec<&&str> = committed.difference(&seen).collect();
+    assert!(
+        lost.is_empty(),
+        "{} committed events never relayed: {lost:?}",
+        lost.len()
+    );
+    let extra: Vec<&&str> = seen.difference(&committed).collect();
+    assert!(extra.is_empty(), "relayed but never committed: {extra:?}");
+    for id in &ledger.rolled_back {
+        assert!(
+            !seen.contains(id.as_str()),
+            "a rolled-back event was relayed: {id}"
+        );
+    }
+    let mut per_aggregate: BTreeMap<&str, Vec<(i32, i64, i64)>> = BTreeMap::new();
+    for r in relayed {
+        assert_eq!(
+            r.key,
+            r.header("sluice_aggregate_id"),
+            "keyed by aggregate id"
+        );
+        per_aggregate
+            .entry(r.header("sluice_aggregate_id"))
+            .or_default()
+            .push((
+                r.partition,
+                r.offset,
+                r.header("sluice_sequence").parse().unwrap(),
+            ));
+    }
+    for (aggregate, mut records) in per_aggregate {
+        let partitions: BTreeSet<i32> = records.iter().map(|r| r.0).collect();
+        assert_eq!(partitions.len(), 1, "{aggregate} spread over partitions");
+        records.sort();
+        let sequences: Vec<i64> = records.iter().map(|r| r.2).collect();
+        let expected: Vec<i64> = (1..=sequences.len() as i64).collect();
+        assert_eq!(
+            sequences, expected,
+            "{aggregate}: sequence out of order or with gaps"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_committed_event_is_relayed_once_in_order_through_kills_late_commits_and_two_relays()
+{
+    let d = Deployment::new("obx").await;
+    let table = d.table.clone();
+    let writer = d.writer();
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let mut relay_a = d.relay("relay-a", 30_000);
+    relay_a.ready().await;
+
+    // Concurrent writers over shared aggregates; every fifth transaction rolls back.
+    const WRITERS: usize = 4;
+    const PER_WRITER: usize = 60;
+    let aggregates: Vec<String> = (0..10).map(|i| format!("o-{i}")).collect();
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let (writer, table, ledger, aggregates, done) = (
+            writer.clone(),
+            table.clone(),
+            ledger.clone(),
+            aggregates.clone(),
+            done.clone(),
+        );
+        writers.push(tokio::spawn(async move {
+            let mut client = connect().await;
+            for i in 0..PER_WRITER {
+                let aggregate = &aggregates[(i * 7 + w * 3) % aggregates.len()];
+                let commit = (i + w) % 5 != 3;
+                write_next(&mut client, &writer, &table, aggregate, commit, &ledger).await;
+                done.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }));
+    }
+
+    // A transaction that takes its id first and commits last, while the others commit.
+    let late = {
+        let (writer, table, ledger) = (writer.clone(), table.clone(), ledger.clone());
+        tokio::spawn(async move {
+            let mut client = connect().await;
+            let tx = client.transaction().await.unwrap();
+            let xid: String = tx
+                .query_one("SELECT pg_current_xact_id()::text", &[])
+                .await
+                .unwrap()
+                .get(0);
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let sequence = next_sequence(&tx, &table, "late").await;
+            let id = writer.write(&tx, &order("late", sequence)).await.unwrap();
+            let committed_before = ledger.lock().unwrap().committed.len();
+            tx.commit().await.unwrap();
+            ledger.lock().unwrap().committed.push(Written {
+                event_id: id.to_string(),
+                aggregate: "late".into(),
+                sequence,
+            });
+            (
+                xid.parse::<i64>().unwrap(),
+                id.to_string(),
+                committed_before,
+            )
+        })
+    };
+
+    // Two transactions on one aggregate committing out of id order: B takes its id first,
+    // then waits for A's lock on the aggregate, so B's later sequence has the lower xid.
+    let out_of_order = {
+        let (writer, table, ledger) = (writer.clone(), table.clone(), ledger.clone());
+        tokio::spawn(async move {
+            let (b_started_tx, b_started) = tokio::sync::oneshot::channel();
+            let (a_locked_tx, a_locked) = tokio::sync::oneshot::channel::<()>();
+            let b = {
+                let (writer, table, ledger) = (writer.clone(), table.clone(), ledger.clone());
+                tokio::spawn(async move {
+                    let mut client = connect().await;
+                    let tx = client.transaction().await.unwrap();
+                    tx.query_one("SELECT pg_current_xact_id()", &[])
+                        .await
+                        .unwrap();
+                    b_started_tx.send(()).unwrap();
+                    a_locked.await.unwrap();
+                    let sequence = next_sequence(&tx, &table, "ooo").await;
+                    let id = writer.write(&tx, &order("ooo", sequence)).await.unwrap();
+                    tx.commit().await.unwrap();
+                    ledger.lock().unwrap().committed.push(Written {
+                        event_id: id.to_string(),
+                        aggregate: "ooo".into(),
+                        sequence,
+                    });
+                    id.to_string()
+                })
+            };
+            b_started.await.unwrap();
+            let mut client = connect().await;
+            let tx = client.transaction().await.unwrap();
+            let sequence = next_sequence(&tx, &table, "ooo").await;
+            let id = writer.write(&tx, &order("ooo", sequence)).await.unwrap();
+            a_locked_tx.send(()).unwrap();
+            tokio::time::sleep(Duration::from_millis(300)).await; // B now waits for the lock
+            tx.commit().await.unwrap();
+            ledger.lock().unwrap().committed.push(Written {
+                event_id: id.to_string(),
+                aggregate: "ooo".into(),
+                sequence,
+            });
+            (id.to_string(), b.await.unwrap())
+        })
+    };
+
+    // SIGKILL the relay mid-run, then run two relays at once.
+    while done.load(Ordering::SeqCst) < WRITERS * PER_WRITER / 3 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    relay_a.kill();
+    let mut relay_b = d.relay("relay-b", 30_000);
+    let mut relay_c = d.relay("relay-c", 30_000);
+    relay_b.ready().await;
+    relay_c.ready().await;
+    let mut shared = false;
+    for w in writers {
+        w.await.unwrap();
+        let (b, c) = (
+            relay_b.metric("sluice_outbox_lanes_owned").await,
+            relay_c.metric("sluice_outbox_lanes_owned").await,
+        );
+        shared |= b > 0.0 && c > 0.0;
+    }
+    let (late_xid, late_id, committed_before_late) = late.await.unwrap();
+    let (a_id, b_id) = out_of_order.await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !shared && Instant::now() < deadline {
+        let (b, c) = (
+            relay_b.metric("sluice_outbox_lanes_owned").await,
+            relay_c.metric("sluice_outbox_lanes_owned").await,
+        );
+        shared = b > 0.0 && c > 0.0;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(shared, "the two relays never shared the lanes");
+
+    let ledger = std::mem::take(&mut *ledger.lock().unwrap());
+    assert!(
+        ledger.rolled_back.len() >= 40,
+        "rolled-back transactions were mixed in"
+    );
+    let topic = d.events_topic();
+    let want = ledger.committed.len();
+    let relayed = tokio::task::spawn_blocking(move || {
+        read_topic(
+            &topic,
+            want,
+            Duration::from_secs(90),
+            Duration::from_secs(3),
+        )
+    })
+    .await
+    .unwrap();
+    account(&relayed, &ledger);
+
+    // The late transaction's row was relayed though rows of higher xids committed first.
+    let by_id: BTreeMap<&str, &Relayed> = relayed.iter().map(|r| (r.header("ce_id"), r)).collect();
+    assert!(committed_before_late > 0);
+    let late_rec = by_id[late_id.as_str()];
+    assert_eq!(
+        late_rec.header("sluice_outbox_xid").parse::<i64>().unwrap(),
+        late_xid
+    );
+    let overtaking = ledger.committed[..committed_before_late]
+        .iter()
+        .filter(|w| {
+            by_id[w.event_id.as_str()]
+                .header("sluice_outbox_xid")
+                .parse::<i64>()
+                .unwrap()
+                > late_xid
+        })
+        .count();
+    assert!(
+        overtaking > 0,
+        "rows with higher xids committed before the late one"
+    );
+
+    // B's sequence 2 has the lower xid, yet comes after A's sequence 1.
+    let (a, b) = (by_id[a_id.as_str()], by_id[b_id.as_str()]);
+    assert_eq!(
+        (a.header("sluice_sequence"), b.header("sluice_sequence")),
+        ("1", "2")
+    );
+    let xid = |r: &Relayed| r.header("sluice_outbox_xid").parse::<i64>().unwrap();
+    assert!(xid(b) < xid(a), "the out-of-order commit happened");
+    assert!((a.partition, a.offset) < (b.partition, b.offset));
+
+    // The records are the Avro events of their type.
+    let codec = AvroCodec::new(RegistryClient::new(&registry()).unwrap());
+    let decoded = codec
+        .decode(
+            &a.value,
+            &RecordLocation::new(&d.events_topic(), a.partition, a.offset),
+        )
+        .await
+        .unwrap();
+    let json = sluice_schemas::json::to_json(&decoded.value);
+    assert_eq!(json["event_id"], a_id.as_str());
+    assert_eq!(json["order_id"], "ooo");
+    assert_eq!(json["subject"], "ooo");
+    assert_eq!(a.header("ce_type"), ORDER);
+    assert!(a.headers.contains_key("traceparent"));
+
+    // Relayed rows are cleaned up (eventually; correctness does not depend on it).
+    let db = require_postgres().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left: i64 = db
+            .query_one(&format!("SELECT count(*) FROM {}", d.table), &[])
+            .await
+            .unwrap()
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{left} relayed rows were never deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_off_its_schema_is_dead_lettered_and_a_gap_is_waited_for_and_reported() {
+    let d = Deployment::new("obd").await;
+    let db = require_postgres().await;
+    let mut relay = d.relay("relay", 500);
+    relay.ready().await;
+    let insert = |aggregate: &str, sequence: i64, payload: serde_json::Value| {
+        let sql = format!(
+            "INSERT INTO {} (aggregate_type, aggregate_id, sequence, event_type, payload) VALUES ('order', $1, $2, $3, $4)",
+            d.table
+        );
+        let (db, aggregate) = (&db, aggregate.to_string());
+        async move {
+            db.execute(&sql, &[&aggregate, &sequence, &ORDER, &payload])
+                .await
+                .unwrap();
+        }
+    };
+    let good = |a: &str, s: i64| order(a, s).payload;
+    // Written by SQL directly, as a service in another language would: no check at insert.
+    insert("dl", 1, good("dl", 1)).await;
+    insert("dl", 2, serde_json::json!({"order_id": 42})).await;
+    insert("dl", 3, good("dl", 3)).await;
+    // A gap: 1 then 3; 3 must wait for 2.
+    insert("gap", 1, good("gap", 1)).await;
+    insert("gap", 3, good("gap", 3)).await;
+
+    let dlq = format!("{}.dlq.outbox", d.prefix);
+    let dead = tokio::task::spawn_blocking(move || {
+        read_topic(&dlq, 1, Duration::from_secs(30), Duration::from_secs(1))
+    })
+    .await
+    .unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].header("sluice_aggregate_id"), "dl");
+    assert_eq!(dead[0].header("sluice_sequence"), "2");
+    assert_eq!(dead[0].header("sluice_outbox_table"), d.table);
+    assert!(dead[0].header("sluice_outbox_id").parse::<i64>().is_ok());
+    assert!(
+        dead[0].header("sluice_error").contains("order_id"),
+        "{:?}",
+        dead[0].headers
+    );
+
+    // The gap is reported after its bound, and sequence 3 is held, not skipped.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while relay.metric("sluice_outbox_sequence_gaps_total").await < 1.0 {
+        assert!(Instant::now() < deadline, "the gap was never reported");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let topic = d.events_topic();
+    let t = topic.clone();
+    let before = tokio::task::spawn_blocking(move || {
+        read_topic(&t, 3, Duration::from_secs(30), Duration::from_secs(1))
+    })
+    .await
+    .unwrap();
+    let seqs = |rs: &[Relayed], a: &str| -> Vec<String> {
+        rs.iter()
+            .filter(|r| r.header("sluice_aggregate_id") == a)
+            .map(|r| r.header("sluice_sequence").to_string())
+            .collect()
+    };
+    assert_eq!(
+        seqs(&before, "dl"),
+        ["1", "3"],
+        "the lane went on past the dead letter"
+    );
+    assert_eq!(seqs(&before, "gap"), ["1"], "sequence 3 waits for 2");
+
+    insert("gap", 2, good("gap", 2)).await;
+    let after = tokio::task::spawn_blocking(move || {
+        read_topic(&topic, 5, Duration::from_secs(30), Duration::from_secs(2))
+    })
+    .await
+    .unwrap();
+    assert_eq!(seqs(&after, "gap"), ["1", "2", "3"]);
+    assert_eq!(after.len(), 5);
+}
