@@ -391,6 +391,57 @@ fn account(relayed: &[Relayed], ledger: &Ledger) {
     }
 }
 
+/// `writers` tasks writing `per_writer` transactions each over ten shared aggregates, every
+/// fifth one rolled back; `done` counts finished transactions.
+fn spawn_writers(
+    d: &Deployment,
+    ledger: &Arc<Mutex<Ledger>>,
+    done: &Arc<AtomicUsize>,
+    writers: usize,
+    per_writer: usize,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let aggregates: Vec<String> = (0..10).map(|i| format!("o-{i}")).collect();
+    (0..writers)
+        .map(|w| {
+            let (writer, table, ledger, aggregates, done) = (
+                d.writer(),
+                d.table.clone(),
+                ledger.clone(),
+                aggregates.clone(),
+                done.clone(),
+            );
+            tokio::spawn(async move {
+                let mut client = connect().await;
+                for i in 0..per_writer {
+                    let aggregate = &aggregates[(i * 7 + w * 3) % aggregates.len()];
+                    let commit = (i + w) % 5 != 3;
+                    write_next(&mut client, &writer, &table, aggregate, commit, &ledger).await;
+                    done.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+        })
+        .collect()
+}
+
+/// Reads the events topic back and checks it against `ledger`.
+async fn read_and_account(d: &Deployment, ledger: &Ledger) -> Vec<Relayed> {
+    let topic = d.events_topic();
+    let want = ledger.committed.len();
+    let relayed = tokio::task::spawn_blocking(move || {
+        read_topic(
+            &topic,
+            want,
+            Duration::from_secs(90),
+            Duration::from_secs(3),
+        )
+    })
+    .await
+    .unwrap();
+    account(&relayed, ledger);
+    relayed
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_committed_event_is_relayed_once_in_order_through_kills_late_commits_and_two_relays()
 {
@@ -404,28 +455,8 @@ async fn every_committed_event_is_relayed_once_in_order_through_kills_late_commi
     // Concurrent writers over shared aggregates; every fifth transaction rolls back.
     const WRITERS: usize = 4;
     const PER_WRITER: usize = 60;
-    let aggregates: Vec<String> = (0..10).map(|i| format!("o-{i}")).collect();
     let done = Arc::new(AtomicUsize::new(0));
-    let mut writers = Vec::new();
-    for w in 0..WRITERS {
-        let (writer, table, ledger, aggregates, done) = (
-            writer.clone(),
-            table.clone(),
-            ledger.clone(),
-            aggregates.clone(),
-            done.clone(),
-        );
-        writers.push(tokio::spawn(async move {
-            let mut client = connect().await;
-            for i in 0..PER_WRITER {
-                let aggregate = &aggregates[(i * 7 + w * 3) % aggregates.len()];
-                let commit = (i + w) % 5 != 3;
-                write_next(&mut client, &writer, &table, aggregate, commit, &ledger).await;
-                done.fetch_add(1, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }));
-    }
+    let writers = spawn_writers(&d, &ledger, &done, WRITERS, PER_WRITER);
 
     // A transaction that takes its id first and commits last, while the others commit.
     let late = {
@@ -537,19 +568,7 @@ async fn every_committed_event_is_relayed_once_in_order_through_kills_late_commi
         ledger.rolled_back.len() >= 40,
         "rolled-back transactions were mixed in"
     );
-    let topic = d.events_topic();
-    let want = ledger.committed.len();
-    let relayed = tokio::task::spawn_blocking(move || {
-        read_topic(
-            &topic,
-            want,
-            Duration::from_secs(90),
-            Duration::from_secs(3),
-        )
-    })
-    .await
-    .unwrap();
-    account(&relayed, &ledger);
+    let relayed = read_and_account(&d, &ledger).await;
 
     // The late transaction's row was relayed though rows of higher xids committed first.
     let by_id: BTreeMap<&str, &Relayed> = relayed.iter().map(|r| (r.header("ce_id"), r)).collect();
@@ -698,4 +717,36 @@ async fn a_payload_off_its_schema_is_dead_lettered_and_a_gap_is_waited_for_and_r
     .unwrap();
     assert_eq!(seqs(&after, "gap"), ["1", "2", "3"]);
     assert_eq!(after.len(), 5);
+}
+
+/// Stops and restarts the stack's PostgreSQL under the relay: it reconnects, claims its lanes
+/// again from their committed positions in Kafka, and the accounting stays exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "restarts the stack's PostgreSQL; run by `make test` in its serial step"]
+async fn the_relay_survives_a_postgres_restart_mid_run() {
+    let d = Deployment::new("obr").await;
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut relay = d.relay("relay", 30_000);
+    relay.ready().await;
+    for w in spawn_writers(&d, &ledger, &done, 4, 50) {
+        w.await.unwrap();
+    }
+    // The relay is still publishing what was just committed.
+    let _restart = crate::support::StackGuard("postgres-start");
+    crate::support::stack("postgres-stop");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    crate::support::stack("postgres-start");
+    for w in spawn_writers(&d, &ledger, &done, 4, 25) {
+        w.await.unwrap();
+    }
+    let ledger = std::mem::take(&mut *ledger.lock().unwrap());
+    assert_eq!(ledger.committed.len() + ledger.rolled_back.len(), 300);
+    read_and_account(&d, &ledger).await;
+    assert!(relay.metric("sluice_outbox_lanes_owned").await > 0.0);
+    let log = read_log(&relay.log);
+    assert!(
+        log.matches("outbox lane claimed").count() >= 8,
+        "every lane claimed again after the restart:\n{log}"
+    );
 }
