@@ -1,4 +1,5 @@
-//! `sluice doctor`: can this process reach the broker and the registry, and what do they run?
+//! `sluice doctor`: can this process reach the broker and the registry (and the outbox
+//! database, when an outbox is configured), and what do they run?
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -16,7 +17,11 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 pub async fn run(config: &SluiceConfig) -> anyhow::Result<ExitCode> {
     let kafka_ok = check_kafka(config).await;
     let registry_ok = check_registry(config).await;
-    if kafka_ok && registry_ok {
+    let outbox_ok = match &config.outbox {
+        Some(outbox) => check_outbox(outbox).await,
+        None => true,
+    };
+    if kafka_ok && registry_ok && outbox_ok {
         println!("\nall checks passed");
         Ok(ExitCode::SUCCESS)
     } else {
@@ -151,6 +156,50 @@ async fn check_registry(config: &SluiceConfig) -> bool {
         }
         Err(e) => {
             println!("  FAIL    cannot read the compatibility mode: {e}");
+            false
+        }
+    }
+}
+
+/// The outbox database: reachable with `outbox.dsn`, its server version, and whether the
+/// outbox table exists. The DSN is never printed (it holds the password).
+async fn check_outbox(outbox: &sluice_runtime::config::OutboxConfig) -> bool {
+    println!("outbox    table {}", outbox.table);
+    let client = match tokio::time::timeout(TIMEOUT, super::outbox::connect(outbox)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            println!("  FAIL    {e:#}");
+            return false;
+        }
+        Err(_) => {
+            println!("  FAIL    the outbox database did not answer within {TIMEOUT:?}");
+            return false;
+        }
+    };
+    let facts = client
+        .query_one(
+            "SELECT current_setting('server_version'), current_setting('wal_level'), \
+                    to_regclass($1) IS NOT NULL",
+            &[&outbox.table],
+        )
+        .await;
+    match facts {
+        Ok(row) => {
+            let (version, wal, exists): (String, String, bool) =
+                (row.get(0), row.get(1), row.get(2));
+            println!("  ok      PostgreSQL {version}, wal_level {wal}");
+            if exists {
+                println!("  ok      table {} exists", outbox.table);
+            } else {
+                println!(
+                    "  FAIL    table {} does not exist: run `sluice outbox init --apply`",
+                    outbox.table
+                );
+            }
+            exists
+        }
+        Err(e) => {
+            println!("  FAIL    {e}");
             false
         }
     }

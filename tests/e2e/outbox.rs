@@ -750,3 +750,37 @@ async fn the_relay_survives_a_postgres_restart_mid_run() {
         "every lane claimed again after the restart:\n{log}"
     );
 }
+
+/// `sluice doctor` checks the outbox database when an outbox is configured: it names a
+/// missing table and the command that creates it, and never prints the DSN's password.
+#[tokio::test]
+async fn doctor_checks_the_outbox_database_without_printing_its_password() {
+    require_stack().await;
+    let _ = require_postgres().await;
+    let doctor = |dsn: String, table: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("doctor")
+            .env("E2E_DOCTOR_DSN", dsn)
+            .env("SLUICE_OUTBOX__DSN__ENV", "E2E_DOCTOR_DSN")
+            .env("SLUICE_OUTBOX__TABLE", table)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, text) = doctor(postgres_dsn(), "e2e_doctor_missing_table");
+    assert!(!ok, "{text}");
+    assert!(text.contains("wal_level logical"), "{text}");
+    assert!(text.contains("run `sluice outbox init --apply`"), "{text}");
+
+    let wrong = postgres_dsn().replacen(":sluice@", ":not-the-password-e2e@", 1);
+    assert!(wrong.contains("not-the-password-e2e"));
+    let (ok, text) = doctor(wrong, "sluice_outbox");
+    assert!(!ok, "{text}");
+    assert!(text.contains("password authentication failed"), "{text}");
+    assert!(!text.contains("not-the-password-e2e"), "{text}");
+}
