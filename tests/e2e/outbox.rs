@@ -84,6 +84,35 @@ routes:
     }
 }
 
+/// Removes the deployment's topics, subject and tables, passed or not (declare it first, so
+/// its relays are gone by then).
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        crate::support::remove_deployment(&crate::support::load_topology(&self.topology));
+        let table = self.table.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                let Ok((client, connection)) =
+                    tokio_postgres::connect(&postgres_dsn(), tokio_postgres::NoTls).await
+                else {
+                    return;
+                };
+                tokio::spawn(connection);
+                let _ = client
+                    .batch_execute(&format!(
+                        "DROP TABLE IF EXISTS {table}, {table}_agg; DROP FUNCTION IF EXISTS {table}_stamp_xid()"
+                    ))
+                    .await;
+            });
+        })
+        .join();
+    }
+}
+
 /// A running `sluice outbox relay`, SIGKILLed when dropped.
 struct RelayProcess {
     child: Option<Child>,
