@@ -813,3 +813,54 @@ async fn doctor_checks_the_outbox_database_without_printing_its_password() {
     assert!(text.contains("password authentication failed"), "{text}");
     assert!(!text.contains("not-the-password-e2e"), "{text}");
 }
+
+/// A zombie: relay A is frozen (SIGSTOP) and its database session killed, so its lane locks
+/// are gone while the process, its producers and any open transaction live on. Relay B takes
+/// every lane (fencing A's producers); A is thawed and comes back. Nothing is published twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_frozen_relay_whose_session_died_is_fenced_and_publishes_nothing_twice() {
+    let d = Deployment::new("obz").await;
+    let db = require_postgres().await;
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut relay_a = d.relay("relay-a", 30_000);
+    relay_a.ready().await;
+    let writers = spawn_writers(&d, &ledger, &done, 2, 40);
+    while done.load(Ordering::SeqCst) < 30 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let a_pid = relay_a.child.as_ref().unwrap().id().to_string();
+    let signal = |sig: &str| {
+        let ok = Command::new("kill").args([sig, &a_pid]).status().unwrap();
+        assert!(ok.success(), "kill {sig}");
+    };
+    signal("-STOP");
+    let killed: i64 = db
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
+            &[&sluice_outbox::relay::application_name(&TableName::parse(&d.table).unwrap())],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(killed, 1, "relay A's session");
+    let mut relay_b = d.relay("relay-b", 30_000);
+    relay_b.ready().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while relay_b.metric("sluice_outbox_lanes_owned").await < 4.0 {
+        assert!(
+            Instant::now() < deadline,
+            "relay B never took the frozen relay's lanes"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    signal("-CONT");
+    for w in spawn_writers(&d, &ledger, &done, 2, 30) {
+        w.await.unwrap();
+    }
+    let ledger = std::mem::take(&mut *ledger.lock().unwrap());
+    read_and_account(&d, &ledger).await;
+}
