@@ -80,7 +80,7 @@ routes:
     }
 
     fn relay(&self, name: &str, gap_report_ms: u64) -> RelayProcess {
-        RelayProcess::spawn(self, name, gap_report_ms)
+        RelayProcess::spawn(self, name, gap_report_ms, &[])
     }
 }
 
@@ -122,7 +122,7 @@ struct RelayProcess {
 }
 
 impl RelayProcess {
-    fn spawn(d: &Deployment, name: &str, gap_report_ms: u64) -> Self {
+    fn spawn(d: &Deployment, name: &str, gap_report_ms: u64, env: &[(&str, &str)]) -> Self {
         let config = temp_file(
             "sluice.yaml",
             &format!(
@@ -133,6 +133,7 @@ impl RelayProcess {
         let log = config.with_file_name(format!("{name}.log"));
         let admin_port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .envs(env.iter().copied())
             .arg("--config")
             .arg(&config)
             .args(["outbox", "relay", "--topology"])
@@ -814,20 +815,34 @@ async fn doctor_checks_the_outbox_database_without_printing_its_password() {
     assert!(!text.contains("not-the-password-e2e"), "{text}");
 }
 
-/// A zombie: relay A is frozen (SIGSTOP) and its database session killed, so its lane locks
-/// are gone while the process, its producers and any open transaction live on. Relay B takes
-/// every lane (fencing A's producers); A is thawed and comes back. Nothing is published twice.
+/// A zombie: relay A is frozen (SIGSTOP) in the middle of a Kafka transaction and its database
+/// session killed, so its lane locks are gone while the process, its producers and its open
+/// transaction live on. Relay B takes every lane (fencing A's producers and aborting what A
+/// left open); A is thawed and tries to finish. Nothing is published twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_frozen_relay_whose_session_died_is_fenced_and_publishes_nothing_twice() {
     let d = Deployment::new("obz").await;
     let db = require_postgres().await;
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let done = Arc::new(AtomicUsize::new(0));
-    let mut relay_a = d.relay("relay-a", 30_000);
+    // Each of A's transactions waits 2 s for its records to leave the linger buffer, so
+    // while there are rows A is almost always inside a transaction.
+    let mut relay_a = RelayProcess::spawn(
+        &d,
+        "relay-a",
+        30_000,
+        &[("SLUICE_KAFKA__PROPERTIES__LINGER.MS", "'2000'")],
+    );
     relay_a.ready().await;
-    let writers = spawn_writers(&d, &ledger, &done, 2, 40);
-    while done.load(Ordering::SeqCst) < 30 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    let writers = spawn_writers(&d, &ledger, &done, 2, 60);
+    // A owns every lane and is publishing, a lane at a time, 2 s per transaction, with rows
+    // waiting on the other lanes: freeze it now.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while relay_a.metric("sluice_outbox_lanes_owned").await < 4.0
+        || relay_a.metric("sluice_outbox_relayed_total").await < 1.0
+    {
+        assert!(Instant::now() < deadline, "relay A never got going");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let a_pid = relay_a.child.as_ref().unwrap().id().to_string();
     let signal = |sig: &str| {

@@ -220,3 +220,34 @@ impl Relay {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_refuse_what_would_break_the_relay() {
+        let ok = Settings::from_config(&OutboxConfig::default()).unwrap();
+        assert_eq!((ok.table.as_str(), ok.lanes), ("sluice_outbox", 8));
+        let with = |f: fn(&mut OutboxConfig)| {
+            let mut c = OutboxConfig::default();
+            f(&mut c);
+            Settings::from_config(&c).unwrap_err().to_string()
+        };
+        assert_eq!(
+            with(|c| c.lanes = 0),
+            "outbox.lanes must be between 1 and 1024"
+        );
+        assert_eq!(
+            with(|c| c.batch_size = 0),
+            "outbox.batch_size must be between 1 and 10000"
+        );
+        assert!(with(|c| c.table = "x; drop table y".into()).contains("not a plain identifier"));
+    }
+
+    #[test]
+    fn topics_follow_the_topology_naming() {
+        assert_eq!(state_topic("sluice"), "sluice.state.outbox");
+        assert_eq!(dlq_topic("sluice"), "sluice.dlq.outbox");
+    }
+}
