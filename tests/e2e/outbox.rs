@@ -42,7 +42,7 @@ impl Deployment {
         let yaml = format!(
             r#"prefix: {p}
 topics:
-  - {{name: {p}.events.commerce, partitions: 3}}
+  - {{name: {p}.events.commerce, partitions: 3, config: {{max.message.bytes: 20000}}}}
   - {{name: {p}.state.outbox, partitions: 2, config: {{cleanup.policy: compact}}}}
   - {{name: {p}.dlq.outbox, partitions: 1}}
 routes:
@@ -670,7 +670,8 @@ async fn every_committed_event_is_relayed_once_in_order_through_kills_late_commi
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_payload_off_its_schema_is_dead_lettered_and_a_gap_is_waited_for_and_reported() {
+async fn a_payload_off_its_schema_or_refused_by_kafka_is_dead_lettered_and_a_gap_is_waited_for_and_reported(
+) {
     let d = Deployment::new("obd").await;
     let db = require_postgres().await;
     let mut relay = d.relay("relay", 500);
@@ -695,22 +696,44 @@ async fn a_payload_off_its_schema_is_dead_lettered_and_a_gap_is_waited_for_and_r
     // A gap: 1 then 3; 3 must wait for 2.
     insert("gap", 1, good("gap", 1)).await;
     insert("gap", 3, good("gap", 3)).await;
+    // An event the broker refuses (its topic takes 20,000 bytes; random text defeats zstd).
+    let mut huge = good("big", 1);
+    huge["order_id"] = (0..4000)
+        .map(|_| uuid::Uuid::new_v4().simple().to_string())
+        .collect::<String>()
+        .into();
+    insert("big", 1, huge).await;
+    insert("big", 2, good("big", 2)).await;
 
     let dlq = format!("{}.dlq.outbox", d.prefix);
     let dead = tokio::task::spawn_blocking(move || {
-        read_topic(&dlq, 1, Duration::from_secs(30), Duration::from_secs(1))
+        read_topic(&dlq, 2, Duration::from_secs(30), Duration::from_secs(1))
     })
     .await
     .unwrap();
-    assert_eq!(dead.len(), 1, "{dead:?}");
-    assert_eq!(dead[0].header("sluice_aggregate_id"), "dl");
-    assert_eq!(dead[0].header("sluice_sequence"), "2");
-    assert_eq!(dead[0].header("sluice_outbox_table"), d.table);
-    assert!(dead[0].header("sluice_outbox_id").parse::<i64>().is_ok());
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    let letter = |a: &str| {
+        dead.iter()
+            .find(|r| r.header("sluice_aggregate_id") == a)
+            .unwrap_or_else(|| panic!("no dead letter for {a}: {dead:?}"))
+    };
+    let off_schema = letter("dl");
+    assert_eq!(off_schema.header("sluice_sequence"), "2");
+    assert_eq!(off_schema.header("sluice_outbox_table"), d.table);
+    assert!(off_schema.header("sluice_outbox_id").parse::<i64>().is_ok());
     assert!(
-        dead[0].header("sluice_error").contains("order_id"),
+        off_schema.header("sluice_error").contains("order_id"),
         "{:?}",
-        dead[0].headers
+        off_schema.headers
+    );
+    let too_large = letter("big");
+    assert_eq!(too_large.header("sluice_sequence"), "1");
+    assert!(
+        too_large
+            .header("sluice_error")
+            .starts_with("RecordTooLarge"),
+        "{:?}",
+        too_large.headers
     );
 
     // The gap is reported after its bound, and sequence 3 is held, not skipped.
@@ -722,7 +745,7 @@ async fn a_payload_off_its_schema_is_dead_lettered_and_a_gap_is_waited_for_and_r
     let topic = d.events_topic();
     let t = topic.clone();
     let before = tokio::task::spawn_blocking(move || {
-        read_topic(&t, 3, Duration::from_secs(30), Duration::from_secs(1))
+        read_topic(&t, 4, Duration::from_secs(30), Duration::from_secs(1))
     })
     .await
     .unwrap();
@@ -738,15 +761,20 @@ async fn a_payload_off_its_schema_is_dead_lettered_and_a_gap_is_waited_for_and_r
         "the lane went on past the dead letter"
     );
     assert_eq!(seqs(&before, "gap"), ["1"], "sequence 3 waits for 2");
+    assert_eq!(
+        seqs(&before, "big"),
+        ["2"],
+        "the lane went on past the refused record"
+    );
 
     insert("gap", 2, good("gap", 2)).await;
     let after = tokio::task::spawn_blocking(move || {
-        read_topic(&topic, 5, Duration::from_secs(30), Duration::from_secs(2))
+        read_topic(&topic, 6, Duration::from_secs(30), Duration::from_secs(2))
     })
     .await
     .unwrap();
     assert_eq!(seqs(&after, "gap"), ["1", "2", "3"]);
-    assert_eq!(after.len(), 5);
+    assert_eq!(after.len(), 6);
 }
 
 /// Stops and restarts the stack's PostgreSQL under the relay: it reconnects, claims its lanes

@@ -157,6 +157,16 @@ fn identity(row: &OutboxRow, table: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// The dead letter of a row whose event Kafka refused (`reason` says why, e.g. too large):
+/// its identity and the reason, without the payload that was refused.
+pub fn refused(row: &OutboxRow, table: &str, dlq_topic: &str, reason: String) -> Outgoing {
+    let mut out = dead_letter(row, table, dlq_topic, reason);
+    let mut body: serde_json::Value = serde_json::from_slice(&out.payload).expect("json");
+    body["payload"] = serde_json::Value::Null;
+    out.payload = serde_json::to_vec(&body).expect("json");
+    out
+}
+
 /// The row as JSON on the DLQ, keyed by aggregate id, with its identity and the reason.
 fn dead_letter(row: &OutboxRow, table: &str, dlq_topic: &str, reason: String) -> Outgoing {
     let body = serde_json::json!({
@@ -261,6 +271,16 @@ mod tests {
         assert!(get(&o, header::ERROR).unwrap().contains("does not match"));
         let body: serde_json::Value = serde_json::from_slice(&o.payload).unwrap();
         assert_eq!(body["payload"], serde_json::json!({"order_id": 1}));
+
+        let o = refused(
+            &bad,
+            "sluice_outbox",
+            "p.dlq.outbox",
+            "RecordTooLarge: x".into(),
+        );
+        let body: serde_json::Value = serde_json::from_slice(&o.payload).unwrap();
+        assert_eq!(body["payload"], serde_json::Value::Null);
+        assert_eq!(get(&o, header::ERROR), Some("RecordTooLarge: x"));
 
         let unrouted = row("dev.sluice.events.commerce.Nope", serde_json::json!({}));
         let o = routes.encode(&unrouted, "sluice_outbox", "s", "p.dlq.outbox");

@@ -12,12 +12,14 @@ use futures::future::join_all;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use sluice_runtime::kafka::KafkaClients;
+use sluice_stream::refusals::RefusalClass;
 use sluice_stream::state::kafka::read_partitions;
 
 use super::db::{Db, DbError};
 use super::Relay;
-use crate::position;
+use crate::event::OutboxRow;
 use crate::sequencer::{Durable, Plan, Sequencer};
+use crate::{position, records};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LaneError {
@@ -168,10 +170,11 @@ impl Lane {
             let mut deliveries = Vec::with_capacity(plan.emit.len() + plan.advanced.len() + 1);
             let (mut events, mut dead) = (0, 0);
             for row in &plan.emit {
-                let out =
-                    relay
-                        .routes
-                        .encode(row, table, &relay.settings.source, &relay.dlq_topic);
+                let refused = relay.refused.lock().expect("refused").get(&row.event_id).cloned();
+                let out = match refused {
+                    Some(reason) => records::refused(row, table, &relay.dlq_topic, reason),
+                    None => relay.routes.encode(row, table, &relay.settings.source, &relay.dlq_topic),
+                };
                 if out.dead_letter {
                     dead += 1;
                     tracing::warn!(lane, row = row.position.id, event_id = %row.event_id,
@@ -186,11 +189,12 @@ impl Lane {
                     .key(&out.key)
                     .payload(&out.payload)
                     .headers(headers);
-                deliveries.push(
-                    self.producer
-                        .send_result(record)
-                        .map_err(|(e, _)| kafka("enqueuing a record")(e))?,
-                );
+                let delivery = self
+                    .producer
+                    .send_result(record)
+                    .map_err(|(e, _)| note_refusal(relay, row, e))
+                    .map_err(kafka("enqueuing a record"))?;
+                deliveries.push((Some(row), delivery));
             }
             let mut state: Vec<(Vec<u8>, Vec<u8>)> = plan
                 .advanced
@@ -211,18 +215,25 @@ impl Lane {
                     .partition(self.partition)
                     .key(key)
                     .payload(value);
-                deliveries.push(
+                deliveries.push((
+                    None,
                     self.producer
                         .send_result(record)
                         .map_err(|(e, _)| kafka("enqueuing the position")(e))?,
-                );
+                ));
             }
-            for d in join_all(deliveries).await {
-                match d {
-                    Ok(Ok(_)) => {}
-                    Ok(Err((e, _))) => return Err(kafka("producing a record")(e)),
-                    Err(_) => return Err(kafka("producing a record")(KafkaError::Canceled)),
-                }
+            let (rows, futures): (Vec<_>, Vec<_>) = deliveries.into_iter().unzip();
+            for (row, d) in rows.into_iter().zip(join_all(futures).await) {
+                let e = match d {
+                    Ok(Ok(_)) => continue,
+                    Ok(Err((e, _))) => e,
+                    Err(_) => KafkaError::Canceled,
+                };
+                let e = match row {
+                    Some(row) => note_refusal(relay, row, e),
+                    None => e,
+                };
+                return Err(kafka("producing a record")(e));
             }
             let p = self.producer.clone();
             blocking(move || p.commit_transaction(Duration::from_secs(60)))
@@ -283,6 +294,21 @@ impl Lane {
                 .set(age);
         }
     }
+}
+
+/// Remembers `row` as refused when `e` is about its record (too large, invalid), so the
+/// lane's next attempt dead-letters it; returns `e` for the abort.
+fn note_refusal(relay: &Relay, row: &OutboxRow, e: KafkaError) -> KafkaError {
+    if let Some(class) = RefusalClass::of(&e) {
+        tracing::warn!(event_id = %row.event_id, row = row.position.id, class = class.as_str(), error = %e,
+            "Kafka refused an outbox event; it goes to the DLQ on the next attempt");
+        relay
+            .refused
+            .lock()
+            .expect("refused")
+            .insert(row.event_id, format!("{}: {e}", class.as_str()));
+    }
+    e
 }
 
 fn owned_headers(pairs: &[(&'static str, String)]) -> rdkafka::message::OwnedHeaders {

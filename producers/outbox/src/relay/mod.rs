@@ -73,6 +73,9 @@ pub struct Relay {
     pub dlq_topic: String,
     pub state_partitions: i32,
     pub metrics: RelayMetrics,
+    /// Rows whose event Kafka refused (too large, invalid), by event id, with why: their
+    /// next attempt goes to the DLQ instead, so a refused record never blocks its lane.
+    pub refused: std::sync::Mutex<std::collections::HashMap<uuid::Uuid, String>>,
 }
 
 impl std::fmt::Debug for Relay {
@@ -115,6 +118,7 @@ impl Relay {
             state_topic,
             state_partitions,
             metrics,
+            refused: Default::default(),
         })
     }
 
