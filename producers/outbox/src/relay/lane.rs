@@ -136,6 +136,13 @@ impl Lane {
             });
         }
         let (events, dead) = self.publish(relay, &plan).await?;
+        if dead > 0 {
+            // Refusals are needed until their dead letter is committed.
+            let mut refused = relay.refused.lock().expect("refused");
+            for row in &plan.emit {
+                refused.remove(&row.event_id);
+            }
+        }
         let watermark = plan.watermark();
         self.sequencer.commit(plan);
         let label = lane.to_string();
