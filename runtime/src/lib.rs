@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod config;
 pub mod kafka;
+pub mod outbound;
 pub mod serve;
 pub mod shutdown;
 pub mod telemetry;

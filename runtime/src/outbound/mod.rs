@@ -1,0 +1,38 @@
+//! The outbound HTTP client every sluice sender shares: webhook delivery to subscribers,
+//! saga steps calling third-party APIs, pollers.
+//!
+//! Layers, each in its own file:
+//!
+//! - [`OutboundClient`] sends one attempt through one shared connection pool, behind the
+//!   SSRF guard ([`ssrf`]), with connect and total timeouts, never following redirects, and
+//!   keeps the first 64 KiB of the answer ([`Attempt`]).
+//! - [`Verdict`] says what the attempt means: delivered, gone (410), retry later (with the
+//!   endpoint's capped `Retry-After`), or rejected (cannot be sent as addressed).
+//! - [`Endpoints`] holds each endpoint's in-flight cap, rate limit and circuit breaker,
+//!   created lazily, so one slow endpoint never holds up another.
+//! - [`Outbound`] puts them together for one attempt to one endpoint; callers that schedule
+//!   retries themselves (the delivery consumer, through Kafka) use it directly, callers that
+//!   retry inline use [`send_with_retries`] with a [`RetrySchedule`].
+
+pub mod attempt;
+pub mod breaker;
+pub mod client;
+pub mod config;
+pub mod endpoints;
+pub mod limits;
+pub mod request;
+pub mod retry;
+pub mod retry_after;
+pub mod ssrf;
+pub mod verdict;
+
+pub use attempt::Attempt;
+pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker};
+pub use client::{ClientError, OutboundClient};
+pub use config::ClientConfig;
+pub use endpoints::{Endpoint, EndpointSettings, Endpoints};
+pub use limits::{LimitRefusal, LimitsConfig};
+pub use request::OutboundRequest;
+pub use retry::RetrySchedule;
+pub use ssrf::{AddressClass, AddressPolicy, Refused};
+pub use verdict::{FailureReason, RefusalKind, Verdict};
