@@ -232,6 +232,18 @@ impl CircuitBreaker {
         }
     }
 
+    /// Refuses fast while open, without taking a probe slot (checked again, for real, by
+    /// [`CircuitBreaker::try_acquire`]).
+    pub fn check(&self) -> Result<(), BreakerOpen> {
+        let now = self.clock.now();
+        match self.lock().phase {
+            Phase::Open { until } if now < until => Err(BreakerOpen {
+                retry_in: until - now,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Asks to make an attempt.
     pub fn try_acquire(
         self: &Arc<Self>,
@@ -419,6 +431,7 @@ mod tests {
             })
         );
         assert_eq!(b.state(), BreakerState::Open);
+        assert_eq!(b.check().unwrap_err().retry_in, Duration::from_secs(10));
         let refused = b.try_acquire().unwrap_err();
         assert_eq!(refused.retry_in, Duration::from_secs(10));
     }
