@@ -18,7 +18,7 @@ use sluice_runtime::outbound::{
     FailureReason, LimitsConfig, NotAdmitted, Outbound, OutboundClient, OutboundMetrics,
     OutboundRequest, RefusalKind, RetryEnd, RetrySchedule, Verdict,
 };
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 /// Requests each path received.
@@ -105,16 +105,22 @@ async fn receiver() -> (String, Hits) {
     (base, hits)
 }
 
-/// A server that accepts, reads the request and hangs up without a word.
-async fn hang_up_server() -> String {
+/// A server that reads each request, writes `reply` as it is (no HTTP framework to tidy
+/// it), then hangs up, or, with `hold`, keeps the connection open without another byte.
+async fn raw_server(reply: &'static [u8], hold: bool) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
     tokio::spawn(async move {
         loop {
             let (mut socket, _) = listener.accept().await.unwrap();
-            let mut buf = [0u8; 4096];
-            let _ = socket.read(&mut buf).await;
-            drop(socket);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = socket.read(&mut buf).await;
+                let _ = socket.write_all(reply).await;
+                if hold {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                }
+            });
         }
     });
     base
@@ -236,18 +242,48 @@ async fn a_hanging_endpoint_times_out_within_the_total_timeout() {
 }
 
 #[tokio::test]
-async fn a_server_hanging_up_without_answering_is_a_closed_connection() {
-    let base = hang_up_server().await;
-    let attempt = client(Duration::from_secs(5))
-        .attempt(&post(&format!("{base}/anything")))
+async fn a_hang_up_is_a_closed_connection_and_a_non_http_answer_a_protocol_failure() {
+    let cases: [(&'static [u8], FailureReason); 2] = [
+        (b"", FailureReason::Closed),
+        (b"SSH-2.0-OpenSSH_9.6\r\n\r\n", FailureReason::Protocol),
+    ];
+    for (reply, reason) in cases {
+        let base = raw_server(reply, false).await;
+        let attempt = client(Duration::from_secs(5))
+            .attempt(&post(&format!("{base}/hook")))
+            .await;
+        assert_eq!(attempt.verdict, retry_later(reason), "{:?}", attempt.error);
+        assert!(attempt.error.is_some());
+    }
+}
+
+#[tokio::test]
+async fn a_body_that_stalls_is_cut_by_the_total_timeout_and_the_status_stands() {
+    let base = raw_server(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nX-Request-Id: r-1\r\nX-Other: no\r\n\r\nabc",
+        true,
+    )
+    .await;
+    let config = ClientConfig {
+        keep_headers: vec!["x-request-id".into(), "retry-after".into()],
+        ..loopback_config(Duration::from_millis(300))
+    };
+    let started = std::time::Instant::now();
+    let attempt = OutboundClient::new(config)
+        .unwrap()
+        .attempt(&post(&format!("{base}/hook")))
         .await;
-    assert_eq!(
-        attempt.verdict,
-        retry_later(FailureReason::Closed),
-        "{:?}",
-        attempt.error
-    );
-    assert!(attempt.error.is_some());
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    // The endpoint said 200: delivered, with what arrived of the body and why it stopped.
+    assert_eq!(attempt.verdict, Verdict::Delivered);
+    assert_eq!(&attempt.body_prefix[..], b"abc");
+    assert!(!attempt.truncated);
+    let error = attempt.error.expect("the body error is kept");
+    assert!(error.starts_with("reading the response body"), "{error}");
+    assert_eq!(attempt.headers.get("x-request-id").unwrap(), "r-1");
+    assert!(!attempt.headers.contains_key("x-other"));
+    assert_eq!(attempt.headers.len(), 1);
 }
 
 #[tokio::test]

@@ -145,7 +145,9 @@ pub enum FailureReason {
     Closed,
     /// The SSRF guard refused the destination.
     Refused(RefusalKind),
-    /// The response body could not be read (its status is kept on the attempt).
+    /// The answer was not HTTP (a malformed status line or headers).
+    Protocol,
+    /// The response body could not be read before the response head.
     Body,
     /// The request could not be built (an unusable URL or header).
     Request,
@@ -172,6 +174,7 @@ impl FailureReason {
             FailureReason::Connect => "connect",
             FailureReason::Closed => "closed",
             FailureReason::Refused(_) => "refused",
+            FailureReason::Protocol => "protocol",
             FailureReason::Body => "body",
             FailureReason::Request => "request",
         }
@@ -191,6 +194,8 @@ impl FailureReason {
             FailureReason::Request
         } else if is_closed_early(err) {
             FailureReason::Closed
+        } else if find_source::<hyper::Error>(err).is_some_and(hyper::Error::is_parse) {
+            FailureReason::Protocol
         } else if err.is_body() || err.is_decode() {
             FailureReason::Body
         } else {
