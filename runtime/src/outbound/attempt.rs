@@ -36,8 +36,13 @@ pub struct Attempt {
 }
 
 impl Attempt {
-    /// An attempt that never left: the request was refused or unusable before sending.
-    fn unsent(started_at: SystemTime, started: Instant, verdict: Verdict, error: String) -> Self {
+    /// An attempt that got no response: refused before sending, or failed before an answer.
+    fn without_response(
+        started_at: SystemTime,
+        started: Instant,
+        verdict: Verdict,
+        error: String,
+    ) -> Self {
         Attempt {
             started_at,
             latency: started.elapsed(),
@@ -63,7 +68,7 @@ pub(crate) async fn send_once(
     let started = Instant::now();
     if let Err(refused) = policy.check_url(&request.url) {
         let reason = FailureReason::Refused(RefusalKind::from(&refused));
-        return Attempt::unsent(
+        return Attempt::without_response(
             started_at,
             started,
             Verdict::Rejected { reason },
@@ -81,7 +86,7 @@ pub(crate) async fn send_once(
         Ok(response) => response,
         Err(err) => {
             let reason = FailureReason::of_error(&err);
-            return Attempt::unsent(
+            return Attempt::without_response(
                 started_at,
                 started,
                 Verdict::from_error(reason),

@@ -268,7 +268,7 @@ impl CircuitBreaker {
         }
         let probe = match &mut inner.phase {
             Phase::HalfOpen { in_flight, .. } => {
-                if *in_flight >= self.config.half_open_probes {
+                if *in_flight >= self.config.half_open_probes.max(1) {
                     return Err(BreakerOpen {
                         retry_in: Duration::ZERO,
                     });

@@ -13,6 +13,39 @@
 //! - [`Outbound`] puts them together for one attempt to one endpoint; callers that schedule
 //!   retries themselves (the delivery consumer, through Kafka) use it directly, callers that
 //!   retry inline use [`send_with_retries`] with a [`RetrySchedule`].
+//!
+//! A delivery loop, in outline:
+//!
+//! ```no_run
+//! # async fn deliver(body: Vec<u8>) -> Result<(), Box<dyn std::error::Error>> {
+//! use sluice_runtime::outbound::{
+//!     ClientConfig, EndpointSettings, Endpoints, Outbound, OutboundClient, OutboundRequest,
+//!     RetrySchedule, Verdict,
+//! };
+//!
+//! let client = OutboundClient::new(ClientConfig::default())?;
+//! let outbound = Outbound::new(client, Endpoints::new(EndpointSettings::default()));
+//! let schedule = RetrySchedule::webhook_default();
+//! let request = OutboundRequest::post("https://hooks.example.com/in".parse()?, body);
+//! let failed_so_far = 0;
+//! match outbound.send("ep_123", &request).await {
+//!     Ok(attempt) => match attempt.verdict {
+//!         Verdict::Delivered => { /* record the delivery */ }
+//!         Verdict::Gone => { /* disable the endpoint */ }
+//!         Verdict::RetryLater { after, .. } => {
+//!             // Re-publish to a retry topic due after this delay (None: give up).
+//!             let _due_in = schedule.next_delay(failed_so_far + 1, after, 42);
+//!         }
+//!         Verdict::Rejected { .. } => { /* dead-letter: it can never be sent */ }
+//!     },
+//!     Err(not_admitted) => {
+//!         // Breaker open or limits full: not an attempt; come back later.
+//!         let _come_back_in = not_admitted.retry_in();
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod attempt;
 pub mod breaker;
