@@ -12,11 +12,11 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
-use sluice_runtime::outbound::breaker::BreakerState;
+use sluice_runtime::outbound::breaker::{BreakerState, ManualClock};
 use sluice_runtime::outbound::{
     send_with_retries, AddressClass, BreakerConfig, ClientConfig, EndpointSettings, Endpoints,
-    FailureReason, LimitsConfig, NotAdmitted, Outbound, OutboundClient, OutboundMetrics,
-    OutboundRequest, RefusalKind, RetryEnd, RetrySchedule, Verdict,
+    FailureReason, LimitRefusal, LimitsConfig, NotAdmitted, Outbound, OutboundClient,
+    OutboundMetrics, OutboundRequest, RefusalKind, RetryEnd, RetrySchedule, Verdict,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -136,6 +136,26 @@ fn loopback_config(total: Duration) -> ClientConfig {
 
 fn client(total: Duration) -> OutboundClient {
     OutboundClient::new(loopback_config(total)).unwrap()
+}
+
+/// An `Outbound` with default endpoint settings.
+fn outbound(total: Duration) -> Outbound {
+    Outbound::new(client(total), Endpoints::new(EndpointSettings::default()))
+}
+
+/// An `Outbound` whose endpoints have `breaker`, on `clock`, counted in fresh metrics.
+fn observed(breaker: BreakerConfig, clock: Arc<ManualClock>) -> (Outbound, OutboundMetrics) {
+    let metrics = OutboundMetrics::new(&prometheus::Registry::new()).unwrap();
+    let settings = EndpointSettings {
+        breaker,
+        ..EndpointSettings::default()
+    };
+    let outbound = Outbound::new(
+        client(Duration::from_secs(5)),
+        Endpoints::with_clock(settings, clock),
+    )
+    .with_metrics(metrics.clone());
+    (outbound, metrics)
 }
 
 fn post(url: &str) -> OutboundRequest {
@@ -426,10 +446,7 @@ async fn https_only_rejects_plain_http() {
 #[tokio::test]
 async fn a_hanging_endpoint_does_not_delay_another() {
     let (base, _) = receiver().await;
-    let outbound = Outbound::new(
-        client(Duration::from_secs(10)),
-        Endpoints::new(EndpointSettings::default()),
-    );
+    let outbound = outbound(Duration::from_secs(10));
     // More hanging attempts than the slow endpoint's in-flight cap and the idle pool size,
     // all to the same host and port as the fast endpoint.
     let hanging: Vec<_> = (0..12)
@@ -466,18 +483,12 @@ async fn a_hanging_endpoint_does_not_delay_another() {
 #[tokio::test]
 async fn the_breaker_opens_on_failures_and_counts_in_metrics() {
     let (base, hits) = receiver().await;
-    let registry = prometheus::Registry::new();
-    let metrics = OutboundMetrics::new(&registry).unwrap();
-    let settings = EndpointSettings {
-        breaker: BreakerConfig {
-            consecutive_failures: 3,
-            cool_down: Duration::from_secs(60),
-            ..BreakerConfig::default()
-        },
-        ..EndpointSettings::default()
+    let breaker = BreakerConfig {
+        consecutive_failures: 3,
+        cool_down: Duration::from_secs(60),
+        ..BreakerConfig::default()
     };
-    let outbound = Outbound::new(client(Duration::from_secs(5)), Endpoints::new(settings))
-        .with_metrics(metrics.clone());
+    let (outbound, metrics) = observed(breaker, Arc::new(ManualClock::new()));
     let url = format!("{base}/status/502");
     for _ in 0..3 {
         let attempt = outbound.send("ep", &post(&url)).await.unwrap();
@@ -538,10 +549,7 @@ async fn the_breaker_opens_on_failures_and_counts_in_metrics() {
 #[tokio::test]
 async fn inline_retries_follow_the_schedule_until_delivered() {
     let (base, hits) = receiver().await;
-    let outbound = Outbound::new(
-        client(Duration::from_secs(5)),
-        Endpoints::new(EndpointSettings::default()),
-    );
+    let outbound = outbound(Duration::from_secs(5));
     let schedule = RetrySchedule::parse("0s, 50ms, 50ms, 50ms").unwrap();
     let outcome = send_with_retries(
         &outbound,
@@ -623,4 +631,85 @@ async fn inline_retries_stop_on_gone_exhaustion_and_deadline() {
         (rejected.end, rejected.attempts.len()),
         (RetryEnd::Rejected, 1)
     );
+}
+
+#[tokio::test]
+async fn an_open_breaker_probes_after_its_cool_down_and_closes_on_success() {
+    let (base, _) = receiver().await;
+    let clock = Arc::new(ManualClock::new());
+    let breaker = BreakerConfig {
+        consecutive_failures: 2,
+        cool_down: Duration::from_secs(30),
+        half_open_probes: 1,
+        close_after: 1,
+        ..BreakerConfig::default()
+    };
+    let (outbound, metrics) = observed(breaker, clock.clone());
+    for _ in 0..2 {
+        outbound
+            .send("ep", &post(&format!("{base}/status/500")))
+            .await
+            .unwrap();
+    }
+    let ok = post(&format!("{base}/ok"));
+    assert!(matches!(
+        outbound.send("ep", &ok).await,
+        Err(NotAdmitted::BreakerOpen(_))
+    ));
+    clock.advance(Duration::from_secs(30));
+    let probe = outbound
+        .send("ep", &ok)
+        .await
+        .expect("the probe goes through");
+    assert_eq!(probe.verdict, Verdict::Delivered);
+    assert_eq!(
+        outbound.endpoints().get("ep").breaker.state(),
+        BreakerState::Closed
+    );
+    let entered = |state: &str| {
+        metrics
+            .breaker_transitions
+            .with_label_values(&["ep", state])
+            .get()
+    };
+    assert_eq!(
+        (entered("open"), entered("half_open"), entered("closed")),
+        (1, 1, 1)
+    );
+    assert_eq!(metrics.breaker_state.with_label_values(&["ep"]).get(), 0);
+}
+
+#[tokio::test]
+async fn a_full_endpoint_is_busy_without_touching_the_others() {
+    let (base, _) = receiver().await;
+    let outbound = outbound(Duration::from_secs(10));
+    let tight = EndpointSettings {
+        limits: LimitsConfig {
+            max_in_flight: 1,
+            max_wait: Duration::from_millis(100),
+            ..LimitsConfig::default()
+        },
+        ..EndpointSettings::default()
+    };
+    outbound.endpoints().configure("one-at-a-time", &tight);
+    let first = {
+        let (outbound, request) = (outbound.clone(), post(&format!("{base}/hang")));
+        tokio::spawn(async move { outbound.send("one-at-a-time", &request).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = outbound
+        .send("one-at-a-time", &post(&format!("{base}/ok")))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        second,
+        NotAdmitted::Limit(LimitRefusal::Busy { max_in_flight: 1 })
+    );
+    assert_eq!(second.as_str(), "busy");
+    assert!(outbound
+        .send("another", &post(&format!("{base}/ok")))
+        .await
+        .is_ok());
+    assert!(!first.is_finished());
+    first.abort();
 }
