@@ -39,7 +39,7 @@ struct Receiver {
     log: PathBuf,
 }
 
-async fn start_receiver() -> Receiver {
+async fn start_receiver(extra: &[&str]) -> Receiver {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -65,6 +65,7 @@ async fn start_receiver() -> Receiver {
             "--log",
         ])
         .arg(&log)
+        .args(extra)
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -108,7 +109,7 @@ fn signed(url: &str, id: &str, body: &str, key: &[u8]) -> OutboundRequest {
 
 #[tokio::test]
 async fn the_receiver_behaves_per_path_and_checks_signatures() {
-    let receiver = start_receiver().await;
+    let receiver = start_receiver(&[]).await;
     let client = OutboundClient::new(ClientConfig {
         total_timeout: Duration::from_secs(5),
         allow: vec!["127.0.0.1/32".into()],
@@ -151,6 +152,13 @@ async fn the_receiver_behaves_per_path_and_checks_signatures() {
         send("/close", "msg_close").await.verdict.reason(),
         Some(&FailureReason::Closed)
     );
+    let slow = send("/slow/150", "msg_slow").await;
+    assert_eq!(slow.verdict, Verdict::Delivered);
+    assert!(
+        slow.latency >= Duration::from_millis(150),
+        "{:?}",
+        slow.latency
+    );
     let hang = signed(&format!("{base}/hang"), "msg_hang", body, KEY)
         .with_timeout(Duration::from_millis(300));
     assert_eq!(
@@ -168,13 +176,13 @@ async fn the_receiver_behaves_per_path_and_checks_signatures() {
             .lines()
             .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
             .collect();
-        if lines.len() >= 9 {
+        if lines.len() >= 10 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let _ = std::fs::remove_file(&receiver.log);
-    assert_eq!(lines.len(), 9, "{lines:#?}");
+    assert_eq!(lines.len(), 10, "{lines:#?}");
     let by_id = |id: &str| {
         lines
             .iter()
@@ -194,4 +202,22 @@ async fn the_receiver_behaves_per_path_and_checks_signatures() {
         .as_str()
         .unwrap()
         .contains("signature"));
+}
+
+#[tokio::test]
+async fn with_require_signature_a_forged_request_is_refused() {
+    let receiver = start_receiver(&["--require-signature"]).await;
+    let client = OutboundClient::new(ClientConfig {
+        allow: vec!["127.0.0.1/32".into()],
+        ..ClientConfig::default()
+    })
+    .unwrap();
+    let url = format!("{}/ok", receiver.base);
+    let genuine = client.attempt(&signed(&url, "msg_1", "{}", KEY)).await;
+    assert_eq!(genuine.verdict, Verdict::Delivered);
+    let forged = client
+        .attempt(&signed(&url, "msg_2", "{}", b"not the key"))
+        .await;
+    assert_eq!(forged.status, Some(401));
+    let _ = std::fs::remove_file(&receiver.log);
 }

@@ -44,7 +44,8 @@ pub enum AddressClass {
     Documentation,
     /// `198.18/15` (RFC 2544).
     Benchmarking,
-    /// `192.0.0/24` (IETF protocol assignments), `240/4`, deprecated site-local `fec0::/10`.
+    /// `192.0.0/24` (IETF protocol assignments), `240/4`, deprecated site-local `fec0::/10`,
+    /// discard-only `100::/64`.
     Reserved,
 }
 
@@ -118,7 +119,8 @@ impl AddressClass {
             AddressClass::UniqueLocal
         } else if ip.is_unicast_link_local() {
             AddressClass::LinkLocal
-        } else if (first & 0xffc0) == 0xfec0 {
+        } else if (first & 0xffc0) == 0xfec0 || (first == 0x0100 && ip.segments()[1..4] == [0; 3]) {
+            // Deprecated site-local fec0::/10; discard-only 100::/64.
             AddressClass::Reserved
         } else if first == 0x2001 && ip.segments()[1] == 0x0db8 {
             AddressClass::Documentation
@@ -136,16 +138,20 @@ impl fmt::Display for AddressClass {
 }
 
 /// The IPv4 address an IPv6 address stands for: IPv4-mapped `::ffff:a.b.c.d`, the deprecated
-/// IPv4-compatible `::a.b.c.d`, and the NAT64 well-known prefix `64:ff9b::/96`.
+/// IPv4-compatible `::a.b.c.d`, the NAT64 well-known prefix `64:ff9b::/96`, and 6to4
+/// `2002:aabb:ccdd::/48`.
 fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     if let Some(v4) = ip.to_ipv4_mapped() {
         return Some(v4);
     }
     let s = ip.segments();
-    let low = Ipv4Addr::from((u32::from(s[6]) << 16) | u32::from(s[7]));
+    let join = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
+    if s[0] == 0x2002 {
+        return Some(join(s[1], s[2]));
+    }
     let compatible = s[..6] == [0; 6] && !ip.is_loopback() && !ip.is_unspecified();
     let nat64 = s[..6] == [0x64, 0xff9b, 0, 0, 0, 0];
-    (compatible || nat64).then_some(low)
+    (compatible || nat64).then_some(join(s[6], s[7]))
 }
 
 /// An address the policy refused, and why.
@@ -377,6 +383,9 @@ mod tests {
             ("::ffff:10.0.0.1", Private),
             ("::10.0.0.1", Private),
             ("64:ff9b::a9fe:a9fe", LinkLocal),
+            ("2002:7f00:1::1", Loopback),
+            ("2002:a00:1::", Private),
+            ("100::1", Reserved),
         ];
         for (text, expected) in cases {
             assert_eq!(class(text), Some(expected), "{text}");
@@ -395,6 +404,8 @@ mod tests {
             "2606:4700:4700::1111",
             "::ffff:8.8.8.8",
             "64:ff9b::808:808",
+            "2002:808:808::1",
+            "100:0:0:1::1",
         ] {
             assert_eq!(class(text), None, "{text}");
         }
