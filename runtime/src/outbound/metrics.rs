@@ -1,5 +1,7 @@
 //! Metrics of outbound attempts, labelled by endpoint id. Label values are bounded: verdicts
-//! and reasons come from typed enums; endpoint ids from the sender's own configuration.
+//! and reasons come from typed enums (status codes by class), endpoint ids from the sender's
+//! own configuration. Series grow with the endpoints that were actually sent to, a handful
+//! each; a series exists only once its endpoint has seen that outcome.
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 

@@ -313,6 +313,9 @@ fn parse_cidr(text: &str) -> Result<IpNet, BadCidr> {
 }
 
 /// The outbound client's DNS resolver: resolves with tokio, then applies the policy.
+///
+/// tokio resolves with the system resolver on its blocking pool; the connect timeout bounds
+/// how long an attempt waits for it.
 #[derive(Debug, Clone)]
 pub struct GuardedResolver {
     policy: Arc<AddressPolicy>,
