@@ -713,3 +713,41 @@ async fn a_full_endpoint_is_busy_without_touching_the_others() {
     assert!(!first.is_finished());
     first.abort();
 }
+
+#[tokio::test]
+async fn inline_retries_do_not_wait_for_a_full_endpoint_past_the_deadline() {
+    let (base, _) = receiver().await;
+    let outbound = outbound(Duration::from_secs(10));
+    let tight = EndpointSettings {
+        limits: LimitsConfig {
+            max_in_flight: 1,
+            max_wait: Duration::from_secs(30),
+            ..LimitsConfig::default()
+        },
+        ..EndpointSettings::default()
+    };
+    outbound.endpoints().configure("ep", &tight);
+    let hanging = {
+        let (outbound, request) = (outbound.clone(), post(&format!("{base}/hang")));
+        tokio::spawn(async move { outbound.send("ep", &request).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    let outcome = send_with_retries(
+        &outbound,
+        "ep",
+        &post(&format!("{base}/ok")),
+        &RetrySchedule::webhook_default(),
+        Duration::from_millis(300),
+        3,
+    )
+    .await;
+    assert_eq!(outcome.end, RetryEnd::DeadlineExceeded);
+    assert!(outcome.attempts.is_empty());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    hanging.abort();
+}

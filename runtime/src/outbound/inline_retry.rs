@@ -20,6 +20,9 @@ use super::verdict::Verdict;
 /// attempt back without saying how long.
 const NOT_ADMITTED_PAUSE: Duration = Duration::from_millis(100);
 
+/// How long past the deadline an attempt's own timeout may take to be reported.
+const DEADLINE_GRACE: Duration = Duration::from_millis(250);
+
 /// How a run of attempts ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetryEnd {
@@ -91,9 +94,19 @@ pub async fn send_with_retries(
         let attempt_request = request
             .clone()
             .with_timeout(request.timeout.map_or(left, |own| own.min(left)));
-        let attempt = match outbound.send(endpoint, &attempt_request).await {
-            Ok(attempt) => attempt,
-            Err(refusal) => {
+        // The attempt's own timeout ends it by the deadline; this bounds the wait for the
+        // endpoint's limits, with a grace so a timeout at the deadline is still recorded.
+        let sent = tokio::time::timeout_at(
+            deadline + DEADLINE_GRACE,
+            outbound.send(endpoint, &attempt_request),
+        );
+        let attempt = match sent.await {
+            Err(_elapsed) => {
+                outcome.end = RetryEnd::DeadlineExceeded;
+                return outcome;
+            }
+            Ok(Ok(attempt)) => attempt,
+            Ok(Err(refusal)) => {
                 outcome.not_admitted += 1;
                 wait = Some(pause_for(&refusal));
                 continue;
