@@ -679,24 +679,42 @@ async fn an_open_breaker_probes_after_its_cool_down_and_closes_on_success() {
     assert_eq!(metrics.breaker_state.with_label_values(&["ep"]).get(), 0);
 }
 
-#[tokio::test]
-async fn a_full_endpoint_is_busy_without_touching_the_others() {
-    let (base, _) = receiver().await;
-    let outbound = outbound(Duration::from_secs(10));
+/// Limits `endpoint` to one attempt in flight and fills that slot with a request to
+/// `/hang`; returns the hanging send, to abort at the end.
+async fn occupy_single_slot(
+    outbound: &Outbound,
+    base: &str,
+    endpoint: &'static str,
+    max_wait: Duration,
+) -> tokio::task::JoinHandle<Result<sluice_runtime::outbound::Attempt, NotAdmitted>> {
     let tight = EndpointSettings {
         limits: LimitsConfig {
             max_in_flight: 1,
-            max_wait: Duration::from_millis(100),
+            max_wait,
             ..LimitsConfig::default()
         },
         ..EndpointSettings::default()
     };
-    outbound.endpoints().configure("one-at-a-time", &tight);
-    let first = {
+    outbound.endpoints().configure(endpoint, &tight);
+    let hanging = {
         let (outbound, request) = (outbound.clone(), post(&format!("{base}/hang")));
-        tokio::spawn(async move { outbound.send("one-at-a-time", &request).await })
+        tokio::spawn(async move { outbound.send(endpoint, &request).await })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
+    hanging
+}
+
+#[tokio::test]
+async fn a_full_endpoint_is_busy_without_touching_the_others() {
+    let (base, _) = receiver().await;
+    let outbound = outbound(Duration::from_secs(10));
+    let first = occupy_single_slot(
+        &outbound,
+        &base,
+        "one-at-a-time",
+        Duration::from_millis(100),
+    )
+    .await;
     let second = outbound
         .send("one-at-a-time", &post(&format!("{base}/ok")))
         .await
@@ -718,20 +736,7 @@ async fn a_full_endpoint_is_busy_without_touching_the_others() {
 async fn inline_retries_do_not_wait_for_a_full_endpoint_past_the_deadline() {
     let (base, _) = receiver().await;
     let outbound = outbound(Duration::from_secs(10));
-    let tight = EndpointSettings {
-        limits: LimitsConfig {
-            max_in_flight: 1,
-            max_wait: Duration::from_secs(30),
-            ..LimitsConfig::default()
-        },
-        ..EndpointSettings::default()
-    };
-    outbound.endpoints().configure("ep", &tight);
-    let hanging = {
-        let (outbound, request) = (outbound.clone(), post(&format!("{base}/hang")));
-        tokio::spawn(async move { outbound.send("ep", &request).await })
-    };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let hanging = occupy_single_slot(&outbound, &base, "ep", Duration::from_secs(30)).await;
     let started = std::time::Instant::now();
     let outcome = send_with_retries(
         &outbound,
