@@ -9,7 +9,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -98,7 +98,7 @@ impl EndpointLimits {
             let Err(not_until) = rate.check() else {
                 return Ok(());
             };
-            let retry_in = not_until.wait_time_from(DefaultClock::default().now());
+            let retry_in = not_until.wait_time_from(rate.clock().now());
             if Instant::now() + retry_in > deadline {
                 return Err(LimitRefusal::RateLimited { retry_in });
             }
