@@ -300,6 +300,13 @@ pub async fn post(
     for (k, v) in headers {
         req = req.header(*k, v);
     }
+    send(req).await
+}
+
+/// Sends `req`; returns status, headers and the JSON body (Null if none).
+pub async fn send(
+    req: reqwest::RequestBuilder,
+) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
     let resp = req.send().await.expect("the gateway answers");
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
