@@ -37,8 +37,9 @@ enum Command {
     Topology(cli::topology::TopologyCommand),
     /// Print a topic's records as JSON lines, decoded through the registry.
     Tail(cli::tail::TailArgs),
-    /// Serve webhook ingestion (`POST /webhooks/{source}`) and the publish API
-    /// (`POST /v1/events/{event_type}`) until SIGTERM/SIGINT.
+    /// Serve webhook ingestion (`POST /webhooks/{source}`), the publish API
+    /// (`POST /v1/events/{event_type}`) and the endpoints API (`/v1/endpoints`) until
+    /// SIGTERM/SIGINT.
     Gateway(cli::gateway::GatewayArgs),
     /// Demonstrations against the running stack.
     #[command(subcommand)]

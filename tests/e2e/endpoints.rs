@@ -375,6 +375,12 @@ async fn endpoints_api_requires_an_admin_token_and_names_bad_fields() {
         (status, &json["error"]["code"]),
         (400, &json!("invalid_json"))
     );
+    let big = json!({"url": "https://example.com/h", "event_types": [PAID], "description": "x".repeat(70_000)});
+    let (status, json) = admin(M::POST, &base, Some(big)).await;
+    assert_eq!(
+        (status, &json["error"]["code"]),
+        (413, &json!("body_too_large"))
+    );
     let (status, json) = admin(M::PUT, &base, None).await;
     assert_eq!(
         (status, &json["error"]["code"]),

@@ -510,4 +510,42 @@ mod tests {
         );
         assert_eq!(h["www-authenticate"], "Bearer");
     }
+
+    #[tokio::test]
+    async fn endpoints_without_an_admin_token_are_unauthorized_and_openapi_is_served() {
+        let (g, _) = gateway().await;
+        for (method, uri) in [
+            ("GET", "/v1/endpoints"),
+            ("POST", "/v1/endpoints"),
+            ("PATCH", "/v1/endpoints/ep_1"),
+            ("POST", "/v1/endpoints/ep_1/rotate-secret"),
+        ] {
+            let req = Request::builder()
+                .method(method)
+                .uri(uri)
+                .header("authorization", "Bearer whatever-token-value")
+                .body(Body::from("{}"))
+                .unwrap();
+            let (s, _, j) = call(&g, req).await;
+            assert_eq!(
+                (s.as_u16(), &j["error"]["code"]),
+                (401, &"unauthorized".into()),
+                "{method} {uri}"
+            );
+        }
+        let req = Request::put("/v1/endpoints/ep_1")
+            .body(Body::empty())
+            .unwrap();
+        let (s, h, _) = call(&g, req).await;
+        assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(h["allow"], "GET, PATCH, DELETE");
+        let (s, h, j) = call(
+            &g,
+            Request::get("/openapi.json").body(Body::empty()).unwrap(),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(h["content-type"], "application/json");
+        assert_eq!(j["openapi"], "3.1.0");
+    }
 }
