@@ -347,6 +347,14 @@ async fn endpoints_api_requires_an_admin_token_and_names_bad_fields() {
             "ordering",
         ),
         (json!({"event_types": [PAID]}), "missing_field", "url"),
+        (
+            with(
+                "event_types",
+                json!([PAID, "dev.sluice.events.payments.PaymentSucceded"]),
+            ),
+            "invalid_event_types",
+            "event_types[1]",
+        ),
     ] {
         let (status, json) = admin(M::POST, &base, Some(body.clone())).await;
         assert_eq!(
@@ -397,6 +405,16 @@ async fn endpoints_api_requires_an_admin_token_and_names_bad_fields() {
     assert_eq!(
         (status, &json["error"]["code"]),
         (400, &json!("unknown_field"))
+    );
+    let (status, json) = admin(
+        M::PATCH,
+        &item,
+        Some(json!({"event_types": ["dev.sluice.events.payments.Nope"]})),
+    )
+    .await;
+    assert_eq!(
+        (status, &json["error"]["code"]),
+        (400, &json!("invalid_event_types"))
     );
     let (status, json) = admin(M::PATCH, &item, Some(json!({"max_in_flight": 0}))).await;
     assert_eq!(

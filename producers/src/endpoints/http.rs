@@ -241,6 +241,9 @@ async fn create(req: &Request<'_>, body: Body) -> Result<Response, ApiError> {
     let spec: EndpointSpec = req.json(body).await?;
     let (endpoint, secret) =
         Endpoint::create(spec, new_id(), jiff::Timestamp::now()).map_err(|e| invalid(&e))?;
+    endpoint
+        .check_known_types(&api.known_types)
+        .map_err(|e| invalid(&e))?;
     let _one_at_a_time = api.writes.lock().await;
     req.write(&endpoint.id, Some(&endpoint)).await?;
     tracing::info!(endpoint = %endpoint.id, by = %caller.name, "endpoint created");
@@ -256,10 +259,17 @@ async fn create(req: &Request<'_>, body: Body) -> Result<Response, ApiError> {
 async fn update(req: &Request<'_>, id: &str, body: Body) -> Result<Response, ApiError> {
     let (api, caller) = req.api()?;
     let patch: EndpointPatch = req.json(body).await?;
+    let retyped = patch.event_types.is_some();
     let _one_at_a_time = api.writes.lock().await;
     let next = existing(api, id)?
         .patched(patch, jiff::Timestamp::now())
         .map_err(|e| invalid(&e))?;
+    if retyped {
+        // Only new event types are checked: an endpoint naming a type since removed from
+        // the catalog can still be changed otherwise.
+        next.check_known_types(&api.known_types)
+            .map_err(|e| invalid(&e))?;
+    }
     req.write(id, Some(&next)).await?;
     tracing::info!(endpoint = id, by = %caller.name, "endpoint updated");
     Ok(Json(next.public_view()).into_response())

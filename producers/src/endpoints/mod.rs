@@ -29,6 +29,7 @@
 pub(crate) mod http;
 pub mod openapi;
 
+use std::collections::BTreeSet;
 use std::sync::Mutex;
 
 use sluice_delivery::endpoints::{EndpointTable, Follower, TableError};
@@ -44,14 +45,21 @@ pub struct EndpointsApi {
     /// `None` when no token has the `admin` scope: the API is off and the topic not read.
     table: Option<EndpointTable>,
     topic: String,
+    /// The catalog's event types: exact event types must be one of them.
+    known_types: BTreeSet<String>,
     follower: Mutex<Option<Follower>>,
     /// One change at a time, so a read-modify-write cannot lose a concurrent one.
     writes: tokio::sync::Mutex<()>,
 }
 
 impl EndpointsApi {
-    /// Reads `topic` to its end (blocking the caller's task on a blocking thread).
-    pub async fn load(clients: &KafkaClients, topic: &str) -> Result<Self, TableError> {
+    /// Reads `topic` to its end (on a blocking thread); `known_types` are the event types
+    /// endpoints may name exactly.
+    pub async fn load(
+        clients: &KafkaClients,
+        topic: &str,
+        known_types: BTreeSet<String>,
+    ) -> Result<Self, TableError> {
         let (clients, owned) = (clients.clone(), topic.to_string());
         let (table, follower) =
             tokio::task::spawn_blocking(move || EndpointTable::load(&clients, &owned))
@@ -60,6 +68,7 @@ impl EndpointsApi {
         Ok(Self {
             table: Some(table),
             topic: topic.to_string(),
+            known_types,
             follower: Mutex::new(Some(follower)),
             writes: tokio::sync::Mutex::new(()),
         })
@@ -70,6 +79,7 @@ impl EndpointsApi {
         Self {
             table: None,
             topic: String::new(),
+            known_types: BTreeSet::new(),
             follower: Mutex::new(None),
             writes: tokio::sync::Mutex::new(()),
         }

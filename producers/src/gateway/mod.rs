@@ -160,7 +160,8 @@ impl Gateway {
         };
         let endpoints = if tokens.any_with(Scope::Admin) {
             let topic = sluice_delivery::endpoints::topic(&topology.prefix);
-            EndpointsApi::load(clients, &topic).await?
+            let known = catalog.event_types().map(str::to_string).collect();
+            EndpointsApi::load(clients, &topic, known).await?
         } else {
             tracing::info!(
                 "endpoints API disabled: no gateway.publish_tokens with the admin scope"

@@ -6,6 +6,7 @@
 //! (`event_types[2]`) and a stable code naming the field (`invalid_event_types`), never as
 //! a bare deserializer message. Only a checked [`Endpoint`] is ever stored.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -400,6 +401,23 @@ impl Endpoint {
             .collect()
     }
 
+    /// Refuses an exact event type that is not in `known` (a misspelt name would quietly
+    /// match nothing). Prefix patterns are not checked: they may name types yet to come.
+    pub fn check_known_types(&self, known: &BTreeSet<String>) -> Result<(), ValidationError> {
+        for (i, p) in self.event_types.iter().enumerate() {
+            if let EventTypePattern::Exact(name) = p {
+                if !known.contains(name) {
+                    return Err(ValidationError::new(
+                        format!("event_types[{i}]"),
+                        code::EVENT_TYPES,
+                        format!("`{name}` is not an event type of the catalog; for every type under a prefix, end it with `.*`"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// What the API answers about this endpoint: everything but secret values (each secret
     /// is shown by fingerprint, `created_at` and `expires_at`).
     pub fn public_view(&self) -> serde_json::Value {
@@ -457,15 +475,15 @@ fn parse_event_types(texts: &[String]) -> Result<Vec<EventTypePattern>, Validati
             format!("at most {MAX_EVENT_TYPES} event types or patterns"),
         ));
     }
-    let mut out: Vec<EventTypePattern> = Vec::with_capacity(texts.len());
-    for (i, text) in texts.iter().enumerate() {
-        let p = EventTypePattern::parse(text)
-            .map_err(|m| ValidationError::new(format!("event_types[{i}]"), code::EVENT_TYPES, m))?;
-        if !out.contains(&p) {
-            out.push(p);
-        }
-    }
-    Ok(out)
+    texts
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            EventTypePattern::parse(text).map_err(|m| {
+                ValidationError::new(format!("event_types[{i}]"), code::EVENT_TYPES, m)
+            })
+        })
+        .collect()
 }
 
 fn parse_filters(specs: &[FilterSpec]) -> Result<Vec<AttributeFilter>, ValidationError> {

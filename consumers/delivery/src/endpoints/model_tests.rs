@@ -211,3 +211,22 @@ fn rotation_signs_with_both_secrets_during_the_grace_period_then_only_the_new_on
     assert_eq!(e.signing_secrets(after), vec![&newer]);
     assert!(!e.signing_secrets(after).contains(&&new));
 }
+
+#[test]
+fn exact_event_types_must_be_known_prefixes_need_not_be() {
+    let e = create(base()).unwrap();
+    let known: std::collections::BTreeSet<String> =
+        ["dev.sluice.events.payments.PaymentSucceeded".to_string()].into();
+    e.check_known_types(&known).unwrap();
+    let e = create(with(
+        "event_types",
+        serde_json::json!(["dev.future.*", "dev.sluice.events.payments.PaymentSucceded"]),
+    ))
+    .unwrap();
+    let err = e.check_known_types(&known).unwrap_err();
+    assert_eq!(
+        (err.field.as_str(), err.code),
+        ("event_types[1]", "invalid_event_types")
+    );
+    assert!(err.message.contains("PaymentSucceded"), "{err}");
+}
