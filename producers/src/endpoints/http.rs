@@ -22,6 +22,7 @@ use sluice_schemas::json::FieldError;
 
 use super::{EndpointsApi, MAX_BODY_BYTES};
 use crate::gateway::errors::{code, ApiError};
+use crate::gateway::metrics::UNKNOWN;
 use crate::gateway::routes::{charge_slow_body, read_limited, ClientAddr};
 use crate::gateway::AppState;
 use crate::produce::{self, ProduceError};
@@ -70,9 +71,30 @@ pub(crate) async fn handle(
     };
     let id = params.get("id").map(String::as_str);
     let action = params.get("action").map(String::as_str);
-    route(&req, id, action, &method, body)
-        .await
-        .unwrap_or_else(IntoResponse::into_response)
+    let (outcome, response) = match route(&req, id, action, &method, body).await {
+        Ok(response) => ("ok", response),
+        Err(e) => (e.code, e.into_response()),
+    };
+    app.metrics
+        .endpoints_requests
+        .with_label_values(&[operation(id.is_some(), action, &method), outcome])
+        .inc();
+    response
+}
+
+/// The metric label of a request: what it asks for, from a fixed set.
+fn operation(has_id: bool, action: Option<&str>, method: &Method) -> &'static str {
+    match (has_id, action.map(Action::parse), method.as_str()) {
+        (false, _, "GET") => "list",
+        (false, _, "POST") => "create",
+        (true, None, "GET") => "show",
+        (true, None, "PATCH") => "update",
+        (true, None, "DELETE") => "delete",
+        (true, Some(Some(Action::Disable)), "POST") => "disable",
+        (true, Some(Some(Action::Enable)), "POST") => "enable",
+        (true, Some(Some(Action::RotateSecret)), "POST") => "rotate_secret",
+        _ => UNKNOWN,
+    }
 }
 
 async fn route(
@@ -377,6 +399,21 @@ mod tests {
         assert_eq!(body_error(&e).code, "invalid_body");
         let e = serde_json::from_str::<EndpointSpec>("{not json").unwrap_err();
         assert_eq!(body_error(&e).code, "invalid_json");
+    }
+
+    #[test]
+    fn operations_are_a_fixed_set_of_labels() {
+        assert_eq!(operation(false, None, &Method::POST), "create");
+        assert_eq!(
+            operation(true, Some("rotate-secret"), &Method::POST),
+            "rotate_secret"
+        );
+        assert_eq!(
+            operation(true, Some("rotate-secret"), &Method::GET),
+            "unknown"
+        );
+        assert_eq!(operation(true, Some("../../etc"), &Method::POST), "unknown");
+        assert_eq!(operation(true, None, &Method::PUT), "unknown");
     }
 
     #[test]
