@@ -193,12 +193,7 @@ async fn endpoints_are_managed_over_the_api_and_stored_in_the_compacted_topic() 
         !gw.log().contains(&secret) && !gw.log().contains(&new_secret),
         "secrets never reach the log"
     );
-    let metrics = reqwest::get(format!("{}/metrics", gw.admin))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     for line in [
         r#"sluice_endpoints_requests_total{operation="create",outcome="ok"} 1"#,
         r#"sluice_endpoints_requests_total{operation="rotate_secret",outcome="ok"} 1"#,
