@@ -37,8 +37,9 @@ enum Command {
     Topology(cli::topology::TopologyCommand),
     /// Print a topic's records as JSON lines, decoded through the registry.
     Tail(cli::tail::TailArgs),
-    /// Serve webhook ingestion (`POST /webhooks/{source}`) and the publish API
-    /// (`POST /v1/events/{event_type}`) until SIGTERM/SIGINT.
+    /// Serve webhook ingestion (`POST /webhooks/{source}`), the publish API
+    /// (`POST /v1/events/{event_type}`) and the endpoints API (`/v1/endpoints`) until
+    /// SIGTERM/SIGINT.
     Gateway(cli::gateway::GatewayArgs),
     /// Demonstrations against the running stack.
     #[command(subcommand)]
@@ -60,6 +61,9 @@ enum Command {
     Outbox(cli::outbox::OutboxCommand),
     /// Every role in one supervised process; `--demo` also drives the demo traffic.
     Run(cli::run::RunArgs),
+    /// Outbound webhook endpoints, through a running gateway's `/v1/endpoints` API:
+    /// add, list, show, update, disable, enable, rotate-secret, delete.
+    Endpoints(cli::endpoints::EndpointsArgs),
     /// Benchmarks against the live stack, each with a raw rdkafka ceiling from the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -100,6 +104,7 @@ fn main() -> ExitCode {
             Command::Saga(cmd) => cli::saga::run(&config, cmd).await,
             Command::Lag(args) => cli::lag::run(&config, args).await,
             Command::Bench(cmd) => bench::run(&config, cmd).await,
+            Command::Endpoints(args) => cli::endpoints::run(args).await,
             Command::Outbox(cmd) => cli::outbox::run(&config, cmd).await,
             Command::Run(args) => cli::run::run(&config, cli.config.as_deref(), args).await,
         }

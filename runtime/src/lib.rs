@@ -1,12 +1,14 @@
 //! Shared plumbing for every sluice process: configuration, Kafka client builders,
-//! telemetry, the admin HTTP server, the limited HTTP serving both servers share, and graceful
-//! shutdown.
+//! telemetry, the admin HTTP server, the limited HTTP serving both servers share, graceful
+//! shutdown, and the outbound HTTP client every sender shares ([`outbound`]).
 //!
-//! Nothing here knows about webhooks, schemas or sagas; those live in their own crates.
+//! Nothing here knows about webhooks, schemas or sagas; those live in their own crates. The
+//! outbound client knows HTTP, addresses and endpoints, not what it carries.
 
 pub mod admin;
 pub mod config;
 pub mod kafka;
+pub mod outbound;
 pub mod serve;
 pub mod shutdown;
 pub mod telemetry;

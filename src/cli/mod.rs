@@ -4,6 +4,7 @@
 
 pub mod dlq;
 pub mod doctor;
+pub mod endpoints;
 pub mod gateway;
 pub mod lag;
 pub mod normalize;

@@ -119,6 +119,16 @@ impl GatewayProcess {
         format!("{}{path}", self.base)
     }
 
+    /// What its admin server's `/metrics` shows now.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Everything the process wrote.
     pub fn log(&self) -> String {
         process_log(&self.log)
@@ -300,6 +310,13 @@ pub async fn post(
     for (k, v) in headers {
         req = req.header(*k, v);
     }
+    send(req).await
+}
+
+/// Sends `req`; returns status, headers and the JSON body (Null if none).
+pub async fn send(
+    req: reqwest::RequestBuilder,
+) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
     let resp = req.send().await.expect("the gateway answers");
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
@@ -625,12 +642,7 @@ async fn signed_fixture_deliveries_land_byte_for_byte_on_their_raw_topics() {
     );
     assert_eq!(rec.header(raw_record::EVENT_TYPE), None);
 
-    let metrics = reqwest::get(format!("{}/metrics", gw.admin))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     assert!(
         metrics.contains(r#"sluice_gateway_requests_total{outcome="accepted",source="stripe"} 5"#),
         "{metrics}"
@@ -729,12 +741,7 @@ async fn bad_requests_get_json_errors_with_stable_codes_and_produce_nothing() {
     assert_eq!(record_count(&format!("{p}.raw.github")).await, 0);
     assert_eq!(record_count(&format!("{p}.raw.tiny")).await, 1);
 
-    let metrics = reqwest::get(format!("{}/metrics", gw.admin))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     assert!(
         metrics.contains(r#"sluice_gateway_verification_failures_total{reason="timestamp_out_of_tolerance",source="stripe"} 1"#),
         "{metrics}"

@@ -13,7 +13,8 @@ use crate::support::{clients, config, registry, require_stack, send_event, uniqu
 
 const ORDER: &str = "dev.sluice.events.commerce.OrderPlaced";
 
-fn python() -> std::path::PathBuf {
+/// The Python of the test venv (`dev/setup`), with the tools in `dev/interop-requirements.txt`.
+pub fn python() -> std::path::PathBuf {
     let cache = std::env::var("SLUICE_CACHE")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|_| {
@@ -22,7 +23,7 @@ fn python() -> std::path::PathBuf {
     let py = cache.join("py/bin/python");
     assert!(
         py.exists(),
-        "{} is missing: run `make test` (dev/setup installs Confluent's Python client there)",
+        "{} is missing: run `make test` (dev/setup installs the Python test tools there)",
         py.display()
     );
     py

@@ -10,6 +10,7 @@ mod cli;
 mod compose;
 mod dlq;
 mod docs;
+mod endpoints;
 mod faults;
 mod fencing;
 mod gateway;

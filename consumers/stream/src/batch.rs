@@ -82,12 +82,36 @@ pub(crate) enum Ended {
     Aborted { rewind: Vec<(TopicPartition, i64)> },
 }
 
+/// Where each partition of `records` starts: what a batch that is not committed rewinds to.
+fn firsts(records: &[Record]) -> Vec<(TopicPartition, i64)> {
+    let mut firsts: BTreeMap<TopicPartition, i64> = BTreeMap::new();
+    for r in records {
+        firsts
+            .entry((r.topic.clone(), r.partition))
+            .or_insert(r.offset);
+    }
+    firsts.into_iter().collect()
+}
+
+impl Batch {
+    /// A batch whose records were consumed but could not be handled (its transaction did
+    /// not begin): nothing to write, and every partition to rewind to its first record, or
+    /// the consumer would go on past them.
+    pub(crate) fn unhandled(records: &[Record]) -> Batch {
+        Batch {
+            firsts: firsts(records),
+            ..Batch::default()
+        }
+    }
+}
+
 /// Handles `records`: each partition's on its own task, so handlers use every core.
 pub(crate) async fn handle<H: Handler>(
     shared: &Shared<H>,
     records: Vec<Record>,
     sink: Option<Arc<dyn OutputSink>>,
 ) -> Result<Batch, LoopError> {
+    let firsts = firsts(&records);
     let mut by_partition: BTreeMap<TopicPartition, Vec<Record>> = BTreeMap::new();
     for r in records {
         by_partition
@@ -95,10 +119,6 @@ pub(crate) async fn handle<H: Handler>(
             .or_default()
             .push(r);
     }
-    let firsts = by_partition
-        .iter()
-        .map(|(tp, rs)| (tp.clone(), rs[0].offset))
-        .collect();
     let tasks = by_partition.into_iter().map(|(tp, records)| {
         let (shared, sink) = (shared.clone(), sink.clone());
         tokio::spawn(async move {

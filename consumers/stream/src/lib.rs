@@ -23,6 +23,7 @@ pub mod processing;
 mod rebalance;
 pub mod refusals;
 pub mod state;
+pub mod watermark;
 
 use std::future::Future;
 use std::time::Duration;

@@ -426,7 +426,7 @@ impl<'c, H: Handler> Loop<'c, H> {
             let sink = stream.clone().map(|s| s as Arc<dyn OutputSink>);
             batch::handle(&self.shared, records, sink).await?
         } else {
-            Batch::default()
+            Batch::unhandled(&records)
         };
         if let Some(e) = batch.refused.take() {
             // A record's output cannot be taken: this batch is abandoned and comes round

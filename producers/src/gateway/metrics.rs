@@ -18,6 +18,7 @@ pub struct GatewayMetrics {
     pub verification_failures: IntCounterVec,
     pub publish_requests: IntCounterVec,
     pub publish_duration: HistogramVec,
+    pub endpoints_requests: IntCounterVec,
 }
 
 impl GatewayMetrics {
@@ -70,6 +71,13 @@ impl GatewayMetrics {
                 ),
                 &["event_type"],
             )?,
+            endpoints_requests: IntCounterVec::new(
+                Opts::new(
+                    "sluice_endpoints_requests_total",
+                    "Endpoints API requests by operation (create, list, show, update, delete, disable, enable, rotate_secret, unknown) and outcome (ok or an error code).",
+                ),
+                &["operation", "outcome"],
+            )?,
         };
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.duration.clone()))?;
@@ -77,6 +85,7 @@ impl GatewayMetrics {
         registry.register(Box::new(m.verification_failures.clone()))?;
         registry.register(Box::new(m.publish_requests.clone()))?;
         registry.register(Box::new(m.publish_duration.clone()))?;
+        registry.register(Box::new(m.endpoints_requests.clone()))?;
         Ok(m)
     }
 }

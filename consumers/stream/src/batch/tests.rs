@@ -433,3 +433,24 @@ async fn an_output_no_producer_would_take_fails_the_batch_and_is_dead_lettered_n
     assert!(matches!(ended, Ended::Committed { .. }));
     assert_eq!((i.counted("ok"), i.counted("dead_lettered")), (2, 1));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn records_consumed_but_never_handled_are_rewound_to_not_skipped() {
+    // The broker is down when the batch's transaction should begin: nothing is handled,
+    // and every partition goes back to its first record.
+    let log = Arc::new(MemoryLog::default());
+    let i = Instance::start(&log, false, &[0, 1]).await;
+    let records = vec![
+        record(1, 8, "b", "x"),
+        record(0, 3, "a", "x"),
+        record(0, 4, "a", "x"),
+    ];
+    let ended = Batch::unhandled(&records).end(&i.shared, false);
+    assert_eq!(
+        ended,
+        Ended::Aborted {
+            rewind: vec![((INPUT.into(), 0), 3), ((INPUT.into(), 1), 8)]
+        }
+    );
+    assert_eq!(i.counted("ok"), 0);
+}
