@@ -787,6 +787,14 @@ async fn the_relay_survives_a_postgres_restart_mid_run() {
     let done = Arc::new(AtomicUsize::new(0));
     let mut relay = d.relay("relay", 30_000);
     relay.ready().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while relay.metric("sluice_outbox_lanes_owned").await < 4.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the relay never claimed its lanes"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     for w in spawn_writers(&d, &ledger, &done, 4, 50) {
         w.await.unwrap();
     }
