@@ -11,10 +11,12 @@
 
 pub mod apply;
 pub mod asyncapi;
+pub mod http_step;
 pub mod model;
 pub mod naming;
 pub mod plan;
 pub mod sizes;
+pub mod template;
 pub mod validate;
 
 pub use model::Topology;
