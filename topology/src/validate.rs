@@ -1204,6 +1204,16 @@ sagas:
             err.contains("http.body: saga `orders`, step `charge-payment`: a GET has no body"),
             "{err}"
         );
+        // A role is either the HTTP participant or a written one.
+        let mixed = http_saga()
+            + "      - name: ship\n        participant: payments\n        side_effects: false\n        command: {event_type: x.Refund, topic: sluice.saga.orders.commands}\n        success: x.Refunded\n        failure: x.RefundFailed\n        timeout: 5s\n";
+        let err = Topology::parse("t.yaml", &mixed, &saga_types())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("sagas[0].steps[1].participant: saga `orders`, step `ship`: participant `payments` runs HTTP steps elsewhere"),
+            "{err}"
+        );
         // A misspelt key inside `http:` is named.
         let typo = http_saga().replace("keep: {payment_id: id}", "kep: {payment_id: id}");
         let err = Topology::parse("t.yaml", &typo, &saga_types())

@@ -13,8 +13,8 @@ use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use sluice_runtime::outbound::{
-    BreakerState, ClientConfig, EndpointSettings, Endpoints, Outbound, OutboundClient,
-    RetrySchedule,
+    BreakerConfig, BreakerState, ClientConfig, EndpointSettings, Endpoints, Outbound,
+    OutboundClient, RetrySchedule,
 };
 use sluice_sagas::http::{HttpCall, HttpParticipant, CALL_KEY};
 use sluice_sagas::instance::Kind;
@@ -110,12 +110,17 @@ fn record(seen: &Seen, path: &str, headers: &HeaderMap, body: Value) {
 
 /// An outbound client allowed to reach 127.0.0.1 (and nothing else private).
 fn outbound() -> Outbound {
+    outbound_with(EndpointSettings::default())
+}
+
+/// [`outbound`] with these breaker and limit settings per upstream.
+fn outbound_with(settings: EndpointSettings) -> Outbound {
     let client = OutboundClient::new(ClientConfig {
         allow: vec!["127.0.0.1/32".into()],
         ..ClientConfig::default()
     })
     .unwrap();
-    Outbound::new(client, Endpoints::new(EndpointSettings::default()))
+    Outbound::new(client, Endpoints::new(settings))
 }
 
 /// A participant whose `charge` step is `spec` (its reply due within `timeout`).
@@ -272,6 +277,56 @@ async fn unavailable_upstreams_leave_the_step_to_its_timeout_and_open_the_breake
         BreakerState::Open
     );
     assert_eq!(seen.all().len(), 5);
+}
+
+#[tokio::test]
+async fn while_the_breaker_is_open_a_call_waits_and_goes_through_once_it_recovers() {
+    let (base, seen) = provider().await;
+    let outbound = outbound_with(EndpointSettings {
+        breaker: BreakerConfig {
+            consecutive_failures: 2,
+            cool_down: Duration::from_millis(1500),
+            ..BreakerConfig::default()
+        },
+        ..EndpointSettings::default()
+    });
+    let failing = participant(
+        json!({"method": "POST", "url": format!("{base}/status/503"), "body": {}}),
+        Duration::from_secs(1),
+        outbound.clone(),
+    );
+    assert!(matches!(
+        failing.call(&command("c1", order())).await,
+        Outcome::NoReply { .. }
+    ));
+    let upstream = base.trim_start_matches("http://");
+    assert_eq!(
+        outbound.endpoints().get(upstream).breaker.state(),
+        BreakerState::Open
+    );
+    let sent = seen.all().len();
+    assert_eq!(sent, 2, "the breaker opened after two failures");
+    // Another step on the same upstream is not failed while the breaker is open: it waits,
+    // sends nothing, and leaves the decision to the step's timeout.
+    let charge = json!({"method": "POST", "url": format!("{base}/charges/o1"), "body": {}, "keep": {"id": "id"}});
+    let short = participant(charge.clone(), Duration::from_millis(500), outbound.clone());
+    let outcome = short.call(&command("c2", order())).await;
+    let Outcome::NoReply { why } = &outcome else {
+        panic!("{outcome:?}")
+    };
+    assert!(why.contains("no attempt could start"), "{why}");
+    assert_eq!(seen.all().len(), sent);
+    // With time to wait out the cool-down, the resent command goes through (same key).
+    let patient = participant(charge, Duration::from_secs(5), outbound);
+    let outcome = patient.call(&command("c2", order())).await;
+    let Outcome::Succeeded {
+        result: Some(result),
+    } = &outcome
+    else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(result["id"], "ch_1");
+    assert_eq!(seen.all().last().unwrap().1, "c2");
 }
 
 #[tokio::test]
