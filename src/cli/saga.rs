@@ -673,6 +673,7 @@ async fn participants(config: &SluiceConfig, args: ParticipantArgs) -> anyhow::R
         Endpoints::new(EndpointSettings::default()),
     )
     .with_metrics(OutboundMetrics::new(&metrics_registry)?);
+    HttpParticipant::configure_upstreams(&topology, &outbound);
     let mut loops = tokio::task::JoinSet::new();
     for spec in specs {
         let role = spec.role.clone();

@@ -27,6 +27,10 @@ pub struct Topology {
     /// Orchestrated flows (see [`SagaSpec`]); `sluice saga run` runs them.
     #[serde(default)]
     pub sagas: Vec<SagaSpec>,
+    /// Third-party APIs that `http:` saga steps call, by the name steps give as `upstream:`:
+    /// their rate limit and circuit breaker.
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamSpec>,
 }
 
 fn default_prefix() -> String {
@@ -443,6 +447,51 @@ pub struct HttpCallSpec {
     /// the URL's `host:port`.
     #[serde(default)]
     pub upstream: Option<String>,
+}
+
+/// One upstream API's limits and circuit breaker (see `sluice_runtime::outbound`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSpec {
+    /// What steps name in `upstream:`; the `endpoint` label of its metrics.
+    pub name: String,
+    /// Calls started per second (after `burst`); unlimited when absent.
+    #[serde(default)]
+    pub rate_per_sec: Option<u32>,
+    /// Calls that may start at once after a quiet spell; defaults to `rate_per_sec`.
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// Calls in flight at once.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: u32,
+    #[serde(default)]
+    pub breaker: BreakerSpec,
+}
+
+fn default_max_in_flight() -> u32 {
+    8
+}
+
+/// When an upstream's circuit breaker opens and closes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerSpec {
+    /// Consecutive failures that open it.
+    pub consecutive_failures: u32,
+    /// How long it stays open before a probe (half-open).
+    pub cool_down: HumanDuration,
+    /// Successful probes that close it again.
+    pub close_after: u32,
+}
+
+impl Default for BreakerSpec {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            cool_down: HumanDuration(Duration::from_secs(30)),
+            close_after: 2,
+        }
+    }
 }
 
 /// When a response means the call took effect.

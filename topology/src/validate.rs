@@ -409,6 +409,33 @@ impl Topology {
         }
 
         let mut names = BTreeSet::new();
+        let mut upstreams = BTreeSet::new();
+        for (i, u) in self.upstreams.iter().enumerate() {
+            let path = format!("upstreams[{i}]");
+            if !upstreams.insert(&u.name) {
+                err(
+                    format!("{path}.name"),
+                    format!("upstream `{}` is declared twice", u.name),
+                );
+            }
+            for (field, value) in [
+                ("rate_per_sec", u.rate_per_sec.unwrap_or(1)),
+                ("burst", u.burst.unwrap_or(1)),
+                ("max_in_flight", u.max_in_flight),
+                (
+                    "breaker.consecutive_failures",
+                    u.breaker.consecutive_failures,
+                ),
+                ("breaker.close_after", u.breaker.close_after),
+            ] {
+                if value == 0 {
+                    err(
+                        format!("{path}.{field}"),
+                        format!("upstream `{}`: must be at least 1", u.name),
+                    );
+                }
+            }
+        }
         // Each participant role, and whether it is the built-in HTTP participant.
         let mut roles: BTreeMap<&str, bool> = BTreeMap::new();
         for (i, saga) in self.sagas.iter().enumerate() {
@@ -565,6 +592,24 @@ impl Topology {
                     http_call_problems(call, &earlier, &mut |field, problem| {
                         err(format!("{path}.http.{field}"), format!("{of}: {problem}"))
                     });
+                }
+                let calls = [
+                    (".http", step.http.as_ref()),
+                    (
+                        ".compensation.http",
+                        step.compensation.as_ref().and_then(|c| c.http.as_ref()),
+                    ),
+                ];
+                for (at, call) in calls {
+                    let Some(name) = call.and_then(|c| c.upstream.as_ref()) else {
+                        continue;
+                    };
+                    if !self.upstreams.iter().any(|u| &u.name == name) {
+                        err(
+                            format!("{path}{at}.upstream"),
+                            format!("{of}: upstream `{name}` is not declared in upstreams"),
+                        );
+                    }
                 }
                 if let Some(c) = &step.compensation {
                     // A compensation reads its own step's result too (the id to undo).
@@ -1173,6 +1218,43 @@ sagas:
             "sagas[0].steps[0].http.permanent: saga `orders`, step `charge-payment`: 1000 is not an HTTP status",
             "sagas[0].steps[0].http.keep.payment_id: saga `orders`, step `charge-payment`: `a..b` is not a field path",
             "sagas[0].steps[0].compensation.http.url: saga `orders`, step `charge-payment`: unclosed `{`",
+        ] {
+            assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
+        }
+    }
+
+    #[test]
+    fn upstreams_are_declared_once_with_sane_limits() {
+        let named = http_saga().replace(
+            "          keep: {payment_id: id}\n",
+            "          keep: {payment_id: id}\n          upstream: psp\n",
+        );
+        let err = Topology::parse("t.yaml", &named, &saga_types())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("sagas[0].steps[0].http.upstream: saga `orders`, step `charge-payment`: upstream `psp` is not declared in upstreams"),
+            "{err}"
+        );
+        let declared = format!(
+            "{named}upstreams:\n  - {{name: psp, rate_per_sec: 20, burst: 40, breaker: {{consecutive_failures: 3, cool_down: 10s}}}}\n"
+        );
+        let t = Topology::parse("t.yaml", &declared, &saga_types()).unwrap();
+        let psp = &t.upstreams[0];
+        assert_eq!(
+            (psp.rate_per_sec, psp.burst, psp.max_in_flight),
+            (Some(20), Some(40), 8)
+        );
+        assert_eq!(psp.breaker.consecutive_failures, 3);
+        assert_eq!(psp.breaker.close_after, 2, "default");
+        let bad =
+            format!("{named}upstreams:\n  - {{name: psp, rate_per_sec: 0}}\n  - {{name: psp}}\n");
+        let err = Topology::parse("t.yaml", &bad, &saga_types())
+            .unwrap_err()
+            .to_string();
+        for expected in [
+            "upstreams[0].rate_per_sec: upstream `psp`: must be at least 1",
+            "upstreams[1].name: upstream `psp` is declared twice",
         ] {
             assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
         }

@@ -16,11 +16,12 @@ use sluice_runtime::outbound::{
     BreakerConfig, BreakerState, ClientConfig, EndpointSettings, Endpoints, Outbound,
     OutboundClient, RetrySchedule,
 };
+use sluice_sagas::http::participant::upstream_settings;
 use sluice_sagas::http::{HttpCall, HttpParticipant, CALL_KEY};
 use sluice_sagas::instance::Kind;
 use sluice_sagas::messages::Command;
 use sluice_sagas::participant::Outcome;
-use sluice_topology::model::HttpCallSpec;
+use sluice_topology::model::{HttpCallSpec, UpstreamSpec};
 
 /// One request the server saw: path, idempotency key, authorization, body.
 type Request = (String, String, String, Value);
@@ -327,6 +328,38 @@ async fn while_the_breaker_is_open_a_call_waits_and_goes_through_once_it_recover
     };
     assert_eq!(result["id"], "ch_1");
     assert_eq!(seen.all().last().unwrap().1, "c2");
+}
+
+#[tokio::test]
+async fn a_declared_upstream_rate_limits_its_calls() {
+    let (base, seen) = provider().await;
+    let outbound = outbound();
+    let psp: UpstreamSpec =
+        serde_json::from_value(json!({"name": "psp", "rate_per_sec": 1, "burst": 1})).unwrap();
+    outbound
+        .endpoints()
+        .configure(&psp.name, &upstream_settings(&psp));
+    let p = participant(
+        json!({"method": "POST", "url": format!("{base}/charges/o1"), "body": {}, "upstream": "psp"}),
+        Duration::from_secs(5),
+        outbound,
+    );
+    let started = Instant::now();
+    for id in ["c1", "c2"] {
+        let outcome = p.call(&command(id, order())).await;
+        let Outcome::Succeeded {
+            result: Some(result),
+        } = &outcome
+        else {
+            panic!("{outcome:?}")
+        };
+        assert_eq!(result[CALL_KEY]["upstream"], "psp");
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "the second call waited for the rate"
+    );
+    assert_eq!(seen.all().len(), 2);
 }
 
 #[tokio::test]

@@ -22,8 +22,11 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use sluice_runtime::outbound::{send_with_retries_while, Outbound, RetrySchedule};
+use sluice_runtime::outbound::{
+    send_with_retries_while, BreakerConfig, EndpointSettings, LimitsConfig, Outbound, RetrySchedule,
+};
 use sluice_stream::HandlerError;
+use sluice_topology::model::UpstreamSpec;
 use sluice_topology::Topology;
 
 use super::call::HttpCall;
@@ -84,6 +87,16 @@ impl HttpParticipant {
             calls: Arc::new(calls),
             outbound,
             schedule: RetrySchedule::parse(CALL_SCHEDULE).expect("the call schedule parses"),
+        }
+    }
+
+    /// Gives every upstream the topology declares its own rate limit and breaker in
+    /// `outbound` (the others get the client's defaults). Once per process, before calls.
+    pub fn configure_upstreams(topology: &Topology, outbound: &Outbound) {
+        for u in &topology.upstreams {
+            outbound
+                .endpoints()
+                .configure(&u.name, &upstream_settings(u));
         }
     }
 
@@ -159,6 +172,25 @@ impl HttpParticipant {
 impl Participant for HttpParticipant {
     async fn handle(&self, command: &Command) -> Result<Outcome, HandlerError> {
         Ok(self.call(command).await)
+    }
+}
+
+/// An upstream's declared limits and breaker, over the outbound defaults.
+pub fn upstream_settings(u: &UpstreamSpec) -> EndpointSettings {
+    let defaults = EndpointSettings::default();
+    EndpointSettings {
+        limits: LimitsConfig {
+            max_in_flight: u.max_in_flight,
+            rate_per_sec: u.rate_per_sec,
+            burst: u.burst,
+            ..defaults.limits
+        },
+        breaker: BreakerConfig {
+            consecutive_failures: u.breaker.consecutive_failures,
+            cool_down: u.breaker.cool_down.0,
+            close_after: u.breaker.close_after,
+            ..defaults.breaker
+        },
     }
 }
 
