@@ -14,6 +14,7 @@ use sluice_sagas::demo::{scratch_topology, Scratch};
 
 use crate::normalizer::ChildGuard;
 use crate::saga::{executed, place, Deployment, Lifecycle};
+use crate::support::free_port;
 
 /// The payment step and its refund as calls to the provider at `{env:PAYMENTS_URL}`.
 const CHARGE: &str = r#"        http:
@@ -76,6 +77,15 @@ fn topology(prefix: &str) -> String {
     out
 }
 
+/// [`topology`] with the payment calls going to upstream `psp`, whose breaker opens after
+/// 3 failures, probes again after 2 s and closes after one successful probe.
+fn topology_with_psp(prefix: &str) -> String {
+    topology(prefix).replace(
+        "          keep: {payment_id: id}\n",
+        "          keep: {payment_id: id}\n          upstream: psp\n",
+    ) + "upstreams:\n  - {name: psp, breaker: {consecutive_failures: 3, cool_down: 2s, close_after: 1}}\n"
+}
+
 /// `dev/payments.py` on a free port.
 struct Provider {
     _child: ChildGuard,
@@ -128,10 +138,12 @@ impl Provider {
 
 /// The orchestrator and the participants (the demo ones and the HTTP one) on `d`, talking
 /// to `provider`.
-fn participants(d: &Deployment, provider: &Provider, extra: &[&str]) -> ChildGuard {
+fn participants(d: &Deployment, provider: &Provider, admin: u16) -> ChildGuard {
+    let listen = format!("127.0.0.1:{admin}");
     d.participants_with_env(
-        extra,
+        &[],
         &[
+            ("SLUICE_ADMIN__LISTEN", &listen),
             ("SLUICE_OUTBOUND_ALLOW", "127.0.0.1/32"),
             ("PAYMENTS_URL", &provider.base),
             ("PAYMENTS_KEY", "sk_test_e2e_secret"),
@@ -139,10 +151,10 @@ fn participants(d: &Deployment, provider: &Provider, extra: &[&str]) -> ChildGua
     )
 }
 
-/// A provider, a deployment of [`topology`] and its orchestrator.
-async fn deploy() -> (Provider, Deployment, ChildGuard) {
+/// A provider, a deployment of `yaml` (e.g. [`topology`]) and its orchestrator.
+async fn deploy(yaml: fn(&str) -> String) -> (Provider, Deployment, ChildGuard) {
     let provider = Provider::start();
-    let d = Deployment::of(topology).await;
+    let d = Deployment::of(yaml).await;
     let orchestrator = d.orchestrator();
     (provider, d, orchestrator)
 }
@@ -190,8 +202,8 @@ fn charges_of<'a>(counts: &'a Json, id: &str) -> Vec<&'a Json> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http_payment_step_completes_and_a_429_is_retried_after_retry_after() {
-    let (provider, d, _orchestrator) = deploy().await;
-    let _participants = participants(&d, &provider, &[]);
+    let (provider, d, _orchestrator) = deploy(topology).await;
+    let _participants = participants(&d, &provider, free_port());
     let ok = format!("{}-ok", d.prefix);
     let limited = format!("{}-limited", d.prefix);
     provider
@@ -249,8 +261,8 @@ async fn an_http_payment_step_completes_and_a_429_is_retried_after_retry_after()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_declined_payment_compensates_and_a_later_failure_refunds_over_http_in_reverse() {
-    let (provider, d, _orchestrator) = deploy().await;
-    let _participants = participants(&d, &provider, &[]);
+    let (provider, d, _orchestrator) = deploy(topology).await;
+    let _participants = participants(&d, &provider, free_port());
     provider
         .fault(json!({"path": "/v1/charges", "order_suffix": "-declined", "status": 422}))
         .await;
@@ -322,8 +334,8 @@ async fn a_declined_payment_compensates_and_a_later_failure_refunds_over_http_in
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_participant_killed_mid_call_resends_the_same_idempotency_key_and_charges_once() {
-    let (provider, d, _orchestrator) = deploy().await;
-    let mut first = participants(&d, &provider, &[]);
+    let (provider, d, _orchestrator) = deploy(topology).await;
+    let mut first = participants(&d, &provider, free_port());
     // The provider charges, then holds its answer for 4 s: the participant dies meanwhile.
     provider
         .fault(
@@ -340,7 +352,7 @@ async fn a_participant_killed_mid_call_resends_the_same_idempotency_key_and_char
     }
     first.0.kill().unwrap(); // SIGKILL: the reply is never written, the offset never committed.
     first.0.wait().unwrap();
-    let _second = participants(&d, &provider, &[]);
+    let _second = participants(&d, &provider, free_port());
     let mut lifecycle = Lifecycle::new(&d);
     lifecycle
         .until_terminal([id.clone()].iter(), Duration::from_secs(90))
@@ -364,4 +376,63 @@ async fn a_participant_killed_mid_call_resends_the_same_idempotency_key_and_char
     );
     assert_eq!(counts["effects"][charge_key(&id)], 1);
     assert_eq!(charges_of(&counts, &id).len(), 1, "{counts:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unavailable_payments_open_the_breaker_which_recovers_and_the_order_completes() {
+    let (provider, d, _orchestrator) = deploy(topology_with_psp).await;
+    let admin = free_port();
+    let _participants = participants(&d, &provider, admin);
+    // Five 503s: three open the breaker, each half-open probe fails once more, then the
+    // provider is back.
+    provider
+        .fault(json!({"path": "/v1/charges", "order_suffix": "-flaky", "status": 503, "times": 5}))
+        .await;
+    let flaky = format!("{}-flaky", d.prefix);
+    place_and_end(&d, &[(&flaky, &["SKU-1"])], "SagaCompleted").await;
+    let counts = provider.counts().await;
+    assert_eq!(counts["requests"][charge_key(&flaky)], 6, "{counts:#}");
+    assert_eq!(counts["effects"][charge_key(&flaky)], 1);
+    // While open, the breaker held calls back; the probes were at least its cool-down apart.
+    let times: Vec<f64> = requests_of(&counts, "/v1/charges", &flaky)
+        .iter()
+        .map(|l| l["time"].as_f64().unwrap())
+        .collect();
+    assert!(times[3] - times[2] >= 1.9, "{times:?}");
+    let metrics = reqwest::get(format!("http://127.0.0.1:{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        r#"sluice_outbound_breaker_transitions_total{endpoint="psp",state="open"} 3"#,
+        r#"sluice_outbound_breaker_transitions_total{endpoint="psp",state="closed"} 1"#,
+        r#"sluice_outbound_attempts_total{endpoint="psp",reason="status_5xx",verdict="retry_later"} 5"#,
+    ] {
+        assert!(metrics.contains(line), "missing {line} in:\n{metrics}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_times_out_is_resent_with_the_same_key_and_charges_once() {
+    let (provider, d, _orchestrator) = deploy(topology).await;
+    let _participants = participants(&d, &provider, free_port());
+    // The provider charges, then answers only after the call's budget (80% of the step's
+    // 10 s timeout) ran out: the participant gives up, the step times out, the orchestrator
+    // resends the command, and the provider answers it from its idempotency store.
+    provider
+        .fault(
+            json!({"path": "/v1/charges", "order_suffix": "-slow", "delay_ms": 9000, "times": 1}),
+        )
+        .await;
+    let slow = format!("{}-slow", d.prefix);
+    place_and_end(&d, &[(&slow, &["SKU-1"])], "SagaCompleted").await;
+    let counts = provider.counts().await;
+    assert_eq!(counts["requests"][charge_key(&slow)], 2, "{counts:#}");
+    assert_eq!(counts["effects"][charge_key(&slow)], 1);
+    assert_eq!(charges_of(&counts, &slow).len(), 1);
+    let s = d.state(&slow).await;
+    let timeline = s["history"].to_string();
+    assert!(timeline.contains("timeout"), "{timeline}");
 }
