@@ -9,6 +9,7 @@
 //! - [`plan`] / [`apply`]: the diff against a live cluster and its idempotent application.
 //! - [`asyncapi`]: an AsyncAPI 3.0 document for data teams.
 
+pub mod alerts;
 pub mod apply;
 pub mod asyncapi;
 pub mod http_step;

@@ -466,6 +466,25 @@ pub struct UpstreamSpec {
     pub max_in_flight: u32,
     #[serde(default)]
     pub breaker: BreakerSpec,
+    /// What the upstream promises; `sluice topology export alerts` turns it into alert
+    /// rules on the upstream's outbound metrics.
+    #[serde(default)]
+    pub sla: Option<SlaSpec>,
+}
+
+/// An upstream's service level, each objective optional.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlaSpec {
+    /// Percent of the time its circuit breaker is closed (e.g. `99.9`), over an hour.
+    #[serde(default)]
+    pub availability: Option<f64>,
+    /// 99th percentile of call latency (e.g. `500ms`), over 5 minutes.
+    #[serde(default)]
+    pub p99_latency: Option<HumanDuration>,
+    /// Percent of calls that fail (e.g. `1`), over 5 minutes.
+    #[serde(default)]
+    pub error_rate: Option<f64>,
 }
 
 fn default_max_in_flight() -> u32 {

@@ -435,6 +435,28 @@ impl Topology {
                     );
                 }
             }
+            if let Some(sla) = &u.sla {
+                for (field, percent) in [
+                    ("availability", sla.availability),
+                    ("error_rate", sla.error_rate),
+                ] {
+                    if percent.is_some_and(|p| !(p > 0.0 && p < 100.0)) {
+                        err(
+                            format!("{path}.sla.{field}"),
+                            format!(
+                                "upstream `{}`: must be a percentage above 0 and below 100",
+                                u.name
+                            ),
+                        );
+                    }
+                }
+                if sla.p99_latency.is_some_and(|l| l.0.is_zero()) {
+                    err(
+                        format!("{path}.sla.p99_latency"),
+                        format!("upstream `{}`: must be more than 0", u.name),
+                    );
+                }
+            }
         }
         // Each participant role, and whether it is the built-in HTTP participant.
         let mut roles: BTreeMap<&str, bool> = BTreeMap::new();
@@ -1248,13 +1270,15 @@ sagas:
         assert_eq!(psp.breaker.consecutive_failures, 3);
         assert_eq!(psp.breaker.close_after, 2, "default");
         let bad =
-            format!("{named}upstreams:\n  - {{name: psp, rate_per_sec: 0}}\n  - {{name: psp}}\n");
+            format!("{named}upstreams:\n  - {{name: psp, rate_per_sec: 0}}\n  - {{name: psp}}\n  - {{name: other, sla: {{availability: 100, p99_latency: 0s}}}}\n");
         let err = Topology::parse("t.yaml", &bad, &saga_types())
             .unwrap_err()
             .to_string();
         for expected in [
             "upstreams[0].rate_per_sec: upstream `psp`: must be at least 1",
             "upstreams[1].name: upstream `psp` is declared twice",
+            "upstreams[2].sla.availability: upstream `other`: must be a percentage above 0 and below 100",
+            "upstreams[2].sla.p99_latency: upstream `other`: must be more than 0",
         ] {
             assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
         }
