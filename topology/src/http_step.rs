@@ -73,8 +73,11 @@ pub(crate) fn http_call_problems(
         }
     }
     for (name, path) in &call.keep {
-        if name.is_empty() || name.contains('.') {
-            err("keep", format!("`{name}` must be a plain name (no `.`)"));
+        if name.is_empty() || name.contains('.') || name.starts_with('_') {
+            err(
+                "keep",
+                format!("`{name}` must be a plain name (no `.`, not starting with `_`, which sluice's own fields use)"),
+            );
         }
         if path.split('.').any(str::is_empty) {
             err(

@@ -1227,7 +1227,10 @@ sagas:
                 "amount: \"{results.ship.id}\"",
             )
             .replace("permanent: [402, 409, 422]", "permanent: [402, 201, 1000]")
-            .replace("keep: {payment_id: id}", "keep: {payment_id: \"a..b\"}")
+            .replace(
+                "keep: {payment_id: id}",
+                "keep: {payment_id: \"a..b\", _http: id}",
+            )
             .replace("{results.charge-payment.payment_id}", "{data.x");
         let err = Topology::parse("t.yaml", &bad, &saga_types())
             .unwrap_err()
@@ -1239,6 +1242,7 @@ sagas:
             "sagas[0].steps[0].http.permanent: saga `orders`, step `charge-payment`: 201 is also a success status",
             "sagas[0].steps[0].http.permanent: saga `orders`, step `charge-payment`: 1000 is not an HTTP status",
             "sagas[0].steps[0].http.keep.payment_id: saga `orders`, step `charge-payment`: `a..b` is not a field path",
+            "sagas[0].steps[0].http.keep: saga `orders`, step `charge-payment`: `_http` must be a plain name",
             "sagas[0].steps[0].compensation.http.url: saga `orders`, step `charge-payment`: unclosed `{`",
         ] {
             assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
