@@ -8,18 +8,24 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use sluice_runtime::kafka::KafkaClients;
+use sluice_runtime::outbound::{
+    ClientConfig, EndpointSettings, Endpoints, Outbound, OutboundClient, OutboundMetrics,
+};
 use sluice_runtime::SluiceConfig;
 use sluice_sagas::demo::{DemoParticipant, Faults, Rule};
+use sluice_sagas::http::{HttpParticipant, CALL_KEY};
 use sluice_sagas::instance::{Instance, ParkReason, Status};
 use sluice_sagas::messages::Action;
+use sluice_sagas::messages::Command;
 use sluice_sagas::metrics::ParticipantMetrics;
 use sluice_sagas::ops::{self, OpsError};
 use sluice_sagas::orchestrator::{self, Orchestrator};
-use sluice_sagas::participant::{ParticipantHandler, RoleSpec};
+use sluice_sagas::participant::{Outcome, Participant, ParticipantHandler, RoleSpec};
 use sluice_sagas::timer;
 use sluice_schemas::metadata::{now_ms, rfc3339_ms};
 use sluice_schemas::RegistryClient;
 use sluice_stream::metrics::LoopMetrics;
+use sluice_stream::HandlerError;
 use sluice_stream::{FailureRouter, Guarantee, LoopConfig};
 use sluice_topology::{naming, Topology};
 
@@ -134,7 +140,9 @@ pub enum SagaCommand {
         #[arg(long)]
         reason: Option<String>,
     },
-    /// Run demo participants (inventory, payments, shipping) built on the participant API.
+    /// Run participants: sluice's HTTP participant for roles whose steps are `http:` calls,
+    /// demo participants (inventory, payments, shipping) built on the participant API for
+    /// the others.
     Participant(ParticipantArgs),
     /// Publish demo OrderPlaced events that start order-fulfillment sagas.
     Trigger(TriggerArgs),
@@ -186,6 +194,10 @@ pub struct ParticipantArgs {
     /// Append a line per executed command to this file.
     #[arg(long)]
     pub effects_log: Option<PathBuf>,
+    /// Non-public addresses HTTP steps may call (CIDRs like `127.0.0.1/32`; repeatable or
+    /// comma-separated). Everything else private stays refused by the SSRF guard.
+    #[arg(long, env = "SLUICE_OUTBOUND_ALLOW", value_delimiter = ',')]
+    pub outbound_allow: Vec<String>,
     #[arg(long, env = "SLUICE_INSTANCE_ID")]
     pub instance_id: Option<String>,
     #[command(flatten)]
@@ -468,6 +480,11 @@ fn timeline(i: &Instance) -> String {
             let _ = writeln!(out, "pending      -");
         }
     }
+    let calls = http_calls(i);
+    if !calls.is_empty() {
+        let _ = writeln!(out, "http calls");
+        out.push_str(&calls);
+    }
     let _ = writeln!(out, "timeline");
     for e in &i.history {
         let _ = writeln!(
@@ -482,6 +499,43 @@ fn timeline(i: &Instance) -> String {
                 .map(|a| format!("attempt {a} "))
                 .unwrap_or_default(),
             e.detail.as_deref().unwrap_or("")
+        );
+    }
+    out
+}
+
+/// The HTTP calls of the instance's `http:` steps that took effect, one line each: what the
+/// built-in HTTP participant recorded in the step's result (the URL without secrets).
+/// Failed calls are in the timeline, in their reply's reason.
+fn http_calls(i: &Instance) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let settled = i
+        .completed
+        .iter()
+        .map(|d| ("action", d))
+        .chain(i.compensated.iter().map(|d| ("compensation", d)));
+    for (kind, done) in settled {
+        let Some(call) = done
+            .result
+            .as_deref()
+            .and_then(|r| serde_json::from_str::<serde_json::Value>(r).ok())
+            .and_then(|mut r| r.get_mut(CALL_KEY).map(serde_json::Value::take))
+        else {
+            continue;
+        };
+        let text = |k: &str| call[k].as_str().unwrap_or("?").to_string();
+        let _ = writeln!(
+            out,
+            "  {:<20} {:<13} {} {}  status {}  {} ms  attempt {}  upstream {}",
+            done.step,
+            kind,
+            text("method"),
+            text("url"),
+            call["status"],
+            call["latency_ms"],
+            call["attempts"],
+            text("upstream"),
         );
     }
     out
@@ -609,14 +663,35 @@ async fn participants(config: &SluiceConfig, args: ParticipantArgs) -> anyhow::R
     } = super::Process::start(config, "participants", &predecessors).await?;
     let loop_metrics = LoopMetrics::new(&metrics_registry)?;
     let participant_metrics = ParticipantMetrics::new(&metrics_registry)?;
+    // One outbound client (one pool, one breaker and rate limit per upstream) for every
+    // HTTP role of this process.
+    let outbound = Outbound::new(
+        OutboundClient::new(ClientConfig {
+            allow: args.outbound_allow.clone(),
+            ..ClientConfig::default()
+        })?,
+        Endpoints::new(EndpointSettings::default()),
+    )
+    .with_metrics(OutboundMetrics::new(&metrics_registry)?);
+    HttpParticipant::configure_upstreams(&topology, &outbound);
     let mut loops = tokio::task::JoinSet::new();
     for spec in specs {
         let role = spec.role.clone();
-        let demo = DemoParticipant::new(&role, faults.clone(), args.effects_log.as_deref())
-            .with_context(|| format!("opening the effects log for {role}"))?;
+        let participant = if HttpParticipant::is_http_role(&topology, &role) {
+            RoleParticipant::Http(HttpParticipant::from_topology(
+                &topology,
+                &role,
+                outbound.clone(),
+            )?)
+        } else {
+            RoleParticipant::Demo(
+                DemoParticipant::new(&role, faults.clone(), args.effects_log.as_deref())
+                    .with_context(|| format!("opening the effects log for {role}"))?,
+            )
+        };
         let handler = ParticipantHandler::new(
             spec.clone(),
-            demo,
+            participant,
             clients.clone(),
             &registry,
             &catalog,
@@ -666,6 +741,22 @@ async fn participants(config: &SluiceConfig, args: ParticipantArgs) -> anyhow::R
     match failed {
         Some(e) => Err(e),
         None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// What answers a role's commands: sluice's HTTP participant for roles whose steps are
+/// `http:` calls, the demo participants for the others.
+enum RoleParticipant {
+    Http(HttpParticipant),
+    Demo(DemoParticipant),
+}
+
+impl Participant for RoleParticipant {
+    async fn handle(&self, command: &Command) -> Result<Outcome, HandlerError> {
+        match self {
+            RoleParticipant::Http(http) => http.handle(command).await,
+            RoleParticipant::Demo(demo) => demo.handle(command).await,
+        }
     }
 }
 

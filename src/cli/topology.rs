@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use sluice_runtime::kafka::KafkaClients;
 use sluice_runtime::SluiceConfig;
-use sluice_topology::{apply, asyncapi, plan};
+use sluice_topology::{alerts, apply, asyncapi, plan};
 
 #[derive(Debug, Subcommand)]
 pub enum TopologyCommand {
@@ -46,6 +46,14 @@ pub enum ExportCommand {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
+    /// Prometheus alert rules from the SLAs of the topology's upstreams (YAML).
+    Alerts {
+        #[arg(long)]
+        topology: Option<PathBuf>,
+        /// Write to this file instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
 }
 
 pub async fn run(config: &SluiceConfig, cmd: TopologyCommand) -> anyhow::Result<ExitCode> {
@@ -75,17 +83,25 @@ pub async fn run(config: &SluiceConfig, cmd: TopologyCommand) -> anyhow::Result<
         TopologyCommand::Export(ExportCommand::Asyncapi { topology, output }) => {
             let (catalog, t) = super::load(config, topology)?;
             let doc = asyncapi::document(&t, &catalog, env!("CARGO_PKG_VERSION"));
-            let text = serde_json::to_string_pretty(&doc)?;
-            match output {
-                Some(path) => {
-                    std::fs::write(&path, text)?;
-                    eprintln!("wrote {}", path.display());
-                }
-                None => println!("{text}"),
-            }
-            Ok(ExitCode::SUCCESS)
+            write_out(output, &serde_json::to_string_pretty(&doc)?)
+        }
+        TopologyCommand::Export(ExportCommand::Alerts { topology, output }) => {
+            let (_, t) = super::load(config, topology)?;
+            write_out(output, &alerts::upstream_alert_rules(&t))
         }
     }
+}
+
+/// Writes an export to `output`, or to standard output.
+fn write_out(output: Option<PathBuf>, text: &str) -> anyhow::Result<ExitCode> {
+    match output {
+        Some(path) => {
+            std::fs::write(&path, text)?;
+            eprintln!("wrote {}", path.display());
+        }
+        None => print!("{text}{}", if text.ends_with('\n') { "" } else { "\n" }),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn plan_or_apply(

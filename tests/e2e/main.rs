@@ -25,6 +25,7 @@ mod publish;
 mod retry;
 mod roundtrip;
 mod saga;
+mod saga_http;
 mod scale;
 mod schemas;
 mod support;

@@ -48,8 +48,8 @@ fn topology(prefix: &str) -> String {
 use crate::support::free_port;
 
 /// One deployed saga topology and what the test started on it.
-struct Deployment {
-    prefix: String,
+pub(crate) struct Deployment {
+    pub(crate) prefix: String,
     file: String,
     effects: PathBuf,
     admin_port: u16,
@@ -65,7 +65,7 @@ impl Drop for Deployment {
 
 /// One line of the participants' effects log.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Effect {
+pub(crate) struct Effect {
     role: String,
     kind: String,
     command: String,
@@ -80,7 +80,7 @@ impl Deployment {
     }
 
     /// Deploys the topology `yaml(prefix)` under a fresh prefix.
-    async fn of(yaml: impl Fn(&str) -> String) -> Self {
+    pub(crate) async fn of(yaml: impl Fn(&str) -> String) -> Self {
         require_stack().await;
         let prefix = format!("sg{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
         let file = temp_file("topology.yaml", &yaml(&prefix))
@@ -111,7 +111,7 @@ impl Deployment {
         format!("{}.{what}", self.prefix)
     }
 
-    fn orchestrator(&self) -> ChildGuard {
+    pub(crate) fn orchestrator(&self) -> ChildGuard {
         self.orchestrator_with(&[])
     }
 
@@ -133,6 +133,11 @@ impl Deployment {
     }
 
     fn participants(&self, extra: &[&str]) -> ChildGuard {
+        self.participants_with_env(extra, &[])
+    }
+
+    /// The participants, with `env` set for them (e.g. an HTTP step's base URL).
+    pub(crate) fn participants_with_env(&self, extra: &[&str], env: &[(&str, &str)]) -> ChildGuard {
         let effects = self.effects.display().to_string();
         let mut args = vec![
             "saga",
@@ -145,13 +150,11 @@ impl Deployment {
             &effects,
         ];
         args.extend_from_slice(extra);
-        spawn_sluice(
-            &args,
-            &[("SLUICE_INSTANCE_ID", "e2e"), ("RUST_LOG", "warn")],
-        )
+        let base = [("SLUICE_INSTANCE_ID", "e2e"), ("RUST_LOG", "warn")];
+        spawn_sluice(&args, &[&base[..], env].concat())
     }
 
-    async fn publisher(&self) -> Publisher {
+    pub(crate) async fn publisher(&self) -> Publisher {
         let catalog = Catalog::embedded().unwrap();
         Publisher::new(
             &clients(),
@@ -163,7 +166,7 @@ impl Deployment {
         .unwrap()
     }
 
-    async fn sluice(&self, args: &[&str]) -> (bool, String, String) {
+    pub(crate) async fn sluice(&self, args: &[&str]) -> (bool, String, String) {
         let mut v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         v.push("--topology".into());
         v.push(self.file.clone());
@@ -171,13 +174,18 @@ impl Deployment {
     }
 
     /// The instance's state record, via `sluice saga show --json`.
-    async fn state(&self, id: &str) -> Json {
+    pub(crate) async fn state(&self, id: &str) -> Json {
         let (ok, out, err) = self.sluice(&["saga", "show", id, "--json"]).await;
         assert!(ok, "{err}");
         serde_json::from_str(&out).unwrap()
     }
 
-    async fn wait_state(&self, id: &str, timeout: Duration, until: impl Fn(&Json) -> bool) -> Json {
+    pub(crate) async fn wait_state(
+        &self,
+        id: &str,
+        timeout: Duration,
+        until: impl Fn(&Json) -> bool,
+    ) -> Json {
         let deadline = Instant::now() + timeout;
         loop {
             let (ok, out, _) = self.sluice(&["saga", "show", id, "--json"]).await;
@@ -193,7 +201,7 @@ impl Deployment {
         }
     }
 
-    fn effects(&self) -> Vec<Effect> {
+    pub(crate) fn effects(&self) -> Vec<Effect> {
         std::fs::read_to_string(&self.effects)
             .unwrap_or_default()
             .lines()
@@ -252,7 +260,7 @@ fn order(id: &str, skus: &[&str]) -> Json {
     })
 }
 
-async fn place(publisher: &Publisher, id: &str, skus: &[&str]) {
+pub(crate) async fn place(publisher: &Publisher, id: &str, skus: &[&str]) {
     publisher
         .publish("dev.sluice.events.commerce.OrderPlaced", order(id, skus))
         .await
@@ -267,7 +275,7 @@ pub struct Lifecycle {
 }
 
 impl Lifecycle {
-    fn new(d: &Deployment) -> Self {
+    pub(crate) fn new(d: &Deployment) -> Self {
         Self::on(&d.topic("events.sagas"))
     }
 
@@ -292,7 +300,7 @@ impl Lifecycle {
     }
 
     /// Reads until each of `ids` reached a terminal event.
-    async fn until_terminal<'a>(
+    pub(crate) async fn until_terminal<'a>(
         &mut self,
         ids: impl Iterator<Item = &'a String> + Clone,
         timeout: Duration,
@@ -317,7 +325,7 @@ impl Lifecycle {
         m
     }
 
-    fn terminal(events: &[String]) -> Vec<&str> {
+    pub(crate) fn terminal(events: &[String]) -> Vec<&str> {
         events
             .iter()
             .map(String::as_str)
@@ -327,7 +335,7 @@ impl Lifecycle {
 }
 
 /// Commands of `saga_id` executed by the participants, as `Command:outcome`, in order.
-fn executed(effects: &[Effect], saga_id: &str) -> Vec<String> {
+pub(crate) fn executed(effects: &[Effect], saga_id: &str) -> Vec<String> {
     effects
         .iter()
         .filter(|e| e.saga_id == saga_id)

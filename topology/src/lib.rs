@@ -9,12 +9,15 @@
 //! - [`plan`] / [`apply`]: the diff against a live cluster and its idempotent application.
 //! - [`asyncapi`]: an AsyncAPI 3.0 document for data teams.
 
+pub mod alerts;
 pub mod apply;
 pub mod asyncapi;
+pub mod http_step;
 pub mod model;
 pub mod naming;
 pub mod plan;
 pub mod sizes;
+pub mod template;
 pub mod validate;
 
 pub use model::Topology;

@@ -27,6 +27,10 @@ pub struct Topology {
     /// Orchestrated flows (see [`SagaSpec`]); `sluice saga run` runs them.
     #[serde(default)]
     pub sagas: Vec<SagaSpec>,
+    /// Third-party APIs that `http:` saga steps call, by the name steps give as `upstream:`:
+    /// their rate limit and circuit breaker.
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamSpec>,
 }
 
 fn default_prefix() -> String {
@@ -328,6 +332,9 @@ pub struct CommandSpec {
     pub failure: String,
     /// No reply by then counts as a failure.
     pub timeout: HumanDuration,
+    /// Executed as this HTTP call by sluice's built-in HTTP participant.
+    #[serde(default)]
+    pub http: Option<HttpCallSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -352,6 +359,11 @@ pub struct StepSpec {
     pub retry: Option<RetrySpec>,
     #[serde(default)]
     pub compensation: Option<CommandSpec>,
+    /// The step's command is executed as this HTTP call by sluice's built-in HTTP
+    /// participant (`sluice saga participant --role <participant>`) instead of by a
+    /// participant someone wrote; its compensation then declares `http:` too.
+    #[serde(default)]
+    pub http: Option<HttpCallSpec>,
 }
 
 fn yes() -> bool {
@@ -366,8 +378,154 @@ impl StepSpec {
             success: self.success.clone(),
             failure: self.failure.clone(),
             timeout: self.timeout,
+            http: self.http.clone(),
         }
     }
+
+    /// Whether the built-in HTTP participant executes this step.
+    pub fn is_http(&self) -> bool {
+        self.http.is_some()
+    }
+}
+
+/// HTTP methods a step may call with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum HttpMethod {
+    Get,
+    Post,
+    Put,
+    Patch,
+    Delete,
+}
+
+impl HttpMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpMethod::Get => "GET",
+            HttpMethod::Post => "POST",
+            HttpMethod::Put => "PUT",
+            HttpMethod::Patch => "PATCH",
+            HttpMethod::Delete => "DELETE",
+        }
+    }
+}
+
+/// A saga command executed as one HTTP call (see [`crate::template`] for the placeholders).
+///
+/// Every call carries `Idempotency-Key: <command id>`: a resent command (after a timeout
+/// or a restart) sends the same key, so a provider honouring it charges once.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpCallSpec {
+    pub method: HttpMethod,
+    /// URL template, e.g. `{env:PAYMENTS_URL}/v1/refunds/{results.charge-payment.id}`;
+    /// values from the saga's data are percent-encoded, secrets and settings are not.
+    pub url: String,
+    /// Header templates, e.g. `Authorization: "Bearer {env:PAYMENTS_KEY}"`.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// JSON body; every string in it is a template, and a string that is exactly one
+    /// `{data.…}`/`{results.…}` placeholder takes that value with its JSON type.
+    #[serde(default)]
+    pub body: Option<serde_json::Value>,
+    #[serde(default)]
+    pub success: HttpSuccessSpec,
+    /// Statuses that fail the step for good, whatever their class (e.g. 402, 409, 422).
+    /// Without this: other 4xx than 408 and 429 are permanent; network errors, timeouts,
+    /// 408, 429 and 5xx are retried.
+    #[serde(default)]
+    pub permanent: Vec<u16>,
+    /// Statuses retried although their class is permanent (e.g. a 409 meaning "busy").
+    #[serde(default)]
+    pub transient: Vec<u16>,
+    /// Response fields kept as the step's result, by the name later steps read them
+    /// under: `{payment_id: id}` makes `{results.<step>.payment_id}` the response's `id`.
+    #[serde(default)]
+    pub keep: BTreeMap<String, String>,
+    /// The upstream's name for its circuit breaker, rate limit and metrics; defaults to
+    /// the URL's `host:port`.
+    #[serde(default)]
+    pub upstream: Option<String>,
+}
+
+/// One upstream API's limits and circuit breaker (see `sluice_runtime::outbound`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSpec {
+    /// What steps name in `upstream:`; the `endpoint` label of its metrics.
+    pub name: String,
+    /// Calls started per second (after `burst`); unlimited when absent.
+    #[serde(default)]
+    pub rate_per_sec: Option<u32>,
+    /// Calls that may start at once after a quiet spell; defaults to `rate_per_sec`.
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// Calls in flight at once.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: u32,
+    #[serde(default)]
+    pub breaker: BreakerSpec,
+    /// What the upstream promises; `sluice topology export alerts` turns it into alert
+    /// rules on the upstream's outbound metrics.
+    #[serde(default)]
+    pub sla: Option<SlaSpec>,
+}
+
+/// An upstream's service level, each objective optional.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlaSpec {
+    /// Percent of the time its circuit breaker is closed (e.g. `99.9`), over an hour.
+    #[serde(default)]
+    pub availability: Option<f64>,
+    /// 99th percentile of call latency (e.g. `500ms`), over 5 minutes.
+    #[serde(default)]
+    pub p99_latency: Option<HumanDuration>,
+    /// Percent of calls that fail (e.g. `1`), over 5 minutes.
+    #[serde(default)]
+    pub error_rate: Option<f64>,
+}
+
+fn default_max_in_flight() -> u32 {
+    8
+}
+
+/// When an upstream's circuit breaker opens and closes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerSpec {
+    /// Consecutive failures that open it.
+    pub consecutive_failures: u32,
+    /// How long it stays open before a probe (half-open).
+    pub cool_down: HumanDuration,
+    /// Successful probes that close it again.
+    pub close_after: u32,
+}
+
+impl Default for BreakerSpec {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            cool_down: HumanDuration(Duration::from_secs(30)),
+            close_after: 2,
+        }
+    }
+}
+
+/// When a response means the call took effect.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSuccessSpec {
+    /// Statuses meaning success; any 2xx when empty.
+    #[serde(default)]
+    pub status: Vec<u16>,
+    /// A field of the JSON response (dotted path) that must be present and not null or false…
+    #[serde(default)]
+    pub field: Option<String>,
+    /// …or, when given, equal to this.
+    #[serde(default)]
+    pub equals: Option<serde_json::Value>,
 }
 
 /// Attempts in all (the first included), with exponential backoff between them.

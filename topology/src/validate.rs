@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::Path;
 
+use crate::http_step::http_call_problems;
 use crate::model::{
     CommandSpec, Ordering, RetrySpec, SagaSpec, TopicSpec, Topology, SAGA_CONTROL_TYPE,
     SAGA_LIFECYCLE_TYPES,
@@ -408,6 +409,57 @@ impl Topology {
         }
 
         let mut names = BTreeSet::new();
+        let mut upstreams = BTreeSet::new();
+        for (i, u) in self.upstreams.iter().enumerate() {
+            let path = format!("upstreams[{i}]");
+            if !upstreams.insert(&u.name) {
+                err(
+                    format!("{path}.name"),
+                    format!("upstream `{}` is declared twice", u.name),
+                );
+            }
+            for (field, value) in [
+                ("rate_per_sec", u.rate_per_sec.unwrap_or(1)),
+                ("burst", u.burst.unwrap_or(1)),
+                ("max_in_flight", u.max_in_flight),
+                (
+                    "breaker.consecutive_failures",
+                    u.breaker.consecutive_failures,
+                ),
+                ("breaker.close_after", u.breaker.close_after),
+            ] {
+                if value == 0 {
+                    err(
+                        format!("{path}.{field}"),
+                        format!("upstream `{}`: must be at least 1", u.name),
+                    );
+                }
+            }
+            if let Some(sla) = &u.sla {
+                for (field, percent) in [
+                    ("availability", sla.availability),
+                    ("error_rate", sla.error_rate),
+                ] {
+                    if percent.is_some_and(|p| !(p > 0.0 && p < 100.0)) {
+                        err(
+                            format!("{path}.sla.{field}"),
+                            format!(
+                                "upstream `{}`: must be a percentage above 0 and below 100",
+                                u.name
+                            ),
+                        );
+                    }
+                }
+                if sla.p99_latency.is_some_and(|l| l.0.is_zero()) {
+                    err(
+                        format!("{path}.sla.p99_latency"),
+                        format!("upstream `{}`: must be more than 0", u.name),
+                    );
+                }
+            }
+        }
+        // Each participant role, and whether it is the built-in HTTP participant.
+        let mut roles: BTreeMap<&str, bool> = BTreeMap::new();
         for (i, saga) in self.sagas.iter().enumerate() {
             let path = format!("sagas[{i}]");
             let of = format!("saga `{}`", saga.name);
@@ -556,6 +608,63 @@ impl Topology {
                 check("", &step.action());
                 if let Some(c) = &step.compensation {
                     check(".compensation", c);
+                }
+                let earlier: Vec<&str> = saga.steps[..j].iter().map(|s| s.name.as_str()).collect();
+                if let Some(call) = &step.http {
+                    http_call_problems(call, &earlier, &mut |field, problem| {
+                        err(format!("{path}.http.{field}"), format!("{of}: {problem}"))
+                    });
+                }
+                let calls = [
+                    (".http", step.http.as_ref()),
+                    (
+                        ".compensation.http",
+                        step.compensation.as_ref().and_then(|c| c.http.as_ref()),
+                    ),
+                ];
+                for (at, call) in calls {
+                    let Some(name) = call.and_then(|c| c.upstream.as_ref()) else {
+                        continue;
+                    };
+                    if !self.upstreams.iter().any(|u| &u.name == name) {
+                        err(
+                            format!("{path}{at}.upstream"),
+                            format!("{of}: upstream `{name}` is not declared in upstreams"),
+                        );
+                    }
+                }
+                if let Some(c) = &step.compensation {
+                    // A compensation reads its own step's result too (the id to undo).
+                    let done: Vec<&str> =
+                        saga.steps[..=j].iter().map(|s| s.name.as_str()).collect();
+                    match (&step.http, &c.http) {
+                        (Some(_), Some(call)) => http_call_problems(call, &done, &mut |field, problem| {
+                            err(format!("{path}.compensation.http.{field}"), format!("{of}: {problem}"))
+                        }),
+                        (Some(_), None) => err(
+                            format!("{path}.compensation.http"),
+                            format!("{of}: the step is an HTTP call, so its compensation must be one too (add `http:`)"),
+                        ),
+                        (None, Some(_)) => err(
+                            format!("{path}.compensation.http"),
+                            format!("{of}: only a step that is an HTTP call may have an HTTP compensation (participant `{}` answers the step)", step.participant),
+                        ),
+                        (None, None) => {}
+                    }
+                }
+                match roles.get(step.participant.as_str()) {
+                    Some(&http) if http != step.is_http() => err(
+                        format!("{path}.participant"),
+                        format!(
+                            "{of}: participant `{}` runs {} steps elsewhere; a role is either sluice's HTTP participant or one you wrote, so give this step another participant name",
+                            step.participant,
+                            if http { "HTTP" } else { "non-HTTP" }
+                        ),
+                    ),
+                    Some(_) => {}
+                    None => {
+                        roles.insert(&step.participant, step.is_http());
+                    }
                 }
                 if let Some(r) = &step.retry {
                     retry_problems(r, &mut |field, problem| {
@@ -1069,5 +1178,157 @@ sagas:
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown field `timout`"), "{err}");
+    }
+
+    /// The `SAGA` fixture with its step and compensation made HTTP calls.
+    fn http_saga() -> String {
+        SAGA.replace(
+            "        retry: {max_attempts: 3, backoff: 1s}\n",
+            r#"        retry: {max_attempts: 3, backoff: 1s}
+        http:
+          method: POST
+          url: "{env:PAY_URL}/v1/charges"
+          headers: {Authorization: "Bearer {env:PAY_KEY}"}
+          body: {order: "{data.order_id}", amount: "{data.total.amount}", note: "order {{x}}"}
+          success: {status: [201], field: status, equals: succeeded}
+          permanent: [402, 409, 422]
+          keep: {payment_id: id}
+"#,
+        ) + r#"          http:
+            method: POST
+            url: "{env:PAY_URL}/v1/refunds/{results.charge-payment.payment_id}"
+"#
+    }
+
+    #[test]
+    fn an_http_step_loads_with_its_call() {
+        let t = Topology::parse("t.yaml", &http_saga(), &saga_types()).unwrap();
+        let step = &t.sagas[0].steps[0];
+        let call = step.http.as_ref().unwrap();
+        assert_eq!(call.method, crate::model::HttpMethod::Post);
+        assert_eq!(call.permanent, vec![402, 409, 422]);
+        assert_eq!(call.keep["payment_id"], "id");
+        assert_eq!(call.success.equals, Some(serde_json::json!("succeeded")));
+        assert_eq!(call.body.as_ref().unwrap()["order"], "{data.order_id}");
+        assert!(step.action().http.is_some());
+        assert!(step.compensation.as_ref().unwrap().http.is_some());
+    }
+
+    #[test]
+    fn http_step_errors_name_the_saga_the_step_and_the_field() {
+        let bad = http_saga()
+            .replace(
+                "url: \"{env:PAY_URL}/v1/charges\"",
+                "url: \"{data.callback}/v1/charges\"",
+            )
+            .replace("{Authorization: ", "{Idempotency-Key: x, Authorization: ")
+            .replace(
+                "amount: \"{data.total.amount}\"",
+                "amount: \"{results.ship.id}\"",
+            )
+            .replace("permanent: [402, 409, 422]", "permanent: [402, 201, 1000]")
+            .replace(
+                "keep: {payment_id: id}",
+                "keep: {payment_id: \"a..b\", _http: id}",
+            )
+            .replace("{results.charge-payment.payment_id}", "{data.x");
+        let err = Topology::parse("t.yaml", &bad, &saga_types())
+            .unwrap_err()
+            .to_string();
+        for expected in [
+            "sagas[0].steps[0].http.url: saga `orders`, step `charge-payment`: the URL cannot start with `{data.callback}`",
+            "sagas[0].steps[0].http.headers: saga `orders`, step `charge-payment`: `Idempotency-Key` is set by sluice",
+            "sagas[0].steps[0].http.body: saga `orders`, step `charge-payment`: `{results.ship.id}` reads step `ship`, which has not completed by then (known: none)",
+            "sagas[0].steps[0].http.permanent: saga `orders`, step `charge-payment`: 201 is also a success status",
+            "sagas[0].steps[0].http.permanent: saga `orders`, step `charge-payment`: 1000 is not an HTTP status",
+            "sagas[0].steps[0].http.keep.payment_id: saga `orders`, step `charge-payment`: `a..b` is not a field path",
+            "sagas[0].steps[0].http.keep: saga `orders`, step `charge-payment`: `_http` must be a plain name",
+            "sagas[0].steps[0].compensation.http.url: saga `orders`, step `charge-payment`: unclosed `{`",
+        ] {
+            assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
+        }
+    }
+
+    #[test]
+    fn upstreams_are_declared_once_with_sane_limits() {
+        let named = http_saga().replace(
+            "          keep: {payment_id: id}\n",
+            "          keep: {payment_id: id}\n          upstream: psp\n",
+        );
+        let err = Topology::parse("t.yaml", &named, &saga_types())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("sagas[0].steps[0].http.upstream: saga `orders`, step `charge-payment`: upstream `psp` is not declared in upstreams"),
+            "{err}"
+        );
+        let declared = format!(
+            "{named}upstreams:\n  - {{name: psp, rate_per_sec: 20, burst: 40, breaker: {{consecutive_failures: 3, cool_down: 10s}}}}\n"
+        );
+        let t = Topology::parse("t.yaml", &declared, &saga_types()).unwrap();
+        let psp = &t.upstreams[0];
+        assert_eq!(
+            (psp.rate_per_sec, psp.burst, psp.max_in_flight),
+            (Some(20), Some(40), 8)
+        );
+        assert_eq!(psp.breaker.consecutive_failures, 3);
+        assert_eq!(psp.breaker.close_after, 2, "default");
+        let bad =
+            format!("{named}upstreams:\n  - {{name: psp, rate_per_sec: 0}}\n  - {{name: psp}}\n  - {{name: other, sla: {{availability: 100, p99_latency: 0s}}}}\n");
+        let err = Topology::parse("t.yaml", &bad, &saga_types())
+            .unwrap_err()
+            .to_string();
+        for expected in [
+            "upstreams[0].rate_per_sec: upstream `psp`: must be at least 1",
+            "upstreams[1].name: upstream `psp` is declared twice",
+            "upstreams[2].sla.availability: upstream `other`: must be a percentage above 0 and below 100",
+            "upstreams[2].sla.p99_latency: upstream `other`: must be more than 0",
+        ] {
+            assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
+        }
+    }
+
+    #[test]
+    fn an_http_step_and_its_compensation_go_together() {
+        // The step calls HTTP but its compensation does not.
+        let half = http_saga().replace(
+            "          http:\n            method: POST\n            url: \"{env:PAY_URL}/v1/refunds/{results.charge-payment.payment_id}\"\n",
+            "",
+        );
+        let err = Topology::parse("t.yaml", &half, &saga_types())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("sagas[0].steps[0].compensation.http: saga `orders`, step `charge-payment`: the step is an HTTP call, so its compensation must be one too"),
+            "{err}"
+        );
+        // A GET carries no body.
+        let get = http_saga().replace(
+            "method: POST\n          url: \"{env:PAY_URL}/v1/charges",
+            "method: GET\n          url: \"{env:PAY_URL}/v1/charges",
+        );
+        let err = Topology::parse("t.yaml", &get, &saga_types())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("http.body: saga `orders`, step `charge-payment`: a GET has no body"),
+            "{err}"
+        );
+        // A role is either the HTTP participant or a written one.
+        let mixed = http_saga()
+            + "      - name: ship\n        participant: payments\n        side_effects: false\n        command: {event_type: x.Refund, topic: sluice.saga.orders.commands}\n        success: x.Refunded\n        failure: x.RefundFailed\n        timeout: 5s\n";
+        let err = Topology::parse("t.yaml", &mixed, &saga_types())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("sagas[0].steps[1].participant: saga `orders`, step `ship`: participant `payments` runs HTTP steps elsewhere"),
+            "{err}"
+        );
+        // A misspelt key inside `http:` is named.
+        let typo = http_saga().replace("keep: {payment_id: id}", "kep: {payment_id: id}");
+        let err = Topology::parse("t.yaml", &typo, &saga_types())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `kep`"), "{err}");
     }
 }

@@ -36,6 +36,9 @@ pub enum RetryEnd {
     Exhausted,
     /// The next attempt could not start (or its wait end) before the deadline.
     DeadlineExceeded,
+    /// The caller's policy said the last failure is not worth retrying
+    /// ([`send_with_retries_while`]).
+    Final,
 }
 
 impl RetryEnd {
@@ -46,6 +49,7 @@ impl RetryEnd {
             RetryEnd::Rejected => "rejected",
             RetryEnd::Exhausted => "exhausted",
             RetryEnd::DeadlineExceeded => "deadline_exceeded",
+            RetryEnd::Final => "final",
         }
     }
 }
@@ -76,6 +80,30 @@ pub async fn send_with_retries(
     schedule: &RetrySchedule,
     deadline: Duration,
     seed: u64,
+) -> RetryOutcome {
+    send_with_retries_while(
+        outbound,
+        endpoint,
+        request,
+        schedule,
+        deadline,
+        seed,
+        |_| true,
+    )
+    .await
+}
+
+/// [`send_with_retries`], but a failed attempt is retried only when `retry` says so (e.g.
+/// [`StatusPolicy::retries`](super::StatusPolicy::retries)); otherwise the run ends
+/// [`RetryEnd::Final`].
+pub async fn send_with_retries_while(
+    outbound: &Outbound,
+    endpoint: &str,
+    request: &OutboundRequest,
+    schedule: &RetrySchedule,
+    deadline: Duration,
+    seed: u64,
+    retry: impl Fn(&Attempt) -> bool,
 ) -> RetryOutcome {
     let deadline = Instant::now() + deadline;
     let mut outcome = RetryOutcome {
@@ -113,11 +141,13 @@ pub async fn send_with_retries(
             }
         };
         let verdict = attempt.verdict.clone();
+        let again = retry(&attempt);
         outcome.attempts.push(attempt);
         match verdict {
             Verdict::Delivered => outcome.end = RetryEnd::Delivered,
             Verdict::Gone => outcome.end = RetryEnd::Gone,
             Verdict::Rejected { .. } => outcome.end = RetryEnd::Rejected,
+            Verdict::RetryLater { .. } if !again => outcome.end = RetryEnd::Final,
             Verdict::RetryLater { after, .. } => {
                 failed += 1;
                 wait = schedule.next_delay(failed, after, seed);

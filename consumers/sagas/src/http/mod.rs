@@ -1,0 +1,13 @@
+//! Saga steps that are HTTP calls (`http:` in `topology.yaml`), executed by a built-in
+//! participant through the shared outbound client ([`sluice_runtime::outbound`]).
+//!
+//! - [`values`]: what the templates are filled in with, and how (URL-encoded, redacted).
+//! - [`call`]: one prepared call: its request, and what a response means for the saga.
+//! - [`participant`]: the [`Participant`](crate::participant::Participant) that runs them.
+
+pub mod call;
+pub mod participant;
+pub mod values;
+
+pub use call::{HttpCall, CALL_KEY};
+pub use participant::HttpParticipant;
