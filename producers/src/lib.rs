@@ -12,6 +12,7 @@
 //! - [`traceparent`]: W3C trace context, re-exported from `sluice_schemas` where every hop
 //!   shares it.
 
+pub mod endpoints;
 pub mod gateway;
 pub mod produce;
 pub mod publish;

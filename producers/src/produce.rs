@@ -66,10 +66,24 @@ pub async fn send(
     headers: OwnedHeaders,
     timeout: Duration,
 ) -> Result<Delivered, ProduceError> {
-    let record = FutureRecord::to(topic)
+    send_keyed(producer, topic, key, Some(payload), headers, timeout).await
+}
+
+/// [`send`] for a record whose value may be absent: `None` writes a tombstone, which
+/// removes `key` from a compacted topic.
+pub async fn send_keyed(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &[u8],
+    payload: Option<&[u8]>,
+    headers: OwnedHeaders,
+    timeout: Duration,
+) -> Result<Delivered, ProduceError> {
+    let mut record = FutureRecord::<[u8], [u8]>::to(topic)
         .key(key)
-        .payload(payload)
         .headers(headers);
+    record.payload = payload;
+    let bytes = payload.map_or(0, <[u8]>::len);
     let unavailable = |reason: String| ProduceError::Unavailable {
         topic: topic.to_string(),
         timeout,
@@ -85,7 +99,7 @@ pub async fn send(
             }
             Some(RDKafkaErrorCode::MessageSizeTooLarge) => ProduceError::TooLarge {
                 topic: topic.to_string(),
-                bytes: payload.len(),
+                bytes,
             },
             _ => unavailable(describe(&e)),
         })?;
@@ -102,7 +116,7 @@ pub async fn send(
         Ok(Ok(Err((e, _)))) => Err(match e.rdkafka_error_code() {
             Some(RDKafkaErrorCode::MessageSizeTooLarge) => ProduceError::TooLarge {
                 topic: topic.to_string(),
-                bytes: payload.len(),
+                bytes,
             },
             _ => unavailable(describe(&e)),
         }),

@@ -215,6 +215,20 @@ impl Default for GatewayConfig {
     }
 }
 
+/// What a gateway bearer token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// `POST /v1/events/{event_type}`, for the token's `event_types`.
+    Publish,
+    /// The management API: `/v1/endpoints` (outbound webhook endpoints).
+    Admin,
+}
+
+fn default_scopes() -> Vec<Scope> {
+    vec![Scope::Publish]
+}
+
 /// One publisher's credential and what it may publish.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -229,8 +243,14 @@ pub struct PublishToken {
     #[serde(default)]
     pub source: Option<String>,
     pub token: SecretRef,
-    /// Full event type names this token may publish; `"*"` allows every routed type.
+    /// Full event type names this token may publish; `"*"` allows every routed type. May
+    /// be left out for a token without the `publish` scope.
+    #[serde(default)]
     pub event_types: Vec<String>,
+    /// What the token may do: `[publish]` when absent; `[admin]` for an operator's token
+    /// for `/v1/endpoints`; both may be given.
+    #[serde(default = "default_scopes")]
+    pub scopes: Vec<Scope>,
     /// Requests per second this token may make (after `burst`); unlimited when absent.
     /// Over it: `429 rate_limited` with `Retry-After` and `X-RateLimit-*`, like a source.
     #[serde(default)]

@@ -12,6 +12,7 @@
 //! | `<prefix>.saga.<saga>.commands` / `.replies` | saga commands and participant replies |
 //! | `<prefix>.state.saga-<saga>` | saga instances, keyed by saga id |
 //! | `<prefix>.state.saga-participant-<role>` | command ids a saga participant has handled |
+//! | `<prefix>.state.endpoints` | outbound webhook endpoints (subscriptions), keyed by endpoint id |
 
 use std::time::Duration;
 
@@ -60,6 +61,11 @@ pub fn saga_state_topic(prefix: &str, saga: &str) -> String {
 /// Compacted command-id dedup state of saga participant `role`.
 pub fn saga_participant_state_topic(prefix: &str, role: &str) -> String {
     state_topic(prefix, &format!("saga-participant-{role}"))
+}
+
+/// Outbound webhook endpoints, one compacted record per endpoint id (a tombstone on delete).
+pub fn endpoints_topic(prefix: &str) -> String {
+    state_topic(prefix, "endpoints")
 }
 
 /// `90s` → `90s`, `60s` → `1m`, `3600s` → `1h`: the largest whole unit.

@@ -39,6 +39,14 @@ pub mod code {
     pub const IDEMPOTENCY_KEY_IN_PROGRESS: &str = "idempotency_key_in_progress";
     pub const INVALID_IDEMPOTENCY_KEY: &str = "invalid_idempotency_key";
     pub const INTERNAL: &str = "internal_error";
+    /// `/v1/endpoints/{id}` names no endpoint.
+    pub const ENDPOINT_NOT_FOUND: &str = "endpoint_not_found";
+    /// A request body names a field the request does not have (bodies deny unknown fields).
+    pub const UNKNOWN_FIELD: &str = "unknown_field";
+    /// A request body lacks a required field.
+    pub const MISSING_FIELD: &str = "missing_field";
+    /// A request body is JSON of the wrong shape (a field of the wrong type).
+    pub const INVALID_BODY: &str = "invalid_body";
 }
 
 /// One error answer. Build it with the constructors below and return it from a handler.
@@ -74,7 +82,7 @@ impl ApiError {
         Self::new(
             StatusCode::NOT_FOUND,
             code::NOT_FOUND,
-            format!("no route for `{path}`; webhooks go to POST /webhooks/{{source}}, events to POST /v1/events/{{event_type}}"),
+            format!("no route for `{path}`; webhooks go to POST /webhooks/{{source}}, events to POST /v1/events/{{event_type}}, endpoints are managed under /v1/endpoints; GET /openapi.json describes the API"),
         )
     }
 

@@ -6,7 +6,9 @@
 //! answers 503 with `Retry-After`, so the provider redelivers and nothing is lost. Duplicates
 //! are expected (providers redeliver, clients retry): deduplication is the normalizer's job.
 //!
-//! `POST /v1/events/{event_type}` is the publish API ([`crate::publish::http`]).
+//! `POST /v1/events/{event_type}` is the publish API ([`crate::publish::http`]);
+//! `/v1/endpoints` manages outbound webhook endpoints ([`crate::endpoints`]), and
+//! `GET /openapi.json` describes both.
 //!
 //! [`run`] is the whole process: admin server (`/metrics`, `/health/*` with the `kafka`
 //! readiness check), gateway, graceful shutdown that stops accepting, finishes in-flight
@@ -43,10 +45,13 @@ use sluice_topology::Topology;
 use self::config::{build_sources, Source, SourceError};
 use self::metrics::GatewayMetrics;
 use self::rate_limit::ClientFailures;
+use crate::endpoints::EndpointsApi;
 use crate::publish::auth::{TokenError, Tokens};
 use crate::publish::http::PublishApi;
 use crate::publish::idempotency::IdempotencyStore;
 use crate::publish::{Publisher, PublisherBuildError, PublisherOptions};
+use sluice_delivery::endpoints::TableError;
+use sluice_runtime::config::Scope;
 
 /// How long shutdown waits for queued records to be delivered.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -65,6 +70,8 @@ pub enum GatewayError {
     Registry(#[from] RegistryError),
     #[error("publish API: {0}")]
     Publisher(#[from] PublisherBuildError),
+    #[error("endpoints API: {0}")]
+    Endpoints(#[from] TableError),
     #[error("registering gateway metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("cannot listen on {listen} ({what}): {source}")]
@@ -85,6 +92,7 @@ pub(crate) struct AppState {
     pub(crate) retry_after_secs: u64,
     pub(crate) metrics: GatewayMetrics,
     pub(crate) publish: PublishApi,
+    pub(crate) endpoints: EndpointsApi,
     /// Verification failures (signatures, bearer tokens) per client address.
     pub(crate) failures: ClientFailures,
 }
@@ -108,7 +116,9 @@ pub struct Gateway {
 
 impl Gateway {
     /// Builds everything that can fail before the port opens. The publish API is enabled
-    /// when `config.publish_tokens` is non-empty (it then needs the registry).
+    /// when a token in `config.publish_tokens` has the `publish` scope (it then needs the
+    /// registry); the endpoints API when one has the `admin` scope (it then reads
+    /// `<prefix>.state.endpoints` to its end first).
     pub async fn build(
         config: &GatewayConfig,
         clients: &KafkaClients,
@@ -128,31 +138,44 @@ impl Gateway {
         let producer = crate::produce::producer(clients, "gateway", produce_timeout)?;
         // A retry sooner than a produce attempt takes would just queue behind it.
         let retry_after_secs = produce_timeout.as_secs().max(1);
-        let publish = if tokens.is_empty() {
-            tracing::info!("publish API disabled: no gateway.publish_tokens configured");
-            PublishApi::disabled()
+        let publisher = if tokens.any_with(Scope::Publish) {
+            Some(Arc::new(
+                Publisher::with_producer(
+                    producer.clone(),
+                    registry,
+                    catalog,
+                    topology,
+                    PublisherOptions {
+                        produce_timeout,
+                        ..PublisherOptions::default()
+                    },
+                )
+                .await?,
+            ))
         } else {
-            let publisher = Publisher::with_producer(
-                producer.clone(),
-                registry,
-                catalog,
-                topology,
-                PublisherOptions {
-                    produce_timeout,
-                    ..PublisherOptions::default()
-                },
-            )
-            .await?;
-            PublishApi::new(
-                Some(Arc::new(publisher)),
-                tokens,
-                IdempotencyStore::new(
-                    Duration::from_secs(config.idempotency_window_secs),
-                    config.idempotency_max_keys,
-                ),
-                retry_after_secs,
-            )
+            tracing::info!(
+                "publish API disabled: no gateway.publish_tokens with the publish scope"
+            );
+            None
         };
+        let endpoints = if tokens.any_with(Scope::Admin) {
+            let topic = sluice_delivery::endpoints::topic(&topology.prefix);
+            EndpointsApi::load(clients, &topic).await?
+        } else {
+            tracing::info!(
+                "endpoints API disabled: no gateway.publish_tokens with the admin scope"
+            );
+            EndpointsApi::disabled()
+        };
+        let publish = PublishApi::new(
+            publisher,
+            tokens,
+            IdempotencyStore::new(
+                Duration::from_secs(config.idempotency_window_secs),
+                config.idempotency_max_keys,
+            ),
+            retry_after_secs,
+        );
         Ok(Self {
             state: Arc::new(AppState {
                 sources,
@@ -161,6 +184,7 @@ impl Gateway {
                 retry_after_secs,
                 metrics: GatewayMetrics::register(metrics)?,
                 publish,
+                endpoints,
                 failures: ClientFailures::new(
                     config.client_failures_per_minute,
                     config.client_failure_burst,
@@ -227,10 +251,14 @@ impl Gateway {
     ) -> Result<(), GatewayError> {
         let app = self.router();
         let pruner = self.spawn_pruner(shutdown.clone());
+        let follower = self.state.endpoints.spawn_follower(shutdown.clone());
         sluice_runtime::serve::serve(listener, app, self.limits, shutdown)
             .await
             .map_err(GatewayError::Serve)?;
         pruner.abort();
+        if let Some(follower) = follower {
+            follower.abort();
+        }
         tracing::info!("gateway stopped accepting; flushing the producer");
         let producer = self.state.producer.clone();
         let flushed = tokio::task::spawn_blocking(move || producer.flush(FLUSH_TIMEOUT))
@@ -292,7 +320,7 @@ pub async fn run(
     tracing::info!(
         %addr,
         sources = gateway.sources().collect::<Vec<_>>().join(","),
-        "gateway listening on http://{addr} (POST /webhooks/{{source}}, POST /v1/events/{{event_type}})"
+        "gateway listening on http://{addr} (POST /webhooks/{{source}}, POST /v1/events/{{event_type}}, /v1/endpoints, GET /openapi.json)"
     );
     let probe = gateway.spawn_kafka_probe(readiness, shutdown.clone());
     gateway.serve(listener, shutdown).await?;

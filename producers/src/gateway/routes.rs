@@ -1,5 +1,6 @@
-//! HTTP routes: `POST /webhooks/{source}`, `POST /v1/events/{event_type}`, and JSON 404s
-//! for everything else.
+//! HTTP routes: `POST /webhooks/{source}`, `POST /v1/events/{event_type}`, the endpoints
+//! API under `/v1/endpoints` ([`crate::endpoints`]), `GET /openapi.json`, and JSON 404s for
+//! everything else.
 //!
 //! A webhook is acknowledged only after Kafka's delivery report for its raw record: the
 //! order is source lookup, method, the client's failure budget (before the body is read),
@@ -18,7 +19,7 @@ use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::any;
+use axum::routing::{any, get};
 use axum::{Json, Router};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use sluice_runtime::trace_context;
@@ -40,6 +41,13 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             "/v1/events/{event_type}",
             any(crate::publish::http::publish),
         )
+        .route("/v1/endpoints", any(crate::endpoints::http::handle))
+        .route("/v1/endpoints/{id}", any(crate::endpoints::http::handle))
+        .route(
+            "/v1/endpoints/{id}/{action}",
+            any(crate::endpoints::http::handle),
+        )
+        .route("/openapi.json", get(crate::endpoints::openapi::serve))
         .fallback(not_found)
         .with_state(state)
 }

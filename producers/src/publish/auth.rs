@@ -1,4 +1,5 @@
-//! Bearer tokens for the publish API (`gateway.publish_tokens`).
+//! Bearer tokens of the gateway (`gateway.publish_tokens`): the publish API's, and, with
+//! the `admin` [`Scope`], the management API's (`/v1/endpoints`).
 //!
 //! The presented token is hashed and compared with every configured token's hash in constant
 //! time, with no early exit, so neither the position of a match nor a token's length shows
@@ -8,7 +9,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
-use sluice_runtime::config::PublishToken;
+use sluice_runtime::config::{PublishToken, Scope};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
 use crate::gateway::rate_limit::RateBucket;
@@ -55,9 +56,16 @@ pub struct Caller {
     pub allowed: Allowed,
     /// The token's rate limit (`rate_per_sec` / `burst`), if it has one.
     pub bucket: Option<Arc<RateBucket>>,
+    /// What the token may do.
+    pub scopes: BTreeSet<Scope>,
 }
 
 impl Caller {
+    /// Whether the token was given `scope`.
+    pub fn may(&self, scope: Scope) -> bool {
+        self.scopes.contains(&scope)
+    }
+
     /// The event id stored for an id this publisher chose: `<name>:<id>`, so no publisher
     /// can choose an id that another publisher's events carry (names contain no `:`). An id
     /// already in this publisher's namespace is kept as it is.
@@ -109,6 +117,11 @@ impl Tokens {
             if !valid_name(&t.name) {
                 return Err(invalid(
                     "name must be 1 or more letters, digits, `.`, `_` or `-`".into(),
+                ));
+            }
+            if t.scopes.is_empty() {
+                return Err(invalid(
+                    "scopes must name at least one of publish, admin".into(),
                 ));
             }
             if t.rate_per_sec == Some(0) || t.burst == Some(0) {
@@ -167,6 +180,7 @@ impl Tokens {
                     bucket: t
                         .rate_per_sec
                         .map(|rate| Arc::new(RateBucket::new(rate, t.burst))),
+                    scopes: t.scopes.iter().copied().collect(),
                 },
             });
         }
@@ -175,6 +189,11 @@ impl Tokens {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Whether any token has `scope`.
+    pub fn any_with(&self, scope: Scope) -> bool {
+        self.entries.iter().any(|e| e.caller.may(scope))
     }
 
     /// The caller whose token is `presented`, if any.
@@ -217,6 +236,7 @@ mod tests {
             rate_per_sec: None,
             burst: None,
             source: None,
+            scopes: vec![Scope::Publish],
         }
     }
 
@@ -315,6 +335,7 @@ mod tests {
             source: format!("sluice://publishers/{name}"),
             allowed: Allowed::All,
             bucket: None,
+            scopes: BTreeSet::from([Scope::Publish]),
         };
         let (billing, shop) = (caller("billing"), caller("shop"));
         assert_eq!(billing.namespaced_event_id("order-42"), "billing:order-42");
@@ -351,6 +372,38 @@ mod tests {
         let d = bucket.try_acquire();
         assert!(d.allowed);
         assert_eq!((d.limit, d.remaining), (2, 1));
+    }
+
+    #[test]
+    fn scopes_are_typed_and_an_admin_token_need_not_publish() {
+        std::env::set_var("SLUICE_AUTH_TEST_ADMIN", "token-admin-0123456789");
+        std::env::set_var("SLUICE_AUTH_TEST_PUB", "token-pub-0123456789");
+        let mut admin = token("ops", "SLUICE_AUTH_TEST_ADMIN", &[]);
+        admin.scopes = vec![Scope::Admin];
+        let publisher = token("billing", "SLUICE_AUTH_TEST_PUB", &["*"]);
+        let tokens = Tokens::resolve(&[admin.clone(), publisher], &routed()).unwrap();
+        assert!(tokens.any_with(Scope::Admin) && tokens.any_with(Scope::Publish));
+        let ops = tokens.authenticate(b"token-admin-0123456789").unwrap();
+        assert!(ops.may(Scope::Admin) && !ops.may(Scope::Publish));
+        let billing = tokens.authenticate(b"token-pub-0123456789").unwrap();
+        assert!(billing.may(Scope::Publish) && !billing.may(Scope::Admin));
+        admin.scopes.clear();
+        let err = Tokens::resolve(&[admin], &routed())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("scopes must name at least one"), "{err}");
+        let parsed: PublishToken = serde_yaml_ng::from_str(
+            "{name: ops, token: {env: X}, scopes: [admin, publish], event_types: []}",
+        )
+        .unwrap();
+        assert_eq!(parsed.scopes, vec![Scope::Admin, Scope::Publish]);
+        let defaulted: PublishToken =
+            serde_yaml_ng::from_str("{name: b, token: {env: X}, event_types: ['*']}").unwrap();
+        assert_eq!(defaulted.scopes, vec![Scope::Publish]);
+        assert!(serde_yaml_ng::from_str::<PublishToken>(
+            "{name: b, token: {env: X}, scopes: [root]}"
+        )
+        .is_err());
     }
 
     #[test]

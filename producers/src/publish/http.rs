@@ -25,6 +25,7 @@ use axum::http::header::{AUTHORIZATION, RETRY_AFTER};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use sluice_runtime::config::Scope;
 use sluice_schemas::json::FieldError;
 
 use super::auth::{bearer, Caller, Tokens};
@@ -80,6 +81,11 @@ impl PublishApi {
 
     pub fn publisher(&self) -> Option<&Arc<Publisher>> {
         self.publisher.as_ref()
+    }
+
+    /// The gateway's bearer tokens (also the management API's, by scope).
+    pub fn tokens(&self) -> &Tokens {
+        &self.tokens
     }
 }
 
@@ -146,6 +152,13 @@ async fn handle(
             Some(retry_after) => ApiError::too_many_failures(retry_after),
             None => ApiError::unauthorized("a valid `Authorization: Bearer <token>` is required"),
         })?;
+    if !caller.may(Scope::Publish) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            code::FORBIDDEN,
+            format!("token `{}` has no publish scope", caller.name),
+        ));
+    }
     if let Some(bucket) = &caller.bucket {
         let d = bucket.try_acquire();
         if !d.allowed {
@@ -326,6 +339,7 @@ mod tests {
             source: "sluice://publishers/billing".into(),
             allowed: Allowed::All,
             bucket: None,
+            scopes: [Scope::Publish].into(),
         };
         let mut json = serde_json::json!({"event_id": "order-42", "source": null});
         bind_to_publisher(&mut json, &billing).unwrap();
