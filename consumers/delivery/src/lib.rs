@@ -11,5 +11,6 @@
 //! The gateway's `/v1/endpoints` API writes endpoint records; the delivery consumer reads
 //! the same table to decide where each event goes.
 
+pub mod dispatch;
 pub mod endpoints;
 pub mod signing;

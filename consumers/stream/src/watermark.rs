@@ -93,7 +93,11 @@ mod tests {
         assert_eq!(w.committable(), Some(13));
         assert_eq!(w.pending(), 1);
         w.settle(13);
-        assert_eq!(w.committable(), Some(15), "all settled: one past the last taken");
+        assert_eq!(
+            w.committable(),
+            Some(15),
+            "all settled: one past the last taken"
+        );
         assert_eq!(w.pending(), 0);
     }
 
@@ -107,7 +111,11 @@ mod tests {
         w.settle(3);
         assert_eq!(w.committable(), Some(8));
         w.take(20);
-        assert_eq!(w.committable(), Some(20), "an idle gap is settled by definition");
+        assert_eq!(
+            w.committable(),
+            Some(20),
+            "an idle gap is settled by definition"
+        );
         w.settle(20);
         assert_eq!(w.committable(), Some(21));
     }
