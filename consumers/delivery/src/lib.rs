@@ -13,4 +13,6 @@
 
 pub mod dispatch;
 pub mod endpoints;
+pub mod payload;
 pub mod signing;
+pub mod task;
