@@ -74,6 +74,8 @@ pub fn endpoints_topic(prefix: &str) -> String {
 
 /// The retry policy (tiers and DLQ) of webhook delivery.
 pub const DELIVERY_POLICY: &str = "deliveries";
+/// The retry policy of the delivery fan-out's own failures (events it cannot read).
+pub const DELIVERY_FANOUT_POLICY: &str = "delivery-fanout";
 
 /// Webhook delivery tasks, one per (event, endpoint), keyed by endpoint id.
 pub fn deliveries_topic(prefix: &str) -> String {
