@@ -2,5 +2,10 @@
 //! over a commit watermark, so no endpoint waits behind another.
 
 pub mod queues;
+pub mod schedule;
+pub mod settle;
+pub mod tiers;
 
 pub use queues::{EndpointId, Lanes, Order, Queued, Queues};
+pub use settle::{DispatchTopics, Settled, Settlement, Settler};
+pub use tiers::Tiers;
