@@ -1,8 +1,9 @@
 //! `sluice run`: every role, supervised. The gateway and the normalizer run in this process,
 //! sharing one admin server, metrics registry and shutdown; the saga orchestrator, the demo
-//! participants and the lag exporter run as child processes (`sluice saga run`,
-//! `sluice saga participant`, `sluice lag --export`) that are restarted when they exit, each
-//! with its own admin port (this process's admin port + 1, + 2, + 3). Each role can also run
+//! participants, the lag exporter and webhook delivery run as child processes
+//! (`sluice saga run`, `sluice saga participant`, `sluice lag --export`, `sluice deliver`)
+//! that are restarted when they exit, each with its own admin port (this process's admin
+//! port + 1, + 2, …, in that order). Each role can also run
 //! on its own, to scale out.
 
 use std::path::PathBuf;
@@ -29,6 +30,8 @@ pub enum Role {
     Sagas,
     Participants,
     LagExporter,
+    /// Outbound webhook delivery (`sluice deliver`).
+    Delivery,
 }
 
 impl Role {
@@ -38,6 +41,7 @@ impl Role {
             Role::Sagas => Some(&["saga", "run"]),
             Role::Participants => Some(&["saga", "participant", "--role", "all"]),
             Role::LagExporter => Some(&["lag", "--export"]),
+            Role::Delivery => Some(&["deliver"]),
             Role::Gateway | Role::Normalizer => None,
         }
     }
@@ -99,13 +103,22 @@ pub async fn run(
     let topology_path = super::topology_path(config, args.topology.clone());
     let (catalog, topology) = super::load(config, args.topology)?;
     let roles = if args.roles.is_empty() {
-        vec![
+        let mut all = vec![
             Role::Gateway,
             Role::Normalizer,
             Role::Sagas,
             Role::Participants,
             Role::LagExporter,
-        ]
+        ];
+        // Delivery runs wherever the topology has its topics.
+        if topology
+            .retry_policies
+            .iter()
+            .any(|p| p.name == sluice_topology::naming::DELIVERY_POLICY)
+        {
+            all.push(Role::Delivery);
+        }
+        all
     } else {
         args.roles
     };
