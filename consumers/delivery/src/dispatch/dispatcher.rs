@@ -33,7 +33,8 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use sluice_runtime::kafka::KafkaClients;
 use sluice_runtime::outbound::{
-    Attempt, FailureReason, NotAdmitted, Outbound, OutboundRequest, RetrySchedule, Verdict,
+    Attempt, EndpointSettings, FailureReason, NotAdmitted, Outbound, OutboundRequest,
+    RetrySchedule, Verdict,
 };
 use sluice_runtime::Shutdown;
 use sluice_stream::watermark::Watermark;
@@ -50,6 +51,9 @@ use crate::signing::sign_delivery;
 use crate::task::DeliveryTask;
 
 type TopicPartition = (String, i32);
+
+/// An endpoint's (in-flight cap, rate per second), as its outbound limits were set up.
+type LimitSettings = (Option<u32>, Option<u32>);
 
 /// How the dispatcher runs.
 #[derive(Debug, Clone)]
@@ -143,6 +147,27 @@ struct Shared {
     shutdown: Shutdown,
     metrics: Option<DeliveryMetrics>,
     done: mpsc::UnboundedSender<Done>,
+    /// The (in-flight cap, rate) each endpoint's outbound limits were set up with.
+    limits: std::sync::Mutex<HashMap<String, LimitSettings>>,
+}
+
+impl Shared {
+    /// Gives the outbound client `endpoint`'s own in-flight cap and rate limit, the first
+    /// time it is sent to and whenever they change (which also starts a fresh breaker).
+    fn configure_limits(&self, endpoint: &Endpoint) {
+        let wanted = (endpoint.max_in_flight, endpoint.rate_limit_per_sec);
+        let mut seen = self.limits.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.get(&endpoint.id) == Some(&wanted) {
+            return;
+        }
+        seen.insert(endpoint.id.clone(), wanted);
+        let mut settings = EndpointSettings::default();
+        if let Some(n) = endpoint.max_in_flight {
+            settings.limits.max_in_flight = n;
+        }
+        settings.limits.rate_per_sec = endpoint.rate_limit_per_sec;
+        self.outbound.endpoints().configure(&endpoint.id, &settings);
+    }
 }
 
 pub struct Dispatcher {
@@ -211,6 +236,7 @@ impl Dispatcher {
                 shutdown,
                 metrics,
                 done,
+                limits: std::sync::Mutex::default(),
             }),
             config,
             done_rx,
@@ -593,6 +619,7 @@ async fn attempt(shared: &Shared, endpoint: Endpoint, pending: Pending) -> Done 
             return write_settled(shared, pending, settled, true).await;
         }
     };
+    shared.configure_limits(&endpoint);
     match shared.outbound.send(&endpoint.id, &request).await {
         Ok(attempt) => {
             let settled = shared.settler.attempted(

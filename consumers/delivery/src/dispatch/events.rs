@@ -57,3 +57,40 @@ impl DeliveryEvent<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_count_settlements_and_set_the_backlog_per_endpoint() {
+        let registry = prometheus::Registry::new();
+        let m = DeliveryMetrics::new(&registry).unwrap();
+        for settlement in [
+            Settlement::Retrying,
+            Settlement::Retrying,
+            Settlement::Delivered,
+        ] {
+            DeliveryEvent::Settled {
+                endpoint: "ep_1",
+                settlement,
+                attempts: 1,
+            }
+            .emit(Some(&m));
+        }
+        DeliveryEvent::Backlog {
+            endpoint: "ep_1",
+            waiting: 7,
+        }
+        .emit(Some(&m));
+        assert_eq!(m.settled.with_label_values(&["ep_1", "retrying"]).get(), 2);
+        assert_eq!(m.settled.with_label_values(&["ep_1", "delivered"]).get(), 1);
+        assert_eq!(m.backlog.with_label_values(&["ep_1"]).get(), 7);
+        // Without metrics an event is only logged.
+        DeliveryEvent::Backlog {
+            endpoint: "ep_2",
+            waiting: 1,
+        }
+        .emit(None);
+    }
+}
