@@ -295,6 +295,31 @@ impl Deployment {
             .unwrap();
     }
 
+    /// The latest delivery status of each (endpoint, event), by `<endpoint>/<webhook id>`.
+    async fn statuses(&self) -> BTreeMap<String, serde_json::Value> {
+        let topic = format!("{}.state.delivery-status", self.prefix);
+        tokio::task::spawn_blocking(move || {
+            let mut out = BTreeMap::new();
+            sluice_stream::state::kafka::read_partitions(
+                &KafkaClients::new(kafka()),
+                &topic,
+                &[0],
+                |_, key, value| {
+                    if let Some(v) = value {
+                        out.insert(
+                            String::from_utf8_lossy(key).into_owned(),
+                            serde_json::from_slice(v).unwrap(),
+                        );
+                    }
+                },
+            )
+            .unwrap();
+            out
+        })
+        .await
+        .unwrap()
+    }
+
     async fn pay(&self, n: usize) -> String {
         let payment = serde_json::json!({
             "subject": format!("pi_{n}"),
@@ -434,6 +459,14 @@ async fn retry_after_is_honoured_and_410_disables_the_endpoint() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 
+    // `sluice dlq` reads it like every dead letter.
+    let (ok, out, err) =
+        crate::support::sluice_async(vec!["dlq".into(), "list".into(), dlq.clone()]).await;
+    assert!(
+        ok && out.contains("sluice.delivery.Exhausted"),
+        "{out}{err}"
+    );
+
     // 410 disables the endpoint: its record is written back, disabled, and later events
     // are not sent to it.
     gone.wait_for(Duration::from_secs(30), "the 410", |rs| rs.len() == 1)
@@ -466,7 +499,25 @@ async fn retry_after_is_honoured_and_410_disables_the_endpoint() {
         },
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // ...it is recorded as `endpoint_disabled`, and the first event's delivery as `gone`.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let statuses = d.statuses().await;
+        let status = |event: &str| {
+            statuses
+                .get(&format!("{}/{event}", gone_ep.id))
+                .map(|s| s["status"].clone())
+        };
+        if status(&second) == Some("endpoint_disabled".into()) {
+            assert_eq!(status(&first), Some("gone".into()), "{statuses:#?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no endpoint_disabled status: {statuses:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     assert_eq!(
         gone.requests().len(),
         1,
