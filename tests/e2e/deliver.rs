@@ -620,3 +620,52 @@ async fn a_killed_deliverer_loses_nothing_and_repeats_only_with_the_same_webhook
         );
     }
 }
+
+#[tokio::test]
+async fn while_the_breaker_is_open_deliveries_are_parked_without_burning_attempts() {
+    let d = Deployment::new("dlvbrk").await;
+    let (ep, r) = d
+        .subscriber("/status/503", spec(&[PAYMENT], &["1s"; 10]))
+        .await;
+    let _deliver = Deliver::start(&d.file, "dlvbrk-1").await;
+    let mut ids = BTreeSet::new();
+    for n in 0..6 {
+        ids.insert(d.pay(n).await);
+    }
+    // Five failures in a row open the endpoint's breaker (cool-down 30 s): what comes next
+    // is parked, not attempted.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let parked = loop {
+        let statuses = d.statuses().await;
+        let parked: Vec<serde_json::Value> = statuses
+            .iter()
+            .filter(|(k, s)| k.starts_with(&ep.id) && s["status"] == "parked")
+            .map(|(_, s)| s.clone())
+            .collect();
+        if !parked.is_empty() {
+            break parked;
+        }
+        assert!(Instant::now() < deadline, "nothing parked: {statuses:#?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let sent = r.by_id();
+    for status in &parked {
+        let id = status["webhook_id"].as_str().unwrap();
+        assert!(ids.contains(id));
+        let tries = sent.get(id).map_or(0, Vec::len);
+        assert_eq!(
+            status["attempts"].as_u64().unwrap() as usize,
+            tries,
+            "a parked delivery's attempt count is what was actually sent: {status}"
+        );
+    }
+    // While open, the endpoint gets nothing.
+    let before = r.requests().len();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        r.requests().len(),
+        before,
+        "attempts were made while the breaker was open"
+    );
+    assert!(before >= 5, "{before} requests before the breaker opened");
+}
