@@ -194,6 +194,25 @@ impl Deliver {
         d
     }
 
+    /// SIGTERM, and the exit status once the process has stopped (within 20 s).
+    fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("sluice deliver did not stop within 20 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// SIGKILL: no shutdown, no final commit.
     fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -617,7 +636,7 @@ async fn a_killed_deliverer_loses_nothing_and_repeats_only_with_the_same_webhook
     );
     // Restarted under the same instance id, as a supervisor would: static membership hands
     // its partitions straight back, from their committed offsets.
-    let _second = Deliver::start(&d.file, "dlvkill-1").await;
+    let mut second = Deliver::start(&d.file, "dlvkill-1").await;
     r.wait_for(
         Duration::from_secs(90),
         "every event delivered after the restart",
@@ -640,6 +659,8 @@ async fn a_killed_deliverer_loses_nothing_and_repeats_only_with_the_same_webhook
             "{tries:?}"
         );
     }
+    // A SIGTERM stops it cleanly.
+    assert!(second.stop().success());
 }
 
 #[tokio::test]
