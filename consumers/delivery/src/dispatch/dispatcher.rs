@@ -332,9 +332,10 @@ impl Dispatcher {
                 return;
             }
         };
-        if let Some(due) = task.due_at.filter(|due| *due > now_ms() + 20) {
-            if self.config.tiers.contains(&record.topic) {
-                self.hold_until_due(&tp, record.offset, due);
+        let due = task.due_at.filter(|due| *due > now_ms() + 20);
+        let early = due.is_some() && self.config.tiers.contains(&record.topic);
+        if let (true, Some(due)) = (early, due) {
+            if self.hold_until_due(&tp, record.offset, due) {
                 return;
             }
         }
@@ -348,7 +349,16 @@ impl Dispatcher {
             },
             generation: self.generation,
         };
-        self.enqueue(pending);
+        match due.filter(|_| early) {
+            // The partition could not be held: wait in the tier again rather than skip it.
+            Some(due) => {
+                let now = jiff::Timestamp::now();
+                let until = jiff::Timestamp::from_millisecond(due).unwrap_or(now);
+                let settled = self.shared.settler.parked(&pending.task, until, now);
+                self.spawn_write(pending, settled, false);
+            }
+            None => self.enqueue(pending),
+        }
         if self.watermark(&tp).pending() >= self.config.max_pending && self.full.insert(tp.clone())
         {
             let mut tpl = TopicPartitionList::new();
@@ -510,30 +520,32 @@ impl Dispatcher {
         }
     }
 
-    /// Pauses tier partition `tp` and rewinds it to `offset`, whose task is due at `due`.
-    fn hold_until_due(&mut self, tp: &TopicPartition, offset: i64, due: i64) {
+    /// Pauses tier partition `tp` and rewinds it to `offset`, whose task is due at `due`;
+    /// `false` when the partition could not be rewound (it is resumed as it was).
+    fn hold_until_due(&mut self, tp: &TopicPartition, offset: i64, due: i64) -> bool {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(&tp.0, tp.1);
         if let Err(e) = self.consumer.pause(&tpl) {
             tracing::warn!(topic = %tp.0, partition = tp.1, error = %e, "pausing a retry partition");
-            return;
+            return false;
         }
-        for attempt in 0..5 {
+        // A seek can fail while the partition's fetcher is still starting: try a few times.
+        let mut last = None;
+        for _ in 0..5 {
             match self
                 .consumer
                 .seek(&tp.0, tp.1, Offset::Offset(offset), Duration::from_secs(5))
             {
-                Ok(()) => break,
-                Err(e) if attempt < 4 => {
-                    tracing::debug!(topic = %tp.0, partition = tp.1, error = %e, "rewinding a retry partition; trying again");
-                    std::thread::sleep(Duration::from_millis(50));
+                Ok(()) => {
+                    self.waiting_for_due.insert(tp.clone(), due);
+                    return true;
                 }
-                Err(e) => {
-                    tracing::warn!(topic = %tp.0, partition = tp.1, error = %e, "rewinding a retry partition failed");
-                }
+                Err(e) => last = Some(e),
             }
         }
-        self.waiting_for_due.insert(tp.clone(), due);
+        tracing::warn!(topic = %tp.0, partition = tp.1, error = ?last, "rewinding a retry partition failed; its task waits in the tier again");
+        let _ = self.consumer.resume(&tpl);
+        false
     }
 
     fn resume_due(&mut self) {
