@@ -129,6 +129,18 @@ impl Receiver {
         out
     }
 
+    /// Waits (up to `limit`) until exactly `ids` were answered 200.
+    async fn wait_delivered(&self, limit: Duration, ids: &BTreeSet<String>) {
+        self.wait_for(limit, "every event answered 200", |rs| {
+            rs.iter()
+                .filter(|r| r.status == Some(200))
+                .filter_map(|r| r.webhook_id.clone())
+                .collect::<BTreeSet<_>>()
+                == *ids
+        })
+        .await;
+    }
+
     /// Waits (up to `limit`) until `done` holds for the log; panics with the log otherwise.
     async fn wait_for(&self, limit: Duration, what: &str, done: impl Fn(&[Logged]) -> bool) {
         let deadline = Instant::now() + limit;
@@ -429,19 +441,7 @@ async fn a_flaky_endpoint_is_retried_with_the_same_webhook_id_until_it_succeeds(
         .await;
     let _deliver = Deliver::start(&d.file, "dlvflaky-1").await;
     let ids: BTreeSet<String> = [d.pay(1).await, d.pay(2).await].into();
-    r.wait_for(
-        Duration::from_secs(60),
-        "each event answered 200 after two 503s",
-        |rs| {
-            let ok: BTreeSet<String> = rs
-                .iter()
-                .filter(|r| r.status == Some(200))
-                .filter_map(|r| r.webhook_id.clone())
-                .collect();
-            ok == ids
-        },
-    )
-    .await;
+    r.wait_delivered(Duration::from_secs(60), &ids).await;
     for (id, tries) in r.by_id() {
         assert!(ids.contains(&id), "an unknown webhook id {id}");
         let statuses: Vec<_> = tries.iter().map(|t| t.status).collect();
@@ -637,18 +637,7 @@ async fn a_killed_deliverer_loses_nothing_and_repeats_only_with_the_same_webhook
     // Restarted under the same instance id, as a supervisor would: static membership hands
     // its partitions straight back, from their committed offsets.
     let mut second = Deliver::start(&d.file, "dlvkill-1").await;
-    r.wait_for(
-        Duration::from_secs(90),
-        "every event delivered after the restart",
-        |rs| {
-            rs.iter()
-                .filter(|r| r.status == Some(200))
-                .filter_map(|r| r.webhook_id.clone())
-                .collect::<BTreeSet<_>>()
-                == ids
-        },
-    )
-    .await;
+    r.wait_delivered(Duration::from_secs(90), &ids).await;
     for (id, tries) in r.by_id() {
         assert!(
             ids.contains(&id),
@@ -761,4 +750,47 @@ async fn per_key_ordering_sends_a_keys_events_one_at_a_time_in_order() {
         span < jiff::SignedDuration::from_millis(1_900),
         "keys did not overlap: {span:?}"
     );
+}
+
+#[tokio::test]
+async fn two_instances_share_the_endpoints_and_deliver_everything() {
+    let d = Deployment::new("dlvtwo").await;
+    // Eight endpoints over the tasks topic's two partitions: all on one partition has a
+    // chance of 1 in 128.
+    let mut receivers = Vec::new();
+    for _ in 0..8 {
+        receivers.push(d.subscriber("/slow/20", spec(&[PAYMENT], &["1s"])).await.1);
+    }
+    let first = Deliver::start(&d.file, "dlvtwo-1").await;
+    let second = Deliver::start(&d.file, "dlvtwo-2").await;
+    // Once the second has joined, the first has been through a second assignment.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let joined = |d: &Deliver| {
+        read_log(&d.log)
+            .matches("delivery partitions reassigned")
+            .count()
+    };
+    while joined(&second) < 1 || joined(&first) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the second instance never joined:\n{}",
+            read_log(&second.log)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut ids = BTreeSet::new();
+    for n in 0..20 {
+        ids.insert(d.pay(n).await);
+    }
+    for r in &receivers {
+        r.wait_delivered(Duration::from_secs(60), &ids).await;
+    }
+    // Tasks are keyed by endpoint id over two partitions: both instances delivered some.
+    for (name, deliver) in [("first", &first), ("second", &second)] {
+        let log = read_log(&deliver.log);
+        assert!(
+            log.contains("delivery settled"),
+            "the {name} instance delivered nothing:\n{log}"
+        );
+    }
 }
