@@ -46,6 +46,9 @@ enum Command {
     Demo(demo::DemoCommand),
     /// Run the normalizer: raw deliveries to canonical Avro events, with retry tiers and DLQ.
     Normalize(cli::normalize::NormalizeArgs),
+    /// Deliver events to subscribers' webhook endpoints: fan-out, signed POSTs, retries,
+    /// delivery log and DLQ.
+    Deliver(cli::deliver::DeliverArgs),
     /// Inspect, replay and purge dead-letter topics.
     #[command(subcommand)]
     Dlq(cli::dlq::DlqCommand),
@@ -100,6 +103,7 @@ fn main() -> ExitCode {
             Command::Demo(cmd) => demo::run(&config, cmd).await,
             Command::Gateway(args) => cli::gateway::run(&config, args).await,
             Command::Normalize(args) => cli::normalize::run(&config, args).await,
+            Command::Deliver(args) => cli::deliver::run(&config, args).await,
             Command::Dlq(cmd) => cli::dlq::run(&config, cmd).await,
             Command::Saga(cmd) => cli::saga::run(&config, cmd).await,
             Command::Lag(args) => cli::lag::run(&config, args).await,

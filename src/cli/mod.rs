@@ -2,6 +2,7 @@
 //! Each module is one command family; the libraries do the work, these modules print.
 //! Benchmarks live in `bench/`, demo traffic in `demo/`.
 
+pub mod deliver;
 pub mod dlq;
 pub mod doctor;
 pub mod endpoints;

@@ -1,8 +1,9 @@
 //! `sluice run`: every role, supervised. The gateway and the normalizer run in this process,
 //! sharing one admin server, metrics registry and shutdown; the saga orchestrator, the demo
-//! participants and the lag exporter run as child processes (`sluice saga run`,
-//! `sluice saga participant`, `sluice lag --export`) that are restarted when they exit, each
-//! with its own admin port (this process's admin port + 1, + 2, + 3). Each role can also run
+//! participants, the lag exporter and webhook delivery run as child processes
+//! (`sluice saga run`, `sluice saga participant`, `sluice lag --export`, `sluice deliver`)
+//! that are restarted when they exit, each with its own admin port (this process's admin
+//! port + 1, + 2, …, in that order). Each role can also run
 //! on its own, to scale out.
 
 use std::path::PathBuf;
@@ -31,6 +32,8 @@ pub enum Role {
     LagExporter,
     /// The transactional outbox relay; in the default roles when `outbox` is configured.
     Outbox,
+    /// Outbound webhook delivery (`sluice deliver`).
+    Delivery,
 }
 
 impl Role {
@@ -41,6 +44,7 @@ impl Role {
             Role::Participants => Some(&["saga", "participant", "--role", "all"]),
             Role::LagExporter => Some(&["lag", "--export"]),
             Role::Outbox => Some(&["outbox", "relay"]),
+            Role::Delivery => Some(&["deliver"]),
             Role::Gateway | Role::Normalizer => None,
         }
     }
@@ -111,6 +115,14 @@ pub async fn run(
         ];
         if config.outbox.is_some() {
             all.push(Role::Outbox);
+        }
+        // Delivery runs wherever the topology has its topics.
+        if topology
+            .retry_policies
+            .iter()
+            .any(|p| p.name == sluice_topology::naming::DELIVERY_POLICY)
+        {
+            all.push(Role::Delivery);
         }
         all
     } else {

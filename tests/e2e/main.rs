@@ -8,6 +8,7 @@
 mod chaos;
 mod cli;
 mod compose;
+mod deliver;
 mod dlq;
 mod docs;
 mod endpoints;

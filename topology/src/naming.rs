@@ -13,6 +13,10 @@
 //! | `<prefix>.state.saga-<saga>` | saga instances, keyed by saga id |
 //! | `<prefix>.state.saga-participant-<role>` | command ids a saga participant has handled |
 //! | `<prefix>.state.endpoints` | outbound webhook endpoints (subscriptions), keyed by endpoint id |
+//! | `<prefix>.deliveries` | webhook delivery tasks, one per (event, endpoint), keyed by endpoint id |
+//! | `<prefix>.deliveries.attempts` | every delivery attempt, keyed by endpoint id |
+//! | `<prefix>.state.delivery-status` | latest status per (endpoint, event), compacted |
+//! | `<prefix>.retry.deliveries.<delay>` / `<prefix>.dlq.deliveries` | delivery retry tiers and dead letters |
 
 use std::time::Duration;
 
@@ -68,6 +72,36 @@ pub fn endpoints_topic(prefix: &str) -> String {
     state_topic(prefix, "endpoints")
 }
 
+/// The retry policy (tiers and DLQ) of webhook delivery.
+pub const DELIVERY_POLICY: &str = "deliveries";
+/// The retry policy of the delivery fan-out's own failures (events it cannot read).
+pub const DELIVERY_FANOUT_POLICY: &str = "delivery-fanout";
+
+/// Webhook delivery tasks, one per (event, endpoint), keyed by endpoint id.
+pub fn deliveries_topic(prefix: &str) -> String {
+    format!("{prefix}.deliveries")
+}
+
+/// Every webhook delivery attempt, keyed by endpoint id.
+pub fn delivery_attempts_topic(prefix: &str) -> String {
+    format!("{prefix}.deliveries.attempts")
+}
+
+/// Latest delivery status per (endpoint, event), keyed `<endpoint id>/<webhook id>`.
+pub fn delivery_status_topic(prefix: &str) -> String {
+    state_topic(prefix, "delivery-status")
+}
+
+/// Webhook delivery retry tier `delay`.
+pub fn delivery_retry_topic(prefix: &str, delay: Duration) -> String {
+    retry_topic(prefix, DELIVERY_POLICY, delay)
+}
+
+/// Deliveries whose retry schedule ran out, apart from system failures.
+pub fn delivery_dlq_topic(prefix: &str) -> String {
+    dlq_topic(prefix, DELIVERY_POLICY)
+}
+
 /// `90s` → `90s`, `60s` → `1m`, `3600s` → `1h`: the largest whole unit.
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis() as u64;
@@ -121,6 +155,15 @@ mod tests {
         assert_eq!(
             retry_topic("sluice", "normalizer", Duration::from_secs(60)),
             "sluice.retry.normalizer.1m"
+        );
+        assert_eq!(
+            delivery_retry_topic("sluice", Duration::from_secs(300)),
+            "sluice.retry.deliveries.5m"
+        );
+        assert_eq!(delivery_dlq_topic("sluice"), "sluice.dlq.deliveries");
+        assert_eq!(
+            delivery_status_topic("sluice"),
+            "sluice.state.delivery-status"
         );
         assert_eq!(
             held_topic("sluice", "normalizer"),

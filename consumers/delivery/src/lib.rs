@@ -11,5 +11,11 @@
 //! The gateway's `/v1/endpoints` API writes endpoint records; the delivery consumer reads
 //! the same table to decide where each event goes.
 
+pub mod attempt_log;
+pub mod dispatch;
 pub mod endpoints;
+pub mod fanout;
+pub mod payload;
 pub mod signing;
+pub mod status;
+pub mod task;

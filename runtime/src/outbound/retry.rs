@@ -87,6 +87,15 @@ impl RetrySchedule {
         self
     }
 
+    /// This schedule's jitter and `Retry-After` cap over other delays (an endpoint's own
+    /// schedule); `None` for no delays.
+    pub fn with_delays(&self, delays: Vec<Duration>) -> Option<Self> {
+        (!delays.is_empty()).then(|| Self {
+            delays,
+            ..self.clone()
+        })
+    }
+
     /// Attempts the schedule allows in all.
     pub fn max_attempts(&self) -> u32 {
         u32::try_from(self.delays.len()).unwrap_or(u32::MAX)

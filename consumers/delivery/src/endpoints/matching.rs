@@ -41,8 +41,13 @@ impl AttributeFilter {
 impl Endpoint {
     /// Whether this endpoint should receive `event`.
     pub fn accepts(&self, event: &EventAttributes<'_>) -> bool {
-        self.enabled
-            && self.event_types.iter().any(|p| p.matches(event.event_type))
+        self.enabled && self.subscribes(event)
+    }
+
+    /// Whether `event` is one this endpoint subscribes to, enabled or not (a disabled
+    /// endpoint's events are recorded as `endpoint_disabled`, to recover later).
+    pub fn subscribes(&self, event: &EventAttributes<'_>) -> bool {
+        self.event_types.iter().any(|p| p.matches(event.event_type))
             && self.filter.iter().all(|f| f.matches(event))
     }
 }

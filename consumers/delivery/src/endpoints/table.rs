@@ -83,6 +83,16 @@ impl EndpointTable {
             .collect()
     }
 
+    /// The endpoints, enabled or not, that subscribe to `event`.
+    pub fn subscribed(&self, event: &EventAttributes<'_>) -> Vec<Endpoint> {
+        self.read()
+            .endpoints
+            .values()
+            .filter(|e| e.subscribes(event))
+            .cloned()
+            .collect()
+    }
+
     /// Applies one record of the endpoints topic: a JSON [`Endpoint`], or `None` (a
     /// tombstone) to remove `id`. A record older than the one `id` already reflects is
     /// ignored. An unreadable value is an error and changes nothing.

@@ -1,0 +1,702 @@
+//! The dispatcher: reads delivery tasks (the tasks topic and the retry tiers) ahead, puts
+//! each on its endpoint's queue, and sends from every endpoint in turn, each attempt in a
+//! task of its own, so a slow, failing or hanging endpoint only ever waits behind itself.
+//!
+//! It is not the stream runtime's batch loop, which handles a partition's records in
+//! order: here records of one partition settle out of order, and each partition's offset is
+//! committed only up to the lowest task not yet settled (a [`Watermark`]). A task is settled
+//! once every record its outcome wrote is acknowledged ([`Settler::write`]). So a crash
+//! re-sends at most the unsettled tasks, with the same `webhook-id`.
+//!
+//! - **Read-ahead** is bounded: a partition with `max_pending` unsettled tasks is paused
+//!   until half of them settle; an endpoint with more than `endpoint_share` waiting has the
+//!   rest parked (written to the shortest tier with the attempt count unchanged).
+//! - **Retry tiers**: a tier partition whose head is not yet due is paused and rewound
+//!   until it is (as the stream runtime does).
+//! - **Breaker open** (or limits full): the endpoint is held in its queue, and under an
+//!   open breaker its waiting tasks are parked: waiting burns no attempt.
+//! - **Rebalances**: the consumer uses an eager assignor, so every rebalance hands every
+//!   partition out afresh from its committed offset; what was read ahead is dropped and read
+//!   again, and attempts still in flight settle nothing (their records may be duplicates,
+//!   with the same `webhook-id`).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::producer::FutureProducer;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+use sluice_runtime::kafka::KafkaClients;
+use sluice_runtime::outbound::{
+    Attempt, EndpointSettings, FailureReason, NotAdmitted, Outbound, OutboundRequest,
+    RetrySchedule, Verdict,
+};
+use sluice_runtime::Shutdown;
+use sluice_stream::watermark::Watermark;
+use sluice_stream::Record;
+use tokio::sync::mpsc;
+
+use super::events::DeliveryEvent;
+use super::metrics::DeliveryMetrics;
+use super::queues::{EndpointId, Lanes, Order, Queues};
+use super::settle::{DispatchTopics, Settled, Settlement, Settler};
+use super::tiers::Tiers;
+use crate::endpoints::{Endpoint, EndpointTable, Ordering};
+use crate::signing::sign_delivery;
+use crate::task::DeliveryTask;
+
+type TopicPartition = (String, i32);
+
+/// An endpoint's (in-flight cap, rate per second), as its outbound limits were set up.
+type LimitSettings = (Option<u32>, Option<u32>);
+
+/// How the dispatcher runs.
+#[derive(Debug, Clone)]
+pub struct DispatcherConfig {
+    pub group: String,
+    pub topics: DispatchTopics,
+    pub tiers: Tiers,
+    /// The schedule of endpoints without their own.
+    pub default_schedule: RetrySchedule,
+    /// Unsettled tasks per partition before it is paused.
+    pub max_pending: usize,
+    /// Tasks an endpoint may have waiting in memory; more are parked.
+    pub endpoint_share: usize,
+    pub commit_interval: Duration,
+}
+
+impl DispatcherConfig {
+    pub fn new(prefix: &str, group: &str, tiers: Tiers) -> Self {
+        Self {
+            group: group.to_string(),
+            topics: DispatchTopics::for_prefix(prefix),
+            tiers,
+            default_schedule: RetrySchedule::webhook_default(),
+            max_pending: 2_000,
+            endpoint_share: 200,
+            commit_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    #[error("starting the dispatcher: {0}")]
+    Start(String),
+}
+
+/// Counts rebalances, so the loop knows when what it read ahead is void.
+#[derive(Default)]
+struct RebalanceCounter {
+    generation: AtomicU64,
+}
+
+impl ClientContext for RebalanceCounter {}
+
+impl ConsumerContext for RebalanceCounter {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if !matches!(rebalance, Rebalance::Error(_)) {
+            self.generation.fetch_add(1, AtomicOrdering::SeqCst);
+        }
+    }
+}
+
+/// A task read and not yet settled.
+#[derive(Debug, Clone)]
+struct Pending {
+    task: DeliveryTask,
+    /// The record it was read from, without its value.
+    from: Record,
+    generation: u64,
+}
+
+impl Pending {
+    fn tp(&self) -> TopicPartition {
+        (self.from.topic.clone(), self.from.partition)
+    }
+}
+
+/// What a finished piece of work reports to the loop.
+enum Done {
+    /// The task's outcome is written: its offset may be committed.
+    Settled {
+        pending: Pending,
+        /// Whether it was handed out by the queues (and so holds a slot there).
+        in_flight: bool,
+    },
+    /// The endpoint's breaker or limits did not let the attempt start.
+    NotAdmitted {
+        pending: Pending,
+        refusal: NotAdmitted,
+    },
+    /// The write was abandoned at shutdown.
+    Abandoned,
+}
+
+/// What every attempt shares.
+struct Shared {
+    outbound: Outbound,
+    settler: Settler,
+    producer: FutureProducer,
+    table: EndpointTable,
+    shutdown: Shutdown,
+    metrics: Option<DeliveryMetrics>,
+    done: mpsc::UnboundedSender<Done>,
+    /// The (in-flight cap, rate) each endpoint's outbound limits were set up with.
+    limits: std::sync::Mutex<HashMap<String, LimitSettings>>,
+}
+
+impl Shared {
+    /// Gives the outbound client `endpoint`'s own in-flight cap and rate limit, the first
+    /// time it is sent to and whenever they change (which also starts a fresh breaker).
+    fn configure_limits(&self, endpoint: &Endpoint) {
+        let wanted = (endpoint.max_in_flight, endpoint.rate_limit_per_sec);
+        let mut seen = self.limits.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.get(&endpoint.id) == Some(&wanted) {
+            return;
+        }
+        seen.insert(endpoint.id.clone(), wanted);
+        let mut settings = EndpointSettings::default();
+        if let Some(n) = endpoint.max_in_flight {
+            settings.limits.max_in_flight = n;
+        }
+        settings.limits.rate_per_sec = endpoint.rate_limit_per_sec;
+        self.outbound.endpoints().configure(&endpoint.id, &settings);
+    }
+}
+
+pub struct Dispatcher {
+    consumer: StreamConsumer<RebalanceCounter>,
+    shared: Arc<Shared>,
+    config: DispatcherConfig,
+    done_rx: mpsc::UnboundedReceiver<Done>,
+    // The loop's state, reset on every rebalance.
+    generation: u64,
+    watermarks: HashMap<TopicPartition, Watermark>,
+    committed: HashMap<TopicPartition, i64>,
+    queues: Queues<Pending>,
+    /// Tier partitions held until their head is due (epoch ms).
+    waiting_for_due: BTreeMap<TopicPartition, i64>,
+    /// Partitions paused because they have too much read ahead.
+    full: HashSet<TopicPartition>,
+    outstanding: usize,
+}
+
+fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+impl Dispatcher {
+    pub fn new(
+        clients: &KafkaClients,
+        outbound: Outbound,
+        table: EndpointTable,
+        config: DispatcherConfig,
+        metrics: Option<DeliveryMetrics>,
+        shutdown: Shutdown,
+    ) -> Result<Self, DispatchError> {
+        let fail = |e: String| DispatchError::Start(e);
+        let consumer: StreamConsumer<RebalanceCounter> = clients
+            .consumer_config("deliver", &config.group)
+            .map_err(|e| fail(e.to_string()))?
+            // Eager: a rebalance restarts every partition from its committed offset.
+            .set("partition.assignment.strategy", "range")
+            .create_with_context(RebalanceCounter::default())
+            .map_err(|e| fail(format!("creating the consumer: {e}")))?;
+        let mut topics = vec![config.topics.tasks.as_str()];
+        topics.extend(config.tiers.topics());
+        consumer
+            .subscribe(&topics)
+            .map_err(|e| fail(format!("subscribing to {topics:?}: {e}")))?;
+        let producer: FutureProducer = clients
+            .producer_config("deliver")
+            .map_err(|e| fail(e.to_string()))?
+            .set("acks", "all")
+            .create()
+            .map_err(|e| fail(format!("creating the producer: {e}")))?;
+        let (done, done_rx) = mpsc::unbounded_channel();
+        let settler = Settler {
+            topics: config.topics.clone(),
+            tiers: config.tiers.clone(),
+            group: config.group.clone(),
+            default_schedule: config.default_schedule.clone(),
+        };
+        Ok(Self {
+            consumer,
+            shared: Arc::new(Shared {
+                outbound,
+                settler,
+                producer,
+                table,
+                shutdown,
+                metrics,
+                done,
+                limits: std::sync::Mutex::default(),
+            }),
+            config,
+            done_rx,
+            generation: 0,
+            watermarks: HashMap::new(),
+            committed: HashMap::new(),
+            queues: Queues::default(),
+            waiting_for_due: BTreeMap::new(),
+            full: HashSet::new(),
+            outstanding: 0,
+        })
+    }
+
+    /// Runs until shutdown, then lets attempts in flight settle (up to 10 s) and commits.
+    pub async fn run(mut self) -> Result<(), DispatchError> {
+        let shutdown = self.shared.shutdown.clone();
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut last_commit = Instant::now();
+        tracing::info!(group = %self.config.group, "delivery dispatcher running");
+        loop {
+            self.notice_rebalance();
+            self.dispatch_ready();
+            tokio::select! {
+                _ = shutdown.wait() => break,
+                m = self.consumer.recv() => match m {
+                    Ok(m) => {
+                        let record = Record::from_message(&m);
+                        drop(m);
+                        self.notice_rebalance();
+                        self.on_record(record);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading delivery tasks");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                },
+                Some(done) = self.done_rx.recv() => self.on_done(done),
+                _ = tick.tick() => {
+                    self.resume_due();
+                    if last_commit.elapsed() >= self.config.commit_interval {
+                        self.commit(CommitMode::Async);
+                        last_commit = Instant::now();
+                    }
+                }
+            }
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.outstanding > 0 {
+            match tokio::time::timeout_at(deadline, self.done_rx.recv()).await {
+                Ok(Some(done)) => self.on_done(done),
+                _ => break,
+            }
+        }
+        self.commit(CommitMode::Sync);
+        Ok(())
+    }
+
+    /// After a rebalance every partition starts again from its committed offset: forget
+    /// what was read ahead.
+    fn notice_rebalance(&mut self) {
+        let generation = self
+            .consumer
+            .context()
+            .generation
+            .load(AtomicOrdering::SeqCst);
+        if generation == self.generation {
+            return;
+        }
+        self.generation = generation;
+        self.watermarks.clear();
+        self.committed.clear();
+        self.queues = Queues::default();
+        self.waiting_for_due.clear();
+        self.full.clear();
+        if let Ok(assigned) = self.consumer.assignment() {
+            let _ = self.consumer.resume(&assigned);
+        }
+        tracing::info!(generation, "delivery partitions reassigned");
+    }
+
+    fn on_record(&mut self, record: Record) {
+        let tp: TopicPartition = (record.topic.clone(), record.partition);
+        if self.waiting_for_due.contains_key(&tp) {
+            return; // fetched before the partition was paused; read again on resume
+        }
+        let task = match DeliveryTask::from_record(&record) {
+            Ok(task) => task,
+            Err(e) => {
+                // Not a task: nothing can be sent; say where it is and go on.
+                tracing::error!(error = %e, "skipping a record that is not a delivery task");
+                self.watermark(&tp).take(record.offset);
+                self.watermark(&tp).settle(record.offset);
+                return;
+            }
+        };
+        let due = task.due_at.filter(|due| *due > now_ms() + 20);
+        let early = due.is_some() && self.config.tiers.contains(&record.topic);
+        if let (true, Some(due)) = (early, due) {
+            if self.hold_until_due(&tp, record.offset, due) {
+                return;
+            }
+        }
+        self.watermark(&tp).take(record.offset);
+        let pending = Pending {
+            task,
+            from: Record {
+                value: None,
+                headers: Vec::new(),
+                ..record
+            },
+            generation: self.generation,
+        };
+        match due.filter(|_| early) {
+            // The partition could not be held: wait in the tier again rather than skip it.
+            Some(due) => {
+                let now = jiff::Timestamp::now();
+                let until = jiff::Timestamp::from_millisecond(due).unwrap_or(now);
+                let settled = self.shared.settler.parked(&pending.task, until, now);
+                self.spawn_write(pending, settled, false);
+            }
+            None => self.enqueue(pending),
+        }
+        if self.watermark(&tp).pending() >= self.config.max_pending && self.full.insert(tp.clone())
+        {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&tp.0, tp.1);
+            if let Err(e) = self.consumer.pause(&tpl) {
+                tracing::warn!(topic = %tp.0, partition = tp.1, error = %e, "pausing a full partition");
+            }
+        }
+    }
+
+    fn watermark(&mut self, tp: &TopicPartition) -> &mut Watermark {
+        self.watermarks.entry(tp.clone()).or_default()
+    }
+
+    fn enqueue(&mut self, pending: Pending) {
+        let endpoint_id: EndpointId = Arc::from(pending.task.endpoint_id.as_str());
+        let Some(endpoint) = self.shared.table.get(&endpoint_id).filter(|e| e.enabled) else {
+            let settled = self
+                .shared
+                .settler
+                .endpoint_disabled(&pending.task, jiff::Timestamp::now());
+            self.spawn_write(pending, settled, false);
+            return;
+        };
+        let key = match endpoint.ordering {
+            Ordering::PerKey => pending.task.event_key.clone(),
+            Ordering::Unordered => None,
+        };
+        self.queues
+            .push(&endpoint_id, lanes(&endpoint), key, pending);
+        let share = self.config.endpoint_share;
+        if self.queues.waiting_for(&endpoint_id) > share {
+            let wait = self.config.tiers.shortest().delay;
+            for queued in self.queues.surplus(&endpoint_id, share) {
+                self.park(queued.task, wait);
+            }
+        }
+        self.report_backlog(&endpoint_id);
+    }
+
+    fn report_backlog(&self, endpoint: &str) {
+        DeliveryEvent::Backlog {
+            endpoint,
+            waiting: self.queues.waiting_for(endpoint),
+        }
+        .emit(self.shared.metrics.as_ref());
+    }
+
+    /// Writes `pending` to the shortest tier, due in `wait`, with its attempt count as is.
+    fn park(&mut self, pending: Pending, wait: Duration) {
+        let now = jiff::Timestamp::now();
+        let until = jiff::SignedDuration::try_from(wait)
+            .ok()
+            .and_then(|d| now.checked_add(d).ok())
+            .unwrap_or(now);
+        let settled = self.shared.settler.parked(&pending.task, until, now);
+        self.spawn_write(pending, settled, false);
+    }
+
+    fn spawn_write(&mut self, pending: Pending, settled: Settled, in_flight: bool) {
+        self.outstanding += 1;
+        let shared = Arc::clone(&self.shared);
+        tokio::spawn(async move {
+            let done = write_settled(&shared, pending, settled, in_flight).await;
+            let _ = shared.done.send(done);
+        });
+    }
+
+    /// Sends every task the queues hand out now, each in a task of its own.
+    fn dispatch_ready(&mut self) {
+        while let Some((endpoint_id, queued)) = self.queues.next(Instant::now()) {
+            let pending = queued.task;
+            let Some(endpoint) = self.shared.table.get(&endpoint_id).filter(|e| e.enabled) else {
+                let settled = self
+                    .shared
+                    .settler
+                    .endpoint_disabled(&pending.task, jiff::Timestamp::now());
+                self.spawn_write(pending, settled, true);
+                continue;
+            };
+            self.outstanding += 1;
+            let shared = Arc::clone(&self.shared);
+            tokio::spawn(async move {
+                let done = attempt(&shared, endpoint, pending).await;
+                let _ = shared.done.send(done);
+            });
+            self.report_backlog(&endpoint_id);
+        }
+    }
+
+    fn on_done(&mut self, done: Done) {
+        self.outstanding = self.outstanding.saturating_sub(1);
+        match done {
+            Done::Abandoned => {}
+            Done::Settled { pending, .. } if pending.generation != self.generation => {}
+            Done::NotAdmitted { pending, .. } if pending.generation != self.generation => {}
+            Done::Settled { pending, in_flight } => {
+                let endpoint: EndpointId = Arc::from(pending.task.endpoint_id.as_str());
+                if in_flight {
+                    self.queues.finished(&endpoint, self.order_key(&pending));
+                }
+                let tp = pending.tp();
+                self.watermark(&tp).settle(pending.from.offset);
+                self.resume_if_drained(&tp);
+            }
+            Done::NotAdmitted { pending, refusal } => {
+                let endpoint: EndpointId = Arc::from(pending.task.endpoint_id.as_str());
+                self.queues.finished(&endpoint, self.order_key(&pending));
+                let wait = refusal.retry_in().unwrap_or(Duration::from_millis(100));
+                self.queues.hold(&endpoint, Instant::now() + wait);
+                match refusal {
+                    NotAdmitted::BreakerOpen(_) => {
+                        // Waiting out the breaker in memory would hold the partitions'
+                        // commits: park this task and everything waiting behind it.
+                        let wait = wait.max(self.config.tiers.shortest().delay);
+                        self.park(pending, wait);
+                        for queued in self.queues.surplus(&endpoint, 0) {
+                            self.park(queued.task, wait);
+                        }
+                    }
+                    NotAdmitted::Limit(_) => {
+                        let key = self.order_key(&pending).map(<[u8]>::to_vec);
+                        let lanes = self.shared.table.get(&endpoint).map_or(
+                            Lanes {
+                                max_in_flight: 1,
+                                order: Order::Unordered,
+                            },
+                            |e| lanes(&e),
+                        );
+                        self.queues.push(&endpoint, lanes, key, pending);
+                    }
+                }
+                self.report_backlog(&endpoint);
+            }
+        }
+    }
+
+    fn order_key<'p>(&self, pending: &'p Pending) -> Option<&'p [u8]> {
+        let per_key = self
+            .shared
+            .table
+            .get(&pending.task.endpoint_id)
+            .is_some_and(|e| e.ordering == Ordering::PerKey);
+        if per_key {
+            pending.task.event_key.as_deref()
+        } else {
+            None
+        }
+    }
+
+    fn resume_if_drained(&mut self, tp: &TopicPartition) {
+        let pending = self.watermarks.get(tp).map_or(0, Watermark::pending);
+        if pending <= self.config.max_pending / 2 && self.full.remove(tp) {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&tp.0, tp.1);
+            if let Err(e) = self.consumer.resume(&tpl) {
+                tracing::warn!(topic = %tp.0, partition = tp.1, error = %e, "resuming a partition");
+            }
+        }
+    }
+
+    /// Pauses tier partition `tp` and rewinds it to `offset`, whose task is due at `due`;
+    /// `false` when the partition could not be rewound (it is resumed as it was).
+    fn hold_until_due(&mut self, tp: &TopicPartition, offset: i64, due: i64) -> bool {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&tp.0, tp.1);
+        if let Err(e) = self.consumer.pause(&tpl) {
+            tracing::warn!(topic = %tp.0, partition = tp.1, error = %e, "pausing a retry partition");
+            return false;
+        }
+        // A seek can fail while the partition's fetcher is still starting: try a few times.
+        let mut last = None;
+        for _ in 0..5 {
+            match self
+                .consumer
+                .seek(&tp.0, tp.1, Offset::Offset(offset), Duration::from_secs(5))
+            {
+                Ok(()) => {
+                    self.waiting_for_due.insert(tp.clone(), due);
+                    return true;
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        tracing::warn!(topic = %tp.0, partition = tp.1, error = ?last, "rewinding a retry partition failed; its task waits in the tier again");
+        let _ = self.consumer.resume(&tpl);
+        false
+    }
+
+    fn resume_due(&mut self) {
+        let now = now_ms();
+        let due: Vec<TopicPartition> = self
+            .waiting_for_due
+            .iter()
+            .filter(|(_, d)| **d <= now)
+            .map(|(tp, _)| tp.clone())
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for tp in &due {
+            tpl.add_partition(&tp.0, tp.1);
+            self.waiting_for_due.remove(tp);
+        }
+        if let Err(e) = self.consumer.resume(&tpl) {
+            tracing::warn!(error = %e, "resuming retry partitions");
+        }
+    }
+
+    /// Commits each partition's watermark where it moved.
+    fn commit(&mut self, mode: CommitMode) {
+        let mut tpl = TopicPartitionList::new();
+        for (tp, w) in &self.watermarks {
+            let Some(offset) = w.committable() else {
+                continue;
+            };
+            if self.committed.get(tp) == Some(&offset) {
+                continue;
+            }
+            if tpl
+                .add_partition_offset(&tp.0, tp.1, Offset::Offset(offset))
+                .is_ok()
+            {
+                self.committed.insert(tp.clone(), offset);
+            }
+        }
+        if tpl.count() == 0 {
+            return;
+        }
+        if let Err(e) = self.consumer.commit(&tpl, mode) {
+            tracing::warn!(error = %e, "committing delivery offsets");
+            self.committed.clear();
+        }
+    }
+}
+
+fn lanes(endpoint: &Endpoint) -> Lanes {
+    Lanes {
+        max_in_flight: endpoint.max_in_flight.map_or(8, |n| n as usize),
+        order: match endpoint.ordering {
+            Ordering::PerKey => Order::PerKey,
+            Ordering::Unordered => Order::Unordered,
+        },
+    }
+}
+
+/// One attempt of `pending` to `endpoint`, settled.
+async fn attempt(shared: &Shared, endpoint: Endpoint, pending: Pending) -> Done {
+    let request = match request(&endpoint, &pending.task) {
+        Ok(request) => request,
+        Err(error) => {
+            let now = jiff::Timestamp::now();
+            let refused = Attempt {
+                started_at: std::time::SystemTime::now(),
+                latency: Duration::ZERO,
+                status: None,
+                verdict: Verdict::Rejected {
+                    reason: FailureReason::Request,
+                },
+                error: Some(error),
+                headers: HeaderMap::new(),
+                body_prefix: bytes::Bytes::new(),
+                truncated: false,
+            };
+            let settled =
+                shared
+                    .settler
+                    .attempted(&pending.task, &pending.from, &endpoint, &refused, now);
+            return write_settled(shared, pending, settled, true).await;
+        }
+    };
+    shared.configure_limits(&endpoint);
+    match shared.outbound.send(&endpoint.id, &request).await {
+        Ok(attempt) => {
+            let settled = shared.settler.attempted(
+                &pending.task,
+                &pending.from,
+                &endpoint,
+                &attempt,
+                jiff::Timestamp::now(),
+            );
+            write_settled(shared, pending, settled, true).await
+        }
+        Err(refusal) => Done::NotAdmitted { pending, refusal },
+    }
+}
+
+/// The signed POST of `task` to `endpoint`.
+fn request(endpoint: &Endpoint, task: &DeliveryTask) -> Result<OutboundRequest, String> {
+    let url = reqwest::Url::parse(&endpoint.url).map_err(|e| format!("the endpoint URL: {e}"))?;
+    let signed = sign_delivery(
+        endpoint,
+        &task.webhook_id,
+        jiff::Timestamp::now(),
+        &task.body,
+    );
+    let mut headers = HeaderMap::new();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    for (name, value) in signed.pairs() {
+        let value = HeaderValue::from_str(&value)
+            .map_err(|_| format!("the `{name}` header is not a valid header value"))?;
+        headers.insert(HeaderName::from_static(name), value);
+    }
+    Ok(OutboundRequest::post(url, task.body.clone()).with_headers(headers))
+}
+
+/// Writes `settled` and reports the task settled; a disabled endpoint is applied to the
+/// table at once (its record's position keeps the follower from rolling it back).
+async fn write_settled(
+    shared: &Shared,
+    pending: Pending,
+    settled: Settled,
+    in_flight: bool,
+) -> Done {
+    let Some(positions) =
+        Settler::write(&shared.producer, &settled.outputs, &shared.shutdown).await
+    else {
+        return Done::Abandoned;
+    };
+    if let (Some(off), Some(at)) = (&settled.disabled, positions.last()) {
+        if let Ok(bytes) = serde_json::to_vec(off) {
+            let _ = shared.table.apply(&off.id, Some(&bytes), Some(*at));
+        }
+        tracing::warn!(endpoint = %off.id, "the endpoint answered 410 Gone: disabled");
+    }
+    DeliveryEvent::Settled {
+        endpoint: &pending.task.endpoint_id,
+        settlement: settled.settlement,
+        attempts: pending.task.attempts
+            + u32::from(matches!(
+                settled.settlement,
+                Settlement::Delivered
+                    | Settlement::Retrying
+                    | Settlement::Gone
+                    | Settlement::DeadLettered
+            )),
+    }
+    .emit(shared.metrics.as_ref());
+    Done::Settled { pending, in_flight }
+}

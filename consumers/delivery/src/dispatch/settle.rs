@@ -1,0 +1,300 @@
+//! What an attempt leads to, as the records that say so: the attempt record, the status,
+//! and for a failure the retry task (to the right tier, with its exact due time) or the dead
+//! letter, and for 410 Gone the endpoint written back disabled.
+//!
+//! A task is settled (its offset may be committed) only once every record it led to is
+//! acknowledged by the broker ([`Settler::write`]): a crash before that sends it again, with
+//! the same `webhook-id`.
+
+use std::time::Duration;
+
+use rdkafka::producer::FutureProducer;
+use sluice_runtime::outbound::{Attempt, RetrySchedule, Verdict};
+use sluice_runtime::Shutdown;
+use sluice_stream::{Output, Record};
+
+use super::schedule;
+use super::tiers::Tiers;
+use crate::attempt_log::AttemptRecord;
+use crate::endpoints::Endpoint;
+use crate::status::{DeliveryStatus, StatusRecord};
+use crate::task::DeliveryTask;
+
+/// Every topic the dispatcher writes.
+#[derive(Debug, Clone)]
+pub struct DispatchTopics {
+    pub tasks: String,
+    pub attempts: String,
+    pub status: String,
+    pub dlq: String,
+    pub endpoints: String,
+}
+
+impl DispatchTopics {
+    pub fn for_prefix(prefix: &str) -> Self {
+        use sluice_topology::naming;
+        Self {
+            tasks: naming::deliveries_topic(prefix),
+            attempts: naming::delivery_attempts_topic(prefix),
+            status: naming::delivery_status_topic(prefix),
+            dlq: naming::delivery_dlq_topic(prefix),
+            endpoints: naming::endpoints_topic(prefix),
+        }
+    }
+}
+
+/// Where a task ended up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settlement {
+    Delivered,
+    Retrying,
+    DeadLettered,
+    /// 410 Gone: the endpoint is disabled.
+    Gone,
+    /// Waiting, without an attempt, for its endpoint's breaker or limits.
+    Parked,
+    EndpointDisabled,
+}
+
+impl Settlement {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::Retrying => "retrying",
+            Self::DeadLettered => "dead_lettered",
+            Self::Gone => "gone",
+            Self::Parked => "parked",
+            Self::EndpointDisabled => "endpoint_disabled",
+        }
+    }
+
+    pub const LABELS: [&'static str; 6] = [
+        "delivered",
+        "retrying",
+        "dead_lettered",
+        "gone",
+        "parked",
+        "endpoint_disabled",
+    ];
+}
+
+/// The records one task's settlement writes.
+#[derive(Debug, Clone)]
+pub struct Settled {
+    pub settlement: Settlement,
+    pub outputs: Vec<Output>,
+    /// For [`Settlement::Gone`]: the disabled endpoint, written last.
+    pub disabled: Option<Endpoint>,
+}
+
+/// Builds settlements and writes them.
+#[derive(Debug, Clone)]
+pub struct Settler {
+    pub topics: DispatchTopics,
+    pub tiers: Tiers,
+    pub group: String,
+    pub default_schedule: RetrySchedule,
+}
+
+fn ms(t: jiff::Timestamp) -> i64 {
+    t.as_millisecond()
+}
+
+fn after(now: jiff::Timestamp, wait: Duration) -> jiff::Timestamp {
+    jiff::SignedDuration::try_from(wait)
+        .ok()
+        .and_then(|d| now.checked_add(d).ok())
+        .unwrap_or(jiff::Timestamp::MAX)
+}
+
+impl Settler {
+    fn status(
+        &self,
+        task: &DeliveryTask,
+        status: DeliveryStatus,
+        code: Option<u16>,
+        next: Option<jiff::Timestamp>,
+        now: jiff::Timestamp,
+    ) -> Output {
+        StatusRecord {
+            endpoint_id: task.endpoint_id.clone(),
+            webhook_id: task.webhook_id.clone(),
+            event_type: task.event_type.clone(),
+            status,
+            attempts: task.attempts,
+            last_status_code: code,
+            next_attempt_at: next,
+            updated_at: now,
+        }
+        .output(&self.topics.status)
+    }
+
+    /// What `attempt` (the next attempt of `task`, read from `from`) leads to.
+    pub fn attempted(
+        &self,
+        task: &DeliveryTask,
+        from: &Record,
+        endpoint: &Endpoint,
+        attempt: &Attempt,
+        now: jiff::Timestamp,
+    ) -> Settled {
+        let number = task.attempts + 1;
+        let mut done = task.clone();
+        done.attempts = number;
+        done.first_attempt_at =
+            Some(task.first_attempt_at.unwrap_or_else(|| {
+                ms(jiff::Timestamp::try_from(attempt.started_at).unwrap_or(now))
+            }));
+        let mut outputs =
+            vec![AttemptRecord::of(task, number, attempt).output(&self.topics.attempts)];
+        let code = attempt.status;
+        let (settlement, disabled) = match &attempt.verdict {
+            Verdict::Delivered => {
+                outputs.push(self.status(&done, DeliveryStatus::Delivered, code, None, now));
+                (Settlement::Delivered, None)
+            }
+            Verdict::Gone => {
+                outputs.push(self.status(&done, DeliveryStatus::Gone, code, None, now));
+                let mut off = endpoint.clone();
+                off.enabled = false;
+                off.updated_at = now;
+                outputs.push(Output {
+                    topic: self.topics.endpoints.clone(),
+                    partition: None,
+                    key: Some(off.id.clone().into_bytes()),
+                    value: Some(serde_json::to_vec(&off).expect("endpoints serialise")),
+                    headers: Vec::new(),
+                });
+                (Settlement::Gone, Some(off))
+            }
+            Verdict::RetryLater { after: asked, .. } => {
+                let schedule = schedule::for_endpoint(endpoint, &self.default_schedule);
+                let seed = schedule::seed(&task.endpoint_id, &task.webhook_id);
+                match schedule.next_delay(number, *asked, seed) {
+                    Some(wait) => {
+                        let due = after(now, wait);
+                        let mut retry = done.clone();
+                        retry.due_at = Some(ms(due));
+                        outputs.push(retry.output(&self.tiers.for_wait(wait).topic));
+                        outputs.push(self.status(
+                            &done,
+                            DeliveryStatus::Retrying,
+                            code,
+                            Some(due),
+                            now,
+                        ));
+                        (Settlement::Retrying, None)
+                    }
+                    None => {
+                        outputs.push(self.dead_letter(&done, from, attempt, now));
+                        (Settlement::DeadLettered, None)
+                    }
+                }
+            }
+            Verdict::Rejected { .. } => {
+                outputs.push(self.dead_letter(&done, from, attempt, now));
+                (Settlement::DeadLettered, None)
+            }
+        };
+        Settled {
+            settlement,
+            outputs,
+            disabled,
+        }
+    }
+
+    fn dead_letter(
+        &self,
+        done: &DeliveryTask,
+        from: &Record,
+        attempt: &Attempt,
+        now: jiff::Timestamp,
+    ) -> Output {
+        let reason = match (attempt.status, attempt.verdict.reason()) {
+            (Some(code), _) => format!("the endpoint answered {code}"),
+            (None, Some(reason)) => reason.to_string(),
+            (None, None) => attempt.verdict.as_str().to_string(),
+        };
+        let history = format!(
+            "{} {} {}: {reason}",
+            done.attempts,
+            ms(now),
+            attempt.verdict.as_str()
+        );
+        done.dead_letter(
+            &self.topics.dlq,
+            &self.topics.tasks,
+            from,
+            &self.group,
+            &reason,
+            &history,
+        )
+    }
+
+    /// `task` parked, without an attempt, until `until`: back to the shortest tier with its
+    /// attempt count unchanged.
+    pub fn parked(
+        &self,
+        task: &DeliveryTask,
+        until: jiff::Timestamp,
+        now: jiff::Timestamp,
+    ) -> Settled {
+        let mut parked = task.clone();
+        parked.due_at = Some(ms(until));
+        Settled {
+            settlement: Settlement::Parked,
+            outputs: vec![
+                parked.output(&self.tiers.shortest().topic),
+                self.status(task, DeliveryStatus::Parked, None, Some(until), now),
+            ],
+            disabled: None,
+        }
+    }
+
+    /// `task`'s endpoint is disabled or gone: nothing is sent.
+    pub fn endpoint_disabled(&self, task: &DeliveryTask, now: jiff::Timestamp) -> Settled {
+        Settled {
+            settlement: Settlement::EndpointDisabled,
+            outputs: vec![self.status(task, DeliveryStatus::EndpointDisabled, None, None, now)],
+            disabled: None,
+        }
+    }
+
+    /// Writes `outputs`, trying again until every one is acknowledged or shutdown; returns
+    /// each record's (partition, offset), or `None` on shutdown.
+    pub async fn write(
+        producer: &FutureProducer,
+        outputs: &[Output],
+        shutdown: &Shutdown,
+    ) -> Option<Vec<(i32, i64)>> {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let sends = outputs
+                .iter()
+                .map(|o| producer.send(o.record(), Duration::from_secs(30)));
+            let results = futures::future::join_all(sends).await;
+            match results.into_iter().collect::<Result<Vec<_>, _>>() {
+                Ok(positions) => {
+                    return Some(
+                        positions
+                            .into_iter()
+                            .map(|d| (d.partition, d.offset))
+                            .collect(),
+                    )
+                }
+                Err((e, _)) => {
+                    tracing::warn!(error = %e, "writing a delivery's outcome failed; trying again");
+                }
+            }
+            if shutdown.is_triggered() {
+                return None;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "settle_tests.rs"]
+mod tests;

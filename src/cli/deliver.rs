@@ -1,0 +1,207 @@
+//! `sluice deliver`: outbound webhook delivery (docs/delivery.md). One process runs both
+//! halves: the fan-out (event topics → one task per matching enabled endpoint, a stream
+//! loop, at-least-once) and the dispatcher (tasks and retry tiers → signed POSTs). Several
+//! processes share the work as two consumer groups.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use sluice_delivery::dispatch::{DeliveryMetrics, Dispatcher, DispatcherConfig, Tiers};
+use sluice_delivery::endpoints::EndpointTable;
+use sluice_delivery::fanout::{Fanout, FanoutTopics};
+use sluice_runtime::kafka::KafkaClients;
+use sluice_runtime::outbound::{
+    ClientConfig, EndpointSettings, Endpoints, Outbound, OutboundClient, OutboundMetrics,
+    RetrySchedule,
+};
+use sluice_runtime::Shutdown;
+use sluice_schemas::{AvroCodec, RegistryClient};
+use sluice_stream::metrics::LoopMetrics;
+use sluice_stream::{FailureRouter, Guarantee, LoopConfig, RetryTier};
+use sluice_topology::{naming, Topology};
+
+#[derive(Debug, Clone, Args)]
+pub struct DeliverArgs {
+    #[arg(long)]
+    pub topology: Option<PathBuf>,
+    /// Stable name of this instance; two instances in one group need different names.
+    #[arg(long, env = "SLUICE_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+    /// Non-public addresses deliveries may reach nevertheless (CIDRs such as 10.1.0.0/16 or
+    /// 127.0.0.1/32); everything but the public internet is refused otherwise.
+    #[arg(
+        long = "allow-address",
+        env = "SLUICE_DELIVER_ALLOW",
+        value_delimiter = ','
+    )]
+    pub allow: Vec<String>,
+    /// The retry schedule of endpoints without their own: the delay before each attempt.
+    #[arg(long, default_value = sluice_runtime::outbound::retry::DEFAULT_WEBHOOK_SCHEDULE)]
+    pub default_schedule: String,
+    /// Longest `Retry-After` honoured.
+    #[arg(long, default_value = "1h")]
+    pub retry_after_cap: String,
+    /// Time to connect to an endpoint.
+    #[arg(long, default_value = "5s")]
+    pub connect_timeout: String,
+    /// Time for a whole attempt.
+    #[arg(long, default_value = "15s")]
+    pub timeout: String,
+}
+
+fn duration(flag: &str, text: &str) -> anyhow::Result<Duration> {
+    naming::parse_duration(text).map_err(|e| anyhow::anyhow!("--{flag}: {e}"))
+}
+
+/// The consumer group of the dispatcher; the fan-out's is this with `-fanout`.
+pub fn group(prefix: &str) -> String {
+    format!("{prefix}-deliver")
+}
+
+/// The outbound client and schedule the flags describe (checked before any network work).
+fn outbound(args: &DeliverArgs) -> anyhow::Result<(ClientConfig, RetrySchedule)> {
+    let cap = duration("retry-after-cap", &args.retry_after_cap)?;
+    let client = ClientConfig {
+        connect_timeout: duration("connect-timeout", &args.connect_timeout)?,
+        total_timeout: duration("timeout", &args.timeout)?,
+        retry_after_cap: cap,
+        allow: args.allow.clone(),
+        ..ClientConfig::default()
+    };
+    let schedule = RetrySchedule::parse(&args.default_schedule)
+        .map_err(|e| anyhow::anyhow!("--default-schedule: {e}"))?
+        .with_retry_after_cap(cap);
+    Ok((client, schedule))
+}
+
+/// The retry policy of `name` in the topology, or a clear error.
+fn policy<'t>(
+    topology: &'t Topology,
+    name: &str,
+) -> anyhow::Result<&'t sluice_topology::model::RetryPolicySpec> {
+    topology
+        .retry_policies
+        .iter()
+        .find(|p| p.name == name)
+        .with_context(|| format!("the topology has no retry policy named `{name}`"))
+}
+
+/// Runs the fan-out and the dispatcher until shutdown.
+pub async fn serve(
+    config: &sluice_runtime::SluiceConfig,
+    topology: &Topology,
+    args: DeliverArgs,
+    clients: KafkaClients,
+    registry: RegistryClient,
+    metrics_registry: &prometheus::Registry,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let (client_config, schedule) = outbound(&args)?;
+    let prefix = &topology.prefix;
+    let instance = args
+        .instance_id
+        .clone()
+        .unwrap_or_else(|| super::normalize::default_instance_id("deliver"));
+    let deliveries = policy(topology, naming::DELIVERY_POLICY)?;
+    let tiers = Tiers::new(
+        deliveries
+            .tiers
+            .iter()
+            .map(|d| RetryTier {
+                topic: naming::delivery_retry_topic(prefix, d.0),
+                delay: d.0,
+            })
+            .collect(),
+    )?;
+    let endpoints_topic = naming::endpoints_topic(prefix);
+    let (table, follower) = {
+        let c = clients.clone();
+        tokio::task::spawn_blocking(move || EndpointTable::load(&c, &endpoints_topic)).await??
+    };
+    tokio::spawn(follower.run(shutdown.clone()));
+
+    let client = OutboundClient::new(client_config)?;
+    let outbound = Outbound::new(client, Endpoints::new(EndpointSettings::default()))
+        .with_metrics(OutboundMetrics::new(metrics_registry)?);
+    let mut dispatch_config = DispatcherConfig::new(prefix, &group(prefix), tiers);
+    dispatch_config.default_schedule = schedule;
+    let dispatcher = Dispatcher::new(
+        &super::static_member(config, &format!("{instance}-dispatch")),
+        outbound,
+        table.clone(),
+        dispatch_config,
+        Some(DeliveryMetrics::new(metrics_registry)?),
+        shutdown.clone(),
+    )?;
+    let dispatching = tokio::spawn(dispatcher.run());
+
+    let fanout_group = format!("{}-fanout", group(prefix));
+    let router = FailureRouter::from_policy(
+        prefix,
+        &fanout_group,
+        policy(topology, naming::DELIVERY_FANOUT_POLICY)?,
+    );
+    let mut topics: Vec<String> = topology.routes.iter().map(|r| r.topic.clone()).collect();
+    topics.sort();
+    topics.dedup();
+    topics.extend(router.tiers.iter().map(|t| t.topic.clone()));
+    let handler = Fanout::new(
+        table,
+        AvroCodec::new(registry),
+        FanoutTopics::for_prefix(prefix),
+    );
+    let loop_config = LoopConfig::new(
+        &fanout_group,
+        &format!("{instance}-fanout"),
+        topics,
+        Guarantee::AtLeastOnce,
+    );
+    let fanout = sluice_stream::run(
+        &super::static_member(config, &format!("{instance}-fanout")),
+        loop_config,
+        router,
+        Arc::new(handler),
+        LoopMetrics::new(metrics_registry)?,
+        shutdown.clone(),
+    )
+    .await;
+    // The fan-out ends on shutdown (or failure): stop the dispatcher too, and let it settle.
+    shutdown.trigger();
+    dispatching.await??;
+    fanout?;
+    Ok(())
+}
+
+pub async fn run(
+    config: &sluice_runtime::SluiceConfig,
+    args: DeliverArgs,
+) -> anyhow::Result<ExitCode> {
+    let (_catalog, topology) = super::load(config, args.topology.clone())?;
+    outbound(&args)?;
+    let super::Process {
+        shutdown,
+        metrics_registry,
+        readiness,
+        clients,
+        registry,
+    } = super::Process::start(config, "deliver", &[]).await?;
+    if shutdown.is_triggered() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    readiness.set("deliver", true);
+    serve(
+        config,
+        &topology,
+        args,
+        clients,
+        registry,
+        &metrics_registry,
+        shutdown,
+    )
+    .await?;
+    Ok(ExitCode::SUCCESS)
+}

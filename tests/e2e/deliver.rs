@@ -1,0 +1,796 @@
+//! Outbound webhook delivery end to end: a real `sluice deliver` process, the real broker
+//! and registry, endpoints written to the endpoints topic, Avro events published through
+//! the Rust publisher, and `dev/receiver.py` receivers, which check every Standard Webhooks
+//! signature with the official `standardwebhooks` package and log each request.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use sluice_delivery::endpoints::{Endpoint, EndpointSpec};
+use sluice_producers::publish::Publisher;
+use sluice_runtime::kafka::KafkaClients;
+use sluice_schemas::{Catalog, RegistryClient};
+use sluice_topology::Topology;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::gateway::{apply_topology, register_schemas, unique_prefix};
+use crate::support::{free_port, kafka, registry, require_stack, temp_file, wait_ready};
+
+const PAYMENT: &str = "dev.sluice.events.payments.PaymentSucceeded";
+const ORDER: &str = "dev.sluice.events.commerce.OrderPlaced";
+
+fn topology(p: &str) -> String {
+    format!(
+        r#"prefix: {p}
+topics:
+  - {{name: {p}.events.payments, partitions: 2}}
+  - {{name: {p}.events.commerce, partitions: 1}}
+  - {{name: {p}.state.endpoints, partitions: 1, config: {{cleanup.policy: compact}}}}
+  - {{name: {p}.deliveries, partitions: 2}}
+  - {{name: {p}.deliveries.attempts, partitions: 1}}
+  - {{name: {p}.state.delivery-status, partitions: 1, config: {{cleanup.policy: compact}}}}
+  - {{name: {p}.dlq.deliveries, partitions: 2}}
+  - {{name: {p}.dlq.delivery-fanout, partitions: 1}}
+routes:
+  - {{event_type: {PAYMENT}, topic: {p}.events.payments}}
+  - {{event_type: {ORDER}, topic: {p}.events.commerce}}
+retry_policies:
+  - {{name: deliveries, tiers: [1s, 5s], max_attempts: 4, dlq_topic: {p}.dlq.deliveries}}
+  - {{name: delivery-fanout, tiers: [1s], max_attempts: 2, dlq_topic: {p}.dlq.delivery-fanout}}
+"#
+    )
+}
+
+fn python() -> PathBuf {
+    let cache = std::env::var("SLUICE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/sluice"));
+    let py = cache.join("py/bin/python");
+    assert!(py.exists(), "{} is missing: run `make setup`", py.display());
+    py
+}
+
+/// A `dev/receiver.py` checking signatures with one endpoint's secret; killed when dropped.
+struct Receiver {
+    _child: tokio::process::Child,
+    base: String,
+    log: PathBuf,
+}
+
+/// One request as the receiver logged it.
+#[derive(Debug, Clone, serde::Deserialize)]
+struct Logged {
+    time: String,
+    webhook_id: Option<String>,
+    signature_valid: Option<bool>,
+    status: Option<u16>,
+}
+
+impl Logged {
+    fn at(&self) -> jiff::Timestamp {
+        self.time.parse().unwrap()
+    }
+}
+
+impl Receiver {
+    async fn start(secret: &str) -> Self {
+        let log = temp_file("receiver.jsonl", "");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/dev/receiver.py");
+        let mut child = tokio::process::Command::new(python())
+            .arg(script)
+            .args([
+                "--port",
+                "0",
+                "--max-hang",
+                "30",
+                "--secret",
+                secret,
+                "--log",
+            ])
+            .arg(&log)
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start dev/receiver.py");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("the receiver is ready within 20 s")
+            .unwrap()
+            .expect("a readiness line");
+        let base = ready.strip_prefix("listening on ").unwrap().to_owned();
+        Self {
+            _child: child,
+            base,
+            log,
+        }
+    }
+
+    fn requests(&self) -> Vec<Logged> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Requests by webhook id, in arrival order.
+    fn by_id(&self) -> BTreeMap<String, Vec<Logged>> {
+        let mut out: BTreeMap<String, Vec<Logged>> = BTreeMap::new();
+        for r in self.requests() {
+            out.entry(r.webhook_id.clone().unwrap_or_default())
+                .or_default()
+                .push(r);
+        }
+        out
+    }
+
+    /// Waits (up to `limit`) until exactly `ids` were answered 200.
+    async fn wait_delivered(&self, limit: Duration, ids: &BTreeSet<String>) {
+        self.wait_for(limit, "every event answered 200", |rs| {
+            rs.iter()
+                .filter(|r| r.status == Some(200))
+                .filter_map(|r| r.webhook_id.clone())
+                .collect::<BTreeSet<_>>()
+                == *ids
+        })
+        .await;
+    }
+
+    /// Waits (up to `limit`) until `done` holds for the log; panics with the log otherwise.
+    async fn wait_for(&self, limit: Duration, what: &str, done: impl Fn(&[Logged]) -> bool) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let requests = self.requests();
+            if done(&requests) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not within {limit:?}; the receiver logged:\n{requests:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// A running `sluice deliver`, killed when dropped; its log is printed when a test fails.
+struct Deliver {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Deliver {
+    async fn start(topology: &Path, instance: &str) -> Self {
+        let log = temp_file("deliver.log", "");
+        let admin = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args([
+                "deliver",
+                "--allow-address",
+                "127.0.0.1/32",
+                "--timeout",
+                "10s",
+            ])
+            .arg("--topology")
+            .arg(topology)
+            .args(["--instance-id", instance])
+            .env("SLUICE_ADMIN__LISTEN", format!("127.0.0.1:{admin}"))
+            .env("RUST_LOG", "info,sluice_delivery=debug")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(log.with_extension("err")).unwrap())
+            .spawn()
+            .expect("spawn sluice deliver");
+        let mut d = Self {
+            child: Some(child),
+            log,
+        };
+        let log = d.log.clone();
+        let child = d.child.as_mut().unwrap();
+        wait_ready(
+            &format!("http://127.0.0.1:{admin}"),
+            "sluice deliver",
+            || {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("sluice deliver exited: {status}\n{}", read_log(&log));
+                }
+            },
+            || read_log(&log),
+        )
+        .await;
+        d
+    }
+
+    /// SIGTERM, and the exit status once the process has stopped (within 20 s).
+    fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("sluice deliver did not stop within 20 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGKILL: no shutdown, no final commit.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn read_log(log: &Path) -> String {
+    format!(
+        "{}{}",
+        std::fs::read_to_string(log).unwrap_or_default(),
+        std::fs::read_to_string(log.with_extension("err")).unwrap_or_default()
+    )
+}
+
+impl Drop for Deliver {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- sluice deliver log ---\n{}", read_log(&self.log));
+        }
+        self.kill();
+    }
+}
+
+/// A fresh deployment: topics applied, schemas registered, a publisher and an endpoint writer.
+struct Deployment {
+    prefix: String,
+    file: PathBuf,
+    publisher: Publisher,
+    producer: FutureProducer,
+}
+
+impl Deployment {
+    async fn new(tag: &str) -> Self {
+        require_stack().await;
+        let prefix = unique_prefix(tag);
+        let file = apply_topology(&topology(&prefix)).await;
+        register_schemas(&file).await;
+        let catalog = Catalog::embedded().unwrap();
+        let types = catalog.event_types().map(str::to_string).collect();
+        let topology = Topology::load(&file, &types).unwrap();
+        let clients = KafkaClients::new(kafka());
+        let publisher = Publisher::new(
+            &clients,
+            &RegistryClient::new(&registry()).unwrap(),
+            &catalog,
+            &topology,
+        )
+        .await
+        .unwrap();
+        let producer = clients.producer("e2e-endpoints").unwrap();
+        Self {
+            prefix,
+            file,
+            publisher,
+            producer,
+        }
+    }
+
+    /// Writes an endpoint to the endpoints topic, as the management API does; returns it
+    /// with its secret (`whsec_…`).
+    async fn endpoint(&self, url: &str, spec: serde_json::Value) -> (Endpoint, String) {
+        let mut spec = spec;
+        spec["url"] = url.into();
+        let spec: EndpointSpec = serde_json::from_value(spec).unwrap();
+        let (endpoint, secret) = Endpoint::create(
+            spec,
+            sluice_delivery::endpoints::new_id(),
+            jiff::Timestamp::now(),
+        )
+        .unwrap();
+        self.write_endpoint(&endpoint).await;
+        (endpoint, secret.expose().to_string())
+    }
+
+    /// An endpoint taking `spec`, with a receiver of its own answering on `path`.
+    async fn subscriber(&self, path: &str, spec: serde_json::Value) -> (Endpoint, Receiver) {
+        // The receiver needs the secret, which comes with the endpoint: create it first,
+        // then point it at the receiver.
+        let (mut endpoint, secret) = self.endpoint("http://127.0.0.1:9/", spec).await;
+        let receiver = Receiver::start(&secret).await;
+        endpoint.url = format!("{}{path}", receiver.base);
+        self.write_endpoint(&endpoint).await;
+        (endpoint, receiver)
+    }
+
+    async fn write_endpoint(&self, endpoint: &Endpoint) {
+        let value = serde_json::to_vec(endpoint).unwrap();
+        let topic = format!("{}.state.endpoints", self.prefix);
+        self.producer
+            .send(
+                FutureRecord::to(&topic).key(&endpoint.id).payload(&value),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+
+    /// Every record of `<prefix>.<what>` (one partition) as (key, JSON value), in order.
+    async fn read_json(&self, what: &str) -> Vec<(String, serde_json::Value)> {
+        let topic = format!("{}.{what}", self.prefix);
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            sluice_stream::state::kafka::read_partitions(
+                &KafkaClients::new(kafka()),
+                &topic,
+                &[0],
+                |_, key, value| {
+                    if let Some(v) = value {
+                        let key = String::from_utf8_lossy(key).into_owned();
+                        out.push((key, serde_json::from_slice(v).unwrap()));
+                    }
+                },
+            )
+            .unwrap();
+            out
+        })
+        .await
+        .unwrap()
+    }
+
+    /// The latest delivery status of each (endpoint, event), by `<endpoint>/<webhook id>`.
+    async fn statuses(&self) -> BTreeMap<String, serde_json::Value> {
+        self.read_json("state.delivery-status")
+            .await
+            .into_iter()
+            .collect()
+    }
+
+    async fn pay(&self, n: usize) -> String {
+        self.pay_keyed(n, 0).await
+    }
+
+    /// A payment keyed `pi_<key>` (its subject), the `nth` of that key.
+    async fn pay_keyed(&self, key: usize, nth: usize) -> String {
+        let payment = serde_json::json!({
+            "subject": format!("pi_{key}"),
+            "payment_id": format!("pi_{key}_{nth}"),
+            "customer_id": "cus_e2e",
+            "amount": {"amount": "20.50", "currency": "EUR"},
+            "provider": "stripe"
+        });
+        self.publisher
+            .publish(PAYMENT, payment)
+            .await
+            .unwrap()
+            .event_id
+    }
+
+    async fn order(&self, n: usize) -> String {
+        let order = serde_json::json!({
+            "order_id": format!("o_{n}"), "total": {"amount": "1", "currency": "EUR"},
+            "line_items": [], "provider": "shopify"
+        });
+        self.publisher.publish(ORDER, order).await.unwrap().event_id
+    }
+}
+
+/// Endpoint specs: subscribed event types and a short retry schedule.
+fn spec(types: &[&str], schedule: &[&str]) -> serde_json::Value {
+    serde_json::json!({"event_types": types, "retry_schedule": schedule})
+}
+
+#[tokio::test]
+async fn every_matching_event_reaches_every_subscribed_endpoint_signed() {
+    let d = Deployment::new("dlv").await;
+    let (_, a) = d
+        .subscriber("/ok", spec(&["dev.sluice.events.payments.*"], &["1s"]))
+        .await;
+    let (_, b) = d.subscriber("/ok", spec(&[PAYMENT, ORDER], &["1s"])).await;
+    let _deliver = Deliver::start(&d.file, "dlv-1").await;
+    let mut payments = BTreeSet::new();
+    for n in 0..5 {
+        payments.insert(d.pay(n).await);
+    }
+    let orders: BTreeSet<String> = [d.order(0).await, d.order(1).await].into();
+    let all: BTreeSet<String> = payments.union(&orders).cloned().collect();
+
+    b.wait_for(
+        Duration::from_secs(60),
+        "b gets payments and orders",
+        |rs| {
+            rs.iter()
+                .filter_map(|r| r.webhook_id.clone())
+                .collect::<BTreeSet<_>>()
+                == all
+        },
+    )
+    .await;
+    a.wait_for(Duration::from_secs(30), "a gets the payments", |rs| {
+        rs.iter()
+            .filter_map(|r| r.webhook_id.clone())
+            .collect::<BTreeSet<_>>()
+            == payments
+    })
+    .await;
+    for r in a.requests().iter().chain(b.requests().iter()) {
+        assert_eq!(r.signature_valid, Some(true), "{r:?}");
+        assert_eq!(r.status, Some(200), "{r:?}");
+    }
+    // Each attempt is logged with its status.
+    let attempts = crate::gateway::record_count(&format!("{}.deliveries.attempts", d.prefix)).await;
+    assert!(attempts >= 12, "{attempts} attempt records");
+}
+
+#[tokio::test]
+async fn a_flaky_endpoint_is_retried_with_the_same_webhook_id_until_it_succeeds() {
+    let d = Deployment::new("dlvflaky").await;
+    let (_, r) = d
+        .subscriber("/flaky/2", spec(&[PAYMENT], &["1s", "1s", "2s"]))
+        .await;
+    let _deliver = Deliver::start(&d.file, "dlvflaky-1").await;
+    let ids: BTreeSet<String> = [d.pay(1).await, d.pay(2).await].into();
+    r.wait_delivered(Duration::from_secs(60), &ids).await;
+    for (id, tries) in r.by_id() {
+        assert!(ids.contains(&id), "an unknown webhook id {id}");
+        let statuses: Vec<_> = tries.iter().map(|t| t.status).collect();
+        assert_eq!(
+            statuses,
+            [Some(503), Some(503), Some(200)],
+            "{id}: {tries:?}"
+        );
+        assert!(tries.iter().all(|t| t.signature_valid == Some(true)));
+        // The schedule waits about 1 s (jitter ±20 %) between attempts.
+        for pair in tries.windows(2) {
+            let gap = pair[1].at().duration_since(pair[0].at());
+            assert!(
+                gap >= jiff::SignedDuration::from_millis(700),
+                "{id}: {gap:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured_and_410_disables_the_endpoint() {
+    let d = Deployment::new("dlvra").await;
+    let (_, ra) = d
+        .subscriber("/retry-after/4", spec(&[PAYMENT], &["1s"]))
+        .await;
+    let (gone_ep, gone) = d.subscriber("/gone", spec(&[PAYMENT], &["1s"])).await;
+    let _deliver = Deliver::start(&d.file, "dlvra-1").await;
+    let first = d.pay(1).await;
+
+    // 429 with Retry-After: 4 beats the schedule's 1 s; after two attempts the schedule
+    // is spent and the delivery is dead-lettered.
+    ra.wait_for(Duration::from_secs(60), "two attempts", |rs| rs.len() >= 2)
+        .await;
+    let tries = &ra.by_id()[&first];
+    let gap = tries[1].at().duration_since(tries[0].at());
+    assert!(
+        gap >= jiff::SignedDuration::from_millis(3_800),
+        "Retry-After not honoured: {gap:?}"
+    );
+    let dlq = format!("{}.dlq.deliveries", d.prefix);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while crate::gateway::record_count(&dlq).await < 1 {
+        assert!(Instant::now() < deadline, "no dead letter in {dlq}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // `sluice dlq` reads it like every dead letter.
+    let (ok, out, err) =
+        crate::support::sluice_async(vec!["dlq".into(), "list".into(), dlq.clone()]).await;
+    assert!(
+        ok && out.contains("sluice.delivery.Exhausted"),
+        "{out}{err}"
+    );
+
+    // 410 disables the endpoint: its record is written back, disabled, and later events
+    // are not sent to it.
+    gone.wait_for(Duration::from_secs(30), "the 410", |rs| rs.len() == 1)
+        .await;
+    let endpoints = format!("{}.state.endpoints", d.prefix);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (table, _) = tokio::task::spawn_blocking({
+            let topic = endpoints.clone();
+            move || {
+                sluice_delivery::endpoints::EndpointTable::load(&KafkaClients::new(kafka()), &topic)
+            }
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        if table.get(&gone_ep.id).is_some_and(|e| !e.enabled) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the endpoint was not disabled");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let second = d.pay(2).await;
+    ra.wait_for(
+        Duration::from_secs(30),
+        "the second event reaches the other endpoint",
+        |rs| {
+            rs.iter()
+                .any(|r| r.webhook_id.as_deref() == Some(second.as_str()))
+        },
+    )
+    .await;
+    // ...it is recorded as `endpoint_disabled`, and the first event's delivery as `gone`.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let statuses = d.statuses().await;
+        let status = |event: &str| {
+            statuses
+                .get(&format!("{}/{event}", gone_ep.id))
+                .map(|s| s["status"].clone())
+        };
+        if status(&second) == Some("endpoint_disabled".into()) {
+            assert_eq!(status(&first), Some("gone".into()), "{statuses:#?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no endpoint_disabled status: {statuses:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        gone.requests().len(),
+        1,
+        "a disabled endpoint got a delivery"
+    );
+}
+
+#[tokio::test]
+async fn a_hanging_endpoint_does_not_delay_a_fast_one() {
+    let d = Deployment::new("dlvhang").await;
+    let (hang_ep, hang) = d.subscriber("/hang", spec(&[PAYMENT], &["1s"])).await;
+    let (_, fast) = d.subscriber("/ok", spec(&[PAYMENT], &["1s"])).await;
+    let _deliver = Deliver::start(&d.file, "dlvhang-1").await;
+    let mut ids = BTreeSet::new();
+    for n in 0..10 {
+        ids.insert(d.pay(n).await);
+    }
+    // The hanging endpoint holds each attempt for the 10 s timeout; the fast one must get
+    // all ten well before even one of those times out.
+    fast.wait_for(
+        Duration::from_secs(60),
+        "the fast endpoint gets everything",
+        |rs| {
+            rs.iter()
+                .filter_map(|r| r.webhook_id.clone())
+                .collect::<BTreeSet<_>>()
+                == ids
+        },
+    )
+    .await;
+    // The hanging endpoint was tried as early, and its attempts time out (10 s): the fast
+    // endpoint had everything before the first of them ended.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let first_hang = loop {
+        let hung: Vec<jiff::Timestamp> = d
+            .read_json("deliveries.attempts")
+            .await
+            .into_iter()
+            .filter(|(_, a)| a["endpoint_id"] == hang_ep.id.as_str())
+            .map(|(_, a)| a["started_at"].as_str().unwrap().parse().unwrap())
+            .collect();
+        if let Some(first) = hung.into_iter().min() {
+            break first;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no attempt of the hanging endpoint logged"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let fast_last = fast.requests().iter().map(Logged::at).max().unwrap();
+    let behind = fast_last.duration_since(first_hang);
+    assert!(
+        behind < jiff::SignedDuration::from_secs(8),
+        "the fast endpoint finished {behind:?} after the hanging one's first attempt started"
+    );
+    drop(hang);
+}
+
+#[tokio::test]
+async fn a_killed_deliverer_loses_nothing_and_repeats_only_with_the_same_webhook_id() {
+    let d = Deployment::new("dlvkill").await;
+    let (_, r) = d
+        .subscriber("/slow/300", {
+            let mut s = spec(&[PAYMENT], &["1s", "1s"]);
+            s["max_in_flight"] = 2.into();
+            s
+        })
+        .await;
+    let mut ids = BTreeSet::new();
+    for n in 0..30 {
+        ids.insert(d.pay(n).await);
+    }
+    let mut first = Deliver::start(&d.file, "dlvkill-1").await;
+    r.wait_for(
+        Duration::from_secs(60),
+        "some deliveries before the kill",
+        |rs| rs.len() >= 5,
+    )
+    .await;
+    first.kill();
+    let before = r.requests().len();
+    assert!(
+        before < 30,
+        "everything was delivered before the kill: slow the endpoint down"
+    );
+    // Restarted under the same instance id, as a supervisor would: static membership hands
+    // its partitions straight back, from their committed offsets.
+    let mut second = Deliver::start(&d.file, "dlvkill-1").await;
+    r.wait_delivered(Duration::from_secs(90), &ids).await;
+    for (id, tries) in r.by_id() {
+        assert!(
+            ids.contains(&id),
+            "a request with an unknown webhook id {id}: {tries:?}"
+        );
+        assert!(
+            tries.iter().all(|t| t.signature_valid == Some(true)),
+            "{tries:?}"
+        );
+    }
+    // A SIGTERM stops it cleanly.
+    assert!(second.stop().success());
+}
+
+#[tokio::test]
+async fn while_the_breaker_is_open_deliveries_are_parked_without_burning_attempts() {
+    let d = Deployment::new("dlvbrk").await;
+    let (ep, r) = d
+        .subscriber("/status/503", spec(&[PAYMENT], &["1s"; 10]))
+        .await;
+    let _deliver = Deliver::start(&d.file, "dlvbrk-1").await;
+    let mut ids = BTreeSet::new();
+    for n in 0..6 {
+        ids.insert(d.pay(n).await);
+    }
+    // Five failures in a row open the endpoint's breaker (cool-down 30 s): what comes next
+    // is parked, not attempted.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let parked = loop {
+        let statuses = d.statuses().await;
+        let parked: Vec<serde_json::Value> = statuses
+            .iter()
+            .filter(|(k, s)| k.starts_with(&ep.id) && s["status"] == "parked")
+            .map(|(_, s)| s.clone())
+            .collect();
+        if !parked.is_empty() {
+            break parked;
+        }
+        assert!(Instant::now() < deadline, "nothing parked: {statuses:#?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let sent = r.by_id();
+    for status in &parked {
+        let id = status["webhook_id"].as_str().unwrap();
+        assert!(ids.contains(id));
+        let tries = sent.get(id).map_or(0, Vec::len);
+        assert_eq!(
+            status["attempts"].as_u64().unwrap() as usize,
+            tries,
+            "a parked delivery's attempt count is what was actually sent: {status}"
+        );
+    }
+    // While open, the endpoint gets nothing.
+    let before = r.requests().len();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        r.requests().len(),
+        before,
+        "attempts were made while the breaker was open"
+    );
+    assert!(before >= 5, "{before} requests before the breaker opened");
+}
+
+#[tokio::test]
+async fn per_key_ordering_sends_a_keys_events_one_at_a_time_in_order() {
+    let d = Deployment::new("dlvkey").await;
+    let (_, r) = d
+        .subscriber("/slow/150", {
+            let mut s = spec(&[PAYMENT], &["1s"]);
+            s["ordering"] = "per_key".into();
+            s["max_in_flight"] = 8.into();
+            s
+        })
+        .await;
+    // Three keys (the payment id is the event key), five events each, interleaved.
+    let mut published: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+    for round in 0..5 {
+        for key in 0..3 {
+            published
+                .entry(key)
+                .or_default()
+                .push(d.pay_keyed(key, round).await);
+        }
+    }
+    let _deliver = Deliver::start(&d.file, "dlvkey-1").await;
+    r.wait_for(Duration::from_secs(60), "all fifteen delivered", |rs| {
+        rs.len() >= 15
+    })
+    .await;
+    let arrived: Vec<String> = r
+        .requests()
+        .iter()
+        .filter_map(|l| l.webhook_id.clone())
+        .collect();
+    for (key, ids) in &published {
+        let order: Vec<&String> = arrived.iter().filter(|id| ids.contains(id)).collect();
+        assert_eq!(
+            order,
+            ids.iter().collect::<Vec<_>>(),
+            "key {key} out of order"
+        );
+    }
+    // Keys went side by side: the fifteen 150 ms answers took well under 15 × 150 ms.
+    let times: Vec<jiff::Timestamp> = r.requests().iter().map(Logged::at).collect();
+    let span = times
+        .last()
+        .unwrap()
+        .duration_since(*times.first().unwrap());
+    assert!(
+        span < jiff::SignedDuration::from_millis(1_900),
+        "keys did not overlap: {span:?}"
+    );
+}
+
+#[tokio::test]
+async fn two_instances_share_the_endpoints_and_deliver_everything() {
+    let d = Deployment::new("dlvtwo").await;
+    // Eight endpoints over the tasks topic's two partitions: all on one partition has a
+    // chance of 1 in 128.
+    let mut receivers = Vec::new();
+    for _ in 0..8 {
+        receivers.push(d.subscriber("/slow/20", spec(&[PAYMENT], &["1s"])).await.1);
+    }
+    let first = Deliver::start(&d.file, "dlvtwo-1").await;
+    let second = Deliver::start(&d.file, "dlvtwo-2").await;
+    // Once the second has joined, the first has been through a second assignment.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let joined = |d: &Deliver| {
+        read_log(&d.log)
+            .matches("delivery partitions reassigned")
+            .count()
+    };
+    while joined(&second) < 1 || joined(&first) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the second instance never joined:\n{}",
+            read_log(&second.log)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut ids = BTreeSet::new();
+    for n in 0..20 {
+        ids.insert(d.pay(n).await);
+    }
+    for r in &receivers {
+        r.wait_delivered(Duration::from_secs(60), &ids).await;
+    }
+    // Tasks are keyed by endpoint id over two partitions: both instances delivered some.
+    for (name, deliver) in [("first", &first), ("second", &second)] {
+        let log = read_log(&deliver.log);
+        assert!(
+            log.contains("delivery settled"),
+            "the {name} instance delivered nothing:\n{log}"
+        );
+    }
+}
