@@ -49,6 +49,10 @@ enum Command {
     /// Deliver events to subscribers' webhook endpoints: fan-out, signed POSTs, retries,
     /// delivery log and DLQ.
     Deliver(cli::deliver::DeliverArgs),
+    /// The delivery log of an endpoint (list, show) and sending events again (resend,
+    /// recover).
+    #[command(subcommand)]
+    Deliveries(cli::deliveries::DeliveriesCommand),
     /// Inspect, replay and purge dead-letter topics.
     #[command(subcommand)]
     Dlq(cli::dlq::DlqCommand),
@@ -104,6 +108,7 @@ fn main() -> ExitCode {
             Command::Gateway(args) => cli::gateway::run(&config, args).await,
             Command::Normalize(args) => cli::normalize::run(&config, args).await,
             Command::Deliver(args) => cli::deliver::run(&config, args).await,
+            Command::Deliveries(cmd) => cli::deliveries::run(&config, cmd).await,
             Command::Dlq(cmd) => cli::dlq::run(&config, cmd).await,
             Command::Saga(cmd) => cli::saga::run(&config, cmd).await,
             Command::Lag(args) => cli::lag::run(&config, args).await,

@@ -3,6 +3,7 @@
 //! Benchmarks live in `bench/`, demo traffic in `demo/`.
 
 pub mod deliver;
+pub mod deliveries;
 pub mod dlq;
 pub mod doctor;
 pub mod endpoints;

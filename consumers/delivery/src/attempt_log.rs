@@ -10,13 +10,13 @@
 //! `response_body` is the first 64 KiB of the answer (the outbound client reads no more),
 //! as text (invalid UTF-8 replaced). Request headers are not logged: they carry signatures.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sluice_runtime::outbound::Attempt;
 use sluice_stream::Output;
 
 use crate::task::DeliveryTask;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttemptRecord {
     pub endpoint_id: String,
     pub webhook_id: String,
@@ -27,7 +27,7 @@ pub struct AttemptRecord {
     pub latency_ms: u64,
     pub status_code: Option<u16>,
     /// `delivered`, `gone`, `retry_later` or `rejected`.
-    pub verdict: &'static str,
+    pub verdict: String,
     pub reason: Option<String>,
     pub error: Option<String>,
     pub response_body: String,
@@ -46,7 +46,7 @@ impl AttemptRecord {
                 .unwrap_or(jiff::Timestamp::UNIX_EPOCH),
             latency_ms: u64::try_from(attempt.latency.as_millis()).unwrap_or(u64::MAX),
             status_code: attempt.status,
-            verdict: attempt.verdict.as_str(),
+            verdict: attempt.verdict.as_str().to_string(),
             reason: attempt.verdict.reason().map(ToString::to_string),
             error: attempt.error.clone(),
             response_body: String::from_utf8_lossy(&attempt.body_prefix).into_owned(),

@@ -52,31 +52,10 @@ impl Fanout {
 
     /// The webhook body of `record`, decoded through the registry.
     async fn body(&self, record: &Record, meta: &EventMeta) -> Result<Vec<u8>, HandlerError> {
-        let location = RecordLocation::new(&record.topic, record.partition, record.offset);
-        let payload = record.value.as_deref().ok_or_else(|| {
-            HandlerError::permanent(
-                ErrorClass::Undecodable,
-                format!("{location:?}: an event without a value"),
-            )
-        })?;
-        let fail = |e: sluice_schemas::codec::CodecError| {
-            let class = ErrorClass::Undecodable;
-            if e.is_transient() {
-                HandlerError::transient(ErrorClass::RegistryUnavailable, e.to_string())
-            } else {
-                HandlerError::permanent(class, e.to_string())
-            }
-        };
-        let decoded = self.codec.decode(payload, &location).await.map_err(fail)?;
-        let schema = self
-            .codec
-            .writer_schema(decoded.schema_id, &location)
-            .await
-            .map_err(fail)?;
-        Ok(webhook_body(meta, &event_data(&decoded.value, &schema)))
+        webhook_body_of(&self.codec, record, meta).await
     }
 
-    fn disabled(&self, endpoint: &Endpoint, meta: &EventMeta) -> Output {
+    fn disabled(&self, endpoint: &Endpoint, meta: &EventMeta, at: &EventPosition) -> Output {
         StatusRecord {
             endpoint_id: endpoint.id.clone(),
             webhook_id: meta.id.clone(),
@@ -86,7 +65,11 @@ impl Fanout {
             last_status_code: None,
             next_attempt_at: None,
             updated_at: jiff::Timestamp::now(),
+            event_topic: None,
+            event_partition: None,
+            event_offset: None,
         }
+        .at(at)
         .output(&self.topics.status)
     }
 }
@@ -102,32 +85,87 @@ impl Handler for Fanout {
         };
         let subscribed = self.table.subscribed(&event);
         let (enabled, disabled): (Vec<_>, Vec<_>) = subscribed.into_iter().partition(|e| e.enabled);
-        let mut out: Vec<Output> = disabled.iter().map(|e| self.disabled(e, &meta)).collect();
+        let position = position_of(record);
+        let mut out: Vec<Output> = disabled
+            .iter()
+            .map(|e| self.disabled(e, &meta, &position))
+            .collect();
         if enabled.is_empty() {
             return Ok(out);
         }
         let body = self.body(record, &meta).await?;
-        let position = EventPosition {
-            topic: record.topic.clone(),
-            partition: record.partition,
-            offset: record.offset,
-        };
         for endpoint in enabled {
-            let task = DeliveryTask {
-                endpoint_id: endpoint.id.clone(),
-                webhook_id: meta.id.clone(),
-                event_type: meta.event_type.clone(),
-                event_key: record.key.clone(),
-                body: body.clone(),
-                attempts: 0,
-                first_attempt_at: None,
-                due_at: None,
-                event: position.clone(),
-            };
+            let task = fresh_task(&endpoint.id, record, &meta, body.clone());
             out.push(task.output(&self.topics.tasks));
         }
         Ok(out)
     }
+}
+
+fn position_of(record: &Record) -> EventPosition {
+    EventPosition {
+        topic: record.topic.clone(),
+        partition: record.partition,
+        offset: record.offset,
+    }
+}
+
+/// A task with a full schedule ahead: no attempt made yet.
+fn fresh_task(endpoint_id: &str, record: &Record, meta: &EventMeta, body: Vec<u8>) -> DeliveryTask {
+    DeliveryTask {
+        endpoint_id: endpoint_id.to_string(),
+        webhook_id: meta.id.clone(),
+        event_type: meta.event_type.clone(),
+        event_key: record.key.clone(),
+        body,
+        attempts: 0,
+        first_attempt_at: None,
+        due_at: None,
+        event: position_of(record),
+    }
+}
+
+/// The task the fan-out would have written for `record` (an event read back from its topic)
+/// and `endpoint_id`: same webhook-id and body, a fresh attempt count. What
+/// `sluice deliveries resend|recover` send.
+pub async fn rebuild_task(
+    codec: &AvroCodec,
+    record: &Record,
+    endpoint_id: &str,
+) -> Result<DeliveryTask, HandlerError> {
+    let meta = EventMeta::from_record(record)
+        .map_err(|e| HandlerError::permanent(ErrorClass::Undecodable, e.to_string()))?;
+    let body = webhook_body_of(codec, record, &meta).await?;
+    Ok(fresh_task(endpoint_id, record, &meta, body))
+}
+
+/// The webhook body of `record`, decoded through the registry.
+async fn webhook_body_of(
+    codec: &AvroCodec,
+    record: &Record,
+    meta: &EventMeta,
+) -> Result<Vec<u8>, HandlerError> {
+    let location = RecordLocation::new(&record.topic, record.partition, record.offset);
+    let payload = record.value.as_deref().ok_or_else(|| {
+        HandlerError::permanent(
+            ErrorClass::Undecodable,
+            format!("{location:?}: an event without a value"),
+        )
+    })?;
+    let fail = |e: sluice_schemas::codec::CodecError| {
+        let class = ErrorClass::Undecodable;
+        if e.is_transient() {
+            HandlerError::transient(ErrorClass::RegistryUnavailable, e.to_string())
+        } else {
+            HandlerError::permanent(class, e.to_string())
+        }
+    };
+    let decoded = codec.decode(payload, &location).await.map_err(fail)?;
+    let schema = codec
+        .writer_schema(decoded.schema_id, &location)
+        .await
+        .map_err(fail)?;
+    Ok(webhook_body(meta, &event_data(&decoded.value, &schema)))
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ pub mod attempt_log;
 pub mod dispatch;
 pub mod endpoints;
 pub mod fanout;
+pub mod log;
 pub mod payload;
 pub mod signing;
 pub mod status;

@@ -125,7 +125,11 @@ impl Settler {
             last_status_code: code,
             next_attempt_at: next,
             updated_at: now,
+            event_topic: None,
+            event_partition: None,
+            event_offset: None,
         }
+        .at(&task.event)
         .output(&self.topics.status)
     }
 

@@ -1,0 +1,290 @@
+//! `sluice deliveries list|show|resend|recover`: the delivery log of one endpoint, read
+//! from Kafka (see `sluice_delivery::log` for what that costs), and sending events again.
+//!
+//! `resend` and `recover` rebuild each task from the event itself, read back at the
+//! position its status record names (`event_topic/partition/offset`), rather than from the
+//! tasks topic: event topics are the durable history, while a task may be long gone (and a
+//! delivery recorded `endpoint_disabled` never had one). The task keeps the event's
+//! webhook-id, so receivers deduplicate it, and starts a fresh schedule.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use sluice_delivery::fanout::rebuild_task;
+use sluice_delivery::log;
+use sluice_delivery::status::{DeliveryStatus, StatusRecord};
+use sluice_runtime::kafka::KafkaClients;
+use sluice_runtime::SluiceConfig;
+use sluice_schemas::metadata::{now_ms, parse_rfc3339_ms};
+use sluice_schemas::{AvroCodec, RegistryClient};
+use sluice_topology::naming;
+
+#[derive(Debug, Subcommand)]
+pub enum DeliveriesCommand {
+    /// The latest status of each delivery to an endpoint, oldest first.
+    List {
+        #[arg(long)]
+        endpoint: String,
+        /// Only deliveries updated since this time (RFC 3339, or a duration ago like `2h`).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only deliveries in this status (delivered, retrying, parked, failed, gone,
+        /// endpoint_disabled).
+        #[arg(long)]
+        status: Option<DeliveryStatus>,
+        /// One JSON status record per line.
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        topology: Option<PathBuf>,
+    },
+    /// One delivery: its status and every attempt, as JSON.
+    Show(OneDelivery),
+    /// Deliver one event to the endpoint again: same webhook-id, a fresh schedule.
+    Resend(OneDelivery),
+    /// Deliver again every event recorded failed, gone or endpoint_disabled for the endpoint
+    /// since a time (e.g. what arrived while it was disabled).
+    Recover {
+        #[arg(long)]
+        endpoint: String,
+        /// RFC 3339 time, or a duration ago like `2h`.
+        #[arg(long)]
+        since: String,
+        /// Print what would be sent, send nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        topology: Option<PathBuf>,
+    },
+}
+
+/// `--since` as epoch ms.
+/// One delivery: an endpoint and an event.
+#[derive(Debug, Args)]
+pub struct OneDelivery {
+    #[arg(long)]
+    pub endpoint: String,
+    /// The event's id (its webhook-id).
+    #[arg(long)]
+    pub event: String,
+    #[arg(long)]
+    pub topology: Option<PathBuf>,
+}
+
+fn parse_since(text: &str) -> anyhow::Result<i64> {
+    let ms = match parse_rfc3339_ms(text) {
+        Some(ms) => ms,
+        None => naming::parse_duration(text)
+            .map(|d| now_ms() - d.as_millis() as i64)
+            .map_err(|_| anyhow::anyhow!("--since: `{text}` is neither an RFC 3339 UTC time (2026-11-22T10:00:00Z) nor a duration (90m, 7d)"))?,
+    };
+    Ok(ms)
+}
+
+async fn statuses(
+    clients: &KafkaClients,
+    prefix: &str,
+    endpoint: &str,
+) -> anyhow::Result<Vec<StatusRecord>> {
+    let (c, p, e) = (clients.clone(), prefix.to_string(), endpoint.to_string());
+    Ok(tokio::task::spawn_blocking(move || log::statuses(&c, &p, &e)).await??)
+}
+
+async fn status_of(
+    clients: &KafkaClients,
+    prefix: &str,
+    endpoint: &str,
+    event: &str,
+) -> anyhow::Result<StatusRecord> {
+    statuses(clients, prefix, endpoint)
+        .await?
+        .into_iter()
+        .find(|s| s.webhook_id == event)
+        .with_context(|| {
+            format!("no delivery of event `{event}` to endpoint `{endpoint}` is recorded")
+        })
+}
+
+/// Sends deliveries again, each rebuilt from its event.
+struct Resender {
+    clients: KafkaClients,
+    codec: AvroCodec,
+    producer: FutureProducer,
+    tasks_topic: String,
+}
+
+impl Resender {
+    fn new(config: &SluiceConfig, clients: &KafkaClients, prefix: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            clients: clients.clone(),
+            codec: AvroCodec::new(RegistryClient::new(&config.registry)?),
+            producer: clients.producer("deliveries")?,
+            tasks_topic: naming::deliveries_topic(prefix),
+        })
+    }
+
+    async fn resend(&self, status: &StatusRecord) -> anyhow::Result<()> {
+        let at = status.event_position().with_context(|| {
+            format!(
+                "the status of `{}` does not say where the event was read (written by an older sluice); it cannot be resent",
+                status.webhook_id
+            )
+        })?;
+        let (c, pos) = (self.clients.clone(), at.clone());
+        let event = tokio::task::spawn_blocking(move || {
+            sluice_ops::dlq::fetch(&c, &pos.topic, pos.partition, pos.offset)
+        })
+        .await?
+        .with_context(|| {
+            format!(
+                "reading event `{}` back from {}/{}@{}",
+                status.webhook_id, at.topic, at.partition, at.offset
+            )
+        })?
+        .0;
+        let task = rebuild_task(&self.codec, &event, &status.endpoint_id)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("rebuilding the delivery of `{}`: {e}", status.webhook_id)
+            })?;
+        if task.webhook_id != status.webhook_id {
+            bail!(
+                "{}/{}@{} holds event `{}`, not `{}`",
+                at.topic,
+                at.partition,
+                at.offset,
+                task.webhook_id,
+                status.webhook_id
+            );
+        }
+        let out = task.output(&self.tasks_topic);
+        let mut headers = OwnedHeaders::new();
+        for (k, v) in &out.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v),
+            });
+        }
+        let key = out.key.unwrap_or_default();
+        let value = out.value.unwrap_or_default();
+        let record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&out.topic)
+            .key(key.as_slice())
+            .payload(value.as_slice())
+            .headers(headers);
+        self.producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map_err(|(e, _)| anyhow::anyhow!("writing the task to {}: {e}", self.tasks_topic))?;
+        Ok(())
+    }
+}
+
+fn line(s: &StatusRecord) -> String {
+    let code = s
+        .last_status_code
+        .map(|c| c.to_string())
+        .unwrap_or_else(|| "-".into());
+    format!(
+        "{}  {:<17} attempts={} last={} {}  {}",
+        s.updated_at,
+        s.status.as_str(),
+        s.attempts,
+        code,
+        s.webhook_id,
+        s.event_type
+    )
+}
+
+pub async fn run(config: &SluiceConfig, cmd: DeliveriesCommand) -> anyhow::Result<ExitCode> {
+    let clients = KafkaClients::new(config.kafka.clone());
+    match cmd {
+        DeliveriesCommand::List {
+            endpoint,
+            since,
+            status,
+            json,
+            topology,
+        } => {
+            let since = since.as_deref().map(parse_since).transpose()?;
+            let (_, topology) = super::load(config, topology)?;
+            for s in statuses(&clients, &topology.prefix, &endpoint).await? {
+                if since.is_some_and(|t| s.updated_at.as_millisecond() < t)
+                    || status.is_some_and(|w| s.status != w)
+                {
+                    continue;
+                }
+                if json {
+                    println!("{}", serde_json::to_string(&s)?);
+                } else {
+                    println!("{}", line(&s));
+                }
+            }
+        }
+        DeliveriesCommand::Show(OneDelivery {
+            endpoint,
+            event,
+            topology,
+        }) => {
+            let (_, topology) = super::load(config, topology)?;
+            let prefix = topology.prefix.clone();
+            let status = status_of(&clients, &prefix, &endpoint, &event).await?;
+            let c = clients.clone();
+            let attempts =
+                tokio::task::spawn_blocking(move || log::attempts(&c, &prefix, &endpoint, &event))
+                    .await??;
+            let shown = serde_json::json!({"status": status, "attempts": attempts});
+            println!("{}", serde_json::to_string_pretty(&shown)?);
+        }
+        DeliveriesCommand::Resend(OneDelivery {
+            endpoint,
+            event,
+            topology,
+        }) => {
+            let (_, topology) = super::load(config, topology)?;
+            let status = status_of(&clients, &topology.prefix, &endpoint, &event).await?;
+            Resender::new(config, &clients, &topology.prefix)?
+                .resend(&status)
+                .await?;
+            println!("resent {event} to {endpoint}");
+        }
+        DeliveriesCommand::Recover {
+            endpoint,
+            since,
+            dry_run,
+            topology,
+        } => {
+            let since = parse_since(&since)?;
+            let (_, topology) = super::load(config, topology)?;
+            let due: Vec<StatusRecord> = statuses(&clients, &topology.prefix, &endpoint)
+                .await?
+                .into_iter()
+                .filter(|s| s.status.is_recoverable() && s.updated_at.as_millisecond() >= since)
+                .collect();
+            let resender = Resender::new(config, &clients, &topology.prefix)?;
+            let mut failed = 0;
+            for s in &due {
+                if dry_run {
+                    println!("would resend {}", line(s));
+                    continue;
+                }
+                match resender.resend(s).await {
+                    Ok(()) => println!("resent {}", line(s)),
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("error: {e:#}");
+                    }
+                }
+            }
+            println!("{} of {} deliveries resent", due.len() - failed, due.len());
+            if failed > 0 {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
