@@ -794,3 +794,149 @@ async fn two_instances_share_the_endpoints_and_deliver_everything() {
         );
     }
 }
+
+/// Runs `sluice deliveries <args> --topology <file>`, asserting it succeeds; its stdout.
+async fn deliveries(d: &Deployment, args: &[&str]) -> String {
+    let mut argv: Vec<String> = ["deliveries"]
+        .iter()
+        .chain(args)
+        .map(|a| a.to_string())
+        .collect();
+    argv.extend(["--topology".into(), d.file.display().to_string()]);
+    let (ok, out, err) = crate::support::sluice_async(argv.clone()).await;
+    assert!(ok, "sluice {argv:?} failed:\n{out}{err}");
+    out
+}
+
+#[tokio::test]
+async fn the_delivery_log_shows_every_attempt_and_resend_delivers_again_with_the_same_id() {
+    let d = Deployment::new("dlvlog").await;
+    let (ep, r) = d
+        .subscriber("/flaky/2", spec(&[PAYMENT], &["1s", "1s", "2s"]))
+        .await;
+    let _deliver = Deliver::start(&d.file, "dlvlog-1").await;
+    let id = d.pay(1).await;
+    r.wait_delivered(Duration::from_secs(60), &[id.clone()].into())
+        .await;
+
+    // `list` gives the latest status; wait for the `delivered` record to be written.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let listed: serde_json::Value = loop {
+        let out = deliveries(&d, &["list", "--endpoint", &ep.id, "--json"]).await;
+        let line = out.lines().find(|l| l.contains(&id)).map(str::to_string);
+        if let Some(v) = line.map(|l| serde_json::from_str::<serde_json::Value>(&l).unwrap()) {
+            if v["status"] == "delivered" {
+                break v;
+            }
+        }
+        assert!(Instant::now() < deadline, "no delivered status: {out}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(listed["attempts"], 3, "{listed}");
+    assert_eq!(
+        listed["event_topic"],
+        format!("{}.events.payments", d.prefix)
+    );
+    let other = deliveries(&d, &["list", "--endpoint", &ep.id, "--status", "failed"]).await;
+    assert!(!other.contains(&id), "{other}");
+
+    // `show` has every attempt with its status code and response.
+    let shown: serde_json::Value = serde_json::from_str(
+        &deliveries(&d, &["show", "--endpoint", &ep.id, "--event", &id]).await,
+    )
+    .unwrap();
+    let codes: Vec<_> = shown["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["status_code"].clone())
+        .collect();
+    assert_eq!(codes, [503, 503, 200], "{shown:#}");
+    assert_eq!(shown["status"]["status"], "delivered");
+
+    // `resend` sends it once more, with the same webhook-id.
+    deliveries(&d, &["resend", "--endpoint", &ep.id, "--event", &id]).await;
+    r.wait_for(Duration::from_secs(30), "the resent delivery", |rs| {
+        rs.len() == 4 && rs[3].webhook_id.as_deref() == Some(id.as_str())
+    })
+    .await;
+    assert_eq!(r.requests()[3].status, Some(200));
+    assert_eq!(r.requests()[3].signature_valid, Some(true));
+
+    // An unknown event is a clear error.
+    let (ok, _, err) = crate::support::sluice_async(vec![
+        "deliveries".into(),
+        "show".into(),
+        "--endpoint".into(),
+        ep.id.clone(),
+        "--event".into(),
+        "evt_nope".into(),
+        "--topology".into(),
+        d.file.display().to_string(),
+    ])
+    .await;
+    assert!(!ok && err.contains("evt_nope"), "{err}");
+}
+
+#[tokio::test]
+async fn events_arriving_while_disabled_are_recovered_since_a_time() {
+    let d = Deployment::new("dlvrecover").await;
+    let mut disabled = spec(&[PAYMENT], &["1s"]);
+    disabled["enabled"] = false.into();
+    let (mut ep, r) = d.subscriber("/ok", disabled).await;
+    let _deliver = Deliver::start(&d.file, "dlvrecover-1").await;
+    let wait_disabled = |ids: Vec<String>| {
+        let d = &d;
+        let ep_id = ep.id.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let statuses = d.statuses().await;
+                if ids.iter().all(|i| {
+                    statuses
+                        .get(&format!("{ep_id}/{i}"))
+                        .map(|s| s["status"].clone())
+                        == Some("endpoint_disabled".into())
+                }) {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "not endpoint_disabled: {statuses:#?}"
+                );
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    };
+    let before = d.pay(0).await;
+    wait_disabled(vec![before.clone()]).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let since = jiff::Timestamp::now().to_string();
+    let while_off = vec![d.pay(1).await, d.pay(2).await];
+    wait_disabled(while_off.clone()).await;
+
+    // Enabled again; a new event arriving proves the deliverer has seen it.
+    ep.enabled = true;
+    d.write_endpoint(&ep).await;
+    let after = d.pay(3).await;
+    r.wait_delivered(Duration::from_secs(60), &[after.clone()].into())
+        .await;
+
+    let out = deliveries(&d, &["recover", "--endpoint", &ep.id, "--since", &since]).await;
+    assert!(out.contains("2 of 2 deliveries resent"), "{out}");
+    let wanted: BTreeSet<String> = while_off.iter().cloned().chain([after]).collect();
+    r.wait_delivered(Duration::from_secs(60), &wanted).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got: Vec<String> = r
+        .requests()
+        .iter()
+        .filter_map(|q| q.webhook_id.clone())
+        .collect();
+    assert_eq!(
+        got.len(),
+        3,
+        "each event exactly once, nothing from before --since: {got:?}"
+    );
+    assert!(!got.contains(&before), "{got:?}");
+    assert!(r.requests().iter().all(|q| q.signature_valid == Some(true)));
+}
