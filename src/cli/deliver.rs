@@ -51,6 +51,10 @@ pub struct DeliverArgs {
     /// Time for a whole attempt.
     #[arg(long, default_value = "15s")]
     pub timeout: String,
+    /// Disable an endpoint that has failed continuously (no success since its first
+    /// failure) for this long.
+    #[arg(long, default_value = "5d")]
+    pub disable_after: String,
 }
 
 fn duration(flag: &str, text: &str) -> anyhow::Result<Duration> {
@@ -101,6 +105,7 @@ pub async fn serve(
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let (client_config, schedule) = outbound(&args)?;
+    let disable_after = duration("disable-after", &args.disable_after)?;
     let prefix = &topology.prefix;
     let instance = args
         .instance_id
@@ -129,6 +134,15 @@ pub async fn serve(
         .with_metrics(OutboundMetrics::new(metrics_registry)?);
     let mut dispatch_config = DispatcherConfig::new(prefix, &group(prefix), tiers);
     dispatch_config.default_schedule = schedule;
+    dispatch_config.disable_after = disable_after;
+    // Operational events only where the topology declares their topic: writing to a missing
+    // one would hold every delivery's settlement.
+    let ops_events = naming::delivery_events_topic(prefix);
+    if topology.topics.iter().any(|t| t.name == ops_events) {
+        dispatch_config.topics.ops_events = Some(ops_events);
+    } else {
+        tracing::info!(topic = %ops_events, "not declared in the topology: no operational delivery events");
+    }
     let dispatcher = Dispatcher::new(
         &super::static_member(config, &format!("{instance}-dispatch")),
         outbound,
@@ -182,6 +196,7 @@ pub async fn run(
 ) -> anyhow::Result<ExitCode> {
     let (_catalog, topology) = super::load(config, args.topology.clone())?;
     outbound(&args)?;
+    duration("disable-after", &args.disable_after)?;
     let super::Process {
         shutdown,
         metrics_registry,

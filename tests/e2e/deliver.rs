@@ -31,6 +31,7 @@ topics:
   - {{name: {p}.state.endpoints, partitions: 1, config: {{cleanup.policy: compact}}}}
   - {{name: {p}.deliveries, partitions: 2}}
   - {{name: {p}.deliveries.attempts, partitions: 1}}
+  - {{name: {p}.deliveries.events, partitions: 1}}
   - {{name: {p}.state.delivery-status, partitions: 1, config: {{cleanup.policy: compact}}}}
   - {{name: {p}.dlq.deliveries, partitions: 2}}
   - {{name: {p}.dlq.delivery-fanout, partitions: 1}}
@@ -166,6 +167,11 @@ struct Deliver {
 
 impl Deliver {
     async fn start(topology: &Path, instance: &str) -> Self {
+        Self::start_with(topology, instance, &[]).await
+    }
+
+    /// [`start`](Self::start) with more flags.
+    async fn start_with(topology: &Path, instance: &str, flags: &[&str]) -> Self {
         let log = temp_file("deliver.log", "");
         let admin = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
@@ -179,6 +185,7 @@ impl Deliver {
             .arg("--topology")
             .arg(topology)
             .args(["--instance-id", instance])
+            .args(flags)
             .env("SLUICE_ADMIN__LISTEN", format!("127.0.0.1:{admin}"))
             .env("RUST_LOG", "info,sluice_delivery=debug")
             .stdin(Stdio::null())
@@ -349,6 +356,31 @@ impl Deployment {
         .unwrap()
     }
 
+    /// Waits (up to `limit`) until the endpoints topic holds endpoint `id` disabled.
+    async fn wait_disabled(&self, id: &str, limit: Duration) {
+        let endpoints = format!("{}.state.endpoints", self.prefix);
+        let deadline = Instant::now() + limit;
+        loop {
+            let (table, _) = tokio::task::spawn_blocking({
+                let topic = endpoints.clone();
+                move || {
+                    sluice_delivery::endpoints::EndpointTable::load(
+                        &KafkaClients::new(kafka()),
+                        &topic,
+                    )
+                }
+            })
+            .await
+            .unwrap()
+            .unwrap();
+            if table.get(id).is_some_and(|e| !e.enabled) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "endpoint {id} was not disabled");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
     /// The latest delivery status of each (endpoint, event), by `<endpoint>/<webhook id>`.
     async fn statuses(&self) -> BTreeMap<String, serde_json::Value> {
         self.read_json("state.delivery-status")
@@ -501,24 +533,7 @@ async fn retry_after_is_honoured_and_410_disables_the_endpoint() {
     // are not sent to it.
     gone.wait_for(Duration::from_secs(30), "the 410", |rs| rs.len() == 1)
         .await;
-    let endpoints = format!("{}.state.endpoints", d.prefix);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (table, _) = tokio::task::spawn_blocking({
-            let topic = endpoints.clone();
-            move || {
-                sluice_delivery::endpoints::EndpointTable::load(&KafkaClients::new(kafka()), &topic)
-            }
-        })
-        .await
-        .unwrap()
-        .unwrap();
-        if table.get(&gone_ep.id).is_some_and(|e| !e.enabled) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the endpoint was not disabled");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    d.wait_disabled(&gone_ep.id, Duration::from_secs(30)).await;
     let second = d.pay(2).await;
     ra.wait_for(
         Duration::from_secs(30),
@@ -939,4 +954,107 @@ async fn events_arriving_while_disabled_are_recovered_since_a_time() {
     );
     assert!(!got.contains(&before), "{got:?}");
     assert!(r.requests().iter().all(|q| q.signature_valid == Some(true)));
+}
+
+/// The operational events of `d`'s endpoint `id`, as (type, JSON).
+async fn ops_events(d: &Deployment, id: &str) -> Vec<(String, serde_json::Value)> {
+    d.read_json("deliveries.events")
+        .await
+        .into_iter()
+        .filter(|(key, _)| key == id)
+        .map(|(_, v)| (v["type"].as_str().unwrap_or_default().to_string(), v))
+        .collect()
+}
+
+#[tokio::test]
+async fn an_endpoint_failing_for_disable_after_is_disabled_reported_and_recoverable() {
+    let d = Deployment::new("dlvauto").await;
+    let start = jiff::Timestamp::now().to_string();
+    let (flaky_ep, flaky) = d.subscriber("/flaky/1", spec(&[PAYMENT], &["1s"])).await;
+    let (spent_ep, _spent) = d.subscriber("/status/503", spec(&[PAYMENT], &["1s"])).await;
+    let (mut down_ep, down) = d
+        .subscriber("/status/503", spec(&[PAYMENT], &["1s"; 8]))
+        .await;
+    let _deliver = Deliver::start_with(&d.file, "dlvauto-1", &["--disable-after", "3s"]).await;
+    let first = d.pay(1).await;
+
+    // `down` fails for 3 s, and is disabled by the dispatcher: its record says so.
+    d.wait_disabled(&down_ep.id, Duration::from_secs(45)).await;
+    let tries = down.requests();
+    let failing_for = tries.last().unwrap().at().duration_since(tries[0].at());
+    assert!(
+        failing_for >= jiff::SignedDuration::from_millis(2_500),
+        "disabled after {failing_for:?}: {tries:?}"
+    );
+    let second = d.pay(2).await;
+
+    // The operational events: failing then recovered (flaky), failing then exhausted
+    // (spent), failing then disabled for failing (down).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let types = |id: &str| {
+            let d = &d;
+            let id = id.to_string();
+            async move {
+                ops_events(d, &id)
+                    .await
+                    .into_iter()
+                    .map(|(t, _)| t)
+                    .collect::<Vec<_>>()
+            }
+        };
+        let (f, s, o) = (
+            types(&flaky_ep.id).await,
+            types(&spent_ep.id).await,
+            types(&down_ep.id).await,
+        );
+        if f.len() >= 2 && s.len() >= 2 && o.len() >= 2 {
+            assert_eq!(f, ["delivery.failing", "delivery.recovered"]);
+            // (The second event fails there too, 3 s on: that disables it as well.)
+            assert_eq!(s[..2], ["delivery.failing", "delivery.exhausted"]);
+            assert_eq!(o, ["delivery.failing", "endpoint.disabled"]);
+            let disabled = &ops_events(&d, &down_ep.id).await[1].1;
+            assert_eq!(disabled["reason"], "failing", "{disabled}");
+            assert_eq!(disabled["webhook_id"], first.as_str(), "{disabled}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "events: {f:?} {s:?} {o:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(flaky.requests().len() >= 2);
+
+    // Fixed and enabled again; a new event shows the deliverer has seen it. Then recover
+    // sends what it missed: the first event (interrupted) and the second (while disabled).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = d.statuses().await;
+        let st = |e: &str| {
+            s.get(&format!("{}/{e}", down_ep.id))
+                .map(|v| v["status"].clone())
+        };
+        if st(&first) == Some("endpoint_disabled".into())
+            && st(&second) == Some("endpoint_disabled".into())
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "statuses: {s:#?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    down_ep.url = down_ep.url.replace("/status/503", "/ok");
+    down_ep.enabled = true;
+    d.write_endpoint(&down_ep).await;
+    let third = d.pay(3).await;
+    down.wait_for(Duration::from_secs(30), "the third event", |rs| {
+        rs.iter()
+            .any(|r| r.webhook_id.as_deref() == Some(third.as_str()) && r.status == Some(200))
+    })
+    .await;
+    let out = deliveries(
+        &d,
+        &["recover", "--endpoint", &down_ep.id, "--since", &start],
+    )
+    .await;
+    assert!(out.contains("2 of 2 deliveries resent"), "{out}");
+    down.wait_delivered(Duration::from_secs(30), &[first, second, third].into())
+        .await;
 }

@@ -87,6 +87,11 @@ pub fn delivery_attempts_topic(prefix: &str) -> String {
     format!("{prefix}.deliveries.attempts")
 }
 
+/// Webhook delivery's operational events (JSON, CloudEvents headers), keyed by endpoint id.
+pub fn delivery_events_topic(prefix: &str) -> String {
+    format!("{prefix}.deliveries.events")
+}
+
 /// Latest delivery status per (endpoint, event), keyed `<endpoint id>/<webhook id>`.
 pub fn delivery_status_topic(prefix: &str) -> String {
     state_topic(prefix, "delivery-status")

@@ -42,6 +42,7 @@ use sluice_stream::Record;
 use tokio::sync::mpsc;
 
 use super::events::DeliveryEvent;
+use super::health::{Change, Health, OpsEvent, OpsEventType, Outcome};
 use super::metrics::DeliveryMetrics;
 use super::queues::{EndpointId, Lanes, Order, Queues};
 use super::settle::{DispatchTopics, Settled, Settlement, Settler};
@@ -54,6 +55,9 @@ type TopicPartition = (String, i32);
 
 /// An endpoint's (in-flight cap, rate per second), as its outbound limits were set up.
 type LimitSettings = (Option<u32>, Option<u32>);
+
+/// How long an endpoint may fail continuously before it is disabled: 5 days.
+pub const DEFAULT_DISABLE_AFTER: Duration = Duration::from_secs(5 * 24 * 3600);
 
 /// How the dispatcher runs.
 #[derive(Debug, Clone)]
@@ -68,6 +72,8 @@ pub struct DispatcherConfig {
     /// Tasks an endpoint may have waiting in memory; more are parked.
     pub endpoint_share: usize,
     pub commit_interval: Duration,
+    /// An endpoint failing continuously this long is disabled.
+    pub disable_after: Duration,
 }
 
 impl DispatcherConfig {
@@ -80,6 +86,7 @@ impl DispatcherConfig {
             max_pending: 2_000,
             endpoint_share: 200,
             commit_interval: Duration::from_secs(1),
+            disable_after: DEFAULT_DISABLE_AFTER,
         }
     }
 }
@@ -149,9 +156,72 @@ struct Shared {
     done: mpsc::UnboundedSender<Done>,
     /// The (in-flight cap, rate) each endpoint's outbound limits were set up with.
     limits: std::sync::Mutex<HashMap<String, LimitSettings>>,
+    health: std::sync::Mutex<Health>,
 }
 
 impl Shared {
+    /// Records how an attempt went in the endpoint's health: disables an endpoint failing for
+    /// too long (its record written last, like a 410's) and adds the operational events,
+    /// when their topic is declared, to what `settled` writes.
+    fn observe_health(
+        &self,
+        endpoint: &Endpoint,
+        task: &DeliveryTask,
+        status_code: Option<u16>,
+        settled: &mut Settled,
+        now: jiff::Timestamp,
+    ) {
+        let event = |event_type, failing_since, reason| OpsEvent {
+            event_type,
+            endpoint_id: endpoint.id.clone(),
+            webhook_id: task.webhook_id.clone(),
+            status_code,
+            failing_since,
+            reason,
+            time: now,
+        };
+        let mut events = Vec::new();
+        let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        match settled.settlement {
+            Settlement::Delivered => {
+                if let Change::Recovered { since } =
+                    health.observe(&endpoint.id, Outcome::Success, now)
+                {
+                    events.push(event(OpsEventType::Recovered, Some(since), None));
+                }
+            }
+            Settlement::Retrying | Settlement::DeadLettered => {
+                match health.observe(&endpoint.id, Outcome::Failure, now) {
+                    Change::StartedFailing => {
+                        events.push(event(OpsEventType::Failing, Some(now), None));
+                    }
+                    Change::FailedTooLong { since } => {
+                        let (off, record) = self.settler.disable(endpoint, now);
+                        settled.outputs.push(record);
+                        settled.disabled = Some(off);
+                        events.push(event(OpsEventType::Disabled, Some(since), Some("failing")));
+                    }
+                    Change::Recovered { .. } | Change::Unchanged { .. } => {}
+                }
+                if settled.settlement == Settlement::DeadLettered {
+                    events.push(event(OpsEventType::Exhausted, None, None));
+                }
+            }
+            Settlement::Gone => {
+                health.forget(&endpoint.id);
+                events.push(event(OpsEventType::Disabled, None, Some("gone")));
+            }
+            Settlement::Parked | Settlement::EndpointDisabled => {}
+        }
+        let Some(topic) = &self.settler.topics.ops_events else {
+            return;
+        };
+        // The disabled endpoint's record stays last: its position is applied to the table.
+        let at = settled.outputs.len() - usize::from(settled.disabled.is_some());
+        let outputs = events.iter().map(|e| e.output(topic));
+        settled.outputs.splice(at..at, outputs);
+    }
+
     /// Gives the outbound client `endpoint`'s own in-flight cap and rate limit, the first
     /// time it is sent to and whenever they change (which also starts a fresh breaker).
     fn configure_limits(&self, endpoint: &Endpoint) {
@@ -237,6 +307,7 @@ impl Dispatcher {
                 metrics,
                 done,
                 limits: std::sync::Mutex::default(),
+                health: std::sync::Mutex::new(Health::new(config.disable_after)),
             }),
             config,
             done_rx,
@@ -624,23 +695,23 @@ async fn attempt(shared: &Shared, endpoint: Endpoint, pending: Pending) -> Done 
                 body_prefix: bytes::Bytes::new(),
                 truncated: false,
             };
-            let settled =
+            let mut settled =
                 shared
                     .settler
                     .attempted(&pending.task, &pending.from, &endpoint, &refused, now);
+            shared.observe_health(&endpoint, &pending.task, None, &mut settled, now);
             return write_settled(shared, pending, settled, true).await;
         }
     };
     shared.configure_limits(&endpoint);
     match shared.outbound.send(&endpoint.id, &request).await {
         Ok(attempt) => {
-            let settled = shared.settler.attempted(
-                &pending.task,
-                &pending.from,
-                &endpoint,
-                &attempt,
-                jiff::Timestamp::now(),
-            );
+            let now = jiff::Timestamp::now();
+            let mut settled =
+                shared
+                    .settler
+                    .attempted(&pending.task, &pending.from, &endpoint, &attempt, now);
+            shared.observe_health(&endpoint, &pending.task, attempt.status, &mut settled, now);
             write_settled(shared, pending, settled, true).await
         }
         Err(refusal) => Done::NotAdmitted { pending, refusal },
@@ -683,7 +754,11 @@ async fn write_settled(
         if let Ok(bytes) = serde_json::to_vec(off) {
             let _ = shared.table.apply(&off.id, Some(&bytes), Some(*at));
         }
-        tracing::warn!(endpoint = %off.id, "the endpoint answered 410 Gone: disabled");
+        let why = match settled.settlement {
+            Settlement::Gone => "it answered 410 Gone",
+            _ => "it failed continuously for the disable-after time",
+        };
+        tracing::warn!(endpoint = %off.id, why, "endpoint disabled");
     }
     DeliveryEvent::Settled {
         endpoint: &pending.task.endpoint_id,

@@ -3,13 +3,14 @@
 
 pub mod dispatcher;
 pub mod events;
+pub mod health;
 pub mod metrics;
 pub mod queues;
 pub mod schedule;
 pub mod settle;
 pub mod tiers;
 
-pub use dispatcher::{DispatchError, Dispatcher, DispatcherConfig};
+pub use dispatcher::{DispatchError, Dispatcher, DispatcherConfig, DEFAULT_DISABLE_AFTER};
 pub use events::DeliveryEvent;
 pub use metrics::DeliveryMetrics;
 pub use queues::{EndpointId, Lanes, Order, Queued, Queues};

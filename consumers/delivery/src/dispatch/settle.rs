@@ -28,6 +28,8 @@ pub struct DispatchTopics {
     pub status: String,
     pub dlq: String,
     pub endpoints: String,
+    /// Operational events (`<prefix>.deliveries.events`), when the topology declares it.
+    pub ops_events: Option<String>,
 }
 
 impl DispatchTopics {
@@ -39,6 +41,7 @@ impl DispatchTopics {
             status: naming::delivery_status_topic(prefix),
             dlq: naming::delivery_dlq_topic(prefix),
             endpoints: naming::endpoints_topic(prefix),
+            ops_events: None,
         }
     }
 }
@@ -159,16 +162,8 @@ impl Settler {
             }
             Verdict::Gone => {
                 outputs.push(self.status(&done, DeliveryStatus::Gone, code, None, now));
-                let mut off = endpoint.clone();
-                off.enabled = false;
-                off.updated_at = now;
-                outputs.push(Output {
-                    topic: self.topics.endpoints.clone(),
-                    partition: None,
-                    key: Some(off.id.clone().into_bytes()),
-                    value: Some(serde_json::to_vec(&off).expect("endpoints serialise")),
-                    headers: Vec::new(),
-                });
+                let (off, record) = self.disable(endpoint, now);
+                outputs.push(record);
                 (Settlement::Gone, Some(off))
             }
             Verdict::RetryLater { after: asked, .. } => {
@@ -205,6 +200,21 @@ impl Settler {
             outputs,
             disabled,
         }
+    }
+
+    /// `endpoint` disabled, and its record for the endpoints topic.
+    pub fn disable(&self, endpoint: &Endpoint, now: jiff::Timestamp) -> (Endpoint, Output) {
+        let mut off = endpoint.clone();
+        off.enabled = false;
+        off.updated_at = now;
+        let record = Output {
+            topic: self.topics.endpoints.clone(),
+            partition: None,
+            key: Some(off.id.clone().into_bytes()),
+            value: Some(serde_json::to_vec(&off).expect("endpoints serialise")),
+            headers: Vec::new(),
+        };
+        (off, record)
     }
 
     fn dead_letter(
