@@ -1,23 +1,16 @@
 //! `sluice deliveries list|show|resend|recover`: the delivery log of one endpoint, read
 //! from Kafka (see `sluice_delivery::log` for what that costs), and sending events again.
-//!
-//! `resend` and `recover` rebuild each task from the event itself, read back at the
-//! position its status record names (`event_topic/partition/offset`), rather than from the
-//! tasks topic: event topics are the durable history, while a task may be long gone (and a
-//! delivery recorded `endpoint_disabled` never had one). The task keeps the event's
-//! webhook-id, so receivers deduplicate it, and starts a fresh schedule.
+//! `resend` and `recover` rebuild each task from its event (`sluice_delivery::resend`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Args, Subcommand};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use sluice_delivery::fanout::rebuild_task;
-use sluice_delivery::log;
+use rdkafka::producer::FutureProducer;
 use sluice_delivery::status::{DeliveryStatus, StatusRecord};
+use sluice_delivery::{log, resend};
 use sluice_runtime::kafka::KafkaClients;
 use sluice_runtime::SluiceConfig;
 use sluice_schemas::metadata::{now_ms, parse_rfc3339_ms};
@@ -112,74 +105,25 @@ async fn status_of(
 
 /// Sends deliveries again, each rebuilt from its event.
 struct Resender {
-    clients: KafkaClients,
-    codec: AvroCodec,
+    rebuild: resend::Resender,
     producer: FutureProducer,
-    tasks_topic: String,
 }
 
 impl Resender {
     fn new(config: &SluiceConfig, clients: &KafkaClients, prefix: &str) -> anyhow::Result<Self> {
+        let codec = AvroCodec::new(RegistryClient::new(&config.registry)?);
         Ok(Self {
-            clients: clients.clone(),
-            codec: AvroCodec::new(RegistryClient::new(&config.registry)?),
+            rebuild: resend::Resender::new(clients.clone(), codec, prefix),
             producer: clients.producer("deliveries")?,
-            tasks_topic: naming::deliveries_topic(prefix),
         })
     }
 
     async fn resend(&self, status: &StatusRecord) -> anyhow::Result<()> {
-        let at = status.event_position().with_context(|| {
-            format!(
-                "the status of `{}` does not say where the event was read (written by an older sluice); it cannot be resent",
-                status.webhook_id
-            )
-        })?;
-        let (c, pos) = (self.clients.clone(), at.clone());
-        let event = tokio::task::spawn_blocking(move || {
-            sluice_ops::dlq::fetch(&c, &pos.topic, pos.partition, pos.offset)
-        })
-        .await?
-        .with_context(|| {
-            format!(
-                "reading event `{}` back from {}/{}@{}",
-                status.webhook_id, at.topic, at.partition, at.offset
-            )
-        })?
-        .0;
-        let task = rebuild_task(&self.codec, &event, &status.endpoint_id)
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!("rebuilding the delivery of `{}`: {e}", status.webhook_id)
-            })?;
-        if task.webhook_id != status.webhook_id {
-            bail!(
-                "{}/{}@{} holds event `{}`, not `{}`",
-                at.topic,
-                at.partition,
-                at.offset,
-                task.webhook_id,
-                status.webhook_id
-            );
-        }
-        let out = task.output(&self.tasks_topic);
-        let mut headers = OwnedHeaders::new();
-        for (k, v) in &out.headers {
-            headers = headers.insert(Header {
-                key: k,
-                value: Some(v),
-            });
-        }
-        let key = out.key.unwrap_or_default();
-        let value = out.value.unwrap_or_default();
-        let record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&out.topic)
-            .key(key.as_slice())
-            .payload(value.as_slice())
-            .headers(headers);
+        let out = self.rebuild.task(status).await?;
         self.producer
-            .send(record, Duration::from_secs(30))
+            .send(out.record(), Duration::from_secs(30))
             .await
-            .map_err(|(e, _)| anyhow::anyhow!("writing the task to {}: {e}", self.tasks_topic))?;
+            .map_err(|(e, _)| anyhow::anyhow!("writing the task to {}: {e}", out.topic))?;
         Ok(())
     }
 }

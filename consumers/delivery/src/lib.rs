@@ -17,6 +17,7 @@ pub mod endpoints;
 pub mod fanout;
 pub mod log;
 pub mod payload;
+pub mod resend;
 pub mod signing;
 pub mod status;
 pub mod task;
