@@ -12,17 +12,17 @@ use crate::gateway::{
 };
 use crate::support::{require_stack, sluice_async, temp_file};
 
-const ADMIN_TOKEN: &str = "e2e-endpoints-admin-token-0123456789";
+pub(crate) const ADMIN_TOKEN: &str = "e2e-endpoints-admin-token-0123456789";
 const PUBLISH_TOKEN: &str = "e2e-endpoints-publish-token-0123456789";
 const PAID: &str = "dev.sluice.events.payments.PaymentSucceeded";
 
-const CONFIG: &str = r#"gateway:
+pub(crate) const CONFIG: &str = r#"gateway:
   publish_tokens:
     - {name: ops, token: {env: E2E_EP_ADMIN}, scopes: [admin]}
     - {name: billing, token: {env: E2E_EP_PUBLISH}, event_types: ["*"]}
 "#;
 
-const ENV: &[(&str, &str)] = &[
+pub(crate) const ENV: &[(&str, &str)] = &[
     ("E2E_EP_ADMIN", ADMIN_TOKEN),
     ("E2E_EP_PUBLISH", PUBLISH_TOKEN),
 ];
@@ -55,7 +55,7 @@ async fn call(
     send(req).await
 }
 
-async fn admin(method: reqwest::Method, url: &str, body: Option<Value>) -> (u16, Value) {
+pub(crate) async fn admin(method: reqwest::Method, url: &str, body: Option<Value>) -> (u16, Value) {
     let (status, _, json) = call(method, url, Some(ADMIN_TOKEN), body).await;
     (status, json)
 }

@@ -34,6 +34,10 @@ enum Action {
     Disable,
     Enable,
     RotateSecret,
+    /// `GET …/deliveries`: the endpoint's delivery log.
+    Deliveries,
+    /// `POST …/recover`: resend what failed or arrived while disabled.
+    Recover,
 }
 
 impl Action {
@@ -42,16 +46,20 @@ impl Action {
             "disable" => Some(Self::Disable),
             "enable" => Some(Self::Enable),
             "rotate-secret" => Some(Self::RotateSecret),
+            "deliveries" => Some(Self::Deliveries),
+            "recover" => Some(Self::Recover),
             _ => None,
         }
     }
 }
 
 /// The request's client address and headers, with the app they reached.
-struct Request<'a> {
-    app: &'a AppState,
+pub(super) struct Request<'a> {
+    pub(super) app: &'a AppState,
     client: std::net::IpAddr,
     headers: &'a HeaderMap,
+    /// The URI's query, if any.
+    pub(super) query: Option<&'a str>,
 }
 
 /// Every `/v1/endpoints` route: `id` and `action` are the path's parameters, if any.
@@ -60,6 +68,7 @@ pub(crate) async fn handle(
     ClientAddr(client): ClientAddr,
     path: Result<Path<HashMap<String, String>>, PathRejection>,
     method: Method,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -68,16 +77,31 @@ pub(crate) async fn handle(
         app: &app,
         client,
         headers: &headers,
+        query: uri.query(),
     };
     let id = params.get("id").map(String::as_str);
     let action = params.get("action").map(String::as_str);
-    let (outcome, response) = match route(&req, id, action, &method, body).await {
+    let event = params.get("event_id").map(String::as_str);
+    let routed = match (id, event) {
+        (Some(id), Some(event)) => {
+            let sub = params.get("sub").map(String::as_str);
+            super::deliveries::route_one(&req, id, event, sub, &method).await
+        }
+        _ => route(&req, id, action, &method, body).await,
+    };
+    let (outcome, response) = match routed {
         Ok(response) => ("ok", response),
         Err(e) => (e.code, e.into_response()),
     };
     app.metrics
         .endpoints_requests
-        .with_label_values(&[operation(id.is_some(), action, &method), outcome])
+        .with_label_values(&[
+            match event {
+                Some(_) => delivery_operation(params.get("sub").map(String::as_str), &method),
+                None => operation(id.is_some(), action, &method),
+            },
+            outcome,
+        ])
         .inc();
     response
 }
@@ -93,6 +117,17 @@ fn operation(has_id: bool, action: Option<&str>, method: &Method) -> &'static st
         (true, Some(Some(Action::Disable)), "POST") => "disable",
         (true, Some(Some(Action::Enable)), "POST") => "enable",
         (true, Some(Some(Action::RotateSecret)), "POST") => "rotate_secret",
+        (true, Some(Some(Action::Deliveries)), "GET") => "deliveries",
+        (true, Some(Some(Action::Recover)), "POST") => "recover",
+        _ => UNKNOWN,
+    }
+}
+
+/// The metric label of a request for one delivery.
+fn delivery_operation(sub: Option<&str>, method: &Method) -> &'static str {
+    match (sub, method.as_str()) {
+        (None, "GET") => "delivery",
+        (Some("resend"), "POST") => "resend",
         _ => UNKNOWN,
     }
 }
@@ -123,9 +158,15 @@ async fn route(
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             code::NOT_FOUND,
-            format!("no endpoint action `{action}`; use disable, enable or rotate-secret"),
+            format!("no endpoint action `{action}`; use disable, enable, rotate-secret, deliveries or recover"),
         ));
     };
+    if action == Action::Deliveries {
+        if method != Method::GET {
+            return Err(ApiError::method_not_allowed("GET"));
+        }
+        return super::deliveries::list(req, id).await;
+    }
     if method != Method::POST {
         return Err(ApiError::method_not_allowed("POST"));
     }
@@ -133,12 +174,14 @@ async fn route(
         Action::Disable => set_enabled(req, id, false).await,
         Action::Enable => set_enabled(req, id, true).await,
         Action::RotateSecret => rotate(req, id, body).await,
+        Action::Recover => super::deliveries::recover(req, id, body).await,
+        Action::Deliveries => unreachable!("answered above"),
     }
 }
 
 impl Request<'_> {
     /// The caller, if its token is valid and has the `admin` scope.
-    fn authorize(&self) -> Result<&Caller, ApiError> {
+    pub(super) fn authorize(&self) -> Result<&Caller, ApiError> {
         let failures = &self.app.failures;
         if let Some(retry_after) = failures.refused(self.client) {
             return Err(ApiError::too_many_failures(retry_after));
@@ -163,7 +206,7 @@ impl Request<'_> {
     }
 
     /// Authorizes, then returns the API (which is on whenever an admin token exists).
-    fn api(&self) -> Result<(&EndpointsApi, &Caller), ApiError> {
+    pub(super) fn api(&self) -> Result<(&EndpointsApi, &Caller), ApiError> {
         let caller = self.authorize()?;
         let api = &self.app.endpoints;
         match api.table {
@@ -177,7 +220,7 @@ impl Request<'_> {
     }
 
     /// The body, read within the limit and parsed as `T`; an empty body is `{}`.
-    async fn json<T: DeserializeOwned>(&self, body: Body) -> Result<T, ApiError> {
+    pub(super) async fn json<T: DeserializeOwned>(&self, body: Body) -> Result<T, ApiError> {
         let bytes = read_limited(self.headers, body, MAX_BODY_BYTES)
             .await
             .map_err(|e| charge_slow_body(&self.app.failures, self.client, e))?;
@@ -233,7 +276,7 @@ fn table(api: &EndpointsApi) -> &sluice_delivery::endpoints::EndpointTable {
     api.table.as_ref().expect("checked by Request::api")
 }
 
-fn existing(api: &EndpointsApi, id: &str) -> Result<Endpoint, ApiError> {
+pub(super) fn existing(api: &EndpointsApi, id: &str) -> Result<Endpoint, ApiError> {
     table(api).get(id).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -414,6 +457,9 @@ mod tests {
         );
         assert_eq!(operation(true, Some("../../etc"), &Method::POST), "unknown");
         assert_eq!(operation(true, None, &Method::PUT), "unknown");
+        assert_eq!(operation(true, Some("recover"), &Method::POST), "recover");
+        assert_eq!(delivery_operation(Some("resend"), &Method::POST), "resend");
+        assert_eq!(delivery_operation(Some("x"), &Method::POST), "unknown");
     }
 
     #[test]

@@ -9,6 +9,10 @@
 //! | `DELETE /v1/endpoints/{id}` | remove (a tombstone); 204 |
 //! | `POST /v1/endpoints/{id}/disable`, `/enable` | stop / resume deliveries |
 //! | `POST /v1/endpoints/{id}/rotate-secret` | a new secret (shown this once); the current ones keep signing for `grace_period` (default 24 h) |
+//! | `GET /v1/endpoints/{id}/deliveries` | the latest status of each delivery, `{"data": [...]}`; `?since=T&status=S` |
+//! | `GET /v1/endpoints/{id}/deliveries/{event_id}` | one delivery: `{"status", "attempts": [...]}` |
+//! | `POST /v1/endpoints/{id}/deliveries/{event_id}/resend` | send it again (same webhook-id, fresh schedule); 202 |
+//! | `POST /v1/endpoints/{id}/recover` | `{"since": T}`: resend every `failed`, `gone` and `endpoint_disabled` delivery since `T`; 202 |
 //!
 //! Every request needs a bearer token with the `admin` scope (401 without a valid token, 403
 //! with a token lacking the scope; failures are charged to the client address like bad
@@ -26,6 +30,7 @@
 //! Secrets appear only in the 201 of a create and the 200 of a rotation; every other answer
 //! shows each secret's fingerprint, `created_at` and `expires_at`.
 
+mod deliveries;
 pub(crate) mod http;
 pub mod openapi;
 
@@ -35,6 +40,7 @@ use std::sync::Mutex;
 use sluice_delivery::endpoints::{EndpointTable, Follower, TableError};
 use sluice_runtime::kafka::KafkaClients;
 use sluice_runtime::Shutdown;
+use sluice_schemas::RegistryClient;
 
 /// Largest endpoints request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -50,6 +56,8 @@ pub struct EndpointsApi {
     follower: Mutex<Option<Follower>>,
     /// One change at a time, so a read-modify-write cannot lose a concurrent one.
     writes: tokio::sync::Mutex<()>,
+    /// The delivery log's reader and resender, when the API is on.
+    log: Option<deliveries::DeliveryLog>,
 }
 
 impl EndpointsApi {
@@ -57,12 +65,14 @@ impl EndpointsApi {
     /// endpoints may name exactly.
     pub async fn load(
         clients: &KafkaClients,
-        topic: &str,
+        registry: &RegistryClient,
+        prefix: &str,
         known_types: BTreeSet<String>,
     ) -> Result<Self, TableError> {
-        let (clients, owned) = (clients.clone(), topic.to_string());
+        let topic = &sluice_delivery::endpoints::topic(prefix);
+        let (reader, owned) = (clients.clone(), topic.to_string());
         let (table, follower) =
-            tokio::task::spawn_blocking(move || EndpointTable::load(&clients, &owned))
+            tokio::task::spawn_blocking(move || EndpointTable::load(&reader, &owned))
                 .await
                 .expect("endpoint table load task")?;
         Ok(Self {
@@ -71,6 +81,11 @@ impl EndpointsApi {
             known_types,
             follower: Mutex::new(Some(follower)),
             writes: tokio::sync::Mutex::new(()),
+            log: Some(deliveries::DeliveryLog::new(
+                clients.clone(),
+                registry.clone(),
+                prefix,
+            )),
         })
     }
 
@@ -82,6 +97,7 @@ impl EndpointsApi {
             known_types: BTreeSet::new(),
             follower: Mutex::new(None),
             writes: tokio::sync::Mutex::new(()),
+            log: None,
         }
     }
 

@@ -31,6 +31,10 @@ mod tests {
             ("/v1/endpoints/{id}/disable", &["post"]),
             ("/v1/endpoints/{id}/enable", &["post"]),
             ("/v1/endpoints/{id}/rotate-secret", &["post"]),
+            ("/v1/endpoints/{id}/deliveries", &["get"]),
+            ("/v1/endpoints/{id}/deliveries/{event_id}", &["get"]),
+            ("/v1/endpoints/{id}/deliveries/{event_id}/resend", &["post"]),
+            ("/v1/endpoints/{id}/recover", &["post"]),
             ("/openapi.json", &["get"]),
         ] {
             for m in methods {

@@ -159,9 +159,8 @@ impl Gateway {
             None
         };
         let endpoints = if tokens.any_with(Scope::Admin) {
-            let topic = sluice_delivery::endpoints::topic(&topology.prefix);
             let known = catalog.event_types().map(str::to_string).collect();
-            EndpointsApi::load(clients, &topic, known).await?
+            EndpointsApi::load(clients, registry, &topology.prefix, known).await?
         } else {
             tracing::info!(
                 "endpoints API disabled: no gateway.publish_tokens with the admin scope"

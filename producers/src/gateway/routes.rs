@@ -44,6 +44,14 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/endpoints", any(crate::endpoints::http::handle))
         .route("/v1/endpoints/{id}", any(crate::endpoints::http::handle))
         .route(
+            "/v1/endpoints/{id}/deliveries/{event_id}",
+            any(crate::endpoints::http::handle),
+        )
+        .route(
+            "/v1/endpoints/{id}/deliveries/{event_id}/{sub}",
+            any(crate::endpoints::http::handle),
+        )
+        .route(
             "/v1/endpoints/{id}/{action}",
             any(crate::endpoints::http::handle),
         )
