@@ -8,6 +8,9 @@
 //! - [`signing`]: Standard Webhooks signatures (`webhook-id`, `webhook-timestamp`,
 //!   `webhook-signature`), one `v1,` signature per secret still in force.
 //!
+//! - [`log`] and [`resend`]: reading an endpoint's delivery log back, and sending a delivery
+//!   again rebuilt from its event (`sluice deliveries`, `/v1/endpoints/{id}/deliveries`).
+//!
 //! The gateway's `/v1/endpoints` API writes endpoint records; the delivery consumer reads
 //! the same table to decide where each event goes.
 
