@@ -460,8 +460,15 @@ async fn every_matching_event_reaches_every_subscribed_endpoint_signed() {
         assert_eq!(r.signature_valid, Some(true), "{r:?}");
         assert_eq!(r.status, Some(200), "{r:?}");
     }
-    // Each attempt is logged with its status.
-    let attempts = crate::gateway::record_count(&format!("{}.deliveries.attempts", d.prefix)).await;
+    // Each attempt is logged with its status; the record is written once the answer is in,
+    // so it may land a moment after the receiver logged the request.
+    let topic = format!("{}.deliveries.attempts", d.prefix);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut attempts = crate::gateway::record_count(&topic).await;
+    while attempts < 12 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        attempts = crate::gateway::record_count(&topic).await;
+    }
     assert!(attempts >= 12, "{attempts} attempt records");
 }
 
@@ -1009,7 +1016,8 @@ async fn an_endpoint_failing_for_disable_after_is_disabled_reported_and_recovera
             types(&down_ep.id).await,
         );
         if f.len() >= 2 && s.len() >= 2 && o.len() >= 2 {
-            assert_eq!(f, ["delivery.failing", "delivery.recovered"]);
+            // The second event fails once there too: another failing/recovered pair may follow.
+            assert_eq!(f[..2], ["delivery.failing", "delivery.recovered"]);
             // (The second event fails there too, 3 s on: that disables it as well.)
             assert_eq!(s[..2], ["delivery.failing", "delivery.exhausted"]);
             assert_eq!(o, ["delivery.failing", "endpoint.disabled"]);
