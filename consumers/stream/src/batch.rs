@@ -111,7 +111,6 @@ pub(crate) async fn handle<H: Handler>(
     records: Vec<Record>,
     sink: Option<Arc<dyn OutputSink>>,
 ) -> Result<Batch, LoopError> {
-    let firsts = firsts(&records);
     let mut by_partition: BTreeMap<TopicPartition, Vec<Record>> = BTreeMap::new();
     for r in records {
         by_partition
@@ -119,6 +118,10 @@ pub(crate) async fn handle<H: Handler>(
             .or_default()
             .push(r);
     }
+    let firsts = by_partition
+        .iter()
+        .map(|(tp, rs)| (tp.clone(), rs[0].offset))
+        .collect();
     let tasks = by_partition.into_iter().map(|(tp, records)| {
         let (shared, sink) = (shared.clone(), sink.clone());
         tokio::spawn(async move {
