@@ -157,15 +157,26 @@ pub fn partition_count(clients: &KafkaClients, topic: &str) -> Result<i32, State
         .map_err(|e| fail(e.to_string()))?
         .create()
         .map_err(|e| fail(e.to_string()))?;
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .map_err(|e| fail(e.to_string()))?;
-    match metadata.topics().first() {
-        Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
-            Ok(t.partitions().len() as i32)
+    // A topic that `sluice topology apply` created a moment ago may not be in the broker's
+    // metadata yet, so a missing topic is asked for again for a few seconds before it is an error.
+    let deadline = Instant::now() + TOPIC_APPEARS_WITHIN;
+    loop {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .map_err(|e| fail(e.to_string()))?;
+        match metadata.topics().first() {
+            Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+                return Ok(t.partitions().len() as i32);
+            }
+            _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(250)),
+            _ => {
+                return Err(fail(
+                    "the topic does not exist; run `sluice topology apply`".into(),
+                ))
+            }
         }
-        _ => Err(fail(
-            "the topic does not exist; run `sluice topology apply`".into(),
-        )),
     }
 }
+
+/// How long a state topic may take to show up in the metadata after it was created.
+const TOPIC_APPEARS_WITHIN: Duration = Duration::from_secs(5);
