@@ -135,17 +135,32 @@ impl Db {
             .collect())
     }
 
-    /// Deletes `lane`'s rows at or below `watermark`: cleanup only, relayed rows are already
-    /// recorded as such in Kafka.
-    pub async fn delete_through(&self, lane: u32, watermark: Position) -> Result<u64, DbError> {
+    /// Deletes `lane`'s rows after `from` and at or below `through`: cleanup only, relayed rows
+    /// are already recorded as such in Kafka. The lower bound keeps the index scan off the
+    /// entries of rows deleted before (dead until vacuumed), which a backlog would otherwise
+    /// walk again on every batch.
+    pub async fn delete_between(
+        &self,
+        lane: u32,
+        from: Position,
+        through: Position,
+    ) -> Result<u64, DbError> {
         let sql = format!(
-            "DELETE FROM {} WHERE (xid, id) <= ($1::bigint::text::xid8, $2) AND {LANE_OF_ROW} = $4",
+            "DELETE FROM {} WHERE (xid, id) > ($5::bigint::text::xid8, $6) \
+               AND (xid, id) <= ($1::bigint::text::xid8, $2) AND {LANE_OF_ROW} = $4",
             self.table
         );
         self.client
             .execute(
                 sql.as_str(),
-                &[&watermark.xid, &watermark.id, &self.lanes, &(lane as i64)],
+                &[
+                    &through.xid,
+                    &through.id,
+                    &self.lanes,
+                    &(lane as i64),
+                    &from.xid,
+                    &from.id,
+                ],
             )
             .await
             .map_err(query("deleting relayed rows"))

@@ -20,6 +20,7 @@ use super::Relay;
 use crate::event::OutboxRow;
 use crate::sequencer::{Durable, Plan, Sequencer};
 use crate::{position, records};
+use tokio::sync::Mutex;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LaneError {
@@ -54,6 +55,8 @@ pub struct Lane {
     sequencer: Sequencer,
     partition: i32,
     last_backlog: Option<Instant>,
+    /// Rows of the lane up to here are deleted (zero: none known to be).
+    deleted_through: crate::event::Position,
 }
 
 impl std::fmt::Debug for Lane {
@@ -111,15 +114,20 @@ impl Lane {
             sequencer: Sequencer::restore(durable),
             partition,
             last_backlog: None,
+            deleted_through: Default::default(),
         })
     }
 
     /// Reads the next eligible rows and publishes what is next in line, with the new position,
     /// in one Kafka transaction; then deletes what the position covers.
-    pub async fn step(&mut self, relay: &Arc<Relay>, db: &mut Db) -> Result<Step, LaneError> {
+    /// The relay's lanes step at once, each with its own producer and transaction: `db` is
+    /// shared and held only for each statement.
+    pub async fn step(&mut self, relay: &Arc<Relay>, db: &Mutex<Db>) -> Result<Step, LaneError> {
         let lane = self.lane;
         let s = &relay.settings;
         let rows = db
+            .lock()
+            .await
             .read_batch(lane, self.sequencer.cursor(), s.batch_size)
             .await
             .map_err(|e| LaneError::Db(e, lane))?;
@@ -156,7 +164,12 @@ impl Lane {
             .dead_lettered
             .with_label_values(&[&label])
             .inc_by(dead);
-        if let Err(e) = db.delete_through(lane, watermark).await {
+        let from = self.deleted_through;
+        let deleted = db.lock().await.delete_between(lane, from, watermark).await;
+        if deleted.is_ok() {
+            self.deleted_through = watermark;
+        }
+        if let Err(e) = deleted {
             tracing::warn!(lane, error = %e, "could not delete relayed rows (they stay until the next batch)");
         }
         self.observe(relay, db).await;
@@ -271,7 +284,7 @@ impl Lane {
     }
 
     /// Refreshes the lane's gauges, at most once a second.
-    async fn observe(&mut self, relay: &Arc<Relay>, db: &Db) {
+    async fn observe(&mut self, relay: &Arc<Relay>, db: &Mutex<Db>) {
         if self
             .last_backlog
             .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
@@ -285,10 +298,12 @@ impl Lane {
             .held
             .with_label_values(&[&label])
             .set(self.sequencer.held_rows() as i64);
-        if let Ok((waiting, age)) = db
-            .backlog(self.lane, self.sequencer.durable().watermark)
+        let backlog = db
+            .lock()
             .await
-        {
+            .backlog(self.lane, self.sequencer.durable().watermark)
+            .await;
+        if let Ok((waiting, age)) = backlog {
             relay
                 .metrics
                 .waiting

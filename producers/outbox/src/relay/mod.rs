@@ -14,10 +14,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::future::join_all;
 use sluice_runtime::config::OutboxConfig;
 use sluice_runtime::kafka::KafkaClients;
 use sluice_runtime::Shutdown;
 use sluice_stream::state::kafka::partition_count;
+use tokio::sync::Mutex;
 
 pub use db::{application_name, Db, DbError};
 pub use lane::{Lane, LaneError, Step};
@@ -145,30 +147,35 @@ impl Relay {
         }
     }
 
-    async fn relay_connected(self: &Arc<Self>, mut db: Db, shutdown: &Shutdown) {
+    async fn relay_connected(self: &Arc<Self>, db: Db, shutdown: &Shutdown) {
+        let db = Mutex::new(db);
         let mut owned: BTreeMap<u32, Lane> = BTreeMap::new();
         let mut last_balance: Option<Instant> = None;
-        while !shutdown.is_triggered() && !db.is_closed() {
+        while !shutdown.is_triggered() && !db.lock().await.is_closed() {
             if last_balance.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
                 last_balance = Some(Instant::now());
-                if let Err(e) = self.balance(&db, &mut owned).await {
+                let balanced = self.balance(&*db.lock().await, &mut owned).await;
+                if let Err(e) = balanced {
                     tracing::warn!(error = %e, "could not balance outbox lanes");
                     break;
                 }
             }
+            // Lanes are independent (own rows, producer, transaction and position), so they
+            // step at once: one lane's Kafka commit does not wait for another's.
+            let steps = join_all(owned.values_mut().map(|lane| {
+                let db = &db;
+                async move { (lane.lane, lane.step(self, db).await) }
+            }))
+            .await;
             let mut busy = false;
-            let lanes: Vec<u32> = owned.keys().copied().collect();
-            for n in lanes {
-                let Some(lane) = owned.get_mut(&n) else {
-                    continue;
-                };
-                match lane.step(self, &mut db).await {
+            for (n, step) in steps {
+                match step {
                     Ok(Step::Idle) => {}
                     Ok(Step::Published { .. }) => busy = true,
                     Err(e) => {
                         tracing::warn!(error = %e, "outbox lane failed; it is claimed again from its committed position");
                         owned.remove(&n);
-                        let _ = db.unlock(n).await;
+                        let _ = db.lock().await.unlock(n).await;
                     }
                 }
             }
@@ -181,6 +188,7 @@ impl Relay {
             }
         }
         // Dropping the connection releases whatever locks are left.
+        let db = db.into_inner();
         for n in owned.keys() {
             let _ = db.unlock(*n).await;
         }
