@@ -1,6 +1,6 @@
 //! The dashboards and alert rules in `deploy/` are checked: the rules load with `promtool`,
 //! and every metric a panel or a rule names is one that sluice really exports, on a live
-//! scrape of `sluice run --demo` and `sluice lag --export`.
+//! scrape of `sluice run --demo`, `sluice lag --export` and `sluice outbox relay`.
 
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -80,7 +80,7 @@ fn alert_rules_load_with_promtool() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("SUCCESS: 5 rules found"), "{text}");
+    assert!(text.contains("SUCCESS: 8 rules found"), "{text}");
 }
 
 async fn scrape(url: &str, wanted: impl Fn(&str) -> bool) -> String {
@@ -163,7 +163,24 @@ async fn every_metric_in_dashboards_and_rules_is_exported() {
             && s.contains("sluice_saga_duration_seconds_bucket")
     })
     .await;
-    let all = format!("{run_metrics}\n{lag_metrics}\n{saga_metrics}");
+    // The outbox relay runs where an outbox is configured, which the demo has not: one of its
+    // own, with rows that make it export every family.
+    let outbox = crate::outbox::Deployment::new("obs").await;
+    let mut relay = outbox.relay("relay", 200);
+    relay.ready().await;
+    outbox.write_one_of_each().await;
+    let outbox_metrics = scrape(&relay.metrics_url(), |s| {
+        [
+            "sluice_outbox_relayed_total",
+            "sluice_outbox_dead_lettered_total",
+            "sluice_outbox_sequence_gaps_total",
+            "sluice_outbox_rows_waiting",
+        ]
+        .iter()
+        .all(|m| s.contains(m))
+    })
+    .await;
+    let all = format!("{run_metrics}\n{lag_metrics}\n{saga_metrics}\n{outbox_metrics}");
 
     let mut used = metric_names(&dashboard_exprs());
     used.extend(metric_names(&rule_exprs()));
