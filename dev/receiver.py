@@ -13,6 +13,8 @@ appends one JSON line per request to a log file:
     /slow/<ms>          waits <ms> (at most --max-hang), then 200
     /close              closes the connection without answering
     /flaky/<n>          503 for the first <n> requests of each webhook-id, then 200
+    /flaky-if/<n>/<t>   like /flaky/<n> for requests whose body contains the text <t>
+                        (URL-decoded); 200 for the others: one event key failing
 
 Other paths get 404. Every method is accepted. A log line:
 
@@ -39,6 +41,7 @@ import threading
 import time
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote
 
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
@@ -51,6 +54,7 @@ ROUTES = [
     ("slow", re.compile(r"^/slow/(\d{1,9})/?$")),
     ("close", re.compile(r"^/close/?$")),
     ("flaky", re.compile(r"^/flaky/(\d{1,6})/?$")),
+    ("flaky_if", re.compile(r"^/flaky-if/(\d{1,6})/([^/]{1,200})/?$")),
 ]
 
 
@@ -59,7 +63,10 @@ def route(path):
     for name, pattern in ROUTES:
         match = pattern.match(path)
         if match:
-            return name, (int(match.group(1)) if match.groups() else None)
+            groups = match.groups()
+            if len(groups) > 1:
+                return name, (int(groups[0]), unquote(groups[1]))
+            return name, (int(groups[0]) if groups else None)
     return None, None
 
 
@@ -179,6 +186,11 @@ class Handler(BaseHTTPRequestHandler):
             key = (record["path"], record["webhook_id"])
             failed_before = self.server.flaky.seen(key)
             self.answer(503 if failed_before < arg else 200, record, started)
+        elif behaviour == "flaky_if":
+            times, text = arg
+            failing = text.encode() in body
+            failed_before = self.server.flaky.seen((record["path"], record["webhook_id"]))
+            self.answer(503 if failing and failed_before < times else 200, record, started)
 
     def read_body(self):
         """The request body, or (status, reason) when it is refused."""

@@ -143,6 +143,14 @@ pub async fn serve(
     } else {
         tracing::info!(topic = %ops_events, "not declared in the topology: no operational delivery events");
     }
+    // Held keys of `per_key` endpoints only where the topology declares their topic;
+    // without it per-key order holds within one dispatcher's memory, not across retries.
+    let held = naming::held_topic(prefix, naming::DELIVERY_POLICY);
+    if topology.topics.iter().any(|t| t.name == held) {
+        dispatch_config.topics.held = Some(held);
+    } else {
+        tracing::warn!(topic = %held, "not declared in the topology: per_key endpoints keep their order only until a delivery waits in a retry tier");
+    }
     let dispatcher = Dispatcher::new(
         &super::static_member(config, &format!("{instance}-dispatch")),
         outbound,

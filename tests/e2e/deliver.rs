@@ -34,6 +34,7 @@ topics:
   - {{name: {p}.deliveries.events, partitions: 1}}
   - {{name: {p}.state.delivery-status, partitions: 1, config: {{cleanup.policy: compact}}}}
   - {{name: {p}.dlq.deliveries, partitions: 2}}
+  - {{name: {p}.state.held-deliveries, partitions: 2, config: {{cleanup.policy: compact}}}}
   - {{name: {p}.dlq.delivery-fanout, partitions: 1}}
 routes:
   - {{event_type: {PAYMENT}, topic: {p}.events.payments}}
@@ -771,6 +772,96 @@ async fn per_key_ordering_sends_a_keys_events_one_at_a_time_in_order() {
     assert!(
         span < jiff::SignedDuration::from_millis(1_900),
         "keys did not overlap: {span:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_key_holds_only_itself_across_retries_and_a_restart() {
+    let d = Deployment::new("dlvhold").await;
+    // Key 0's first event fails six times; everything else is answered 200 at once.
+    let (_, r) = d
+        .subscriber("/flaky-if/6/pi_0_0", {
+            let mut s = spec(&[PAYMENT], &["1s"; 10]);
+            s["ordering"] = "per_key".into();
+            s
+        })
+        .await;
+    let mut deliver = Deliver::start(&d.file, "dlvhold-1").await;
+    let head = d.pay_keyed(0, 0).await;
+    r.wait_for(Duration::from_secs(30), "the head failed once", |rs| {
+        rs.iter()
+            .any(|l| l.webhook_id.as_ref() == Some(&head) && l.status == Some(503))
+    })
+    .await;
+    let mut published: BTreeMap<usize, Vec<String>> = [(0, vec![head.clone()])].into();
+    for nth in 1..3 {
+        for key in 0..3 {
+            let id = d.pay_keyed(key, nth).await;
+            published.entry(key).or_default().push(id);
+        }
+    }
+    let others: BTreeSet<String> = published
+        .iter()
+        .filter(|(k, _)| **k != 0)
+        .flat_map(|(_, ids)| ids.clone())
+        .collect();
+    let delivered = |rs: &[Logged], id: &String| {
+        rs.iter()
+            .any(|l| l.webhook_id.as_ref() == Some(id) && l.status == Some(200))
+    };
+    r.wait_for(Duration::from_secs(30), "the other keys delivered", |rs| {
+        others.iter().all(|id| delivered(rs, id))
+    })
+    .await;
+    assert!(
+        !delivered(&r.requests(), &head),
+        "the head succeeded too soon for the test to hold its key across a restart"
+    );
+    // A restart while key 0 is held: its later events must stay behind the head.
+    deliver.kill();
+    let _deliver = Deliver::start(&d.file, "dlvhold-1").await;
+    let all: BTreeSet<String> = published.values().flatten().cloned().collect();
+    r.wait_for(Duration::from_secs(90), "every event delivered", |rs| {
+        all.iter().all(|id| delivered(rs, id))
+    })
+    .await;
+
+    let requests = r.requests();
+    assert!(requests.iter().all(|l| l.signature_valid == Some(true)));
+    let first_ok = |id: &String| {
+        requests
+            .iter()
+            .find(|l| l.webhook_id.as_ref() == Some(id) && l.status == Some(200))
+            .map(Logged::at)
+            .unwrap()
+    };
+    let first_sent = |id: &String| {
+        requests
+            .iter()
+            .find(|l| l.webhook_id.as_ref() == Some(id))
+            .map(Logged::at)
+            .unwrap()
+    };
+    // Key 0: nothing of an event is sent before the one before it was delivered.
+    for pair in published[&0].windows(2) {
+        assert!(
+            first_sent(&pair[1]) >= first_ok(&pair[0]),
+            "key 0: {} was sent before {} was delivered:\n{requests:#?}",
+            pair[1],
+            pair[0]
+        );
+    }
+    // The other keys did not wait for key 0.
+    for id in &others {
+        assert!(first_ok(id) < first_ok(&head), "{id} waited for key 0");
+    }
+    let head_attempts = requests
+        .iter()
+        .filter(|l| l.webhook_id.as_ref() == Some(&head))
+        .count();
+    assert!(
+        head_attempts >= 7,
+        "the head failed six times, then succeeded"
     );
 }
 

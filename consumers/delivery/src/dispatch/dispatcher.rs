@@ -43,6 +43,7 @@ use tokio::sync::mpsc;
 
 use super::events::DeliveryEvent;
 use super::health::{Change, Health, OpsEvent, OpsEventType, Outcome};
+use super::key_order::{KeyOrder, Slot, Turn};
 use super::metrics::DeliveryMetrics;
 use super::queues::{EndpointId, Lanes, Order, Queues};
 use super::settle::{DispatchTopics, Settled, Settlement, Settler};
@@ -120,6 +121,8 @@ struct Pending {
     /// The record it was read from, without its value.
     from: Record,
     generation: u64,
+    /// Its place in its key's line, once it was let go under `ordering: per_key`.
+    slot: Option<Slot>,
 }
 
 impl Pending {
@@ -157,6 +160,18 @@ struct Shared {
     /// The (in-flight cap, rate) each endpoint's outbound limits were set up with.
     limits: std::sync::Mutex<HashMap<String, LimitSettings>>,
     health: std::sync::Mutex<Health>,
+    /// Held keys of `per_key` endpoints, when the held-key topic is declared.
+    key_order: Option<std::sync::Mutex<KeyOrder>>,
+    /// Where held keys are read back from on assignment.
+    state_log: sluice_stream::state::kafka::KafkaStateLog,
+}
+
+impl Shared {
+    fn key_order(&self) -> Option<std::sync::MutexGuard<'_, KeyOrder>> {
+        self.key_order
+            .as_ref()
+            .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()))
+    }
 }
 
 impl Shared {
@@ -289,6 +304,21 @@ impl Dispatcher {
             .set("acks", "all")
             .create()
             .map_err(|e| fail(format!("creating the producer: {e}")))?;
+        let key_order = match &config.topics.held {
+            Some(held) => {
+                let mut co_located = topics.iter().map(|t| t.to_string()).collect::<Vec<_>>();
+                co_located.push(held.clone());
+                tokio::task::block_in_place(|| {
+                    sluice_stream::ordering::check_partitions(&consumer, "deliveries", &co_located)
+                })
+                .map_err(|e| fail(e.to_string()))?;
+                Some(std::sync::Mutex::new(KeyOrder::new(
+                    held,
+                    config.tiers.clone(),
+                )))
+            }
+            None => None,
+        };
         let (done, done_rx) = mpsc::unbounded_channel();
         let settler = Settler {
             topics: config.topics.clone(),
@@ -308,6 +338,8 @@ impl Dispatcher {
                 done,
                 limits: std::sync::Mutex::default(),
                 health: std::sync::Mutex::new(Health::new(config.disable_after)),
+                key_order,
+                state_log: sluice_stream::state::kafka::KafkaStateLog::new(clients.clone()),
             }),
             config,
             done_rx,
@@ -384,8 +416,43 @@ impl Dispatcher {
         self.full.clear();
         if let Ok(assigned) = self.consumer.assignment() {
             let _ = self.consumer.resume(&assigned);
+            self.restore_held_keys(&assigned);
         }
         tracing::info!(generation, "delivery partitions reassigned");
+    }
+
+    /// Reads the held keys of the owned task partitions back, so a restart or a new owner
+    /// keeps a held key's later tasks behind the one waiting in a tier. A restore that
+    /// fails is tried again: running on without it would break the order it keeps.
+    fn restore_held_keys(&mut self, assigned: &TopicPartitionList) {
+        let shared = Arc::clone(&self.shared);
+        let Some(mut order) = shared.key_order() else {
+            return;
+        };
+        let partitions: Vec<i32> = assigned
+            .elements()
+            .iter()
+            .filter(|e| e.topic() == self.config.topics.tasks)
+            .map(|e| e.partition())
+            .collect();
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match tokio::task::block_in_place(|| order.restore(&shared.state_log, &partitions)) {
+                Ok(held) => {
+                    tracing::info!(?partitions, held, "held delivery keys restored");
+                    return;
+                }
+                Err(e) if !shared.shutdown.is_triggered() => {
+                    tracing::warn!(error = %e, "restoring held delivery keys; trying again");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "restoring held delivery keys at shutdown");
+                    return;
+                }
+            }
+        }
     }
 
     fn on_record(&mut self, record: Record) {
@@ -419,6 +486,7 @@ impl Dispatcher {
                 ..record
             },
             generation: self.generation,
+            slot: None,
         };
         match due.filter(|_| early) {
             // The partition could not be held: wait in the tier again rather than skip it.
@@ -501,7 +569,13 @@ impl Dispatcher {
     /// Sends every task the queues hand out now, each in a task of its own.
     fn dispatch_ready(&mut self) {
         while let Some((endpoint_id, queued)) = self.queues.next(Instant::now()) {
-            let pending = queued.task;
+            let mut pending = queued.task;
+            if queued.key.is_some() {
+                if let Some(waiting) = self.take_turn(&mut pending) {
+                    self.spawn_write(pending, waiting, true);
+                    continue;
+                }
+            }
             let Some(endpoint) = self.shared.table.get(&endpoint_id).filter(|e| e.enabled) else {
                 let settled = self
                     .shared
@@ -520,6 +594,43 @@ impl Dispatcher {
         }
     }
 
+    /// Under `per_key` with held keys: lets `pending` go (noting its place in its key's
+    /// line), or, when its key is held, returns its settlement as a copy waiting behind the
+    /// key's head, unsent.
+    fn take_turn(&mut self, pending: &mut Pending) -> Option<Settled> {
+        let mut order = self.shared.key_order()?;
+        match order.turn(&pending.task, &pending.from) {
+            Turn::Free => None,
+            Turn::Go(slot) => {
+                pending.slot = Some(slot);
+                None
+            }
+            Turn::Wait { seq, tier } => {
+                let tier = self.config.tiers.at(tier);
+                let now = jiff::Timestamp::now();
+                // Not due at once: a copy reached before its head is resolved goes round
+                // again, and a tier's delay keeps that from spinning.
+                let until = jiff::SignedDuration::try_from(tier.delay)
+                    .ok()
+                    .and_then(|d| now.checked_add(d).ok())
+                    .unwrap_or(now);
+                let mut task = pending.task.clone();
+                task.key_seq = Some(seq);
+                let mut settled = self
+                    .shared
+                    .settler
+                    .parked_in(&task, &tier.topic, until, now);
+                settled.then.extend(order.record_of(&task, &pending.from));
+                DeliveryEvent::KeyHeld {
+                    endpoint: &pending.task.endpoint_id,
+                    held: order.held(),
+                }
+                .emit(self.shared.metrics.as_ref());
+                Some(settled)
+            }
+        }
+    }
+
     fn on_done(&mut self, done: Done) {
         self.outstanding = self.outstanding.saturating_sub(1);
         match done {
@@ -535,7 +646,10 @@ impl Dispatcher {
                 self.watermark(&tp).settle(pending.from.offset);
                 self.resume_if_drained(&tp);
             }
-            Done::NotAdmitted { pending, refusal } => {
+            Done::NotAdmitted {
+                mut pending,
+                refusal,
+            } => {
                 let endpoint: EndpointId = Arc::from(pending.task.endpoint_id.as_str());
                 self.queues.finished(&endpoint, self.order_key(&pending));
                 let wait = refusal.retry_in().unwrap_or(Duration::from_millis(100));
@@ -551,6 +665,8 @@ impl Dispatcher {
                         }
                     }
                     NotAdmitted::Limit(_) => {
+                        // Its turn is taken again when it is handed out again.
+                        pending.slot = None;
                         let key = self.order_key(&pending).map(<[u8]>::to_vec);
                         let lanes = self.shared.table.get(&endpoint).map_or(
                             Lanes {
@@ -745,11 +861,23 @@ async fn write_settled(
     settled: Settled,
     in_flight: bool,
 ) -> Done {
+    let mut settled = settled;
+    if let (Some(slot), Some(mut order)) = (&pending.slot, shared.key_order()) {
+        let record = order.settled(slot, &mut settled);
+        settled.then.extend(record);
+    }
     let Some(positions) =
         Settler::write(&shared.producer, &settled.outputs, &shared.shutdown).await
     else {
         return Done::Abandoned;
     };
+    if !settled.then.is_empty()
+        && Settler::write(&shared.producer, &settled.then, &shared.shutdown)
+            .await
+            .is_none()
+    {
+        return Done::Abandoned;
+    }
     if let (Some(off), Some(at)) = (&settled.disabled, positions.last()) {
         if let Ok(bytes) = serde_json::to_vec(off) {
             let _ = shared.table.apply(&off.id, Some(&bytes), Some(*at));

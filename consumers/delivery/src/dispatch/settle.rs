@@ -30,6 +30,10 @@ pub struct DispatchTopics {
     pub endpoints: String,
     /// Operational events (`<prefix>.deliveries.events`), when the topology declares it.
     pub ops_events: Option<String>,
+    /// Held keys of `per_key` endpoints (`<prefix>.state.held-deliveries`), when the
+    /// topology declares it; without it per-key order holds only within one dispatcher's
+    /// memory.
+    pub held: Option<String>,
 }
 
 impl DispatchTopics {
@@ -42,6 +46,7 @@ impl DispatchTopics {
             dlq: naming::delivery_dlq_topic(prefix),
             endpoints: naming::endpoints_topic(prefix),
             ops_events: None,
+            held: None,
         }
     }
 }
@@ -88,6 +93,9 @@ pub struct Settled {
     pub outputs: Vec<Output>,
     /// For [`Settlement::Gone`]: the disabled endpoint, written last.
     pub disabled: Option<Endpoint>,
+    /// Records written only once `outputs` are acknowledged: a held key's state, which
+    /// must never name a tier copy that is not there.
+    pub then: Vec<Output>,
 }
 
 /// Builds settlements and writes them.
@@ -199,6 +207,7 @@ impl Settler {
             settlement,
             outputs,
             disabled,
+            then: Vec::new(),
         }
     }
 
@@ -253,15 +262,27 @@ impl Settler {
         until: jiff::Timestamp,
         now: jiff::Timestamp,
     ) -> Settled {
+        self.parked_in(task, &self.tiers.shortest().topic, until, now)
+    }
+
+    /// `task` parked, without an attempt, in the tier writing to `tier` until `until`.
+    pub fn parked_in(
+        &self,
+        task: &DeliveryTask,
+        tier: &str,
+        until: jiff::Timestamp,
+        now: jiff::Timestamp,
+    ) -> Settled {
         let mut parked = task.clone();
         parked.due_at = Some(ms(until));
         Settled {
             settlement: Settlement::Parked,
             outputs: vec![
-                parked.output(&self.tiers.shortest().topic),
+                parked.output(tier),
                 self.status(task, DeliveryStatus::Parked, None, Some(until), now),
             ],
             disabled: None,
+            then: Vec::new(),
         }
     }
 
@@ -271,6 +292,7 @@ impl Settler {
             settlement: Settlement::EndpointDisabled,
             outputs: vec![self.status(task, DeliveryStatus::EndpointDisabled, None, None, now)],
             disabled: None,
+            then: Vec::new(),
         }
     }
 

@@ -41,6 +41,7 @@ fn task(attempts: u32) -> DeliveryTask {
         attempts,
         first_attempt_at: None,
         due_at: None,
+        key_seq: None,
         event: EventPosition {
             topic: "sluice.events.payments".into(),
             partition: 0,
