@@ -68,6 +68,12 @@ struct Logged {
     time: String,
     webhook_id: Option<String>,
     signature_valid: Option<bool>,
+    /// Which of the receiver's secrets verify the request on their own.
+    #[serde(default)]
+    verified_by: Vec<usize>,
+    /// The `v1,` signatures the request carried.
+    #[serde(default)]
+    signatures: usize,
     status: Option<u16>,
 }
 
@@ -79,19 +85,18 @@ impl Logged {
 
 impl Receiver {
     async fn start(secret: &str) -> Self {
+        Self::start_with_secrets(&[secret]).await
+    }
+
+    /// A receiver checking signatures with each of `secrets` (a rotation's old and new).
+    async fn start_with_secrets(secrets: &[&str]) -> Self {
         let log = temp_file("receiver.jsonl", "");
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/dev/receiver.py");
         let mut child = tokio::process::Command::new(python())
             .arg(script)
-            .args([
-                "--port",
-                "0",
-                "--max-hang",
-                "30",
-                "--secret",
-                secret,
-                "--log",
-            ])
+            .args(["--port", "0", "--max-hang", "30"])
+            .args(secrets.iter().flat_map(|s| ["--secret", s]))
+            .arg("--log")
             .arg(&log)
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -863,6 +868,49 @@ async fn a_failing_key_holds_only_itself_across_retries_and_a_restart() {
         head_attempts >= 7,
         "the head failed six times, then succeeded"
     );
+}
+
+#[tokio::test]
+async fn a_rotated_secret_signs_beside_the_new_one_until_its_grace_period_ends() {
+    let d = Deployment::new("dlvrot").await;
+    let (mut endpoint, old) = d
+        .endpoint("http://127.0.0.1:9/", spec(&[PAYMENT], &["1s"]))
+        .await;
+    let grace = Duration::from_secs(15);
+    let rotated_at = jiff::Timestamp::now();
+    let new = endpoint.rotate_secret(rotated_at, grace);
+    // The receiver checks each request with the old and the new secret apart, through
+    // the official `standardwebhooks` package.
+    let r = Receiver::start_with_secrets(&[&old, new.expose()]).await;
+    endpoint.url = format!("{}/ok", r.base);
+    d.write_endpoint(&endpoint).await;
+    let _deliver = Deliver::start(&d.file, "dlvrot-1").await;
+
+    let during = d.pay(1).await;
+    r.wait_delivered(Duration::from_secs(30), &[during.clone()].into())
+        .await;
+    let first = r.requests()[0].clone();
+    let expires = rotated_at
+        .checked_add(jiff::SignedDuration::try_from(grace).unwrap())
+        .unwrap();
+    assert!(first.at() < expires, "delivered within the grace period");
+    assert_eq!(first.signatures, 2, "{first:?}");
+    assert_eq!(first.verified_by, [0, 1], "both secrets sign: {first:?}");
+
+    // After the grace period only the new secret signs.
+    let left = expires.duration_since(jiff::Timestamp::now());
+    tokio::time::sleep(Duration::try_from(left).unwrap_or_default() + Duration::from_secs(1)).await;
+    let after = d.pay(2).await;
+    r.wait_delivered(Duration::from_secs(30), &[during, after.clone()].into())
+        .await;
+    let last = r
+        .requests()
+        .into_iter()
+        .find(|l| l.webhook_id.as_ref() == Some(&after))
+        .unwrap();
+    assert_eq!(last.signatures, 1, "{last:?}");
+    assert_eq!(last.verified_by, [1], "only the new secret signs: {last:?}");
+    assert_eq!(last.signature_valid, Some(true));
 }
 
 #[tokio::test]
