@@ -135,6 +135,10 @@ pub async fn serve(
     let mut dispatch_config = DispatcherConfig::new(prefix, &group(prefix), tiers);
     dispatch_config.default_schedule = schedule;
     dispatch_config.disable_after = disable_after;
+    // Records of the tasks topic that are not tasks are system failures, like the fan-out's.
+    dispatch_config.topics.invalid = policy(topology, naming::DELIVERY_FANOUT_POLICY)?
+        .dlq_topic
+        .clone();
     // Operational events only where the topology declares their topic: writing to a missing
     // one would hold every delivery's settlement.
     let ops_events = naming::delivery_events_topic(prefix);

@@ -424,6 +424,21 @@ impl Deployment {
     }
 }
 
+/// Waits (up to 30 s) for `count` dead letters in `dlq`; `sluice dlq list` must name `class`.
+async fn dlq_list(dlq: &str, count: i64, class: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while crate::gateway::record_count(dlq).await < count {
+        assert!(
+            Instant::now() < deadline,
+            "not {count} dead letters in {dlq}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (ok, out, err) =
+        crate::support::sluice_async(vec!["dlq".into(), "list".into(), dlq.to_string()]).await;
+    assert!(ok && out.contains(class), "{out}{err}");
+}
+
 /// Endpoint specs: subscribed event types and a short retry schedule.
 fn spec(types: &[&str], schedule: &[&str]) -> serde_json::Value {
     serde_json::json!({"event_types": types, "retry_schedule": schedule})
@@ -527,20 +542,13 @@ async fn retry_after_is_honoured_and_410_disables_the_endpoint() {
         gap >= jiff::SignedDuration::from_millis(3_800),
         "Retry-After not honoured: {gap:?}"
     );
-    let dlq = format!("{}.dlq.deliveries", d.prefix);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while crate::gateway::record_count(&dlq).await < 1 {
-        assert!(Instant::now() < deadline, "no dead letter in {dlq}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-
     // `sluice dlq` reads it like every dead letter.
-    let (ok, out, err) =
-        crate::support::sluice_async(vec!["dlq".into(), "list".into(), dlq.clone()]).await;
-    assert!(
-        ok && out.contains("sluice.delivery.Exhausted"),
-        "{out}{err}"
-    );
+    dlq_list(
+        &format!("{}.dlq.deliveries", d.prefix),
+        1,
+        "sluice.delivery.Exhausted",
+    )
+    .await;
 
     // 410 disables the endpoint: its record is written back, disabled, and later events
     // are not sent to it.
@@ -911,6 +919,74 @@ async fn a_rotated_secret_signs_beside_the_new_one_until_its_grace_period_ends()
     assert_eq!(last.signatures, 1, "{last:?}");
     assert_eq!(last.verified_by, [1], "only the new secret signs: {last:?}");
     assert_eq!(last.signature_valid, Some(true));
+}
+
+#[tokio::test]
+async fn records_that_are_not_tasks_are_dead_lettered_with_their_reason_and_delivery_goes_on() {
+    let d = Deployment::new("dlvbad").await;
+    let (_, r) = d.subscriber("/ok", spec(&[PAYMENT], &["1s"])).await;
+    let _deliver = Deliver::start(&d.file, "dlvbad-1").await;
+    let tasks = format!("{}.deliveries", d.prefix);
+    let write =
+        |key: Option<&'static str>, value: Option<&'static [u8]>, attempts: &'static str| {
+            let tasks = tasks.clone();
+            let producer = d.producer.clone();
+            async move {
+                let headers = rdkafka::message::OwnedHeaders::new()
+                    .insert(rdkafka::message::Header {
+                        key: "sluice_webhook_id",
+                        value: Some("evt_bad"),
+                    })
+                    .insert(rdkafka::message::Header {
+                        key: "sluice_delivery_attempts",
+                        value: Some(attempts),
+                    });
+                let mut record = FutureRecord::<str, [u8]>::to(&tasks).headers(headers);
+                if let Some(k) = key {
+                    record = record.key(k);
+                }
+                if let Some(v) = value {
+                    record = record.payload(v);
+                }
+                producer
+                    .send(record, Duration::from_secs(10))
+                    .await
+                    .unwrap();
+            }
+        };
+    write(None, Some(b"{}"), "0").await; // no key
+    write(Some("ep_x"), None, "0").await; // a tombstone: no body
+    write(Some("ep_x"), Some(b"{}"), "0").await; // headers missing
+    write(Some("ep_x"), Some(b"{}"), "many").await; // a header that is not a number
+    let ok = d.pay(1).await;
+    r.wait_delivered(Duration::from_secs(30), &[ok].into())
+        .await;
+
+    let dlq = format!("{}.dlq.delivery-fanout", d.prefix);
+    dlq_list(&dlq, 4, "InvalidDeliveryTask").await;
+    let mut shown = String::new();
+    for offset in 0..4 {
+        let (ok, out, err) = crate::support::sluice_async(vec![
+            "dlq".into(),
+            "show".into(),
+            dlq.clone(),
+            format!("0:{offset}"),
+        ])
+        .await;
+        assert!(ok, "{out}{err}");
+        shown.push_str(&out);
+    }
+    for reason in [
+        "no key (the endpoint id)",
+        "no value (the JSON body)",
+        "header `sluice_event_type` is missing",
+        "header `sluice_delivery_attempts` is not a decimal integer",
+    ] {
+        assert!(
+            shown.contains(reason),
+            "no dead letter says {reason:?}:\n{shown}"
+        );
+    }
 }
 
 #[tokio::test]

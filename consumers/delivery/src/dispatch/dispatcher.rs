@@ -50,7 +50,7 @@ use super::settle::{DispatchTopics, Settled, Settlement, Settler};
 use super::tiers::Tiers;
 use crate::endpoints::{Endpoint, EndpointTable, Ordering};
 use crate::signing::sign_delivery;
-use crate::task::DeliveryTask;
+use crate::task::{DeliveryTask, TaskError};
 
 type TopicPartition = (String, i32);
 
@@ -143,6 +143,12 @@ enum Done {
     NotAdmitted {
         pending: Pending,
         refusal: NotAdmitted,
+    },
+    /// A record that is not a task was dead-lettered: its offset may be committed.
+    Discarded {
+        tp: TopicPartition,
+        offset: i64,
+        generation: u64,
     },
     /// The write was abandoned at shutdown.
     Abandoned,
@@ -463,10 +469,7 @@ impl Dispatcher {
         let task = match DeliveryTask::from_record(&record) {
             Ok(task) => task,
             Err(e) => {
-                // Not a task: nothing can be sent; say where it is and go on.
-                tracing::error!(error = %e, "skipping a record that is not a delivery task");
-                self.watermark(&tp).take(record.offset);
-                self.watermark(&tp).settle(record.offset);
+                self.dead_letter_invalid(tp, record, &e);
                 return;
             }
         };
@@ -506,6 +509,30 @@ impl Dispatcher {
                 tracing::warn!(topic = %tp.0, partition = tp.1, error = %e, "pausing a full partition");
             }
         }
+    }
+
+    /// Not a task: nothing can be sent. It goes, with its reason, to the system DLQ, and
+    /// the loop goes on; its offset is committed once the dead letter is acknowledged.
+    fn dead_letter_invalid(&mut self, tp: TopicPartition, record: Record, error: &TaskError) {
+        let letter = self
+            .shared
+            .settler
+            .invalid(&record, error, jiff::Timestamp::now());
+        tracing::error!(%error, dlq = %letter.topic, "dead-lettering a record that is not a delivery task");
+        self.watermark(&tp).take(record.offset);
+        self.outstanding += 1;
+        let (shared, generation) = (Arc::clone(&self.shared), self.generation);
+        tokio::spawn(async move {
+            let done = match Settler::write(&shared.producer, &[letter], &shared.shutdown).await {
+                Some(_) => Done::Discarded {
+                    tp,
+                    offset: record.offset,
+                    generation,
+                },
+                None => Done::Abandoned,
+            };
+            let _ = shared.done.send(done);
+        });
     }
 
     fn watermark(&mut self, tp: &TopicPartition) -> &mut Watermark {
@@ -635,6 +662,16 @@ impl Dispatcher {
         self.outstanding = self.outstanding.saturating_sub(1);
         match done {
             Done::Abandoned => {}
+            Done::Discarded {
+                tp,
+                offset,
+                generation,
+            } => {
+                if generation == self.generation {
+                    self.watermark(&tp).settle(offset);
+                    self.resume_if_drained(&tp);
+                }
+            }
             Done::Settled { pending, .. } if pending.generation != self.generation => {}
             Done::NotAdmitted { pending, .. } if pending.generation != self.generation => {}
             Done::Settled { pending, in_flight } => {

@@ -11,14 +11,14 @@ use std::time::Duration;
 use rdkafka::producer::FutureProducer;
 use sluice_runtime::outbound::{Attempt, RetrySchedule, Verdict};
 use sluice_runtime::Shutdown;
-use sluice_stream::{Output, Record};
+use sluice_stream::{ErrorClass, FailureRouter, HandlerError, Output, Record};
 
 use super::schedule;
 use super::tiers::Tiers;
 use crate::attempt_log::AttemptRecord;
 use crate::endpoints::Endpoint;
 use crate::status::{DeliveryStatus, StatusRecord};
-use crate::task::DeliveryTask;
+use crate::task::{DeliveryTask, TaskError};
 
 /// Every topic the dispatcher writes.
 #[derive(Debug, Clone)]
@@ -27,6 +27,9 @@ pub struct DispatchTopics {
     pub attempts: String,
     pub status: String,
     pub dlq: String,
+    /// Where records of the tasks topic that are not tasks go: a system failure, kept
+    /// apart from exhausted deliveries (the delivery fan-out's DLQ by default).
+    pub invalid: String,
     pub endpoints: String,
     /// Operational events (`<prefix>.deliveries.events`), when the topology declares it.
     pub ops_events: Option<String>,
@@ -44,6 +47,7 @@ impl DispatchTopics {
             attempts: naming::delivery_attempts_topic(prefix),
             status: naming::delivery_status_topic(prefix),
             dlq: naming::delivery_dlq_topic(prefix),
+            invalid: naming::dlq_topic(prefix, naming::DELIVERY_FANOUT_POLICY),
             endpoints: naming::endpoints_topic(prefix),
             ops_events: None,
             held: None,
@@ -209,6 +213,21 @@ impl Settler {
             disabled,
             then: Vec::new(),
         }
+    }
+
+    /// The dead letter of `record`, read where tasks are and not a task: as it was, with
+    /// the stream runtime's provenance headers and `error` as the reason
+    /// (`kafka_dlt-exception-fqcn` `InvalidDeliveryTask`), for `sluice dlq` to list.
+    pub fn invalid(&self, record: &Record, error: &TaskError, now: jiff::Timestamp) -> Output {
+        let router = FailureRouter {
+            group: self.group.clone(),
+            tiers: Vec::new(),
+            max_attempts: 1,
+            dlq_topic: self.topics.invalid.clone(),
+        };
+        let error =
+            HandlerError::permanent(ErrorClass::custom("InvalidDeliveryTask"), error.to_string());
+        router.route(record, &error, ms(now)).1
     }
 
     /// `endpoint` disabled, and its record for the endpoints topic.
