@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use sluice_delivery::dispatch::ops_events::OpsEvents;
 use sluice_delivery::dispatch::{DeliveryMetrics, Dispatcher, DispatcherConfig, Tiers};
 use sluice_delivery::endpoints::EndpointTable;
 use sluice_delivery::fanout::{Fanout, FanoutTopics};
@@ -19,7 +20,7 @@ use sluice_runtime::outbound::{
     RetrySchedule,
 };
 use sluice_runtime::Shutdown;
-use sluice_schemas::{AvroCodec, RegistryClient};
+use sluice_schemas::{AvroCodec, Catalog, RegistryClient};
 use sluice_stream::metrics::LoopMetrics;
 use sluice_stream::{FailureRouter, Guarantee, LoopConfig, RetryTier};
 use sluice_topology::{naming, Topology};
@@ -143,7 +144,10 @@ pub async fn serve(
     // one would hold every delivery's settlement.
     let ops_events = naming::delivery_events_topic(prefix);
     if topology.topics.iter().any(|t| t.name == ops_events) {
-        dispatch_config.topics.ops_events = Some(ops_events);
+        let catalog = Catalog::embedded()?;
+        let naming = topology.subjects.naming;
+        dispatch_config.ops_events =
+            Some(OpsEvents::resolve(&catalog, &registry, naming, &ops_events).await?);
     } else {
         tracing::info!(topic = %ops_events, "not declared in the topology: no operational delivery events");
     }

@@ -12,7 +12,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use sluice_delivery::endpoints::{Endpoint, EndpointSpec};
 use sluice_producers::publish::Publisher;
 use sluice_runtime::kafka::KafkaClients;
-use sluice_schemas::{Catalog, RegistryClient};
+use sluice_schemas::codec::RecordLocation;
+use sluice_schemas::json::to_json;
+use sluice_schemas::{AvroCodec, Catalog, RegistryClient};
 use sluice_topology::Topology;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -341,6 +343,15 @@ impl Deployment {
 
     /// Every record of `<prefix>.<what>` (one partition) as (key, JSON value), in order.
     async fn read_json(&self, what: &str) -> Vec<(String, serde_json::Value)> {
+        self.read_raw(what)
+            .await
+            .into_iter()
+            .map(|(key, v)| (key, serde_json::from_slice(&v).unwrap()))
+            .collect()
+    }
+
+    /// Every keyed record of `<prefix>.<what>` (partition 0), tombstones left out.
+    async fn read_raw(&self, what: &str) -> Vec<(String, Vec<u8>)> {
         let topic = format!("{}.{what}", self.prefix);
         tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
@@ -350,8 +361,7 @@ impl Deployment {
                 &[0],
                 |_, key, value| {
                     if let Some(v) = value {
-                        let key = String::from_utf8_lossy(key).into_owned();
-                        out.push((key, serde_json::from_slice(v).unwrap()));
+                        out.push((String::from_utf8_lossy(key).into_owned(), v.to_vec()));
                     }
                 },
             )
@@ -1181,13 +1191,25 @@ async fn events_arriving_while_disabled_are_recovered_since_a_time() {
 }
 
 /// The operational events of `d`'s endpoint `id`, as (type, JSON).
+/// Endpoint `id`'s operational events, decoded through the registry: (catalog record
+/// name, the event as JSON).
 async fn ops_events(d: &Deployment, id: &str) -> Vec<(String, serde_json::Value)> {
-    d.read_json("deliveries.events")
-        .await
-        .into_iter()
-        .filter(|(key, _)| key == id)
-        .map(|(_, v)| (v["type"].as_str().unwrap_or_default().to_string(), v))
-        .collect()
+    let codec = AvroCodec::new(RegistryClient::new(&registry()).unwrap());
+    let mut out = Vec::new();
+    for (key, bytes) in d.read_raw("deliveries.events").await {
+        if key != id {
+            continue;
+        }
+        let at = RecordLocation::new("deliveries.events", 0, 0);
+        let decoded = codec.decode(&bytes, &at).await.unwrap();
+        let schema = codec.writer_schema(decoded.schema_id, &at).await.unwrap();
+        let apache_avro::Schema::Record(record) = &*schema else {
+            panic!("not a record: {schema:?}")
+        };
+        assert_eq!(record.name.namespace(), Some("dev.sluice.events.delivery"));
+        out.push((record.name.name().to_string(), to_json(&decoded.value)));
+    }
+    out
 }
 
 #[tokio::test]
@@ -1234,10 +1256,10 @@ async fn an_endpoint_failing_for_disable_after_is_disabled_reported_and_recovera
         );
         if f.len() >= 2 && s.len() >= 2 && o.len() >= 2 {
             // The second event fails once there too: another failing/recovered pair may follow.
-            assert_eq!(f[..2], ["delivery.failing", "delivery.recovered"]);
+            assert_eq!(f[..2], ["DeliveryFailing", "DeliveryRecovered"]);
             // (The second event fails there too, 3 s on: that disables it as well.)
-            assert_eq!(s[..2], ["delivery.failing", "delivery.exhausted"]);
-            assert_eq!(o, ["delivery.failing", "endpoint.disabled"]);
+            assert_eq!(s[..2], ["DeliveryFailing", "DeliveryExhausted"]);
+            assert_eq!(o, ["DeliveryFailing", "EndpointDisabled"]);
             let disabled = &ops_events(&d, &down_ep.id).await[1].1;
             assert_eq!(disabled["reason"], "failing", "{disabled}");
             assert_eq!(disabled["webhook_id"], first.as_str(), "{disabled}");

@@ -38,13 +38,14 @@ use sluice_runtime::outbound::{
 };
 use sluice_runtime::Shutdown;
 use sluice_stream::watermark::Watermark;
-use sluice_stream::Record;
+use sluice_stream::{Output, Record};
 use tokio::sync::mpsc;
 
 use super::events::DeliveryEvent;
-use super::health::{Change, Health, OpsEvent, OpsEventType, Outcome};
+use super::health::{Change, Health, Outcome};
 use super::key_order::{KeyOrder, Slot, Turn};
 use super::metrics::DeliveryMetrics;
+use super::ops_events::{OpsEvent, OpsEventType, OpsEvents};
 use super::queues::{EndpointId, Lanes, Order, Queues};
 use super::settle::{DispatchTopics, Settled, Settlement, Settler};
 use super::tiers::Tiers;
@@ -75,6 +76,9 @@ pub struct DispatcherConfig {
     pub commit_interval: Duration,
     /// An endpoint failing continuously this long is disabled.
     pub disable_after: Duration,
+    /// Writers of the operational events (`<prefix>.deliveries.events`), when the topology
+    /// declares their topic.
+    pub ops_events: Option<OpsEvents>,
 }
 
 impl DispatcherConfig {
@@ -88,6 +92,7 @@ impl DispatcherConfig {
             endpoint_share: 200,
             commit_interval: Duration::from_secs(1),
             disable_after: DEFAULT_DISABLE_AFTER,
+            ops_events: None,
         }
     }
 }
@@ -166,6 +171,7 @@ struct Shared {
     /// The (in-flight cap, rate) each endpoint's outbound limits were set up with.
     limits: std::sync::Mutex<HashMap<String, LimitSettings>>,
     health: std::sync::Mutex<Health>,
+    ops_events: Option<OpsEvents>,
     /// Held keys of `per_key` endpoints, when the held-key topic is declared.
     key_order: Option<std::sync::Mutex<KeyOrder>>,
     /// Where held keys are read back from on assignment.
@@ -234,12 +240,17 @@ impl Shared {
             }
             Settlement::Parked | Settlement::EndpointDisabled => {}
         }
-        let Some(topic) = &self.settler.topics.ops_events else {
+        let Some(ops) = &self.ops_events else {
             return;
         };
+        let outputs = events.iter().filter_map(|e| {
+            ops.output(e)
+                .map_err(|error| tracing::error!(%error, "an operational event is not written"))
+                .ok()
+        });
+        let outputs: Vec<Output> = outputs.collect();
         // The disabled endpoint's record stays last: its position is applied to the table.
         let at = settled.outputs.len() - usize::from(settled.disabled.is_some());
-        let outputs = events.iter().map(|e| e.output(topic));
         settled.outputs.splice(at..at, outputs);
     }
 
@@ -345,6 +356,7 @@ impl Dispatcher {
                 limits: std::sync::Mutex::default(),
                 health: std::sync::Mutex::new(Health::new(config.disable_after)),
                 key_order,
+                ops_events: config.ops_events.clone(),
                 state_log: sluice_stream::state::kafka::KafkaStateLog::new(clients.clone()),
             }),
             config,

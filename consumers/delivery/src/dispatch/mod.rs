@@ -6,6 +6,7 @@ pub mod events;
 pub mod health;
 pub mod key_order;
 pub mod metrics;
+pub mod ops_events;
 pub mod queues;
 pub mod schedule;
 pub mod settle;

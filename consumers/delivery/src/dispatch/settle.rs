@@ -31,8 +31,6 @@ pub struct DispatchTopics {
     /// apart from exhausted deliveries (the delivery fan-out's DLQ by default).
     pub invalid: String,
     pub endpoints: String,
-    /// Operational events (`<prefix>.deliveries.events`), when the topology declares it.
-    pub ops_events: Option<String>,
     /// Held keys of `per_key` endpoints (`<prefix>.state.held-deliveries`), when the
     /// topology declares it; without it per-key order holds only within one dispatcher's
     /// memory.
@@ -49,7 +47,6 @@ impl DispatchTopics {
             dlq: naming::delivery_dlq_topic(prefix),
             invalid: naming::dlq_topic(prefix, naming::DELIVERY_FANOUT_POLICY),
             endpoints: naming::endpoints_topic(prefix),
-            ops_events: None,
             held: None,
         }
     }
