@@ -13,15 +13,20 @@ appends one JSON line per request to a log file:
     /slow/<ms>          waits <ms> (at most --max-hang), then 200
     /close              closes the connection without answering
     /flaky/<n>          503 for the first <n> requests of each webhook-id, then 200
+    /flaky-if/<n>/<t>   like /flaky/<n> for requests whose body contains the text <t>
+                        (URL-decoded); 200 for the others: one event key failing
 
 Other paths get 404. Every method is accepted. A log line:
 
     {"time": "...", "method": "POST", "path": "/ok", "webhook_id": "msg_1",
-     "signature_valid": true, "status": 200, "body_bytes": 17, "error": null}
+     "signature_valid": true, "verified_by": [0], "signatures": 1, "status": 200,
+     "body_bytes": 17, "error": null}
 
 `signature_valid` is null when no secret was given, false when a signature header is
-missing or does not verify. With --require-signature such requests get 401 instead of
-their path's behaviour.
+missing or verifies with none of the secrets. `--secret` may be given more than once (a
+rotation: the old and the new secret); `verified_by` lists the indices of those that
+verify the request on their own, and `signatures` counts the `v1,` signatures it carried.
+With --require-signature unverified requests get 401 instead of their path's behaviour.
 
     dev/receiver.py --port 0 --secret whsec_... --log /tmp/receiver.jsonl
 
@@ -39,6 +44,7 @@ import threading
 import time
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote
 
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
@@ -51,6 +57,7 @@ ROUTES = [
     ("slow", re.compile(r"^/slow/(\d{1,9})/?$")),
     ("close", re.compile(r"^/close/?$")),
     ("flaky", re.compile(r"^/flaky/(\d{1,6})/?$")),
+    ("flaky_if", re.compile(r"^/flaky-if/(\d{1,6})/([^/]{1,200})/?$")),
 ]
 
 
@@ -59,7 +66,10 @@ def route(path):
     for name, pattern in ROUTES:
         match = pattern.match(path)
         if match:
-            return name, (int(match.group(1)) if match.groups() else None)
+            groups = match.groups()
+            if len(groups) > 1:
+                return name, (int(groups[0]), unquote(groups[1]))
+            return name, (int(groups[0]) if groups else None)
     return None, None
 
 
@@ -101,7 +111,7 @@ class Receiver(ThreadingHTTPServer):
 
     def __init__(self, port, options):
         self.options = options
-        self.webhook = Webhook(options.secret) if options.secret else None
+        self.webhooks = [Webhook(secret) for secret in options.secret]
         self.log = JsonLog(options.log)
         self.flaky = FlakyCounts(options.max_tracked_ids)
         self.slots = threading.BoundedSemaphore(options.max_concurrent)
@@ -134,6 +144,8 @@ class Handler(BaseHTTPRequestHandler):
             "path": self.path.split("?", 1)[0],
             "webhook_id": self.headers.get("webhook-id"),
             "signature_valid": None,
+            "verified_by": [],
+            "signatures": len(self.headers.get("webhook-signature", "").split()),
             "status": None,
             "body_bytes": 0,
             "error": None,
@@ -179,6 +191,11 @@ class Handler(BaseHTTPRequestHandler):
             key = (record["path"], record["webhook_id"])
             failed_before = self.server.flaky.seen(key)
             self.answer(503 if failed_before < arg else 200, record, started)
+        elif behaviour == "flaky_if":
+            times, text = arg
+            failing = text.encode() in body
+            failed_before = self.server.flaky.seen((record["path"], record["webhook_id"]))
+            self.answer(503 if failing and failed_before < times else 200, record, started)
 
     def read_body(self):
         """The request body, or (status, reason) when it is refused."""
@@ -198,15 +215,20 @@ class Handler(BaseHTTPRequestHandler):
             return b"", (408, "the body did not arrive in time")
 
     def verify(self, body, record):
-        if self.server.webhook is None:
+        """Whether any secret verifies the request; notes which ones do."""
+        if not self.server.webhooks:
             return None
         headers = {k.lower(): v for k, v in self.headers.items()}
-        try:
-            self.server.webhook.verify(body, headers, json_parse=False)
+        for index, webhook in enumerate(self.server.webhooks):
+            try:
+                webhook.verify(body, headers, json_parse=False)
+                record["verified_by"].append(index)
+            except WebhookVerificationError as err:
+                record["error"] = f"signature: {err}"
+        if record["verified_by"]:
+            record["error"] = None
             return True
-        except WebhookVerificationError as err:
-            record["error"] = f"signature: {err}"
-            return False
+        return False
 
     def hang(self, seconds, record, started, then):
         """Waits `seconds` (watching for the client leaving), then answers `then` or closes."""
@@ -273,8 +295,9 @@ def parse_args(argv):
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: any free)")
     parser.add_argument(
         "--secret",
-        default=os.environ.get("SLUICE_RECEIVER_SECRET"),
-        help="Standard Webhooks secret (whsec_...); default $SLUICE_RECEIVER_SECRET",
+        action="append",
+        default=[],
+        help="Standard Webhooks secret (whsec_...), repeatable; default $SLUICE_RECEIVER_SECRET",
     )
     parser.add_argument("--log", default="-", help="JSON-lines log file ('-': stdout)")
     parser.add_argument("--require-signature", action="store_true", help="401 when unsigned")
@@ -287,6 +310,8 @@ def parse_args(argv):
 
 def main(argv=None):
     options = parse_args(argv)
+    if not options.secret and os.environ.get("SLUICE_RECEIVER_SECRET"):
+        options.secret = [os.environ["SLUICE_RECEIVER_SECRET"]]
     server = Receiver(options.port, options)
     port = server.server_address[1]
     # The readiness line goes to stderr when the log takes stdout.

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use sluice_delivery::dispatch::ops_events::OpsEvents;
 use sluice_delivery::dispatch::{DeliveryMetrics, Dispatcher, DispatcherConfig, Tiers};
 use sluice_delivery::endpoints::EndpointTable;
 use sluice_delivery::fanout::{Fanout, FanoutTopics};
@@ -19,7 +20,7 @@ use sluice_runtime::outbound::{
     RetrySchedule,
 };
 use sluice_runtime::Shutdown;
-use sluice_schemas::{AvroCodec, RegistryClient};
+use sluice_schemas::{AvroCodec, Catalog, RegistryClient};
 use sluice_stream::metrics::LoopMetrics;
 use sluice_stream::{FailureRouter, Guarantee, LoopConfig, RetryTier};
 use sluice_topology::{naming, Topology};
@@ -135,13 +136,28 @@ pub async fn serve(
     let mut dispatch_config = DispatcherConfig::new(prefix, &group(prefix), tiers);
     dispatch_config.default_schedule = schedule;
     dispatch_config.disable_after = disable_after;
+    // Records of the tasks topic that are not tasks are system failures, like the fan-out's.
+    dispatch_config.topics.invalid = policy(topology, naming::DELIVERY_FANOUT_POLICY)?
+        .dlq_topic
+        .clone();
     // Operational events only where the topology declares their topic: writing to a missing
     // one would hold every delivery's settlement.
     let ops_events = naming::delivery_events_topic(prefix);
     if topology.topics.iter().any(|t| t.name == ops_events) {
-        dispatch_config.topics.ops_events = Some(ops_events);
+        let catalog = Catalog::embedded()?;
+        let naming = topology.subjects.naming;
+        dispatch_config.ops_events =
+            Some(OpsEvents::resolve(&catalog, &registry, naming, &ops_events).await?);
     } else {
         tracing::info!(topic = %ops_events, "not declared in the topology: no operational delivery events");
+    }
+    // Held keys of `per_key` endpoints only where the topology declares their topic;
+    // without it per-key order holds within one dispatcher's memory, not across retries.
+    let held = naming::held_topic(prefix, naming::DELIVERY_POLICY);
+    if topology.topics.iter().any(|t| t.name == held) {
+        dispatch_config.topics.held = Some(held);
+    } else {
+        tracing::warn!(topic = %held, "not declared in the topology: per_key endpoints keep their order only until a delivery waits in a retry tier");
     }
     let dispatcher = Dispatcher::new(
         &super::static_member(config, &format!("{instance}-dispatch")),

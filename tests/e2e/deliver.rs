@@ -12,7 +12,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use sluice_delivery::endpoints::{Endpoint, EndpointSpec};
 use sluice_producers::publish::Publisher;
 use sluice_runtime::kafka::KafkaClients;
-use sluice_schemas::{Catalog, RegistryClient};
+use sluice_schemas::codec::RecordLocation;
+use sluice_schemas::json::to_json;
+use sluice_schemas::{AvroCodec, Catalog, RegistryClient};
 use sluice_topology::Topology;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -34,6 +36,7 @@ topics:
   - {{name: {p}.deliveries.events, partitions: 1}}
   - {{name: {p}.state.delivery-status, partitions: 1, config: {{cleanup.policy: compact}}}}
   - {{name: {p}.dlq.deliveries, partitions: 2}}
+  - {{name: {p}.state.held-deliveries, partitions: 2, config: {{cleanup.policy: compact}}}}
   - {{name: {p}.dlq.delivery-fanout, partitions: 1}}
 routes:
   - {{event_type: {PAYMENT}, topic: {p}.events.payments}}
@@ -67,6 +70,12 @@ struct Logged {
     time: String,
     webhook_id: Option<String>,
     signature_valid: Option<bool>,
+    /// Which of the receiver's secrets verify the request on their own.
+    #[serde(default)]
+    verified_by: Vec<usize>,
+    /// The `v1,` signatures the request carried.
+    #[serde(default)]
+    signatures: usize,
     status: Option<u16>,
 }
 
@@ -78,19 +87,18 @@ impl Logged {
 
 impl Receiver {
     async fn start(secret: &str) -> Self {
+        Self::start_with_secrets(&[secret]).await
+    }
+
+    /// A receiver checking signatures with each of `secrets` (a rotation's old and new).
+    async fn start_with_secrets(secrets: &[&str]) -> Self {
         let log = temp_file("receiver.jsonl", "");
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/dev/receiver.py");
         let mut child = tokio::process::Command::new(python())
             .arg(script)
-            .args([
-                "--port",
-                "0",
-                "--max-hang",
-                "30",
-                "--secret",
-                secret,
-                "--log",
-            ])
+            .args(["--port", "0", "--max-hang", "30"])
+            .args(secrets.iter().flat_map(|s| ["--secret", s]))
+            .arg("--log")
             .arg(&log)
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -335,6 +343,15 @@ impl Deployment {
 
     /// Every record of `<prefix>.<what>` (one partition) as (key, JSON value), in order.
     async fn read_json(&self, what: &str) -> Vec<(String, serde_json::Value)> {
+        self.read_raw(what)
+            .await
+            .into_iter()
+            .map(|(key, v)| (key, serde_json::from_slice(&v).unwrap()))
+            .collect()
+    }
+
+    /// Every keyed record of `<prefix>.<what>` (partition 0), tombstones left out.
+    async fn read_raw(&self, what: &str) -> Vec<(String, Vec<u8>)> {
         let topic = format!("{}.{what}", self.prefix);
         tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
@@ -344,8 +361,7 @@ impl Deployment {
                 &[0],
                 |_, key, value| {
                     if let Some(v) = value {
-                        let key = String::from_utf8_lossy(key).into_owned();
-                        out.push((key, serde_json::from_slice(v).unwrap()));
+                        out.push((String::from_utf8_lossy(key).into_owned(), v.to_vec()));
                     }
                 },
             )
@@ -416,6 +432,21 @@ impl Deployment {
         });
         self.publisher.publish(ORDER, order).await.unwrap().event_id
     }
+}
+
+/// Waits (up to 30 s) for `count` dead letters in `dlq`; `sluice dlq list` must name `class`.
+async fn dlq_list(dlq: &str, count: i64, class: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while crate::gateway::record_count(dlq).await < count {
+        assert!(
+            Instant::now() < deadline,
+            "not {count} dead letters in {dlq}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (ok, out, err) =
+        crate::support::sluice_async(vec!["dlq".into(), "list".into(), dlq.to_string()]).await;
+    assert!(ok && out.contains(class), "{out}{err}");
 }
 
 /// Endpoint specs: subscribed event types and a short retry schedule.
@@ -521,20 +552,13 @@ async fn retry_after_is_honoured_and_410_disables_the_endpoint() {
         gap >= jiff::SignedDuration::from_millis(3_800),
         "Retry-After not honoured: {gap:?}"
     );
-    let dlq = format!("{}.dlq.deliveries", d.prefix);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while crate::gateway::record_count(&dlq).await < 1 {
-        assert!(Instant::now() < deadline, "no dead letter in {dlq}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-
     // `sluice dlq` reads it like every dead letter.
-    let (ok, out, err) =
-        crate::support::sluice_async(vec!["dlq".into(), "list".into(), dlq.clone()]).await;
-    assert!(
-        ok && out.contains("sluice.delivery.Exhausted"),
-        "{out}{err}"
-    );
+    dlq_list(
+        &format!("{}.dlq.deliveries", d.prefix),
+        1,
+        "sluice.delivery.Exhausted",
+    )
+    .await;
 
     // 410 disables the endpoint: its record is written back, disabled, and later events
     // are not sent to it.
@@ -775,6 +799,207 @@ async fn per_key_ordering_sends_a_keys_events_one_at_a_time_in_order() {
 }
 
 #[tokio::test]
+async fn a_failing_key_holds_only_itself_across_retries_and_a_restart() {
+    let d = Deployment::new("dlvhold").await;
+    // Key 0's first event fails six times; everything else is answered 200 at once.
+    let (_, r) = d
+        .subscriber("/flaky-if/6/pi_0_0", {
+            let mut s = spec(&[PAYMENT], &["1s"; 10]);
+            s["ordering"] = "per_key".into();
+            s
+        })
+        .await;
+    let mut deliver = Deliver::start(&d.file, "dlvhold-1").await;
+    let head = d.pay_keyed(0, 0).await;
+    r.wait_for(Duration::from_secs(30), "the head failed once", |rs| {
+        rs.iter()
+            .any(|l| l.webhook_id.as_ref() == Some(&head) && l.status == Some(503))
+    })
+    .await;
+    let mut published: BTreeMap<usize, Vec<String>> = [(0, vec![head.clone()])].into();
+    for nth in 1..3 {
+        for key in 0..3 {
+            let id = d.pay_keyed(key, nth).await;
+            published.entry(key).or_default().push(id);
+        }
+    }
+    let others: BTreeSet<String> = published
+        .iter()
+        .filter(|(k, _)| **k != 0)
+        .flat_map(|(_, ids)| ids.clone())
+        .collect();
+    let delivered = |rs: &[Logged], id: &String| {
+        rs.iter()
+            .any(|l| l.webhook_id.as_ref() == Some(id) && l.status == Some(200))
+    };
+    r.wait_for(Duration::from_secs(30), "the other keys delivered", |rs| {
+        others.iter().all(|id| delivered(rs, id))
+    })
+    .await;
+    assert!(
+        !delivered(&r.requests(), &head),
+        "the head succeeded too soon for the test to hold its key across a restart"
+    );
+    // A restart while key 0 is held: its later events must stay behind the head.
+    deliver.kill();
+    let _deliver = Deliver::start(&d.file, "dlvhold-1").await;
+    let all: BTreeSet<String> = published.values().flatten().cloned().collect();
+    r.wait_for(Duration::from_secs(90), "every event delivered", |rs| {
+        all.iter().all(|id| delivered(rs, id))
+    })
+    .await;
+
+    let requests = r.requests();
+    assert!(requests.iter().all(|l| l.signature_valid == Some(true)));
+    let first_ok = |id: &String| {
+        requests
+            .iter()
+            .find(|l| l.webhook_id.as_ref() == Some(id) && l.status == Some(200))
+            .map(Logged::at)
+            .unwrap()
+    };
+    let first_sent = |id: &String| {
+        requests
+            .iter()
+            .find(|l| l.webhook_id.as_ref() == Some(id))
+            .map(Logged::at)
+            .unwrap()
+    };
+    // Key 0: nothing of an event is sent before the one before it was delivered.
+    for pair in published[&0].windows(2) {
+        assert!(
+            first_sent(&pair[1]) >= first_ok(&pair[0]),
+            "key 0: {} was sent before {} was delivered:\n{requests:#?}",
+            pair[1],
+            pair[0]
+        );
+    }
+    // The other keys did not wait for key 0.
+    for id in &others {
+        assert!(first_ok(id) < first_ok(&head), "{id} waited for key 0");
+    }
+    let head_attempts = requests
+        .iter()
+        .filter(|l| l.webhook_id.as_ref() == Some(&head))
+        .count();
+    assert!(
+        head_attempts >= 7,
+        "the head failed six times, then succeeded"
+    );
+}
+
+#[tokio::test]
+async fn a_rotated_secret_signs_beside_the_new_one_until_its_grace_period_ends() {
+    let d = Deployment::new("dlvrot").await;
+    let (mut endpoint, old) = d
+        .endpoint("http://127.0.0.1:9/", spec(&[PAYMENT], &["1s"]))
+        .await;
+    let grace = Duration::from_secs(15);
+    let rotated_at = jiff::Timestamp::now();
+    let new = endpoint.rotate_secret(rotated_at, grace);
+    // The receiver checks each request with the old and the new secret apart, through
+    // the official `standardwebhooks` package.
+    let r = Receiver::start_with_secrets(&[&old, new.expose()]).await;
+    endpoint.url = format!("{}/ok", r.base);
+    d.write_endpoint(&endpoint).await;
+    let _deliver = Deliver::start(&d.file, "dlvrot-1").await;
+
+    let during = d.pay(1).await;
+    r.wait_delivered(Duration::from_secs(30), &[during.clone()].into())
+        .await;
+    let first = r.requests()[0].clone();
+    let expires = rotated_at
+        .checked_add(jiff::SignedDuration::try_from(grace).unwrap())
+        .unwrap();
+    assert!(first.at() < expires, "delivered within the grace period");
+    assert_eq!(first.signatures, 2, "{first:?}");
+    assert_eq!(first.verified_by, [0, 1], "both secrets sign: {first:?}");
+
+    // After the grace period only the new secret signs.
+    let left = expires.duration_since(jiff::Timestamp::now());
+    tokio::time::sleep(Duration::try_from(left).unwrap_or_default() + Duration::from_secs(1)).await;
+    let after = d.pay(2).await;
+    r.wait_delivered(Duration::from_secs(30), &[during, after.clone()].into())
+        .await;
+    let last = r
+        .requests()
+        .into_iter()
+        .find(|l| l.webhook_id.as_ref() == Some(&after))
+        .unwrap();
+    assert_eq!(last.signatures, 1, "{last:?}");
+    assert_eq!(last.verified_by, [1], "only the new secret signs: {last:?}");
+    assert_eq!(last.signature_valid, Some(true));
+}
+
+#[tokio::test]
+async fn records_that_are_not_tasks_are_dead_lettered_with_their_reason_and_delivery_goes_on() {
+    let d = Deployment::new("dlvbad").await;
+    let (_, r) = d.subscriber("/ok", spec(&[PAYMENT], &["1s"])).await;
+    let _deliver = Deliver::start(&d.file, "dlvbad-1").await;
+    let tasks = format!("{}.deliveries", d.prefix);
+    let write =
+        |key: Option<&'static str>, value: Option<&'static [u8]>, attempts: &'static str| {
+            let tasks = tasks.clone();
+            let producer = d.producer.clone();
+            async move {
+                let headers = rdkafka::message::OwnedHeaders::new()
+                    .insert(rdkafka::message::Header {
+                        key: "sluice_webhook_id",
+                        value: Some("evt_bad"),
+                    })
+                    .insert(rdkafka::message::Header {
+                        key: "sluice_delivery_attempts",
+                        value: Some(attempts),
+                    });
+                let mut record = FutureRecord::<str, [u8]>::to(&tasks).headers(headers);
+                if let Some(k) = key {
+                    record = record.key(k);
+                }
+                if let Some(v) = value {
+                    record = record.payload(v);
+                }
+                producer
+                    .send(record, Duration::from_secs(10))
+                    .await
+                    .unwrap();
+            }
+        };
+    write(None, Some(b"{}"), "0").await; // no key
+    write(Some("ep_x"), None, "0").await; // a tombstone: no body
+    write(Some("ep_x"), Some(b"{}"), "0").await; // headers missing
+    write(Some("ep_x"), Some(b"{}"), "many").await; // a header that is not a number
+    let ok = d.pay(1).await;
+    r.wait_delivered(Duration::from_secs(30), &[ok].into())
+        .await;
+
+    let dlq = format!("{}.dlq.delivery-fanout", d.prefix);
+    dlq_list(&dlq, 4, "InvalidDeliveryTask").await;
+    let mut shown = String::new();
+    for offset in 0..4 {
+        let (ok, out, err) = crate::support::sluice_async(vec![
+            "dlq".into(),
+            "show".into(),
+            dlq.clone(),
+            format!("0:{offset}"),
+        ])
+        .await;
+        assert!(ok, "{out}{err}");
+        shown.push_str(&out);
+    }
+    for reason in [
+        "no key (the endpoint id)",
+        "no value (the JSON body)",
+        "header `sluice_event_type` is missing",
+        "header `sluice_delivery_attempts` is not a decimal integer",
+    ] {
+        assert!(
+            shown.contains(reason),
+            "no dead letter says {reason:?}:\n{shown}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn two_instances_share_the_endpoints_and_deliver_everything() {
     let d = Deployment::new("dlvtwo").await;
     // Eight endpoints over the tasks topic's two partitions: all on one partition has a
@@ -966,13 +1191,25 @@ async fn events_arriving_while_disabled_are_recovered_since_a_time() {
 }
 
 /// The operational events of `d`'s endpoint `id`, as (type, JSON).
+/// Endpoint `id`'s operational events, decoded through the registry: (catalog record
+/// name, the event as JSON).
 async fn ops_events(d: &Deployment, id: &str) -> Vec<(String, serde_json::Value)> {
-    d.read_json("deliveries.events")
-        .await
-        .into_iter()
-        .filter(|(key, _)| key == id)
-        .map(|(_, v)| (v["type"].as_str().unwrap_or_default().to_string(), v))
-        .collect()
+    let codec = AvroCodec::new(RegistryClient::new(&registry()).unwrap());
+    let mut out = Vec::new();
+    for (key, bytes) in d.read_raw("deliveries.events").await {
+        if key != id {
+            continue;
+        }
+        let at = RecordLocation::new("deliveries.events", 0, 0);
+        let decoded = codec.decode(&bytes, &at).await.unwrap();
+        let schema = codec.writer_schema(decoded.schema_id, &at).await.unwrap();
+        let apache_avro::Schema::Record(record) = &*schema else {
+            panic!("not a record: {schema:?}")
+        };
+        assert_eq!(record.name.namespace(), Some("dev.sluice.events.delivery"));
+        out.push((record.name.name().to_string(), to_json(&decoded.value)));
+    }
+    out
 }
 
 #[tokio::test]
@@ -1019,10 +1256,10 @@ async fn an_endpoint_failing_for_disable_after_is_disabled_reported_and_recovera
         );
         if f.len() >= 2 && s.len() >= 2 && o.len() >= 2 {
             // The second event fails once there too: another failing/recovered pair may follow.
-            assert_eq!(f[..2], ["delivery.failing", "delivery.recovered"]);
+            assert_eq!(f[..2], ["DeliveryFailing", "DeliveryRecovered"]);
             // (The second event fails there too, 3 s on: that disables it as well.)
-            assert_eq!(s[..2], ["delivery.failing", "delivery.exhausted"]);
-            assert_eq!(o, ["delivery.failing", "endpoint.disabled"]);
+            assert_eq!(s[..2], ["DeliveryFailing", "DeliveryExhausted"]);
+            assert_eq!(o, ["DeliveryFailing", "EndpointDisabled"]);
             let disabled = &ops_events(&d, &down_ep.id).await[1].1;
             assert_eq!(disabled["reason"], "failing", "{disabled}");
             assert_eq!(disabled["webhook_id"], first.as_str(), "{disabled}");

@@ -87,10 +87,18 @@ pub fn delivery_attempts_topic(prefix: &str) -> String {
     format!("{prefix}.deliveries.attempts")
 }
 
-/// Webhook delivery's operational events (JSON, CloudEvents headers), keyed by endpoint id.
+/// Webhook delivery's operational events (Avro, [`DELIVERY_EVENT_TYPES`]), keyed by endpoint id.
 pub fn delivery_events_topic(prefix: &str) -> String {
     format!("{prefix}.deliveries.events")
 }
+
+/// The catalog event types written to [`delivery_events_topic`], registered under it.
+pub const DELIVERY_EVENT_TYPES: [&str; 4] = [
+    "dev.sluice.events.delivery.DeliveryFailing",
+    "dev.sluice.events.delivery.DeliveryRecovered",
+    "dev.sluice.events.delivery.DeliveryExhausted",
+    "dev.sluice.events.delivery.EndpointDisabled",
+];
 
 /// Latest delivery status per (endpoint, event), keyed `<endpoint id>/<webhook id>`.
 pub fn delivery_status_topic(prefix: &str) -> String {

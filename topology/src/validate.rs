@@ -714,7 +714,8 @@ impl Topology {
     }
 
     /// Every (topic, event type) whose subject `sluice schemas register` registers: the
-    /// routes, then each saga's commands, replies and control messages on the saga's topics.
+    /// routes, then each saga's commands, replies and control messages on the saga's topics,
+    /// then delivery's operational events when their topic is declared.
     pub fn registrations(&self) -> Vec<(String, String)> {
         let mut out: Vec<(String, String)> = self
             .routes
@@ -723,6 +724,14 @@ impl Topology {
             .collect();
         for saga in &self.sagas {
             out.extend(saga_subjects(&self.prefix, saga));
+        }
+        let ops = naming::delivery_events_topic(&self.prefix);
+        if self.topics.iter().any(|t| t.name == ops) {
+            out.extend(
+                naming::DELIVERY_EVENT_TYPES
+                    .iter()
+                    .map(|t| (ops.clone(), t.to_string())),
+            );
         }
         let mut seen = BTreeSet::new();
         out.retain(|p| seen.insert(p.clone()));

@@ -121,6 +121,7 @@ fn fresh_task(endpoint_id: &str, record: &Record, meta: &EventMeta, body: Vec<u8
         attempts: 0,
         first_attempt_at: None,
         due_at: None,
+        key_seq: None,
         event: position_of(record),
     }
 }

@@ -26,6 +26,9 @@ pub mod header {
     pub const FIRST_ATTEMPT_AT: &str = "sluice_first_attempt_at";
     /// When the next attempt is due, epoch ms, decimal (absent: now).
     pub const DUE_AT: &str = sluice_stream::headers::DUE_AT;
+    /// Under `ordering: per_key`, a waiting task's place in its event key's line (the stream
+    /// runtime's header, the same held-key mechanism); only read on a retry tier.
+    pub const KEY_SEQ: &str = sluice_stream::headers::KEY_SEQ;
     /// Where the event was read: topic, partition and offset.
     pub const EVENT_TOPIC: &str = "sluice_event_topic";
     pub const EVENT_PARTITION: &str = "sluice_event_partition";
@@ -55,6 +58,8 @@ pub struct DeliveryTask {
     pub first_attempt_at: Option<i64>,
     /// Epoch ms before which the next attempt must not start; `None`: at once.
     pub due_at: Option<i64>,
+    /// Its place in its key's line while the key is held (`ordering: per_key`).
+    pub key_seq: Option<u64>,
     pub event: EventPosition,
 }
 
@@ -130,6 +135,7 @@ impl DeliveryTask {
             attempts,
             first_attempt_at: number(header::FIRST_ATTEMPT_AT)?,
             due_at: number(header::DUE_AT)?,
+            key_seq: number(header::KEY_SEQ)?.and_then(|n| u64::try_from(n).ok()),
             event: EventPosition {
                 topic: text(header::EVENT_TOPIC)?,
                 partition: number(header::EVENT_PARTITION)?
@@ -171,6 +177,9 @@ impl DeliveryTask {
         if let Some(at) = self.due_at {
             out.push((header::DUE_AT.into(), at.to_string().into()));
         }
+        if let Some(seq) = self.key_seq {
+            out.push((header::KEY_SEQ.into(), seq.to_string().into()));
+        }
         out
     }
 
@@ -200,7 +209,10 @@ impl DeliveryTask {
     ) -> Output {
         let mut out = self.output(dlq_topic);
         out.headers.retain(|(k, _)| {
-            k != header::ATTEMPTS && k != header::DUE_AT && k != header::FIRST_ATTEMPT_AT
+            k != header::ATTEMPTS
+                && k != header::DUE_AT
+                && k != header::FIRST_ATTEMPT_AT
+                && k != header::KEY_SEQ
         });
         out.headers.extend([
             (routing::ORIGINAL_TOPIC.into(), tasks_topic.into()),
@@ -232,7 +244,7 @@ impl DeliveryTask {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn task() -> DeliveryTask {
@@ -245,6 +257,7 @@ mod tests {
             attempts: 2,
             first_attempt_at: Some(1_700_000_000_000),
             due_at: Some(1_700_000_005_000),
+            key_seq: None,
             event: EventPosition {
                 topic: "sluice.events.payments".into(),
                 partition: 3,
@@ -274,6 +287,7 @@ mod tests {
             attempts: 0,
             first_attempt_at: None,
             due_at: None,
+            key_seq: None,
             event_key: None,
             ..t
         };

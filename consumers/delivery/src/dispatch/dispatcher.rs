@@ -38,18 +38,20 @@ use sluice_runtime::outbound::{
 };
 use sluice_runtime::Shutdown;
 use sluice_stream::watermark::Watermark;
-use sluice_stream::Record;
+use sluice_stream::{Output, Record};
 use tokio::sync::mpsc;
 
 use super::events::DeliveryEvent;
-use super::health::{Change, Health, OpsEvent, OpsEventType, Outcome};
+use super::health::{Change, Health, Outcome};
+use super::key_order::{KeyOrder, Slot, Turn};
 use super::metrics::DeliveryMetrics;
+use super::ops_events::{OpsEvent, OpsEventType, OpsEvents};
 use super::queues::{EndpointId, Lanes, Order, Queues};
 use super::settle::{DispatchTopics, Settled, Settlement, Settler};
 use super::tiers::Tiers;
 use crate::endpoints::{Endpoint, EndpointTable, Ordering};
 use crate::signing::sign_delivery;
-use crate::task::DeliveryTask;
+use crate::task::{DeliveryTask, TaskError};
 
 type TopicPartition = (String, i32);
 
@@ -74,6 +76,9 @@ pub struct DispatcherConfig {
     pub commit_interval: Duration,
     /// An endpoint failing continuously this long is disabled.
     pub disable_after: Duration,
+    /// Writers of the operational events (`<prefix>.deliveries.events`), when the topology
+    /// declares their topic.
+    pub ops_events: Option<OpsEvents>,
 }
 
 impl DispatcherConfig {
@@ -87,6 +92,7 @@ impl DispatcherConfig {
             endpoint_share: 200,
             commit_interval: Duration::from_secs(1),
             disable_after: DEFAULT_DISABLE_AFTER,
+            ops_events: None,
         }
     }
 }
@@ -120,6 +126,8 @@ struct Pending {
     /// The record it was read from, without its value.
     from: Record,
     generation: u64,
+    /// Its place in its key's line, once it was let go under `ordering: per_key`.
+    slot: Option<Slot>,
 }
 
 impl Pending {
@@ -141,6 +149,12 @@ enum Done {
         pending: Pending,
         refusal: NotAdmitted,
     },
+    /// A record that is not a task was dead-lettered: its offset may be committed.
+    Discarded {
+        tp: TopicPartition,
+        offset: i64,
+        generation: u64,
+    },
     /// The write was abandoned at shutdown.
     Abandoned,
 }
@@ -157,6 +171,19 @@ struct Shared {
     /// The (in-flight cap, rate) each endpoint's outbound limits were set up with.
     limits: std::sync::Mutex<HashMap<String, LimitSettings>>,
     health: std::sync::Mutex<Health>,
+    ops_events: Option<OpsEvents>,
+    /// Held keys of `per_key` endpoints, when the held-key topic is declared.
+    key_order: Option<std::sync::Mutex<KeyOrder>>,
+    /// Where held keys are read back from on assignment.
+    state_log: sluice_stream::state::kafka::KafkaStateLog,
+}
+
+impl Shared {
+    fn key_order(&self) -> Option<std::sync::MutexGuard<'_, KeyOrder>> {
+        self.key_order
+            .as_ref()
+            .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()))
+    }
 }
 
 impl Shared {
@@ -213,12 +240,17 @@ impl Shared {
             }
             Settlement::Parked | Settlement::EndpointDisabled => {}
         }
-        let Some(topic) = &self.settler.topics.ops_events else {
+        let Some(ops) = &self.ops_events else {
             return;
         };
+        let outputs = events.iter().filter_map(|e| {
+            ops.output(e)
+                .map_err(|error| tracing::error!(%error, "an operational event is not written"))
+                .ok()
+        });
+        let outputs: Vec<Output> = outputs.collect();
         // The disabled endpoint's record stays last: its position is applied to the table.
         let at = settled.outputs.len() - usize::from(settled.disabled.is_some());
-        let outputs = events.iter().map(|e| e.output(topic));
         settled.outputs.splice(at..at, outputs);
     }
 
@@ -289,6 +321,21 @@ impl Dispatcher {
             .set("acks", "all")
             .create()
             .map_err(|e| fail(format!("creating the producer: {e}")))?;
+        let key_order = match &config.topics.held {
+            Some(held) => {
+                let mut co_located = topics.iter().map(|t| t.to_string()).collect::<Vec<_>>();
+                co_located.push(held.clone());
+                tokio::task::block_in_place(|| {
+                    sluice_stream::ordering::check_partitions(&consumer, "deliveries", &co_located)
+                })
+                .map_err(|e| fail(e.to_string()))?;
+                Some(std::sync::Mutex::new(KeyOrder::new(
+                    held,
+                    config.tiers.clone(),
+                )))
+            }
+            None => None,
+        };
         let (done, done_rx) = mpsc::unbounded_channel();
         let settler = Settler {
             topics: config.topics.clone(),
@@ -308,6 +355,9 @@ impl Dispatcher {
                 done,
                 limits: std::sync::Mutex::default(),
                 health: std::sync::Mutex::new(Health::new(config.disable_after)),
+                key_order,
+                ops_events: config.ops_events.clone(),
+                state_log: sluice_stream::state::kafka::KafkaStateLog::new(clients.clone()),
             }),
             config,
             done_rx,
@@ -384,8 +434,43 @@ impl Dispatcher {
         self.full.clear();
         if let Ok(assigned) = self.consumer.assignment() {
             let _ = self.consumer.resume(&assigned);
+            self.restore_held_keys(&assigned);
         }
         tracing::info!(generation, "delivery partitions reassigned");
+    }
+
+    /// Reads the held keys of the owned task partitions back, so a restart or a new owner
+    /// keeps a held key's later tasks behind the one waiting in a tier. A restore that
+    /// fails is tried again: running on without it would break the order it keeps.
+    fn restore_held_keys(&mut self, assigned: &TopicPartitionList) {
+        let shared = Arc::clone(&self.shared);
+        let Some(mut order) = shared.key_order() else {
+            return;
+        };
+        let partitions: Vec<i32> = assigned
+            .elements()
+            .iter()
+            .filter(|e| e.topic() == self.config.topics.tasks)
+            .map(|e| e.partition())
+            .collect();
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match tokio::task::block_in_place(|| order.restore(&shared.state_log, &partitions)) {
+                Ok(held) => {
+                    tracing::info!(?partitions, held, "held delivery keys restored");
+                    return;
+                }
+                Err(e) if !shared.shutdown.is_triggered() => {
+                    tracing::warn!(error = %e, "restoring held delivery keys; trying again");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "restoring held delivery keys at shutdown");
+                    return;
+                }
+            }
+        }
     }
 
     fn on_record(&mut self, record: Record) {
@@ -396,10 +481,7 @@ impl Dispatcher {
         let task = match DeliveryTask::from_record(&record) {
             Ok(task) => task,
             Err(e) => {
-                // Not a task: nothing can be sent; say where it is and go on.
-                tracing::error!(error = %e, "skipping a record that is not a delivery task");
-                self.watermark(&tp).take(record.offset);
-                self.watermark(&tp).settle(record.offset);
+                self.dead_letter_invalid(tp, record, &e);
                 return;
             }
         };
@@ -419,6 +501,7 @@ impl Dispatcher {
                 ..record
             },
             generation: self.generation,
+            slot: None,
         };
         match due.filter(|_| early) {
             // The partition could not be held: wait in the tier again rather than skip it.
@@ -438,6 +521,30 @@ impl Dispatcher {
                 tracing::warn!(topic = %tp.0, partition = tp.1, error = %e, "pausing a full partition");
             }
         }
+    }
+
+    /// Not a task: nothing can be sent. It goes, with its reason, to the system DLQ, and
+    /// the loop goes on; its offset is committed once the dead letter is acknowledged.
+    fn dead_letter_invalid(&mut self, tp: TopicPartition, record: Record, error: &TaskError) {
+        let letter = self
+            .shared
+            .settler
+            .invalid(&record, error, jiff::Timestamp::now());
+        tracing::error!(%error, dlq = %letter.topic, "dead-lettering a record that is not a delivery task");
+        self.watermark(&tp).take(record.offset);
+        self.outstanding += 1;
+        let (shared, generation) = (Arc::clone(&self.shared), self.generation);
+        tokio::spawn(async move {
+            let done = match Settler::write(&shared.producer, &[letter], &shared.shutdown).await {
+                Some(_) => Done::Discarded {
+                    tp,
+                    offset: record.offset,
+                    generation,
+                },
+                None => Done::Abandoned,
+            };
+            let _ = shared.done.send(done);
+        });
     }
 
     fn watermark(&mut self, tp: &TopicPartition) -> &mut Watermark {
@@ -501,7 +608,13 @@ impl Dispatcher {
     /// Sends every task the queues hand out now, each in a task of its own.
     fn dispatch_ready(&mut self) {
         while let Some((endpoint_id, queued)) = self.queues.next(Instant::now()) {
-            let pending = queued.task;
+            let mut pending = queued.task;
+            if queued.key.is_some() {
+                if let Some(waiting) = self.take_turn(&mut pending) {
+                    self.spawn_write(pending, waiting, true);
+                    continue;
+                }
+            }
             let Some(endpoint) = self.shared.table.get(&endpoint_id).filter(|e| e.enabled) else {
                 let settled = self
                     .shared
@@ -520,10 +633,57 @@ impl Dispatcher {
         }
     }
 
+    /// Under `per_key` with held keys: lets `pending` go (noting its place in its key's
+    /// line), or, when its key is held, returns its settlement as a copy waiting behind the
+    /// key's head, unsent.
+    fn take_turn(&mut self, pending: &mut Pending) -> Option<Settled> {
+        let mut order = self.shared.key_order()?;
+        match order.turn(&pending.task, &pending.from) {
+            Turn::Free => None,
+            Turn::Go(slot) => {
+                pending.slot = Some(slot);
+                None
+            }
+            Turn::Wait { seq, tier } => {
+                let tier = self.config.tiers.at(tier);
+                let now = jiff::Timestamp::now();
+                // Not due at once: a copy reached before its head is resolved goes round
+                // again, and a tier's delay keeps that from spinning.
+                let until = jiff::SignedDuration::try_from(tier.delay)
+                    .ok()
+                    .and_then(|d| now.checked_add(d).ok())
+                    .unwrap_or(now);
+                let mut task = pending.task.clone();
+                task.key_seq = Some(seq);
+                let mut settled = self
+                    .shared
+                    .settler
+                    .parked_in(&task, &tier.topic, until, now);
+                settled.then.extend(order.record_of(&task, &pending.from));
+                DeliveryEvent::KeyHeld {
+                    endpoint: &pending.task.endpoint_id,
+                    held: order.held(),
+                }
+                .emit(self.shared.metrics.as_ref());
+                Some(settled)
+            }
+        }
+    }
+
     fn on_done(&mut self, done: Done) {
         self.outstanding = self.outstanding.saturating_sub(1);
         match done {
             Done::Abandoned => {}
+            Done::Discarded {
+                tp,
+                offset,
+                generation,
+            } => {
+                if generation == self.generation {
+                    self.watermark(&tp).settle(offset);
+                    self.resume_if_drained(&tp);
+                }
+            }
             Done::Settled { pending, .. } if pending.generation != self.generation => {}
             Done::NotAdmitted { pending, .. } if pending.generation != self.generation => {}
             Done::Settled { pending, in_flight } => {
@@ -535,7 +695,10 @@ impl Dispatcher {
                 self.watermark(&tp).settle(pending.from.offset);
                 self.resume_if_drained(&tp);
             }
-            Done::NotAdmitted { pending, refusal } => {
+            Done::NotAdmitted {
+                mut pending,
+                refusal,
+            } => {
                 let endpoint: EndpointId = Arc::from(pending.task.endpoint_id.as_str());
                 self.queues.finished(&endpoint, self.order_key(&pending));
                 let wait = refusal.retry_in().unwrap_or(Duration::from_millis(100));
@@ -551,6 +714,8 @@ impl Dispatcher {
                         }
                     }
                     NotAdmitted::Limit(_) => {
+                        // Its turn is taken again when it is handed out again.
+                        pending.slot = None;
                         let key = self.order_key(&pending).map(<[u8]>::to_vec);
                         let lanes = self.shared.table.get(&endpoint).map_or(
                             Lanes {
@@ -745,11 +910,23 @@ async fn write_settled(
     settled: Settled,
     in_flight: bool,
 ) -> Done {
+    let mut settled = settled;
+    if let (Some(slot), Some(mut order)) = (&pending.slot, shared.key_order()) {
+        let record = order.settled(slot, &mut settled);
+        settled.then.extend(record);
+    }
     let Some(positions) =
         Settler::write(&shared.producer, &settled.outputs, &shared.shutdown).await
     else {
         return Done::Abandoned;
     };
+    if !settled.then.is_empty()
+        && Settler::write(&shared.producer, &settled.then, &shared.shutdown)
+            .await
+            .is_none()
+    {
+        return Done::Abandoned;
+    }
     if let (Some(off), Some(at)) = (&settled.disabled, positions.last()) {
         if let Ok(bytes) = serde_json::to_vec(off) {
             let _ = shared.table.apply(&off.id, Some(&bytes), Some(*at));

@@ -15,6 +15,9 @@ pub enum DeliveryEvent<'a> {
     },
     /// How many tasks wait in memory for an endpoint.
     Backlog { endpoint: &'a str, waiting: usize },
+    /// A task of a held key was forwarded, unsent, behind the key's head; `held` keys are
+    /// held now.
+    KeyHeld { endpoint: &'a str, held: usize },
 }
 
 impl DeliveryEvent<'_> {
@@ -45,6 +48,12 @@ impl DeliveryEvent<'_> {
                     m.settled
                         .with_label_values(&[endpoint, settlement.as_str()])
                         .inc();
+                }
+            }
+            Self::KeyHeld { endpoint, held } => {
+                tracing::debug!(endpoint, held, "delivery waits behind its held key");
+                if let Some(m) = metrics {
+                    m.held_keys.set(i64::try_from(*held).unwrap_or(i64::MAX));
                 }
             }
             Self::Backlog { endpoint, waiting } => {

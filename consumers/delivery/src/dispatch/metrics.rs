@@ -2,7 +2,7 @@
 //! by verdict, attempt latency, breaker state: `sluice_outbound_*`). Label values are
 //! bounded: settlements come from a typed enum, endpoint ids from the endpoint table.
 
-use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 #[derive(Debug, Clone)]
 pub struct DeliveryMetrics {
@@ -10,6 +10,8 @@ pub struct DeliveryMetrics {
     pub settled: IntCounterVec,
     /// Tasks waiting in memory for their endpoint, by endpoint.
     pub backlog: IntGaugeVec,
+    /// Event keys of `per_key` endpoints held behind a task waiting in a retry tier.
+    pub held_keys: IntGauge,
 }
 
 impl DeliveryMetrics {
@@ -29,9 +31,14 @@ impl DeliveryMetrics {
                 ),
                 &["endpoint"],
             )?,
+            held_keys: IntGauge::new(
+                "sluice_delivery_held_keys",
+                "Event keys of per_key endpoints whose later deliveries wait behind one in a retry tier.",
+            )?,
         };
         registry.register(Box::new(m.settled.clone()))?;
         registry.register(Box::new(m.backlog.clone()))?;
+        registry.register(Box::new(m.held_keys.clone()))?;
         Ok(m)
     }
 }

@@ -4,7 +4,9 @@
 pub mod dispatcher;
 pub mod events;
 pub mod health;
+pub mod key_order;
 pub mod metrics;
+pub mod ops_events;
 pub mod queues;
 pub mod schedule;
 pub mod settle;

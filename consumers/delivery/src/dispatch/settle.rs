@@ -11,14 +11,14 @@ use std::time::Duration;
 use rdkafka::producer::FutureProducer;
 use sluice_runtime::outbound::{Attempt, RetrySchedule, Verdict};
 use sluice_runtime::Shutdown;
-use sluice_stream::{Output, Record};
+use sluice_stream::{ErrorClass, FailureRouter, HandlerError, Output, Record};
 
 use super::schedule;
 use super::tiers::Tiers;
 use crate::attempt_log::AttemptRecord;
 use crate::endpoints::Endpoint;
 use crate::status::{DeliveryStatus, StatusRecord};
-use crate::task::DeliveryTask;
+use crate::task::{DeliveryTask, TaskError};
 
 /// Every topic the dispatcher writes.
 #[derive(Debug, Clone)]
@@ -27,9 +27,14 @@ pub struct DispatchTopics {
     pub attempts: String,
     pub status: String,
     pub dlq: String,
+    /// Where records of the tasks topic that are not tasks go: a system failure, kept
+    /// apart from exhausted deliveries (the delivery fan-out's DLQ by default).
+    pub invalid: String,
     pub endpoints: String,
-    /// Operational events (`<prefix>.deliveries.events`), when the topology declares it.
-    pub ops_events: Option<String>,
+    /// Held keys of `per_key` endpoints (`<prefix>.state.held-deliveries`), when the
+    /// topology declares it; without it per-key order holds only within one dispatcher's
+    /// memory.
+    pub held: Option<String>,
 }
 
 impl DispatchTopics {
@@ -40,8 +45,9 @@ impl DispatchTopics {
             attempts: naming::delivery_attempts_topic(prefix),
             status: naming::delivery_status_topic(prefix),
             dlq: naming::delivery_dlq_topic(prefix),
+            invalid: naming::dlq_topic(prefix, naming::DELIVERY_FANOUT_POLICY),
             endpoints: naming::endpoints_topic(prefix),
-            ops_events: None,
+            held: None,
         }
     }
 }
@@ -88,6 +94,9 @@ pub struct Settled {
     pub outputs: Vec<Output>,
     /// For [`Settlement::Gone`]: the disabled endpoint, written last.
     pub disabled: Option<Endpoint>,
+    /// Records written only once `outputs` are acknowledged: a held key's state, which
+    /// must never name a tier copy that is not there.
+    pub then: Vec<Output>,
 }
 
 /// Builds settlements and writes them.
@@ -199,7 +208,23 @@ impl Settler {
             settlement,
             outputs,
             disabled,
+            then: Vec::new(),
         }
+    }
+
+    /// The dead letter of `record`, read where tasks are and not a task: as it was, with
+    /// the stream runtime's provenance headers and `error` as the reason
+    /// (`kafka_dlt-exception-fqcn` `InvalidDeliveryTask`), for `sluice dlq` to list.
+    pub fn invalid(&self, record: &Record, error: &TaskError, now: jiff::Timestamp) -> Output {
+        let router = FailureRouter {
+            group: self.group.clone(),
+            tiers: Vec::new(),
+            max_attempts: 1,
+            dlq_topic: self.topics.invalid.clone(),
+        };
+        let error =
+            HandlerError::permanent(ErrorClass::custom("InvalidDeliveryTask"), error.to_string());
+        router.route(record, &error, ms(now)).1
     }
 
     /// `endpoint` disabled, and its record for the endpoints topic.
@@ -253,15 +278,27 @@ impl Settler {
         until: jiff::Timestamp,
         now: jiff::Timestamp,
     ) -> Settled {
+        self.parked_in(task, &self.tiers.shortest().topic, until, now)
+    }
+
+    /// `task` parked, without an attempt, in the tier writing to `tier` until `until`.
+    pub fn parked_in(
+        &self,
+        task: &DeliveryTask,
+        tier: &str,
+        until: jiff::Timestamp,
+        now: jiff::Timestamp,
+    ) -> Settled {
         let mut parked = task.clone();
         parked.due_at = Some(ms(until));
         Settled {
             settlement: Settlement::Parked,
             outputs: vec![
-                parked.output(&self.tiers.shortest().topic),
+                parked.output(tier),
                 self.status(task, DeliveryStatus::Parked, None, Some(until), now),
             ],
             disabled: None,
+            then: Vec::new(),
         }
     }
 
@@ -271,6 +308,7 @@ impl Settler {
             settlement: Settlement::EndpointDisabled,
             outputs: vec![self.status(task, DeliveryStatus::EndpointDisabled, None, None, now)],
             disabled: None,
+            then: Vec::new(),
         }
     }
 

@@ -41,6 +41,7 @@ fn task(attempts: u32) -> DeliveryTask {
         attempts,
         first_attempt_at: None,
         due_at: None,
+        key_seq: None,
         event: EventPosition {
             topic: "sluice.events.payments".into(),
             partition: 0,
@@ -227,4 +228,45 @@ fn gone_disables_the_endpoint_and_parking_burns_no_attempt() {
         ..from()
     };
     assert_eq!(DeliveryTask::from_record(&back).unwrap().attempts, 3);
+}
+
+#[test]
+fn a_record_that_is_not_a_task_is_dead_lettered_apart_with_its_reason() {
+    let record = Record {
+        topic: "sluice.deliveries".into(),
+        partition: 4,
+        offset: 17,
+        timestamp_ms: Some(9),
+        key: None,
+        value: Some(b"garbage".to_vec()),
+        headers: vec![("x".into(), b"y".to_vec())],
+    };
+    let error = DeliveryTask::from_record(&record).unwrap_err();
+    let letter = settler().invalid(&record, &error, jiff::Timestamp::UNIX_EPOCH);
+    assert_eq!(letter.topic, "sluice.dlq.delivery-fanout");
+    assert_eq!(
+        letter.value.as_deref(),
+        Some(&b"garbage"[..]),
+        "kept as it was"
+    );
+    let h = |name: &str| {
+        letter
+            .headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| String::from_utf8(v.clone()).unwrap())
+    };
+    assert_eq!(
+        h("kafka_dlt-exception-message").as_deref(),
+        Some("sluice.deliveries/4@17: no key (the endpoint id)")
+    );
+    assert_eq!(
+        h("kafka_dlt-exception-fqcn").as_deref(),
+        Some("InvalidDeliveryTask")
+    );
+    assert_eq!(
+        h("kafka_dlt-original-topic").as_deref(),
+        Some("sluice.deliveries")
+    );
+    assert_eq!(h("x").as_deref(), Some("y"));
 }

@@ -44,6 +44,16 @@ impl Tiers {
         &self.tiers[0]
     }
 
+    /// Tier `index` (shortest first); the longest for an index beyond them.
+    pub fn at(&self, index: usize) -> &RetryTier {
+        &self.tiers[index.min(self.tiers.len() - 1)]
+    }
+
+    /// The index of the tier writing to `topic`.
+    pub fn position(&self, topic: &str) -> Option<usize> {
+        self.tiers.iter().position(|t| t.topic == topic)
+    }
+
     pub fn topics(&self) -> impl Iterator<Item = &str> {
         self.tiers.iter().map(|t| t.topic.as_str())
     }
@@ -75,6 +85,12 @@ mod tests {
         assert_eq!(topic(299), "t5");
         assert_eq!(topic(86_400), "t300");
         assert_eq!(tiers.shortest().topic, "t1");
+        assert_eq!(tiers.position("t5"), Some(1));
+        assert_eq!(tiers.position("t7"), None);
+        assert_eq!(
+            (tiers.at(2).topic.as_str(), tiers.at(9).topic.as_str()),
+            ("t300", "t300")
+        );
         assert!(Tiers::new(Vec::new()).is_err());
     }
 }

@@ -88,6 +88,26 @@ pub struct Slot {
     seq: Option<u64>,
 }
 
+impl Slot {
+    /// Key `id` of `partition` with sequence number `seq`: for other loops keeping the same
+    /// held-key state (outbound delivery's per-key order).
+    pub fn new(id: KeyId, partition: i32, seq: Option<u64>) -> Self {
+        Self { id, partition, seq }
+    }
+
+    pub fn id(&self) -> &KeyId {
+        &self.id
+    }
+
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
+    pub fn seq(&self) -> Option<u64> {
+        self.seq
+    }
+}
+
 /// What the loop does with one record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
