@@ -11,34 +11,15 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value as Json};
 use sluice_sagas::demo::{scratch_topology, Scratch};
+use sluice_sagas::http::payments::with_http_payments;
 
 use crate::normalizer::ChildGuard;
 use crate::saga::{executed, place, Deployment, Lifecycle};
 use crate::support::free_port;
 
-/// The payment step and its refund as calls to the provider at `{env:PAYMENTS_URL}`.
-const CHARGE: &str = r#"        http:
-          method: POST
-          url: "{env:PAYMENTS_URL}/v1/charges"
-          headers: {Authorization: "Bearer {env:PAYMENTS_KEY}"}
-          body: {order_id: "{data.order_id}", amount: "{data.total.amount}", currency: "{data.total.currency}"}
-          success: {status: [201], field: status, equals: succeeded}
-          permanent: [402, 409, 422]
-          keep: {payment_id: id}
-"#;
-const REFUND: &str = r#"          http:
-            method: POST
-            url: "{env:PAYMENTS_URL}/v1/refunds"
-            headers: {Authorization: "Bearer {env:PAYMENTS_KEY}"}
-            body: {charge: "{results.charge-payment.payment_id}"}
-            success: {status: [201]}
-            keep: {refund_id: id}
-"#;
-
-/// The reference saga with test-sized timeouts, its payment step an HTTP call answered by
-/// the built-in participant `payment-api`.
-fn topology(prefix: &str) -> String {
-    let yaml = scratch_topology(
+/// The reference saga with test-sized timeouts.
+fn scratch(prefix: &str) -> String {
+    scratch_topology(
         &crate::support::reference_topology(),
         "order-fulfillment",
         &Scratch {
@@ -51,25 +32,13 @@ fn topology(prefix: &str) -> String {
             compensation_retry: "{max_attempts: 2, backoff: 300ms}",
         },
     )
-    .unwrap();
-    let charge = "event_type: dev.sluice.events.sagas.ChargePayment, topic: ";
-    let refund = "event_type: dev.sluice.events.sagas.RefundPayment, topic: ";
-    let mut out = String::new();
-    for line in yaml.lines() {
-        let line = line
-            .replace("participant: payments", "participant: payment-api")
-            .replace(
-                "state.saga-participant-payments,",
-                "state.saga-participant-payment-api,",
-            );
-        out.push_str(&line);
-        out.push('\n');
-        if line.contains(charge) {
-            out.push_str(CHARGE);
-        } else if line.contains(refund) {
-            out.push_str(REFUND);
-        }
-    }
+    .unwrap()
+}
+
+/// [`scratch`] with its payment step an HTTP call answered by the built-in participant
+/// `payment-api`.
+fn topology(prefix: &str) -> String {
+    let out = with_http_payments(&scratch(prefix), None);
     assert!(
         out.contains("url: \"{env:PAYMENTS_URL}/v1/refunds\""),
         "{out}"
@@ -80,23 +49,30 @@ fn topology(prefix: &str) -> String {
 /// [`topology`] with the payment calls going to upstream `psp`, whose breaker opens after
 /// 3 failures, probes again after 2 s and closes after one successful probe.
 fn topology_with_psp(prefix: &str) -> String {
-    topology(prefix).replace(
-        "          keep: {payment_id: id}\n",
-        "          keep: {payment_id: id}\n          upstream: psp\n",
-    ) + "upstreams:\n  - {name: psp, breaker: {consecutive_failures: 3, cool_down: 2s, close_after: 1}}\n"
+    with_http_payments(&scratch(prefix), Some("psp")) + "upstreams:\n  - {name: psp, breaker: {consecutive_failures: 3, cool_down: 2s, close_after: 1}}\n"
 }
 
 /// `dev/payments.py` on a free port.
-struct Provider {
+pub(crate) struct Provider {
     _child: ChildGuard,
-    base: String,
+    pub base: String,
 }
 
 impl Provider {
     fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// With the demo's fault rules (`--demo`), as `make demo` runs it.
+    pub(crate) fn demo() -> Self {
+        Self::start_with(&["--demo"])
+    }
+
+    fn start_with(args: &[&str]) -> Self {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/dev/payments.py");
         let mut child: Child = Command::new("python3")
             .args([script, "--port", "0"])
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -116,7 +92,7 @@ impl Provider {
         }
     }
 
-    async fn fault(&self, rule: Json) {
+    pub(crate) async fn fault(&self, rule: Json) {
         let r = reqwest::Client::new()
             .post(format!("{}/_faults", self.base))
             .json(&rule)
