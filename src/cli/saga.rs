@@ -729,6 +729,13 @@ impl Participant for RoleParticipant {
             RoleParticipant::Demo(demo) => demo.handle(command).await,
         }
     }
+
+    fn patience(&self) -> Option<std::time::Duration> {
+        match self {
+            RoleParticipant::Http(http) => http.patience(),
+            RoleParticipant::Demo(demo) => demo.patience(),
+        }
+    }
 }
 
 /// A demo OrderPlaced for order `id`.
