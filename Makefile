@@ -1,7 +1,7 @@
 # The two commands a fresh clone needs:
-#   make demo   start the local stack, build sluice, apply the topology, register the
-#               schemas, then run every role with demo traffic and print a summary
-#               (Ctrl-C stops it)
+#   make demo   start the local stack, build sluice, apply the demo topology, register the
+#               schemas, start the payment provider stand-in (dev/payments.py), then run
+#               every role with demo traffic and print a summary (Ctrl-C stops it)
 #   make test   start the local stack and run every test, the fault suite included
 #               (CI runs exactly this)
 #
@@ -14,13 +14,18 @@ SLUICE := $(CARGO_TARGET_DIR)/debug/sluice
 
 .PHONY: demo test faults fuzz bench setup stack stack-down build lint deploy
 
+# The demo's payment step calls dev/payments.py at PAYMENTS_URL (dev/demo.env); it stops
+# with the demo.
 demo: stack build deploy
-	set -a && . dev/demo.env && set +a && $(SLUICE) --config dev/demo.yaml run --demo
+	set -a && . dev/demo.env && set +a; \
+	  python3 dev/payments.py --demo --port $${PAYMENTS_URL##*:} >/dev/null & payments=$$!; \
+	  trap 'kill $$payments 2>/dev/null' EXIT INT TERM; \
+	  $(SLUICE) --config dev/demo.yaml run --demo
 
 deploy:
-	$(SLUICE) doctor
-	$(SLUICE) topology apply
-	$(SLUICE) schemas register
+	$(SLUICE) --config dev/demo.yaml doctor
+	$(SLUICE) --config dev/demo.yaml topology apply
+	$(SLUICE) --config dev/demo.yaml schemas register
 
 test: stack lint
 	dev/test
@@ -51,6 +56,7 @@ bench: stack
 	$(CARGO_TARGET_DIR)/release/sluice bench gateway
 	$(CARGO_TARGET_DIR)/release/sluice bench normalizer
 	$(CARGO_TARGET_DIR)/release/sluice saga bench
+	$(CARGO_TARGET_DIR)/release/sluice bench saga-http
 	$(CARGO_TARGET_DIR)/release/sluice bench e2e
 	cargo bench -p sluice-ops --bench lag
 

@@ -28,9 +28,12 @@ rule with `delay_ms` and no `status` performs the request, stores the answer, th
 that long before sending it: a caller killed during the wait finds the stored answer when
 it comes back with the same key.
 
-    dev/payments.py --port 0
+    dev/payments.py --port 0 [--demo]
 
-prints `listening on http://127.0.0.1:<port>` once it is ready.
+prints `listening on http://127.0.0.1:<port>` once it is ready. `--demo` starts it with the
+demo's faults (`make demo`, DEMO_FAULTS): the order ending `-fails-payment` is declined
+with 402 (a permanent failure: the saga compensates), and the first charge of the order
+ending `-ok-3` is answered 429 with `Retry-After: 1` (the call waits and tries again).
 """
 
 import argparse
@@ -42,6 +45,12 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 MAX_BODY = 64 * 1024
+
+# The fault rules `--demo` starts with (see the module docs).
+DEMO_FAULTS = [
+    {"path": "/v1/charges", "order_suffix": "-fails-payment", "status": 402},
+    {"path": "/v1/charges", "order_suffix": "-ok-3", "status": 429, "times": 1, "retry_after": 1},
+]
 
 
 class Provider:
@@ -212,8 +221,11 @@ class Handler(BaseHTTPRequestHandler):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--demo", action="store_true", help="start with the demo's fault rules")
     args = parser.parse_args()
     Handler.provider = Provider()
+    if args.demo:
+        Handler.provider.faults.extend(dict(rule) for rule in DEMO_FAULTS)
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     server.daemon_threads = True
     print("listening on http://127.0.0.1:%d" % server.server_address[1], flush=True)

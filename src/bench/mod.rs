@@ -1,4 +1,5 @@
-//! Benchmarks: `sluice bench …` and `sluice saga bench` ([`saga`]). Throughput and latency
+//! Benchmarks: `sluice bench …` (the HTTP saga step in [`saga_http`]) and `sluice saga
+//! bench` ([`saga`]). Throughput and latency
 //! against the live stack, each reported next to a raw rdkafka ceiling measured in the same
 //! run, because absolute numbers on a shared or small machine mean little on their own.
 //!
@@ -9,6 +10,7 @@ pub mod e2e;
 pub mod gateway;
 pub mod normalizer;
 pub mod saga;
+pub mod saga_http;
 pub mod stats;
 
 use std::process::ExitCode;
@@ -39,6 +41,9 @@ pub enum BenchCommand {
     /// events → saga trigger → saga completion, against a raw producer and a raw
     /// passthrough.
     E2e(e2e::E2eBench),
+    /// The order-fulfillment saga with its payment step as an HTTP call to a fast local
+    /// upstream, against the same saga with a Kafka participant for it, in the same run.
+    SagaHttp(saga_http::SagaHttpBench),
 }
 
 pub async fn run(config: &SluiceConfig, cmd: BenchCommand) -> anyhow::Result<ExitCode> {
@@ -46,6 +51,7 @@ pub async fn run(config: &SluiceConfig, cmd: BenchCommand) -> anyhow::Result<Exi
         BenchCommand::Gateway(b) => gateway::run(config, b).await,
         BenchCommand::Normalizer(b) => normalizer::run(config, b).await,
         BenchCommand::E2e(b) => e2e::run(config, b).await,
+        BenchCommand::SagaHttp(b) => saga_http::run(config, b).await,
     }
 }
 

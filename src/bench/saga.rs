@@ -34,10 +34,10 @@ use sluice_schemas::{AvroCodec, RecordLocation, RegistryClient};
 use sluice_stream::state::kafka as compacted;
 use sluice_topology::{naming, Topology};
 
-const SAGA: &str = "order-fulfillment";
+pub(super) const SAGA: &str = "order-fulfillment";
 const ORDER_PLACED: &str = "dev.sluice.events.commerce.OrderPlaced";
-const COMPLETED: &str = "dev.sluice.events.sagas.SagaCompleted";
-const STARTED: &str = "dev.sluice.events.sagas.SagaStarted";
+pub(super) const COMPLETED: &str = "dev.sluice.events.sagas.SagaCompleted";
+pub(super) const STARTED: &str = "dev.sluice.events.sagas.SagaStarted";
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -94,7 +94,7 @@ impl Child {
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(super) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -103,19 +103,19 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// Throughput and latency of one phase.
-struct Run {
-    n: usize,
-    elapsed: Duration,
+pub(super) struct Run {
+    pub n: usize,
+    pub elapsed: Duration,
     /// Milliseconds, sorted.
-    latencies: Vec<f64>,
+    pub latencies: Vec<f64>,
 }
 
 impl Run {
-    fn rate(&self) -> f64 {
+    pub(super) fn rate(&self) -> f64 {
         self.n as f64 / self.elapsed.as_secs_f64()
     }
 
-    fn describe(&self) -> String {
+    pub(super) fn describe(&self) -> String {
         format!(
             "{} in {:.2}s = {:.0}/s; end-to-end p50 {:.0} ms, p99 {:.0} ms",
             self.n,
@@ -136,19 +136,7 @@ pub async fn run(config: &SluiceConfig, args: BenchArgs) -> anyhow::Result<ExitC
     let clients = KafkaClients::new(config.kafka.clone());
     let registry = RegistryClient::new(&config.registry)?;
     let file = std::env::temp_dir().join(format!("{prefix}-topology.yaml"));
-    let yaml = scratch_topology(
-        &reference,
-        SAGA,
-        &Scratch {
-            prefix: &prefix,
-            partitions: args.partitions,
-            timeout: "120s",
-            timeouts: &[],
-            retry: None,
-            compensation_retry: "{max_attempts: 5, backoff: 1s}",
-        },
-    )?;
-    std::fs::write(&file, yaml)?;
+    std::fs::write(&file, bench_topology(&reference, &prefix, args.partitions)?)?;
     let types = catalog.event_types().map(str::to_string).collect();
     let topology = Topology::load(&file, &types)?;
     super::deploy_scratch(&clients, &registry, &catalog, &topology).await?;
@@ -302,7 +290,28 @@ pub async fn run(config: &SluiceConfig, args: BenchArgs) -> anyhow::Result<ExitC
     Ok(ExitCode::SUCCESS)
 }
 
-async fn publish(
+/// The reference's order-fulfillment saga under `prefix`, with timeouts no benchmark
+/// reaches: every saga completes, however long it queues.
+pub(super) fn bench_topology(
+    reference: &Topology,
+    prefix: &str,
+    partitions: i32,
+) -> anyhow::Result<String> {
+    Ok(scratch_topology(
+        reference,
+        SAGA,
+        &Scratch {
+            prefix,
+            partitions,
+            timeout: "120s",
+            timeouts: &[],
+            retry: None,
+            compensation_retry: "{max_attempts: 5, backoff: 1s}",
+        },
+    )?)
+}
+
+pub(super) async fn publish(
     publisher: &Publisher,
     prefix: &str,
     n: usize,
@@ -346,7 +355,7 @@ async fn publish_timed(
 }
 
 /// Publishes orders (see [`publish_timed`]) and waits for their sagas to complete.
-async fn measure(
+pub(super) async fn measure(
     publisher: &Publisher,
     clients: &KafkaClients,
     events: &str,
@@ -408,7 +417,7 @@ fn mark(clients: &KafkaClients, topic: &str) -> anyhow::Result<TopicPartitionLis
 
 /// Reads `topic` (from the start, or from `from`) until every id in `wanted` has an event of `event_type`;
 /// returns when each was seen and, with a codec, its `duration_ms`.
-async fn wait_for(
+pub(super) async fn wait_for(
     clients: &KafkaClients,
     topic: &str,
     event_type: &str,

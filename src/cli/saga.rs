@@ -13,7 +13,7 @@ use sluice_runtime::outbound::{
 };
 use sluice_runtime::SluiceConfig;
 use sluice_sagas::demo::{DemoParticipant, Faults, Rule};
-use sluice_sagas::http::{HttpParticipant, CALL_KEY};
+use sluice_sagas::http::{recorded_calls, HttpParticipant};
 use sluice_sagas::instance::{Instance, ParkReason, Status};
 use sluice_sagas::messages::Action;
 use sluice_sagas::messages::Command;
@@ -504,41 +504,12 @@ fn timeline(i: &Instance) -> String {
     out
 }
 
-/// The HTTP calls of the instance's `http:` steps that took effect, one line each: what the
-/// built-in HTTP participant recorded in the step's result (the URL without secrets).
-/// Failed calls are in the timeline, in their reply's reason.
+/// The HTTP calls the instance recorded, one line each (the URL without secrets).
 fn http_calls(i: &Instance) -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
-    let settled = i
-        .completed
+    recorded_calls(i)
         .iter()
-        .map(|d| ("action", d))
-        .chain(i.compensated.iter().map(|d| ("compensation", d)));
-    for (kind, done) in settled {
-        let Some(call) = done
-            .result
-            .as_deref()
-            .and_then(|r| serde_json::from_str::<serde_json::Value>(r).ok())
-            .and_then(|mut r| r.get_mut(CALL_KEY).map(serde_json::Value::take))
-        else {
-            continue;
-        };
-        let text = |k: &str| call[k].as_str().unwrap_or("?").to_string();
-        let _ = writeln!(
-            out,
-            "  {:<20} {:<13} {} {}  status {}  {} ms  attempt {}  upstream {}",
-            done.step,
-            kind,
-            text("method"),
-            text("url"),
-            call["status"],
-            call["latency_ms"],
-            call["attempts"],
-            text("upstream"),
-        );
-    }
-    out
+        .map(|c| format!("  {c}\n"))
+        .collect()
 }
 
 async fn request(
@@ -756,6 +727,13 @@ impl Participant for RoleParticipant {
         match self {
             RoleParticipant::Http(http) => http.handle(command).await,
             RoleParticipant::Demo(demo) => demo.handle(command).await,
+        }
+    }
+
+    fn patience(&self) -> Option<std::time::Duration> {
+        match self {
+            RoleParticipant::Http(http) => http.patience(),
+            RoleParticipant::Demo(demo) => demo.patience(),
         }
     }
 }

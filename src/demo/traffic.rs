@@ -13,6 +13,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use sluice_producers::sign;
 use sluice_runtime::kafka::KafkaClients;
 use sluice_runtime::SluiceConfig;
+use sluice_sagas::http::{recorded_calls, RecordedCall};
 use sluice_schemas::metadata::now_ms;
 use sluice_topology::Topology;
 
@@ -42,6 +43,8 @@ pub struct Summary {
     pub dead_letters: BTreeMap<String, usize>,
     /// The demo's sagas by state (completed, compensated, parked, still running).
     pub sagas: BTreeMap<String, usize>,
+    /// The HTTP calls the demo's sagas made (saga id, call), from their state.
+    pub http_calls: Vec<(String, RecordedCall)>,
     /// Lag status of every consumer group.
     pub lag: Vec<(String, String)>,
 }
@@ -421,35 +424,40 @@ pub async fn drive(
         last = now;
     }
     if let Some(prefix) = saga_prefix {
-        summary.sagas = wait_for_sagas(&clients, topology, &prefix).await?;
+        (summary.sagas, summary.http_calls) = wait_for_sagas(&clients, topology, &prefix).await?;
     }
     summary.lag = lag_status(&clients).await;
     Ok(summary)
 }
 
-/// Waits (up to a minute) for the demo's sagas to reach a terminal state; their counts by state.
+/// Waits (up to a minute) for the demo's sagas to reach a terminal state; their counts by
+/// state, and the HTTP calls they recorded.
 async fn wait_for_sagas(
     clients: &KafkaClients,
     topology: &Topology,
     prefix: &str,
-) -> anyhow::Result<BTreeMap<String, usize>> {
+) -> anyhow::Result<(BTreeMap<String, usize>, Vec<(String, RecordedCall)>)> {
     let mut counts = BTreeMap::new();
+    let mut calls = Vec::new();
     for _ in 0..60 {
         let (c, t) = (clients.clone(), topology.clone());
         let instances =
             tokio::task::spawn_blocking(move || sluice_sagas::ops::list(&c, &t, None)).await??;
         counts.clear();
+        calls.clear();
         let mut running = 0;
         for i in instances.iter().filter(|i| i.id.starts_with(prefix)) {
             *counts.entry(i.status.as_str().to_string()).or_default() += 1;
             running += usize::from(!i.status.is_terminal());
+            calls.extend(recorded_calls(i).into_iter().map(|c| (i.id.clone(), c)));
         }
         if counts.values().sum::<usize>() >= 5 && running == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    Ok(counts)
+    calls.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok((counts, calls))
 }
 
 /// Every consumer group's Burrow-style status, from a short sampling window.
@@ -571,6 +579,13 @@ impl Summary {
         for (state, n) in &self.sagas {
             println!("  {n:>4}  {state}");
         }
+        if !self.http_calls.is_empty() {
+            println!("HTTP calls of the sagas' http: steps (URLs without secrets):");
+            let width = self.http_calls.iter().map(|(id, _)| id.len()).max();
+            for (id, call) in &self.http_calls {
+                println!("  {id:<w$}  {call}", w = width.unwrap_or_default());
+            }
+        }
         println!("consumer groups (lag status):");
         for (group, status) in &self.lag {
             println!("  {status:<6} {group}");
@@ -585,5 +600,8 @@ impl Summary {
         println!("  sluice dlq list {dlq}");
         println!("  sluice lag");
         println!("  sluice saga list --state compensated");
+        if let Some((id, _)) = self.http_calls.first() {
+            println!("  sluice saga show {id}");
+        }
     }
 }

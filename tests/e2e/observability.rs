@@ -7,7 +7,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::normalizer::{spawn_sluice, ChildGuard};
+use crate::saga_http::Provider;
 use crate::support::{free_port, require_stack, sluice_async};
+use serde_json::json;
 
 fn root(rel: &str) -> String {
     format!("{}/{rel}", env!("CARGO_MANIFEST_DIR"))
@@ -116,10 +118,14 @@ fn exported(scrape: &str, name: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_in_dashboards_and_rules_is_exported() {
     require_stack().await;
+    let demo_config = root("dev/demo.yaml");
     for cmd in [["topology", "apply"], ["schemas", "register"]] {
-        let (ok, out, err) = sluice_async(cmd.iter().map(|s| s.to_string()).collect()).await;
+        let args = ["--config", demo_config.as_str(), cmd[0], cmd[1]];
+        let (ok, out, err) = sluice_async(args.iter().map(|s| s.to_string()).collect()).await;
         assert!(ok, "{cmd:?}: {out}{err}");
     }
+    // The demo saga's payment step calls the payment stand-in, as in `make demo`.
+    let payments = Provider::demo();
     let demo_env: Vec<(String, String)> = std::fs::read_to_string(root("dev/demo.env"))
         .unwrap()
         .lines()
@@ -137,8 +143,8 @@ async fn every_metric_in_dashboards_and_rules_is_exported() {
     env.push(("SLUICE_ADMIN__LISTEN", format!("127.0.0.1:{admin}")));
     env.push(("SLUICE_GATEWAY__LISTEN", format!("127.0.0.1:{gateway}")));
     env.push(("SLUICE_INSTANCE_ID", format!("observability-{admin}")));
+    env.push(("PAYMENTS_URL", payments.base.clone()));
     let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let demo_config = root("dev/demo.yaml");
     let _run: ChildGuard = spawn_sluice(&["--config", &demo_config, "run", "--demo"], &env_refs);
     let lag_listen = format!("127.0.0.1:{lag_admin}");
     let _lag: ChildGuard = spawn_sluice(
@@ -163,6 +169,54 @@ async fn every_metric_in_dashboards_and_rules_is_exported() {
             && s.contains("sluice_saga_duration_seconds_bucket")
     })
     .await;
+    // The participants (the next port): the payment calls' outbound metrics, a rate-limit
+    // wait among them (the demo's upstream allows 2 calls a second after a burst of 1).
+    let participants = format!("http://127.0.0.1:{}/metrics", admin + 2);
+    scrape(&participants, |s| {
+        s.contains("sluice_outbound_attempt_seconds_bucket")
+            && s.contains("sluice_outbound_limit_wait_seconds_bucket")
+            && s.contains("sluice_outbound_breaker_state")
+    })
+    .await;
+    // Then the provider fails an order's charge four times: the upstream's breaker opens
+    // (after 3 failures in a row), holds the next attempts back, and closes after a good
+    // probe (a second failing probe opens it again).
+    payments
+        .fault(
+            json!({"path": "/v1/charges", "order_suffix": "-breaker", "status": 503, "times": 4}),
+        )
+        .await;
+    let token = &demo_env
+        .iter()
+        .find(|(k, _)| k == "SLUICE_DEMO_PUBLISH_TOKEN")
+        .unwrap()
+        .1;
+    let order = format!("observability-{admin}-breaker");
+    let published = reqwest::Client::new()
+        .post(format!(
+            "http://127.0.0.1:{gateway}/v1/events/dev.sluice.events.commerce.OrderPlaced"
+        ))
+        .bearer_auth(token)
+        .json(&json!({
+            "subject": order, "order_id": order, "order_number": "#1",
+            "customer_email": "demo@example.com",
+            "total": {"amount": "19.99", "currency": "EUR"},
+            "line_items": [{"sku": "WIDGET", "title": "Widget", "quantity": 1,
+                "unit_price": {"amount": "19.99", "currency": "EUR"}}],
+            "provider": "demo-shop",
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(published.status(), 202, "{:?}", published.text().await);
+    let participant_metrics = scrape(&participants, |s| {
+        s.contains(
+            r#"sluice_outbound_breaker_transitions_total{endpoint="payments",state="closed"}"#,
+        ) && s.contains(
+            r#"sluice_outbound_not_admitted_total{endpoint="payments",reason="breaker_open"}"#,
+        )
+    })
+    .await;
     // The outbox relay runs where an outbox is configured, which the demo has not: one of its
     // own, with rows that make it export every family.
     let outbox = crate::outbox::Deployment::new("obs").await;
@@ -180,7 +234,9 @@ async fn every_metric_in_dashboards_and_rules_is_exported() {
         .all(|m| s.contains(m))
     })
     .await;
-    let all = format!("{run_metrics}\n{lag_metrics}\n{saga_metrics}\n{outbox_metrics}");
+    let all = format!(
+        "{run_metrics}\n{lag_metrics}\n{saga_metrics}\n{participant_metrics}\n{outbox_metrics}"
+    );
 
     let mut used = metric_names(&dashboard_exprs());
     used.extend(metric_names(&rule_exprs()));

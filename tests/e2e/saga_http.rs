@@ -11,34 +11,15 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value as Json};
 use sluice_sagas::demo::{scratch_topology, Scratch};
+use sluice_sagas::http::payments::with_http_payments;
 
 use crate::normalizer::ChildGuard;
 use crate::saga::{executed, place, Deployment, Lifecycle};
 use crate::support::free_port;
 
-/// The payment step and its refund as calls to the provider at `{env:PAYMENTS_URL}`.
-const CHARGE: &str = r#"        http:
-          method: POST
-          url: "{env:PAYMENTS_URL}/v1/charges"
-          headers: {Authorization: "Bearer {env:PAYMENTS_KEY}"}
-          body: {order_id: "{data.order_id}", amount: "{data.total.amount}", currency: "{data.total.currency}"}
-          success: {status: [201], field: status, equals: succeeded}
-          permanent: [402, 409, 422]
-          keep: {payment_id: id}
-"#;
-const REFUND: &str = r#"          http:
-            method: POST
-            url: "{env:PAYMENTS_URL}/v1/refunds"
-            headers: {Authorization: "Bearer {env:PAYMENTS_KEY}"}
-            body: {charge: "{results.charge-payment.payment_id}"}
-            success: {status: [201]}
-            keep: {refund_id: id}
-"#;
-
-/// The reference saga with test-sized timeouts, its payment step an HTTP call answered by
-/// the built-in participant `payment-api`.
-fn topology(prefix: &str) -> String {
-    let yaml = scratch_topology(
+/// The reference saga with test-sized timeouts.
+fn scratch(prefix: &str) -> String {
+    scratch_topology(
         &crate::support::reference_topology(),
         "order-fulfillment",
         &Scratch {
@@ -51,25 +32,13 @@ fn topology(prefix: &str) -> String {
             compensation_retry: "{max_attempts: 2, backoff: 300ms}",
         },
     )
-    .unwrap();
-    let charge = "event_type: dev.sluice.events.sagas.ChargePayment, topic: ";
-    let refund = "event_type: dev.sluice.events.sagas.RefundPayment, topic: ";
-    let mut out = String::new();
-    for line in yaml.lines() {
-        let line = line
-            .replace("participant: payments", "participant: payment-api")
-            .replace(
-                "state.saga-participant-payments,",
-                "state.saga-participant-payment-api,",
-            );
-        out.push_str(&line);
-        out.push('\n');
-        if line.contains(charge) {
-            out.push_str(CHARGE);
-        } else if line.contains(refund) {
-            out.push_str(REFUND);
-        }
-    }
+    .unwrap()
+}
+
+/// [`scratch`] with its payment step an HTTP call answered by the built-in participant
+/// `payment-api`.
+fn topology(prefix: &str) -> String {
+    let out = with_http_payments(&scratch(prefix), None);
     assert!(
         out.contains("url: \"{env:PAYMENTS_URL}/v1/refunds\""),
         "{out}"
@@ -80,23 +49,30 @@ fn topology(prefix: &str) -> String {
 /// [`topology`] with the payment calls going to upstream `psp`, whose breaker opens after
 /// 3 failures, probes again after 2 s and closes after one successful probe.
 fn topology_with_psp(prefix: &str) -> String {
-    topology(prefix).replace(
-        "          keep: {payment_id: id}\n",
-        "          keep: {payment_id: id}\n          upstream: psp\n",
-    ) + "upstreams:\n  - {name: psp, breaker: {consecutive_failures: 3, cool_down: 2s, close_after: 1}}\n"
+    with_http_payments(&scratch(prefix), Some("psp")) + "upstreams:\n  - {name: psp, breaker: {consecutive_failures: 3, cool_down: 2s, close_after: 1}}\n"
 }
 
 /// `dev/payments.py` on a free port.
-struct Provider {
+pub(crate) struct Provider {
     _child: ChildGuard,
-    base: String,
+    pub base: String,
 }
 
 impl Provider {
     fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// With the demo's fault rules (`--demo`), as `make demo` runs it.
+    pub(crate) fn demo() -> Self {
+        Self::start_with(&["--demo"])
+    }
+
+    fn start_with(args: &[&str]) -> Self {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/dev/payments.py");
         let mut child: Child = Command::new("python3")
             .args([script, "--port", "0"])
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -116,7 +92,7 @@ impl Provider {
         }
     }
 
-    async fn fault(&self, rule: Json) {
+    pub(crate) async fn fault(&self, rule: Json) {
         let r = reqwest::Client::new()
             .post(format!("{}/_faults", self.base))
             .json(&rule)
@@ -124,6 +100,18 @@ impl Provider {
             .await
             .unwrap();
         assert_eq!(r.status(), 201);
+    }
+
+    /// Waits (up to a minute) until order `id`'s charge has been requested.
+    async fn until_charge_requested(&self, id: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.counts().await["requests"][charge_key(id)].is_null() {
+            assert!(
+                Instant::now() < deadline,
+                "the charge of {id} never arrived"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     async fn counts(&self) -> Json {
@@ -333,8 +321,8 @@ async fn a_declined_payment_compensates_and_a_later_failure_refunds_over_http_in
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_participant_killed_mid_call_resends_the_same_idempotency_key_and_charges_once() {
-    let (provider, d, _orchestrator) = deploy(topology).await;
+async fn processes_killed_mid_call_resend_the_same_idempotency_key_and_charge_once() {
+    let (provider, d, mut orchestrator) = deploy(topology).await;
     let mut first = participants(&d, &provider, free_port());
     // The provider charges, then holds its answer for 4 s: the participant dies meanwhile.
     provider
@@ -345,13 +333,15 @@ async fn a_participant_killed_mid_call_resends_the_same_idempotency_key_and_char
     let id = format!("{}-crash", d.prefix);
     let publisher = d.publisher().await;
     place(&publisher, &id, &["SKU-1"]).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while provider.counts().await["requests"][charge_key(&id)].is_null() {
-        assert!(Instant::now() < deadline, "the charge never arrived");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    provider.until_charge_requested(&id).await;
+    // SIGKILL both the participant making the call and the orchestrator waiting on it: the
+    // reply is never written. The restarted orchestrator resends the command when the step
+    // times out, under the same id, so the same Idempotency-Key.
+    for process in [&mut first, &mut orchestrator] {
+        process.0.kill().unwrap();
+        process.0.wait().unwrap();
     }
-    first.0.kill().unwrap(); // SIGKILL: the reply is never written, the offset never committed.
-    first.0.wait().unwrap();
+    let _orchestrator = d.orchestrator();
     let _second = participants(&d, &provider, free_port());
     let mut lifecycle = Lifecycle::new(&d);
     lifecycle
@@ -435,4 +425,54 @@ async fn a_call_that_times_out_is_resent_with_the_same_key_and_charges_once() {
     let s = d.state(&slow).await;
     let timeline = s["history"].to_string();
     assert!(timeline.contains("timeout"), "{timeline}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_call_does_not_hold_back_the_steps_of_other_sagas() {
+    let (provider, d, _orchestrator) = deploy(topology).await;
+    let _participants = participants(&d, &provider, free_port());
+    // The provider charges the slow order, then holds its answer for 6 s: within the call's
+    // budget (80% of the step's 10 s), so the call succeeds, late.
+    provider
+        .fault(
+            json!({"path": "/v1/charges", "order_suffix": "-slow", "delay_ms": 6000, "times": 1}),
+        )
+        .await;
+    let slow = format!("{}-slow", d.prefix);
+    let publisher = d.publisher().await;
+    place(&publisher, &slow, &["SKU-1"]).await;
+    provider.until_charge_requested(&slow).await;
+    // While that call is held, other orders on every partition go through all their steps,
+    // their payments through the same participant and upstream.
+    let fast: Vec<String> = (0..6).map(|i| format!("{}-fast-{i}", d.prefix)).collect();
+    for id in &fast {
+        place(&publisher, id, &["SKU-1"]).await;
+    }
+    let mut lifecycle = Lifecycle::new(&d);
+    lifecycle
+        .until_terminal(fast.iter(), Duration::from_secs(60))
+        .await;
+    let events = lifecycle.by_id();
+    let s = d.state(&slow).await;
+    assert_eq!(
+        s["pending"]["step"], "charge-payment",
+        "the slow call was still held when the others finished: {s:#}"
+    );
+    for id in &fast {
+        assert_eq!(Lifecycle::terminal(&events[id]), ["SagaCompleted"], "{id}");
+    }
+    // The slow order completes too, charged once by its one request.
+    lifecycle
+        .until_terminal([slow.clone()].iter(), Duration::from_secs(60))
+        .await;
+    assert_eq!(
+        Lifecycle::terminal(&lifecycle.by_id()[&slow]),
+        ["SagaCompleted"]
+    );
+    let counts = provider.counts().await;
+    assert_eq!(counts["requests"][charge_key(&slow)], 1, "{counts:#}");
+    for id in fast.iter().chain([&slow]) {
+        assert_eq!(counts["effects"][charge_key(id)], 1, "{id}: {counts:#}");
+        assert_eq!(charges_of(&counts, id).len(), 1, "{id}: {counts:#}");
+    }
 }

@@ -20,6 +20,7 @@
 
 pub mod definition;
 pub mod demo;
+pub mod detached;
 pub mod http;
 pub mod instance;
 pub mod machine;

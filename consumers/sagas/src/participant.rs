@@ -13,6 +13,10 @@
 //!   fenced so that, should it still arrive, it is refused instead of executed.
 //! - **Replies** go to the command's reply topic, keyed by saga id, with CloudEvents headers
 //!   and a traceparent continuing the command's.
+//! - **Slow work does not hold the loop back.** A participant with a
+//!   [`patience`](Participant::patience) (the HTTP participant) has commands that take
+//!   longer detached from their batch and answered in a later one ([`crate::detached`]), so
+//!   one slow upstream does not stall the other commands of its partition and batch.
 //!
 //! ```no_run
 //! use sluice_stream::HandlerError;
@@ -54,6 +58,7 @@ use super::messages::{
 };
 use super::metrics::ParticipantMetrics;
 use super::SagaError;
+use crate::detached::Detacher;
 use sluice_stream::state::{KafkaStateLog, SharedLog, StateTable};
 use sluice_stream::{Assigned, FailureRouter, Handler, HandlerError, Output, Record};
 
@@ -77,6 +82,13 @@ pub trait Participant: Send + Sync + 'static {
         &self,
         command: &Command,
     ) -> impl Future<Output = Result<Outcome, HandlerError>> + Send;
+
+    /// How long a command may hold its batch before it is detached and answered in a later
+    /// one (see [`crate::detached`]); `None`, the default: always answered in its batch.
+    /// For participants whose work can be slow through no fault of the records behind it.
+    fn patience(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// How one command type is answered.
@@ -211,7 +223,7 @@ struct Entry {
 /// Runs a [`Participant`] for one role inside the processing loop.
 pub struct ParticipantHandler<P> {
     spec: RoleSpec,
-    participant: P,
+    participant: Arc<P>,
     /// Where the handled-command table is read back from.
     state: SharedLog,
     codec: AvroCodec,
@@ -219,6 +231,8 @@ pub struct ParticipantHandler<P> {
     /// Handled commands by id, per command partition.
     dedup: StateTable<Entry>,
     metrics: ParticipantMetrics,
+    /// Runs commands with the participant's patience; `None` without one.
+    detacher: Option<Detacher>,
 }
 
 impl<P> std::fmt::Debug for ParticipantHandler<P> {
@@ -248,14 +262,25 @@ impl<P: Participant> ParticipantHandler<P> {
             &codec,
         )
         .await?;
-        Ok(Self::with_parts(
+        let detacher = match participant.patience() {
+            Some(patience) => {
+                let waker = clients
+                    .producer("saga-participant-wake")
+                    .map_err(|e| SagaError::Definition(format!("the wake producer: {e}")))?;
+                Some(Detacher::new(patience, waker))
+            }
+            None => None,
+        };
+        let mut handler = Self::with_parts(
             spec,
             participant,
             Arc::new(KafkaStateLog::new(clients)),
             codec,
             book,
             metrics,
-        ))
+        );
+        handler.detacher = detacher;
+        Ok(handler)
     }
 
     /// A handler from parts already resolved: the state log, the codec and the schema book.
@@ -270,12 +295,13 @@ impl<P: Participant> ParticipantHandler<P> {
         let dedup = StateTable::new(&spec.state_topic);
         Self {
             spec,
-            participant,
+            participant: Arc::new(participant),
             state,
             codec,
             book,
             dedup,
             metrics,
+            detacher: None,
         }
     }
 
@@ -417,10 +443,28 @@ impl<P: Participant> ParticipantHandler<P> {
             }
             None => {}
         }
+        if let Some(d) = &self.detacher {
+            if d.is_running(&command.command_id) {
+                // A resend while the first run goes on: that run's reply answers both.
+                self.count(&event_type, "in_flight");
+                return Ok(Vec::new());
+            }
+        }
 
         if route.kind == Kind::Compensation {
             let undoes = command.compensates.clone().unwrap_or_default();
-            let action = self.dedup.get(partition, &undoes);
+            let mut action = self.dedup.get(partition, &undoes);
+            if let Some(d) = self.detacher.as_ref().filter(|_| action.is_none()) {
+                if let Some(done) = d.finished_outcome(&undoes) {
+                    // Done, its reply not yet written: decide on what it did.
+                    action = entry_of(done, now);
+                } else if d.is_running(&undoes) {
+                    // Still running (an abort came early): no reply yet; the orchestrator
+                    // sends the compensation again, and by then the action is settled.
+                    self.count(&event_type, "action_in_flight");
+                    return Ok(Vec::new());
+                }
+            }
             if !matches!(action.as_ref().map(|e| e.outcome), Some(Settled::Succeeded)) {
                 self.count(&event_type, "nothing_to_undo");
                 let mut outputs = Vec::new();
@@ -450,42 +494,104 @@ impl<P: Participant> ParticipantHandler<P> {
             }
         }
 
-        let entry = match self.participant.handle(&command).await? {
-            Outcome::Succeeded { result } => {
-                self.count(&event_type, "succeeded");
-                Entry {
-                    outcome: Settled::Succeeded,
-                    reason: None,
-                    retryable: false,
-                    result: result.map(|r| r.to_string()),
-                    at: now,
+        let outcome = match &self.detacher {
+            None => self.participant.handle(&command).await?,
+            Some(d) => {
+                let (participant, c) = (self.participant.clone(), command.clone());
+                let work = async move { participant.handle(&c).await.map_err(|e| e.to_string()) };
+                match d.run(record, &command, route, work).await {
+                    Some(outcome) => outcome.map_err(|e| {
+                        HandlerError::permanent(ErrorClass::custom("ParticipantFailed"), e)
+                    })?,
+                    None => {
+                        self.count(&event_type, "detached");
+                        return Ok(Vec::new());
+                    }
                 }
-            }
-            Outcome::Failed { reason, retryable } => {
-                self.count(&event_type, "failed");
-                Entry {
-                    outcome: Settled::Failed,
-                    reason: Some(reason),
-                    retryable,
-                    result: None,
-                    at: now,
-                }
-            }
-            Outcome::NoReply { why } => {
-                self.count(&event_type, "no_reply");
-                tracing::warn!(
-                    role = self.spec.role,
-                    command_id = command.command_id,
-                    why,
-                    "command left without a reply"
-                );
-                return Ok(Vec::new());
             }
         };
+        self.settle(record, &command, route, outcome, now)
+    }
+
+    /// The reply and dedup record of a command the participant ran, and its count; nothing
+    /// for one left without a reply.
+    fn settle(
+        &self,
+        record: &Record,
+        command: &Command,
+        route: &Route,
+        outcome: Outcome,
+        now: i64,
+    ) -> Result<Vec<Output>, HandlerError> {
+        let counted = match &outcome {
+            Outcome::Succeeded { .. } => "succeeded",
+            Outcome::Failed { .. } => "failed",
+            Outcome::NoReply { .. } => "no_reply",
+        };
+        self.count(&command.event_type, counted);
+        if let Outcome::NoReply { why } = &outcome {
+            tracing::warn!(
+                role = self.spec.role,
+                command_id = command.command_id,
+                why,
+                "command left without a reply"
+            );
+        }
+        let Some(entry) = entry_of(Ok(outcome), now) else {
+            return Ok(Vec::new());
+        };
         Ok(vec![
-            self.answer(record, &command, route, &entry)?,
-            self.remember(partition, &command.command_id, &entry),
+            self.answer(record, command, route, &entry)?,
+            self.remember(record.partition, &command.command_id, &entry),
         ])
+    }
+
+    /// The replies of detached commands that finished, for the open batch.
+    fn finished_outputs(&self, detacher: &Detacher) -> Vec<Output> {
+        let now = metadata::now_ms();
+        let mut outputs = Vec::new();
+        for f in detacher.take(|p| self.dedup.holds(p)) {
+            let settled = match f.outcome {
+                Ok(outcome) => self.settle(&f.record, &f.command, &f.route, outcome, now),
+                Err(e) => Err(HandlerError::permanent(
+                    ErrorClass::custom("ParticipantFailed"),
+                    e,
+                )),
+            };
+            match settled {
+                Ok(o) => outputs.extend(o),
+                // Nothing to answer with: the step times out, and the resend runs it again.
+                Err(e) => tracing::error!(
+                    role = self.spec.role,
+                    command_id = f.command.command_id,
+                    error = e.message(),
+                    "a detached command ended without an answer"
+                ),
+            }
+        }
+        outputs
+    }
+}
+
+/// The dedup entry of an outcome; `None` for one that gets no reply (nothing is recorded,
+/// so a resend runs the participant again).
+fn entry_of(outcome: Result<Outcome, String>, now: i64) -> Option<Entry> {
+    match outcome.ok()? {
+        Outcome::Succeeded { result } => Some(Entry {
+            outcome: Settled::Succeeded,
+            reason: None,
+            retryable: false,
+            result: result.map(|r| r.to_string()),
+            at: now,
+        }),
+        Outcome::Failed { reason, retryable } => Some(Entry {
+            outcome: Settled::Failed,
+            reason: Some(reason),
+            retryable,
+            result: None,
+            at: now,
+        }),
+        Outcome::NoReply { .. } => None,
     }
 }
 
@@ -524,7 +630,17 @@ impl<P: Participant> Handler for ParticipantHandler<P> {
         self.dedup.revoke(partitions);
     }
 
+    fn batch_outputs(&self) -> Vec<Output> {
+        match &self.detacher {
+            Some(d) => self.finished_outputs(d),
+            None => Vec::new(),
+        }
+    }
+
     fn on_batch_end(&self, committed: bool) {
         self.dedup.finish(committed);
+        if let Some(d) = &self.detacher {
+            d.finish(committed);
+        }
     }
 }

@@ -3,6 +3,7 @@
 
 use super::attempt::Attempt;
 use super::breaker::{BreakerState, Transition};
+use super::limits::Waits;
 use super::metrics::OutboundMetrics;
 use super::sender::NotAdmitted;
 
@@ -19,6 +20,8 @@ pub enum OutboundEvent<'a> {
         endpoint: &'a str,
         refusal: &'a NotAdmitted,
     },
+    /// An admitted attempt first waited for the endpoint's limits.
+    Waited { endpoint: &'a str, waits: Waits },
     /// The endpoint's breaker changed state.
     BreakerChanged {
         endpoint: &'a str,
@@ -41,6 +44,7 @@ impl OutboundEvent<'_> {
                         .inc();
                 }
             }
+            OutboundEvent::Waited { endpoint, waits } => emit_waits(endpoint, waits, metrics),
             OutboundEvent::BreakerChanged {
                 endpoint,
                 transition,
@@ -82,6 +86,28 @@ fn emit_attempt(endpoint: &str, attempt: &Attempt, metrics: Option<&OutboundMetr
         m.latency_seconds
             .with_label_values(&[endpoint])
             .observe(attempt.latency.as_secs_f64());
+        // The breaker's series exists from the endpoint's first attempt (closed, 0, until a
+        // transition sets it), so a dashboard shows a healthy upstream as closed, not as no data.
+        let _ = m.breaker_state.with_label_values(&[endpoint]);
+    }
+}
+
+fn emit_waits(endpoint: &str, waits: &Waits, metrics: Option<&OutboundMetrics>) {
+    for (reason, waited) in [("rate_limited", waits.rate_limited), ("busy", waits.busy)] {
+        if waited.is_zero() {
+            continue;
+        }
+        tracing::debug!(
+            endpoint,
+            reason,
+            waited_ms = waited.as_millis() as u64,
+            "outbound attempt waited for its limits"
+        );
+        if let Some(m) = metrics {
+            m.limit_wait_seconds
+                .with_label_values(&[endpoint, reason])
+                .observe(waited.as_secs_f64());
+        }
     }
 }
 

@@ -49,9 +49,29 @@ pub enum LimitRefusal {
     RateLimited { retry_in: Duration },
 }
 
-/// An in-flight slot, released when dropped.
+/// An in-flight slot, released when dropped, and how long getting it took.
 #[derive(Debug)]
-pub struct InFlight(#[allow(dead_code)] OwnedSemaphorePermit);
+pub struct InFlight {
+    _permit: OwnedSemaphorePermit,
+    waits: Waits,
+}
+
+impl InFlight {
+    /// How long the attempt waited for the limits before it could start.
+    pub fn waits(&self) -> Waits {
+        self.waits
+    }
+}
+
+/// How long an admitted attempt waited for each of its endpoint's limits: what operators
+/// see as rate-limit waits, when an upstream's declared rate is the bottleneck.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Waits {
+    /// For an in-flight slot (every slot was taken).
+    pub busy: Duration,
+    /// For the rate to allow a start.
+    pub rate_limited: Duration,
+}
 
 /// The limits of one endpoint, live.
 #[derive(Debug)]
@@ -79,29 +99,49 @@ impl EndpointLimits {
 
     /// Waits (at most `max_wait`) for an in-flight slot, then for the rate to allow a start.
     pub async fn acquire(&self) -> Result<InFlight, LimitRefusal> {
-        let deadline = Instant::now() + self.max_wait;
-        let permit = tokio::time::timeout_at(deadline, Arc::clone(&self.in_flight).acquire_owned())
-            .await
-            .map_err(|_| LimitRefusal::Busy {
-                max_in_flight: self.max_in_flight,
-            })?
-            .expect("the semaphore is never closed");
-        self.wait_for_rate(deadline).await?;
-        Ok(InFlight(permit))
+        let start = Instant::now();
+        let deadline = start + self.max_wait;
+        let (permit, busy) = match Arc::clone(&self.in_flight).try_acquire_owned() {
+            Ok(permit) => (permit, Duration::ZERO),
+            Err(_) => {
+                let permit =
+                    tokio::time::timeout_at(deadline, Arc::clone(&self.in_flight).acquire_owned())
+                        .await
+                        .map_err(|_| LimitRefusal::Busy {
+                            max_in_flight: self.max_in_flight,
+                        })?
+                        .expect("the semaphore is never closed");
+                (permit, start.elapsed())
+            }
+        };
+        let rate_limited = self.wait_for_rate(deadline).await?;
+        Ok(InFlight {
+            _permit: permit,
+            waits: Waits { busy, rate_limited },
+        })
     }
 
-    async fn wait_for_rate(&self, deadline: Instant) -> Result<(), LimitRefusal> {
+    /// Waits until the rate allows a start; how long that took (zero when it allowed one
+    /// at once).
+    async fn wait_for_rate(&self, deadline: Instant) -> Result<Duration, LimitRefusal> {
         let Some(rate) = &self.rate else {
-            return Ok(());
+            return Ok(Duration::ZERO);
         };
+        let start = Instant::now();
+        let mut waited = false;
         loop {
             let Err(not_until) = rate.check() else {
-                return Ok(());
+                return Ok(if waited {
+                    start.elapsed()
+                } else {
+                    Duration::ZERO
+                });
             };
             let retry_in = not_until.wait_time_from(rate.clock().now());
             if Instant::now() + retry_in > deadline {
                 return Err(LimitRefusal::RateLimited { retry_in });
             }
+            waited = true;
             tokio::time::sleep(retry_in).await;
         }
     }
@@ -161,12 +201,18 @@ mod tests {
             ..LimitsConfig::default()
         });
         let started = std::time::Instant::now();
+        let mut waited = Duration::ZERO;
         for _ in 0..3 {
-            drop(limits.acquire().await.unwrap());
+            let slot = limits.acquire().await.unwrap();
+            assert_eq!(slot.waits().busy, Duration::ZERO);
+            waited += slot.waits().rate_limited;
         }
-        // Two waits of ~50 ms each: the limiter made it wait, and not for long.
+        // Two waits of ~50 ms each: the limiter made it wait, and not for long; each
+        // slot says how long it waited for the rate.
         let took = started.elapsed();
         assert!(took >= Duration::from_millis(80), "{took:?}");
         assert!(took < Duration::from_secs(2), "{took:?}");
+        assert!(waited >= Duration::from_millis(80), "{waited:?}");
+        assert!(waited <= took, "{waited:?} {took:?}");
     }
 }

@@ -13,6 +13,9 @@ pub struct OutboundMetrics {
     pub latency_seconds: HistogramVec,
     /// Attempts the endpoint's breaker or limits did not let start, by reason.
     pub not_admitted: IntCounterVec,
+    /// Time admitted attempts waited for an endpoint's limits, by endpoint and limit
+    /// (`rate_limited`, `busy`); only attempts that waited.
+    pub limit_wait_seconds: HistogramVec,
     /// Breaker state by endpoint: 0 closed, 1 half-open, 2 open.
     pub breaker_state: IntGaugeVec,
     /// Breaker state changes, by endpoint and new state.
@@ -44,6 +47,14 @@ impl OutboundMetrics {
                 ),
                 &["endpoint", "reason"],
             )?,
+            limit_wait_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "sluice_outbound_limit_wait_seconds",
+                    "Time an outbound attempt waited for its endpoint's rate limit or a free in-flight slot before it started.",
+                )
+                .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+                &["endpoint", "reason"],
+            )?,
             breaker_state: IntGaugeVec::new(
                 Opts::new(
                     "sluice_outbound_breaker_state",
@@ -62,6 +73,7 @@ impl OutboundMetrics {
         registry.register(Box::new(m.attempts.clone()))?;
         registry.register(Box::new(m.latency_seconds.clone()))?;
         registry.register(Box::new(m.not_admitted.clone()))?;
+        registry.register(Box::new(m.limit_wait_seconds.clone()))?;
         registry.register(Box::new(m.breaker_state.clone()))?;
         registry.register(Box::new(m.breaker_transitions.clone()))?;
         Ok(m)

@@ -71,7 +71,7 @@ pub use config::ClientConfig;
 pub use endpoints::{Endpoint, EndpointSettings, Endpoints};
 pub use events::OutboundEvent;
 pub use inline_retry::{send_with_retries, send_with_retries_while, RetryEnd, RetryOutcome};
-pub use limits::{LimitRefusal, LimitsConfig};
+pub use limits::{LimitRefusal, LimitsConfig, Waits};
 pub use metrics::OutboundMetrics;
 pub use request::OutboundRequest;
 pub use retry::RetrySchedule;

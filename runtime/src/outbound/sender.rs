@@ -12,7 +12,7 @@ use super::breaker::{BreakerOpen, BreakerPermit};
 use super::client::OutboundClient;
 use super::endpoints::{Endpoint, Endpoints};
 use super::events::OutboundEvent;
-use super::limits::{InFlight, LimitRefusal};
+use super::limits::{InFlight, LimitRefusal, Waits};
 use super::metrics::OutboundMetrics;
 use super::request::OutboundRequest;
 
@@ -119,6 +119,10 @@ impl Outbound {
     ) -> Result<(InFlight, BreakerPermit), NotAdmitted> {
         state.breaker.check()?;
         let slot = state.limits.acquire().await?;
+        let waits = slot.waits();
+        if waits != Waits::default() {
+            self.emit(OutboundEvent::Waited { endpoint, waits });
+        }
         let (permit, transition) = state.breaker.try_acquire()?;
         if let Some(transition) = transition {
             self.emit(OutboundEvent::BreakerChanged {
