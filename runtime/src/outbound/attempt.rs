@@ -101,8 +101,11 @@ pub(crate) async fn send_once(
         config.retry_after_cap,
     );
     let headers = kept_headers(response.headers(), keep);
-    let (body_prefix, truncated, body_error) =
-        read_prefix(&mut response, config.body_prefix_limit).await;
+    let (body_prefix, truncated, body_error) = read_prefix(
+        &mut response,
+        request.body_limit.unwrap_or(config.body_prefix_limit),
+    )
+    .await;
     Attempt {
         started_at,
         latency: started.elapsed(),
