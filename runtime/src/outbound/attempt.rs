@@ -36,6 +36,17 @@ pub struct Attempt {
 }
 
 impl Attempt {
+    /// A `304 Not Modified` answering a conditional request (`If-None-Match`,
+    /// `If-Modified-Since`): the endpoint is healthy and has nothing new, which a poller
+    /// asks for on purpose; its verdict stays "not delivered" for everyone else.
+    pub fn not_modified(&self, request: &OutboundRequest) -> bool {
+        self.status == Some(304)
+            && (request.headers.contains_key(reqwest::header::IF_NONE_MATCH)
+                || request
+                    .headers
+                    .contains_key(reqwest::header::IF_MODIFIED_SINCE))
+    }
+
     /// An attempt that got no response: refused before sending, or failed before an answer.
     fn without_response(
         started_at: SystemTime,
