@@ -14,7 +14,12 @@ SLUICE := $(CARGO_TARGET_DIR)/debug/sluice
 
 .PHONY: demo test faults fuzz bench setup stack stack-down build lint deploy
 
+# The demo's list API without webhooks (dev/api.py), polled by the `orders-api` source.
+DEMO_API_PORT ?= 8766
+
 demo: stack build deploy
+	python3 dev/api.py --port $(DEMO_API_PORT) --items 200 >/dev/null & api=$$!; \
+	trap 'kill $$api' EXIT; \
 	set -a && . dev/demo.env && set +a && $(SLUICE) --config dev/demo.yaml run --demo
 
 deploy:

@@ -47,11 +47,11 @@ pub struct Crawl {
     pub items: u64,
 }
 
-/// A finished crawl, for `sluice sources status`.
+/// The last finished crawl that wrote items, for `sluice sources status`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct CrawlSummary {
     pub items: u64,
-    pub pages: u64,
+    /// Since this process started or resumed the crawl.
     pub seconds: f64,
 }
 

@@ -374,11 +374,13 @@ impl Poller {
         match page.next {
             None => {
                 next.watermark_ms = next.watermark_ms.max(newest);
-                next.last_crawl = Some(CrawlSummary {
-                    items: crawl.items + written,
-                    pages: 1,
-                    seconds: started.elapsed().as_secs_f64(),
-                });
+                // The rate of the last crawl that wrote anything: idle crawls say nothing.
+                if crawl.items + written > 0 {
+                    next.last_crawl = Some(CrawlSummary {
+                        items: crawl.items + written,
+                        seconds: started.elapsed().as_secs_f64(),
+                    });
+                }
                 next.crawl = None;
                 next.etag = etag;
             }
