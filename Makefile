@@ -14,12 +14,15 @@ SLUICE := $(CARGO_TARGET_DIR)/debug/sluice
 
 .PHONY: demo test faults fuzz bench setup stack stack-down build lint deploy
 
-# The demo's payment step calls dev/payments.py at PAYMENTS_URL (dev/demo.env); it stops
-# with the demo.
+# The demo's payment step calls dev/payments.py at PAYMENTS_URL (dev/demo.env), and the
+# `orders-api` source polls dev/api.py, a list API without webhooks; both stop with the demo.
+DEMO_API_PORT ?= 8766
+
 demo: stack build deploy
 	set -a && . dev/demo.env && set +a; \
 	  python3 dev/payments.py --demo --port $${PAYMENTS_URL##*:} >/dev/null & payments=$$!; \
-	  trap 'kill $$payments 2>/dev/null' EXIT INT TERM; \
+	  python3 dev/api.py --port $(DEMO_API_PORT) --items 200 >/dev/null & api=$$!; \
+	  trap 'kill $$payments $$api 2>/dev/null' EXIT INT TERM; \
 	  $(SLUICE) --config dev/demo.yaml run --demo
 
 deploy:

@@ -66,6 +66,12 @@ enum Command {
     /// The transactional outbox: create its table (`init`), relay it to Kafka (`relay`).
     #[command(subcommand)]
     Outbox(cli::outbox::OutboxCommand),
+    /// Poll the topology's polling sources (`sources[].poll`) into their raw topics until
+    /// SIGTERM/SIGINT: exactly once per item version.
+    Poll(cli::poll::PollArgs),
+    /// Sources: `status` shows each polling source's cursor, last success, items/s, errors.
+    #[command(subcommand)]
+    Sources(cli::poll::SourcesCommand),
     /// Every role in one supervised process; `--demo` also drives the demo traffic.
     Run(cli::run::RunArgs),
     /// Outbound webhook endpoints, through a running gateway's `/v1/endpoints` API:
@@ -115,6 +121,8 @@ fn main() -> ExitCode {
             Command::Bench(cmd) => bench::run(&config, cmd).await,
             Command::Endpoints(args) => cli::endpoints::run(args).await,
             Command::Outbox(cmd) => cli::outbox::run(&config, cmd).await,
+            Command::Poll(args) => cli::poll::run(&config, args).await,
+            Command::Sources(cmd) => cli::poll::sources(&config, cmd).await,
             Command::Run(args) => cli::run::run(&config, cli.config.as_deref(), args).await,
         }
     });

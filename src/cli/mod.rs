@@ -11,6 +11,7 @@ pub mod gateway;
 pub mod lag;
 pub mod normalize;
 pub mod outbox;
+pub mod poll;
 pub mod printable;
 pub mod renamed;
 pub mod run;

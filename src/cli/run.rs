@@ -34,6 +34,8 @@ pub enum Role {
     Outbox,
     /// Outbound webhook delivery (`sluice deliver`).
     Delivery,
+    /// Polling sources (`sluice poll`); in the default roles when the topology has any.
+    Poll,
 }
 
 impl Role {
@@ -45,6 +47,7 @@ impl Role {
             Role::LagExporter => Some(&["lag", "--export"]),
             Role::Outbox => Some(&["outbox", "relay"]),
             Role::Delivery => Some(&["deliver"]),
+            Role::Poll => Some(&["poll"]),
             Role::Gateway | Role::Normalizer => None,
         }
     }
@@ -123,6 +126,9 @@ pub async fn run(
             .any(|p| p.name == sluice_topology::naming::DELIVERY_POLICY)
         {
             all.push(Role::Delivery);
+        }
+        if topology.sources.iter().any(|s| s.poll.is_some()) {
+            all.push(Role::Poll);
         }
         all
     } else {

@@ -22,6 +22,7 @@ mod normalizer;
 mod observability;
 mod ordering;
 mod outbox;
+mod poll;
 mod publish;
 mod retry;
 mod roundtrip;

@@ -6,22 +6,19 @@
 //! sequence contiguous and in order.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::{Offset, TopicPartitionList};
 use sluice_outbox::{OutboxEvent, OutboxWriter, TableName};
 use sluice_schemas::{AvroCodec, Catalog, RecordLocation, RegistryClient};
 
 use crate::gateway::{apply_topology, register_schemas, unique_prefix};
 use crate::support::{
-    clients, free_port, postgres_dsn, registry, require_postgres, require_stack, temp_file,
-    wait_ready,
+    postgres_dsn, read_log, registry, require_postgres, require_stack, temp_file, RoleProcess,
 };
 
 const ORDER: &str = "dev.sluice.events.commerce.OrderPlaced";
@@ -134,11 +131,19 @@ impl Drop for Deployment {
 }
 
 /// A running `sluice outbox relay`, SIGKILLed when dropped.
-pub(crate) struct RelayProcess {
-    child: Option<Child>,
-    admin: String,
-    log: PathBuf,
-    name: String,
+pub(crate) struct RelayProcess(RoleProcess);
+
+impl std::ops::Deref for RelayProcess {
+    type Target = RoleProcess;
+    fn deref(&self) -> &RoleProcess {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for RelayProcess {
+    fn deref_mut(&mut self) -> &mut RoleProcess {
+        &mut self.0
+    }
 }
 
 impl RelayProcess {
@@ -151,41 +156,18 @@ impl RelayProcess {
             ),
         );
         let log = config.with_file_name(format!("{name}.log"));
-        let admin_port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .envs(env.iter().copied())
-            .arg("--config")
-            .arg(&config)
-            .args(["outbox", "relay", "--topology"])
-            .arg(&d.topology)
-            .env("E2E_OUTBOX_DSN", postgres_dsn())
-            .env("SLUICE_ADMIN__LISTEN", format!("127.0.0.1:{admin_port}"))
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(std::fs::File::create(log.with_extension("err")).unwrap())
-            .spawn()
-            .expect("spawn sluice outbox relay");
-        Self {
-            child: Some(child),
-            admin: format!("http://127.0.0.1:{admin_port}"),
-            log,
-            name: name.to_string(),
-        }
-    }
-
-    pub(crate) async fn ready(&mut self) {
-        let child = self.child.as_mut().unwrap();
-        let log = self.log.clone();
-        let exited = || {
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("relay exited ({status}):\n{}", read_log(&log));
-            }
-        };
-        wait_ready(&self.admin, "sluice outbox relay", exited, || {
-            read_log(&self.log)
-        })
-        .await;
+        let dsn = postgres_dsn();
+        let mut env = env.to_vec();
+        env.push(("E2E_OUTBOX_DSN", &dsn));
+        let args: Vec<&std::ffi::OsStr> = vec![
+            "--config".as_ref(),
+            config.as_os_str(),
+            "outbox".as_ref(),
+            "relay".as_ref(),
+            "--topology".as_ref(),
+            d.topology.as_os_str(),
+        ];
+        Self(RoleProcess::spawn(name, &args, &env, log))
     }
 
     /// Waits (30 s at most) until the relay owns all 4 lanes of the deployment.
@@ -203,42 +185,6 @@ impl RelayProcess {
     /// Where the relay serves `/metrics`.
     pub(crate) fn metrics_url(&self) -> String {
         format!("{}/metrics", self.admin)
-    }
-
-    /// A metric's value summed over its labels, from `/metrics`.
-    async fn metric(&self, name: &str) -> f64 {
-        let text = reqwest::get(format!("{}/metrics", self.admin))
-            .await
-            .and_then(|r| r.error_for_status())
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill(); // SIGKILL
-            let _ = child.wait();
-        }
-    }
-}
-
-fn read_log(log: &Path) -> String {
-    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
-    format!("{}{}", read(log), read(&log.with_extension("err")))
-}
-
-impl Drop for RelayProcess {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            eprintln!("--- {} log ---\n{}", self.name, read_log(&self.log));
-        }
     }
 }
 
@@ -354,20 +300,7 @@ impl Relayed {
 /// Reads `topic` from the start, `read_committed`, until `want` records arrived and then
 /// `settle` more passed without another (so a duplicate after the last one is caught).
 fn read_topic(topic: &str, want: usize, deadline: Duration, settle: Duration) -> Vec<Relayed> {
-    let consumer: BaseConsumer = clients()
-        .consumer_config("e2e-outbox", &format!("e2e-{}", uuid::Uuid::new_v4()))
-        .unwrap()
-        .create()
-        .unwrap();
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in metadata.topics()[0].partitions() {
-        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
+    let (consumer, _) = crate::support::read_from_start(topic, &[]);
     let end = Instant::now() + deadline;
     let mut out = Vec::new();
     let mut last = Instant::now();

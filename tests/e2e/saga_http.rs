@@ -5,8 +5,6 @@
 //!
 //! Every request goes to 127.0.0.1: the participants are allowed exactly that address.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value as Json};
@@ -69,23 +67,7 @@ impl Provider {
     }
 
     fn start_with(args: &[&str]) -> Self {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/dev/payments.py");
-        let mut child: Child = Command::new("python3")
-            .args([script, "--port", "0"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("python3 dev/payments.py");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let base = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("payments.py said {line:?}"))
-            .to_string();
+        let (child, base) = crate::support::start_dev_server("payments.py", args);
         Self {
             _child: ChildGuard(child),
             base,

@@ -97,6 +97,150 @@ pub fn temp_file(name: &str, contents: &str) -> std::path::PathBuf {
     path
 }
 
+/// Starts a `dev/` Python stand-in (`dev/<script>` with `--port 0` and `args`) and returns
+/// it with the base URL it prints (`listening on http://127.0.0.1:<port>`).
+pub fn start_dev_server(script: &str, args: &[&str]) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let path = format!("{}/dev/{script}", env!("CARGO_MANIFEST_DIR"));
+    let mut child = std::process::Command::new("python3")
+        .arg(&path)
+        .args(["--port", "0"])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("python3 dev/{script}: {e}"));
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("{script} said {line:?}"))
+        .to_string();
+    (child, base)
+}
+
+/// A metric's value summed over its labels, from `<admin>/metrics`.
+pub async fn metric(admin: &str, name: &str) -> f64 {
+    let text = reqwest::get(format!("{admin}/metrics"))
+        .await
+        .and_then(|r| r.error_for_status())
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A `sluice` role process started by a test: its output in a log file, its admin server
+/// on a free port; SIGKILLed when dropped (its log printed if the test is failing).
+pub struct RoleProcess {
+    pub child: Option<std::process::Child>,
+    pub admin: String,
+    pub log: std::path::PathBuf,
+    pub name: String,
+}
+
+impl RoleProcess {
+    /// Spawns `sluice <args>` with `env`, logging to `log` (stdout) and `log.err`.
+    pub fn spawn(
+        name: &str,
+        args: &[&std::ffi::OsStr],
+        env: &[(&str, &str)],
+        log: std::path::PathBuf,
+    ) -> Self {
+        let admin_port = free_port();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(args)
+            .envs(env.iter().copied())
+            .env("SLUICE_ADMIN__LISTEN", format!("127.0.0.1:{admin_port}"))
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(log.with_extension("err")).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        Self {
+            child: Some(child),
+            admin: format!("http://127.0.0.1:{admin_port}"),
+            log,
+            name: name.to_string(),
+        }
+    }
+
+    /// Waits until its admin server says ready; panics with its log if it exits first.
+    pub async fn ready(&mut self) {
+        let child = self.child.as_mut().unwrap();
+        let (log, name) = (self.log.clone(), self.name.clone());
+        let exited = || {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("{name} exited ({status}):\n{}", read_log(&log));
+            }
+        };
+        wait_ready(&self.admin, &self.name, exited, || read_log(&self.log)).await;
+    }
+
+    /// A metric's value summed over its labels, from `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        metric(&self.admin, name).await
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RoleProcess {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("--- {} log ---\n{}", self.name, read_log(&self.log));
+        }
+    }
+}
+
+/// A process's log and its `.err` companion.
+pub fn read_log(log: &std::path::Path) -> String {
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+    format!("{}{}", read(log), read(&log.with_extension("err")))
+}
+
+/// A `read_committed` consumer of a new group, assigned every partition of `topic` from the
+/// beginning, with `settings` on top; and those partitions.
+pub fn read_from_start(topic: &str, settings: &[(&str, &str)]) -> (BaseConsumer, Vec<i32>) {
+    let mut config = clients()
+        .consumer_config("e2e-read", &format!("e2e-{}", uuid::Uuid::new_v4()))
+        .unwrap();
+    for (k, v) in settings {
+        config.set(*k, *v);
+    }
+    let consumer: BaseConsumer = config.create().unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    let partitions: Vec<i32> = metadata.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| p.id())
+        .collect();
+    for p in &partitions {
+        tpl.add_partition_offset(topic, *p, rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    (consumer, partitions)
+}
+
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -7,6 +7,7 @@
 //! - [`naming`]: the topic naming convention.
 //! - [`sizes`]: record limits that let every accepted delivery be normalized or dead-lettered.
 //! - [`plan`] / [`apply`]: the diff against a live cluster and its idempotent application.
+//! - [`poll`]: sources fed by polling a list API (`sources[].poll`).
 //! - [`asyncapi`]: an AsyncAPI 3.0 document for data teams.
 
 pub mod alerts;
@@ -16,6 +17,7 @@ pub mod http_step;
 pub mod model;
 pub mod naming;
 pub mod plan;
+pub mod poll;
 pub mod sizes;
 pub mod template;
 pub mod validate;

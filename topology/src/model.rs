@@ -54,14 +54,19 @@ fn one() -> i32 {
     1
 }
 
-/// A webhook source instance: `POST /webhooks/{name}`.
+/// A source instance: a webhook source (`POST /webhooks/{name}`, with `provider`) or a
+/// polling source (with `poll`, see [`crate::poll`]); exactly one of the two.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceSpec {
     pub name: String,
     /// Provider type and its options, e.g. `{type: stripe, tolerance_secs: 300}`; the gateway
     /// parses the options for its type.
-    pub provider: serde_yaml_ng::Mapping,
+    #[serde(default)]
+    pub provider: Option<serde_yaml_ng::Mapping>,
+    /// How to poll the source's API, for a source without webhooks.
+    #[serde(default)]
+    pub poll: Option<crate::poll::PollSpec>,
     /// One or more secrets, so rotation needs no gap: any matching secret is accepted.
     #[serde(default)]
     pub secrets: Vec<SecretRef>,
@@ -77,6 +82,7 @@ impl SourceSpec {
     /// The provider's `type` value (`stripe`, `github`, …).
     pub fn provider_type(&self) -> Option<&str> {
         self.provider
+            .as_ref()?
             .get(serde_yaml_ng::Value::String("type".into()))
             .and_then(|v| v.as_str())
     }

@@ -42,6 +42,11 @@ pub fn state_topic(prefix: &str, what: &str) -> String {
 
 /// Held keys of retry policy `policy` under `ordering: per_key`, partitioned like the
 /// consumer's input topics.
+/// The compacted topic of polling sources' cursors and seen (id, version) pairs.
+pub fn poll_state_topic(prefix: &str) -> String {
+    state_topic(prefix, "poll")
+}
+
 pub fn held_topic(prefix: &str, policy: &str) -> String {
     state_topic(prefix, &format!("held-{policy}"))
 }

@@ -164,7 +164,24 @@ impl Topology {
                     format!("source `{}` is declared twice", s.name),
                 );
             }
+            if let Some(poll) = &s.poll {
+                if s.provider.is_some() {
+                    err(
+                        format!("{path}.poll"),
+                        "a source has either a webhook `provider` or `poll`, not both".into(),
+                    );
+                }
+                for (at, message) in crate::poll::problems(poll, PROVIDER_TYPES) {
+                    err(format!("{path}.poll.{at}"), message);
+                }
+            } else if s.secrets.is_empty() {
+                err(
+                    format!("{path}.secrets"),
+                    "at least one secret is required".into(),
+                );
+            }
             match s.provider_type() {
+                _ if s.poll.is_some() => {}
                 Some(t) if PROVIDER_TYPES.contains(&t) => {}
                 Some(t) => err(
                     format!("{path}.provider.type"),
@@ -174,12 +191,6 @@ impl Topology {
                     ),
                 ),
                 None => err(format!("{path}.provider.type"), "missing".into()),
-            }
-            if s.secrets.is_empty() {
-                err(
-                    format!("{path}.secrets"),
-                    "at least one secret is required".into(),
-                );
             }
             if !declared(&s.raw_topic) {
                 err(
@@ -742,6 +753,19 @@ impl Topology {
     /// the policy's DLQ topic, or like its held-key topic under per-key ordering).
     pub fn all_topics(&self) -> Vec<TopicSpec> {
         let mut out = self.topics.clone();
+        let poll_state = naming::poll_state_topic(&self.prefix);
+        if self.sources.iter().any(|s| s.poll.is_some())
+            && !out.iter().any(|t| t.name == poll_state)
+        {
+            // Cursors and (id, version) pairs: compacted, one partition (a source's records
+            // all go to one partition anyway, read back in full at start).
+            out.push(TopicSpec {
+                name: poll_state,
+                partitions: 1,
+                replication_factor: self.topics.first().map_or(1, |t| t.replication_factor),
+                config: [("cleanup.policy".to_string(), "compact".to_string())].into(),
+            });
+        }
         for p in &self.retry_policies {
             let like = match p.ordering {
                 Ordering::PerKey => naming::held_topic(&self.prefix, &p.name),

@@ -60,13 +60,18 @@ impl std::fmt::Debug for Source {
 pub fn build_sources(topology: &Topology) -> Result<BTreeMap<String, Arc<Source>>, SourceError> {
     let mut out = BTreeMap::new();
     for (index, spec) in topology.sources.iter().enumerate() {
+        // Polling sources have no webhook endpoint: `sluice poll` feeds them.
+        let Some(mapping) = spec.provider.clone() else {
+            continue;
+        };
         let provider: ProviderConfig =
-            serde_yaml_ng::from_value(serde_yaml_ng::Value::Mapping(spec.provider.clone()))
-                .map_err(|e| SourceError::Provider {
+            serde_yaml_ng::from_value(serde_yaml_ng::Value::Mapping(mapping)).map_err(|e| {
+                SourceError::Provider {
                     index,
                     name: spec.name.clone(),
                     message: e.to_string(),
-                })?;
+                }
+            })?;
         let secrets = spec
             .secrets
             .iter()

@@ -193,6 +193,54 @@ impl KafkaClients {
 
 /// Creates `topic` unless it exists. Topology apply is the real path for declared topics;
 /// this is for tools and tests that need a scratch topic.
+/// A transactional producer could not be made ready.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}")]
+pub struct FenceError {
+    pub what: &'static str,
+    #[source]
+    pub source: KafkaError,
+}
+
+impl KafkaClients {
+    /// A transactional producer with its transactions initialised: any earlier producer
+    /// with the same transactional id is fenced, and its open transaction aborted.
+    pub async fn fenced_producer(
+        &self,
+        role: &str,
+        transactional_id: &str,
+    ) -> Result<FutureProducer, FenceError> {
+        let fail = |what| move |source| FenceError { what, source };
+        let producer: FutureProducer = self
+            .transactional_producer_config(role, transactional_id)
+            .map_err(|e| KafkaError::ClientCreation(e.to_string()))
+            .map_err(fail("configuring the transactional producer"))?
+            .create()
+            .map_err(fail("creating the transactional producer"))?;
+        let init = producer.clone();
+        blocking(move || {
+            rdkafka::producer::Producer::init_transactions(
+                &init,
+                std::time::Duration::from_secs(30),
+            )
+        })
+        .await
+        .map_err(fail(
+            "initialising transactions (fencing the previous owner)",
+        ))?;
+        Ok(producer)
+    }
+}
+
+/// Runs a blocking librdkafka call (transactions, metadata) off the async workers.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, KafkaError> + Send + 'static,
+) -> Result<T, KafkaError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or(Err(KafkaError::Canceled))
+}
+
 pub async fn create_topic_if_missing(
     admin: &AdminClient<DefaultClientContext>,
     topic: &str,

@@ -36,6 +36,17 @@ pub struct Attempt {
 }
 
 impl Attempt {
+    /// A `304 Not Modified` answering a conditional request (`If-None-Match`,
+    /// `If-Modified-Since`): the endpoint is healthy and has nothing new, which a poller
+    /// asks for on purpose; its verdict stays "not delivered" for everyone else.
+    pub fn not_modified(&self, request: &OutboundRequest) -> bool {
+        self.status == Some(304)
+            && (request.headers.contains_key(reqwest::header::IF_NONE_MATCH)
+                || request
+                    .headers
+                    .contains_key(reqwest::header::IF_MODIFIED_SINCE))
+    }
+
     /// An attempt that got no response: refused before sending, or failed before an answer.
     fn without_response(
         started_at: SystemTime,
@@ -101,8 +112,11 @@ pub(crate) async fn send_once(
         config.retry_after_cap,
     );
     let headers = kept_headers(response.headers(), keep);
-    let (body_prefix, truncated, body_error) =
-        read_prefix(&mut response, config.body_prefix_limit).await;
+    let (body_prefix, truncated, body_error) = read_prefix(
+        &mut response,
+        request.body_limit.unwrap_or(config.body_prefix_limit),
+    )
+    .await;
     Attempt {
         started_at,
         latency: started.elapsed(),

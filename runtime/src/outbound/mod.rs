@@ -13,6 +13,8 @@
 //! - [`Outbound`] puts them together for one attempt to one endpoint; callers that schedule
 //!   retries themselves (the delivery consumer, through Kafka) use it directly, callers that
 //!   retry inline use [`send_with_retries`] with a [`RetrySchedule`].
+//! - [`Budgets`] are shared per-host and per-credential request budgets that wait instead
+//!   of refusing, paused by `Retry-After` and by [`rate_limit_reset`] headers (pollers).
 //!
 //! A delivery loop, in outline:
 //!
@@ -49,6 +51,7 @@
 
 pub mod attempt;
 pub mod breaker;
+pub mod budgets;
 pub mod client;
 pub mod config;
 pub mod endpoints;
@@ -56,6 +59,7 @@ pub mod events;
 pub mod inline_retry;
 pub mod limits;
 pub mod metrics;
+pub mod rate_limit_reset;
 pub mod request;
 pub mod retry;
 pub mod retry_after;
@@ -66,6 +70,7 @@ pub mod verdict;
 
 pub use attempt::Attempt;
 pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker};
+pub use budgets::{Budgets, Rate};
 pub use client::{ClientError, OutboundClient};
 pub use config::ClientConfig;
 pub use endpoints::{Endpoint, EndpointSettings, Endpoints};

@@ -15,6 +15,9 @@ pub struct OutboundRequest {
     pub body: Bytes,
     /// A total timeout shorter than the client's, e.g. what is left of a caller's deadline.
     pub timeout: Option<Duration>,
+    /// Bytes of the answer kept, when this caller reads the body itself (a poller's page)
+    /// and needs more than the client's diagnostic prefix.
+    pub body_limit: Option<usize>,
 }
 
 impl OutboundRequest {
@@ -26,6 +29,7 @@ impl OutboundRequest {
             headers: HeaderMap::new(),
             body: body.into(),
             timeout: None,
+            body_limit: None,
         }
     }
 
@@ -40,6 +44,12 @@ impl OutboundRequest {
     /// Adds headers (a signature, a content type, an idempotency key).
     pub fn with_headers(mut self, headers: HeaderMap) -> Self {
         self.headers.extend(headers);
+        self
+    }
+
+    /// Keeps up to `limit` bytes of the answer (instead of the client's prefix limit).
+    pub fn with_body_limit(mut self, limit: usize) -> Self {
+        self.body_limit = Some(limit);
         self
     }
 

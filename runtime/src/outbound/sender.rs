@@ -96,7 +96,8 @@ impl Outbound {
         let attempt = self.client.attempt(request).await;
         drop(slot);
         if attempt.verdict.counts_for_breaker() {
-            if let Some(transition) = permit.record(attempt.verdict.is_success()) {
+            let healthy = attempt.verdict.is_success() || attempt.not_modified(request);
+            if let Some(transition) = permit.record(healthy) {
                 self.emit(OutboundEvent::BreakerChanged {
                     endpoint,
                     transition,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use sluice_runtime::kafka::KafkaClients;
+use sluice_runtime::kafka::{blocking, KafkaClients};
 use sluice_stream::refusals::RefusalClass;
 use sluice_stream::state::kafka::read_partitions;
 
@@ -65,38 +65,21 @@ impl std::fmt::Debug for Lane {
     }
 }
 
-/// Runs blocking librdkafka calls off the async workers.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, KafkaError> + Send + 'static,
-) -> Result<T, KafkaError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or(Err(KafkaError::Canceled))
-}
-
 impl Lane {
     /// Takes over `lane` in Kafka: fences its previous producer, then reads its position.
     pub async fn open(relay: &Arc<Relay>, lane: u32) -> Result<Self, LaneError> {
-        let kafka = |what| move |source| LaneError::Kafka { lane, what, source };
-        let producer: FutureProducer = relay
+        let producer = relay
             .clients
-            .transactional_producer_config(
+            .fenced_producer(
                 "outbox-relay",
                 &format!("outbox-{}-lane-{lane}", relay.settings.table),
             )
-            .map_err(|e| LaneError::Restore {
-                lane,
-                topic: relay.state_topic.clone(),
-                reason: e.to_string(),
-            })?
-            .create()
-            .map_err(kafka("creating the transactional producer"))?;
-        let init = producer.clone();
-        blocking(move || init.init_transactions(Duration::from_secs(30)))
             .await
-            .map_err(kafka(
-                "initialising transactions (fencing the previous owner)",
-            ))?;
+            .map_err(|e| LaneError::Kafka {
+                lane,
+                what: e.what,
+                source: e.source,
+            })?;
         let partition =
             position::partition_of(relay.settings.table.as_str(), lane, relay.state_partitions);
         let durable = restore(

@@ -1,0 +1,208 @@
+//! A source's durable state, as records of the compacted topic `<prefix>.state.poll`,
+//! written in the same Kafka transaction as the items of each page: the page's items, the
+//! (id, version) pairs they add and the cursor after them are committed together or not at
+//! all, so a poller killed at any point resumes at the first page not committed.
+//!
+//! Keys are JSON arrays, so no source name or item id can be mistaken for a separator:
+//! - `["<source>", "cursor"]` → [`Cursor`];
+//! - `["<source>", "item", "<id>"]` → `{"v": "<version>", "t": <item time ms or null>}`;
+//! - `["<source>", "status"]` → [`ErrorStatus`] (the last failed crawl);
+//! - `["<source>", "pause"]` → `{"until_ms": …}`: the API's last `Retry-After` or budget
+//!   reset, so a poller started again does not ask before it either.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::seen::SeenEntry;
+
+/// Where the next request of a crawl starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "at", rename_all = "snake_case")]
+pub enum PageRef {
+    /// The crawl's first page.
+    First,
+    /// A cursor the API gave in the last page's body.
+    Cursor { token: String },
+    /// The URL of the last page's `Link: rel="next"`.
+    Url { url: String },
+    /// A page number.
+    Page { n: u64 },
+    /// An item offset.
+    Offset { n: u64 },
+    /// After the item `(time, id)`: `since` = time, tie-break = id.
+    Keyset { time_ms: i64, id: String },
+}
+
+/// A crawl in progress: one pass over the list from `since_ms`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Crawl {
+    /// The `since` the crawl asked for (already moved back by the lookback).
+    pub since_ms: Option<i64>,
+    pub next: PageRef,
+    /// The newest item time seen so far in this crawl.
+    pub newest_ms: Option<i64>,
+    pub started_ms: i64,
+    /// Items written by this crawl so far.
+    pub items: u64,
+}
+
+/// The last finished crawl that wrote items, for `sluice sources status`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CrawlSummary {
+    pub items: u64,
+    /// Since this process started or resumed the crawl.
+    pub seconds: f64,
+}
+
+/// The cursor of one source.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Cursor {
+    /// The newest item time of the finished crawls: the next crawl asks for items since
+    /// this, minus the lookback.
+    pub watermark_ms: Option<i64>,
+    /// The crawl under way, if one was interrupted or is running.
+    pub crawl: Option<Crawl>,
+    /// The `ETag` of the last single-page crawl, with the URL it answered.
+    pub etag: Option<(String, String)>,
+    pub items_written: u64,
+    pub pages: u64,
+    pub last_success_ms: Option<i64>,
+    pub last_crawl: Option<CrawlSummary>,
+}
+
+/// The last failure of a source's crawls.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorStatus {
+    pub errors: u64,
+    pub last_error: String,
+    pub at_ms: i64,
+}
+
+/// A source's state as read back.
+#[derive(Debug, Default)]
+pub struct Restored {
+    pub cursor: Cursor,
+    pub seen: HashMap<String, SeenEntry>,
+    pub status: ErrorStatus,
+    /// No request to the API before this (epoch ms).
+    pub pause_until_ms: Option<i64>,
+}
+
+/// The value of a `pause` record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pause {
+    pub until_ms: i64,
+}
+
+pub fn pause_key(source: &str) -> Vec<u8> {
+    serde_json::to_vec(&(source, "pause")).expect("json")
+}
+
+pub fn cursor_key(source: &str) -> Vec<u8> {
+    serde_json::to_vec(&(source, "cursor")).expect("json")
+}
+
+pub fn status_key(source: &str) -> Vec<u8> {
+    serde_json::to_vec(&(source, "status")).expect("json")
+}
+
+pub fn item_key(source: &str, id: &str) -> Vec<u8> {
+    serde_json::to_vec(&(source, "item", id)).expect("json")
+}
+
+pub fn to_value<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("json")
+}
+
+/// Folds one state record into `state` when it belongs to `source`; records of other
+/// sources (which share the topic) and unreadable ones are ignored.
+pub fn apply(state: &mut Restored, source: &str, key: &[u8], value: Option<&[u8]>) {
+    let Ok(parts) = serde_json::from_slice::<Vec<String>>(key) else {
+        return;
+    };
+    if parts.first().map(String::as_str) != Some(source) {
+        return;
+    }
+    match (parts.get(1).map(String::as_str), parts.get(2)) {
+        (Some("cursor"), None) => {
+            if let Some(c) = value.and_then(|v| serde_json::from_slice(v).ok()) {
+                state.cursor = c;
+            }
+        }
+        (Some("status"), None) => {
+            if let Some(s) = value.and_then(|v| serde_json::from_slice(v).ok()) {
+                state.status = s;
+            }
+        }
+        (Some("pause"), None) => {
+            state.pause_until_ms = value
+                .and_then(|v| serde_json::from_slice::<Pause>(v).ok())
+                .map(|p| p.until_ms);
+        }
+        (Some("item"), Some(id)) => match value.and_then(|v| serde_json::from_slice(v).ok()) {
+            Some(entry) => {
+                state.seen.insert(id.clone(), entry);
+            }
+            None => {
+                state.seen.remove(id);
+            }
+        },
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_into_the_source_they_belong_to() {
+        let mut s = Restored::default();
+        let cursor = Cursor {
+            watermark_ms: Some(5),
+            crawl: Some(Crawl {
+                since_ms: Some(1),
+                next: PageRef::Keyset {
+                    time_ms: 4,
+                    id: "a\",b".into(),
+                },
+                newest_ms: Some(4),
+                started_ms: 0,
+                items: 3,
+            }),
+            etag: Some(("http://x/".into(), "\"e1\"".into())),
+            items_written: 3,
+            ..Cursor::default()
+        };
+        let entry = SeenEntry {
+            v: "2".into(),
+            t: Some(4),
+        };
+        apply(
+            &mut s,
+            "orders",
+            &cursor_key("orders"),
+            Some(&to_value(&cursor)),
+        );
+        apply(
+            &mut s,
+            "orders",
+            &item_key("orders", "a\",b"),
+            Some(&to_value(&entry)),
+        );
+        apply(
+            &mut s,
+            "orders",
+            &item_key("other", "z"),
+            Some(&to_value(&entry)),
+        );
+        apply(&mut s, "orders", &cursor_key("other"), Some(b"{}"));
+        apply(&mut s, "orders", b"garbage", Some(b"{}"));
+        assert_eq!(s.cursor, cursor);
+        assert_eq!(s.seen.len(), 1);
+        assert_eq!(s.seen["a\",b"], entry);
+        apply(&mut s, "orders", &item_key("orders", "a\",b"), None);
+        assert!(s.seen.is_empty());
+    }
+}

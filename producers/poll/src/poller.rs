@@ -1,0 +1,470 @@
+//! One source's poller: crawls, page by page, each page one transaction (see
+//! [`crate::writer`]), then waits `interval` and crawls again from the watermark minus the
+//! lookback.
+//!
+//! Nothing in memory is trusted past a Kafka error: the poller is opened again, which
+//! fences the producer and reads the committed state back (see [`crate::run_source`]).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sluice_runtime::kafka::KafkaClients;
+use sluice_runtime::Shutdown;
+use sluice_schemas::metadata::{now_ms, parse_rfc3339_ms};
+use sluice_stream::state::kafka::read_partitions;
+
+use crate::cursor::{self, Crawl, CrawlSummary, Cursor, ErrorStatus, PageRef, Restored};
+use crate::fetch::{FetchError, Fetched, Fetcher, Step};
+use crate::page::{self, Page, PageError};
+use crate::record;
+use crate::request::{self, RequestError};
+use crate::seen::{Decision, Seen, SeenEntry};
+use crate::settings::Settings;
+use crate::writer::{PageWriter, RawOut, WriteError};
+
+/// How often (in pages) entries behind the lookback are forgotten.
+const FORGET_EVERY_PAGES: u64 = 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PollError {
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error("page: {0}")]
+    Page(#[from] PageError),
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error("the first page of a crawl answered 410 Gone")]
+    FirstPageGone,
+    #[error("writing to Kafka: {0}")]
+    Kafka(#[from] WriteError),
+    #[error("reading the source's state from {topic}: {reason}")]
+    Restore { topic: String, reason: String },
+}
+
+impl PollError {
+    /// The metric label of the failure.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PollError::Kafka(_) | PollError::Restore { .. } => "kafka",
+            PollError::Page(_) | PollError::Request(_) => "page",
+            PollError::Fetch(_) | PollError::FirstPageGone => "api",
+        }
+    }
+}
+
+/// What every poller of a process shares.
+#[derive(Debug)]
+pub struct Shared {
+    pub clients: KafkaClients,
+    pub fetcher: Fetcher,
+    pub state_topic: String,
+    pub state_partitions: i32,
+}
+
+pub struct Poller {
+    settings: Settings,
+    shared: Arc<Shared>,
+    writer: PageWriter,
+    cursor: Cursor,
+    seen: Seen,
+    status: ErrorStatus,
+    /// Whether every item of the crawl so far came in time order (then entries behind the
+    /// lookback can be forgotten).
+    ordered: bool,
+}
+
+impl std::fmt::Debug for Poller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Poller")
+            .field("source", &self.settings.source)
+            .field("cursor", &self.cursor)
+            .finish()
+    }
+}
+
+/// The state partition of `source`.
+pub fn partition_of(source: &str, partitions: i32) -> i32 {
+    // FNV-1a: stable across versions and platforms, unlike the std hasher.
+    let hash = source.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    });
+    (hash % partitions.max(1) as u64) as i32
+}
+
+/// Reads `source`'s committed state back.
+pub async fn restore(
+    clients: &KafkaClients,
+    topic: &str,
+    partition: i32,
+    source: &str,
+) -> Result<Restored, PollError> {
+    let (c, t, s) = (clients.clone(), topic.to_string(), source.to_string());
+    tokio::task::spawn_blocking(move || {
+        let mut state = Restored::default();
+        read_partitions(&c, &t, &[partition], |_, key, value| {
+            cursor::apply(&mut state, &s, key, value)
+        })
+        .map(|_| state)
+        .map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()))
+    .map_err(|reason| PollError::Restore {
+        topic: topic.to_string(),
+        reason,
+    })
+}
+
+impl Poller {
+    /// Fences the source's previous poller, then reads its state back.
+    pub async fn open(settings: Settings, shared: Arc<Shared>) -> Result<Self, PollError> {
+        let partition = partition_of(&settings.source, shared.state_partitions);
+        let writer = PageWriter::open(
+            &shared.clients,
+            &settings.source,
+            &settings.raw_topic,
+            &shared.state_topic,
+            partition,
+        )
+        .await?;
+        let restored = restore(
+            &shared.clients,
+            &shared.state_topic,
+            partition,
+            &settings.source,
+        )
+        .await?;
+        let mut poller = Self {
+            seen: Seen::new(restored.seen),
+            cursor: restored.cursor,
+            status: restored.status,
+            settings,
+            shared,
+            writer,
+            ordered: true,
+        };
+        if let Some(until) = restored.pause_until_ms {
+            let left = until - now_ms();
+            if left > 0 {
+                let wait = Duration::from_millis(left as u64);
+                poller
+                    .shared
+                    .fetcher
+                    .budgets
+                    .pause(&poller.settings.host_key, wait);
+            }
+        }
+        let horizon = poller
+            .cursor
+            .crawl
+            .as_ref()
+            .map_or_else(|| poller.next_since(), |c| c.since_ms);
+        if let Some(h) = horizon {
+            poller.seen.forget_before(h);
+        }
+        tracing::info!(source = %poller.settings.source, watermark = ?poller.cursor.watermark_ms,
+            resuming = poller.cursor.crawl.is_some(), items_kept = poller.seen.len(), "poller opened");
+        Ok(poller)
+    }
+
+    /// Crawls every `interval` until shutdown; returns a Kafka failure for the caller to
+    /// open the poller again.
+    pub async fn run(mut self, shutdown: &Shutdown) -> Result<(), PollError> {
+        let source = self.settings.source.clone();
+        self.shared.fetcher.metrics.start(&source);
+        while !shutdown.is_triggered() {
+            match self.crawl(shutdown).await {
+                Ok(()) | Err(PollError::Fetch(FetchError::Stopped)) => {}
+                Err(e @ (PollError::Kafka(_) | PollError::Restore { .. })) => return Err(e),
+                Err(e) => self.failed(&e).await?,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.settings.spec.interval.0) => {}
+                _ = shutdown.wait() => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts and records a failed crawl; the next one starts after the interval, from the
+    /// committed cursor.
+    async fn failed(&mut self, e: &PollError) -> Result<(), PollError> {
+        let source = &self.settings.source;
+        tracing::warn!(source = %source, error = %e, "crawl failed; trying again after the interval");
+        self.shared
+            .fetcher
+            .metrics
+            .errors
+            .with_label_values(&[source, e.kind()])
+            .inc();
+        self.status.errors += 1;
+        self.status.last_error = e.to_string();
+        self.status.at_ms = now_ms();
+        let state = vec![(cursor::status_key(source), cursor::to_value(&self.status))];
+        self.writer.commit(Vec::new(), state).await?;
+        Ok(())
+    }
+
+    /// Where a new crawl starts: the watermark minus the lookback, else the backfill start.
+    fn next_since(&self) -> Option<i64> {
+        let since = self.settings.spec.since.as_ref()?;
+        match self.cursor.watermark_ms {
+            Some(w) => Some(w - since.lookback.0.as_millis() as i64),
+            None => since.start.as_deref().and_then(parse_rfc3339_ms),
+        }
+    }
+
+    /// One pass over the list, resuming an interrupted one.
+    async fn crawl(&mut self, shutdown: &Shutdown) -> Result<(), PollError> {
+        if self.cursor.crawl.is_none() {
+            self.cursor.crawl = Some(Crawl {
+                since_ms: self.next_since(),
+                next: PageRef::First,
+                newest_ms: None,
+                started_ms: now_ms(),
+                items: 0,
+            });
+            self.ordered = true;
+        }
+        let started = Instant::now();
+        let mut pages = 0u64;
+        loop {
+            let crawl = self.cursor.crawl.clone().expect("a crawl is under way");
+            let url = request::page_url(&self.settings, &crawl)?;
+            let req = request::build(&self.settings, &self.cursor, url.clone());
+            let fetched = self.fetch(&req, shutdown).await?;
+            let etag = fetched.etag();
+            let (body, headers) = match fetched {
+                Fetched::NotModified => {
+                    self.cursor.crawl = None;
+                    self.succeeded();
+                    return Ok(());
+                }
+                Fetched::Gone if crawl.next == PageRef::First => {
+                    return Err(PollError::FirstPageGone)
+                }
+                Fetched::Gone => {
+                    // The API forgot our place: start the crawl over from its `since`; the
+                    // (id, version) store drops what was written already.
+                    tracing::warn!(source = %self.settings.source, "the API expired the page cursor (410); the crawl starts over");
+                    self.shared
+                        .fetcher
+                        .metrics
+                        .cursor_expired
+                        .with_label_values(&[&self.settings.source])
+                        .inc();
+                    self.cursor.crawl = Some(Crawl {
+                        next: PageRef::First,
+                        ..crawl
+                    });
+                    continue;
+                }
+                Fetched::Page { body, headers } => (body, headers),
+            };
+            let page = page::parse(&self.settings.spec, &crawl.next, &body, &headers)?;
+            let single = crawl.next == PageRef::First && page.next.is_none();
+            let etag = etag.filter(|_| single).map(|e| (url.to_string(), e));
+            let finished = self.commit_page(crawl, page, etag, started).await?;
+            pages += 1;
+            if pages.is_multiple_of(FORGET_EVERY_PAGES) {
+                self.forget_behind();
+            }
+            if finished {
+                self.forget_behind();
+                return Ok(());
+            }
+        }
+    }
+
+    /// Fetches `req`, waiting out whatever the API and the budgets ask; a wait the API set
+    /// is committed first, so a poller started during it waits too.
+    async fn fetch(
+        &mut self,
+        req: &sluice_runtime::outbound::OutboundRequest,
+        shutdown: &Shutdown,
+    ) -> Result<Fetched, PollError> {
+        let fetcher = self.shared.fetcher.clone();
+        let source = self.settings.source.clone();
+        let mut failures = 0;
+        loop {
+            let keys = self.settings.budget_keys();
+            match fetcher
+                .attempt(&source, &keys, req, failures, shutdown)
+                .await?
+            {
+                Step::Done(fetched) => return Ok(fetched),
+                Step::Wait { wait, why, binding } => {
+                    failures += 1;
+                    if binding {
+                        let pause = cursor::Pause {
+                            until_ms: now_ms() + wait.as_millis() as i64,
+                        };
+                        let state = vec![(cursor::pause_key(&source), cursor::to_value(&pause))];
+                        self.writer.commit(Vec::new(), state).await?;
+                    }
+                    fetcher.sleep(&source, why, wait, shutdown).await?;
+                }
+            }
+        }
+    }
+
+    /// Writes the page's new item versions with the cursor after it; true when the crawl
+    /// ended with it.
+    async fn commit_page(
+        &mut self,
+        crawl: Crawl,
+        page: Page,
+        etag: Option<(String, String)>,
+        started: Instant,
+    ) -> Result<bool, PollError> {
+        let s = &self.settings;
+        let metrics = &self.shared.fetcher.metrics;
+        let now = now_ms();
+        let mut newest = crawl.newest_ms;
+        let mut records = Vec::new();
+        let mut state = Vec::new();
+        for item in &page.items {
+            if let (Some(t), Some(n)) = (item.time_ms, newest) {
+                self.ordered &= t >= n;
+            }
+            newest = newest.max(item.time_ms);
+            match self.seen.decide(&item.id, &item.version) {
+                Decision::Write => {}
+                Decision::Duplicate | Decision::Stale => {
+                    let reason = match self.seen.decide(&item.id, &item.version) {
+                        Decision::Stale => "stale",
+                        _ => "duplicate",
+                    };
+                    metrics
+                        .dropped
+                        .with_label_values(&[&s.source, reason])
+                        .inc();
+                    continue;
+                }
+            }
+            let entry = SeenEntry {
+                v: item.version.as_str().to_string(),
+                t: item.time_ms,
+            };
+            state.push((
+                cursor::item_key(&s.source, &item.id),
+                cursor::to_value(&entry),
+            ));
+            // Recorded now, so a second copy on the same page is a duplicate; a failed
+            // commit reopens the poller, which reads the store back from Kafka.
+            self.seen.record(item.id.clone(), entry);
+            records.push(RawOut {
+                key: item.id.clone(),
+                value: item.body.clone(),
+                headers: record::headers(
+                    &s.source,
+                    &s.spec.provider,
+                    s.spec.event_type.as_deref(),
+                    item,
+                    now,
+                ),
+            });
+        }
+        let written = records.len() as u64;
+        let mut next = self.cursor.clone();
+        next.items_written += written;
+        next.pages += 1;
+        next.last_success_ms = Some(now);
+        let finished = page.next.is_none();
+        match page.next {
+            None => {
+                next.watermark_ms = next.watermark_ms.max(newest);
+                // The rate of the last crawl that wrote anything: idle crawls say nothing.
+                if crawl.items + written > 0 {
+                    next.last_crawl = Some(CrawlSummary {
+                        items: crawl.items + written,
+                        seconds: started.elapsed().as_secs_f64(),
+                    });
+                }
+                next.crawl = None;
+                next.etag = etag;
+            }
+            Some(after) => {
+                next.crawl = Some(Crawl {
+                    next: after,
+                    newest_ms: newest,
+                    items: crawl.items + written,
+                    ..crawl
+                });
+            }
+        }
+        state.push((cursor::cursor_key(&s.source), cursor::to_value(&next)));
+        self.writer.commit(records, state).await?;
+        self.cursor = next;
+        metrics
+            .items
+            .with_label_values(&[&s.source])
+            .inc_by(written);
+        metrics.pages.with_label_values(&[&s.source]).inc();
+        self.succeeded();
+        Ok(finished)
+    }
+
+    /// Forgets (in memory) items no later crawl asks for: those older than the newest item
+    /// time minus the lookback, when the API listed items in time order.
+    fn forget_behind(&mut self) {
+        let Some(since) = &self.settings.spec.since else {
+            return;
+        };
+        if !self.ordered {
+            return;
+        }
+        let newest = self
+            .cursor
+            .crawl
+            .as_ref()
+            .and_then(|c| c.newest_ms)
+            .or(self.cursor.watermark_ms);
+        if let Some(n) = newest {
+            self.seen
+                .forget_before(n - since.lookback.0.as_millis() as i64);
+        }
+    }
+
+    fn succeeded(&self) {
+        let m = &self.shared.fetcher.metrics;
+        let source = &self.settings.source;
+        let now = now_ms();
+        m.last_success.with_label_values(&[source]).set(now / 1000);
+        if let Some(w) = self.cursor.watermark_ms {
+            m.watermark_age
+                .with_label_values(&[source])
+                .set((now - w).max(0) / 1000);
+        }
+    }
+}
+
+/// Opens and runs `settings`' poller until shutdown, opening it again (fencing, reading the
+/// committed state back) after any Kafka failure.
+pub async fn run_source(settings: Settings, shared: Arc<Shared>, shutdown: Shutdown) {
+    let mut backoff = Duration::from_millis(500);
+    while !shutdown.is_triggered() {
+        let result = match Poller::open(settings.clone(), Arc::clone(&shared)).await {
+            Ok(poller) => {
+                backoff = Duration::from_millis(500);
+                poller.run(&shutdown).await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            shared
+                .fetcher
+                .metrics
+                .errors
+                .with_label_values(&[&settings.source, e.kind()])
+                .inc();
+            tracing::warn!(source = %settings.source, error = %e, retry_in = ?backoff,
+                "poller stopped; it is opened again from its committed state");
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.wait() => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+    }
+}
