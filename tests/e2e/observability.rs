@@ -86,7 +86,7 @@ fn alert_rules_load_with_promtool() {
 }
 
 async fn scrape(url: &str, wanted: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + Duration::from_secs(90);
+    let deadline = Instant::now() + Duration::from_secs(180);
     let mut last = String::new();
     while Instant::now() < deadline {
         if let Ok(r) = reqwest::get(url).await {
