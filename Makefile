@@ -61,6 +61,7 @@ bench: stack
 	$(CARGO_TARGET_DIR)/release/sluice saga bench
 	$(CARGO_TARGET_DIR)/release/sluice bench saga-http
 	$(CARGO_TARGET_DIR)/release/sluice bench e2e
+	$(CARGO_TARGET_DIR)/release/sluice bench outbox
 	cargo bench -p sluice-ops --bench lag
 
 setup:

@@ -9,6 +9,7 @@
 pub mod e2e;
 pub mod gateway;
 pub mod normalizer;
+pub mod outbox;
 pub mod saga;
 pub mod saga_http;
 pub mod stats;
@@ -44,6 +45,9 @@ pub enum BenchCommand {
     /// The order-fulfillment saga with its payment step as an HTTP call to a fast local
     /// upstream, against the same saga with a Kafka participant for it, in the same run.
     SagaHttp(saga_http::SagaHttpBench),
+    /// The transactional outbox relay against a raw idempotent producer writing the same
+    /// events, and against Debezium's PostgreSQL connector with its outbox event router.
+    Outbox(outbox::OutboxBench),
 }
 
 pub async fn run(config: &SluiceConfig, cmd: BenchCommand) -> anyhow::Result<ExitCode> {
@@ -52,6 +56,7 @@ pub async fn run(config: &SluiceConfig, cmd: BenchCommand) -> anyhow::Result<Exi
         BenchCommand::Normalizer(b) => normalizer::run(config, b).await,
         BenchCommand::E2e(b) => e2e::run(config, b).await,
         BenchCommand::SagaHttp(b) => saga_http::run(config, b).await,
+        BenchCommand::Outbox(b) => outbox::run(config, b).await,
     }
 }
 

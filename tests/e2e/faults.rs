@@ -20,6 +20,9 @@
 //!   `orders/paid` (dead-lettered as EventTypeMismatch, never an OrderPaid), unsigned
 //!   requests, and headers too large to fit a raw record.
 //!
+//! The outbox relay's broker SIGKILL and PostgreSQL restart are in `outbox.rs`, next to its
+//! other tests; they are `#[ignore]`d the same way and run in the same serial step.
+//!
 //! Each ends with an exact accounting read back from the topics: the deliveries the gateway
 //! accepted (2xx) are exactly those on the raw topics, and exactly the normalized ones plus
 //! the dead-lettered ones (each with its reason); no event id twice; every saga in exactly

@@ -3,7 +3,8 @@
 //! committing last, two on one aggregate committing out of id order), relays are SIGKILLed
 //! and run two at once, and the events topic is read back `read_committed` for an exact
 //! accounting: nothing lost, nothing duplicated, nothing rolled back, every aggregate's
-//! sequence contiguous and in order.
+//! sequence contiguous and in order. Services write through `OutboxWriter` on tokio-postgres
+//! and (one test) on sqlx.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -13,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::message::{Headers, Message};
-use sluice_outbox::{OutboxEvent, OutboxWriter, TableName};
+use sluice_outbox::{OutboxEvent, OutboxWriter, TableName, WriteError};
 use sluice_schemas::{AvroCodec, Catalog, RecordLocation, RegistryClient};
 
 use crate::gateway::{apply_topology, register_schemas, unique_prefix};
@@ -847,6 +848,55 @@ async fn the_relay_survives_a_broker_kill_mid_run() {
         written_while_down > 0,
         "services kept committing while the broker was down"
     );
+}
+
+/// Services on sqlx write through `OutboxWriter::write_sqlx` in their own transactions: what
+/// they commit is relayed once and in order, what they roll back never is, and a payload off
+/// its schema fails the write before anything is inserted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_on_sqlx_write_events_in_their_own_transactions() {
+    let d = Deployment::new("obq").await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&postgres_dsn())
+        .await
+        .unwrap();
+    let writer = d.writer();
+    let mut ledger = Ledger::default();
+    for (sequence, commit) in [(1, true), (2, false), (2, true), (3, true)] {
+        let mut tx = pool.begin().await.unwrap();
+        let id = writer
+            .write_sqlx(&mut *tx, &order("sq", sequence))
+            .await
+            .unwrap()
+            .to_string();
+        if commit {
+            tx.commit().await.unwrap();
+            ledger.committed.push(Written {
+                event_id: id,
+                aggregate: "sq".into(),
+                sequence,
+            });
+        } else {
+            tx.rollback().await.unwrap();
+            ledger.rolled_back.push(id);
+        }
+    }
+    let mut off_schema = order("sq", 4);
+    off_schema.payload = serde_json::json!({"order_id": 7, "provider": "shop"});
+    let mut tx = pool.begin().await.unwrap();
+    let err = writer.write_sqlx(&mut *tx, &off_schema).await.unwrap_err();
+    assert!(matches!(err, WriteError::SchemaMismatch { .. }), "{err}");
+    tx.commit().await.unwrap();
+    let rows: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {}", d.table))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 3, "the committed rows only");
+
+    let mut relay = d.relay("relay", 30_000);
+    relay.ready().await;
+    read_and_account(&d, &ledger).await;
 }
 
 /// `sluice doctor` checks the outbox database when an outbox is configured: it names a

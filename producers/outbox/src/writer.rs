@@ -27,6 +27,9 @@ pub enum WriteError {
     Invalid(&'static str),
     #[error("inserting into the outbox: {0}")]
     Database(#[from] tokio_postgres::Error),
+    #[cfg(feature = "sqlx")]
+    #[error("inserting into the outbox: {0}")]
+    Sqlx(#[from] sqlx::Error),
 }
 
 fn summary(fields: &[FieldError]) -> String {
@@ -104,9 +107,7 @@ impl OutboxWriter {
         client: &impl GenericClient,
         event: &OutboxEvent,
     ) -> Result<uuid::Uuid, WriteError> {
-        let event_id = uuid::Uuid::now_v7();
-        self.check(event, event_id)?;
-        let headers = serde_json::to_value(&event.headers).unwrap_or_default();
+        let (event_id, headers) = self.prepare(event)?;
         client
             .execute(
                 self.insert.as_ref(),
@@ -122,6 +123,39 @@ impl OutboxWriter {
             )
             .await?;
         Ok(event_id)
+    }
+
+    /// [`write`](Self::write) for services on sqlx: `executor` is normally the caller's open
+    /// transaction (`&mut *tx`). Same check, same row.
+    #[cfg(feature = "sqlx")]
+    pub async fn write_sqlx<'c, E>(
+        &self,
+        executor: E,
+        event: &OutboxEvent,
+    ) -> Result<uuid::Uuid, WriteError>
+    where
+        E: sqlx::Executor<'c, Database = sqlx::Postgres>,
+    {
+        let (event_id, headers) = self.prepare(event)?;
+        sqlx::query(self.insert.as_ref())
+            .bind(event_id)
+            .bind(&event.aggregate_type)
+            .bind(&event.aggregate_id)
+            .bind(event.sequence)
+            .bind(&event.event_type)
+            .bind(&event.payload)
+            .bind(headers)
+            .execute(executor)
+            .await?;
+        Ok(event_id)
+    }
+
+    /// A new event id, once `event` passed [`check`](Self::check), and its headers as JSON.
+    fn prepare(&self, event: &OutboxEvent) -> Result<(uuid::Uuid, serde_json::Value), WriteError> {
+        let event_id = uuid::Uuid::now_v7();
+        self.check(event, event_id)?;
+        let headers = serde_json::to_value(&event.headers).unwrap_or_default();
+        Ok((event_id, headers))
     }
 }
 

@@ -47,11 +47,26 @@ pub fn application_name(table: &TableName) -> String {
 }
 
 impl Db {
+    /// The relay's session: it holds the lane locks, and relays count each other by it.
     pub async fn connect(dsn: &str, table: &TableName, lanes: u32) -> Result<Self, DbError> {
+        Self::connect_as(dsn, table, lanes, application_name(table)).await
+    }
+
+    /// A lane's own session for its reads and deletes, so lanes do not queue behind each
+    /// other's statements. Named apart from the relay's session, which alone counts as a relay.
+    pub async fn connect_lane(dsn: &str, table: &TableName, lanes: u32) -> Result<Self, DbError> {
+        Self::connect_as(dsn, table, lanes, format!("sluice-outbox-lane:{table}")).await
+    }
+
+    async fn connect_as(
+        dsn: &str,
+        table: &TableName,
+        lanes: u32,
+        app_name: String,
+    ) -> Result<Self, DbError> {
         let mut config: tokio_postgres::Config = dsn
             .parse()
             .map_err(|e: tokio_postgres::Error| DbError::Connect(format!("invalid DSN ({e})")))?;
-        let app_name = application_name(table);
         config.application_name(&app_name);
         config.connect_timeout(Duration::from_secs(5));
         let (client, connection) = config.connect(NoTls).await.map_err(|e| {

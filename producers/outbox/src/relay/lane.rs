@@ -20,7 +20,6 @@ use super::Relay;
 use crate::event::OutboxRow;
 use crate::sequencer::{Durable, Plan, Sequencer};
 use crate::{position, records};
-use tokio::sync::Mutex;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LaneError {
@@ -57,6 +56,9 @@ pub struct Lane {
     last_backlog: Option<Instant>,
     /// Rows of the lane up to here are deleted (zero: none known to be).
     deleted_through: crate::event::Position,
+    /// The lane's own database session (reads, deletes, backlog), so lanes do not queue
+    /// behind each other's statements.
+    db: Db,
 }
 
 impl std::fmt::Debug for Lane {
@@ -66,8 +68,9 @@ impl std::fmt::Debug for Lane {
 }
 
 impl Lane {
-    /// Takes over `lane` in Kafka: fences its previous producer, then reads its position.
-    pub async fn open(relay: &Arc<Relay>, lane: u32) -> Result<Self, LaneError> {
+    /// Takes over `lane` in Kafka: fences its previous producer, then reads its position;
+    /// and opens the lane's database session.
+    pub async fn open(relay: &Arc<Relay>, lane: u32, dsn: &str) -> Result<Self, LaneError> {
         let producer = relay
             .clients
             .fenced_producer(
@@ -90,6 +93,9 @@ impl Lane {
             partition,
         )
         .await?;
+        let db = Db::connect_lane(dsn, &relay.settings.table, relay.settings.lanes)
+            .await
+            .map_err(|e| LaneError::Db(e, lane))?;
         tracing::info!(lane, watermark = ?durable.watermark, aggregates = durable.last.len(), "outbox lane claimed");
         Ok(Self {
             lane,
@@ -98,19 +104,18 @@ impl Lane {
             partition,
             last_backlog: None,
             deleted_through: Default::default(),
+            db,
         })
     }
 
     /// Reads the next eligible rows and publishes what is next in line, with the new position,
-    /// in one Kafka transaction; then deletes what the position covers.
-    /// The relay's lanes step at once, each with its own producer and transaction: `db` is
-    /// shared and held only for each statement.
-    pub async fn step(&mut self, relay: &Arc<Relay>, db: &Mutex<Db>) -> Result<Step, LaneError> {
+    /// in one Kafka transaction; then deletes what the position covers. The relay's lanes
+    /// step at once, each with its own producer, transaction and database session.
+    pub async fn step(&mut self, relay: &Arc<Relay>) -> Result<Step, LaneError> {
         let lane = self.lane;
         let s = &relay.settings;
-        let rows = db
-            .lock()
-            .await
+        let rows = self
+            .db
             .read_batch(lane, self.sequencer.cursor(), s.batch_size)
             .await
             .map_err(|e| LaneError::Db(e, lane))?;
@@ -119,7 +124,7 @@ impl Lane {
         self.report(relay, &plan);
         if !plan.is_durable_change(&self.sequencer) {
             self.sequencer.commit(plan);
-            self.observe(relay, db).await;
+            self.observe(relay).await;
             return Ok(if full {
                 Step::Published { rows: 0 }
             } else {
@@ -148,14 +153,14 @@ impl Lane {
             .with_label_values(&[&label])
             .inc_by(dead);
         let from = self.deleted_through;
-        let deleted = db.lock().await.delete_between(lane, from, watermark).await;
+        let deleted = self.db.delete_between(lane, from, watermark).await;
         if deleted.is_ok() {
             self.deleted_through = watermark;
         }
         if let Err(e) = deleted {
             tracing::warn!(lane, error = %e, "could not delete relayed rows (they stay until the next batch)");
         }
-        self.observe(relay, db).await;
+        self.observe(relay).await;
         Ok(Step::Published {
             rows: (events + dead) as usize,
         })
@@ -267,7 +272,7 @@ impl Lane {
     }
 
     /// Refreshes the lane's gauges, at most once a second.
-    async fn observe(&mut self, relay: &Arc<Relay>, db: &Mutex<Db>) {
+    async fn observe(&mut self, relay: &Arc<Relay>) {
         if self
             .last_backlog
             .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
@@ -281,9 +286,8 @@ impl Lane {
             .held
             .with_label_values(&[&label])
             .set(self.sequencer.held_rows() as i64);
-        let backlog = db
-            .lock()
-            .await
+        let backlog = self
+            .db
             .backlog(self.lane, self.sequencer.durable().watermark)
             .await;
         if let Ok((waiting, age)) = backlog {

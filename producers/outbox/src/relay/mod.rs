@@ -19,7 +19,6 @@ use sluice_runtime::config::OutboxConfig;
 use sluice_runtime::kafka::KafkaClients;
 use sluice_runtime::Shutdown;
 use sluice_stream::state::kafka::partition_count;
-use tokio::sync::Mutex;
 
 pub use db::{application_name, Db, DbError};
 pub use lane::{Lane, LaneError, Step};
@@ -132,7 +131,7 @@ impl Relay {
             match Db::connect(&dsn, &self.settings.table, self.settings.lanes).await {
                 Ok(db) => {
                     backoff = Duration::from_millis(200);
-                    self.relay_connected(db, &shutdown).await;
+                    self.relay_connected(db, &dsn, &shutdown).await;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in = ?backoff, "outbox database unavailable")
@@ -147,25 +146,25 @@ impl Relay {
         }
     }
 
-    async fn relay_connected(self: &Arc<Self>, db: Db, shutdown: &Shutdown) {
-        let db = Mutex::new(db);
+    async fn relay_connected(self: &Arc<Self>, db: Db, dsn: &str, shutdown: &Shutdown) {
         let mut owned: BTreeMap<u32, Lane> = BTreeMap::new();
         let mut last_balance: Option<Instant> = None;
-        while !shutdown.is_triggered() && !db.lock().await.is_closed() {
+        while !shutdown.is_triggered() && !db.is_closed() {
             if last_balance.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
                 last_balance = Some(Instant::now());
-                let balanced = self.balance(&*db.lock().await, &mut owned).await;
+                let balanced = self.balance(&db, dsn, &mut owned).await;
                 if let Err(e) = balanced {
                     tracing::warn!(error = %e, "could not balance outbox lanes");
                     break;
                 }
             }
-            // Lanes are independent (own rows, producer, transaction and position), so they
-            // step at once: one lane's Kafka commit does not wait for another's.
-            let steps = join_all(owned.values_mut().map(|lane| {
-                let db = &db;
-                async move { (lane.lane, lane.step(self, db).await) }
-            }))
+            // Lanes are independent (own rows, session, producer, transaction and position),
+            // so they step at once: one lane's Kafka commit does not wait for another's.
+            let steps = join_all(
+                owned
+                    .values_mut()
+                    .map(|lane| async move { (lane.lane, lane.step(self).await) }),
+            )
             .await;
             let mut busy = false;
             for (n, step) in steps {
@@ -175,7 +174,7 @@ impl Relay {
                     Err(e) => {
                         tracing::warn!(error = %e, "outbox lane failed; it is claimed again from its committed position");
                         owned.remove(&n);
-                        let _ = db.lock().await.unlock(n).await;
+                        let _ = db.unlock(n).await;
                     }
                 }
             }
@@ -188,7 +187,6 @@ impl Relay {
             }
         }
         // Dropping the connection releases whatever locks are left.
-        let db = db.into_inner();
         for n in owned.keys() {
             let _ = db.unlock(*n).await;
         }
@@ -198,6 +196,7 @@ impl Relay {
     async fn balance(
         self: &Arc<Self>,
         db: &Db,
+        dsn: &str,
         owned: &mut BTreeMap<u32, Lane>,
     ) -> Result<(), DbError> {
         let relays = db.live_relays().await?;
@@ -219,7 +218,7 @@ impl Relay {
             if owned.contains_key(&n) || !db.try_lock(n).await? {
                 continue;
             }
-            match Lane::open(self, n).await {
+            match Lane::open(self, n, dsn).await {
                 Ok(lane) => {
                     owned.insert(n, lane);
                 }
