@@ -160,6 +160,22 @@ fn charge_key(id: &str) -> String {
     format!("/v1/charges {id}:charge-payment:do:1")
 }
 
+/// The exact accounting of the provider's side effects: one per idempotency key in
+/// `charged` (orders) and `refunded` (orders whose charge was refunded), none for any other
+/// key, and as many charge and refund objects as keys.
+fn assert_effects(counts: &Json, charged: &[&String], refunded: &[&String]) {
+    let mut expected = serde_json::Map::new();
+    for id in charged {
+        expected.insert(charge_key(id), 1.into());
+    }
+    for id in refunded {
+        expected.insert(format!("/v1/refunds {id}:charge-payment:undo:1"), 1.into());
+    }
+    assert_eq!(counts["effects"], Json::Object(expected), "{counts:#}");
+    assert_eq!(counts["charges"].as_object().unwrap().len(), charged.len());
+    assert_eq!(counts["refunds"].as_object().unwrap().len(), refunded.len());
+}
+
 /// The charges the provider made for order `id`.
 fn charges_of<'a>(counts: &'a Json, id: &str) -> Vec<&'a Json> {
     counts["charges"]
@@ -195,6 +211,7 @@ async fn an_http_payment_step_completes_and_a_429_is_retried_after_retry_after()
         assert_eq!(counts["effects"][charge_key(id)], 1, "{counts:#}");
     }
     assert_eq!(counts["requests"][charge_key(&ok)], 1);
+    assert_effects(&counts, &[&ok, &limited], &[]);
     assert!(counts["log"]
         .as_array()
         .unwrap()
@@ -272,11 +289,7 @@ async fn a_declined_payment_compensates_and_a_later_failure_refunds_over_http_in
         .filter(|r| r["charge"] == charge[0]["id"])
         .collect();
     assert_eq!(refunds.len(), 1, "{counts:#}");
-    assert_eq!(
-        counts["effects"][format!("/v1/refunds {unshippable}:charge-payment:undo:1")],
-        1,
-        "{counts:#}"
-    );
+    assert_effects(&counts, &[&unshippable], &[&unshippable]);
     let s = d.state(&unshippable).await;
     let undone: Vec<&str> = s["compensated"]
         .as_array()
@@ -346,7 +359,7 @@ async fn processes_killed_mid_call_resend_the_same_idempotency_key_and_charge_on
             .all(|k| *k == format!("{id}:charge-payment:do:1")),
         "{keys:?}"
     );
-    assert_eq!(counts["effects"][charge_key(&id)], 1);
+    assert_effects(&counts, &[&id], &[]);
     assert_eq!(charges_of(&counts, &id).len(), 1, "{counts:#}");
 }
 
@@ -364,7 +377,7 @@ async fn unavailable_payments_open_the_breaker_which_recovers_and_the_order_comp
     place_and_end(&d, &[(&flaky, &["SKU-1"])], "SagaCompleted").await;
     let counts = provider.counts().await;
     assert_eq!(counts["requests"][charge_key(&flaky)], 6, "{counts:#}");
-    assert_eq!(counts["effects"][charge_key(&flaky)], 1);
+    assert_effects(&counts, &[&flaky], &[]);
     // While open, the breaker held calls back; the probes were at least its cool-down apart.
     let times: Vec<f64> = requests_of(&counts, "/v1/charges", &flaky)
         .iter()
@@ -402,7 +415,7 @@ async fn a_call_that_times_out_is_resent_with_the_same_key_and_charges_once() {
     place_and_end(&d, &[(&slow, &["SKU-1"])], "SagaCompleted").await;
     let counts = provider.counts().await;
     assert_eq!(counts["requests"][charge_key(&slow)], 2, "{counts:#}");
-    assert_eq!(counts["effects"][charge_key(&slow)], 1);
+    assert_effects(&counts, &[&slow], &[]);
     assert_eq!(charges_of(&counts, &slow).len(), 1);
     let s = d.state(&slow).await;
     let timeline = s["history"].to_string();
@@ -453,8 +466,9 @@ async fn a_slow_call_does_not_hold_back_the_steps_of_other_sagas() {
     );
     let counts = provider.counts().await;
     assert_eq!(counts["requests"][charge_key(&slow)], 1, "{counts:#}");
-    for id in fast.iter().chain([&slow]) {
-        assert_eq!(counts["effects"][charge_key(id)], 1, "{id}: {counts:#}");
+    let all: Vec<&String> = fast.iter().chain([&slow]).collect();
+    assert_effects(&counts, &all, &[]);
+    for id in all {
         assert_eq!(charges_of(&counts, id).len(), 1, "{id}: {counts:#}");
     }
 }

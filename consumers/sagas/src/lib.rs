@@ -9,7 +9,8 @@
 //!   the exactly-once loop, and [`timer`], which turns passed deadlines into inputs.
 //! - [`participant`]: the API for writing a participant, with command-id dedup built in;
 //!   [`demo`] has the inventory, payments and shipping participants.
-//! - [`http`]: the built-in participant that executes `http:` steps as HTTP calls.
+//! - [`http`]: the built-in participant that executes `http:` steps as HTTP calls;
+//!   [`detached`] lets its calls outlive the batch that read them.
 //! - [`ops`]: what `sluice saga list|show|retry|abort` read and send.
 //!
 //! All inputs of an instance go through its saga's replies topic, keyed by saga id: a
