@@ -748,6 +748,61 @@ async fn while_the_breaker_is_open_deliveries_are_parked_without_burning_attempt
 }
 
 #[tokio::test]
+async fn an_endpoint_s_own_breaker_settings_decide_when_it_opens_and_probes() {
+    let d = Deployment::new("dlvbrkown").await;
+    // Opens after two failures in a row (the default is five) and probes again after 2 s
+    // (the default is 30 s); one attempt at a time, so the count is exact.
+    let (ep, r) = d
+        .subscriber("/status/503", {
+            let mut s = spec(&[PAYMENT], &["1s"; 10]);
+            s["max_in_flight"] = 1.into();
+            s["breaker"] = serde_json::json!({"consecutive_failures": 2, "cool_down": "2s"});
+            s
+        })
+        .await;
+    assert_eq!(
+        ep.breaker.as_ref().and_then(|b| b.cool_down.as_deref()),
+        Some("2s")
+    );
+    let _deliver = Deliver::start(&d.file, "dlvbrkown-1").await;
+    for n in 0..4 {
+        d.pay(n).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let parked = d
+            .statuses()
+            .await
+            .iter()
+            .any(|(k, s)| k.starts_with(&ep.id) && s["status"] == "parked");
+        if parked {
+            break;
+        }
+        assert!(Instant::now() < deadline, "nothing parked");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let opened_after = r.requests().len();
+    assert_eq!(
+        opened_after,
+        2,
+        "two failures opened it: {:?}",
+        r.requests()
+    );
+    // After its own cool-down a probe goes out (with the default, none for 30 s).
+    r.wait_for(Duration::from_secs(10), "a half-open probe", |rs| {
+        rs.len() > 2
+    })
+    .await;
+    let rs = r.requests();
+    let gap = rs[2].at().duration_since(rs[1].at());
+    assert!(
+        gap >= jiff::SignedDuration::from_millis(1_800)
+            && gap < jiff::SignedDuration::from_secs(10),
+        "the probe came {gap:?} after the breaker opened"
+    );
+}
+
+#[tokio::test]
 async fn per_key_ordering_sends_a_keys_events_one_at_a_time_in_order() {
     let d = Deployment::new("dlvkey").await;
     let (_, r) = d

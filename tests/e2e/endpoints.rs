@@ -129,7 +129,8 @@ async fn endpoints_are_managed_over_the_api_and_stored_in_the_compacted_topic() 
         M::PATCH,
         &format!("{base}/{id}"),
         Some(
-            json!({"description": "billing v2", "rate_limit_per_sec": null, "ordering": "per_key"}),
+            json!({"description": "billing v2", "rate_limit_per_sec": null, "ordering": "per_key",
+                   "breaker": {"consecutive_failures": 3, "cool_down": "120s"}}),
         ),
     )
     .await;
@@ -137,6 +138,10 @@ async fn endpoints_are_managed_over_the_api_and_stored_in_the_compacted_topic() 
     assert_eq!(updated["description"], "billing v2");
     assert_eq!(updated["rate_limit_per_sec"], Value::Null);
     assert_eq!(updated["ordering"], "per_key");
+    assert_eq!(
+        updated["breaker"],
+        json!({"consecutive_failures": 3, "cool_down": "2m"})
+    );
     assert_eq!(updated["url"], "https://hooks.example.com/sluice");
     let stored = latest_record(&topic, &id).await.unwrap().unwrap();
     assert_eq!(stored["description"], "billing v2");
@@ -430,6 +435,21 @@ async fn endpoints_api_requires_an_admin_token_and_names_bad_fields() {
     assert_eq!(
         (status, &json["error"]["code"]),
         (400, &json!("invalid_max_in_flight"))
+    );
+    let (status, json) = admin(
+        M::PATCH,
+        &item,
+        Some(json!({"breaker": {"cool_down": "0s"}})),
+    )
+    .await;
+    assert_eq!(
+        (
+            status,
+            &json["error"]["code"],
+            &json["error"]["fields"][0]["field"]
+        ),
+        (400, &json!("invalid_breaker"), &json!("breaker.cool_down")),
+        "{json}"
     );
     let (status, json) = admin(
         M::POST,
