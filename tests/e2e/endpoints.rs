@@ -500,6 +500,10 @@ async fn the_cli_manages_endpoints_against_a_running_gateway() {
             "5s,5m,2h",
             "--ordering",
             "per-key",
+            "--breaker",
+            "consecutive_failures=3",
+            "--breaker",
+            "cool_down=10s",
         ],
         ADMIN_TOKEN,
     )
@@ -509,6 +513,10 @@ async fn the_cli_manages_endpoints_against_a_running_gateway() {
     let id = created["id"].as_str().unwrap().to_string();
     assert!(created["secret"].as_str().unwrap().starts_with("whsec_"));
     assert_eq!(created["ordering"], "per_key");
+    assert_eq!(
+        created["breaker"],
+        json!({"consecutive_failures": 3, "cool_down": "10s"})
+    );
     assert_eq!(
         created["filter"],
         json!([{"attribute": "subject", "op": "prefix", "value": "pi_"}])
