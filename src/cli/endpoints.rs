@@ -106,6 +106,10 @@ pub struct EndpointFields {
     /// Most deliveries in flight at once.
     #[arg(long)]
     pub max_in_flight: Option<i64>,
+    /// One of the endpoint's own circuit-breaker settings, `NAME=VALUE`; repeat for several
+    /// (`consecutive_failures=3`, `cool_down=10s`; see `breaker` in the endpoints API).
+    #[arg(long = "breaker", value_name = "NAME=VALUE")]
+    pub breaker: Vec<String>,
     /// Delays between attempts, comma-separated: `5s,5m,2h`.
     #[arg(long, value_delimiter = ',')]
     pub retry_schedule: Vec<String>,
@@ -206,6 +210,19 @@ pub async fn run(args: EndpointsArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `consecutive_failures=3` → (`consecutive_failures`, 3); a value that is not a whole
+/// number stays text (`cool_down=10s`). The API checks names and ranges.
+fn parse_breaker_setting(setting: &str) -> anyhow::Result<(String, Value)> {
+    let (name, value) = setting
+        .split_once('=')
+        .with_context(|| format!("--breaker `{setting}`: expected NAME=VALUE"))?;
+    let value = match value.parse::<i64>() {
+        Ok(n) => Value::from(n),
+        Err(_) => Value::from(value),
+    };
+    Ok((name.trim().to_string(), value))
+}
+
 /// `/{id}`, with the id percent-encoded as one path segment.
 fn item(id: &str) -> String {
     let mut url = reqwest::Url::parse("http://x/").expect("a base URL");
@@ -236,6 +253,14 @@ impl EndpointFields {
         }
         if let Some(n) = self.max_in_flight {
             body.insert("max_in_flight".into(), n.into());
+        }
+        if !self.breaker.is_empty() {
+            let settings = self
+                .breaker
+                .iter()
+                .map(|s| parse_breaker_setting(s))
+                .collect::<anyhow::Result<Map<String, Value>>>()?;
+            body.insert("breaker".into(), Value::Object(settings));
         }
         if !self.retry_schedule.is_empty() {
             body.insert("retry_schedule".into(), json!(self.retry_schedule));

@@ -243,6 +243,11 @@ pub async fn run(
                 topology_path.display().to_string(),
             ]);
         }
+        if args.demo && *role == Role::Delivery {
+            // The demo's webhook receiver listens on loopback, which the SSRF guard refuses
+            // unless it is named.
+            child_args.extend(["--allow-address".to_string(), "127.0.0.1/32".to_string()]);
+        }
         let env = vec![
             (
                 crate::SUPERVISOR_PID_ENV.to_string(),

@@ -4,6 +4,7 @@
 //! Kept apart from the operator commands in `cli/`: everything here writes made-up input.
 
 pub mod traffic;
+pub mod webhooks;
 
 use std::process::ExitCode;
 use std::time::Duration;

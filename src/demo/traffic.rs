@@ -47,6 +47,8 @@ pub struct Summary {
     pub http_calls: Vec<(String, RecordedCall)>,
     /// Lag status of every consumer group.
     pub lag: Vec<(String, String)>,
+    /// What the demo's webhook endpoints received, by endpoint.
+    pub webhooks: BTreeMap<String, super::webhooks::EndpointReport>,
 }
 
 fn secret(topology: &Topology, source: &str) -> anyhow::Result<String> {
@@ -368,6 +370,12 @@ pub async fn drive(
     let start = now_ms();
     let http = reqwest::Client::new();
     let mut summary = Summary::default();
+    let clients = KafkaClients::new(config.kafka.clone());
+    let webhooks = super::webhooks::start(&clients, topology).await?;
+    if webhooks.is_some() {
+        // Time for `sluice deliver` to read the new endpoints before their events come.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
     let saga_prefix = publish(config, &http, gateway, &mut summary).await?;
     for d in deliveries(topology)? {
         let mut req = http
@@ -391,7 +399,6 @@ pub async fn drive(
     }
 
     // Wait until the normalizer has caught up: nothing new for three seconds.
-    let clients = KafkaClients::new(config.kafka.clone());
     let event_topics: Vec<String> = {
         let mut t: Vec<String> = topology.routes.iter().map(|r| r.topic.clone()).collect();
         t.sort();
@@ -425,6 +432,10 @@ pub async fn drive(
     }
     if let Some(prefix) = saga_prefix {
         (summary.sagas, summary.http_calls) = wait_for_sagas(&clients, topology, &prefix).await?;
+    }
+    if let Some(w) = &webhooks {
+        summary.webhooks = w.settle().await;
+        w.remove().await;
     }
     summary.lag = lag_status(&clients).await;
     Ok(summary)
@@ -584,6 +595,15 @@ impl Summary {
             let width = self.http_calls.iter().map(|(id, _)| id.len()).max();
             for (id, call) in &self.http_calls {
                 println!("  {id:<w$}  {call}", w = width.unwrap_or_default());
+            }
+        }
+        if !self.webhooks.is_empty() {
+            println!("webhooks sent to the demo's local receiver (signed, Standard Webhooks):");
+            for (endpoint, r) in &self.webhooks {
+                println!(
+                    "  {endpoint:<6} {} delivered, {} failed attempts retried, {} bad signatures",
+                    r.delivered, r.failed_attempts, r.bad_signatures
+                );
             }
         }
         println!("consumer groups (lag status):");

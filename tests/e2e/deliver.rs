@@ -171,6 +171,8 @@ impl Receiver {
 struct Deliver {
     child: Option<Child>,
     log: PathBuf,
+    /// Its admin server, `http://127.0.0.1:<port>`.
+    admin: String,
 }
 
 impl Deliver {
@@ -204,6 +206,7 @@ impl Deliver {
         let mut d = Self {
             child: Some(child),
             log,
+            admin: format!("http://127.0.0.1:{admin}"),
         };
         let log = d.log.clone();
         let child = d.child.as_mut().unwrap();
@@ -748,6 +751,61 @@ async fn while_the_breaker_is_open_deliveries_are_parked_without_burning_attempt
 }
 
 #[tokio::test]
+async fn an_endpoint_s_own_breaker_settings_decide_when_it_opens_and_probes() {
+    let d = Deployment::new("dlvbrkown").await;
+    // Opens after two failures in a row (the default is five) and probes again after 2 s
+    // (the default is 30 s); one attempt at a time, so the count is exact.
+    let (ep, r) = d
+        .subscriber("/status/503", {
+            let mut s = spec(&[PAYMENT], &["1s"; 10]);
+            s["max_in_flight"] = 1.into();
+            s["breaker"] = serde_json::json!({"consecutive_failures": 2, "cool_down": "2s"});
+            s
+        })
+        .await;
+    assert_eq!(
+        ep.breaker.as_ref().and_then(|b| b.cool_down.as_deref()),
+        Some("2s")
+    );
+    let _deliver = Deliver::start(&d.file, "dlvbrkown-1").await;
+    for n in 0..4 {
+        d.pay(n).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let parked = d
+            .statuses()
+            .await
+            .iter()
+            .any(|(k, s)| k.starts_with(&ep.id) && s["status"] == "parked");
+        if parked {
+            break;
+        }
+        assert!(Instant::now() < deadline, "nothing parked");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let opened_after = r.requests().len();
+    assert_eq!(
+        opened_after,
+        2,
+        "two failures opened it: {:?}",
+        r.requests()
+    );
+    // After its own cool-down a probe goes out (with the default, none for 30 s).
+    r.wait_for(Duration::from_secs(10), "a half-open probe", |rs| {
+        rs.len() > 2
+    })
+    .await;
+    let rs = r.requests();
+    let gap = rs[2].at().duration_since(rs[1].at());
+    assert!(
+        gap >= jiff::SignedDuration::from_millis(1_800)
+            && gap < jiff::SignedDuration::from_secs(10),
+        "the probe came {gap:?} after the breaker opened"
+    );
+}
+
+#[tokio::test]
 async fn per_key_ordering_sends_a_keys_events_one_at_a_time_in_order() {
     let d = Deployment::new("dlvkey").await;
     let (_, r) = d
@@ -995,6 +1053,67 @@ async fn records_that_are_not_tasks_are_dead_lettered_with_their_reason_and_deli
         assert!(
             shown.contains(reason),
             "no dead letter says {reason:?}:\n{shown}"
+        );
+    }
+}
+
+/// Metric families of delivery and the outbound client, which only `sluice deliver` (or an
+/// HTTP saga step) exports once it has sent something.
+pub(crate) const DELIVERY_METRIC_PREFIXES: [&str; 2] = ["sluice_delivery_", "sluice_outbound_"];
+
+#[tokio::test]
+async fn delivery_panels_and_rules_name_metrics_sluice_deliver_exports() {
+    use crate::observability::{dashboard_exprs, exported, metric_names, rule_exprs, scrape};
+    let d = Deployment::new("dlvobs").await;
+    // One endpoint delivering, one failing until its breaker opens and tasks are parked,
+    // and a per_key one failing once: every delivery family gets samples.
+    let (_, ok) = d.subscriber("/ok", spec(&[PAYMENT], &["1s"])).await;
+    let (_, _down) = d
+        .subscriber("/status/503", {
+            let mut s = spec(&[PAYMENT], &["1s"; 10]);
+            s["breaker"] = serde_json::json!({"consecutive_failures": 1});
+            s
+        })
+        .await;
+    let (_, _keyed) = d
+        .subscriber("/flaky-if/1/pi_0_1", {
+            let mut s = spec(&[PAYMENT], &["1s"; 3]);
+            s["ordering"] = "per_key".into();
+            s
+        })
+        .await;
+    let deliver = Deliver::start(&d.file, "dlvobs-1").await;
+    for nth in 1..4 {
+        d.pay_keyed(0, nth).await;
+    }
+    ok.wait_for(Duration::from_secs(30), "three delivered", |rs| {
+        rs.len() >= 3
+    })
+    .await;
+    let mut used = metric_names(&dashboard_exprs());
+    used.extend(metric_names(&rule_exprs()));
+    used.retain(|m| DELIVERY_METRIC_PREFIXES.iter().any(|p| m.starts_with(p)));
+    assert!(used.len() >= 6, "{used:?}");
+    let metrics = scrape(&format!("{}/metrics", deliver.admin), |s| {
+        used.iter().all(|m| exported(s, m))
+    })
+    .await;
+    let missing: Vec<&String> = used.iter().filter(|m| !exported(&metrics, m)).collect();
+    assert!(
+        missing.is_empty(),
+        "named by a panel or rule but not exported by sluice deliver: {missing:?}"
+    );
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    for family in metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|r| r.split_whitespace().next())
+        .filter(|n| DELIVERY_METRIC_PREFIXES.iter().any(|p| n.starts_with(p)))
+    {
+        assert!(
+            readme.contains(&format!("| `{family}` |")),
+            "{family} is missing from the README's metric tables"
         );
     }
 }

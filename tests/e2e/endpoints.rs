@@ -129,7 +129,8 @@ async fn endpoints_are_managed_over_the_api_and_stored_in_the_compacted_topic() 
         M::PATCH,
         &format!("{base}/{id}"),
         Some(
-            json!({"description": "billing v2", "rate_limit_per_sec": null, "ordering": "per_key"}),
+            json!({"description": "billing v2", "rate_limit_per_sec": null, "ordering": "per_key",
+                   "breaker": {"consecutive_failures": 3, "cool_down": "120s"}}),
         ),
     )
     .await;
@@ -137,6 +138,10 @@ async fn endpoints_are_managed_over_the_api_and_stored_in_the_compacted_topic() 
     assert_eq!(updated["description"], "billing v2");
     assert_eq!(updated["rate_limit_per_sec"], Value::Null);
     assert_eq!(updated["ordering"], "per_key");
+    assert_eq!(
+        updated["breaker"],
+        json!({"consecutive_failures": 3, "cool_down": "2m"})
+    );
     assert_eq!(updated["url"], "https://hooks.example.com/sluice");
     let stored = latest_record(&topic, &id).await.unwrap().unwrap();
     assert_eq!(stored["description"], "billing v2");
@@ -432,6 +437,21 @@ async fn endpoints_api_requires_an_admin_token_and_names_bad_fields() {
         (400, &json!("invalid_max_in_flight"))
     );
     let (status, json) = admin(
+        M::PATCH,
+        &item,
+        Some(json!({"breaker": {"cool_down": "0s"}})),
+    )
+    .await;
+    assert_eq!(
+        (
+            status,
+            &json["error"]["code"],
+            &json["error"]["fields"][0]["field"]
+        ),
+        (400, &json!("invalid_breaker"), &json!("breaker.cool_down")),
+        "{json}"
+    );
+    let (status, json) = admin(
         M::POST,
         &format!("{item}/rotate-secret"),
         Some(json!({"grace_period": "90d"})),
@@ -480,6 +500,10 @@ async fn the_cli_manages_endpoints_against_a_running_gateway() {
             "5s,5m,2h",
             "--ordering",
             "per-key",
+            "--breaker",
+            "consecutive_failures=3",
+            "--breaker",
+            "cool_down=10s",
         ],
         ADMIN_TOKEN,
     )
@@ -489,6 +513,10 @@ async fn the_cli_manages_endpoints_against_a_running_gateway() {
     let id = created["id"].as_str().unwrap().to_string();
     assert!(created["secret"].as_str().unwrap().starts_with("whsec_"));
     assert_eq!(created["ordering"], "per_key");
+    assert_eq!(
+        created["breaker"],
+        json!({"consecutive_failures": 3, "cool_down": "10s"})
+    );
     assert_eq!(
         created["filter"],
         json!([{"attribute": "subject", "op": "prefix", "value": "pi_"}])

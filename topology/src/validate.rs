@@ -293,6 +293,7 @@ impl Topology {
             }
         }
         self.validate_per_key(&mut errors);
+        self.validate_delivery_held_keys(&mut errors);
         self.validate_sagas(event_types, &mut errors);
         // Topic limits only; each process checks its producers' limit too (see `sizes`).
         errors.extend(self.size_problems(u64::MAX));
@@ -334,12 +335,7 @@ impl Topology {
                 .collect();
             let inputs = self.policy_inputs(&p.name);
             others.extend(inputs.iter().map(String::as_str));
-            let wrong: Vec<String> = others
-                .iter()
-                .filter_map(|n| topic(n))
-                .filter(|t| t.partitions != h.partitions)
-                .map(|t| format!("`{}` has {}", t.name, t.partitions))
-                .collect();
+            let wrong = partition_mismatches(&topics, others, h.partitions);
             if !wrong.is_empty() {
                 errors.push(ValidationError {
                     path,
@@ -350,6 +346,47 @@ impl Topology {
                     ),
                 });
             }
+        }
+    }
+
+    /// Delivery's held keys (`<prefix>.state.held-deliveries`, for `per_key` endpoints) live
+    /// on the partition number of the task they hold, so, when declared, the topic must be
+    /// compacted and partitioned like `<prefix>.deliveries` and the delivery retry tiers.
+    fn validate_delivery_held_keys(&self, errors: &mut Vec<ValidationError>) {
+        let held = naming::held_topic(&self.prefix, naming::DELIVERY_POLICY);
+        let topics = self.all_topics();
+        let Some(h) = topics.iter().find(|t| t.name == held) else {
+            return;
+        };
+        let path = "topics".to_string();
+        if h.config.get("cleanup.policy").map(|c| c.trim()) != Some("compact") {
+            errors.push(ValidationError {
+                path: path.clone(),
+                message: format!("delivery held-key topic `{held}` must have cleanup.policy compact (and not delete: a held key must not expire)"),
+            });
+        }
+        let tiers = self
+            .retry_policies
+            .iter()
+            .filter(|p| p.name == naming::DELIVERY_POLICY)
+            .flat_map(|p| {
+                p.tiers
+                    .iter()
+                    .map(|d| naming::delivery_retry_topic(&self.prefix, d.0))
+            });
+        let names: Vec<String> = std::iter::once(naming::deliveries_topic(&self.prefix))
+            .chain(tiers)
+            .collect();
+        let wrong = partition_mismatches(&topics, names.iter().map(String::as_str), h.partitions);
+        if !wrong.is_empty() {
+            errors.push(ValidationError {
+                path,
+                message: format!(
+                    "delivery held-key topic `{held}` has {} partitions, and the tasks topic and the delivery retry tiers need as many: {}",
+                    h.partitions,
+                    wrong.join(", ")
+                ),
+            });
         }
     }
 
@@ -806,6 +843,21 @@ impl Topology {
 }
 
 /// The (topic, event type) pairs a saga writes on its own topics.
+/// "`name` has N" for each of `names` declared in `topics` with other than `partitions`
+/// partitions.
+fn partition_mismatches<'a>(
+    topics: &[TopicSpec],
+    names: impl IntoIterator<Item = &'a str>,
+    partitions: i32,
+) -> Vec<String> {
+    names
+        .into_iter()
+        .filter_map(|n| topics.iter().find(|t| t.name == n))
+        .filter(|t| t.partitions != partitions)
+        .map(|t| format!("`{}` has {}", t.name, t.partitions))
+        .collect()
+}
+
 fn saga_subjects(prefix: &str, saga: &SagaSpec) -> Vec<(String, String)> {
     let replies = naming::saga_replies_topic(prefix, &saga.name);
     let mut out = vec![(replies.clone(), SAGA_CONTROL_TYPE.to_string())];
@@ -1002,6 +1054,36 @@ retry_policies:
         );
         assert!(
             err.contains("topics[0].name: `other.raw` must start with the prefix `sluice.`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn delivery_held_keys_are_compacted_and_partitioned_like_the_tasks() {
+        let with = |held: &str| {
+            GOOD.replace(
+                "sources:",
+                &format!("  - {{name: sluice.deliveries, partitions: 3}}\n{held}sources:"),
+            )
+            .replace(
+                "retry_policies:\n",
+                "retry_policies:\n  - {name: deliveries, tiers: [1s], max_attempts: 3, dlq_topic: sluice.dlq.normalizer}\n",
+            )
+        };
+        // Not declared: nothing to check (per_key holds within one dispatcher's memory).
+        Topology::parse("t.yaml", &with(""), &types()).unwrap();
+        let good = "  - {name: sluice.state.held-deliveries, partitions: 3, config: {cleanup.policy: compact}}\n";
+        Topology::parse("t.yaml", &with(good), &types()).unwrap();
+        let bad = "  - {name: sluice.state.held-deliveries, partitions: 2}\n";
+        let err = Topology::parse("t.yaml", &with(bad), &types())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`sluice.state.held-deliveries` must have cleanup.policy compact"),
+            "{err}"
+        );
+        assert!(
+            err.contains("has 2 partitions, and the tasks topic and the delivery retry tiers need as many: `sluice.deliveries` has 3, `sluice.retry.deliveries.1s` has 3"),
             "{err}"
         );
     }

@@ -49,14 +49,15 @@ use super::ops_events::{OpsEvent, OpsEventType, OpsEvents};
 use super::queues::{EndpointId, Lanes, Order, Queues};
 use super::settle::{DispatchTopics, Settled, Settlement, Settler};
 use super::tiers::Tiers;
-use crate::endpoints::{Endpoint, EndpointTable, Ordering};
+use crate::endpoints::{BreakerSettings, Endpoint, EndpointTable, Ordering};
 use crate::signing::sign_delivery;
 use crate::task::{DeliveryTask, TaskError};
 
 type TopicPartition = (String, i32);
 
-/// An endpoint's (in-flight cap, rate per second), as its outbound limits were set up.
-type LimitSettings = (Option<u32>, Option<u32>);
+/// An endpoint's (in-flight cap, rate per second, breaker), as its outbound limits were
+/// set up.
+type LimitSettings = (Option<u32>, Option<u32>, Option<BreakerSettings>);
 
 /// How long an endpoint may fail continuously before it is disabled: 5 days.
 pub const DEFAULT_DISABLE_AFTER: Duration = Duration::from_secs(5 * 24 * 3600);
@@ -254,10 +255,15 @@ impl Shared {
         settled.outputs.splice(at..at, outputs);
     }
 
-    /// Gives the outbound client `endpoint`'s own in-flight cap and rate limit, the first
-    /// time it is sent to and whenever they change (which also starts a fresh breaker).
+    /// Gives the outbound client `endpoint`'s own in-flight cap, rate limit and breaker
+    /// settings, the first time it is sent to and whenever they change (which also starts a
+    /// fresh breaker).
     fn configure_limits(&self, endpoint: &Endpoint) {
-        let wanted = (endpoint.max_in_flight, endpoint.rate_limit_per_sec);
+        let wanted = (
+            endpoint.max_in_flight,
+            endpoint.rate_limit_per_sec,
+            endpoint.breaker.clone(),
+        );
         let mut seen = self.limits.lock().unwrap_or_else(|e| e.into_inner());
         if seen.get(&endpoint.id) == Some(&wanted) {
             return;
@@ -268,6 +274,7 @@ impl Shared {
             settings.limits.max_in_flight = n;
         }
         settings.limits.rate_per_sec = endpoint.rate_limit_per_sec;
+        settings.breaker = endpoint.breaker.clone().unwrap_or_default().config();
         self.outbound.endpoints().configure(&endpoint.id, &settings);
     }
 }

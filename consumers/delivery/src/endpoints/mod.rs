@@ -2,11 +2,13 @@
 //! endpoint (keyed by its id, a tombstone on delete) in the compacted topic
 //! `<prefix>.state.endpoints` ([`topic`]).
 
+pub mod breaker;
 pub mod matching;
 pub mod model;
 pub mod secret;
 pub mod table;
 
+pub use breaker::BreakerSettings;
 pub use matching::EventAttributes;
 pub use model::{
     new_id, AttributeFilter, CeAttribute, Endpoint, EndpointPatch, EndpointSpec, EventTypePattern,

@@ -13,6 +13,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Deserializer, Serialize};
 use sluice_topology::naming::{format_duration, parse_duration};
 
+use super::breaker::BreakerSettings;
 use super::secret::{EndpointSecret, SecretValue};
 
 /// How long a rotated-out secret keeps signing when the request does not say.
@@ -42,7 +43,11 @@ pub struct ValidationError {
 }
 
 impl ValidationError {
-    fn new(field: impl Into<String>, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(
+        field: impl Into<String>,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             field: field.into(),
             code,
@@ -62,6 +67,7 @@ pub mod code {
     pub const DESCRIPTION: &str = "invalid_description";
     pub const RETRY_SCHEDULE: &str = "invalid_retry_schedule";
     pub const GRACE_PERIOD: &str = "invalid_grace_period";
+    pub const BREAKER: &str = "invalid_breaker";
 }
 
 /// Which event types an endpoint takes: one full name, or every type under a prefix
@@ -193,6 +199,9 @@ pub struct Endpoint {
     pub ordering: Ordering,
     pub rate_limit_per_sec: Option<u32>,
     pub max_in_flight: Option<u32>,
+    /// The endpoint's own circuit breaker; absent settings are the defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<BreakerSettings>,
     pub enabled: bool,
     /// `None`: the delivery consumer's default schedule.
     pub retry_schedule: Option<RetrySchedule>,
@@ -226,6 +235,8 @@ pub struct EndpointSpec {
     #[serde(default)]
     pub max_in_flight: Option<i64>,
     #[serde(default)]
+    pub breaker: Option<BreakerSettings>,
+    #[serde(default)]
     pub enabled: Option<bool>,
     #[serde(default)]
     pub description: Option<String>,
@@ -234,7 +245,7 @@ pub struct EndpointSpec {
 }
 
 /// `PATCH /v1/endpoints/{id}`: absent fields stay as they are; `null` clears an optional one
-/// (`rate_limit_per_sec`, `max_in_flight`, `retry_schedule`).
+/// (`rate_limit_per_sec`, `max_in_flight`, `breaker`, `retry_schedule`).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointPatch {
@@ -250,6 +261,9 @@ pub struct EndpointPatch {
     pub rate_limit_per_sec: Option<Option<i64>>,
     #[serde(default, deserialize_with = "present")]
     pub max_in_flight: Option<Option<i64>>,
+    /// Replaces the breaker settings whole; `null`: the defaults.
+    #[serde(default, deserialize_with = "present")]
+    pub breaker: Option<Option<BreakerSettings>>,
     #[serde(default)]
     pub enabled: Option<bool>,
     #[serde(default)]
@@ -319,6 +333,7 @@ impl Endpoint {
                 code::MAX_IN_FLIGHT,
                 MAX_IN_FLIGHT,
             )?,
+            breaker: spec.breaker.map(BreakerSettings::checked).transpose()?,
             enabled: spec.enabled.unwrap_or(true),
             retry_schedule: spec
                 .retry_schedule
@@ -358,6 +373,9 @@ impl Endpoint {
         if let Some(n) = patch.max_in_flight {
             next.max_in_flight =
                 parse_bounded(n, "max_in_flight", code::MAX_IN_FLIGHT, MAX_IN_FLIGHT)?;
+        }
+        if let Some(breaker) = patch.breaker {
+            next.breaker = breaker.map(BreakerSettings::checked).transpose()?;
         }
         if let Some(enabled) = patch.enabled {
             next.enabled = enabled;
