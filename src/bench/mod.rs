@@ -8,6 +8,7 @@
 pub mod e2e;
 pub mod gateway;
 pub mod normalizer;
+pub mod poll;
 pub mod saga;
 pub mod stats;
 
@@ -39,6 +40,9 @@ pub enum BenchCommand {
     /// events → saga trigger → saga completion, against a raw producer and a raw
     /// passthrough.
     E2e(e2e::E2eBench),
+    /// A polling source's backfill from the local list API (`dev/api.py`), against the
+    /// API's own serving rate; memory through the backfill; resume after a SIGKILL.
+    Poll(poll::PollBench),
 }
 
 pub async fn run(config: &SluiceConfig, cmd: BenchCommand) -> anyhow::Result<ExitCode> {
@@ -46,6 +50,7 @@ pub async fn run(config: &SluiceConfig, cmd: BenchCommand) -> anyhow::Result<Exi
         BenchCommand::Gateway(b) => gateway::run(config, b).await,
         BenchCommand::Normalizer(b) => normalizer::run(config, b).await,
         BenchCommand::E2e(b) => e2e::run(config, b).await,
+        BenchCommand::Poll(b) => poll::run(config, b).await,
     }
 }
 
