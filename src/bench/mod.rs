@@ -10,6 +10,7 @@ pub mod e2e;
 pub mod gateway;
 pub mod normalizer;
 pub mod outbox;
+pub mod poll;
 pub mod saga;
 pub mod saga_http;
 pub mod stats;
@@ -48,6 +49,9 @@ pub enum BenchCommand {
     /// The transactional outbox relay against a raw idempotent producer writing the same
     /// events, and against Debezium's PostgreSQL connector with its outbox event router.
     Outbox(outbox::OutboxBench),
+    /// A polling source's backfill from the local list API (`dev/api.py`), against the
+    /// API's own serving rate; memory through the backfill; resume after a SIGKILL.
+    Poll(poll::PollBench),
 }
 
 pub async fn run(config: &SluiceConfig, cmd: BenchCommand) -> anyhow::Result<ExitCode> {
@@ -57,6 +61,7 @@ pub async fn run(config: &SluiceConfig, cmd: BenchCommand) -> anyhow::Result<Exi
         BenchCommand::E2e(b) => e2e::run(config, b).await,
         BenchCommand::SagaHttp(b) => saga_http::run(config, b).await,
         BenchCommand::Outbox(b) => outbox::run(config, b).await,
+        BenchCommand::Poll(b) => poll::run(config, b).await,
     }
 }
 

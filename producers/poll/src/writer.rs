@@ -1,7 +1,7 @@
 //! One Kafka transaction per page: the page's new item versions to the raw topic, their
 //! (id, version) pairs and the cursor after the page to the state topic. The transactional
-//! id is the source's, so a poller started again fences the one before it (whose open
-//! transaction is aborted) before it reads the state back.
+//! id is the source's (within its deployment), so a poller started again fences the one
+//! before it (whose open transaction is aborted) before it reads the state back.
 
 use std::time::Duration;
 
@@ -56,7 +56,9 @@ impl PageWriter {
         partition: i32,
     ) -> Result<Self, WriteError> {
         let producer = clients
-            .fenced_producer("poll", &format!("poll-{source}"))
+            // The state topic names the deployment (its prefix): two deployments on one
+            // cluster with a source of the same name must not fence each other.
+            .fenced_producer("poll", &format!("{state_topic}-{source}"))
             .await
             .map_err(|e| WriteError {
                 what: e.what,
