@@ -1065,9 +1065,16 @@ pub(crate) const DELIVERY_METRIC_PREFIXES: [&str; 2] = ["sluice_delivery_", "slu
 async fn delivery_panels_and_rules_name_metrics_sluice_deliver_exports() {
     use crate::observability::{dashboard_exprs, exported, metric_names, rule_exprs, scrape};
     let d = Deployment::new("dlvobs").await;
-    // One endpoint delivering, one failing until its breaker opens and tasks are parked,
-    // and a per_key one failing once: every delivery family gets samples.
-    let (_, ok) = d.subscriber("/ok", spec(&[PAYMENT], &["1s"])).await;
+    // One endpoint delivering at one a second (so its later deliveries wait for the rate),
+    // one failing until its breaker opens and tasks are parked, and a per_key one failing
+    // once: every delivery family gets samples.
+    let (_, ok) = d
+        .subscriber("/ok", {
+            let mut s = spec(&[PAYMENT], &["1s"]);
+            s["rate_limit_per_sec"] = 1.into();
+            s
+        })
+        .await;
     let (_, _down) = d
         .subscriber("/status/503", {
             let mut s = spec(&[PAYMENT], &["1s"; 10]);
