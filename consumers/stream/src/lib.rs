@@ -224,18 +224,19 @@ pub struct LoopConfig {
     /// same for 10 records or 10,000, so under load bigger batches go faster; `linger`
     /// bounds the wait when records trickle in.
     pub max_batch: usize,
-    /// How long to wait for more records before processing a partial batch.
+    /// How long to wait for more records before processing a partial batch; zero takes
+    /// only the records already fetched.
     pub linger: Duration,
     pub transaction_timeout: Duration,
     /// Per-key ordering on the retry path; needs [`Guarantee::ExactlyOnce`].
     pub per_key: Option<PerKey>,
 }
 
-/// How long a loop waits for a batch to fill unless configured. Each transactional hop
-/// costs at least this much latency; with the commit waiting only for acknowledgements
-/// (no flush sleeps), 10 ms gave the same saga throughput as 50 ms in `sluice saga bench`
-/// and took a three-step saga from about 530 to 235 ms (docs/benchmarks.md).
-pub const DEFAULT_LINGER: Duration = Duration::from_millis(10);
+/// How long a loop waits for a batch to fill unless configured: not at all. A batch takes
+/// the records already fetched and goes; under load more arrive while a batch commits, so
+/// batches grow by themselves, and at light load no hop waits for records that are not
+/// coming (docs/benchmarks.md, "Saga latency").
+pub const DEFAULT_LINGER: Duration = Duration::ZERO;
 
 /// Records per batch unless configured: exactly-once normalizer throughput roughly doubled
 /// from 2,000 to 10,000 in `sluice bench normalizer` (docs/benchmarks.md).
