@@ -243,11 +243,21 @@ pub fn read_from_start(topic: &str, settings: &[(&str, &str)]) -> (BaseConsumer,
 
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    // The kernel may hand the same ephemeral port to two binds in a row once the first is
+    // closed, so ports already given to a test (a gateway and its admin server, say) are
+    // skipped.
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if GIVEN.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
+            return port;
+        }
+    }
 }
 
 const STACK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/dev/stack");
