@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::normalizer::{spawn_sluice, ChildGuard};
 use crate::saga_http::Provider;
-use crate::support::{free_port, require_stack, sluice_async};
+use crate::support::{free_port, free_ports, require_stack, sluice_async};
 use serde_json::json;
 
 fn root(rel: &str) -> String {
@@ -154,7 +154,8 @@ async fn every_metric_in_dashboards_and_rules_is_exported() {
             (k.to_string(), v.to_string())
         })
         .collect();
-    let (admin, gateway, lag_admin) = (free_port(), free_port(), free_port());
+    // `sluice run` puts its child roles on the eight admin ports after its own.
+    let (admin, gateway, lag_admin) = (free_ports(9), free_port(), free_port());
     let mut env: Vec<(&str, String)> = demo_env
         .iter()
         .map(|(k, v)| (k.as_str(), v.clone()))

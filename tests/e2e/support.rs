@@ -243,21 +243,36 @@ pub fn read_from_start(topic: &str, settings: &[(&str, &str)]) -> (BaseConsumer,
 
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
-    // The kernel may hand the same ephemeral port to two binds in a row once the first is
-    // closed, so ports already given to a test (a gateway and its admin server, say) are
-    // skipped.
-    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
-        std::sync::Mutex::new(std::collections::BTreeSet::new());
-    loop {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if GIVEN.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
-            return port;
+    free_ports(1)
+}
+
+/// The first of `len` consecutive loopback ports nobody listens on right now (`sluice run`
+/// puts its child roles' admin servers on the ports after its own).
+///
+/// Ports come from below the kernel's ephemeral range (32768–60999 on Linux), so an outgoing
+/// connection of some other process can never take one between this check and the bind;
+/// they are handed out in turn, so a test never gets a port another test already has.
+pub fn free_ports(len: u16) -> u16 {
+    // Clear of the stack's own ports (9092, 8081, 15432, 19092, 18081, 25432, …).
+    const FIRST: u16 = 26_000;
+    const END: u16 = 32_700;
+    static NEXT: std::sync::Mutex<Option<u16>> = std::sync::Mutex::new(None);
+    let mut next = NEXT.lock().unwrap_or_else(|e| e.into_inner());
+    // Two test processes at once (two checkouts, say) start far apart.
+    let mut base = next.unwrap_or(FIRST + (std::process::id() % 64) as u16 * 100);
+    for _ in 0..(END - FIRST) {
+        if base + len > END {
+            base = FIRST;
         }
+        let all_free =
+            (base..base + len).all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
+        if all_free {
+            *next = Some(base + len);
+            return base;
+        }
+        base += 1;
     }
+    panic!("no {len} free loopback ports between {FIRST} and {END}");
 }
 
 const STACK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/dev/stack");

@@ -14,7 +14,25 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 
 use crate::normalizer::{read_until, reader, spawn_sluice, ChildGuard};
-use crate::support::{free_port, require_stack, sluice_async};
+use crate::support::{free_port, free_ports, require_stack, sluice_async, temp_file};
+
+/// `topology/topology.yaml` with every topic under `prefix` instead of `sluice` (event types
+/// such as `dev.sluice.…` keep theirs).
+fn own_topology(prefix: &str) -> String {
+    let reference = std::fs::read_to_string(root("topology/topology.yaml")).unwrap();
+    let mut out = String::with_capacity(reference.len());
+    let mut rest = reference.as_str();
+    while let Some(at) = rest.find("sluice.") {
+        let before = rest[..at].chars().next_back();
+        let is_topic = !before.is_some_and(|c| c == '.' || c.is_alphanumeric());
+        out.push_str(&rest[..at]);
+        out.push_str(if is_topic { prefix } else { "sluice" });
+        out.push('.');
+        rest = &rest[at + "sluice.".len()..];
+    }
+    out.push_str(rest);
+    out.replace("prefix: sluice\n", &format!("prefix: {prefix}\n"))
+}
 
 fn root(rel: &str) -> String {
     format!("{}/{rel}", env!("CARGO_MANIFEST_DIR"))
@@ -81,12 +99,20 @@ async fn the_saga_command_a_webhook_causes_carries_its_trace_id() {
     require_stack().await;
     let otlp = free_port();
     let spans = otlp_receiver(otlp).await;
+    // The reference topology under a prefix of its own: roles of other tests share the
+    // `sluice` prefix's consumer groups and would take (and trace) this test's records.
+    let prefix = format!("tr{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let file = temp_file("topology.yaml", &own_topology(&prefix))
+        .display()
+        .to_string();
     for cmd in [["topology", "apply"], ["schemas", "register"]] {
-        let (ok, out, err) = sluice_async(cmd.iter().map(|s| s.to_string()).collect()).await;
+        let args = [cmd[0], cmd[1], "--topology", &file];
+        let (ok, out, err) = sluice_async(args.iter().map(|s| s.to_string()).collect()).await;
         assert!(ok, "{cmd:?}: {out}{err}");
     }
     let secret = "trace-test-shopify-secret";
-    let (gateway, admin, sagas_admin) = (free_port(), free_port(), free_port());
+    // `sluice run` puts its child roles on the admin ports after its own.
+    let (gateway, admin, sagas_admin) = (free_port(), free_ports(9), free_port());
     let instance = format!("trace-{gateway}");
     let env: Vec<(&str, String)> = vec![
         ("SLUICE_SECRET_SHOPIFY", secret.into()),
@@ -104,10 +130,10 @@ async fn the_saga_command_a_webhook_causes_carries_its_trace_id() {
         ("OTEL_BSP_SCHEDULE_DELAY", "200".into()),
     ];
     let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let _run: ChildGuard = spawn_sluice(&["run"], &refs);
+    let _run: ChildGuard = spawn_sluice(&["run", "--topology", &file], &refs);
     let sagas_listen = format!("127.0.0.1:{sagas_admin}");
     let _sagas: ChildGuard = spawn_sluice(
-        &["saga", "run"],
+        &["saga", "run", "--topology", &file],
         &[
             ("SLUICE_ADMIN__LISTEN", sagas_listen.as_str()),
             ("SLUICE_INSTANCE_ID", instance.as_str()),
@@ -154,7 +180,7 @@ async fn the_saga_command_a_webhook_causes_carries_its_trace_id() {
         }
     }
 
-    let orders = reader("sluice.events.commerce");
+    let orders = reader(&format!("{prefix}.events.commerce"));
     let placed = read_until(&orders, Duration::from_secs(60), |g| {
         g.iter().any(|r| r.0 == order_id)
     })
@@ -174,7 +200,7 @@ async fn the_saga_command_a_webhook_causes_carries_its_trace_id() {
         "with a span of its own"
     );
 
-    let commands = reader("sluice.saga.order-fulfillment.commands");
+    let commands = reader(&format!("{prefix}.saga.order-fulfillment.commands"));
     let got = read_until(&commands, Duration::from_secs(60), |g| {
         g.iter()
             .any(|r| r.0 == order_id || String::from_utf8_lossy(&r.2).contains(&order_id))
