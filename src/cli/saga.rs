@@ -736,6 +736,13 @@ impl Participant for RoleParticipant {
             RoleParticipant::Demo(demo) => demo.patience(),
         }
     }
+
+    fn unanswered_may_have_run(&self) -> bool {
+        match self {
+            RoleParticipant::Http(http) => http.unanswered_may_have_run(),
+            RoleParticipant::Demo(demo) => demo.unanswered_may_have_run(),
+        }
+    }
 }
 
 /// A demo OrderPlaced for order `id`.

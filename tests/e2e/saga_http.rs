@@ -291,13 +291,10 @@ async fn a_declined_payment_compensates_and_a_later_failure_refunds_over_http_in
     assert_eq!(refunds.len(), 1, "{counts:#}");
     assert_effects(&counts, &[&unshippable], &[&unshippable]);
     let s = d.state(&unshippable).await;
-    let undone: Vec<&str> = s["compensated"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["step"].as_str().unwrap())
-        .collect();
-    assert_eq!(undone, ["charge-payment", "reserve-inventory"]);
+    assert_eq!(
+        compensated_steps(&s),
+        ["charge-payment", "reserve-inventory"]
+    );
     let refund_at = counts["log"]
         .as_array()
         .unwrap()
@@ -399,27 +396,64 @@ async fn unavailable_payments_open_the_breaker_which_recovers_and_the_order_comp
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_call_that_times_out_is_resent_with_the_same_key_and_charges_once() {
+/// One order whose charge the provider performs, then answers only after the call's budget
+/// (80% of the step's 10 s timeout) ran out, on the first `times` requests with its key;
+/// waits until the saga ended with `end`. Returns the deployment, the order and the
+/// provider's counts.
+async fn charge_answered_late(times: u32, suffix: &str, end: &str) -> (Deployment, String, Json) {
     let (provider, d, _orchestrator) = deploy(topology).await;
     let _participants = participants(&d, &provider, free_port());
-    // The provider charges, then answers only after the call's budget (80% of the step's
-    // 10 s timeout) ran out: the participant gives up, the step times out, the orchestrator
-    // resends the command, and the provider answers it from its idempotency store.
     provider
-        .fault(
-            json!({"path": "/v1/charges", "order_suffix": "-slow", "delay_ms": 9000, "times": 1}),
-        )
+        .fault(json!({"path": "/v1/charges", "order_suffix": suffix, "delay_ms": 9000, "times": times}))
         .await;
-    let slow = format!("{}-slow", d.prefix);
-    place_and_end(&d, &[(&slow, &["SKU-1"])], "SagaCompleted").await;
+    let id = format!("{}{suffix}", d.prefix);
+    place_and_end(&d, &[(&id, &["SKU-1"])], end).await;
     let counts = provider.counts().await;
+    (d, id, counts)
+}
+
+/// The steps a saga compensated, in order.
+fn compensated_steps(state: &Json) -> Vec<&str> {
+    state["compensated"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["step"].as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_times_out_is_resent_with_the_same_key_and_charges_once() {
+    // The participant gives up, the step times out, the orchestrator resends the command,
+    // and the provider answers it from its idempotency store.
+    let (d, slow, counts) = charge_answered_late(1, "-slow", "SagaCompleted").await;
     assert_eq!(counts["requests"][charge_key(&slow)], 2, "{counts:#}");
     assert_effects(&counts, &[&slow], &[]);
     assert_eq!(charges_of(&counts, &slow).len(), 1);
     let s = d.state(&slow).await;
     let timeline = s["history"].to_string();
     assert!(timeline.contains("timeout"), "{timeline}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_charge_that_never_answered_is_asked_again_and_refunded_when_the_saga_compensates() {
+    // Both attempts the step has go unanswered: the step times out with the charge made but
+    // unknown to the saga, which compensates it in case it took effect. The refund needs the
+    // charge's id, so the participant first asks the charge again with its own key and gets
+    // the stored answer.
+    let (d, lost, counts) = charge_answered_late(2, "-lost", "SagaCompensated").await;
+    assert_eq!(counts["requests"][charge_key(&lost)], 3, "{counts:#}");
+    let charge = charges_of(&counts, &lost);
+    assert_eq!(charge.len(), 1);
+    assert_effects(&counts, &[&lost], &[&lost]);
+    let refund = counts["refunds"].as_object().unwrap().values().next();
+    assert_eq!(refund.unwrap()["charge"], charge[0]["id"], "{counts:#}");
+    let s = d.state(&lost).await;
+    assert_eq!(s["failure"]["kind"], "timed_out", "{s:#}");
+    assert_eq!(
+        compensated_steps(&s),
+        ["charge-payment", "reserve-inventory"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,11 @@
 //! - **Compensations that only undo what ran.** A compensation names the action it undoes;
 //!   when that action never ran here (it failed, or never arrived), the compensation is
 //!   answered "nothing to undo" without calling the participant, and the action's id is
-//!   fenced so that, should it still arrive, it is refused instead of executed.
+//!   fenced so that, should it still arrive, it is refused instead of executed. A
+//!   participant whose unanswered work may still have taken effect (an HTTP call whose
+//!   answer was lost) has every action it starts marked as attempted, in the batch that
+//!   reads it; the compensation of an attempted action is passed to the participant, which
+//!   finds out what happened ([`crate::http::uncertain`]).
 //! - **Replies** go to the command's reply topic, keyed by saga id, with CloudEvents headers
 //!   and a traceparent continuing the command's.
 //! - **Slow work does not hold the loop back.** A participant with a
@@ -88,6 +92,14 @@ pub trait Participant: Send + Sync + 'static {
     /// For participants whose work can be slow through no fault of the records behind it.
     fn patience(&self) -> Option<std::time::Duration> {
         None
+    }
+
+    /// Whether an action left without a reply may still have taken effect (`false`, the
+    /// default: a participant that does not answer did nothing). When `true`, an action is
+    /// marked attempted before it runs, and its compensation is never answered "nothing to
+    /// undo" on the participant's behalf.
+    fn unanswered_may_have_run(&self) -> bool {
+        false
     }
 }
 
@@ -206,6 +218,9 @@ enum Settled {
     Failed,
     /// Its compensation came first; refuse it if it arrives.
     Fenced,
+    /// Started here, no answer yet: it may have taken effect. A resend runs it again; its
+    /// compensation goes to the participant.
+    Attempted,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -326,7 +341,11 @@ impl<P: Participant> ParticipantHandler<P> {
     ) -> Result<Output, HandlerError> {
         let (event_type, reason) = match entry.outcome {
             Settled::Succeeded => (&route.success, None),
-            Settled::Failed | Settled::Fenced => (&route.failure, entry.reason.clone()),
+            // An attempt is never answered from its entry (it is run again); listed for
+            // completeness.
+            Settled::Failed | Settled::Fenced | Settled::Attempted => {
+                (&route.failure, entry.reason.clone())
+            }
         };
         let reply = Reply {
             event_type: event_type.clone(),
@@ -436,6 +455,8 @@ impl<P: Participant> ParticipantHandler<P> {
                 let state = self.remember(partition, &command.command_id, &refused);
                 return Ok(vec![self.answer(record, &command, route, &refused)?, state]);
             }
+            // Started before without an answer: run it again (same id, same idempotency key).
+            Some(entry) if entry.outcome == Settled::Attempted => {}
             // Seen before: the same answer again, without running anything.
             Some(entry) => {
                 self.count(&event_type, "duplicate");
@@ -454,10 +475,13 @@ impl<P: Participant> ParticipantHandler<P> {
         if route.kind == Kind::Compensation {
             let undoes = command.compensates.clone().unwrap_or_default();
             let mut action = self.dedup.get(partition, &undoes);
-            if let Some(d) = self.detacher.as_ref().filter(|_| action.is_none()) {
+            let unsettled = action
+                .as_ref()
+                .is_none_or(|e| e.outcome == Settled::Attempted);
+            if let Some(d) = self.detacher.as_ref().filter(|_| unsettled) {
                 if let Some(done) = d.finished_outcome(&undoes) {
                     // Done, its reply not yet written: decide on what it did.
-                    action = entry_of(done, now);
+                    action = entry_of(done, now).or(action);
                 } else if d.is_running(&undoes) {
                     // Still running (an abort came early): no reply yet; the orchestrator
                     // sends the compensation again, and by then the action is settled.
@@ -465,7 +489,11 @@ impl<P: Participant> ParticipantHandler<P> {
                     return Ok(Vec::new());
                 }
             }
-            if !matches!(action.as_ref().map(|e| e.outcome), Some(Settled::Succeeded)) {
+            let may_have_run = matches!(
+                action.as_ref().map(|e| e.outcome),
+                Some(Settled::Succeeded | Settled::Attempted)
+            );
+            if !may_have_run {
                 self.count(&event_type, "nothing_to_undo");
                 let mut outputs = Vec::new();
                 if action.is_none() && !undoes.is_empty() {
@@ -494,6 +522,18 @@ impl<P: Participant> ParticipantHandler<P> {
             }
         }
 
+        // Written with this batch, so either the command is read again or its attempt is known.
+        let attempted = (route.kind == Kind::Action && self.participant.unanswered_may_have_run())
+            .then(|| {
+                let entry = Entry {
+                    outcome: Settled::Attempted,
+                    reason: None,
+                    retryable: false,
+                    result: None,
+                    at: now,
+                };
+                self.remember(partition, &command.command_id, &entry)
+            });
         let outcome = match &self.detacher {
             None => self.participant.handle(&command).await?,
             Some(d) => {
@@ -505,12 +545,13 @@ impl<P: Participant> ParticipantHandler<P> {
                     })?,
                     None => {
                         self.count(&event_type, "detached");
-                        return Ok(Vec::new());
+                        return Ok(attempted.into_iter().collect());
                     }
                 }
             }
         };
-        self.settle(record, &command, route, outcome, now)
+        let settled = self.settle(record, &command, route, outcome, now)?;
+        Ok(attempted.into_iter().chain(settled).collect())
     }
 
     /// The reply and dedup record of a command the participant ran, and its count; nothing

@@ -15,6 +15,9 @@
 //!   times out, and its retry policy decides from there.
 //! - A permanent failure (other 4xx, or a status the step lists as permanent) fails the
 //!   step, and the saga compensates.
+//! - The compensation of an action that never answered (the orchestrator compensates it in
+//!   case it took effect) first asks the action again with its own key, for the result the
+//!   compensation needs ([`super::uncertain`]).
 //! - An unknown answer (1xx, 3xx, a 2xx the step does not accept) is logged and left
 //!   without a reply, so it is retried no faster than the step's timeout.
 //! - Calls do not wait for each other: each is detached from the batch that read it
@@ -36,6 +39,7 @@ use sluice_topology::model::UpstreamSpec;
 use sluice_topology::Topology;
 
 use super::call::HttpCall;
+use super::uncertain::{unanswered_action, with_result, Recovery};
 use super::values::Values;
 use crate::instance::Kind;
 use crate::messages::Command;
@@ -126,14 +130,11 @@ impl HttpParticipant {
         self
     }
 
-    /// Makes `command`'s call, retrying transient failures within its budget.
+    /// Makes `command`'s call, retrying transient failures within its budget. The
+    /// compensation of an action that never answered first asks the action again
+    /// ([`super::uncertain`]), within half the budget.
     pub async fn call(&self, command: &Command) -> Outcome {
-        let key = (
-            command.saga_name.clone(),
-            command.step.clone(),
-            command.kind,
-        );
-        let Some(call) = self.calls.get(&key) else {
+        let Some(call) = self.call_of(command) else {
             return Outcome::Failed {
                 reason: format!(
                     "no HTTP call is declared for the {} of step `{}`",
@@ -143,6 +144,44 @@ impl HttpParticipant {
                 retryable: false,
             };
         };
+        let started = std::time::Instant::now();
+        let recovered = match self.ask_unanswered_action(command, call.budget / 2).await {
+            None => None,
+            Some(Recovery::Performed(result)) => Some(with_result(command, result)),
+            Some(Recovery::Settled(outcome)) => return outcome,
+        };
+        let command = recovered.as_ref().unwrap_or(command);
+        self.execute(call, command, call.budget.saturating_sub(started.elapsed()))
+            .await
+    }
+
+    fn call_of(&self, command: &Command) -> Option<&HttpCall> {
+        let key = (
+            command.saga_name.clone(),
+            command.step.clone(),
+            command.kind,
+        );
+        self.calls.get(&key)
+    }
+
+    /// For the compensation of an action that left no result: the action asked again with
+    /// its own `Idempotency-Key`, and what its answer means.
+    async fn ask_unanswered_action(&self, command: &Command, budget: Duration) -> Option<Recovery> {
+        let action = unanswered_action(command)?;
+        let call = self.call_of(&action)?;
+        tracing::info!(
+            saga = command.saga_name,
+            step = command.step,
+            command_id = action.command_id,
+            "compensating an action that never answered: asking it again with its own Idempotency-Key"
+        );
+        Some(Recovery::from_replay(
+            self.execute(call, &action, budget).await,
+        ))
+    }
+
+    /// Renders and sends `command`'s call, retrying transient failures within `budget`.
+    async fn execute(&self, call: &HttpCall, command: &Command, budget: Duration) -> Outcome {
         let rendered = Values::of(command).and_then(|values| call.request(&values));
         let (request, shown) = match rendered {
             Ok(r) => r,
@@ -160,7 +199,7 @@ impl HttpParticipant {
             &shown.upstream,
             &request,
             &self.schedule,
-            call.budget,
+            budget,
             seed(&command.command_id),
             |attempt| call.policy().retries(attempt),
         )
@@ -187,6 +226,11 @@ impl Participant for HttpParticipant {
 
     fn patience(&self) -> Option<Duration> {
         Some(PATIENCE)
+    }
+
+    /// A call whose answer was lost may have charged.
+    fn unanswered_may_have_run(&self) -> bool {
+        true
     }
 }
 

@@ -26,10 +26,12 @@ const ORDERS: &str = "sluice.events.commerce";
 const ORDER_PLACED: &str = "dev.sluice.events.commerce.OrderPlaced";
 
 /// A participant that records what it executed and fails `ChargePayment` for orders whose
-/// id says `declined`.
+/// id says `declined`; with `answers_lost`, it leaves `ChargePayment` for orders whose id
+/// says `lost` without an answer, as an HTTP call whose answer was lost (so it may have run).
 #[derive(Debug, Clone, Default)]
 struct Scripted {
     executed: Arc<Mutex<Vec<String>>>,
+    answers_lost: bool,
 }
 
 impl Participant for Scripted {
@@ -39,6 +41,11 @@ impl Participant for Scripted {
             .lock()
             .unwrap()
             .push(format!("{name} {}", command.correlation_id));
+        if self.answers_lost && name == "ChargePayment" && command.correlation_id.contains("lost") {
+            return Ok(Outcome::NoReply {
+                why: "the answer was lost".into(),
+            });
+        }
         if name == "ChargePayment" && command.correlation_id.contains("declined") {
             return Ok(Outcome::Failed {
                 reason: "card declined".into(),
@@ -48,6 +55,10 @@ impl Participant for Scripted {
         Ok(Outcome::Succeeded {
             result: Some(json!({"by": name})),
         })
+    }
+
+    fn unanswered_may_have_run(&self) -> bool {
+        self.answers_lost
     }
 }
 
@@ -98,6 +109,11 @@ struct World {
 
 impl World {
     async fn start(log: &Arc<MemoryLog>) -> Self {
+        Self::start_with(log, false).await
+    }
+
+    /// [`World::start`] with participants that lose answers ([`Scripted::answers_lost`]).
+    async fn start_with(log: &Arc<MemoryLog>, answers_lost: bool) -> Self {
         let catalog = catalog();
         let topology = topology(&catalog);
         let codec = offline_codec();
@@ -110,6 +126,7 @@ impl World {
             let metrics = ParticipantMetrics::new(&prometheus::Registry::new()).unwrap();
             let scripted = Scripted {
                 executed: executed.clone(),
+                answers_lost,
             };
             participants.push(ParticipantHandler::with_parts(
                 spec,
@@ -461,4 +478,46 @@ async fn a_participant_answers_a_resend_from_its_committed_state_only() {
     let resent = w.handle(who, &command, true).await;
     assert_eq!(replies(&resent).len(), 1);
     assert_eq!(w.executed().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_action_that_may_have_run_unanswered_is_marked_attempted_and_run_again_on_resend() {
+    for answers_lost in [false, true] {
+        let log = Arc::new(MemoryLog::default());
+        let mut w = World::start_with(&log, answers_lost).await;
+        w.place_order("o-lost");
+        let (_, command) = w
+            .run_until("dev.sluice.events.sagas.ChargePayment", |who| {
+                matches!(who, Who::Participant(_))
+            })
+            .await;
+        let roles = RoleSpec::roles(&topology(&catalog()));
+        let who = Who::Participant(roles.iter().position(|r| r == "payments").unwrap());
+        let first = w.handle(who, &command, true).await;
+        let replies =
+            of_type(&first, "PaymentCharged").len() + of_type(&first, "ChargeFailed").len();
+        if answers_lost {
+            // No reply, but the attempt is on record, in the batch that read the command.
+            assert_eq!(replies, 0);
+            assert_eq!(first.len(), 1, "{first:?}");
+            let value =
+                String::from_utf8_lossy(first[0].value.as_deref().unwrap_or_default()).to_string();
+            assert!(value.contains("attempted"), "{value}");
+        } else {
+            assert_eq!(first.len(), 2, "a reply and its record: {first:?}");
+        }
+        // A resend of an attempt runs it again; of a settled command, answers from the record.
+        w.handle(who, &command, true).await;
+        let charges = w
+            .executed()
+            .iter()
+            .filter(|e| e.starts_with("ChargePayment"))
+            .count();
+        assert_eq!(
+            charges,
+            if answers_lost { 2 } else { 1 },
+            "{:?}",
+            w.executed()
+        );
+    }
 }
