@@ -126,8 +126,8 @@ async fn plan_or_apply(
     if p.is_empty() {
         println!("apply: nothing to do");
     } else {
-        let done = apply::apply(&admin, &p).await?;
-        println!("apply: {} change(s) made", done.len());
+        let done = apply::converge(&admin, &t.all_topics(), &t.prefix, &p, 3).await?;
+        println!("apply: {done} change(s) made");
     }
     if blocked > 0 {
         println!("apply: {blocked} change(s) refused; see above");

@@ -252,6 +252,20 @@ impl Deliver {
     }
 }
 
+/// `log` without its ANSI colour sequences (`ESC [ … m`).
+fn without_colours(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|&c| c == 'm');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn read_log(log: &Path) -> String {
     format!(
         "{}{}",
@@ -1259,7 +1273,7 @@ async fn events_arriving_while_disabled_are_recovered_since_a_time() {
     let mut disabled = spec(&[PAYMENT], &["1s"]);
     disabled["enabled"] = false.into();
     let (mut ep, r) = d.subscriber("/ok", disabled).await;
-    let _deliver = Deliver::start(&d.file, "dlvrecover-1").await;
+    let deliver = Deliver::start(&d.file, "dlvrecover-1").await;
     let wait_disabled = |ids: Vec<String>| {
         let d = &d;
         let ep_id = ep.id.clone();
@@ -1290,9 +1304,15 @@ async fn events_arriving_while_disabled_are_recovered_since_a_time() {
     let while_off = vec![d.pay(1).await, d.pay(2).await];
     wait_disabled(while_off.clone()).await;
 
-    // Enabled again; a new event arriving proves the deliverer has seen it.
+    // Enabled again, and the deliverer has taken it in before the next event.
     ep.enabled = true;
     d.write_endpoint(&ep).await;
+    let taken_in = format!("endpoint updated endpoint={} enabled=true", ep.id);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !without_colours(&read_log(&deliver.log)).contains(&taken_in) {
+        assert!(Instant::now() < deadline, "{taken_in}: not in the log");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let after = d.pay(3).await;
     r.wait_delivered(Duration::from_secs(60), &[after.clone()].into())
         .await;

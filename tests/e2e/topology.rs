@@ -73,8 +73,8 @@ async fn plan_apply_is_idempotent_grows_alters_and_refuses_to_shrink_or_delete()
         out.contains(&format!("kept        {prefix}.events.extra")),
         "{out}"
     );
-    let (ok, out, _) = run(&["topology", "apply"], &v2).await;
-    assert!(ok && out.contains("apply: 2 change(s) made"), "{out}");
+    let (ok, out, err) = run(&["topology", "apply"], &v2).await;
+    assert!(ok && out.contains("apply: 2 change(s) made"), "{out}{err}");
     let (_, out, _) = run(&["topology", "plan"], &v2).await;
     assert!(out.contains("no changes"), "{out}");
 

@@ -11,6 +11,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
+use crate::model::TopicSpec;
 use crate::plan::{Action, LiveTopic, Plan};
 
 const TIMEOUT: Duration = Duration::from_secs(15);
@@ -87,6 +88,39 @@ pub async fn live_topics(
         }
     }
     Ok(out)
+}
+
+/// Carries out `plan` (made from `declared` and the live topics under `prefix`), and when an
+/// action fails, reads the cluster again and carries out what is still missing, up to
+/// `attempts` times: a request that timed out on a busy broker may still have taken effect,
+/// and the plan of what is left says so. Returns how many of `plan`'s changes the cluster
+/// now has.
+pub async fn converge(
+    admin: &Admin,
+    declared: &[TopicSpec],
+    prefix: &str,
+    plan: &Plan,
+    attempts: u32,
+) -> Result<usize, ApplyError> {
+    let allow_delete = plan
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::Delete { .. }));
+    let mut current = plan.clone();
+    let mut attempt = 1;
+    loop {
+        match apply(admin, &current).await {
+            Ok(_) => return Ok(plan.actions.len()),
+            Err(e) if attempt >= attempts => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, attempt, "topology change failed; reading the cluster again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let live = live_topics(admin, prefix).await?;
+                current = crate::plan::plan(declared, &live, allow_delete);
+                attempt += 1;
+            }
+        }
+    }
 }
 
 /// Carries out `plan`'s actions in order, returning one line per action done.

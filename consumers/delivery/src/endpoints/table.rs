@@ -193,6 +193,16 @@ impl std::fmt::Debug for Follower {
 }
 
 impl Follower {
+    /// Says which endpoint changed and how it now stands (an operator enabling an endpoint
+    /// sees when the deliverer has taken it in). Never the endpoint's URL or secrets.
+    fn log_change(&self, key: &[u8]) {
+        let id = String::from_utf8_lossy(key);
+        match self.table.get(&id) {
+            Some(e) => tracing::info!(endpoint = %id, enabled = e.enabled, "endpoint updated"),
+            None => tracing::info!(endpoint = %id, "endpoint removed"),
+        }
+    }
+
     /// Applies every new record until `shutdown`; a read error is logged and retried.
     pub async fn run(self, shutdown: Shutdown) {
         loop {
@@ -203,6 +213,7 @@ impl Follower {
                         if let Some(key) = m.key() {
                             let at = Some((m.partition(), m.offset()));
                             self.table.apply_logged(&self.topic, m.partition(), key, m.payload(), at);
+                            self.log_change(key);
                         }
                     }
                     Err(e) => {
