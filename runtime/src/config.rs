@@ -278,7 +278,9 @@ pub struct OutboxConfig {
     pub lanes: u32,
     /// How often an idle lane looks for new rows.
     pub poll_interval_ms: u64,
-    /// Rows read and published per Kafka transaction, per lane.
+    /// At most this many rows read and published per Kafka transaction, per lane: a backlog
+    /// drains in few transactions (each commit costs a broker round trip or more), while at
+    /// a steady rate a batch holds only what arrived since the last one.
     pub batch_size: u32,
     /// How long a gap in an aggregate's sequence is waited for before it is reported (the
     /// aggregate keeps waiting; nothing is skipped).
@@ -294,7 +296,7 @@ impl Default for OutboxConfig {
             table: "sluice_outbox".into(),
             lanes: 8,
             poll_interval_ms: 100,
-            batch_size: 500,
+            batch_size: 2_000,
             gap_report_ms: 30_000,
             source: "sluice://outbox".into(),
         }

@@ -166,7 +166,7 @@ routes:
     let sluice_table = TableName::parse(&format!("bench_outbox_{tag}"))?;
     let debezium_table = TableName::parse(&format!("bench_outbox_{tag}_dbz"))?;
     for t in [&sluice_table, &debezium_table] {
-        db.batch_execute(&create_statements(t))
+        db.batch_execute(&create_statements(t, LANES))
             .await
             .with_context(|| format!("creating {t}"))?;
     }
@@ -271,6 +271,11 @@ async fn start_sluice_relay(s: &Scratch, dsn: &str) -> anyhow::Result<ChildProce
             ("SLUICE_OUTBOX__TABLE", s.sluice_table.to_string()),
             ("SLUICE_OUTBOX__LANES", LANES.to_string()),
             ("SLUICE_ADMIN__LISTEN", format!("127.0.0.1:{admin}")),
+            // `sluice_outbox=debug` shows where each batch's time goes.
+            (
+                "RUST_LOG",
+                std::env::var("SLUICE_BENCH_RELAY_LOG").unwrap_or_else(|_| "warn".into()),
+            ),
         ],
     )?;
     let url = format!("http://127.0.0.1:{admin}/metrics");

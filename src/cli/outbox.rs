@@ -48,7 +48,7 @@ pub async fn run(config: &SluiceConfig, cmd: OutboxCommand) -> anyhow::Result<Ex
 
 async fn init(outbox: &OutboxConfig, args: InitArgs) -> anyhow::Result<ExitCode> {
     let table = TableName::parse(args.table.as_deref().unwrap_or(&outbox.table))?;
-    let sql = create_statements(&table);
+    let sql = create_statements(&table, outbox.lanes);
     if !args.apply {
         print!("{sql}");
         return Ok(ExitCode::SUCCESS);

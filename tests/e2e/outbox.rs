@@ -51,7 +51,7 @@ routes:
         register_schemas(&topology).await;
         let table = format!("e2e_{prefix}");
         let t = TableName::parse(&table).unwrap();
-        db.batch_execute(&sluice_outbox::create_statements(&t))
+        db.batch_execute(&sluice_outbox::create_statements(&t, 4))
             .await
             .unwrap();
         db.batch_execute(&format!(

@@ -15,6 +15,10 @@
 //!   1 and grows by one per event (the aggregate's version), which is how the relay keeps
 //!   per-aggregate order even when two transactions on one aggregate commit out of `xid`
 //!   order, and how it notices a gap instead of skipping it.
+//! - Each relay lane reads and deletes only its aggregates' rows (a hash of `aggregate_id`
+//!   modulo the lane count, [`crate::lanes`]): the lane index keeps it on its own rows instead
+//!   of walking every lane's. It is built for one lane count, the relay's `outbox.lanes`; a
+//!   relay with another count still works, walking the `(xid, id)` index instead.
 
 use std::fmt;
 
@@ -66,9 +70,11 @@ impl fmt::Display for TableName {
     }
 }
 
-/// `CREATE … IF NOT EXISTS` statements for `table`: idempotent, safe to run on every deploy.
-pub fn create_statements(table: &TableName) -> String {
+/// `CREATE … IF NOT EXISTS` statements for `table` relayed over `lanes` lanes: idempotent,
+/// safe to run on every deploy.
+pub fn create_statements(table: &TableName, lanes: u32) -> String {
     let t = table.as_str();
+    let lane = crate::lanes::lane_of_row(lanes);
     let base = table.base();
     let schema = table.schema_prefix();
     format!(
@@ -97,6 +103,8 @@ CREATE TABLE IF NOT EXISTS {t} (
     UNIQUE (aggregate_type, aggregate_id, sequence)
 );
 CREATE INDEX IF NOT EXISTS {base}_xid_id ON {t} (xid, id);
+-- The relay's lanes ({lanes}, `outbox.lanes`): each reads and deletes only its own rows.
+CREATE INDEX IF NOT EXISTS {base}_lanes{lanes} ON {t} ({lane}, xid, id);
 CREATE OR REPLACE FUNCTION {schema}{base}_stamp_xid() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     NEW.xid := pg_current_xact_id();
@@ -137,11 +145,14 @@ mod tests {
 
     #[test]
     fn statements_name_the_schema_qualified_table_and_its_parts() {
-        let sql = create_statements(&TableName::parse("app.events_out").unwrap());
+        let sql = create_statements(&TableName::parse("app.events_out").unwrap(), 8);
         assert!(sql.contains("CREATE TABLE IF NOT EXISTS app.events_out ("));
         assert!(sql
             .contains("CREATE INDEX IF NOT EXISTS events_out_xid_id ON app.events_out (xid, id);"));
         assert!(sql.contains("FUNCTION app.events_out_stamp_xid()"));
+        assert!(sql.contains(
+            "CREATE INDEX IF NOT EXISTS events_out_lanes8 ON app.events_out (((hashtextextended(aggregate_id, 0) & 9223372036854775807) % 8), xid, id);"
+        ));
         assert!(sql.contains("DEFAULT '{}'::jsonb"));
     }
 }

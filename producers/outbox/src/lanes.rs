@@ -12,9 +12,13 @@
 //! on it. Each lane's Kafka producer has its own `transactional.id`, so a relay that takes a
 //! lane over fences the previous owner's producer before it reads the lane's position.
 
-/// SQL for the lane of a row (`$3` is the lane count): a 63-bit hash of `aggregate_id`, modulo the lane count. Kept in
-/// SQL so every relay and every reader agrees without a hash of its own.
-pub const LANE_OF_ROW: &str = "(hashtextextended(aggregate_id, 0) & 9223372036854775807) % $3";
+/// SQL for the lane of a row among `lanes`: a 63-bit hash of `aggregate_id`, modulo the lane
+/// count. Kept in SQL so every relay and every reader agrees without a hash of its own. The
+/// count is a literal, not a parameter, so the expression is the one the table's lane index
+/// is built on ([`crate::ddl`]) and a lane's reads and deletes walk only its own rows.
+pub fn lane_of_row(lanes: u32) -> String {
+    format!("((hashtextextended(aggregate_id, 0) & 9223372036854775807) % {lanes})")
+}
 
 /// A stable 31-bit hash of the table name (FNV-1a): the advisory lock namespace of its lanes
 /// and the base of their state partitions.
@@ -41,6 +45,14 @@ mod tests {
         assert_eq!(table_hash("sluice_outbox"), table_hash("sluice_outbox"));
         assert_ne!(table_hash("sluice_outbox"), table_hash("other_outbox"));
         assert!(table_hash("x") >= 0);
+    }
+
+    #[test]
+    fn the_lane_expression_names_its_count() {
+        assert_eq!(
+            lane_of_row(8),
+            "((hashtextextended(aggregate_id, 0) & 9223372036854775807) % 8)"
+        );
     }
 
     #[test]

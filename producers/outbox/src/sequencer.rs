@@ -70,6 +70,12 @@ impl Plan {
         self.next.durable.watermark
     }
 
+    /// Where the read after this plan starts: known before the plan is committed, so the
+    /// next batch can be read while this one's transaction runs.
+    pub fn cursor(&self) -> Position {
+        self.next.cursor
+    }
+
     /// Whether committing the plan changes anything durable.
     pub fn is_durable_change(&self, before: &Sequencer) -> bool {
         !self.emit.is_empty() || self.watermark() != before.durable.watermark

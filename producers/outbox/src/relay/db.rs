@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
-use tokio_postgres::{Client, IsolationLevel, NoTls};
+use tokio_postgres::{Client, NoTls, Statement};
 
 use crate::ddl::TableName;
 use crate::event::{OutboxRow, Position};
-use crate::lanes::{table_hash, LANE_OF_ROW};
+use crate::lanes::{lane_of_row, table_hash};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -29,9 +29,11 @@ fn query(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> DbError {
 pub struct Db {
     client: Client,
     table: TableName,
-    lanes: i64,
+    lanes: u32,
     app_name: String,
-    read: String,
+    /// Prepared once per session: each read and delete is then one round trip.
+    read: Statement,
+    delete: Statement,
 }
 
 impl std::fmt::Debug for Db {
@@ -78,21 +80,37 @@ impl Db {
                 tracing::warn!(error = %e, "outbox database connection ended");
             }
         });
-        let read = format!(
-            "SELECT id, xid::text::bigint, event_id, aggregate_type, aggregate_id, sequence, event_type, \
-                    payload, headers, (extract(epoch FROM created_at) * 1000)::bigint \
-             FROM {table} \
-             WHERE (xid, id) > ($1::bigint::text::xid8, $2) \
-               AND xid < pg_snapshot_xmin(pg_current_snapshot()) \
-               AND {LANE_OF_ROW} = $4 \
-             ORDER BY xid, id LIMIT $5"
-        );
+        let lane_of_row = lane_of_row(lanes);
+        // One statement, so one snapshot serves both the xmin and the rows it returns
+        // (`pg_current_snapshot()` is the statement's own snapshot).
+        let read = client
+            .prepare(&format!(
+                "SELECT id, xid::text::bigint, event_id, aggregate_type, aggregate_id, sequence, event_type, \
+                        payload, headers, (extract(epoch FROM created_at) * 1000)::bigint \
+                 FROM {table} \
+                 WHERE (xid, id) > ($1::bigint::text::xid8, $2) \
+                   AND xid < pg_snapshot_xmin(pg_current_snapshot()) \
+                   AND {lane_of_row} = $3 \
+                 ORDER BY xid, id LIMIT $4"
+            ))
+            .await
+            .map_err(query("preparing the read"))?;
+        // The lower bound keeps the index scan off the entries of rows deleted before (dead
+        // until vacuumed), which a backlog would otherwise walk again on every batch.
+        let delete = client
+            .prepare(&format!(
+                "DELETE FROM {table} WHERE (xid, id) > ($4::bigint::text::xid8, $5) \
+                   AND (xid, id) <= ($1::bigint::text::xid8, $2) AND {lane_of_row} = $3"
+            ))
+            .await
+            .map_err(query("preparing the cleanup"))?;
         Ok(Self {
             client,
             table: table.clone(),
-            lanes: lanes as i64,
+            lanes,
             app_name,
             read,
+            delete,
         })
     }
 
@@ -102,35 +120,21 @@ impl Db {
 
     /// Up to `limit` rows of `lane` after `after`, in `(xid, id)` order, of transactions that
     /// have all ended: below the snapshot's xmin, so no row before them can still appear.
-    /// One repeatable-read snapshot serves both the xmin and the rows.
+    /// Takes `&self`, so a lane can read its next batch while its last one's cleanup runs.
     pub async fn read_batch(
-        &mut self,
+        &self,
         lane: u32,
         after: Position,
         limit: u32,
     ) -> Result<Vec<OutboxRow>, DbError> {
-        let tx = self
+        let rows = self
             .client
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(query("starting the read transaction"))?;
-        let rows = tx
             .query(
-                self.read.as_str(),
-                &[
-                    &after.xid,
-                    &after.id,
-                    &self.lanes,
-                    &(lane as i64),
-                    &(limit as i64),
-                ],
+                &self.read,
+                &[&after.xid, &after.id, &(lane as i64), &(limit as i64)],
             )
             .await
             .map_err(query("reading outbox rows"))?;
-        tx.commit().await.map_err(query("ending the read"))?;
         Ok(rows
             .iter()
             .map(|r| OutboxRow {
@@ -151,27 +155,19 @@ impl Db {
     }
 
     /// Deletes `lane`'s rows after `from` and at or below `through`: cleanup only, relayed rows
-    /// are already recorded as such in Kafka. The lower bound keeps the index scan off the
-    /// entries of rows deleted before (dead until vacuumed), which a backlog would otherwise
-    /// walk again on every batch.
+    /// are already recorded as such in Kafka.
     pub async fn delete_between(
         &self,
         lane: u32,
         from: Position,
         through: Position,
     ) -> Result<u64, DbError> {
-        let sql = format!(
-            "DELETE FROM {} WHERE (xid, id) > ($5::bigint::text::xid8, $6) \
-               AND (xid, id) <= ($1::bigint::text::xid8, $2) AND {LANE_OF_ROW} = $4",
-            self.table
-        );
         self.client
             .execute(
-                sql.as_str(),
+                &self.delete,
                 &[
                     &through.xid,
                     &through.id,
-                    &self.lanes,
                     &(lane as i64),
                     &from.xid,
                     &from.id,
@@ -185,14 +181,15 @@ impl Db {
     pub async fn backlog(&self, lane: u32, watermark: Position) -> Result<(i64, i64), DbError> {
         let sql = format!(
             "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at))::bigint, 0) \
-             FROM {} WHERE (xid, id) > ($1::bigint::text::xid8, $2) AND {LANE_OF_ROW} = $4",
-            self.table
+             FROM {} WHERE (xid, id) > ($1::bigint::text::xid8, $2) AND {} = $3",
+            self.table,
+            lane_of_row(self.lanes),
         );
         let row = self
             .client
             .query_one(
                 sql.as_str(),
-                &[&watermark.xid, &watermark.id, &self.lanes, &(lane as i64)],
+                &[&watermark.xid, &watermark.id, &(lane as i64)],
             )
             .await
             .map_err(query("measuring the backlog"))?;

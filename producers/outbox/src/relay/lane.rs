@@ -4,6 +4,11 @@
 //! lane's new position. Any failure aborts it and drops the lane; the relay claims it again,
 //! which re-initialises the producer (fencing whatever it left open) and reads the position
 //! back from Kafka: the in-memory state is never trusted past an error.
+//!
+//! Each lane runs as a task of its own, so no lane waits for another's Kafka commit. While a
+//! batch's transaction runs, the lane reads its next batch (read-only: rows after the plan's
+//! cursor, of ended transactions) and deletes what the previous transaction covered
+//! (cleanup only): the database round trips hide behind the Kafka ones.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,12 +17,13 @@ use futures::future::join_all;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use sluice_runtime::kafka::{blocking, KafkaClients};
+use sluice_runtime::Shutdown;
 use sluice_stream::refusals::RefusalClass;
 use sluice_stream::state::kafka::read_partitions;
 
 use super::db::{Db, DbError};
 use super::Relay;
-use crate::event::OutboxRow;
+use crate::event::{OutboxRow, Position};
 use crate::sequencer::{Durable, Plan, Sequencer};
 use crate::{position, records};
 
@@ -55,7 +61,9 @@ pub struct Lane {
     partition: i32,
     last_backlog: Option<Instant>,
     /// Rows of the lane up to here are deleted (zero: none known to be).
-    deleted_through: crate::event::Position,
+    deleted_through: Position,
+    /// The next batch, read while the last one was published; it starts at the cursor.
+    prefetched: Option<(Position, Vec<OutboxRow>)>,
     /// The lane's own database session (reads, deletes, backlog), so lanes do not queue
     /// behind each other's statements.
     db: Db,
@@ -104,26 +112,43 @@ impl Lane {
             partition,
             last_backlog: None,
             deleted_through: Default::default(),
+            prefetched: None,
             db,
         })
     }
 
-    /// Reads the next eligible rows and publishes what is next in line, with the new position,
-    /// in one Kafka transaction; then deletes what the position covers. The relay's lanes
-    /// step at once, each with its own producer, transaction and database session.
+    /// Steps the lane until `stop` (between batches, never inside one) or an error; sleeps
+    /// a poll interval whenever there is nothing new.
+    pub async fn run(mut self, relay: Arc<Relay>, stop: Shutdown) -> Result<(), LaneError> {
+        while !stop.is_triggered() {
+            if self.step(&relay).await? == Step::Idle {
+                tokio::select! {
+                    _ = tokio::time::sleep(relay.settings.poll_interval) => {}
+                    _ = stop.wait() => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the next eligible rows (prefetched, or read now) and publishes what is next in
+    /// line, with the new position, in one Kafka transaction; meanwhile reads the batch after
+    /// and deletes what the previous transaction covered.
     pub async fn step(&mut self, relay: &Arc<Relay>) -> Result<Step, LaneError> {
         let lane = self.lane;
         let s = &relay.settings;
-        let rows = self
-            .db
-            .read_batch(lane, self.sequencer.cursor(), s.batch_size)
-            .await
-            .map_err(|e| LaneError::Db(e, lane))?;
+        let cursor = self.sequencer.cursor();
+        let rows = match self.prefetched.take() {
+            // An empty prefetch is read again: rows may have committed since.
+            Some((after, rows)) if after == cursor && !rows.is_empty() => rows,
+            _ => self.read(cursor, s.batch_size).await?,
+        };
         let full = rows.len() as u32 >= s.batch_size;
         let plan = self.sequencer.plan(rows, Instant::now(), s.gap_report);
         self.report(relay, &plan);
         if !plan.is_durable_change(&self.sequencer) {
             self.sequencer.commit(plan);
+            self.clean_up().await;
             self.observe(relay).await;
             return Ok(if full {
                 Step::Published { rows: 0 }
@@ -131,7 +156,18 @@ impl Lane {
                 Step::Idle
             });
         }
-        let (events, dead) = self.publish(relay, &plan).await?;
+        let next = plan.cursor();
+        let (published, prefetched, deleted) = tokio::join!(
+            self.publish(relay, &plan),
+            self.read(next, s.batch_size),
+            self.delete_relayed(),
+        );
+        let (events, dead) = published?;
+        if let Some(through) = deleted {
+            self.deleted_through = through;
+        }
+        // A failed prefetch is read again by the next step.
+        self.prefetched = prefetched.ok().map(|rows| (next, rows));
         if dead > 0 {
             // Refusals are needed until their dead letter is committed.
             let mut refused = relay.refused.lock().expect("refused");
@@ -139,7 +175,6 @@ impl Lane {
                 refused.remove(&row.event_id);
             }
         }
-        let watermark = plan.watermark();
         self.sequencer.commit(plan);
         let label = lane.to_string();
         relay
@@ -152,18 +187,52 @@ impl Lane {
             .dead_lettered
             .with_label_values(&[&label])
             .inc_by(dead);
-        let from = self.deleted_through;
-        let deleted = self.db.delete_between(lane, from, watermark).await;
-        if deleted.is_ok() {
-            self.deleted_through = watermark;
-        }
-        if let Err(e) = deleted {
-            tracing::warn!(lane, error = %e, "could not delete relayed rows (they stay until the next batch)");
-        }
         self.observe(relay).await;
         Ok(Step::Published {
             rows: (events + dead) as usize,
         })
+    }
+
+    async fn read(&self, after: Position, limit: u32) -> Result<Vec<OutboxRow>, LaneError> {
+        let started = Instant::now();
+        let rows = self
+            .db
+            .read_batch(self.lane, after, limit)
+            .await
+            .map_err(|e| LaneError::Db(e, self.lane))?;
+        tracing::debug!(lane = self.lane, rows = rows.len(), took = ?started.elapsed(), "outbox rows read");
+        Ok(rows)
+    }
+
+    /// Deletes the rows the committed position covers and earlier cleanups left.
+    async fn clean_up(&mut self) {
+        if let Some(through) = self.delete_relayed().await {
+            self.deleted_through = through;
+        }
+    }
+
+    /// The cleanup without recording it: returns how far it deleted. Run next to a publish,
+    /// it records nothing, so a failed or skipped delete is simply done again later.
+    async fn delete_relayed(&self) -> Option<Position> {
+        let through = self.sequencer.durable().watermark;
+        if through <= self.deleted_through {
+            return None;
+        }
+        let started = Instant::now();
+        match self
+            .db
+            .delete_between(self.lane, self.deleted_through, through)
+            .await
+        {
+            Ok(deleted) => {
+                tracing::debug!(lane = self.lane, deleted, took = ?started.elapsed(), "outbox rows cleaned up");
+                Some(through)
+            }
+            Err(e) => {
+                tracing::warn!(lane = self.lane, error = %e, "could not delete relayed rows (they stay until the next batch)");
+                None
+            }
+        }
     }
 
     /// One transaction: the plan's records, then the lane's position.
@@ -173,6 +242,7 @@ impl Lane {
         self.producer
             .begin_transaction()
             .map_err(kafka("beginning a transaction"))?;
+        let started = Instant::now();
         let result = async {
             let table = relay.settings.table.as_str();
             let mut deliveries = Vec::with_capacity(plan.emit.len() + plan.advanced.len() + 1);
@@ -230,6 +300,7 @@ impl Lane {
                         .map_err(|(e, _)| kafka("enqueuing the position")(e))?,
                 ));
             }
+            let enqueued = started.elapsed();
             let (rows, futures): (Vec<_>, Vec<_>) = deliveries.into_iter().unzip();
             for (row, d) in rows.into_iter().zip(join_all(futures).await) {
                 let e = match d {
@@ -243,10 +314,15 @@ impl Lane {
                 };
                 return Err(kafka("producing a record")(e));
             }
+            let acked = started.elapsed();
             let p = self.producer.clone();
             blocking(move || p.commit_transaction(Duration::from_secs(60)))
                 .await
                 .map_err(kafka("committing the transaction"))?;
+            // Where a batch's time goes, for tuning: encoding and enqueueing, the
+            // acknowledgements, the commit.
+            tracing::debug!(lane, rows = plan.emit.len(), ?enqueued, ?acked, committed = ?started.elapsed(),
+                "outbox batch published");
             Ok((events, dead))
         }
         .await;

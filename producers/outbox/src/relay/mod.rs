@@ -14,7 +14,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::future::join_all;
 use sluice_runtime::config::OutboxConfig;
 use sluice_runtime::kafka::KafkaClients;
 use sluice_runtime::Shutdown;
@@ -124,7 +123,7 @@ impl Relay {
     }
 
     /// Relays until `shutdown`: connects (again after any loss of the connection, which
-    /// also loses the lane locks), claims a fair share of lanes and steps them in turn.
+    /// also loses the lane locks), claims a fair share of lanes and runs each as a task.
     pub async fn run(self: Arc<Self>, dsn: String, shutdown: Shutdown) {
         let mut backoff = Duration::from_millis(200);
         while !shutdown.is_triggered() {
@@ -147,9 +146,13 @@ impl Relay {
     }
 
     async fn relay_connected(self: &Arc<Self>, db: Db, dsn: &str, shutdown: &Shutdown) {
-        let mut owned: BTreeMap<u32, Lane> = BTreeMap::new();
+        let mut owned: BTreeMap<u32, Running> = BTreeMap::new();
         let mut last_balance: Option<Instant> = None;
         while !shutdown.is_triggered() && !db.is_closed() {
+            // A lane that failed is claimed again from its committed position.
+            for n in finished(&mut owned).await {
+                let _ = db.unlock(n).await;
+            }
             if last_balance.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
                 last_balance = Some(Instant::now());
                 let balanced = self.balance(&db, dsn, &mut owned).await;
@@ -158,37 +161,16 @@ impl Relay {
                     break;
                 }
             }
-            // Lanes are independent (own rows, session, producer, transaction and position),
-            // so they step at once: one lane's Kafka commit does not wait for another's.
-            let steps = join_all(
-                owned
-                    .values_mut()
-                    .map(|lane| async move { (lane.lane, lane.step(self).await) }),
-            )
-            .await;
-            let mut busy = false;
-            for (n, step) in steps {
-                match step {
-                    Ok(Step::Idle) => {}
-                    Ok(Step::Published { .. }) => busy = true,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "outbox lane failed; it is claimed again from its committed position");
-                        owned.remove(&n);
-                        let _ = db.unlock(n).await;
-                    }
-                }
-            }
             self.metrics.lanes_owned.set(owned.len() as i64);
-            if !busy {
-                tokio::select! {
-                    _ = tokio::time::sleep(self.settings.poll_interval) => {}
-                    _ = shutdown.wait() => {}
-                }
+            tokio::select! {
+                _ = tokio::time::sleep(self.settings.poll_interval) => {}
+                _ = shutdown.wait() => {}
             }
         }
-        // Dropping the connection releases whatever locks are left.
-        for n in owned.keys() {
-            let _ = db.unlock(*n).await;
+        // Each lane finishes its batch; dropping the connection releases whatever locks are left.
+        while let Some((n, lane)) = owned.pop_first() {
+            lane.stop().await;
+            let _ = db.unlock(n).await;
         }
     }
 
@@ -197,14 +179,15 @@ impl Relay {
         self: &Arc<Self>,
         db: &Db,
         dsn: &str,
-        owned: &mut BTreeMap<u32, Lane>,
+        owned: &mut BTreeMap<u32, Running>,
     ) -> Result<(), DbError> {
         let relays = db.live_relays().await?;
         let share = crate::lanes::fair_share(self.settings.lanes, relays) as usize;
         while owned.len() > share {
-            let Some((n, _)) = owned.pop_last() else {
+            let Some((n, lane)) = owned.pop_last() else {
                 break;
             };
+            lane.stop().await;
             db.unlock(n).await?;
             tracing::info!(lane = n, relays, "outbox lane given back to balance relays");
         }
@@ -220,7 +203,7 @@ impl Relay {
             }
             match Lane::open(self, n, dsn).await {
                 Ok(lane) => {
-                    owned.insert(n, lane);
+                    owned.insert(n, Running::start(self, lane));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "could not claim an outbox lane");
@@ -229,6 +212,51 @@ impl Relay {
             }
         }
         Ok(())
+    }
+}
+
+/// An owned lane's task: it steps on its own until stopped or failed.
+struct Running {
+    stop: Shutdown,
+    task: tokio::task::JoinHandle<Result<(), LaneError>>,
+}
+
+impl Running {
+    fn start(relay: &Arc<Relay>, lane: Lane) -> Self {
+        let stop = Shutdown::new();
+        let task = tokio::spawn(lane.run(relay.clone(), stop.clone()));
+        Self { stop, task }
+    }
+
+    /// Lets the lane finish its batch, then waits for it.
+    async fn stop(self) {
+        self.stop.trigger();
+        report(self.task.await);
+    }
+}
+
+/// Removes the lanes whose task ended (an error: they run until stopped) and returns them.
+async fn finished(owned: &mut BTreeMap<u32, Running>) -> Vec<u32> {
+    let done: Vec<u32> = owned
+        .iter()
+        .filter(|(_, r)| r.task.is_finished())
+        .map(|(n, _)| *n)
+        .collect();
+    for n in &done {
+        if let Some(r) = owned.remove(n) {
+            report(r.task.await);
+        }
+    }
+    done
+}
+
+fn report(ended: Result<Result<(), LaneError>, tokio::task::JoinError>) {
+    match ended {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "outbox lane failed; it is claimed again from its committed position")
+        }
+        Err(e) => tracing::error!(error = %e, "outbox lane task ended abnormally"),
     }
 }
 
