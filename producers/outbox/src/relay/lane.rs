@@ -75,10 +75,21 @@ impl std::fmt::Debug for Lane {
     }
 }
 
+/// A lane whose previous producer is fenced (so whatever transaction it left open is
+/// aborted), its position not read yet: see [`Relay`]'s `balance`, which fences every lane it
+/// claims before reading any position back.
+pub struct Fenced {
+    lane: u32,
+    producer: FutureProducer,
+}
+
 impl Lane {
-    /// Takes over `lane` in Kafka: fences its previous producer, then reads its position;
-    /// and opens the lane's database session.
-    pub async fn open(relay: &Arc<Relay>, lane: u32, dsn: &str) -> Result<Self, LaneError> {
+    /// Fences `lane`'s previous producer in Kafka. Lanes share state partitions, and a
+    /// position is read back only up to the partition's last stable offset, which a
+    /// transaction left open by another lane's dead producer holds back until it times
+    /// out: so a relay taking over several lanes (after a broker outage failed them all)
+    /// fences all of them before it reads any position.
+    pub async fn fence(relay: &Arc<Relay>, lane: u32) -> Result<Fenced, LaneError> {
         let producer = relay
             .clients
             .fenced_producer(
@@ -91,6 +102,12 @@ impl Lane {
                 what: e.what,
                 source: e.source,
             })?;
+        Ok(Fenced { lane, producer })
+    }
+
+    /// Takes over a fenced lane: reads its position and opens its database session.
+    pub async fn open(relay: &Arc<Relay>, fenced: Fenced, dsn: &str) -> Result<Self, LaneError> {
+        let Fenced { lane, producer } = fenced;
         let partition =
             position::partition_of(relay.settings.table.as_str(), lane, relay.state_partitions);
         let durable = restore(

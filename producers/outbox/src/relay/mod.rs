@@ -192,16 +192,27 @@ impl Relay {
             tracing::info!(lane = n, relays, "outbox lane given back to balance relays");
         }
         // Start at a different lane per process so relays starting together spread out.
+        // Every lane taken is fenced before any position is read (see `Lane::fence`).
         let start = std::process::id() % self.settings.lanes;
+        let mut fenced = Vec::new();
         for i in 0..self.settings.lanes {
-            if owned.len() >= share {
+            if owned.len() + fenced.len() >= share {
                 break;
             }
             let n = (start + i) % self.settings.lanes;
             if owned.contains_key(&n) || !db.try_lock(n).await? {
                 continue;
             }
-            match Lane::open(self, n, dsn).await {
+            match Lane::fence(self, n).await {
+                Ok(f) => fenced.push((n, f)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not claim an outbox lane");
+                    db.unlock(n).await?;
+                }
+            }
+        }
+        for (n, f) in fenced {
+            match Lane::open(self, f, dsn).await {
                 Ok(lane) => {
                     owned.insert(n, Running::start(self, lane));
                 }
