@@ -139,6 +139,12 @@ impl Pending {
 
 /// What a finished piece of work reports to the loop.
 enum Done {
+    /// An unordered endpoint's attempt has its answer: its in-flight slot is free while the
+    /// outcome is still being written (the task settles later, with `in_flight: false`).
+    Sent {
+        endpoint: EndpointId,
+        generation: u64,
+    },
     /// The task's outcome is written: its offset may be committed.
     Settled {
         pending: Pending,
@@ -678,8 +684,20 @@ impl Dispatcher {
     }
 
     fn on_done(&mut self, done: Done) {
+        if let Done::Sent {
+            endpoint,
+            generation,
+        } = done
+        {
+            // Not the end of a piece of work: its settlement follows.
+            if generation == self.generation {
+                self.queues.finished(&endpoint, None);
+            }
+            return;
+        }
         self.outstanding = self.outstanding.saturating_sub(1);
         match done {
+            Done::Sent { .. } => {}
             Done::Abandoned => {}
             Done::Discarded {
                 tp,
@@ -884,7 +902,17 @@ async fn attempt(shared: &Shared, endpoint: Endpoint, pending: Pending) -> Done 
                     .settler
                     .attempted(&pending.task, &pending.from, &endpoint, &attempt, now);
             shared.observe_health(&endpoint, &pending.task, attempt.status, &mut settled, now);
-            write_settled(shared, pending, settled, true).await
+            // An unordered endpoint's next attempt need not wait for this one's outcome to be
+            // acknowledged by the broker (tens of ms under acks=all): free its slot now. Under
+            // `per_key` the key's next event waits for the settlement, as ordering requires.
+            let in_flight = endpoint.ordering == Ordering::PerKey;
+            if !in_flight {
+                let _ = shared.done.send(Done::Sent {
+                    endpoint: Arc::from(endpoint.id.as_str()),
+                    generation: pending.generation,
+                });
+            }
+            write_settled(shared, pending, settled, in_flight).await
         }
         Err(refusal) => Done::NotAdmitted { pending, refusal },
     }
