@@ -80,6 +80,11 @@ pub struct DispatcherConfig {
     /// Writers of the operational events (`<prefix>.deliveries.events`), when the topology
     /// declares their topic.
     pub ops_events: Option<OpsEvents>,
+    /// Attempts in flight at once across all endpoints. Each holds a connection and its
+    /// buffers (about 11 KiB), so 10,000 endpoints with a few deliveries each would otherwise
+    /// open tens of thousands of sockets at once; an endpoint still never has more than its
+    /// own `max_in_flight`, so one hanging endpoint holds few of these.
+    pub max_attempts_in_flight: usize,
 }
 
 impl DispatcherConfig {
@@ -94,6 +99,7 @@ impl DispatcherConfig {
             commit_interval: Duration::from_secs(1),
             disable_after: DEFAULT_DISABLE_AFTER,
             ops_events: None,
+            max_attempts_in_flight: 1_024,
         }
     }
 }
@@ -183,6 +189,8 @@ struct Shared {
     key_order: Option<std::sync::Mutex<KeyOrder>>,
     /// Where held keys are read back from on assignment.
     state_log: sluice_stream::state::kafka::KafkaStateLog,
+    /// Permits for attempts in flight across all endpoints.
+    attempts: Arc<tokio::sync::Semaphore>,
 }
 
 impl Shared {
@@ -371,6 +379,9 @@ impl Dispatcher {
                 key_order,
                 ops_events: config.ops_events.clone(),
                 state_log: sluice_stream::state::kafka::KafkaStateLog::new(clients.clone()),
+                attempts: Arc::new(tokio::sync::Semaphore::new(
+                    config.max_attempts_in_flight.max(1),
+                )),
             }),
             config,
             done_rx,
@@ -894,7 +905,12 @@ async fn attempt(shared: &Shared, endpoint: Endpoint, pending: Pending) -> Done 
         }
     };
     shared.configure_limits(&endpoint);
-    match shared.outbound.send(&endpoint.id, &request).await {
+    let Ok(permit) = shared.attempts.acquire().await else {
+        return Done::Abandoned;
+    };
+    let sent = shared.outbound.send(&endpoint.id, &request).await;
+    drop(permit);
+    match sent {
         Ok(attempt) => {
             let now = jiff::Timestamp::now();
             let mut settled =
