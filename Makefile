@@ -62,6 +62,7 @@ bench: stack
 	$(CARGO_TARGET_DIR)/release/sluice bench saga-http
 	$(CARGO_TARGET_DIR)/release/sluice bench e2e
 	$(CARGO_TARGET_DIR)/release/sluice bench outbox
+	$(CARGO_TARGET_DIR)/release/sluice bench deliver
 	cargo bench -p sluice-ops --bench lag
 
 setup:

@@ -6,6 +6,7 @@
 //! Kept apart from the operator commands in `cli/`: benches create scratch topics, start
 //! sluice roles as child processes and measure them; they operate nothing.
 
+pub mod deliver;
 pub mod e2e;
 pub mod gateway;
 pub mod normalizer;
@@ -52,6 +53,9 @@ pub enum BenchCommand {
     /// A polling source's backfill from the local list API (`dev/api.py`), against the
     /// API's own serving rate; memory through the backfill; resume after a SIGKILL.
     Poll(poll::PollBench),
+    /// `sluice deliver` to a fast local receiver against a raw HTTP client, in the same
+    /// run; latency at half that rate; 10,000 endpoints' memory; one hanging endpoint of 100.
+    Deliver(deliver::DeliverBench),
 }
 
 pub async fn run(config: &SluiceConfig, cmd: BenchCommand) -> anyhow::Result<ExitCode> {
@@ -62,6 +66,7 @@ pub async fn run(config: &SluiceConfig, cmd: BenchCommand) -> anyhow::Result<Exi
         BenchCommand::SagaHttp(b) => saga_http::run(config, b).await,
         BenchCommand::Outbox(b) => outbox::run(config, b).await,
         BenchCommand::Poll(b) => poll::run(config, b).await,
+        BenchCommand::Deliver(b) => deliver::run(config, b).await,
     }
 }
 

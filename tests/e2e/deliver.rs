@@ -19,7 +19,9 @@ use sluice_topology::Topology;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::gateway::{apply_topology, register_schemas, unique_prefix};
-use crate::support::{free_port, kafka, registry, require_stack, temp_file, wait_ready};
+use crate::support::{
+    free_port, kafka, registry, require_stack, stack, temp_file, wait_ready, StackGuard,
+};
 
 const PAYMENT: &str = "dev.sluice.events.payments.PaymentSucceeded";
 const ORDER: &str = "dev.sluice.events.commerce.OrderPlaced";
@@ -241,6 +243,13 @@ impl Deliver {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Whether the process has not exited.
+    fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// SIGKILL: no shutdown, no final commit.
@@ -1554,4 +1563,85 @@ async fn the_endpoints_api_lists_shows_resends_and_recovers_deliveries() {
             .any(|q| q.webhook_id.as_deref() == Some(missed.as_str()) && q.status == Some(200))
     })
     .await;
+}
+
+/// The broker is SIGKILLed while deliveries are in flight and started again: `sluice deliver`
+/// keeps running and, once the broker is back, every event reaches every endpoint subscribed
+/// to it, with repeats only as the same `webhook-id` (an idempotent receiver sees each once).
+#[tokio::test]
+#[ignore = "stops the broker; run alone by `make test` after the other e2e tests"]
+async fn delivery_goes_on_through_a_broker_restart_and_loses_nothing() {
+    let d = Deployment::new("dlvbroker").await;
+    // Slow endpoints with two requests in flight, so deliveries are still going out when the
+    // broker dies; schedules long enough to outlast its restart.
+    let slow = |types: &[&str]| {
+        let mut s = spec(types, &["1s", "2s", "5s", "10s", "20s", "30s"]);
+        s["max_in_flight"] = 2.into();
+        s
+    };
+    let (_, payments) = d.subscriber("/slow/100", slow(&[PAYMENT])).await;
+    let (_, everything) = d.subscriber("/slow/100", slow(&[PAYMENT, ORDER])).await;
+    let (_, orders) = d.subscriber("/ok", slow(&[ORDER])).await;
+    let mut deliver = Deliver::start(&d.file, "dlvbroker-1").await;
+
+    let (mut paid, mut ordered) = (BTreeSet::new(), BTreeSet::new());
+    for n in 0..40 {
+        paid.insert(d.pay(n).await);
+        ordered.insert(d.order(n).await);
+    }
+    payments
+        .wait_for(
+            Duration::from_secs(60),
+            "some deliveries before the broker dies",
+            |rs| rs.len() >= 5,
+        )
+        .await;
+    let _restart = StackGuard("broker-start");
+    tokio::task::spawn_blocking(|| stack("broker-kill"))
+        .await
+        .unwrap();
+    let left_at_kill = 40 - payments.requests().len().min(40);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::task::spawn_blocking(|| stack("broker-start"))
+        .await
+        .unwrap();
+    // And more events once it is back.
+    for n in 40..60 {
+        paid.insert(d.pay(n).await);
+        ordered.insert(d.order(n).await);
+    }
+    let everything_ids: BTreeSet<String> = paid.union(&ordered).cloned().collect();
+    let limit = Duration::from_secs(180);
+    payments.wait_delivered(limit, &paid).await;
+    everything.wait_delivered(limit, &everything_ids).await;
+    orders.wait_delivered(limit, &ordered).await;
+
+    let mut repeats = 0;
+    for (receiver, ids) in [
+        (&payments, &paid),
+        (&everything, &everything_ids),
+        (&orders, &ordered),
+    ] {
+        for (id, tries) in receiver.by_id() {
+            assert!(
+                ids.contains(&id),
+                "a request with a webhook id not subscribed here: {id} {tries:?}"
+            );
+            assert!(
+                tries.iter().all(|t| t.signature_valid == Some(true)),
+                "{tries:?}"
+            );
+            repeats += tries.len() - 1;
+        }
+    }
+    println!(
+        "broker SIGKILL for 5 s with {left_at_kill} payments still to deliver: {} + {} + {} deliveries, all arrived, {repeats} repeats of the same webhook-id",
+        paid.len(),
+        everything_ids.len(),
+        ordered.len()
+    );
+    assert!(
+        deliver.is_running(),
+        "sluice deliver kept running through the restart"
+    );
 }

@@ -80,6 +80,11 @@ pub struct DispatcherConfig {
     /// Writers of the operational events (`<prefix>.deliveries.events`), when the topology
     /// declares their topic.
     pub ops_events: Option<OpsEvents>,
+    /// Attempts in flight at once across all endpoints. Each holds a connection and its
+    /// buffers (about 11 KiB), so 10,000 endpoints with a few deliveries each would otherwise
+    /// open tens of thousands of sockets at once; an endpoint still never has more than its
+    /// own `max_in_flight`, so one hanging endpoint holds few of these.
+    pub max_attempts_in_flight: usize,
 }
 
 impl DispatcherConfig {
@@ -94,6 +99,7 @@ impl DispatcherConfig {
             commit_interval: Duration::from_secs(1),
             disable_after: DEFAULT_DISABLE_AFTER,
             ops_events: None,
+            max_attempts_in_flight: 1_024,
         }
     }
 }
@@ -139,6 +145,12 @@ impl Pending {
 
 /// What a finished piece of work reports to the loop.
 enum Done {
+    /// An unordered endpoint's attempt has its answer: its in-flight slot is free while the
+    /// outcome is still being written (the task settles later, with `in_flight: false`).
+    Sent {
+        endpoint: EndpointId,
+        generation: u64,
+    },
     /// The task's outcome is written: its offset may be committed.
     Settled {
         pending: Pending,
@@ -177,6 +189,8 @@ struct Shared {
     key_order: Option<std::sync::Mutex<KeyOrder>>,
     /// Where held keys are read back from on assignment.
     state_log: sluice_stream::state::kafka::KafkaStateLog,
+    /// Permits for attempts in flight across all endpoints.
+    attempts: Arc<tokio::sync::Semaphore>,
 }
 
 impl Shared {
@@ -365,6 +379,9 @@ impl Dispatcher {
                 key_order,
                 ops_events: config.ops_events.clone(),
                 state_log: sluice_stream::state::kafka::KafkaStateLog::new(clients.clone()),
+                attempts: Arc::new(tokio::sync::Semaphore::new(
+                    config.max_attempts_in_flight.max(1),
+                )),
             }),
             config,
             done_rx,
@@ -678,8 +695,20 @@ impl Dispatcher {
     }
 
     fn on_done(&mut self, done: Done) {
+        if let Done::Sent {
+            endpoint,
+            generation,
+        } = done
+        {
+            // Not the end of a piece of work: its settlement follows.
+            if generation == self.generation {
+                self.queues.finished(&endpoint, None);
+            }
+            return;
+        }
         self.outstanding = self.outstanding.saturating_sub(1);
         match done {
+            Done::Sent { .. } => {}
             Done::Abandoned => {}
             Done::Discarded {
                 tp,
@@ -876,7 +905,12 @@ async fn attempt(shared: &Shared, endpoint: Endpoint, pending: Pending) -> Done 
         }
     };
     shared.configure_limits(&endpoint);
-    match shared.outbound.send(&endpoint.id, &request).await {
+    let Ok(permit) = shared.attempts.acquire().await else {
+        return Done::Abandoned;
+    };
+    let sent = shared.outbound.send(&endpoint.id, &request).await;
+    drop(permit);
+    match sent {
         Ok(attempt) => {
             let now = jiff::Timestamp::now();
             let mut settled =
@@ -884,7 +918,17 @@ async fn attempt(shared: &Shared, endpoint: Endpoint, pending: Pending) -> Done 
                     .settler
                     .attempted(&pending.task, &pending.from, &endpoint, &attempt, now);
             shared.observe_health(&endpoint, &pending.task, attempt.status, &mut settled, now);
-            write_settled(shared, pending, settled, true).await
+            // An unordered endpoint's next attempt need not wait for this one's outcome to be
+            // acknowledged by the broker (tens of ms under acks=all): free its slot now. Under
+            // `per_key` the key's next event waits for the settlement, as ordering requires.
+            let in_flight = endpoint.ordering == Ordering::PerKey;
+            if !in_flight {
+                let _ = shared.done.send(Done::Sent {
+                    endpoint: Arc::from(endpoint.id.as_str()),
+                    generation: pending.generation,
+                });
+            }
+            write_settled(shared, pending, settled, in_flight).await
         }
         Err(refusal) => Done::NotAdmitted { pending, refusal },
     }
