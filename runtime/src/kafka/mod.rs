@@ -33,22 +33,6 @@ pub enum ClientError {
 /// (the topology declares those, checked against the sources' body limits).
 pub const DEFAULT_MESSAGE_MAX_BYTES: u64 = 32 * 1024 * 1024;
 
-/// How much a consumer fetches ahead of what its loop has taken, unless configured. What
-/// librdkafka holds is the decompressed records of its prefetch queue plus the response of the
-/// fetch in flight, and with librdkafka's defaults (64 MiB of queue, 1 MiB per partition and
-/// 50 MiB per response, both counted compressed) a backlog of well-compressed records
-/// (webhook JSON in zstd batches shrinks 20-200×) was fetched and decompressed almost whole:
-/// a normalizer restarted on 100,000 deliveries peaked at 600 MiB. With these bounds what one
-/// response brings decompressed is at most `fetch.max.bytes` times the compression ratio, and
-/// the queue stops fetching at [`DEFAULT_QUEUED_MAX_KBYTES`] (docs/benchmarks.md, "Memory
-/// bounded by configuration").
-pub const DEFAULT_MAX_PARTITION_FETCH_BYTES: u32 = 32 * 1024;
-/// See [`DEFAULT_MAX_PARTITION_FETCH_BYTES`]; librdkafka refuses a `fetch.max.bytes` below its
-/// `message.max.bytes` (1,000,000 for a consumer), so 1 MiB is as low as it goes by default.
-pub const DEFAULT_FETCH_MAX_BYTES: u32 = 1024 * 1024;
-/// See [`DEFAULT_MAX_PARTITION_FETCH_BYTES`]: the prefetch queue's bound, in KiB of records.
-pub const DEFAULT_QUEUED_MAX_KBYTES: u32 = 8 * 1024;
-
 /// Builds librdkafka configurations from [`KafkaConfig`].
 #[derive(Debug, Clone)]
 pub struct KafkaClients {
@@ -137,21 +121,6 @@ impl KafkaClients {
             &mut c,
             "partition.assignment.strategy",
             "cooperative-sticky",
-        );
-        set_default(
-            &mut c,
-            "max.partition.fetch.bytes",
-            &DEFAULT_MAX_PARTITION_FETCH_BYTES.to_string(),
-        );
-        set_default(
-            &mut c,
-            "fetch.max.bytes",
-            &DEFAULT_FETCH_MAX_BYTES.to_string(),
-        );
-        set_default(
-            &mut c,
-            "queued.max.messages.kbytes",
-            &DEFAULT_QUEUED_MAX_KBYTES.to_string(),
         );
         Ok(c)
     }
@@ -317,23 +286,5 @@ mod tests {
         let c = clients.consumer_config("norm", "g").unwrap();
         assert_eq!(c.get("enable.auto.commit"), Some("false"));
         assert_eq!(c.get("isolation.level"), Some("read_committed"));
-        assert_eq!(c.get("max.partition.fetch.bytes"), Some("32768"));
-    }
-
-    #[test]
-    fn consumers_prefetch_within_bounds_unless_configured() {
-        let mut cfg = KafkaConfig::default();
-        cfg.properties
-            .insert("queued.max.messages.kbytes".into(), "65536".into());
-        let c = KafkaClients::new(cfg).consumer_config("norm", "g").unwrap();
-        assert_eq!(c.get("queued.max.messages.kbytes"), Some("65536"));
-        assert_eq!(c.get("fetch.max.bytes"), Some("1048576"));
-        // librdkafka accepts the defaults together (fetch.max.bytes >= message.max.bytes).
-        let consumer: Result<rdkafka::consumer::BaseConsumer, _> =
-            KafkaClients::new(KafkaConfig::default())
-                .consumer_config("norm", "g")
-                .unwrap()
-                .create();
-        assert!(consumer.is_ok(), "{:?}", consumer.err());
     }
 }
