@@ -99,6 +99,11 @@ impl ChildProcess {
     pub fn peak_rss_mib(&self) -> Option<f64> {
         peak_rss_mib(self.0.id())
     }
+
+    /// Resident set size now (Linux `VmRSS`), in MiB.
+    pub fn rss_mib(&self) -> Option<f64> {
+        proc_status_mib(self.0.id(), "VmRSS:")
+    }
 }
 
 impl Drop for ChildProcess {
@@ -109,8 +114,13 @@ impl Drop for ChildProcess {
 }
 
 pub fn peak_rss_mib(pid: u32) -> Option<f64> {
+    proc_status_mib(pid, "VmHWM:")
+}
+
+/// A `/proc/PID/status` line given in KiB (`VmHWM:`, `VmRSS:`), in MiB.
+fn proc_status_mib(pid: u32, field: &str) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
 }

@@ -38,6 +38,9 @@ pub struct NormalizerBench {
     pub max_batch: Option<usize>,
     /// Passed to `sluice normalize` (its default when absent).
     #[arg(long)]
+    pub max_batch_bytes: Option<usize>,
+    /// Passed to `sluice normalize` (its default when absent).
+    #[arg(long)]
     pub linger_ms: Option<u64>,
 }
 
@@ -103,8 +106,11 @@ async fn load(config: &SluiceConfig, prefix: &str, from: usize, to: usize) -> an
         .create()?;
     let stripe: serde_json::Value = serde_json::from_slice(fixtures::STRIPE_PAYMENT_SUCCEEDED)?;
     let received = rfc3339_ms(now_ms());
-    let mut pending = Vec::with_capacity(to - from);
+    let mut pending = Vec::with_capacity(LOAD_IN_FLIGHT);
     for i in from..to {
+        if pending.len() == LOAD_IN_FLIGHT {
+            await_loaded(std::mem::take(&mut pending)).await?;
+        }
         let (topic, source, id, event, body) = if i % 2 == 0 {
             let mut v = stripe.clone();
             v["id"] = format!("evt_{i}").into();
@@ -156,6 +162,14 @@ async fn load(config: &SluiceConfig, prefix: &str, from: usize, to: usize) -> an
             .headers(headers);
         pending.push(producer.send_result(record).map_err(|(e, _)| e)?);
     }
+    await_loaded(pending).await
+}
+
+/// Deliveries the loader leaves unacknowledged at most: below the producer's queue limit
+/// (`queue.buffering.max.messages`, 100,000), so a backlog of a million loads in steps.
+const LOAD_IN_FLIGHT: usize = 50_000;
+
+async fn await_loaded(pending: Vec<rdkafka::producer::DeliveryFuture>) -> anyhow::Result<()> {
     for r in join_all(pending).await {
         if !matches!(r, Ok(Ok(_))) {
             bail!("loading raw deliveries failed");
@@ -182,22 +196,40 @@ async fn committed(consumer: &StreamConsumer, topics: &[String]) -> anyhow::Resu
         .sum())
 }
 
+/// What one run measured.
+struct Measured {
+    /// Steady-state records per second.
+    rate: f64,
+    /// The role's RSS (MiB) when 0%, 10%, …, 100% of the backlog was committed; empty for
+    /// the passthrough, which runs inside the bench.
+    rss: Vec<f64>,
+}
+
 /// Steady-state rate of `group` over `total` preloaded records: measured from the moment it
 /// has committed 10% of them to the moment it has committed all, so process start-up, group
-/// join and state restore are left out.
+/// join and state restore are left out. With `role`, its RSS is sampled at every tenth of
+/// the backlog, so memory over the run shows whether it follows the backlog.
 async fn measure(
     config: &SluiceConfig,
     group: &str,
     topics: &[String],
     total: usize,
-) -> anyhow::Result<f64> {
+    role: Option<&super::ChildProcess>,
+) -> anyhow::Result<Measured> {
+    let mut rss = Vec::new();
     let watcher: StreamConsumer = KafkaClients::new(config.kafka.clone())
         .consumer_config("bench-watch", group)?
         .create()?;
-    let deadline = Instant::now() + Duration::from_secs(600);
+    let deadline = Instant::now() + Duration::from_secs(1200);
     let mut first: Option<(Instant, i64)> = None;
     while Instant::now() < deadline {
         let done = committed(&watcher, topics).await?;
+        while let Some(child) = role {
+            if rss.len() > 10 || (done as usize) * 10 < rss.len() * total {
+                break;
+            }
+            rss.push(child.rss_mib().unwrap_or(f64::NAN));
+        }
         if first.is_none() && done as usize >= total / 10 {
             first = Some((Instant::now(), done));
         }
@@ -206,18 +238,19 @@ async fn measure(
             if c1 >= done {
                 bail!("group {group} committed everything between two samples; run with more --records");
             }
-            return Ok((done - c1) as f64 / t1.elapsed().as_secs_f64());
+            let rate = (done - c1) as f64 / t1.elapsed().as_secs_f64();
+            return Ok(Measured { rate, rss });
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    bail!("group {group} did not finish within 10 minutes")
+    bail!("group {group} did not finish within 20 minutes")
 }
 
 async fn normalizer_run(
     config: &SluiceConfig,
     b: &NormalizerBench,
     guarantee: &str,
-) -> anyhow::Result<(f64, Option<f64>)> {
+) -> anyhow::Result<(Measured, Option<f64>)> {
     let n = b.records;
     let prefix = format!("bench{}", &uuid_like());
     let (path, topics) = prepare(config, &prefix).await?;
@@ -233,13 +266,23 @@ async fn normalizer_run(
     if let Some(m) = b.max_batch {
         args.extend(["--max-batch".into(), m.to_string()]);
     }
+    if let Some(m) = b.max_batch_bytes {
+        args.extend(["--max-batch-bytes".into(), m.to_string()]);
+    }
     if let Some(l) = b.linger_ms {
         args.extend(["--linger-ms".into(), l.to_string()]);
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let child = spawn_self(&args, &[("SLUICE_INSTANCE_ID", format!("bench-{prefix}"))])?;
-    let rate = measure(config, &format!("{prefix}-normalizer"), &topics, n).await?;
-    Ok((rate, child.peak_rss_mib()))
+    let measured = measure(
+        config,
+        &format!("{prefix}-normalizer"),
+        &topics,
+        n,
+        Some(&child),
+    )
+    .await?;
+    Ok((measured, child.peak_rss_mib()))
 }
 
 async fn passthrough(config: &SluiceConfig, n: usize) -> anyhow::Result<f64> {
@@ -252,9 +295,9 @@ async fn passthrough(config: &SluiceConfig, n: usize) -> anyhow::Result<f64> {
         topics.clone(),
         n,
     ));
-    let rate = measure(config, &format!("{prefix}-passthrough"), &topics, n).await?;
+    let measured = measure(config, &format!("{prefix}-passthrough"), &topics, n, None).await?;
     worker.await??;
-    Ok(rate)
+    Ok(measured.rate)
 }
 
 /// Raw consume → produce → commit, the same batching as the at-least-once loop, no decode.
@@ -290,12 +333,13 @@ pub async fn run(config: &SluiceConfig, b: NormalizerBench) -> anyhow::Result<Ex
         let pass = passthrough(config, b.records)
             .await
             .context("passthrough run")?;
-        let (eos, eos_rss) = normalizer_run(config, &b, "exactly-once")
+        let (eos_run, eos_rss) = normalizer_run(config, &b, "exactly-once")
             .await
             .context("exactly-once run")?;
-        let (alo, alo_rss) = normalizer_run(config, &b, "at-least-once")
+        let (alo_run, alo_rss) = normalizer_run(config, &b, "at-least-once")
             .await
             .context("at-least-once run")?;
+        let (eos, alo) = (eos_run.rate, alo_run.rate);
         eos_ratios.push(eos / pass);
         alo_ratios.push(alo / pass);
         println!(
@@ -305,6 +349,13 @@ pub async fn run(config: &SluiceConfig, b: NormalizerBench) -> anyhow::Result<Ex
             eos_rss.unwrap_or(f64::NAN),
             alo_rss.unwrap_or(f64::NAN)
         );
+        for (mode, run) in [("exactly-once", &eos_run), ("at-least-once", &alo_run)] {
+            let mib: Vec<String> = run.rss.iter().map(|r| format!("{r:.0}")).collect();
+            println!(
+                "         {mode} RSS (MiB) at 0, 10, …, 100% committed: {}",
+                mib.join(" ")
+            );
+        }
     }
     println!(
         "  median ratio: exactly-once {:.2} (target 0.60), at-least-once {:.2} (target 0.75)",

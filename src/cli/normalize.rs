@@ -35,6 +35,10 @@ pub struct NormalizeArgs {
     /// amortise the transaction's round trips, smaller ones bound latency and memory.
     #[arg(long, default_value_t = sluice_stream::DEFAULT_MAX_BATCH)]
     pub max_batch: usize,
+    /// Most bytes of raw keys and bodies per batch, which bounds the batch's memory whatever
+    /// the deliveries' size.
+    #[arg(long, default_value_t = sluice_stream::DEFAULT_MAX_BATCH_BYTES)]
+    pub max_batch_bytes: usize,
     /// How long to wait for a batch to fill, in milliseconds.
     #[arg(long, default_value_t = sluice_stream::DEFAULT_LINGER.as_millis() as u64)]
     pub linger_ms: u64,
@@ -131,6 +135,7 @@ pub async fn run(config: &SluiceConfig, args: NormalizeArgs) -> anyhow::Result<E
     topics.extend(router.tiers.iter().map(|t| t.topic.clone()));
     let mut loop_config = LoopConfig::new(&group, &instance, topics, guarantee);
     loop_config.max_batch = args.max_batch.max(1);
+    loop_config.max_batch_bytes = args.max_batch_bytes.max(1);
     loop_config.linger = std::time::Duration::from_millis(args.linger_ms);
     loop_config.per_key = ordering;
     let metrics = LoopMetrics::new(&metrics_registry)?;

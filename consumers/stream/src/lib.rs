@@ -70,6 +70,11 @@ impl Record {
         }
     }
 
+    /// Bytes of key and value, what a batch counts against `max_batch_bytes`.
+    pub fn size(&self) -> usize {
+        self.key.as_ref().map_or(0, Vec::len) + self.value.as_ref().map_or(0, Vec::len)
+    }
+
     /// The last value of header `name`, as UTF-8.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
@@ -224,6 +229,9 @@ pub struct LoopConfig {
     /// same for 10 records or 10,000, so under load bigger batches go faster; `linger`
     /// bounds the wait when records trickle in.
     pub max_batch: usize,
+    /// Most bytes of keys and values per batch: with `max_batch` it bounds what a batch holds
+    /// in memory, whatever the records' size (a batch closes once it reaches this).
+    pub max_batch_bytes: usize,
     /// How long to wait for more records before processing a partial batch; zero takes
     /// only the records already fetched.
     pub linger: Duration,
@@ -238,6 +246,11 @@ pub struct LoopConfig {
 /// coming (docs/benchmarks.md, "Saga latency").
 pub const DEFAULT_LINGER: Duration = Duration::ZERO;
 
+/// Bytes of keys and values per batch unless configured: 10,000 webhook deliveries of a few
+/// KiB each would hold ~50 MiB at once, a fifth of a role's memory budget (docs/benchmarks.md,
+/// "Memory bounded by configuration").
+pub const DEFAULT_MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
+
 /// Records per batch unless configured: exactly-once normalizer throughput roughly doubled
 /// from 2,000 to 10,000 in `sluice bench normalizer` (docs/benchmarks.md).
 pub const DEFAULT_MAX_BATCH: usize = 10_000;
@@ -250,6 +263,7 @@ impl LoopConfig {
             topics,
             guarantee,
             max_batch: DEFAULT_MAX_BATCH,
+            max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
             linger: DEFAULT_LINGER,
             transaction_timeout: Duration::from_secs(30),
             per_key: None,

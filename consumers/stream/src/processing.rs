@@ -310,12 +310,15 @@ impl<'c, H: Handler> Loop<'c, H> {
                     }
                 }
                 let deadline = Instant::now() + self.config.linger;
-                while batch.len() < self.config.max_batch {
+                let mut bytes = batch.iter().map(Record::size).sum::<usize>();
+                while batch.len() < self.config.max_batch && bytes < self.config.max_batch_bytes {
                     let left = deadline.saturating_duration_since(Instant::now());
                     match tokio::time::timeout(left, consumer.recv()).await {
                         Ok(Ok(m)) => {
                             consumer.context().drop_revoked(&mut batch);
-                            batch.push(Record::from_message(&m));
+                            let record = Record::from_message(&m);
+                            bytes += record.size();
+                            batch.push(record);
                         }
                         Ok(Err(e)) => {
                             consume_error(e, &self.shared.group)?;
