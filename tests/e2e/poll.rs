@@ -278,7 +278,7 @@ async fn every_item_version_is_written_once_across_kills_and_faults() {
         "{{url: '{}/cursor/items', interval: 300ms, items: data, version: updated_at, \
           since: {{param: updated_since, lookback: 10s}}, \
           pagination: {{type: cursor, param: cursor, path: next_cursor}}, \
-          page_size: {{param: limit, value: 50}}}}",
+          page_size: {{param: limit, value: 50}}, pages_per_transaction: 3}}",
         api.base
     );
     let file = apply_topology(&topology(&prefix, &[("orders", poll)])).await;
