@@ -4,12 +4,14 @@
 //! Each run, on fresh topics:
 //! 1. **API ceiling**: the same pages fetched by a plain HTTP client that does nothing with
 //!    them: the API's own serving rate on this machine, now.
-//! 2. **Backfill**: `sluice poll` from the first item to the last (one Kafka transaction per
-//!    page, the (id, version) pairs and the cursor with it): items/s, its ratio to the
-//!    ceiling, and the poller's resident memory sampled through the backfill (flat: the
-//!    (id, version) store keeps only what the lookback can return again).
-//! 3. **Resume** (first run only): a second backfill SIGKILLed half-way and started again:
-//!    how many items the API served twice, in pages, and that every item is written.
+//! 2. **Backfill**, once per `--pages-per-transaction` value: `sluice poll` from the first
+//!    item to the last (the pages of a Kafka transaction with their (id, version) pairs and
+//!    the cursor of the last one): items/s, its ratio to the ceiling, and the poller's
+//!    resident memory sampled through the backfill (flat: the (id, version) store keeps
+//!    only what the lookback can return again).
+//! 3. **Resume** (first run only), once per value: a second backfill SIGKILLed half-way and
+//!    started again: how many items the API served twice, in pages, and that every item is
+//!    written.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -31,9 +33,12 @@ pub struct PollBench {
     /// Items per page.
     #[arg(long, default_value_t = 1_000)]
     pub page_size: usize,
-    /// Runs (each with its own ceiling and backfill).
+    /// Runs (each with its own ceiling and backfills).
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
+    /// The source's `pages_per_transaction`, a backfill for each value in every run.
+    #[arg(long, value_delimiter = ',', default_value = "1,10")]
+    pub pages_per_transaction: Vec<u32>,
     /// The list API script.
     #[arg(long, default_value = "dev/api.py")]
     pub api: String,
@@ -104,11 +109,12 @@ async fn api_ceiling(api: &Api, page_size: usize) -> anyhow::Result<f64> {
     Ok(items as f64 / started.elapsed().as_secs_f64())
 }
 
-fn topology_yaml(prefix: &str, api: &Api, page_size: usize) -> String {
+fn topology_yaml(prefix: &str, api: &Api, page_size: usize, per_tx: u32) -> String {
     format!(
         "prefix: {prefix}\ntopics:\n  - {{name: {prefix}.raw.backfill, partitions: 6}}\nsources:\n  - name: backfill\n    raw_topic: {prefix}.raw.backfill\n    poll: {{url: '{}/cursor/items', interval: 1h, items: data, version: updated_at, \
          since: {{param: updated_since, lookback: 60s, start: '2000-01-01T00:00:00Z'}}, \
-         pagination: {{type: cursor, param: cursor, path: next_cursor}}, page_size: {{param: limit, value: {page_size}}}}}\n",
+         pagination: {{type: cursor, param: cursor, path: next_cursor}}, page_size: {{param: limit, value: {page_size}}}, \
+         pages_per_transaction: {per_tx}}}\n",
         api.base
     )
 }
@@ -203,77 +209,117 @@ async fn follow(poller: &Poller, until: usize, total: usize) -> anyhow::Result<B
 }
 
 pub async fn run(config: &SluiceConfig, b: PollBench) -> anyhow::Result<ExitCode> {
-    let clients = KafkaClients::new(config.kafka.clone());
-    let registry = RegistryClient::new(&config.registry)?;
-    let catalog = Catalog::embedded()?;
-    let types = catalog.event_types().map(str::to_string).collect();
     println!(
         "poll backfill: {} items, {} per page, {} runs",
         b.items, b.page_size, b.runs
     );
-    let mut ratios = Vec::new();
+    let mut ratios = vec![Vec::new(); b.pages_per_transaction.len()];
     for run in 1..=b.runs {
         let api = Api::start(&b.api, b.items).await?;
         let ceiling = api_ceiling(&api, b.page_size).await?;
-        let prefix = format!(
-            "benchpoll{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        println!("run {run}: API serves {ceiling:.0} items/s alone");
+        for (i, &per_tx) in b.pages_per_transaction.iter().enumerate() {
+            let ratio = backfill(config, &api, &b, per_tx, ceiling).await?;
+            ratios[i].push(ratio);
+        }
+        if run == 1 {
+            for &per_tx in &b.pages_per_transaction {
+                resume(config, &api, &b, per_tx).await?;
+            }
+        }
+    }
+    for (ratios, per_tx) in ratios.iter_mut().zip(&b.pages_per_transaction) {
+        ratios.sort_by(f64::total_cmp);
+        println!(
+            "{per_tx} page(s) per transaction: ratio to the API's own rate: median {:.2} (target >= 0.7)",
+            ratios[ratios.len() / 2]
         );
-        let yaml = topology_yaml(&prefix, &api, b.page_size);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A deployed scratch topology holding the backfill source, and its file.
+struct Scratch {
+    clients: KafkaClients,
+    topology: Topology,
+    prefix: String,
+    file: std::path::PathBuf,
+}
+
+impl Scratch {
+    async fn deploy(
+        config: &SluiceConfig,
+        api: &Api,
+        b: &PollBench,
+        per_tx: u32,
+        stem: &str,
+    ) -> anyhow::Result<Self> {
+        let clients = KafkaClients::new(config.kafka.clone());
+        let registry = RegistryClient::new(&config.registry)?;
+        let catalog = Catalog::embedded()?;
+        let types = catalog.event_types().map(str::to_string).collect();
+        let prefix = format!("{stem}{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let yaml = topology_yaml(&prefix, api, b.page_size, per_tx);
         let topology = Topology::parse("bench-poll.yaml", &yaml, &types)?;
         deploy_scratch(&clients, &registry, &catalog, &topology).await?;
         let file = std::env::temp_dir().join(format!("{prefix}.yaml"));
         std::fs::write(&file, &yaml)?;
-        let poller = Poller::start(&file)?;
-        let backfill = follow(&poller, b.items, b.items).await;
-        poller.kill();
-        let backfill = backfill?;
-        let ratio = backfill.items_per_sec / ceiling;
-        ratios.push(ratio);
-        let rss: Vec<String> = backfill.rss.iter().map(|r| format!("{r:.0}")).collect();
-        println!(
-            "run {run}: API serves {ceiling:.0} items/s alone; sluice poll writes {:.0} items/s ({:.2} of it); RSS MiB at 10/25/50/75/100%: {}",
-            backfill.items_per_sec,
-            ratio,
-            rss.join(" / ")
-        );
-        if run == 1 {
-            resume(config, &api, &b).await?;
-        }
-        if !b.keep {
-            remove_scratch(config, &clients, &topology).await?;
-        }
-        let _ = std::fs::remove_file(&file);
+        Ok(Self {
+            clients,
+            topology,
+            prefix,
+            file,
+        })
     }
-    ratios.sort_by(f64::total_cmp);
+
+    async fn remove(self, config: &SluiceConfig, keep: bool) -> anyhow::Result<()> {
+        if !keep {
+            remove_scratch(config, &self.clients, &self.topology).await?;
+        }
+        let _ = std::fs::remove_file(&self.file);
+        Ok(())
+    }
+}
+
+/// One backfill on fresh topics: its ratio to `ceiling`.
+async fn backfill(
+    config: &SluiceConfig,
+    api: &Api,
+    b: &PollBench,
+    per_tx: u32,
+    ceiling: f64,
+) -> anyhow::Result<f64> {
+    let scratch = Scratch::deploy(config, api, b, per_tx, "benchpoll").await?;
+    let poller = Poller::start(&scratch.file)?;
+    let backfill = follow(&poller, b.items, b.items).await;
+    poller.kill();
+    let backfill = backfill?;
+    let ratio = backfill.items_per_sec / ceiling;
+    let rss: Vec<String> = backfill.rss.iter().map(|r| format!("{r:.0}")).collect();
     println!(
-        "ratio to the API's own rate: median {:.2} (target >= 0.7)",
-        ratios[ratios.len() / 2]
+        "  {per_tx} page(s) per transaction: sluice poll writes {:.0} items/s ({:.2} of it); RSS MiB at 10/25/50/75/100%: {}",
+        backfill.items_per_sec,
+        ratio,
+        rss.join(" / ")
     );
-    Ok(ExitCode::SUCCESS)
+    scratch.remove(config, b.keep).await?;
+    Ok(ratio)
 }
 
 /// A backfill SIGKILLed half-way and started again: items served twice, in pages.
-async fn resume(config: &SluiceConfig, api: &Api, b: &PollBench) -> anyhow::Result<()> {
-    let clients = KafkaClients::new(config.kafka.clone());
-    let registry = RegistryClient::new(&config.registry)?;
-    let catalog = Catalog::embedded()?;
-    let types = catalog.event_types().map(str::to_string).collect();
-    let prefix = format!(
-        "benchpollr{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
-    let yaml = topology_yaml(&prefix, api, b.page_size);
-    let topology = Topology::parse("bench-poll.yaml", &yaml, &types)?;
-    deploy_scratch(&clients, &registry, &catalog, &topology).await?;
-    let file = std::env::temp_dir().join(format!("{prefix}.yaml"));
-    std::fs::write(&file, &yaml)?;
+async fn resume(
+    config: &SluiceConfig,
+    api: &Api,
+    b: &PollBench,
+    per_tx: u32,
+) -> anyhow::Result<()> {
+    let scratch = Scratch::deploy(config, api, b, per_tx, "benchpollr").await?;
     let served_before = api.items_served().await?;
-    let first = Poller::start(&file)?;
+    let first = Poller::start(&scratch.file)?;
     follow(&first, b.items / 2, b.items).await?;
     first.kill(); // SIGKILL, mid-backfill
     let killed = Instant::now();
-    let second = Poller::start(&file)?;
+    let second = Poller::start(&scratch.file)?;
     while second.items().await < 1.0 {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -289,21 +335,17 @@ async fn resume(config: &SluiceConfig, api: &Api, b: &PollBench) -> anyhow::Resu
     }
     second.kill();
     let served = api.items_served().await? - served_before;
-    let raw = format!("{prefix}.raw.backfill");
-    let c = clients.clone();
+    let raw = format!("{}.raw.backfill", scratch.prefix);
+    let c = scratch.clients.clone();
     let (records, distinct) = tokio::task::spawn_blocking(move || count_items(&c, &raw)).await??;
     let again = served as i64 - b.items as i64;
     println!(
-        "resume after a SIGKILL half-way: writing again {:.1} s after the kill; items served twice {again} ({:.2} pages); raw topic: {records} records, {distinct} distinct items of {}",
+        "  resume ({per_tx} page(s) per transaction) after a SIGKILL half-way: writing again {:.1} s after the kill; items served twice {again} ({:.2} pages); raw topic: {records} records, {distinct} distinct items of {}",
         resumed_in.as_secs_f64(),
         again as f64 / b.page_size as f64,
         b.items
     );
-    if !b.keep {
-        remove_scratch(config, &clients, &topology).await?;
-    }
-    let _ = std::fs::remove_file(&file);
-    Ok(())
+    scratch.remove(config, b.keep).await
 }
 
 /// Committed records of `topic` and how many distinct keys (item ids) they have.

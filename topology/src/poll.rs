@@ -62,9 +62,18 @@ pub struct PollSpec {
     pub pagination: Pagination,
     #[serde(default)]
     pub page_size: Option<PageSize>,
+    /// Pages committed per Kafka transaction, with the cursor of the last one. More pages
+    /// spread a transaction's fixed cost over more items (a backfill runs faster); a poller
+    /// killed mid-transaction fetches that many pages again (and writes them once).
+    #[serde(default = "one_page")]
+    pub pages_per_transaction: u32,
     #[serde(default)]
     pub limits: PollLimits,
 }
+
+/// The most pages one transaction may hold: a transaction's records wait in the producer
+/// until it commits.
+pub const MAX_PAGES_PER_TRANSACTION: u32 = 1_000;
 
 /// Change detection by an `updated since` query parameter.
 #[derive(Debug, Clone, Deserialize)]
@@ -245,6 +254,10 @@ fn one() -> u64 {
     1
 }
 
+fn one_page() -> u32 {
+    1
+}
+
 /// What is wrong with a poll spec, as (path suffix, message) pairs.
 pub fn problems(p: &PollSpec, providers: &[&str]) -> Vec<(String, String)> {
     let mut out = Vec::new();
@@ -311,6 +324,12 @@ pub fn problems(p: &PollSpec, providers: &[&str]) -> Vec<(String, String)> {
     if p.limits.host_rate_per_sec == Some(0) || p.limits.credential_rate_per_sec == Some(0) {
         out.push(("limits".into(), "rates must be more than 0".into()));
     }
+    if !(1..=MAX_PAGES_PER_TRANSACTION).contains(&p.pages_per_transaction) {
+        out.push((
+            "pages_per_transaction".into(),
+            format!("must be from 1 to {MAX_PAGES_PER_TRANSACTION}"),
+        ));
+    }
     if p.limits.max_page_bytes == 0 {
         out.push(("limits.max_page_bytes".into(), "must be more than 0".into()));
     }
@@ -341,13 +360,17 @@ mod tests {
             }
         );
         assert_eq!(p.auth.unwrap().budget_key(), "SecretRef::Env(T)");
+        assert_eq!(
+            p.pages_per_transaction, 1,
+            "one page per transaction by default"
+        );
     }
 
     #[test]
     fn mistakes_are_named() {
         let p = spec(
             "{url: 'ftp://x', interval: 0s, provider: nope, version: v, since: {param: s, tie_break: id, start: yesterday},
-              pagination: {type: offset, param: o}}",
+              pagination: {type: offset, param: o}, pages_per_transaction: 0}",
         );
         let paths: Vec<String> = problems(&p, &["stripe"])
             .into_iter()
@@ -360,6 +383,7 @@ mod tests {
             "since.start",
             "since.tie_break",
             "pagination",
+            "pages_per_transaction",
         ] {
             assert!(paths.iter().any(|p| p == want), "{want} in {paths:?}");
         }

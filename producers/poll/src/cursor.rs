@@ -7,8 +7,12 @@
 //! - `["<source>", "cursor"]` → [`Cursor`];
 //! - `["<source>", "item", "<id>"]` → `{"v": "<version>", "t": <item time ms or null>}`;
 //! - `["<source>", "status"]` → [`ErrorStatus`] (the last failed crawl);
-//! - `["<source>", "pause"]` → `{"until_ms": …}`: the API's last `Retry-After` or budget
-//!   reset, so a poller started again does not ask before it either.
+//! - `["<source>", "pause"]` → [`Pause`]: the API's last `Retry-After` or budget reset, so
+//!   a poller started again does not ask before it either, and the longest such wait;
+//! - `["<source>", "session"]` → [`Session`]: whether a poller is running. One found open
+//!   at start means its predecessor stopped uncleanly: the answer to its last request is
+//!   unknown (a 429 whose pause never became durable), so the successor waits as long as
+//!   the longest wait the API ever asked of the source before it asks anything.
 
 use std::collections::HashMap;
 
@@ -87,12 +91,31 @@ pub struct Restored {
     pub status: ErrorStatus,
     /// No request to the API before this (epoch ms).
     pub pause_until_ms: Option<i64>,
+    /// The longest wait the API ever set for the source (ms).
+    pub longest_pause_ms: Option<i64>,
+    /// The last poller did not record a clean stop.
+    pub unclean: bool,
 }
 
 /// The value of a `pause` record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pause {
     pub until_ms: i64,
+    /// The longest wait the API set so far, this one included.
+    #[serde(default)]
+    pub longest_ms: i64,
+}
+
+/// The value of a `session` record: written open before a poller's first request and
+/// closed when it stops cleanly (after the answer to its last request is recorded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub open: bool,
+    pub at_ms: i64,
+}
+
+pub fn session_key(source: &str) -> Vec<u8> {
+    serde_json::to_vec(&(source, "session")).expect("json")
 }
 
 pub fn pause_key(source: &str) -> Vec<u8> {
@@ -136,9 +159,14 @@ pub fn apply(state: &mut Restored, source: &str, key: &[u8], value: Option<&[u8]
             }
         }
         (Some("pause"), None) => {
-            state.pause_until_ms = value
-                .and_then(|v| serde_json::from_slice::<Pause>(v).ok())
-                .map(|p| p.until_ms);
+            let pause = value.and_then(|v| serde_json::from_slice::<Pause>(v).ok());
+            state.pause_until_ms = pause.map(|p| p.until_ms);
+            state.longest_pause_ms = pause.map(|p| p.longest_ms).filter(|l| *l > 0);
+        }
+        (Some("session"), None) => {
+            state.unclean = value
+                .and_then(|v| serde_json::from_slice::<Session>(v).ok())
+                .is_some_and(|s| s.open);
         }
         (Some("item"), Some(id)) => match value.and_then(|v| serde_json::from_slice(v).ok()) {
             Some(entry) => {
@@ -204,5 +232,34 @@ mod tests {
         assert_eq!(s.seen["a\",b"], entry);
         apply(&mut s, "orders", &item_key("orders", "a\",b"), None);
         assert!(s.seen.is_empty());
+    }
+
+    #[test]
+    fn an_open_session_marks_an_unclean_stop_and_the_longest_pause_is_kept() {
+        let mut s = Restored::default();
+        let pause = Pause {
+            until_ms: 10,
+            longest_ms: 2_000,
+        };
+        apply(&mut s, "o", &pause_key("o"), Some(&to_value(&pause)));
+        let open = Session {
+            open: true,
+            at_ms: 5,
+        };
+        apply(&mut s, "o", &session_key("o"), Some(&to_value(&open)));
+        assert!(s.unclean);
+        assert_eq!(
+            (s.pause_until_ms, s.longest_pause_ms),
+            (Some(10), Some(2_000))
+        );
+        let closed = Session {
+            open: false,
+            ..open
+        };
+        apply(&mut s, "o", &session_key("o"), Some(&to_value(&closed)));
+        assert!(!s.unclean);
+        // A pause written before the longest wait was recorded reads as none known.
+        apply(&mut s, "o", &pause_key("o"), Some(br#"{"until_ms": 7}"#));
+        assert_eq!((s.pause_until_ms, s.longest_pause_ms), (Some(7), None));
     }
 }

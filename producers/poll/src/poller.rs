@@ -61,6 +61,17 @@ pub struct Shared {
     pub state_partitions: i32,
 }
 
+/// How a poller is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opening {
+    /// This process's first opening of the source. A session found open is another
+    /// process's unclean stop, whose last answer (perhaps a 429) is unknown.
+    Takeover,
+    /// Again in the same process after a Kafka failure: its budgets still hold every wait
+    /// the API set.
+    Reopen,
+}
+
 pub struct Poller {
     settings: Settings,
     shared: Arc<Shared>,
@@ -71,6 +82,10 @@ pub struct Poller {
     /// Whether every item of the crawl so far came in time order (then entries behind the
     /// lookback can be forgotten).
     ordered: bool,
+    /// The longest wait the API set for the source (ms), kept with every pause.
+    longest_pause_ms: i64,
+    /// Items and pages staged in the open transaction, counted once it commits.
+    staged: (u64, u64),
 }
 
 impl std::fmt::Debug for Poller {
@@ -116,8 +131,13 @@ pub async fn restore(
 }
 
 impl Poller {
-    /// Fences the source's previous poller, then reads its state back.
-    pub async fn open(settings: Settings, shared: Arc<Shared>) -> Result<Self, PollError> {
+    /// Fences the source's previous poller, reads its state back, and records its own
+    /// session open (with any wait still binding) before its first request.
+    pub async fn open(
+        settings: Settings,
+        shared: Arc<Shared>,
+        opening: Opening,
+    ) -> Result<Self, PollError> {
         let partition = partition_of(&settings.source, shared.state_partitions);
         let writer = PageWriter::open(
             &shared.clients,
@@ -142,18 +162,13 @@ impl Poller {
             shared,
             writer,
             ordered: true,
+            longest_pause_ms: restored.longest_pause_ms.unwrap_or(0),
+            staged: (0, 0),
         };
-        if let Some(until) = restored.pause_until_ms {
-            let left = until - now_ms();
-            if left > 0 {
-                let wait = Duration::from_millis(left as u64);
-                poller
-                    .shared
-                    .fetcher
-                    .budgets
-                    .pause(&poller.settings.host_key, wait);
-            }
-        }
+        let unclean = restored.unclean && opening == Opening::Takeover;
+        poller
+            .start_session(restored.pause_until_ms, unclean)
+            .await?;
         let horizon = poller
             .cursor
             .crawl
@@ -167,8 +182,60 @@ impl Poller {
         Ok(poller)
     }
 
-    /// Crawls every `interval` until shutdown; returns a Kafka failure for the caller to
-    /// open the poller again.
+    /// Commits the session open, with the wait no request may precede: the API's last one
+    /// still running and, after an unclean stop, the longest the API ever set, counted from
+    /// now (after any answer the predecessor got); then holds the host's budget to it.
+    async fn start_session(
+        &mut self,
+        paused_until_ms: Option<i64>,
+        unclean: bool,
+    ) -> Result<(), PollError> {
+        let source = &self.settings.source;
+        let now = now_ms();
+        let mut until = paused_until_ms.filter(|u| *u > now);
+        if unclean && self.longest_pause_ms > 0 {
+            tracing::warn!(source = %source, wait_ms = self.longest_pause_ms,
+                "the previous poller stopped uncleanly, perhaps right after a 429; waiting as long as the longest wait the API has set before asking");
+            until = until.max(Some(now + self.longest_pause_ms));
+        }
+        let session = cursor::Session {
+            open: true,
+            at_ms: now,
+        };
+        let mut state = vec![(cursor::session_key(source), cursor::to_value(&session))];
+        if let Some(until_ms) = until {
+            let pause = cursor::Pause {
+                until_ms,
+                longest_ms: self.longest_pause_ms,
+            };
+            state.push((cursor::pause_key(source), cursor::to_value(&pause)));
+        }
+        self.commit(state).await?;
+        if let Some(until_ms) = until {
+            let wait = Duration::from_millis((until_ms - now) as u64);
+            self.shared
+                .fetcher
+                .budgets
+                .pause(&self.settings.host_key, wait);
+        }
+        Ok(())
+    }
+
+    /// Records a clean stop: every request's answer is known and any wait it set is
+    /// committed, so the next poller need not wait beyond that.
+    async fn end_session(&mut self) -> Result<(), PollError> {
+        let session = cursor::Session {
+            open: false,
+            at_ms: now_ms(),
+        };
+        let source = &self.settings.source;
+        let state = vec![(cursor::session_key(source), cursor::to_value(&session))];
+        self.commit(state).await?;
+        Ok(())
+    }
+
+    /// Crawls every `interval` until shutdown, then records the clean stop; returns a
+    /// Kafka failure for the caller to open the poller again.
     pub async fn run(mut self, shutdown: &Shutdown) -> Result<(), PollError> {
         let source = self.settings.source.clone();
         self.shared.fetcher.metrics.start(&source);
@@ -183,7 +250,7 @@ impl Poller {
                 _ = shutdown.wait() => {}
             }
         }
-        Ok(())
+        self.end_session().await
     }
 
     /// Counts and records a failed crawl; the next one starts after the interval, from the
@@ -201,7 +268,7 @@ impl Poller {
         self.status.last_error = e.to_string();
         self.status.at_ms = now_ms();
         let state = vec![(cursor::status_key(source), cursor::to_value(&self.status))];
-        self.writer.commit(Vec::new(), state).await?;
+        self.commit(state).await?;
         Ok(())
     }
 
@@ -296,11 +363,14 @@ impl Poller {
                 Step::Wait { wait, why, binding } => {
                     failures += 1;
                     if binding {
+                        // Before anything else: a successor must not ask before it.
+                        self.longest_pause_ms = self.longest_pause_ms.max(wait.as_millis() as i64);
                         let pause = cursor::Pause {
                             until_ms: now_ms() + wait.as_millis() as i64,
+                            longest_ms: self.longest_pause_ms,
                         };
                         let state = vec![(cursor::pause_key(&source), cursor::to_value(&pause))];
-                        self.writer.commit(Vec::new(), state).await?;
+                        self.commit(state).await?;
                     }
                     fetcher.sleep(&source, why, wait, shutdown).await?;
                 }
@@ -308,8 +378,9 @@ impl Poller {
         }
     }
 
-    /// Writes the page's new item versions with the cursor after it; true when the crawl
-    /// ended with it.
+    /// Stages the page's new item versions with the cursor after it, committing them with
+    /// the pages staged before every `pages_per_transaction` pages and at the end of the
+    /// crawl; true when the crawl ended with it.
     async fn commit_page(
         &mut self,
         crawl: Crawl,
@@ -394,15 +465,28 @@ impl Poller {
             }
         }
         state.push((cursor::cursor_key(&s.source), cursor::to_value(&next)));
-        self.writer.commit(records, state).await?;
+        self.writer.stage(records, state).await?;
+        // The next page is asked for from here; a failed commit reopens the poller, which
+        // reads the committed cursor back.
         self.cursor = next;
-        metrics
-            .items
-            .with_label_values(&[&s.source])
-            .inc_by(written);
-        metrics.pages.with_label_values(&[&s.source]).inc();
+        self.staged = (self.staged.0 + written, self.staged.1 + 1);
+        let full = self.writer.staged_pages() >= u64::from(s.spec.pages_per_transaction);
+        if finished || full {
+            self.commit(Vec::new()).await?;
+        }
         self.succeeded();
         Ok(finished)
+    }
+
+    /// Commits the staged pages with `state`, then counts them.
+    async fn commit(&mut self, state: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), PollError> {
+        self.writer.commit(state).await?;
+        let (items, pages) = std::mem::take(&mut self.staged);
+        let m = &self.shared.fetcher.metrics;
+        let source = &self.settings.source;
+        m.items.with_label_values(&[source]).inc_by(items);
+        m.pages.with_label_values(&[source]).inc_by(pages);
+        Ok(())
     }
 
     /// Forgets (in memory) items no later crawl asks for: those older than the newest item
@@ -443,9 +527,12 @@ impl Poller {
 /// committed state back) after any Kafka failure.
 pub async fn run_source(settings: Settings, shared: Arc<Shared>, shutdown: Shutdown) {
     let mut backoff = Duration::from_millis(500);
+    let mut opening = Opening::Takeover;
     while !shutdown.is_triggered() {
-        let result = match Poller::open(settings.clone(), Arc::clone(&shared)).await {
+        let opened = Poller::open(settings.clone(), Arc::clone(&shared), opening).await;
+        let result = match opened {
             Ok(poller) => {
+                opening = Opening::Reopen;
                 backoff = Duration::from_millis(500);
                 poller.run(&shutdown).await
             }

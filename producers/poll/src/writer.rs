@@ -1,14 +1,19 @@
-//! One Kafka transaction per page: the page's new item versions to the raw topic, their
-//! (id, version) pairs and the cursor after the page to the state topic. The transactional
-//! id is the source's (within its deployment), so a poller started again fences the one
-//! before it (whose open transaction is aborted) before it reads the state back.
+//! Kafka transactions of a poller: a page's new item versions to the raw topic, their
+//! (id, version) pairs and the cursor after the page to the state topic. Pages are staged
+//! into an open transaction as they come (their records sent at once, so Kafka writes them
+//! while the next page is fetched) and committed together every
+//! `pages_per_transaction` pages, with the cursor of the last one; state that must be
+//! durable at once (a pause, a session, a failed crawl) commits whatever is staged with it.
+//! The transactional id is the source's (within its deployment), so a poller started again
+//! fences the one before it (whose open transaction is aborted) before it reads the state
+//! back.
 
 use std::time::Duration;
 
 use futures::future::join_all;
 use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedHeaders;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use sluice_runtime::kafka::{blocking, KafkaClients};
 
 /// A raw record to write.
@@ -31,17 +36,27 @@ fn kafka(what: &'static str) -> impl Fn(KafkaError) -> WriteError {
     move |source| WriteError { what, source }
 }
 
+/// The transaction under way: the acknowledgements still to come and how many pages it
+/// holds.
+#[derive(Default)]
+struct Open {
+    deliveries: Vec<DeliveryFuture>,
+    pages: u64,
+}
+
 pub struct PageWriter {
     producer: FutureProducer,
     raw_topic: String,
     state_topic: String,
     partition: i32,
+    open: Option<Open>,
 }
 
 impl std::fmt::Debug for PageWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PageWriter")
             .field("raw_topic", &self.raw_topic)
+            .field("staged_pages", &self.staged_pages())
             .finish()
     }
 }
@@ -69,38 +84,64 @@ impl PageWriter {
             raw_topic: raw_topic.to_string(),
             state_topic: state_topic.to_string(),
             partition,
+            open: None,
         })
     }
 
-    /// Writes `records` and `state` in one transaction, or nothing.
-    pub async fn commit(
-        &self,
+    /// Pages staged and not committed yet.
+    pub fn staged_pages(&self) -> u64 {
+        self.open.as_ref().map_or(0, |o| o.pages)
+    }
+
+    /// Sends one page's `records` and `state` into the open transaction (begun if none is);
+    /// nothing of it is visible before [`Self::commit`]. On an error the transaction is
+    /// aborted: the caller opens the poller again from the committed state.
+    pub async fn stage(
+        &mut self,
         records: Vec<RawOut>,
         state: Vec<(Vec<u8>, Vec<u8>)>,
     ) -> Result<(), WriteError> {
-        self.producer
-            .begin_transaction()
-            .map_err(kafka("beginning a transaction"))?;
-        let result = self.send_and_commit(records, state).await;
+        let result = self.send(records, state);
         if result.is_err() {
-            let p = self.producer.clone();
-            let _ = blocking(move || p.abort_transaction(Duration::from_secs(30))).await;
+            self.abort().await;
+        }
+        if let Some(open) = &mut self.open {
+            open.pages += 1;
         }
         result
     }
 
-    async fn send_and_commit(
-        &self,
+    /// Commits everything staged with `state`, or nothing.
+    pub async fn commit(&mut self, state: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), WriteError> {
+        let result = match self.send(Vec::new(), state) {
+            Ok(()) => self.acknowledged_and_committed().await,
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            self.abort().await;
+        }
+        result
+    }
+
+    fn send(
+        &mut self,
         records: Vec<RawOut>,
         state: Vec<(Vec<u8>, Vec<u8>)>,
     ) -> Result<(), WriteError> {
-        let mut deliveries = Vec::with_capacity(records.len() + state.len());
-        for r in &records {
+        if self.open.is_none() {
+            self.producer
+                .begin_transaction()
+                .map_err(kafka("beginning a transaction"))?;
+            self.open = Some(Open::default());
+        }
+        let open = self.open.as_mut().expect("a transaction is open");
+        open.deliveries.reserve(records.len() + state.len());
+        for r in records {
             let record = FutureRecord::to(&self.raw_topic)
                 .key(&r.key)
                 .payload(&r.value)
-                .headers(r.headers.clone());
-            deliveries.push(
+                .headers(r.headers);
+            open.deliveries.push(
                 self.producer
                     .send_result(record)
                     .map_err(|(e, _)| kafka("enqueuing an item")(e))?,
@@ -111,13 +152,20 @@ impl PageWriter {
                 .partition(self.partition)
                 .key(key)
                 .payload(value);
-            deliveries.push(
+            open.deliveries.push(
                 self.producer
                     .send_result(record)
                     .map_err(|(e, _)| kafka("enqueuing the cursor")(e))?,
             );
         }
-        for d in join_all(deliveries).await {
+        Ok(())
+    }
+
+    /// Awaits every acknowledgement before committing: the commit's own flush would
+    /// otherwise poll for them in 100 ms steps (docs/benchmarks.md).
+    async fn acknowledged_and_committed(&mut self) -> Result<(), WriteError> {
+        let open = self.open.take().unwrap_or_default();
+        for d in join_all(open.deliveries).await {
             match d {
                 Ok(Ok(_)) => {}
                 Ok(Err((e, _))) => return Err(kafka("producing a record")(e)),
@@ -128,5 +176,11 @@ impl PageWriter {
         blocking(move || p.commit_transaction(Duration::from_secs(60)))
             .await
             .map_err(kafka("committing the transaction"))
+    }
+
+    async fn abort(&mut self) {
+        self.open = None;
+        let p = self.producer.clone();
+        let _ = blocking(move || p.abort_transaction(Duration::from_secs(30))).await;
     }
 }
