@@ -49,8 +49,10 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
     })?;
 
     let fmt_layer = match config.log_format {
+        // Colours only for a terminal: a log file or a collector gets plain text.
         LogFormat::Pretty => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .compact()
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()

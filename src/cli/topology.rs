@@ -126,7 +126,7 @@ async fn plan_or_apply(
     if p.is_empty() {
         println!("apply: nothing to do");
     } else {
-        let done = apply::converge(&admin, &t.all_topics(), &t.prefix, &p, 3).await?;
+        let done = apply::converge(&admin, &t.all_topics(), &t.prefix, &p, allow_delete, 3).await?;
         println!("apply: {done} change(s) made");
     }
     if blocked > 0 {

@@ -93,19 +93,16 @@ pub async fn live_topics(
 /// Carries out `plan` (made from `declared` and the live topics under `prefix`), and when an
 /// action fails, reads the cluster again and carries out what is still missing, up to
 /// `attempts` times: a request that timed out on a busy broker may still have taken effect,
-/// and the plan of what is left says so. Returns how many of `plan`'s changes the cluster
-/// now has.
+/// and the plan of what is left says so. `allow_delete` is what `plan` was made with.
+/// Returns how many of `plan`'s changes the cluster now has.
 pub async fn converge(
     admin: &Admin,
     declared: &[TopicSpec],
     prefix: &str,
     plan: &Plan,
+    allow_delete: bool,
     attempts: u32,
 ) -> Result<usize, ApplyError> {
-    let allow_delete = plan
-        .actions
-        .iter()
-        .any(|a| matches!(a, Action::Delete { .. }));
     let mut current = plan.clone();
     let mut attempt = 1;
     loop {
