@@ -6,9 +6,11 @@
 //! Kept apart from the operator commands in `cli/`: benches create scratch topics, start
 //! sluice roles as child processes and measure them; they operate nothing.
 
+pub mod chain;
 pub mod deliver;
 pub mod e2e;
 pub mod gateway;
+pub mod hops;
 pub mod normalizer;
 pub mod outbox;
 pub mod poll;

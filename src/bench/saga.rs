@@ -23,16 +23,18 @@ use clap::Args;
 use futures::future::join_all;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::TopicPartitionList;
 use sluice_producers::publish::Publisher;
-use sluice_runtime::kafka::{create_topic_if_missing, KafkaClients};
+use sluice_runtime::kafka::KafkaClients;
 use sluice_runtime::SluiceConfig;
 use sluice_sagas::demo::{scratch_topology, Scratch};
 use sluice_schemas::codec::ReaderSchema;
 use sluice_schemas::{AvroCodec, RecordLocation, RegistryClient};
 use sluice_stream::state::kafka as compacted;
 use sluice_topology::{naming, Topology};
+
+use super::chain::{self, Mode};
+use super::hops;
 
 pub(super) const SAGA: &str = "order-fulfillment";
 const ORDER_PLACED: &str = "dev.sluice.events.commerce.OrderPlaced";
@@ -60,6 +62,9 @@ pub struct BenchArgs {
     /// Skip the memory phase.
     #[arg(long)]
     pub no_memory: bool,
+    /// Measure the two chains only (the ceilings), not the sagas.
+    #[arg(long)]
+    pub ceilings_only: bool,
     /// Passed to the orchestrator and the participants.
     #[command(flatten)]
     pub batching: crate::cli::saga::Batching,
@@ -145,8 +150,12 @@ pub async fn run(config: &SluiceConfig, args: BenchArgs) -> anyhow::Result<ExitC
         args.sagas, args.partitions, args.batching.max_batch
     );
 
-    let raw = raw_chain(&clients, &prefix, args.partitions, args.sagas).await?;
-    println!("raw chain   (9 hops, no transactions): {}", raw.describe());
+    let ceilings = ceilings(&clients, &prefix, &args).await?;
+    if args.ceilings_only {
+        remove_chains(&clients, &prefix).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let raw = ceilings.raw;
 
     let path = file.display().to_string();
     let max_batch = args.batching.max_batch.to_string();
@@ -263,12 +272,24 @@ pub async fn run(config: &SluiceConfig, args: BenchArgs) -> anyhow::Result<ExitC
         "            {:.0}% of the raw chain's rate; targets: ≥1000 sagas/s and ≥40%",
         100.0 * sagas.rate() / raw.rate()
     );
+    println!(
+        "            {:.0}% of the transactional chain's rate",
+        100.0 * sagas.rate() / ceilings.transactional.rate()
+    );
     if args.paced_rate > 0 {
         let n = args.paced_rate * 5;
         let paced = format!("{prefix}-paced-");
         let per_tick = Some((args.paced_rate / 20).max(1));
+        let saga_topics = [
+            naming::events_topic(&prefix, "commerce"),
+            naming::saga_replies_topic(&prefix, SAGA),
+            naming::saga_commands_topic(&prefix, SAGA),
+        ];
+        let saga_topics: Vec<&str> = saga_topics.iter().map(String::as_str).collect();
+        let from = tokio::task::block_in_place(|| hops::mark(&clients, &saga_topics))?;
         let (run, inside) =
             measure(&publisher, &clients, &events, decode, &paced, n, per_tick).await?;
+        let mut by_hop = tokio::task::block_in_place(|| hops::read(&clients, &from, &paced))?;
         println!(
             "sagas       ({}/s for 5 s, below saturation): end-to-end p50 {:.0} ms, p99 {:.0} ms; start → completed p50 {:.0} ms, p99 {:.0} ms",
             args.paced_rate,
@@ -277,6 +298,10 @@ pub async fn run(config: &SluiceConfig, args: BenchArgs) -> anyhow::Result<ExitC
             percentile(&inside, 0.5),
             percentile(&inside, 0.99)
         );
+        println!("            hop by hop (record timestamps; each hop includes the upstream commit and the fetch):");
+        for line in hops::describe(&mut by_hop) {
+            println!("{line}");
+        }
     }
     drop(orchestrator);
     drop(participants);
@@ -364,7 +389,7 @@ pub(super) async fn measure(
     n: usize,
     per_tick: Option<usize>,
 ) -> anyhow::Result<(Run, Vec<f64>)> {
-    let from = tokio::task::block_in_place(|| mark(clients, events))?;
+    let from = tokio::task::block_in_place(|| hops::mark(clients, &[events]))?;
     // Completions are read while orders are still being sent, so a paced run's first sagas
     // are not measured late.
     let wanted: BTreeSet<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
@@ -401,18 +426,6 @@ pub(super) async fn measure(
         latencies: end_to_end,
     };
     Ok((run, inside))
-}
-
-/// The end of every partition of `topic` now, to read only what comes after.
-fn mark(clients: &KafkaClients, topic: &str) -> anyhow::Result<TopicPartitionList> {
-    let consumer: rdkafka::consumer::BaseConsumer = clients.base("bench-mark")?.create()?;
-    let partitions = compacted::partition_count(clients, topic)?;
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        let (_, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
-        tpl.add_partition_offset(topic, p, rdkafka::Offset::Offset(high))?;
-    }
-    Ok(tpl)
 }
 
 /// Reads `topic` (from the start, or from `from`) until every id in `wanted` has an event of `event_type`;
@@ -483,137 +496,66 @@ pub(super) async fn wait_for(
     Ok(seen)
 }
 
-/// The raw ceiling: the saga's chain of hops with plain clients. Returns its run.
-async fn raw_chain(
+/// The chains a saga is measured against, burst rates (and the transactional chain's paced
+/// latency, hop by hop).
+struct Ceilings {
+    raw: Run,
+    transactional: Run,
+}
+
+async fn ceilings(
     clients: &KafkaClients,
     prefix: &str,
-    partitions: i32,
-    n: usize,
-) -> anyhow::Result<Run> {
-    let topic = |t: &str| format!("{prefix}.raw.{t}");
-    let (triggers, inbox, commands, done) = (
-        topic("triggers"),
-        topic("inbox"),
-        topic("commands"),
-        topic("done"),
+    args: &BenchArgs,
+) -> anyhow::Result<Ceilings> {
+    let (raw, _) = chain::run(
+        clients,
+        prefix,
+        args.partitions,
+        Mode::Raw,
+        args.sagas,
+        None,
+    )
+    .await?;
+    println!("raw chain   (9 hops, no transactions): {}", raw.describe());
+    let (transactional, times) = chain::run(
+        clients,
+        &format!("{prefix}.burst"),
+        args.partitions,
+        Mode::Transactional,
+        args.sagas,
+        None,
+    )
+    .await?;
+    println!(
+        "tx chain    (9 hops, each a transaction, read_committed): {}",
+        transactional.describe()
     );
+    println!("            {}", times.describe());
+    if args.paced_rate > 0 {
+        let per_tick = Some((args.paced_rate / 20).max(1));
+        let (paced, times) = chain::run(
+            clients,
+            &format!("{prefix}.paced"),
+            args.partitions,
+            Mode::Transactional,
+            args.paced_rate * 5,
+            per_tick,
+        )
+        .await?;
+        println!(
+            "tx chain    ({}/s for 5 s): {}",
+            args.paced_rate,
+            chain::describe_paced(&paced, &times)
+        );
+    }
+    Ok(Ceilings { raw, transactional })
+}
+
+/// Removes the chains' topics (the whole run's, when only the chains ran).
+async fn remove_chains(clients: &KafkaClients, prefix: &str) -> anyhow::Result<()> {
     let admin = clients.admin()?;
-    for t in [&triggers, &inbox, &commands, &done] {
-        create_topic_if_missing(&admin, t, partitions).await?;
-    }
-    let consumer = |topics: &[&str]| -> anyhow::Result<StreamConsumer> {
-        let c: StreamConsumer = clients
-            .consumer_config(
-                "bench-raw",
-                &format!("bench-raw-{}", uuid::Uuid::new_v4().simple()),
-            )?
-            .set("isolation.level", "read_uncommitted")
-            .create()?;
-        c.subscribe(topics)?;
-        Ok(c)
-    };
-    let producer: FutureProducer = clients.producer("bench-raw")?;
-    let send = |p: &FutureProducer, t: &str, key: &[u8], body: &[u8]| {
-        let p = p.clone();
-        let (t, key, body) = (t.to_string(), key.to_vec(), body.to_vec());
-        tokio::spawn(async move {
-            let _ = p
-                .send(
-                    FutureRecord::to(&t).key(&key).payload(&body),
-                    Duration::from_secs(30),
-                )
-                .await;
-        });
-    };
-    let orchestrator = consumer(&[&triggers, &inbox])?;
-    let participant = consumer(&[&commands])?;
-    let results = consumer(&[&done])?;
-    // Wait for the assignments before starting the clock.
-    for c in [&orchestrator, &participant, &results] {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while c.assignment()?.count() == 0 && Instant::now() < deadline {
-            let _ = tokio::time::timeout(Duration::from_millis(200), c.recv()).await;
-        }
-    }
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let o = {
-        let (p, stop, inbox, commands, done, triggers) = (
-            producer.clone(),
-            stop.clone(),
-            inbox.clone(),
-            commands.clone(),
-            done.clone(),
-            triggers.clone(),
-        );
-        tokio::spawn(async move {
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let Ok(Ok(m)) =
-                    tokio::time::timeout(Duration::from_millis(200), orchestrator.recv()).await
-                else {
-                    continue;
-                };
-                let key = m.key().unwrap_or_default();
-                let body = m.payload().unwrap_or_default();
-                if m.topic() == triggers {
-                    send(&p, &inbox, key, b"start");
-                } else {
-                    match body {
-                        b"start" => send(&p, &commands, key, b"1"),
-                        b"r1" => send(&p, &commands, key, b"2"),
-                        b"r2" => send(&p, &commands, key, b"3"),
-                        _ => send(&p, &done, key, b"done"),
-                    }
-                }
-            }
-        })
-    };
-    let pa = {
-        let (p, stop, inbox) = (producer.clone(), stop.clone(), inbox.clone());
-        tokio::spawn(async move {
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let Ok(Ok(m)) =
-                    tokio::time::timeout(Duration::from_millis(200), participant.recv()).await
-                else {
-                    continue;
-                };
-                let reply = [b"r".as_slice(), m.payload().unwrap_or_default()].concat();
-                send(&p, &inbox, m.key().unwrap_or_default(), &reply);
-            }
-        })
-    };
-    let mut sent: HashMap<String, Instant> = HashMap::with_capacity(n);
-    let started = Instant::now();
-    for i in 0..n {
-        let key = format!("raw-{i}");
-        sent.insert(key.clone(), Instant::now());
-        send(&producer, &triggers, key.as_bytes(), b"order");
-    }
-    let mut latencies = Vec::with_capacity(n);
-    let mut last = started;
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while latencies.len() < n && Instant::now() < deadline {
-        let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(1), results.recv()).await else {
-            continue;
-        };
-        let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
-        if let Some(at) = sent.remove(&key) {
-            last = Instant::now();
-            latencies.push(last.duration_since(at).as_secs_f64() * 1000.0);
-        }
-    }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let _ = o.await;
-    let _ = pa.await;
-    if latencies.len() < n {
-        bail!(
-            "the raw chain completed only {} of {n} flows",
-            latencies.len()
-        );
-    }
-    latencies.sort_by(f64::total_cmp);
-    Ok(Run {
-        n,
-        elapsed: last.duration_since(started),
-        latencies,
-    })
+    let live = sluice_topology::apply::live_topics(&admin, prefix).await?;
+    sluice_topology::apply::apply(&admin, &sluice_topology::plan::plan(&[], &live, true)).await?;
+    Ok(())
 }

@@ -15,9 +15,51 @@ pub struct LoopMetrics {
     pub paused_partitions: IntGaugeVec,
     /// Keys with a record in the retry path, under per-key ordering.
     pub held_keys: IntGaugeVec,
+    /// Where a batch's time goes, by [`Phase`].
+    pub phase_seconds: HistogramVec,
+    /// How long a batch's oldest record waited, from its producer's timestamp to the batch.
+    pub pickup_delay_seconds: HistogramVec,
+}
+
+/// Buckets for per-batch times: a hop's latency budget is a few milliseconds.
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// The phases of a batch, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// The handler over the batch's records (outputs may be produced meanwhile).
+    Handle,
+    /// Until every output is acknowledged.
+    Produce,
+    /// The input offsets: sent to the transaction, or committed (at-least-once).
+    Offsets,
+    /// The transaction's commit (exactly-once only).
+    Commit,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 4] = [Phase::Handle, Phase::Produce, Phase::Offsets, Phase::Commit];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Handle => "handle",
+            Phase::Produce => "produce",
+            Phase::Offsets => "offsets",
+            Phase::Commit => "commit",
+        }
+    }
 }
 
 impl LoopMetrics {
+    /// Records the time since `started` as `phase` of a batch of `group`.
+    pub fn phase(&self, group: &str, phase: Phase, started: std::time::Instant) {
+        self.phase_seconds
+            .with_label_values(&[group, phase.as_str()])
+            .observe(started.elapsed().as_secs_f64());
+    }
+
     pub fn new(registry: &Registry) -> prometheus::Result<Self> {
         let m = Self {
             records: IntCounterVec::new(
@@ -79,6 +121,22 @@ impl LoopMetrics {
                 ),
                 &["group"],
             )?,
+            phase_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "sluice_consumer_batch_phase_seconds",
+                    "Time per batch in each phase: handle, produce (outputs acknowledged), offsets (sent to the transaction or committed), commit (the transaction).",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["group", "phase"],
+            )?,
+            pickup_delay_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "sluice_consumer_pickup_delay_seconds",
+                    "Time from the timestamp of a batch's oldest record to the batch being taken: the producer's commit, the fetch and the wait for the loop.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["group"],
+            )?,
         };
         registry.register(Box::new(m.records.clone()))?;
         registry.register(Box::new(m.retries.clone()))?;
@@ -88,6 +146,8 @@ impl LoopMetrics {
         registry.register(Box::new(m.transactions.clone()))?;
         registry.register(Box::new(m.paused_partitions.clone()))?;
         registry.register(Box::new(m.held_keys.clone()))?;
+        registry.register(Box::new(m.phase_seconds.clone()))?;
+        registry.register(Box::new(m.pickup_delay_seconds.clone()))?;
         Ok(m)
     }
 }

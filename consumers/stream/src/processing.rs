@@ -16,7 +16,7 @@ use sluice_runtime::Shutdown;
 
 use super::batch::{self, Batch, Ended, OutputSink, Shared};
 use super::failure::FailureRouter;
-use super::metrics::LoopMetrics;
+use super::metrics::{LoopMetrics, Phase};
 use super::ordering::{self, KeyOrdering, OrderingError};
 use super::outcome::RecordOutcome;
 use super::rebalance::{LoopContext, TopicPartition};
@@ -150,7 +150,12 @@ pub async fn run<H: Handler>(
         if batch.is_empty() {
             continue;
         }
+        lp.note_pickup(&batch);
+        let handling = Instant::now();
         let mut handled = lp.handle_batch(batch).await?;
+        lp.shared
+            .metrics
+            .phase(&lp.shared.group, Phase::Handle, handling);
         let written = lp.write_batch(&mut handled).await;
         lp.settle(handled, written).await?;
     }
@@ -271,6 +276,24 @@ impl<'c, H: Handler> Loop<'c, H> {
         metrics.paused_partitions.with_label_values(&[group]).set(0);
         metrics.in_flight.with_label_values(&[group]).set(0);
         metrics.held_keys.with_label_values(&[group]).set(0);
+        for phase in Phase::ALL {
+            metrics
+                .phase_seconds
+                .with_label_values(&[group, phase.as_str()]);
+        }
+        metrics.pickup_delay_seconds.with_label_values(&[group]);
+    }
+
+    /// Records how long the batch's oldest record waited before the loop took it.
+    fn note_pickup(&self, batch: &[Record]) {
+        if let Some(oldest) = batch.iter().filter_map(|r| r.timestamp_ms).min() {
+            let waited = (now_ms() - oldest).max(0) as f64 / 1000.0;
+            self.shared
+                .metrics
+                .pickup_delay_seconds
+                .with_label_values(&[&self.shared.group])
+                .observe(waited);
+        }
     }
 
     /// Resumes the retry-tier partitions whose next record is due.
@@ -466,21 +489,26 @@ impl<'c, H: Handler> Loop<'c, H> {
                 commit_transaction(
                     &self.consumer,
                     producer,
-                    outputs,
+                    (outputs, stream, refusals),
                     &offsets,
-                    stream,
-                    refusals,
+                    |phase, since| self.shared.metrics.phase(&self.shared.group, phase, since),
                 )
                 .await
             }
             (Ok(()), Guarantee::AtLeastOnce) => {
-                match produce_all(producer, outputs, stream, refusals).await {
-                    Ok(()) if offsets.count() > 0 => self
-                        .consumer
-                        .commit(&offsets, CommitMode::Sync)
-                        .map_err(kafka("committing offsets")),
-                    other => other,
+                let (metrics, group) = (&self.shared.metrics, self.shared.group.as_str());
+                let producing = Instant::now();
+                produce_all(producer, outputs, stream, refusals).await?;
+                metrics.phase(group, Phase::Produce, producing);
+                if offsets.count() == 0 {
+                    return Ok(());
                 }
+                let committing = Instant::now();
+                self.consumer
+                    .commit(&offsets, CommitMode::Sync)
+                    .map_err(kafka("committing offsets"))?;
+                metrics.phase(group, Phase::Offsets, committing);
+                Ok(())
             }
         }
     }
@@ -638,19 +666,30 @@ impl OutputStream {
     }
 }
 
+/// A batch's outputs: those still to produce, those already streamed, and where refusals go.
+type Outputs<'a> = (
+    &'a [(Option<Origin>, Output)],
+    Option<&'a OutputStream>,
+    &'a Refusals,
+);
+
+/// Produces the batch's outputs, adds its offsets and commits, timing each phase with
+/// `timed(phase, since)`.
 async fn commit_transaction(
     consumer: &StreamConsumer<LoopContext>,
     producer: &FutureProducer,
-    outputs: &[(Option<Origin>, Output)],
+    (outputs, stream, refusals): Outputs<'_>,
     offsets: &TopicPartitionList,
-    stream: Option<&OutputStream>,
-    refusals: &Refusals,
+    timed: impl Fn(Phase, Instant),
 ) -> Result<(), LoopError> {
     let result = async {
         // Every output acknowledged before the commit: rdkafka's commit flushes first, and a
         // flush that finds messages in flight sleeps 100 ms per check, which would otherwise
         // be the price of every transaction.
+        let started = Instant::now();
         produce_all(producer, outputs, stream, refusals).await?;
+        timed(Phase::Produce, started);
+        let started = Instant::now();
         let metadata = consumer
             .group_metadata()
             .ok_or(LoopError::NoGroupMetadata)?;
@@ -659,9 +698,13 @@ async fn commit_transaction(
             p.send_offsets_to_transaction(&offsets, &metadata, Duration::from_secs(30))
         })
         .map_err(kafka("adding offsets to the transaction"))?;
+        timed(Phase::Offsets, started);
+        let started = Instant::now();
         let p = producer.clone();
         blocking(move || p.commit_transaction(Duration::from_secs(60)))
-            .map_err(kafka("committing the transaction"))
+            .map_err(kafka("committing the transaction"))?;
+        timed(Phase::Commit, started);
+        Ok(())
     }
     .await;
     if result.is_err() {
