@@ -93,7 +93,8 @@ pub struct DispatcherConfig {
     /// Attempts in flight at once across all endpoints. Each holds a connection and its
     /// buffers (about 11 KiB), so 10,000 endpoints with a few deliveries each would otherwise
     /// open tens of thousands of sockets at once; an endpoint still never has more than its
-    /// own `max_in_flight`, so one hanging endpoint holds few of these.
+    /// own `max_in_flight`, so one hanging endpoint holds few of these. Tasks beyond it
+    /// wait in their endpoints' queues, not as spawned attempts.
     pub max_attempts_in_flight: usize,
 }
 
@@ -744,9 +745,17 @@ impl Dispatcher {
         });
     }
 
-    /// Sends every task the queues hand out now, each in a task of its own.
+    /// Sends every task the queues hand out now, each in a task of its own, as long as
+    /// attempts may start: one waiting for a permit would hold its request and its
+    /// endpoint's turn, where the queues hold a task for a fraction of that.
     fn dispatch_ready(&mut self) {
-        while let Some((endpoint_id, queued)) = self.queues.next(Instant::now()) {
+        loop {
+            let Ok(permit) = Arc::clone(&self.shared.attempts).try_acquire_owned() else {
+                break;
+            };
+            let Some((endpoint_id, queued)) = self.queues.next(Instant::now()) else {
+                break;
+            };
             let mut pending = queued.task;
             if queued.key.is_some() {
                 if let Some(waiting) = self.take_turn(&mut pending) {
@@ -765,7 +774,7 @@ impl Dispatcher {
             self.outstanding += 1;
             let shared = Arc::clone(&self.shared);
             tokio::spawn(async move {
-                let done = attempt(&shared, endpoint, pending).await;
+                let done = attempt(&shared, endpoint, pending, permit).await;
                 let _ = shared.done.send(done);
             });
             self.report_backlog(&endpoint_id);
@@ -992,8 +1001,14 @@ fn lanes(endpoint: &Endpoint) -> Lanes {
     }
 }
 
-/// One attempt of `pending` to `endpoint`, settled.
-async fn attempt(shared: &Shared, endpoint: Endpoint, pending: Pending) -> Done {
+/// One attempt of `pending` to `endpoint`, settled; `permit` is its place among the
+/// attempts in flight, given back once it has its answer.
+async fn attempt(
+    shared: &Shared,
+    endpoint: Endpoint,
+    pending: Pending,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Done {
     let request = match request(&endpoint, &pending.task) {
         Ok(request) => request,
         Err(error) => {
@@ -1019,9 +1034,6 @@ async fn attempt(shared: &Shared, endpoint: Endpoint, pending: Pending) -> Done 
         }
     };
     shared.configure_limits(&endpoint);
-    let Ok(permit) = shared.attempts.acquire().await else {
-        return Done::Abandoned;
-    };
     let sent = shared.outbound.send(&endpoint.id, &request).await;
     drop(permit);
     match sent {
