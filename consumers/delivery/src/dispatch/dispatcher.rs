@@ -557,12 +557,17 @@ impl Dispatcher {
             }
             None => self.enqueue(pending),
         }
-        if self.watermark(&tp).pending() >= self.config.max_pending && !self.is_paused(&tp) {
+        if self.watermark(&tp).pending() >= self.config.max_pending && !self.full.contains(&tp) {
+            // One paused already (a hot endpoint, a tier head not due) is only marked: it
+            // now also waits until half its read-ahead settles.
+            let paused = self.is_paused(&tp);
             self.full.insert(tp.clone());
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition(&tp.0, tp.1);
-            if let Err(e) = self.consumer.pause(&tpl) {
-                tracing::warn!(topic = %tp.0, partition = tp.1, error = %e, "pausing a full partition");
+            if !paused {
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(&tp.0, tp.1);
+                if let Err(e) = self.consumer.pause(&tpl) {
+                    tracing::warn!(topic = %tp.0, partition = tp.1, error = %e, "pausing a full partition");
+                }
             }
         }
     }
