@@ -56,6 +56,11 @@ pub struct DeliverArgs {
     /// failure) for this long.
     #[arg(long, default_value = "5d")]
     pub disable_after: String,
+    /// How long an endpoint with more than its share of tasks waiting may hold the rest of
+    /// its partitions unread (other endpoints' tasks behind it wait as long) before its
+    /// surplus is parked in the shortest retry tier instead.
+    #[arg(long, default_value = "500ms")]
+    pub hot_hold: String,
 }
 
 fn duration(flag: &str, text: &str) -> anyhow::Result<Duration> {
@@ -136,6 +141,7 @@ pub async fn serve(
     let mut dispatch_config = DispatcherConfig::new(prefix, &group(prefix), tiers);
     dispatch_config.default_schedule = schedule;
     dispatch_config.disable_after = disable_after;
+    dispatch_config.hot_hold = duration("hot-hold", &args.hot_hold)?;
     // Records of the tasks topic that are not tasks are system failures, like the fan-out's.
     dispatch_config.topics.invalid = policy(topology, naming::DELIVERY_FANOUT_POLICY)?
         .dlq_topic
@@ -213,6 +219,7 @@ pub async fn run(
     let (_catalog, topology) = super::load(config, args.topology.clone())?;
     outbound(&args)?;
     duration("disable-after", &args.disable_after)?;
+    duration("hot-hold", &args.hot_hold)?;
     let super::Process {
         shutdown,
         metrics_registry,

@@ -666,6 +666,56 @@ async fn a_hanging_endpoint_does_not_delay_a_fast_one() {
 }
 
 #[tokio::test]
+async fn a_backlog_beyond_an_endpoint_s_share_waits_unread_unless_the_endpoint_hangs() {
+    let d = Deployment::new("dlvhot").await;
+    // One attempt at a time, 20 ms each: 260 tasks read at once are well over the
+    // dispatcher's in-memory share of 200, for both endpoints.
+    let one_at_a_time = |path| {
+        let mut s = spec(&[PAYMENT], &["1s"]);
+        s["max_in_flight"] = 1.into();
+        (path, s)
+    };
+    let (path, s) = one_at_a_time("/slow/20");
+    let (busy_ep, busy) = d.subscriber(path, s).await;
+    let (path, s) = one_at_a_time("/hang");
+    let (hang_ep, hang) = d.subscriber(path, s).await;
+    let mut ids = BTreeSet::new();
+    for n in 0..260 {
+        ids.insert(d.pay(n).await);
+    }
+    let _deliver = Deliver::start_with(&d.file, "dlvhot-1", &["--hot-hold", "8s"]).await;
+    busy.wait_delivered(Duration::from_secs(120), &ids).await;
+    // The busy endpoint kept delivering, so its surplus waited unread in Kafka and went
+    // out from there: none of it took a round trip through a retry tier. The hanging one
+    // delivered nothing within the hold, so its surplus was parked and let the partitions
+    // (and the busy endpoint's tasks behind it) go on.
+    let parked = |ep: &Endpoint, all: &[(String, serde_json::Value)]| {
+        all.iter()
+            .filter(|(k, s)| k.starts_with(&ep.id) && s["status"] == "parked")
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let all = d.read_json("state.delivery-status").await;
+        assert_eq!(
+            parked(&busy_ep, &all),
+            0,
+            "the busy endpoint's tasks were parked"
+        );
+        if parked(&hang_ep, &all) > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the hanging endpoint's surplus was never parked"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(busy.by_id().len(), ids.len());
+    drop(hang);
+}
+
+#[tokio::test]
 async fn a_killed_deliverer_loses_nothing_and_repeats_only_with_the_same_webhook_id() {
     let d = Deployment::new("dlvkill").await;
     let (_, r) = d

@@ -9,8 +9,13 @@
 //! re-sends at most the unsettled tasks, with the same `webhook-id`.
 //!
 //! - **Read-ahead** is bounded: a partition with `max_pending` unsettled tasks is paused
-//!   until half of them settle; an endpoint with more than `endpoint_share` waiting has the
-//!   rest parked (written to the shortest tier with the attempt count unchanged).
+//!   until half of them settle. An endpoint with more than `endpoint_share` waiting is
+//!   *hot*: while it keeps delivering, the partition its latest task came from is paused
+//!   until its backlog halves, so a burst waits unread in Kafka rather than taking a round
+//!   trip through a retry tier. A pause holds back every endpoint behind it on that
+//!   partition, so it lasts at most `hot_hold`; an endpoint that is not delivering, or did
+//!   not drain within the bound, has the rest parked (written to the shortest tier with the
+//!   attempt count unchanged) until it is idle again, and its partitions go on.
 //! - **Retry tiers**: a tier partition whose head is not yet due is paused and rewound
 //!   until it is (as the stream runtime does).
 //! - **Breaker open** (or limits full): the endpoint is held in its queue, and under an
@@ -53,7 +58,7 @@ use crate::endpoints::{BreakerSettings, Endpoint, EndpointTable, Ordering};
 use crate::signing::sign_delivery;
 use crate::task::{DeliveryTask, TaskError};
 
-type TopicPartition = (String, i32);
+use super::hot::{HotHolds, TopicPartition};
 
 /// An endpoint's (in-flight cap, rate per second, breaker), as its outbound limits were
 /// set up.
@@ -72,8 +77,13 @@ pub struct DispatcherConfig {
     pub default_schedule: RetrySchedule,
     /// Unsettled tasks per partition before it is paused.
     pub max_pending: usize,
-    /// Tasks an endpoint may have waiting in memory; more are parked.
+    /// Tasks an endpoint may have waiting in memory; more wait unread (its partitions
+    /// paused) or are parked.
     pub endpoint_share: usize,
+    /// How long an endpoint over its share may hold partitions paused while other endpoints
+    /// may be behind it (they wait as long) before its surplus is parked instead; also how
+    /// recently it must have delivered to hold them at all.
+    pub hot_hold: Duration,
     pub commit_interval: Duration,
     /// An endpoint failing continuously this long is disabled.
     pub disable_after: Duration,
@@ -83,7 +93,8 @@ pub struct DispatcherConfig {
     /// Attempts in flight at once across all endpoints. Each holds a connection and its
     /// buffers (about 11 KiB), so 10,000 endpoints with a few deliveries each would otherwise
     /// open tens of thousands of sockets at once; an endpoint still never has more than its
-    /// own `max_in_flight`, so one hanging endpoint holds few of these.
+    /// own `max_in_flight`, so one hanging endpoint holds few of these. Tasks beyond it
+    /// wait in their endpoints' queues, not as spawned attempts.
     pub max_attempts_in_flight: usize,
 }
 
@@ -96,6 +107,7 @@ impl DispatcherConfig {
             default_schedule: RetrySchedule::webhook_default(),
             max_pending: 2_000,
             endpoint_share: 200,
+            hot_hold: Duration::from_millis(500),
             commit_interval: Duration::from_secs(1),
             disable_after: DEFAULT_DISABLE_AFTER,
             ops_events: None,
@@ -150,12 +162,15 @@ enum Done {
     Sent {
         endpoint: EndpointId,
         generation: u64,
+        delivered: bool,
     },
     /// The task's outcome is written: its offset may be committed.
     Settled {
         pending: Pending,
         /// Whether it was handed out by the queues (and so holds a slot there).
         in_flight: bool,
+        /// Whether an attempt was made, and delivered.
+        attempted: Option<bool>,
     },
     /// The endpoint's breaker or limits did not let the attempt start.
     NotAdmitted {
@@ -307,6 +322,8 @@ pub struct Dispatcher {
     waiting_for_due: BTreeMap<TopicPartition, i64>,
     /// Partitions paused because they have too much read ahead.
     full: HashSet<TopicPartition>,
+    /// Partitions paused for endpoints over their share.
+    hot: HotHolds,
     outstanding: usize,
 }
 
@@ -391,6 +408,7 @@ impl Dispatcher {
             queues: Queues::default(),
             waiting_for_due: BTreeMap::new(),
             full: HashSet::new(),
+            hot: HotHolds::default(),
             outstanding: 0,
         })
     }
@@ -421,6 +439,7 @@ impl Dispatcher {
                 Some(done) = self.done_rx.recv() => self.on_done(done),
                 _ = tick.tick() => {
                     self.resume_due();
+                    self.park_overdue();
                     if last_commit.elapsed() >= self.config.commit_interval {
                         self.commit(CommitMode::Async);
                         last_commit = Instant::now();
@@ -456,6 +475,7 @@ impl Dispatcher {
         self.queues = Queues::default();
         self.waiting_for_due.clear();
         self.full.clear();
+        self.hot.clear();
         if let Ok(assigned) = self.consumer.assignment() {
             let _ = self.consumer.resume(&assigned);
             self.restore_held_keys(&assigned);
@@ -537,12 +557,17 @@ impl Dispatcher {
             }
             None => self.enqueue(pending),
         }
-        if self.watermark(&tp).pending() >= self.config.max_pending && self.full.insert(tp.clone())
-        {
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition(&tp.0, tp.1);
-            if let Err(e) = self.consumer.pause(&tpl) {
-                tracing::warn!(topic = %tp.0, partition = tp.1, error = %e, "pausing a full partition");
+        if self.watermark(&tp).pending() >= self.config.max_pending && !self.full.contains(&tp) {
+            // One paused already (a hot endpoint, a tier head not due) is only marked: it
+            // now also waits until half its read-ahead settles.
+            let paused = self.is_paused(&tp);
+            self.full.insert(tp.clone());
+            if !paused {
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(&tp.0, tp.1);
+                if let Err(e) = self.consumer.pause(&tpl) {
+                    tracing::warn!(topic = %tp.0, partition = tp.1, error = %e, "pausing a full partition");
+                }
             }
         }
     }
@@ -589,16 +614,112 @@ impl Dispatcher {
             Ordering::PerKey => pending.task.event_key.clone(),
             Ordering::Unordered => None,
         };
+        let tp = pending.tp();
+        self.hot.read(&tp, &endpoint_id);
         self.queues
             .push(&endpoint_id, lanes(&endpoint), key, pending);
-        let share = self.config.endpoint_share;
-        if self.queues.waiting_for(&endpoint_id) > share {
-            let wait = self.config.tiers.shortest().delay;
-            for queued in self.queues.surplus(&endpoint_id, share) {
-                self.park(queued.task, wait);
-            }
+        if self.queues.waiting_for(&endpoint_id) > self.config.endpoint_share {
+            self.over_share(&endpoint_id, &tp);
         }
         self.report_backlog(&endpoint_id);
+    }
+
+    /// `endpoint` has more than its share waiting, its latest task read from `tp`: while it
+    /// keeps delivering, `tp` is paused until it drains (the rest of a burst waits unread);
+    /// otherwise its surplus is parked.
+    fn over_share(&mut self, endpoint: &EndpointId, tp: &TopicPartition) {
+        let now = Instant::now();
+        if !self.queues.keeps_up(endpoint, now, self.config.hot_hold) {
+            self.park_surplus(endpoint);
+            return;
+        }
+        let paused = self.is_paused(tp);
+        if self.hot.hold(endpoint, tp, now) && !paused {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&tp.0, tp.1);
+            if let Err(e) = self.consumer.pause(&tpl) {
+                tracing::warn!(topic = %tp.0, partition = tp.1, error = %e, "pausing a partition behind a hot endpoint");
+            }
+        }
+    }
+
+    /// Parks `endpoint`'s tasks beyond its share, and its later surplus until it is idle;
+    /// the partitions it held paused go on.
+    fn park_surplus(&mut self, endpoint: &EndpointId) {
+        self.queues.park_from_now(endpoint);
+        let wait = self.config.tiers.shortest().delay;
+        for queued in self.queues.surplus(endpoint, self.config.endpoint_share) {
+            self.park(queued.task, wait);
+        }
+        self.release_hot(endpoint);
+    }
+
+    /// `endpoint` holds no partition paused any more.
+    fn release_hot(&mut self, endpoint: &str) {
+        for tp in self.hot.release(endpoint) {
+            self.resume_if_free(&tp);
+        }
+    }
+
+    /// Lets the partitions of hot endpoints whose backlog halved go on.
+    fn release_drained(&mut self) {
+        if self.hot.is_empty() {
+            return;
+        }
+        let low = self.config.endpoint_share / 2;
+        let drained: Vec<EndpointId> = self
+            .hot
+            .endpoints()
+            .filter(|e| self.queues.waiting_for(e) <= low)
+            .cloned()
+            .collect();
+        for endpoint in drained {
+            self.release_hot(&endpoint);
+        }
+    }
+
+    /// Hot endpoints that stopped delivering, or held their partitions for `hot_hold`
+    /// without draining while other endpoints may be behind them, have their surplus
+    /// parked; one that only held up other hot endpoints holds on.
+    fn park_overdue(&mut self) {
+        let now = Instant::now();
+        let stalled: Vec<EndpointId> = self
+            .hot
+            .endpoints()
+            .filter(|e| !self.queues.keeps_up(e, now, self.config.hot_hold))
+            .cloned()
+            .collect();
+        for endpoint in stalled {
+            tracing::debug!(%endpoint, "a hot endpoint stopped delivering; parking its surplus");
+            self.park_surplus(&endpoint);
+        }
+        for endpoint in self.hot.overdue(now, self.config.hot_hold) {
+            if self.hot.others_behind(&endpoint) {
+                tracing::debug!(%endpoint, "a hot endpoint did not drain in time; parking its surplus");
+                self.park_surplus(&endpoint);
+            } else {
+                self.hot.renew(&endpoint, now);
+            }
+        }
+    }
+
+    /// Whether `tp` is paused, for whatever reason.
+    fn is_paused(&self, tp: &TopicPartition) -> bool {
+        self.full.contains(tp)
+            || self.waiting_for_due.contains_key(tp)
+            || self.hot.holds_partition(tp)
+    }
+
+    /// Resumes `tp` unless something still holds it paused.
+    fn resume_if_free(&mut self, tp: &TopicPartition) {
+        if self.is_paused(tp) {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&tp.0, tp.1);
+        if let Err(e) = self.consumer.resume(&tpl) {
+            tracing::warn!(topic = %tp.0, partition = tp.1, error = %e, "resuming a partition");
+        }
     }
 
     fn report_backlog(&self, endpoint: &str) {
@@ -629,9 +750,17 @@ impl Dispatcher {
         });
     }
 
-    /// Sends every task the queues hand out now, each in a task of its own.
+    /// Sends every task the queues hand out now, each in a task of its own, as long as
+    /// attempts may start: one waiting for a permit would hold its request and its
+    /// endpoint's turn, where the queues hold a task for a fraction of that.
     fn dispatch_ready(&mut self) {
-        while let Some((endpoint_id, queued)) = self.queues.next(Instant::now()) {
+        loop {
+            let Ok(permit) = Arc::clone(&self.shared.attempts).try_acquire_owned() else {
+                break;
+            };
+            let Some((endpoint_id, queued)) = self.queues.next(Instant::now()) else {
+                break;
+            };
             let mut pending = queued.task;
             if queued.key.is_some() {
                 if let Some(waiting) = self.take_turn(&mut pending) {
@@ -650,11 +779,12 @@ impl Dispatcher {
             self.outstanding += 1;
             let shared = Arc::clone(&self.shared);
             tokio::spawn(async move {
-                let done = attempt(&shared, endpoint, pending).await;
+                let done = attempt(&shared, endpoint, pending, permit).await;
                 let _ = shared.done.send(done);
             });
             self.report_backlog(&endpoint_id);
         }
+        self.release_drained();
     }
 
     /// Under `per_key` with held keys: lets `pending` go (noting its place in its key's
@@ -698,10 +828,12 @@ impl Dispatcher {
         if let Done::Sent {
             endpoint,
             generation,
+            delivered,
         } = done
         {
             // Not the end of a piece of work: its settlement follows.
             if generation == self.generation {
+                self.queues.attempted(&endpoint, delivered, Instant::now());
                 self.queues.finished(&endpoint, None);
             }
             return;
@@ -722,9 +854,16 @@ impl Dispatcher {
             }
             Done::Settled { pending, .. } if pending.generation != self.generation => {}
             Done::NotAdmitted { pending, .. } if pending.generation != self.generation => {}
-            Done::Settled { pending, in_flight } => {
+            Done::Settled {
+                pending,
+                in_flight,
+                attempted,
+            } => {
                 let endpoint: EndpointId = Arc::from(pending.task.endpoint_id.as_str());
                 if in_flight {
+                    if let Some(delivered) = attempted {
+                        self.queues.attempted(&endpoint, delivered, Instant::now());
+                    }
                     self.queues.finished(&endpoint, self.order_key(&pending));
                 }
                 let tp = pending.tp();
@@ -784,11 +923,7 @@ impl Dispatcher {
     fn resume_if_drained(&mut self, tp: &TopicPartition) {
         let pending = self.watermarks.get(tp).map_or(0, Watermark::pending);
         if pending <= self.config.max_pending / 2 && self.full.remove(tp) {
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition(&tp.0, tp.1);
-            if let Err(e) = self.consumer.resume(&tpl) {
-                tracing::warn!(topic = %tp.0, partition = tp.1, error = %e, "resuming a partition");
-            }
+            self.resume_if_free(tp);
         }
     }
 
@@ -828,16 +963,9 @@ impl Dispatcher {
             .filter(|(_, d)| **d <= now)
             .map(|(tp, _)| tp.clone())
             .collect();
-        if due.is_empty() {
-            return;
-        }
-        let mut tpl = TopicPartitionList::new();
         for tp in &due {
-            tpl.add_partition(&tp.0, tp.1);
             self.waiting_for_due.remove(tp);
-        }
-        if let Err(e) = self.consumer.resume(&tpl) {
-            tracing::warn!(error = %e, "resuming retry partitions");
+            self.resume_if_free(tp);
         }
     }
 
@@ -878,8 +1006,14 @@ fn lanes(endpoint: &Endpoint) -> Lanes {
     }
 }
 
-/// One attempt of `pending` to `endpoint`, settled.
-async fn attempt(shared: &Shared, endpoint: Endpoint, pending: Pending) -> Done {
+/// One attempt of `pending` to `endpoint`, settled; `permit` is its place among the
+/// attempts in flight, given back once it has its answer.
+async fn attempt(
+    shared: &Shared,
+    endpoint: Endpoint,
+    pending: Pending,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Done {
     let request = match request(&endpoint, &pending.task) {
         Ok(request) => request,
         Err(error) => {
@@ -905,9 +1039,6 @@ async fn attempt(shared: &Shared, endpoint: Endpoint, pending: Pending) -> Done 
         }
     };
     shared.configure_limits(&endpoint);
-    let Ok(permit) = shared.attempts.acquire().await else {
-        return Done::Abandoned;
-    };
     let sent = shared.outbound.send(&endpoint.id, &request).await;
     drop(permit);
     match sent {
@@ -926,6 +1057,7 @@ async fn attempt(shared: &Shared, endpoint: Endpoint, pending: Pending) -> Done 
                 let _ = shared.done.send(Done::Sent {
                     endpoint: Arc::from(endpoint.id.as_str()),
                     generation: pending.generation,
+                    delivered: settled.settlement == Settlement::Delivered,
                 });
             }
             write_settled(shared, pending, settled, in_flight).await
@@ -988,18 +1120,19 @@ async fn write_settled(
         };
         tracing::warn!(endpoint = %off.id, why, "endpoint disabled");
     }
+    let attempted = matches!(
+        settled.settlement,
+        Settlement::Delivered | Settlement::Retrying | Settlement::Gone | Settlement::DeadLettered
+    );
     DeliveryEvent::Settled {
         endpoint: &pending.task.endpoint_id,
         settlement: settled.settlement,
-        attempts: pending.task.attempts
-            + u32::from(matches!(
-                settled.settlement,
-                Settlement::Delivered
-                    | Settlement::Retrying
-                    | Settlement::Gone
-                    | Settlement::DeadLettered
-            )),
+        attempts: pending.task.attempts + u32::from(attempted),
     }
     .emit(shared.metrics.as_ref());
-    Done::Settled { pending, in_flight }
+    Done::Settled {
+        pending,
+        in_flight,
+        attempted: attempted.then_some(settled.settlement == Settlement::Delivered),
+    }
 }

@@ -4,6 +4,7 @@
 pub mod dispatcher;
 pub mod events;
 pub mod health;
+pub mod hot;
 pub mod key_order;
 pub mod metrics;
 pub mod ops_events;

@@ -7,13 +7,15 @@
 //! held until an instant (its breaker is open, its rate limit is spent): it keeps its tasks
 //! and hands none out until then. What waits beyond a bound can be taken out again
 //! ([`Queues::surplus`]) to be parked elsewhere, so memory stays bounded; the newest go, so
-//! a key's older tasks stay ahead of its parked ones. (Under per-key order a key with parked
+//! a key's older tasks stay ahead of its parked ones. Each endpoint's last attempt outcome
+//! is kept, so the dispatcher can tell an endpoint that keeps up (its backlog may wait
+//! unread in Kafka) from one whose surplus is better parked ([`Queues::keeps_up`]). (Under per-key order a key with parked
 //! tasks must also park what arrives for it until they are back — the held-key state's job,
 //! outside this structure.)
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// An endpoint's id, cheap to clone.
 pub type EndpointId = Arc<str>;
@@ -83,6 +85,12 @@ struct EndpointQueue<T> {
     listed: bool,
     /// Arrival stamps, to hand out the oldest eligible task first.
     next_stamp: u64,
+    /// When this entry was made (the endpoint had nothing waiting or running before).
+    since: Instant,
+    /// When its last attempt ended, and whether it delivered.
+    last_outcome: Option<(Instant, bool)>,
+    /// Its surplus is parked from now on, until it is idle again.
+    parking: bool,
 }
 
 impl<T> EndpointQueue<T> {
@@ -97,7 +105,21 @@ impl<T> EndpointQueue<T> {
             held_until: None,
             listed: false,
             next_stamp: 0,
+            since: Instant::now(),
+            last_outcome: None,
+            parking: false,
         }
+    }
+
+    /// Delivering, recently: its last attempt (or, before any ended, its first task) is
+    /// younger than `within`, and not parking.
+    fn keeps_up(&self, now: Instant, within: Duration) -> bool {
+        let recent = |t: Instant| now.saturating_duration_since(t) < within;
+        !self.parking
+            && match self.last_outcome {
+                Some((at, delivered)) => delivered && recent(at),
+                None => recent(self.since),
+            }
     }
 
     fn waiting(&self) -> usize {
@@ -220,6 +242,30 @@ impl<T> Queues<T> {
             self.list(endpoint);
         }
         self.forget_if_idle(endpoint);
+    }
+
+    /// An attempt of `endpoint` ended at `now`, delivered or not (call before
+    /// [`finished`](Self::finished), which may forget an idle endpoint).
+    pub fn attempted(&mut self, endpoint: &str, delivered: bool, now: Instant) {
+        if let Some(q) = self.endpoints.get_mut(endpoint) {
+            q.last_outcome = Some((now, delivered));
+        }
+    }
+
+    /// Whether `endpoint` is delivering: its last attempt delivered less than `within` ago
+    /// (or, before any ended, it got its first task less than `within` ago), and it is not
+    /// [parking](Self::park_from_now).
+    pub fn keeps_up(&self, endpoint: &str, now: Instant, within: Duration) -> bool {
+        self.endpoints
+            .get(endpoint)
+            .is_some_and(|q| q.keeps_up(now, within))
+    }
+
+    /// `endpoint`'s surplus is to be parked from now on, until nothing of it waits or runs.
+    pub fn park_from_now(&mut self, endpoint: &str) {
+        if let Some(q) = self.endpoints.get_mut(endpoint) {
+            q.parking = true;
+        }
     }
 
     /// Hands out none of `endpoint`'s tasks before `until`.
@@ -407,6 +453,40 @@ mod tests {
         assert_eq!(parked, [3, 4, 5]);
         assert_eq!(q.waiting(), 2);
         assert_eq!(drain(&mut q, now), [("e".into(), 1), ("e".into(), 2)]);
+    }
+
+    #[test]
+    fn an_endpoint_keeps_up_while_its_attempts_deliver_and_until_it_parks() {
+        let within = Duration::from_secs(1);
+        let mut q = Queues::default();
+        let (fresh, ok, failing, hanging) = (id("fresh"), id("ok"), id("failing"), id("hanging"));
+        for e in [&fresh, &ok, &failing, &hanging] {
+            q.push(e, ONE, None, 1);
+            q.push(e, ONE, None, 2);
+        }
+        let now = Instant::now();
+        assert!(drain(&mut q, now).len() == 4, "one in flight each");
+        q.attempted(&ok, true, now);
+        q.attempted(&failing, false, now);
+        let soon = now + Duration::from_millis(500);
+        assert!(q.keeps_up("fresh", soon, within), "no attempt ended yet");
+        assert!(q.keeps_up("ok", soon, within));
+        assert!(!q.keeps_up("failing", soon, within));
+        // Nothing has ended for a while: a hanging endpoint and a stale success alike.
+        let later = now + Duration::from_secs(5);
+        assert!(!q.keeps_up("hanging", later, within));
+        assert!(!q.keeps_up("ok", later, within));
+        assert!(!q.keeps_up("unknown", soon, within));
+        q.park_from_now("ok");
+        assert!(!q.keeps_up("ok", soon, within), "parking until idle");
+        q.finished(&ok, None);
+        assert_eq!(drain(&mut q, now), [("ok".into(), 2)]);
+        q.finished(&ok, None);
+        q.push(&ok, ONE, None, 3);
+        assert!(
+            q.keeps_up("ok", Instant::now(), within),
+            "idle and back: a fresh start"
+        );
     }
 
     #[test]
