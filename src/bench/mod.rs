@@ -12,6 +12,7 @@ pub mod gateway;
 pub mod normalizer;
 pub mod outbox;
 pub mod poll;
+pub mod restate;
 pub mod saga;
 pub mod saga_http;
 pub mod stats;

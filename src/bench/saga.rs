@@ -13,6 +13,8 @@
 //!    second, and saga duration (end to end as the client sees it, and start to completion
 //!    as the orchestrator measures it); then a paced run below saturation for latency
 //!    without queueing.
+//! 4. **Peer** (`--peer restate`): the same saga on Restate, with the ratios against sluice's
+//!    figures (see [`super::restate`]).
 
 use std::collections::{BTreeSet, HashMap};
 use std::process::ExitCode;
@@ -60,6 +62,13 @@ pub struct BenchArgs {
     /// Skip the memory phase.
     #[arg(long)]
     pub no_memory: bool,
+    /// Also run the same saga on another engine, on this machine, and print its figures and
+    /// the ratios beside sluice's (installs it into the sluice cache on first use).
+    #[arg(long, value_enum)]
+    pub peer: Option<super::restate::Peer>,
+    /// The Restate peer's files (package.json, package-lock.json, services.mjs, run).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/dev/restate"))]
+    pub restate_dir: std::path::PathBuf,
     /// Passed to the orchestrator and the participants.
     #[command(flatten)]
     pub batching: crate::cli::saga::Batching,
@@ -263,6 +272,7 @@ pub async fn run(config: &SluiceConfig, args: BenchArgs) -> anyhow::Result<ExitC
         "            {:.0}% of the raw chain's rate; targets: ≥1000 sagas/s and ≥40%",
         100.0 * sagas.rate() / raw.rate()
     );
+    let mut paced_run = None;
     if args.paced_rate > 0 {
         let n = args.paced_rate * 5;
         let paced = format!("{prefix}-paced-");
@@ -277,6 +287,7 @@ pub async fn run(config: &SluiceConfig, args: BenchArgs) -> anyhow::Result<ExitC
             percentile(&inside, 0.5),
             percentile(&inside, 0.99)
         );
+        paced_run = Some(run);
     }
     drop(orchestrator);
     drop(participants);
@@ -286,6 +297,14 @@ pub async fn run(config: &SluiceConfig, args: BenchArgs) -> anyhow::Result<ExitC
         super::remove_scratch(config, &clients, &topology).await?;
         let _ = std::fs::remove_file(&file);
         println!("removed the topics under `{prefix}.` and their subjects");
+    }
+    if args.peer == Some(super::restate::Peer::Restate) {
+        let peer = super::restate::measure(&args.restate_dir, args.sagas, args.paced_rate).await?;
+        let beside = super::restate::Beside {
+            burst: &sagas,
+            paced: paced_run.as_ref(),
+        };
+        super::restate::report(&peer, &beside);
     }
     Ok(ExitCode::SUCCESS)
 }
