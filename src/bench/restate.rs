@@ -65,6 +65,7 @@ pub(super) struct Figures {
 pub(super) struct Beside<'a> {
     pub(super) burst: &'a Run,
     pub(super) paced: Option<&'a Run>,
+    pub(super) paced_rate: usize,
 }
 
 /// Installs the peer when missing, starts it, measures it and stops it.
@@ -148,28 +149,39 @@ pub(super) fn report(f: &Figures, sluice: &Beside<'_>) {
         f.light.describe()
     );
     if let Some(p) = &f.paced {
-        println!("            paced (5 s): {}", p.describe());
+        println!("            paced, {}/s for 5 s: {}", p.n / 5, p.describe());
     }
     let best = f.bursts.iter().map(|b| b.run.rate()).fold(0.0, f64::max);
-    let ms = |r: &Run, p: f64| percentile(&r.latencies, p);
-    let mut line = format!(
-        "ratio       sluice / restate: burst {:.1}× ({:.0}/s against Restate's best, {:.0}/s)",
+    println!(
+        "ratio       burst: sluice {:.1}× Restate ({:.0}/s against Restate's best, {:.0}/s)",
         sluice.burst.rate() / best,
         sluice.burst.rate(),
         best
     );
-    if let (Some(s), Some(r)) = (sluice.paced, &f.paced) {
-        line += &format!(
-            "; end to end when paced at the same rate: p50 {:.1}×, p99 {:.1}× (sluice {:.0} / {:.0} ms, Restate {:.0} / {:.0} ms)",
-            ms(s, 0.5) / ms(r, 0.5),
-            ms(s, 0.99) / ms(r, 0.99),
+    let Some(s) = sluice.paced else { return };
+    let ms = |r: &Run, p: f64| percentile(&r.latencies, p);
+    let against = |how: String, r: &Run| {
+        println!(
+            "            end to end, sluice paced at {}/s against Restate {how}: p50 {:.0} / {:.0} ms ({:.1}×), p99 {:.0} / {:.0} ms ({:.1}×)",
+            sluice.paced_rate,
             ms(s, 0.5),
-            ms(s, 0.99),
             ms(r, 0.5),
-            ms(r, 0.99)
-        );
+            ms(s, 0.5) / ms(r, 0.5),
+            ms(s, 0.99),
+            ms(r, 0.99),
+            ms(s, 0.99) / ms(r, 0.99)
+        )
+    };
+    let light = format!("with {LIGHT_IN_FLIGHT} in flight ({:.0}/s)", f.light.rate());
+    against(light, &f.light);
+    if let Some(r) = &f.paced {
+        // Below 90% of the asked rate, the peer queued: its latency is no longer light load's.
+        let behind = match r.rate() < 0.9 * sluice.paced_rate as f64 {
+            true => format!(", fell behind at {:.0}/s", r.rate()),
+            false => String::new(),
+        };
+        against(format!("paced the same{behind}"), r);
     }
-    println!("{line}");
 }
 
 /// The Restate server and the saga's services, stopped and their data removed when dropped.

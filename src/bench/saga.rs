@@ -303,6 +303,7 @@ pub async fn run(config: &SluiceConfig, args: BenchArgs) -> anyhow::Result<ExitC
         let beside = super::restate::Beside {
             burst: &sagas,
             paced: paced_run.as_ref(),
+            paced_rate: args.paced_rate,
         };
         super::restate::report(&peer, &beside);
     }
