@@ -14,6 +14,7 @@ pub mod hops;
 pub mod normalizer;
 pub mod outbox;
 pub mod poll;
+pub mod restate;
 pub mod saga;
 pub mod saga_http;
 pub mod stats;

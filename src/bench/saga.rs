@@ -13,6 +13,8 @@
 //!    second, and saga duration (end to end as the client sees it, and start to completion
 //!    as the orchestrator measures it); then a paced run below saturation for latency
 //!    without queueing.
+//! 4. **Peer** (`--peer restate`): the same saga on Restate, with the ratios against sluice's
+//!    figures (see [`super::restate`]).
 
 use std::collections::{BTreeSet, HashMap};
 use std::process::ExitCode;
@@ -65,6 +67,13 @@ pub struct BenchArgs {
     /// Measure the two chains only (the ceilings), not the sagas.
     #[arg(long)]
     pub ceilings_only: bool,
+    /// Also run the same saga on another engine, on this machine, and print its figures and
+    /// the ratios beside sluice's (installs it into the sluice cache on first use).
+    #[arg(long, value_enum)]
+    pub peer: Option<super::restate::Peer>,
+    /// The Restate peer's files (package.json, package-lock.json, services.mjs, run).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/dev/restate"))]
+    pub restate_dir: std::path::PathBuf,
     /// Passed to the orchestrator and the participants.
     #[command(flatten)]
     pub batching: crate::cli::saga::Batching,
@@ -276,6 +285,7 @@ pub async fn run(config: &SluiceConfig, args: BenchArgs) -> anyhow::Result<ExitC
         "            {:.0}% of the transactional chain's rate",
         100.0 * sagas.rate() / ceilings.transactional.rate()
     );
+    let mut paced_run = None;
     if args.paced_rate > 0 {
         let n = args.paced_rate * 5;
         let paced = format!("{prefix}-paced-");
@@ -302,6 +312,7 @@ pub async fn run(config: &SluiceConfig, args: BenchArgs) -> anyhow::Result<ExitC
         for line in hops::describe(&mut by_hop) {
             println!("{line}");
         }
+        paced_run = Some(run);
     }
     drop(orchestrator);
     drop(participants);
@@ -311,6 +322,15 @@ pub async fn run(config: &SluiceConfig, args: BenchArgs) -> anyhow::Result<ExitC
         super::remove_scratch(config, &clients, &topology).await?;
         let _ = std::fs::remove_file(&file);
         println!("removed the topics under `{prefix}.` and their subjects");
+    }
+    if args.peer == Some(super::restate::Peer::Restate) {
+        let peer = super::restate::measure(&args.restate_dir, args.sagas, args.paced_rate).await?;
+        let beside = super::restate::Beside {
+            burst: &sagas,
+            paced: paced_run.as_ref(),
+            paced_rate: args.paced_rate,
+        };
+        super::restate::report(&peer, &beside);
     }
     Ok(ExitCode::SUCCESS)
 }
