@@ -370,6 +370,10 @@ mod tests {
             p.pages_per_transaction, 1,
             "one page per transaction by default"
         );
+        assert!(
+            !p.overlap_commit,
+            "a commit finishes before the next page is fetched by default"
+        );
     }
 
     #[test]
