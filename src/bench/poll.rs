@@ -4,12 +4,13 @@
 //! Each run, on fresh topics:
 //! 1. **API ceiling**: the same pages fetched by a plain HTTP client that does nothing with
 //!    them: the API's own serving rate on this machine, now.
-//! 2. **Backfill**, once per `--pages-per-transaction` value: `sluice poll` from the first
-//!    item to the last (the pages of a Kafka transaction with their (id, version) pairs and
-//!    the cursor of the last one): items/s, its ratio to the ceiling, and the poller's
+//! 2. **Backfill**, once per `--pages-per-transaction` and `--overlap-commit` value:
+//!    `sluice poll` from the first item to the last (the pages of a Kafka transaction with
+//!    their (id, version) pairs and the cursor of the last one, committed before or while the
+//!    next page is fetched): items/s, its ratio to the ceiling, and the poller's
 //!    resident memory sampled through the backfill (flat: the (id, version) store keeps
 //!    only what the lookback can return again).
-//! 3. **Resume** (first run only), once per value: a second backfill SIGKILLed half-way and
+//! 3. **Resume** (first run only), once per setting: a second backfill SIGKILLed half-way and
 //!    started again: how many items the API served twice, in pages, and that every item is
 //!    written.
 
@@ -39,6 +40,10 @@ pub struct PollBench {
     /// The source's `pages_per_transaction`, a backfill for each value in every run.
     #[arg(long, value_delimiter = ',', default_value = "1,10")]
     pub pages_per_transaction: Vec<u32>,
+    /// The source's `overlap_commit`, a backfill for each value with each
+    /// `--pages-per-transaction`.
+    #[arg(long, value_delimiter = ',', default_value = "false,true")]
+    pub overlap_commit: Vec<bool>,
     /// The list API script.
     #[arg(long, default_value = "dev/api.py")]
     pub api: String,
@@ -109,13 +114,27 @@ async fn api_ceiling(api: &Api, page_size: usize) -> anyhow::Result<f64> {
     Ok(items as f64 / started.elapsed().as_secs_f64())
 }
 
-fn topology_yaml(prefix: &str, api: &Api, page_size: usize, per_tx: u32) -> String {
+/// A backfill's transaction settings: `pages_per_transaction` and `overlap_commit`.
+#[derive(Debug, Clone, Copy)]
+struct Commits {
+    per_tx: u32,
+    overlap: bool,
+}
+
+impl std::fmt::Display for Commits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let overlap = if self.overlap { ", overlapped" } else { "" };
+        write!(f, "{} page(s) per transaction{overlap}", self.per_tx)
+    }
+}
+
+fn topology_yaml(prefix: &str, api: &Api, page_size: usize, commits: Commits) -> String {
     format!(
         "prefix: {prefix}\ntopics:\n  - {{name: {prefix}.raw.backfill, partitions: 6}}\nsources:\n  - name: backfill\n    raw_topic: {prefix}.raw.backfill\n    poll: {{url: '{}/cursor/items', interval: 1h, items: data, version: updated_at, \
          since: {{param: updated_since, lookback: 60s, start: '2000-01-01T00:00:00Z'}}, \
          pagination: {{type: cursor, param: cursor, path: next_cursor}}, page_size: {{param: limit, value: {page_size}}}, \
-         pages_per_transaction: {per_tx}}}\n",
-        api.base
+         pages_per_transaction: {}, overlap_commit: {}}}\n",
+        api.base, commits.per_tx, commits.overlap
     )
 }
 
@@ -213,25 +232,34 @@ pub async fn run(config: &SluiceConfig, b: PollBench) -> anyhow::Result<ExitCode
         "poll backfill: {} items, {} per page, {} runs",
         b.items, b.page_size, b.runs
     );
-    let mut ratios = vec![Vec::new(); b.pages_per_transaction.len()];
+    let settings: Vec<Commits> = b
+        .pages_per_transaction
+        .iter()
+        .flat_map(|&per_tx| {
+            b.overlap_commit
+                .iter()
+                .map(move |&overlap| Commits { per_tx, overlap })
+        })
+        .collect();
+    let mut ratios = vec![Vec::new(); settings.len()];
     for run in 1..=b.runs {
         let api = Api::start(&b.api, b.items).await?;
         let ceiling = api_ceiling(&api, b.page_size).await?;
         println!("run {run}: API serves {ceiling:.0} items/s alone");
-        for (i, &per_tx) in b.pages_per_transaction.iter().enumerate() {
-            let ratio = backfill(config, &api, &b, per_tx, ceiling).await?;
+        for (i, &commits) in settings.iter().enumerate() {
+            let ratio = backfill(config, &api, &b, commits, ceiling).await?;
             ratios[i].push(ratio);
         }
         if run == 1 {
-            for &per_tx in &b.pages_per_transaction {
-                resume(config, &api, &b, per_tx).await?;
+            for &commits in &settings {
+                resume(config, &api, &b, commits).await?;
             }
         }
     }
-    for (ratios, per_tx) in ratios.iter_mut().zip(&b.pages_per_transaction) {
+    for (ratios, commits) in ratios.iter_mut().zip(&settings) {
         ratios.sort_by(f64::total_cmp);
         println!(
-            "{per_tx} page(s) per transaction: ratio to the API's own rate: median {:.2} (target >= 0.7)",
+            "{commits}: ratio to the API's own rate: median {:.2} (target >= 0.7)",
             ratios[ratios.len() / 2]
         );
     }
@@ -251,7 +279,7 @@ impl Scratch {
         config: &SluiceConfig,
         api: &Api,
         b: &PollBench,
-        per_tx: u32,
+        commits: Commits,
         stem: &str,
     ) -> anyhow::Result<Self> {
         let clients = KafkaClients::new(config.kafka.clone());
@@ -259,7 +287,7 @@ impl Scratch {
         let catalog = Catalog::embedded()?;
         let types = catalog.event_types().map(str::to_string).collect();
         let prefix = format!("{stem}{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        let yaml = topology_yaml(&prefix, api, b.page_size, per_tx);
+        let yaml = topology_yaml(&prefix, api, b.page_size, commits);
         let topology = Topology::parse("bench-poll.yaml", &yaml, &types)?;
         deploy_scratch(&clients, &registry, &catalog, &topology).await?;
         let file = std::env::temp_dir().join(format!("{prefix}.yaml"));
@@ -286,10 +314,10 @@ async fn backfill(
     config: &SluiceConfig,
     api: &Api,
     b: &PollBench,
-    per_tx: u32,
+    commits: Commits,
     ceiling: f64,
 ) -> anyhow::Result<f64> {
-    let scratch = Scratch::deploy(config, api, b, per_tx, "benchpoll").await?;
+    let scratch = Scratch::deploy(config, api, b, commits, "benchpoll").await?;
     let poller = Poller::start(&scratch.file)?;
     let backfill = follow(&poller, b.items, b.items).await;
     poller.kill();
@@ -297,7 +325,7 @@ async fn backfill(
     let ratio = backfill.items_per_sec / ceiling;
     let rss: Vec<String> = backfill.rss.iter().map(|r| format!("{r:.0}")).collect();
     println!(
-        "  {per_tx} page(s) per transaction: sluice poll writes {:.0} items/s ({:.2} of it); RSS MiB at 10/25/50/75/100%: {}",
+        "  {commits}: sluice poll writes {:.0} items/s ({:.2} of it); RSS MiB at 10/25/50/75/100%: {}",
         backfill.items_per_sec,
         ratio,
         rss.join(" / ")
@@ -311,9 +339,9 @@ async fn resume(
     config: &SluiceConfig,
     api: &Api,
     b: &PollBench,
-    per_tx: u32,
+    commits: Commits,
 ) -> anyhow::Result<()> {
-    let scratch = Scratch::deploy(config, api, b, per_tx, "benchpollr").await?;
+    let scratch = Scratch::deploy(config, api, b, commits, "benchpollr").await?;
     let served_before = api.items_served().await?;
     let first = Poller::start(&scratch.file)?;
     follow(&first, b.items / 2, b.items).await?;
@@ -340,7 +368,7 @@ async fn resume(
     let (records, distinct) = tokio::task::spawn_blocking(move || count_items(&c, &raw)).await??;
     let again = served as i64 - b.items as i64;
     println!(
-        "  resume ({per_tx} page(s) per transaction) after a SIGKILL half-way: writing again {:.1} s after the kill; items served twice {again} ({:.2} pages); raw topic: {records} records, {distinct} distinct items of {}",
+        "  resume ({commits}) after a SIGKILL half-way: writing again {:.1} s after the kill; items served twice {again} ({:.2} pages); raw topic: {records} records, {distinct} distinct items of {}",
         resumed_in.as_secs_f64(),
         again as f64 / b.page_size as f64,
         b.items

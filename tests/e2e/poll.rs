@@ -271,6 +271,17 @@ async fn kill_at_next_429(api: &Api, mut poller: RoleProcess) {
 /// recorded.
 #[tokio::test(flavor = "multi_thread")]
 async fn every_item_version_is_written_once_across_kills_and_faults() {
+    written_once_across_kills_and_faults(false).await;
+}
+
+/// The same with `overlap_commit`: a kill may land while a transaction commits and the
+/// next page is being fetched.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_item_version_is_written_once_with_commits_overlapping_fetches() {
+    written_once_across_kills_and_faults(true).await;
+}
+
+async fn written_once_across_kills_and_faults(overlap_commit: bool) {
     require_stack().await;
     let api = Api::start(&["--items", "1000", "--shared-timestamp", "--seed", "7"]);
     let prefix = unique_prefix("pollx");
@@ -278,7 +289,8 @@ async fn every_item_version_is_written_once_across_kills_and_faults() {
         "{{url: '{}/cursor/items', interval: 300ms, items: data, version: updated_at, \
           since: {{param: updated_since, lookback: 10s}}, \
           pagination: {{type: cursor, param: cursor, path: next_cursor}}, \
-          page_size: {{param: limit, value: 50}}, pages_per_transaction: 3}}",
+          page_size: {{param: limit, value: 50}}, pages_per_transaction: 3, \
+          overlap_commit: {overlap_commit}}}",
         api.base
     );
     let file = apply_topology(&topology(&prefix, &[("orders", poll)])).await;

@@ -67,6 +67,12 @@ pub struct PollSpec {
     /// killed mid-transaction fetches that many pages again (and writes them once).
     #[serde(default = "one_page")]
     pub pages_per_transaction: u32,
+    /// Fetch the next page while the previous transaction's records are acknowledged and
+    /// it commits, instead of after: a backfill runs faster where those round trips take
+    /// as long as a page, and a poller killed meanwhile fetches one page more again (the
+    /// committing transaction's and the one being fetched; each still written once).
+    #[serde(default)]
+    pub overlap_commit: bool,
     #[serde(default)]
     pub limits: PollLimits,
 }
@@ -363,6 +369,10 @@ mod tests {
         assert_eq!(
             p.pages_per_transaction, 1,
             "one page per transaction by default"
+        );
+        assert!(
+            !p.overlap_commit,
+            "a commit finishes before the next page is fetched by default"
         );
     }
 

@@ -1,6 +1,8 @@
 //! One source's poller: crawls, page by page, each page one transaction (see
 //! [`crate::writer`]), then waits `interval` and crawls again from the watermark minus the
-//! lookback.
+//! lookback. With `overlap_commit`, a transaction commits while the next page is fetched,
+//! parsed and checked against the (id, version) store; that page is staged once the commit
+//! succeeded.
 //!
 //! Nothing in memory is trusted past a Kafka error: the poller is opened again, which
 //! fences the producer and reads the committed state back (see [`crate::run_source`]).
@@ -20,7 +22,7 @@ use crate::record;
 use crate::request::{self, RequestError};
 use crate::seen::{Decision, Seen, SeenEntry};
 use crate::settings::Settings;
-use crate::writer::{PageWriter, RawOut, WriteError};
+use crate::writer::{Committing, PageWriter, RawOut, WriteError};
 
 /// How often (in pages) entries behind the lookback are forgotten.
 const FORGET_EVERY_PAGES: u64 = 10;
@@ -86,6 +88,9 @@ pub struct Poller {
     longest_pause_ms: i64,
     /// Items and pages staged in the open transaction, counted once it commits.
     staged: (u64, u64),
+    /// A transaction committing in the background (`overlap_commit`), with its items and
+    /// pages.
+    committing: Option<(Committing, (u64, u64))>,
 }
 
 impl std::fmt::Debug for Poller {
@@ -164,6 +169,7 @@ impl Poller {
             ordered: true,
             longest_pause_ms: restored.longest_pause_ms.unwrap_or(0),
             staged: (0, 0),
+            committing: None,
         };
         let unclean = restored.unclean && opening == Opening::Takeover;
         poller
@@ -245,6 +251,7 @@ impl Poller {
                 Err(e @ (PollError::Kafka(_) | PollError::Restore { .. })) => return Err(e),
                 Err(e) => self.failed(&e).await?,
             }
+            self.settle().await?;
             tokio::select! {
                 _ = tokio::time::sleep(self.settings.spec.interval.0) => {}
                 _ = shutdown.wait() => {}
@@ -436,6 +443,9 @@ impl Poller {
                 ),
             });
         }
+        // Nothing is staged before the previous transaction's commit is known to have held.
+        self.settle().await?;
+        let s = &self.settings;
         let written = records.len() as u64;
         let mut next = self.cursor.clone();
         next.items_written += written;
@@ -471,22 +481,40 @@ impl Poller {
         self.cursor = next;
         self.staged = (self.staged.0 + written, self.staged.1 + 1);
         let full = self.writer.staged_pages() >= u64::from(s.spec.pages_per_transaction);
-        if finished || full {
+        if full && !finished && s.spec.overlap_commit {
+            let staged = std::mem::take(&mut self.staged);
+            self.committing = Some((self.writer.commit_behind(), staged));
+        } else if finished || full {
             self.commit(Vec::new()).await?;
         }
         self.succeeded();
         Ok(finished)
     }
 
-    /// Commits the staged pages with `state`, then counts them.
+    /// Commits the staged pages with `state` (after any commit under way), then counts them.
     async fn commit(&mut self, state: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), PollError> {
+        self.settle().await?;
         self.writer.commit(state).await?;
-        let (items, pages) = std::mem::take(&mut self.staged);
+        let staged = std::mem::take(&mut self.staged);
+        self.count(staged);
+        Ok(())
+    }
+
+    /// Waits for the transaction committing in the background, if any, and counts it.
+    async fn settle(&mut self) -> Result<(), PollError> {
+        if let Some((committing, staged)) = self.committing.take() {
+            self.writer.settle(committing).await?;
+            self.count(staged);
+        }
+        Ok(())
+    }
+
+    /// Counts committed items and pages.
+    fn count(&self, (items, pages): (u64, u64)) {
         let m = &self.shared.fetcher.metrics;
         let source = &self.settings.source;
         m.items.with_label_values(&[source]).inc_by(items);
         m.pages.with_label_values(&[source]).inc_by(pages);
-        Ok(())
     }
 
     /// Forgets (in memory) items no later crawl asks for: those older than the newest item

@@ -36,6 +36,11 @@ fn kafka(what: &'static str) -> impl Fn(KafkaError) -> WriteError {
     move |source| WriteError { what, source }
 }
 
+/// A transaction committing beside the next page's fetch: its records' acknowledgements,
+/// then the commit. [`PageWriter::settle`] says how it ended.
+#[derive(Debug)]
+pub struct Committing(tokio::task::JoinHandle<Result<(), WriteError>>);
+
 /// The transaction under way: the acknowledgements still to come and how many pages it
 /// holds.
 #[derive(Default)]
@@ -114,9 +119,32 @@ impl PageWriter {
     /// Commits everything staged with `state`, or nothing.
     pub async fn commit(&mut self, state: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), WriteError> {
         let result = match self.send(Vec::new(), state) {
-            Ok(()) => self.acknowledged_and_committed().await,
+            Ok(()) => {
+                let open = self.open.take().unwrap_or_default();
+                acknowledged_and_committed(self.producer.clone(), open).await
+            }
             Err(e) => Err(e),
         };
+        if result.is_err() {
+            self.abort().await;
+        }
+        result
+    }
+
+    /// Starts committing everything staged, in the background: nothing may be staged or
+    /// committed before [`Self::settle`] has its outcome.
+    pub fn commit_behind(&mut self) -> Committing {
+        let open = self.open.take().unwrap_or_default();
+        let producer = self.producer.clone();
+        Committing(tokio::spawn(acknowledged_and_committed(producer, open)))
+    }
+
+    /// How a [`Self::commit_behind`] ended; on an error the transaction is aborted.
+    pub async fn settle(&mut self, committing: Committing) -> Result<(), WriteError> {
+        let result = committing
+            .0
+            .await
+            .unwrap_or_else(|_| Err(kafka("committing the transaction")(KafkaError::Canceled)));
         if result.is_err() {
             self.abort().await;
         }
@@ -161,26 +189,27 @@ impl PageWriter {
         Ok(())
     }
 
-    /// Awaits every acknowledgement before committing: the commit's own flush would
-    /// otherwise poll for them in 100 ms steps (docs/benchmarks.md).
-    async fn acknowledged_and_committed(&mut self) -> Result<(), WriteError> {
-        let open = self.open.take().unwrap_or_default();
-        for d in join_all(open.deliveries).await {
-            match d {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => return Err(kafka("producing a record")(e)),
-                Err(_) => return Err(kafka("producing a record")(KafkaError::Canceled)),
-            }
-        }
-        let p = self.producer.clone();
-        blocking(move || p.commit_transaction(Duration::from_secs(60)))
-            .await
-            .map_err(kafka("committing the transaction"))
-    }
-
     async fn abort(&mut self) {
         self.open = None;
         let p = self.producer.clone();
         let _ = blocking(move || p.abort_transaction(Duration::from_secs(30))).await;
     }
+}
+
+/// Awaits every acknowledgement of `open` before committing it: the commit's own flush would
+/// otherwise poll for them in 100 ms steps (docs/benchmarks.md).
+async fn acknowledged_and_committed(
+    producer: FutureProducer,
+    open: Open,
+) -> Result<(), WriteError> {
+    for d in join_all(open.deliveries).await {
+        match d {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => return Err(kafka("producing a record")(e)),
+            Err(_) => return Err(kafka("producing a record")(KafkaError::Canceled)),
+        }
+    }
+    blocking(move || producer.commit_transaction(Duration::from_secs(60)))
+        .await
+        .map_err(kafka("committing the transaction"))
 }
