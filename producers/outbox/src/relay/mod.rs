@@ -76,6 +76,8 @@ pub struct Relay {
     /// Rows whose event Kafka refused (too large, invalid), by event id, with why: their
     /// next attempt goes to the DLQ instead, so a refused record never blocks its lane.
     pub refused: std::sync::Mutex<std::collections::HashMap<uuid::Uuid, String>>,
+    /// Signalled when a lane finds rows after waiting: the sleeping lanes look too.
+    pub rows_found: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Relay {
@@ -119,6 +121,7 @@ impl Relay {
             state_partitions,
             metrics,
             refused: Default::default(),
+            rows_found: Default::default(),
         })
     }
 
