@@ -314,7 +314,7 @@ impl TxHop {
         commits: &Commits,
     ) -> anyhow::Result<Self> {
         let producer: FutureProducer = clients
-            .transactional_producer_config("bench-chain", &format!("{prefix}-{name}"))?
+            .loop_producer_config("bench-chain", &format!("{prefix}-{name}"))?
             .create()?;
         tokio::task::block_in_place(|| producer.init_transactions(Duration::from_secs(30)))?;
         Ok(Self {

@@ -13,6 +13,7 @@ pub mod gateway;
 pub mod hops;
 pub mod normalizer;
 pub mod outbox;
+pub mod phases;
 pub mod poll;
 pub mod restate;
 pub mod saga;

@@ -36,7 +36,7 @@ use sluice_stream::state::kafka as compacted;
 use sluice_topology::{naming, Topology};
 
 use super::chain::{self, Mode};
-use super::hops;
+use super::{hops, phases};
 
 pub(super) const SAGA: &str = "order-fulfillment";
 const ORDER_PLACED: &str = "dev.sluice.events.commerce.OrderPlaced";
@@ -80,7 +80,7 @@ pub struct BenchArgs {
 }
 
 /// A child process stopped when dropped.
-struct Child(std::process::Child);
+struct Child(std::process::Child, std::net::SocketAddr);
 
 impl Drop for Child {
     fn drop(&mut self) {
@@ -91,14 +91,15 @@ impl Drop for Child {
 
 impl Child {
     fn spawn(args: &[&str], instance: &str) -> anyhow::Result<Self> {
+        let admin = phases::free_admin_addr()?;
         let child = std::process::Command::new(std::env::current_exe()?)
             .args(args)
             .env("SLUICE_INSTANCE_ID", instance)
-            .env("SLUICE_ADMIN__LISTEN", "127.0.0.1:0")
+            .env("SLUICE_ADMIN__LISTEN", admin.to_string())
             .env("RUST_LOG", "error")
             .stdout(std::process::Stdio::null())
             .spawn()?;
-        Ok(Self(child))
+        Ok(Self(child, admin))
     }
 
     fn rss_kib(&self) -> Option<u64> {
@@ -297,8 +298,11 @@ pub async fn run(config: &SluiceConfig, args: BenchArgs) -> anyhow::Result<ExitC
         ];
         let saga_topics: Vec<&str> = saga_topics.iter().map(String::as_str).collect();
         let from = tokio::task::block_in_place(|| hops::mark(&clients, &saga_topics))?;
+        let loops = [&orchestrator, &participants];
+        let before = join_all(loops.map(|c| phases::scrape(c.1))).await;
         let (run, inside) =
             measure(&publisher, &clients, &events, decode, &paced, n, per_tick).await?;
+        let after = join_all(loops.map(|c| phases::scrape(c.1))).await;
         let mut by_hop = tokio::task::block_in_place(|| hops::read(&clients, &from, &paced))?;
         println!(
             "sagas       ({}/s for 5 s, below saturation): end-to-end p50 {:.0} ms, p99 {:.0} ms; start → completed p50 {:.0} ms, p99 {:.0} ms",
@@ -311,6 +315,12 @@ pub async fn run(config: &SluiceConfig, args: BenchArgs) -> anyhow::Result<ExitC
         println!("            hop by hop (record timestamps; each hop includes the upstream commit and the fetch):");
         for line in hops::describe(&mut by_hop) {
             println!("{line}");
+        }
+        println!("            the loops' batches meanwhile (handle, produce until acknowledged, offsets, commit; pickup: oldest record's age when taken):");
+        for (before, after) in before.into_iter().zip(after) {
+            for line in phases::describe(&before?, &after?) {
+                println!("{line}");
+            }
         }
         paced_run = Some(run);
     }

@@ -93,7 +93,7 @@ async fn transactional_producer(
     config: &LoopConfig,
 ) -> Result<FutureProducer, LoopError> {
     let p: FutureProducer = clients
-        .transactional_producer_config(
+        .loop_producer_config(
             "consumer",
             &format!("{}-{}", config.group, config.instance_id),
         )?

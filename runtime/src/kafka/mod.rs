@@ -108,6 +108,22 @@ impl KafkaClients {
         Ok(c)
     }
 
+    /// Transactional producer for a consume-transform-produce loop: as
+    /// [`Self::transactional_producer_config`], with `linger.ms` 0 unless the properties set
+    /// it. A loop waits for every output's acknowledgement before it commits, so lingering
+    /// only delays each hop; outputs enqueued while a request is in flight still batch.
+    pub fn loop_producer_config(
+        &self,
+        role: &str,
+        transactional_id: &str,
+    ) -> Result<ClientConfig, ConfigError> {
+        let mut c = self.transactional_producer_config(role, transactional_id)?;
+        if !self.config.properties.contains_key("linger.ms") {
+            c.set("linger.ms", "0");
+        }
+        Ok(c)
+    }
+
     /// Consumer with manual offset management and `read_committed` isolation, so it never
     /// sees the outputs of aborted transactions.
     pub fn consumer_config(&self, role: &str, group_id: &str) -> Result<ClientConfig, ConfigError> {
@@ -268,6 +284,26 @@ fn set_default(c: &mut ClientConfig, key: &str, value: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_loop_producer_does_not_linger_unless_told_to() {
+        let clients = KafkaClients::new(KafkaConfig::default());
+        let c = clients.loop_producer_config("l", "t").unwrap();
+        assert_eq!(c.get("linger.ms"), Some("0"));
+        assert_eq!(
+            clients
+                .transactional_producer_config("l", "t")
+                .unwrap()
+                .get("linger.ms"),
+            Some("5")
+        );
+        let mut cfg = KafkaConfig::default();
+        cfg.properties.insert("linger.ms".into(), "20".into());
+        let c = KafkaClients::new(cfg)
+            .loop_producer_config("l", "t")
+            .unwrap();
+        assert_eq!(c.get("linger.ms"), Some("20"));
+    }
 
     #[test]
     fn producer_defaults_are_durable_and_user_properties_win() {
