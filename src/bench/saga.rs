@@ -162,7 +162,8 @@ pub async fn run(config: &SluiceConfig, args: BenchArgs) -> anyhow::Result<ExitC
 
     let ceilings = ceilings(&clients, &prefix, &args).await?;
     if args.ceilings_only {
-        remove_chains(&clients, &prefix).await?;
+        super::remove_scratch(config, &clients, &topology).await?;
+        let _ = std::fs::remove_file(&file);
         return Ok(ExitCode::SUCCESS);
     }
     let raw = ceilings.raw;
@@ -526,8 +527,8 @@ pub(super) async fn wait_for(
     Ok(seen)
 }
 
-/// The chains a saga is measured against, burst rates (and the transactional chain's paced
-/// latency, hop by hop).
+/// The chains' burst runs a saga is measured against (the transactional chain's paced run
+/// is printed as it ends).
 struct Ceilings {
     raw: Run,
     transactional: Run,
@@ -580,12 +581,4 @@ async fn ceilings(
         );
     }
     Ok(Ceilings { raw, transactional })
-}
-
-/// Removes the chains' topics (the whole run's, when only the chains ran).
-async fn remove_chains(clients: &KafkaClients, prefix: &str) -> anyhow::Result<()> {
-    let admin = clients.admin()?;
-    let live = sluice_topology::apply::live_topics(&admin, prefix).await?;
-    sluice_topology::apply::apply(&admin, &sluice_topology::plan::plan(&[], &live, true)).await?;
-    Ok(())
 }

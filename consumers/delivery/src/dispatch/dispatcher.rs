@@ -563,11 +563,7 @@ impl Dispatcher {
             let paused = self.is_paused(&tp);
             self.full.insert(tp.clone());
             if !paused {
-                let mut tpl = TopicPartitionList::new();
-                tpl.add_partition(&tp.0, tp.1);
-                if let Err(e) = self.consumer.pause(&tpl) {
-                    tracing::warn!(topic = %tp.0, partition = tp.1, error = %e, "pausing a full partition");
-                }
+                self.pause(&tp, "pausing a full partition");
             }
         }
     }
@@ -635,11 +631,7 @@ impl Dispatcher {
         }
         let paused = self.is_paused(tp);
         if self.hot.hold(endpoint, tp, now) && !paused {
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition(&tp.0, tp.1);
-            if let Err(e) = self.consumer.pause(&tpl) {
-                tracing::warn!(topic = %tp.0, partition = tp.1, error = %e, "pausing a partition behind a hot endpoint");
-            }
+            self.pause(tp, "pausing a partition behind a hot endpoint");
         }
     }
 
@@ -930,10 +922,7 @@ impl Dispatcher {
     /// Pauses tier partition `tp` and rewinds it to `offset`, whose task is due at `due`;
     /// `false` when the partition could not be rewound (it is resumed as it was).
     fn hold_until_due(&mut self, tp: &TopicPartition, offset: i64, due: i64) -> bool {
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(&tp.0, tp.1);
-        if let Err(e) = self.consumer.pause(&tpl) {
-            tracing::warn!(topic = %tp.0, partition = tp.1, error = %e, "pausing a retry partition");
+        if !self.pause(tp, "pausing a retry partition") {
             return false;
         }
         // A seek can fail while the partition's fetcher is still starting: try a few times.
@@ -951,8 +940,23 @@ impl Dispatcher {
             }
         }
         tracing::warn!(topic = %tp.0, partition = tp.1, error = ?last, "rewinding a retry partition failed; its task waits in the tier again");
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&tp.0, tp.1);
         let _ = self.consumer.resume(&tpl);
         false
+    }
+
+    /// Pauses `tp`; `false` (with a warning saying `what` failed) when the consumer refuses.
+    fn pause(&self, tp: &TopicPartition, what: &'static str) -> bool {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&tp.0, tp.1);
+        match self.consumer.pause(&tpl) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(topic = %tp.0, partition = tp.1, error = %e, "{what}");
+                false
+            }
+        }
     }
 
     fn resume_due(&mut self) {
