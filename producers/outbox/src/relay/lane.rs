@@ -200,9 +200,10 @@ impl Lane {
             self.publish(relay, &plan),
             self.read(next, s.batch_size),
             async {
-                match clean {
-                    true => self.delete_relayed().await,
-                    false => None,
+                if clean {
+                    self.delete_relayed().await
+                } else {
+                    None
                 }
             },
         );
