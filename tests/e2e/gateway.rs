@@ -236,9 +236,7 @@ pub async fn all_records(topic: &str) -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
         let mut tpl = TopicPartitionList::new();
         let mut expected = 0;
         for p in metadata.topics()[0].partitions() {
-            let (low, high) = consumer
-                .fetch_watermarks(&topic, p.id(), Duration::from_secs(10))
-                .unwrap();
+            let (low, high) = watermarks(&consumer, &topic, p.id());
             expected += high - low;
             tpl.add_partition_offset(&topic, p.id(), Offset::Beginning)
                 .unwrap();
@@ -262,6 +260,23 @@ pub async fn all_records(topic: &str) -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
     .unwrap()
 }
 
+/// A partition's (low, high) watermarks. Right after a broker restart the
+/// leader may not be elected yet (`NotLeaderForPartition`), so the query is
+/// retried for up to 30 s before the test gives up.
+fn watermarks(consumer: &BaseConsumer, topic: &str, partition: i32) -> (i64, i64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)) {
+            Ok(marks) => return marks,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("watermarks of {topic}/{partition} not yet readable ({e}); retrying");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => panic!("watermarks of {topic}/{partition}: {e}"),
+        }
+    }
+}
+
 /// How many records `topic` holds (sum of watermark spans).
 pub async fn record_count(topic: &str) -> i64 {
     let topic = topic.to_string();
@@ -274,9 +289,7 @@ pub async fn record_count(topic: &str) -> i64 {
             .partitions()
             .iter()
             .map(|p| {
-                let (low, high) = consumer
-                    .fetch_watermarks(&topic, p.id(), Duration::from_secs(10))
-                    .unwrap();
+                let (low, high) = watermarks(&consumer, &topic, p.id());
                 high - low
             })
             .sum()
