@@ -6,6 +6,7 @@
 //! Kept apart from the operator commands in `cli/`: benches create scratch topics, start
 //! sluice roles as child processes and measure them; they operate nothing.
 
+pub mod backlog;
 pub mod chain;
 pub mod deliver;
 pub mod e2e;
@@ -83,8 +84,11 @@ pub mod fixtures {
 
 /// Starts another `sluice` process (this binary) with extra environment, for benches that
 /// measure a role's own RSS.
+///
+/// `SLUICE_BENCH_WRAPPER` (e.g. `heaptrack`) runs each child under that program, to profile
+/// a role in the bench's own load; the RSS figures are then the wrapper's.
 pub fn spawn_self(args: &[&str], env: &[(&str, String)]) -> anyhow::Result<ChildProcess> {
-    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    let mut cmd = self_command()?;
     cmd.args(args)
         .env("RUST_LOG", "warn")
         .env("SLUICE_ADMIN__LISTEN", "127.0.0.1:0")
@@ -93,6 +97,19 @@ pub fn spawn_self(args: &[&str], env: &[(&str, String)]) -> anyhow::Result<Child
         cmd.env(k, v);
     }
     Ok(ChildProcess(cmd.spawn()?))
+}
+
+/// This binary as a command, under `SLUICE_BENCH_WRAPPER` when set (see [`spawn_self`]).
+pub fn self_command() -> anyhow::Result<std::process::Command> {
+    let exe = std::env::current_exe()?;
+    Ok(match std::env::var_os("SLUICE_BENCH_WRAPPER") {
+        Some(wrapper) => {
+            let mut cmd = std::process::Command::new(wrapper);
+            cmd.arg(exe);
+            cmd
+        }
+        None => std::process::Command::new(exe),
+    })
 }
 
 /// A child process stopped when dropped.

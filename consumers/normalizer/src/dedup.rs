@@ -10,11 +10,17 @@
 //! on the same raw partition, and whoever owns that partition rebuilds exactly the state it
 //! needs by reading that changelog partition on assignment. Records of the earlier format
 //! (one key per record, value = received time) are still read.
+//!
+//! In memory a committed key is held as a 128-bit fingerprint (the first half of its
+//! SHA-256), not as its text: a window of a million distinct deliveries then costs tens of
+//! MiB instead of over a hundred. A collision needs about 2^64 chosen ids, out of a sender's
+//! reach; the changelog keeps the full keys, so the fingerprint can change between versions.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
+use sha2::{Digest, Sha256};
 use sluice_stream::state::StateLog;
 
 #[derive(Debug, thiserror::Error)]
@@ -42,21 +48,30 @@ pub struct DedupStore {
 /// front as it moves, without scanning every key.
 #[derive(Debug, Default)]
 struct PartitionKeys {
-    times: HashMap<Arc<str>, i64>,
+    times: HashMap<Fingerprint, i64>,
     /// In the order keys were recorded; received times are nearly in that order, and a key
     /// recorded out of order is pruned a little late, never early.
-    by_age: VecDeque<(i64, Arc<str>)>,
+    by_age: VecDeque<(i64, Fingerprint)>,
+}
+
+/// What the store remembers of a delivery key; see the module comment.
+type Fingerprint = [u8; 16];
+
+fn fingerprint(key: &str) -> Fingerprint {
+    let digest = Sha256::digest(key.as_bytes());
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&digest[..16]);
+    out
 }
 
 impl PartitionKeys {
-    fn insert(&mut self, key: String, at_ms: i64) {
-        let key: Arc<str> = key.into();
-        self.times.insert(key.clone(), at_ms);
+    fn insert(&mut self, key: Fingerprint, at_ms: i64) {
+        self.times.insert(key, at_ms);
         self.by_age.push_back((at_ms, key));
     }
 
     fn get(&self, key: &str) -> Option<i64> {
-        self.times.get(key).copied()
+        self.times.get(&fingerprint(key)).copied()
     }
 
     /// Drops every key recorded before `oldest_ms`.
@@ -149,7 +164,8 @@ impl DedupStore {
             let mut seen = self.seen.lock().expect("dedup lock");
             for (p, keys) in pending {
                 let partition = seen.entry(p).or_default();
-                let mut keys: Vec<(String, i64)> = keys.into_iter().collect();
+                let mut keys: Vec<(Fingerprint, i64)> =
+                    keys.iter().map(|(k, at)| (fingerprint(k), *at)).collect();
                 keys.sort_by_key(|(_, at)| *at);
                 for (key, at) in keys {
                     partition.insert(key, at);
@@ -190,12 +206,13 @@ impl DedupStore {
         partitions: &[i32],
         now_ms: i64,
     ) -> Result<usize, DedupError> {
-        let mut state: HashMap<i32, HashMap<String, i64>> =
+        let mut state: HashMap<i32, HashMap<Fingerprint, i64>> =
             partitions.iter().map(|p| (*p, HashMap::new())).collect();
         log.read(&self.topic, partitions, &mut |p, key, value| {
             let keys = state.entry(p).or_default();
             let key = String::from_utf8_lossy(key).into_owned();
             for (key, t) in entries(key, value) {
+                let key = fingerprint(&key);
                 match t {
                     Some(t) if now_ms - t <= self.window_ms => {
                         keys.insert(key, t);
@@ -215,7 +232,7 @@ impl DedupStore {
         let mut seen = self.seen.lock().expect("dedup lock");
         for (partition, keys) in state {
             n += keys.len();
-            let mut keys: Vec<(String, i64)> = keys.into_iter().collect();
+            let mut keys: Vec<(Fingerprint, i64)> = keys.into_iter().collect();
             keys.sort_by_key(|(_, at)| *at);
             let mut restored = PartitionKeys::default();
             for (key, at) in keys {

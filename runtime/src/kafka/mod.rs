@@ -33,6 +33,19 @@ pub enum ClientError {
 /// (the topology declares those, checked against the sources' body limits).
 pub const DEFAULT_MESSAGE_MAX_BYTES: u64 = 32 * 1024 * 1024;
 
+/// The consumers' read-ahead unless `kafka.properties` sets it. librdkafka checks its queue
+/// limit only before a fetch and bounds a fetch by *compressed* bytes, while every queued
+/// record keeps its whole decompressed producer batch (up to 1 MB) alive; with its defaults
+/// (1 MiB per partition, 64 MiB queue) a normalizer restarted on a backlog held hundreds of
+/// MiB. Small fetches alone slowed the loops fourfold because a partition whose queue is full
+/// waited `fetch.queue.backoff.ms` (1 s by default) before its next fetch; 20 ms keeps the
+/// throughput (docs/benchmarks.md, "Memory bounded by configuration").
+pub const FETCH_BOUNDS: [(&str, &str); 3] = [
+    ("max.partition.fetch.bytes", "8192"),
+    ("queued.max.messages.kbytes", "8192"),
+    ("fetch.queue.backoff.ms", "20"),
+];
+
 /// Builds librdkafka configurations from [`KafkaConfig`].
 #[derive(Debug, Clone)]
 pub struct KafkaClients {
@@ -125,10 +138,19 @@ impl KafkaClients {
     }
 
     /// Consumer with manual offset management and `read_committed` isolation, so it never
-    /// sees the outputs of aborted transactions.
+    /// sees the outputs of aborted transactions, and a read-ahead bounded in memory (see
+    /// [`FETCH_BOUNDS`]).
     pub fn consumer_config(&self, role: &str, group_id: &str) -> Result<ClientConfig, ConfigError> {
         let mut c = self.base(role)?;
         c.set("group.id", group_id);
+        for (key, value) in FETCH_BOUNDS {
+            set_default(&mut c, key, value);
+        }
+        // librdkafka refuses a `fetch.max.bytes` below `message.max.bytes`, and sizes it
+        // itself from that when left unset.
+        if c.get("message.max.bytes").is_none() {
+            set_default(&mut c, "fetch.max.bytes", "1048576");
+        }
         set_default(&mut c, "enable.auto.commit", "false");
         set_default(&mut c, "enable.auto.offset.store", "false");
         set_default(&mut c, "auto.offset.reset", "earliest");
@@ -207,8 +229,6 @@ impl KafkaClients {
     }
 }
 
-/// Creates `topic` unless it exists. Topology apply is the real path for declared topics;
-/// this is for tools and tests that need a scratch topic.
 /// A transactional producer could not be made ready.
 #[derive(Debug, thiserror::Error)]
 #[error("{what}: {source}")]
@@ -257,6 +277,8 @@ pub async fn blocking<T: Send + 'static>(
         .unwrap_or(Err(KafkaError::Canceled))
 }
 
+/// Creates `topic` unless it exists. Topology apply is the real path for declared topics;
+/// this is for tools and tests that need a scratch topic.
 pub async fn create_topic_if_missing(
     admin: &AdminClient<DefaultClientContext>,
     topic: &str,
@@ -322,5 +344,29 @@ mod tests {
         let c = clients.consumer_config("norm", "g").unwrap();
         assert_eq!(c.get("enable.auto.commit"), Some("false"));
         assert_eq!(c.get("isolation.level"), Some("read_committed"));
+    }
+
+    #[test]
+    fn consumers_read_ahead_a_bounded_amount_unless_told_otherwise() {
+        let c = KafkaClients::new(KafkaConfig::default())
+            .consumer_config("norm", "g")
+            .unwrap();
+        assert_eq!(c.get("max.partition.fetch.bytes"), Some("8192"));
+        assert_eq!(c.get("queued.max.messages.kbytes"), Some("8192"));
+        assert_eq!(c.get("fetch.queue.backoff.ms"), Some("20"));
+        assert_eq!(c.get("fetch.max.bytes"), Some("1048576"));
+        c.create::<rdkafka::consumer::BaseConsumer>()
+            .expect("librdkafka takes the bounds");
+
+        let mut cfg = KafkaConfig::default();
+        cfg.properties
+            .insert("queued.max.messages.kbytes".into(), "65536".into());
+        cfg.properties
+            .insert("message.max.bytes".into(), "33554432".into());
+        let c = KafkaClients::new(cfg).consumer_config("norm", "g").unwrap();
+        assert_eq!(c.get("queued.max.messages.kbytes"), Some("65536"));
+        assert_eq!(c.get("fetch.max.bytes"), None, "librdkafka sizes it");
+        c.create::<rdkafka::consumer::BaseConsumer>()
+            .expect("a larger message.max.bytes is still a valid consumer");
     }
 }
