@@ -13,7 +13,9 @@
 //!    second, and saga duration (end to end as the client sees it, and start to completion
 //!    as the orchestrator measures it); then a paced run below saturation for latency
 //!    without queueing.
-//! 4. **Peer** (`--peer restate`): the same saga on Restate, with the ratios against sluice's
+//! 4. **Backlog** (`--backlog N`): both roles stopped, N orders queued, both started again:
+//!    the drain rate and each role's memory over it (see [`super::backlog`]).
+//! 5. **Peer** (`--peer restate`): the same saga on Restate, with the ratios against sluice's
 //!    figures (see [`super::restate`]).
 
 use std::collections::{BTreeSet, HashMap};
@@ -64,6 +66,12 @@ pub struct BenchArgs {
     /// Skip the memory phase.
     #[arg(long)]
     pub no_memory: bool,
+    /// Orders queued while the saga roles are down, then drained (0: skip the phase).
+    #[arg(long, default_value_t = 0)]
+    pub backlog: usize,
+    /// Passed to the orchestrator (its default when absent).
+    #[arg(long)]
+    pub max_in_flight: Option<usize>,
     /// Measure the two chains only (the ceilings), not the sagas.
     #[arg(long)]
     pub ceilings_only: bool,
@@ -80,7 +88,7 @@ pub struct BenchArgs {
 }
 
 /// A child process stopped when dropped.
-struct Child(std::process::Child, std::net::SocketAddr);
+pub(super) struct Child(std::process::Child, std::net::SocketAddr);
 
 impl Drop for Child {
     fn drop(&mut self) {
@@ -92,7 +100,7 @@ impl Drop for Child {
 impl Child {
     fn spawn(args: &[&str], instance: &str) -> anyhow::Result<Self> {
         let admin = phases::free_admin_addr()?;
-        let child = std::process::Command::new(std::env::current_exe()?)
+        let child = super::self_command()?
             .args(args)
             .env("SLUICE_INSTANCE_ID", instance)
             .env("SLUICE_ADMIN__LISTEN", admin.to_string())
@@ -102,7 +110,12 @@ impl Child {
         Ok(Self(child, admin))
     }
 
-    fn rss_kib(&self) -> Option<u64> {
+    /// Peak resident set size so far (Linux `VmHWM`), in MiB.
+    pub(super) fn peak_rss_mib(&self) -> Option<f64> {
+        super::peak_rss_mib(self.0.id())
+    }
+
+    pub(super) fn rss_kib(&self) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).ok()?;
         let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
         line.split_whitespace().nth(1)?.parse().ok()
@@ -174,10 +187,17 @@ pub async fn run(config: &SluiceConfig, args: BenchArgs) -> anyhow::Result<ExitC
     if let Some(l) = &args.batching.linger {
         tuning.extend(["--linger", l.as_str()]);
     }
-    let orchestrator = Child::spawn(
-        &[&["saga", "run", "--topology", &path][..], &tuning].concat(),
-        "bench",
-    )?;
+    let max_in_flight = args.max_in_flight.map(|m| m.to_string());
+    let mut orchestrator_args = [&["saga", "run", "--topology", &path][..], &tuning].concat();
+    if let Some(m) = &max_in_flight {
+        orchestrator_args.extend(["--max-in-flight", m.as_str()]);
+    }
+    let participant_args = [
+        &["saga", "participant", "--role", "all", "--topology", &path][..],
+        &tuning,
+    ]
+    .concat();
+    let orchestrator = Child::spawn(&orchestrator_args, "bench")?;
     let publisher = Publisher::new(&clients, &registry, &catalog, &topology).await?;
     let events = naming::events_topic(&prefix, "sagas");
     let codec = AvroCodec::new(registry.clone());
@@ -244,14 +264,7 @@ pub async fn run(config: &SluiceConfig, args: BenchArgs) -> anyhow::Result<ExitC
     }
 
     // The participants arrive: the waiting sagas complete, which also warms everything up.
-    let participants = Child::spawn(
-        &[
-            &["saga", "participant", "--role", "all", "--topology", &path][..],
-            &tuning,
-        ]
-        .concat(),
-        "bench",
-    )?;
+    let participants = Child::spawn(&participant_args, "bench")?;
     waiting.extend(first);
     wait_for(
         &clients,
@@ -327,6 +340,20 @@ pub async fn run(config: &SluiceConfig, args: BenchArgs) -> anyhow::Result<ExitC
     }
     drop(orchestrator);
     drop(participants);
+    if args.backlog > 0 {
+        let start = || {
+            Ok((
+                Child::spawn(&orchestrator_args, "bench")?,
+                Child::spawn(&participant_args, "bench")?,
+            ))
+        };
+        let drain =
+            super::backlog::drain(&publisher, &clients, &events, &prefix, args.backlog, start)
+                .await?;
+        for line in drain.describe() {
+            println!("{line}");
+        }
+    }
     if args.keep {
         println!("kept the topics under `{prefix}.` and their subjects");
     } else {

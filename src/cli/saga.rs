@@ -48,6 +48,10 @@ pub struct OrchestratorArgs {
     /// ignored; after it the state record is deleted (tombstoned) from the state topic.
     #[arg(long, default_value = "7d")]
     pub keep_finished: String,
+    /// Most sagas running or compensating at once; triggers beyond it wait unread in their
+    /// partitions, so memory follows this, not the backlog of orders.
+    #[arg(long, default_value_t = orchestrator::DEFAULT_MAX_IN_FLIGHT)]
+    pub max_in_flight: usize,
     #[command(flatten)]
     pub batching: Batching,
 }
@@ -247,6 +251,7 @@ pub async fn run_orchestrator(
     )
     .await?;
     orchestrator.keep_finished_ms = i64::try_from(keep_finished.as_millis())?;
+    orchestrator.max_in_flight = args.max_in_flight.max(1);
     let orchestrator = Arc::new(orchestrator);
     let router = failure_router(&topology);
     let mut topics = orchestrator.input_topics();

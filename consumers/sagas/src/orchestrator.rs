@@ -17,10 +17,16 @@
 //! partition, and read back from it when that replies partition is assigned. Memory holds
 //! only what is committed (the batch's own changes are applied when it commits), which is
 //! also what the [timer](super::timer) scans for deadlines.
+//!
+//! Memory follows [`Orchestrator::max_in_flight`], not the backlog: at that many running
+//! instances, triggers wait unread in their partitions (see [`Handler::admit`]) while replies
+//! keep flowing, so a restart on a million queued orders holds a bounded set of sagas.
 
 use sluice_stream::ErrorClass;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use apache_avro::types::Value;
 use serde_json::{json, Value as Json};
@@ -46,7 +52,7 @@ use super::{home_partition, SagaError};
 use sluice_stream::headers as routing;
 use sluice_stream::state::kafka as compacted;
 use sluice_stream::state::{restore_latest, KafkaStateLog, Ownership, SharedLog};
-use sluice_stream::{Assigned, Handler, HandlerError, Output, Record};
+use sluice_stream::{Admit, Assigned, Handler, HandlerError, Output, Record};
 
 /// The orchestrator's consumer group for a topology prefix.
 pub fn group(prefix: &str) -> String {
@@ -112,6 +118,14 @@ enum Count {
 /// dedup window: a trigger redelivered within it does not start the saga again.
 pub const DEFAULT_KEEP_FINISHED_MS: i64 = 7 * 24 * 3_600_000;
 
+/// Running instances unless configured: about 35 MiB of instance state at a few KiB each,
+/// and several seconds of work at the burst rate of `sluice saga bench`, so a full house
+/// still keeps the participants busy.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 10_000;
+
+/// How long a trigger partition waits before its next trigger is offered again at the cap.
+const ADMIT_AGAIN_AFTER: Duration = Duration::from_millis(100);
+
 pub struct Orchestrator {
     /// Where instances' state is read back from.
     state: SharedLog,
@@ -133,6 +147,13 @@ pub struct Orchestrator {
     /// for the same saga id is recognised and ignored; after it the record is deleted (a
     /// tombstone), so the state topic and memory do not grow with every saga ever run.
     pub keep_finished_ms: i64,
+    /// Most instances running or compensating at once; a trigger beyond it waits in its
+    /// partition.
+    pub max_in_flight: usize,
+    /// Triggers admitted in the batch in progress, and in the last committed one. An
+    /// instance counts in the store once its start control is applied, usually in the next
+    /// batch, so until then its trigger counts here.
+    admitted: [AtomicUsize; 2],
 }
 
 /// What an orchestrator runs: its sagas, and the (topic, event type) pairs they read or
@@ -295,6 +316,8 @@ impl Orchestrator {
             metrics,
             finished_retention_ms: 60_000,
             keep_finished_ms: DEFAULT_KEEP_FINISHED_MS,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            admitted: Default::default(),
         }
     }
     /// The topics the loop consumes: every saga's replies topic and trigger topic.
@@ -927,6 +950,13 @@ impl Orchestrator {
 }
 
 impl Orchestrator {
+    fn is_trigger(&self, record: &Record) -> bool {
+        let topic = record
+            .header(routing::ORIGINAL_TOPIC)
+            .unwrap_or(&record.topic);
+        self.by_trigger_topic.contains_key(topic)
+    }
+
     /// Routes one record: a reply or control message to its instance, a trigger to the sagas
     /// it starts.
     async fn route(&self, record: &Record) -> Result<Vec<Output>, HandlerError> {
@@ -948,6 +978,20 @@ impl Orchestrator {
 }
 
 impl Handler for Orchestrator {
+    fn admit(&self, record: &Record) -> Admit {
+        if !self.is_trigger(record) {
+            return Admit::Now;
+        }
+        let [now, last] = &self.admitted;
+        let taken =
+            self.store.moving() + now.load(Ordering::Relaxed) + last.load(Ordering::Relaxed);
+        if taken >= self.max_in_flight {
+            return Admit::Later(ADMIT_AGAIN_AFTER);
+        }
+        now.fetch_add(1, Ordering::Relaxed);
+        Admit::Now
+    }
+
     async fn handle(&self, record: &Record) -> Result<Vec<Output>, HandlerError> {
         // This hop's span: a child of the trigger's or reply's, the parent of what the
         // transition writes.
@@ -1002,6 +1046,11 @@ impl Handler for Orchestrator {
 
     fn on_batch_end(&self, committed: bool) {
         self.store.finish(committed);
+        let [now, last] = &self.admitted;
+        let admitted = now.swap(0, Ordering::Relaxed);
+        if committed {
+            last.store(admitted, Ordering::Relaxed);
+        }
         let counts = std::mem::take(&mut *self.counts.lock().expect("saga counts"));
         if committed {
             self.apply_counts(counts);

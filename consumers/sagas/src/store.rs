@@ -2,7 +2,7 @@
 //! owns, the changes of the batch in progress (applied only once the batch commits), and an
 //! index of pending deadlines so the timer never walks every instance.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use sluice_stream::state::Staged;
@@ -44,7 +44,19 @@ struct Committed {
     slots: HashMap<Partition, HashMap<String, Slot>>,
     /// (due at, saga, partition, id) of every committed instance with a deadline.
     deadlines: BTreeSet<(i64, usize, i32, String)>,
+    /// How many slots are [`is_moving`], kept as slots change so the orchestrator's
+    /// admission check costs nothing per trigger.
+    moving: usize,
+    /// Instances that finished while held in full, oldest first (some may have been
+    /// replaced or dropped since): beyond [`FINISHED_IN_FULL`] the oldest keep only their
+    /// status, whatever the retention time.
+    finished_in_full: VecDeque<(usize, i32, String)>,
 }
+
+/// Most finished instances held in full. They are kept a while only to tell a late reply
+/// from a duplicate in the metrics; at a few KiB each, a drain at thousands of sagas per
+/// second would otherwise hold a minute's worth (hundreds of MiB) at once.
+pub const FINISHED_IN_FULL: usize = 10_000;
 
 /// When a finished instance finished; `None` while it runs.
 pub fn finished_at(slot: &Slot) -> Option<i64> {
@@ -53,6 +65,12 @@ pub fn finished_at(slot: &Slot) -> Option<i64> {
         Slot::Live(_) => None,
         Slot::Gone { finished_at, .. } => Some(*finished_at),
     }
+}
+
+/// Running or compensating: an instance whose steps are still under way. A parked one waits
+/// for an operator and does not count, so parked sagas never stop new ones from starting.
+fn is_moving(slot: &Slot) -> bool {
+    matches!(slot, Slot::Live(i) if matches!(i.status, Status::Running | Status::Compensating))
 }
 
 fn due_at(slot: &Slot) -> Option<i64> {
@@ -71,11 +89,38 @@ impl Committed {
         if let Some(d) = due_at(&slot) {
             self.deadlines.insert((d, saga, p, id.clone()));
         }
-        m.insert(id, slot);
+        self.moving += usize::from(is_moving(&slot));
+        if matches!(&slot, Slot::Live(i) if i.status.is_terminal()) {
+            self.finished_in_full.push_back((saga, p, id.clone()));
+        }
+        if let Some(old) = m.insert(id, slot) {
+            self.moving -= usize::from(is_moving(&old));
+        }
+    }
+
+    /// Keeps only the status of the oldest finished instances beyond [`FINISHED_IN_FULL`].
+    fn trim_finished(&mut self) {
+        while self.finished_in_full.len() > FINISHED_IN_FULL {
+            let Some((saga, p, id)) = self.finished_in_full.pop_front() else {
+                break;
+            };
+            let Some(slot) = self.slots.get_mut(&(saga, p)).and_then(|m| m.get_mut(&id)) else {
+                continue;
+            };
+            if let Slot::Live(i) = slot {
+                if i.status.is_terminal() {
+                    *slot = Slot::Gone {
+                        status: i.status,
+                        finished_at: i.updated_at,
+                    };
+                }
+            }
+        }
     }
 
     fn remove(&mut self, (saga, p): Partition, id: &str) {
         if let Some(slot) = self.slots.get_mut(&(saga, p)).and_then(|m| m.remove(id)) {
+            self.moving -= usize::from(is_moving(&slot));
             if let Some(d) = due_at(&slot) {
                 self.deadlines.remove(&(d, saga, p, id.to_string()));
             }
@@ -85,6 +130,7 @@ impl Committed {
     fn drop_partition(&mut self, (saga, p): Partition) {
         if let Some(m) = self.slots.remove(&(saga, p)) {
             for (id, slot) in m {
+                self.moving -= usize::from(is_moving(&slot));
                 if let Some(d) = due_at(&slot) {
                     self.deadlines.remove(&(d, saga, p, id));
                 }
@@ -138,6 +184,7 @@ impl Store {
                 None => c.remove((saga, p), &id),
             }
         }
+        c.trim_finished();
     }
 
     /// Replaces a partition's state with what was read from the state topic.
@@ -148,6 +195,7 @@ impl Store {
         for (id, slot) in slots {
             c.put((saga, partition), id, slot);
         }
+        c.trim_finished();
     }
 
     pub fn drop_partition(&self, saga: usize, partition: i32) {
@@ -218,6 +266,11 @@ impl Store {
             }
         }
         tallies
+    }
+
+    /// Committed instances still running or compensating (parked ones are not counted).
+    pub fn moving(&self) -> usize {
+        self.committed.lock().expect("saga store").moving
     }
 
     /// Instances held in full.
@@ -303,6 +356,73 @@ mod tests {
         assert!(
             store.get(0, 1, "z").is_none(),
             "a change to a partition dropped meanwhile is left to its new owner"
+        );
+    }
+
+    #[test]
+    fn the_moving_count_follows_commits_finishes_parks_and_revocations() {
+        let store = Store::default();
+        store.load(0, 1, HashMap::new());
+        store.load(0, 2, HashMap::new());
+        store.stage(0, 1, "a".into(), instance("a", None));
+        store.stage(0, 1, "b".into(), instance("b", None));
+        store.stage(0, 2, "c".into(), instance("c", None));
+        assert_eq!(store.moving(), 0, "uncommitted instances do not count");
+        store.finish(true);
+        assert_eq!(store.moving(), 3);
+        store.stage(0, 1, "a".into(), instance("a", Some(5)));
+        store.finish(true);
+        assert_eq!(store.moving(), 3, "a new state of a running instance");
+        store.stage(0, 1, "a".into(), finished("a", 10));
+        let mut parked = (*instance("b", None)).clone();
+        parked.status = Status::Parked;
+        store.stage(0, 1, "b".into(), Arc::new(parked));
+        store.finish(true);
+        assert_eq!(store.moving(), 1, "finished and parked ones do not count");
+        store.sweep(1, 100, 50);
+        assert_eq!(store.moving(), 1);
+        store.drop_partition(0, 2);
+        assert_eq!(store.moving(), 0, "a revoked partition's instances leave");
+        let mut slots = HashMap::new();
+        slots.insert("d".to_string(), Slot::Live(instance("d", None)));
+        slots.insert(
+            "e".to_string(),
+            Slot::Gone {
+                status: Status::Completed,
+                finished_at: 1,
+            },
+        );
+        store.load(0, 2, slots);
+        assert_eq!(store.moving(), 1, "restored instances count");
+        store.stage_delete(0, 2, "d".into());
+        store.finish(true);
+        assert_eq!(store.moving(), 0);
+    }
+
+    #[test]
+    fn only_so_many_finished_instances_stay_in_full() {
+        let store = Store::default();
+        store.load(0, 0, HashMap::new());
+        // Batches apply in commit order (within one, in no particular order).
+        for batch in [0..5, 5..FINISHED_IN_FULL + 5] {
+            for i in batch {
+                store.stage(0, 0, format!("s{i}"), finished(&format!("s{i}"), i as i64));
+            }
+            store.finish(true);
+        }
+        assert_eq!(store.live(), FINISHED_IN_FULL);
+        for i in 0..5 {
+            assert!(
+                matches!(store.get(0, 0, &format!("s{i}")), Some(Slot::Gone { finished_at, .. }) if finished_at == i as i64),
+                "the oldest keep their status and finish time"
+            );
+        }
+        assert!(matches!(store.get(0, 0, "s5"), Some(Slot::Live(_))));
+        store.stage(0, 0, "r".into(), instance("r", None));
+        store.finish(true);
+        assert!(
+            matches!(store.get(0, 0, "r"), Some(Slot::Live(_))),
+            "running instances are never trimmed"
         );
     }
 

@@ -18,7 +18,7 @@ use super::outcome::{Outcomes, RecordOutcome};
 use super::processing::{now_ms, LoopError};
 use super::rebalance::TopicPartition;
 use super::refusals::{self, Origin, RefusalClass, Refusals};
-use super::{ErrorClass, Handler, HandlerError, Output, Record};
+use super::{Admit, ErrorClass, Handler, HandlerError, Output, Record};
 
 /// Where a partition task hands each output as it makes it: the producer, while the
 /// batch's transaction is open, so producing overlaps handling.
@@ -228,7 +228,8 @@ struct PartitionResult {
     outputs: Vec<(u64, Option<Origin>, Output)>,
     /// Offset to commit (one past the last record handled), if any was.
     next_offset: Option<i64>,
-    /// A retry record that is not yet due: its offset and due time.
+    /// A retry record that is not yet due, or a record the handler does not admit yet: its
+    /// offset and when to offer it again.
     wait_until: Option<(i64, i64)>,
     /// A record made an output Kafka cannot take: the batch must not commit.
     refused: Option<LoopError>,
@@ -275,6 +276,10 @@ async fn handle_partition<H: Handler>(
                 result.wait_until = Some((record.offset, due));
                 break;
             }
+        }
+        if let Admit::Later(delay) = handler.admit(&record) {
+            result.wait_until = Some((record.offset, now_ms() + delay.as_millis() as i64));
+            break;
         }
         if let Some(refusal) = ctx.refusals.get(&record) {
             // Its outputs were refused last time round: dead-lettered unhandled, outside

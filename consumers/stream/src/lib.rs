@@ -178,6 +178,15 @@ pub type Assigned = Vec<(String, i32)>;
 
 /// What a consumer does with each record.
 pub trait Handler: Send + Sync + 'static {
+    /// Whether to take `record` now. A handler already holding all it may (an orchestrator
+    /// at its in-flight cap) answers [`Admit::Later`]: the record's partition is held at
+    /// it, unhandled and uncommitted, and read again after the delay, while its other
+    /// partitions go on. How a consumer's memory stays bounded by configuration when the
+    /// work it takes on outlives the batch.
+    fn admit(&self, _record: &Record) -> Admit {
+        Admit::Now
+    }
+
     /// Processes one record. Called for records of one partition in offset order.
     fn handle(
         &self,
@@ -207,6 +216,14 @@ pub trait Handler: Send + Sync + 'static {
     /// (`false`, the batch will be handled again), so state derived from it is applied
     /// only when it is durable.
     fn on_batch_end(&self, _committed: bool) {}
+}
+
+/// A handler's answer to "take this record now?" (see [`Handler::admit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    Now,
+    /// Hold the record's partition at it for this long, then offer the record again.
+    Later(Duration),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
