@@ -242,6 +242,23 @@ impl Deployment {
 }
 
 /// A demo OrderPlaced.
+/// The saga with one step timeout, no step retries and the given compensation retries.
+fn topology_without_retries(prefix: &str, timeout: &str, compensation_retry: &str) -> String {
+    scratch_topology(
+        &crate::support::reference_topology(),
+        SAGA,
+        &Scratch {
+            prefix,
+            partitions: 3,
+            timeout,
+            timeouts: &[],
+            retry: None,
+            compensation_retry,
+        },
+    )
+    .unwrap()
+}
+
 fn order(id: &str, skus: &[&str]) -> Json {
     let lines: Vec<Json> = skus
         .iter()
@@ -854,6 +871,56 @@ async fn finished_sagas_are_deleted_after_the_keep_period() {
     );
 }
 
+/// At `--max-in-flight` running sagas further orders wait unread in their partitions, and
+/// start as the running ones finish: none is lost, none starts twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_beyond_max_in_flight_wait_unread_and_start_as_others_finish() {
+    // Nobody answers for a while; nothing may time out meanwhile.
+    let d = Deployment::of(|prefix| {
+        topology_without_retries(prefix, "120s", "{max_attempts: 2, backoff: 300ms}")
+    })
+    .await;
+    let _orchestrator = d.orchestrator_with(&["--max-in-flight", "3"]);
+    let publisher = d.publisher().await;
+    let ids: Vec<String> = (0..12).map(|i| format!("{}-cap-{i}", d.prefix)).collect();
+    for id in &ids {
+        place(&publisher, id, &["A-1"]).await;
+    }
+    let started = |m: &BTreeMap<String, Vec<String>>| {
+        m.values()
+            .filter(|e| e.iter().any(|t| t == "SagaStarted"))
+            .count()
+    };
+    let mut lifecycle = Lifecycle::new(&d);
+    lifecycle
+        .until(Duration::from_secs(60), |m| started(m) >= 3)
+        .await;
+    // Long enough for a fourth to start if the cap did not hold (the trigger partitions are
+    // offered again every 100 ms).
+    lifecycle.until(Duration::from_secs(5), |_| false).await;
+    assert_eq!(
+        started(&lifecycle.by_id()),
+        3,
+        "with nobody answering, only --max-in-flight sagas start: {:?}",
+        lifecycle.by_id()
+    );
+
+    let _participants = d.participants(&[]);
+    lifecycle
+        .until_terminal(ids.iter(), Duration::from_secs(120))
+        .await;
+    let events = lifecycle.by_id();
+    for id in &ids {
+        let of = events.get(id).map(Vec::as_slice).unwrap_or_default();
+        assert_eq!(Lifecycle::terminal(of), ["SagaCompleted"], "{id}: {of:?}");
+        assert_eq!(
+            of.iter().filter(|t| *t == "SagaStarted").count(),
+            1,
+            "{id} started once: {of:?}"
+        );
+    }
+}
+
 /// `sluice sagas`, the orchestrator's old name, still runs it: scripts and manifests written
 /// before `sluice saga run` keep working.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1000,21 +1067,13 @@ async fn crashing_the_orchestrator_loses_and_repeats_nothing() {
 /// the parked ones with `sluice saga abort` or `retry`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_definition_change_under_a_compensating_saga_parks_it_and_the_orchestrator_runs_on() {
+    // The failing release keeps being retried while the test changes the topology.
     let d = Deployment::of(|prefix| {
-        scratch_topology(
-            &crate::support::reference_topology(),
-            SAGA,
-            &Scratch {
-                prefix,
-                partitions: 3,
-                timeout: "3s",
-                timeouts: &[],
-                retry: None,
-                // The failing release keeps being retried while the test changes the topology.
-                compensation_retry: "{max_attempts: 1000, backoff: 500ms, max_backoff: 1s}",
-            },
+        topology_without_retries(
+            prefix,
+            "3s",
+            "{max_attempts: 1000, backoff: 500ms, max_backoff: 1s}",
         )
-        .unwrap()
     })
     .await;
     let mut orchestrator = d.orchestrator();

@@ -24,7 +24,6 @@
 
 use sluice_stream::ErrorClass;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -53,6 +52,9 @@ use sluice_stream::headers as routing;
 use sluice_stream::state::kafka as compacted;
 use sluice_stream::state::{restore_latest, KafkaStateLog, Ownership, SharedLog};
 use sluice_stream::{Admit, Assigned, Handler, HandlerError, Output, Record};
+
+mod admission;
+use admission::Admission;
 
 /// The orchestrator's consumer group for a topology prefix.
 pub fn group(prefix: &str) -> String {
@@ -150,10 +152,7 @@ pub struct Orchestrator {
     /// Most instances running or compensating at once; a trigger beyond it waits in its
     /// partition.
     pub max_in_flight: usize,
-    /// Triggers admitted in the batch in progress, and in the last committed one. An
-    /// instance counts in the store once its start control is applied, usually in the next
-    /// batch, so until then its trigger counts here.
-    admitted: [AtomicUsize; 2],
+    admission: Admission,
 }
 
 /// What an orchestrator runs: its sagas, and the (topic, event type) pairs they read or
@@ -317,7 +316,7 @@ impl Orchestrator {
             finished_retention_ms: 60_000,
             keep_finished_ms: DEFAULT_KEEP_FINISHED_MS,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
-            admitted: Default::default(),
+            admission: Admission::default(),
         }
     }
     /// The topics the loop consumes: every saga's replies topic and trigger topic.
@@ -510,15 +509,18 @@ impl Orchestrator {
             let c = Control::from_value(&value).map_err(bad)?;
             match c.action {
                 Action::Expire => return Ok(self.expire(s, home, &id)),
-                Action::Start => Input::Start {
-                    data: c.data.unwrap_or_else(|| "{}".into()),
-                    trigger: TriggerRef {
-                        event_id: c.trigger_event_id,
-                        event_type: c.trigger_type.unwrap_or_default(),
-                        location: c.trigger_location,
-                    },
-                    traceparent: record.header(TRACEPARENT).map(str::to_string),
-                },
+                Action::Start => {
+                    self.admission.applied();
+                    Input::Start {
+                        data: c.data.unwrap_or_else(|| "{}".into()),
+                        trigger: TriggerRef {
+                            event_id: c.trigger_event_id,
+                            event_type: c.trigger_type.unwrap_or_default(),
+                            location: c.trigger_location,
+                        },
+                        traceparent: record.header(TRACEPARENT).map(str::to_string),
+                    }
+                }
                 Action::Deadline => Input::Deadline {
                     command_id: c.command_id.unwrap_or_default(),
                     due_at: c.due_at.unwrap_or_default(),
@@ -968,7 +970,9 @@ impl Orchestrator {
             return self.on_input(s, record).await;
         }
         if let Some(sagas) = self.by_trigger_topic.get(&topic) {
-            return self.on_trigger(sagas, record).await;
+            let starts = self.on_trigger(sagas, record).await;
+            self.admission.made(starts.as_ref().map_or(0, Vec::len));
+            return starts;
         }
         Err(HandlerError::permanent(
             ErrorClass::UnknownTopic,
@@ -982,14 +986,14 @@ impl Handler for Orchestrator {
         if !self.is_trigger(record) {
             return Admit::Now;
         }
-        let [now, last] = &self.admitted;
-        let taken =
-            self.store.moving() + now.load(Ordering::Relaxed) + last.load(Ordering::Relaxed);
-        if taken >= self.max_in_flight {
-            return Admit::Later(ADMIT_AGAIN_AFTER);
+        if self
+            .admission
+            .admit(self.store.moving(), self.max_in_flight)
+        {
+            Admit::Now
+        } else {
+            Admit::Later(ADMIT_AGAIN_AFTER)
         }
-        now.fetch_add(1, Ordering::Relaxed);
-        Admit::Now
     }
 
     async fn handle(&self, record: &Record) -> Result<Vec<Output>, HandlerError> {
@@ -1002,6 +1006,7 @@ impl Handler for Orchestrator {
     }
 
     async fn on_assigned(&self, partitions: &Assigned) -> Result<(), HandlerError> {
+        self.admission.rebalanced();
         let finished_before = metadata::now_ms() - self.finished_retention_ms;
         for (s, saga) in self.sagas.iter().enumerate() {
             let needed = self.owned[s].assign(partitions, |t| t == saga.replies_topic);
@@ -1037,6 +1042,7 @@ impl Handler for Orchestrator {
     }
 
     fn on_revoked(&self, partitions: &Assigned) {
+        self.admission.rebalanced();
         for (s, owned) in self.owned.iter().enumerate() {
             for p in owned.revoke(partitions) {
                 self.store.drop_partition(s, p);
@@ -1046,11 +1052,7 @@ impl Handler for Orchestrator {
 
     fn on_batch_end(&self, committed: bool) {
         self.store.finish(committed);
-        let [now, last] = &self.admitted;
-        let admitted = now.swap(0, Ordering::Relaxed);
-        if committed {
-            last.store(admitted, Ordering::Relaxed);
-        }
+        self.admission.batch_end(committed);
         let counts = std::mem::take(&mut *self.counts.lock().expect("saga counts"));
         if committed {
             self.apply_counts(counts);

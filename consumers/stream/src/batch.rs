@@ -277,10 +277,6 @@ async fn handle_partition<H: Handler>(
                 break;
             }
         }
-        if let Admit::Later(delay) = handler.admit(&record) {
-            result.wait_until = Some((record.offset, now_ms() + delay.as_millis() as i64));
-            break;
-        }
         if let Some(refusal) = ctx.refusals.get(&record) {
             // Its outputs were refused last time round: dead-lettered unhandled, outside
             // per-key ordering (nothing of it can ever be delivered in order).
@@ -300,6 +296,10 @@ async fn handle_partition<H: Handler>(
             );
             result.next_offset = Some(record.offset + 1);
             continue;
+        }
+        if let Admit::Later(delay) = handler.admit(&record) {
+            result.wait_until = Some((record.offset, now_ms() + delay.as_millis() as i64));
+            break;
         }
         let (stamp, decision) = match ctx.ordering {
             Some(o) => o.decide(&record),
