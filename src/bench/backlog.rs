@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use sluice_producers::publish::Publisher;
 use sluice_runtime::kafka::KafkaClients;
 
 use super::hops;
-use super::saga::{publish, Child, COMPLETED};
+use super::saga::{ce_type, publish, Child, COMPLETED};
 
 const COMPENSATED: &str = "dev.sluice.events.sagas.SagaCompensated";
 const FAILED: &str = "dev.sluice.events.sagas.SagaFailed";
@@ -84,7 +84,7 @@ pub(super) async fn drain(
         published.elapsed().as_secs_f64()
     );
     let (orchestrator, participants) = start()?;
-    let rss = |c: &Child| c.rss_kib().map_or(f64::NAN, |k| k as f64 / 1024.0);
+    let rss = |c: &Child| c.rss_mib().unwrap_or(f64::NAN);
 
     let consumer: StreamConsumer = clients
         .consumer_config(
@@ -130,12 +130,7 @@ pub(super) async fn drain(
         else {
             continue;
         };
-        let kind = m
-            .headers()
-            .context("a lifecycle event without headers")?
-            .iter()
-            .find(|h| h.key == "ce_type")
-            .and_then(|h| h.value);
+        let kind = ce_type(m.headers().context("a lifecycle event without headers")?);
         let done = match kind {
             Some(t) if t == COMPLETED.as_bytes() => true,
             Some(t) if t == COMPENSATED.as_bytes() || t == FAILED.as_bytes() => false,

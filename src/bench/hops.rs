@@ -11,12 +11,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_runtime::kafka::KafkaClients;
 use sluice_stream::state::kafka as compacted;
 
-use super::saga::percentile;
+use super::saga::{ce_type, percentile};
 
 /// Where each of `topics` ends now, so that only later records are read.
 pub(super) fn mark(clients: &KafkaClients, topics: &[&str]) -> anyhow::Result<TopicPartitionList> {
@@ -73,17 +73,12 @@ pub(super) fn read(
         let (Some(at), true) = (m.timestamp().to_millis(), key.starts_with(ids)) else {
             continue;
         };
-        let kind = m.headers().and_then(|hs| {
-            hs.iter()
-                .find(|h| h.key == "ce_type")
-                .and_then(|h| h.value)
-                .map(|v| {
-                    String::from_utf8_lossy(v)
-                        .rsplit('.')
-                        .next()
-                        .unwrap_or("")
-                        .to_string()
-                })
+        let kind = m.headers().and_then(ce_type).map(|v| {
+            String::from_utf8_lossy(v)
+                .rsplit('.')
+                .next()
+                .unwrap_or("")
+                .to_string()
         });
         if let Some(kind) = kind {
             records.entry(key).or_default().push((at, kind));

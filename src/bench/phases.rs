@@ -9,11 +9,6 @@ use std::net::SocketAddr;
 #[derive(Debug, Default, Clone)]
 pub(super) struct Snapshot(BTreeMap<(String, String), (f64, f64)>);
 
-/// A free loopback address for a child's admin server.
-pub(super) fn free_admin_addr() -> anyhow::Result<SocketAddr> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
-}
-
 /// Reads the phase and pickup histograms' sums and counts from `addr`'s `/metrics`.
 pub(super) async fn scrape(addr: SocketAddr) -> anyhow::Result<Snapshot> {
     let text = reqwest::get(format!("http://{addr}/metrics"))

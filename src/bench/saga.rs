@@ -26,7 +26,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use futures::future::join_all;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Message;
+use rdkafka::message::{Headers, Message};
 use rdkafka::TopicPartitionList;
 use sluice_producers::publish::Publisher;
 use sluice_runtime::kafka::KafkaClients;
@@ -38,7 +38,7 @@ use sluice_stream::state::kafka as compacted;
 use sluice_topology::{naming, Topology};
 
 use super::chain::{self, Mode};
-use super::{hops, phases};
+use super::{hops, phases, ChildProcess};
 
 pub(super) const SAGA: &str = "order-fulfillment";
 const ORDER_PLACED: &str = "dev.sluice.events.commerce.OrderPlaced";
@@ -87,39 +87,38 @@ pub struct BenchArgs {
     pub batching: crate::cli::saga::Batching,
 }
 
-/// A child process stopped when dropped.
-pub(super) struct Child(std::process::Child, std::net::SocketAddr);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+/// A saga role as a child process (stopped when dropped), with the admin address its
+/// metrics are scraped from.
+pub(super) struct Child(ChildProcess, std::net::SocketAddr);
 
 impl Child {
     fn spawn(args: &[&str], instance: &str) -> anyhow::Result<Self> {
-        let admin = phases::free_admin_addr()?;
-        let child = super::self_command()?
-            .args(args)
-            .env("SLUICE_INSTANCE_ID", instance)
-            .env("SLUICE_ADMIN__LISTEN", admin.to_string())
-            .env("RUST_LOG", "error")
-            .stdout(std::process::Stdio::null())
-            .spawn()?;
+        let admin = std::net::SocketAddr::from(([127, 0, 0, 1], super::free_port()?));
+        let child = super::spawn_self(
+            args,
+            &[
+                ("SLUICE_INSTANCE_ID", instance.to_string()),
+                ("SLUICE_ADMIN__LISTEN", admin.to_string()),
+                ("RUST_LOG", "error".to_string()),
+            ],
+        )?;
         Ok(Self(child, admin))
     }
 
     /// Peak resident set size so far (Linux `VmHWM`), in MiB.
     pub(super) fn peak_rss_mib(&self) -> Option<f64> {
-        super::peak_rss_mib(self.0.id())
+        self.0.peak_rss_mib()
     }
 
-    pub(super) fn rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-        line.split_whitespace().nth(1)?.parse().ok()
+    /// Resident set size now (Linux `VmRSS`), in MiB.
+    pub(super) fn rss_mib(&self) -> Option<f64> {
+        self.0.rss_mib()
     }
+}
+
+/// A record's CloudEvents type (its `ce_type` header).
+pub(super) fn ce_type<H: Headers>(headers: &H) -> Option<&[u8]> {
+    headers.iter().find(|h| h.key == "ce_type")?.value
 }
 
 pub(super) fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -225,7 +224,7 @@ pub async fn run(config: &SluiceConfig, args: BenchArgs) -> anyhow::Result<ExitC
             tokio::time::sleep(Duration::from_secs(2)).await;
             rss.push(
                 orchestrator
-                    .rss_kib()
+                    .rss_mib()
                     .context("reading the orchestrator's RSS")?,
             );
             let ids = publish(&publisher, &format!("{prefix}-mem{round}-"), args.sagas).await?;
@@ -236,7 +235,7 @@ pub async fn run(config: &SluiceConfig, args: BenchArgs) -> anyhow::Result<ExitC
         tokio::time::sleep(Duration::from_secs(2)).await;
         rss.push(
             orchestrator
-                .rss_kib()
+                .rss_mib()
                 .context("reading the orchestrator's RSS")?,
         );
         let state = naming::saga_state_topic(&prefix, SAGA);
@@ -249,15 +248,16 @@ pub async fn run(config: &SluiceConfig, args: BenchArgs) -> anyhow::Result<ExitC
                 records += 1;
             })
         })?;
-        let mib = |kib: u64| kib as f64 / 1024.0;
+        // Growth in KiB per saga (MiB × 1024 / sagas), never below zero.
+        let per_saga = |from: f64, to: f64| (to - from).max(0.0) * 1024.0 / args.sagas as f64;
         println!(
             "memory      orchestrator RSS {:.1} MiB, {:.1} MiB with {n} sagas waiting on their first step, {:.1} MiB with {}: {:.2} KiB per in-flight saga (second round; first round {:.2} KiB, including client buffers); a state record averages {:.2} KiB of JSON",
-            mib(rss[0]),
-            mib(rss[1]),
-            mib(rss[2]),
+            rss[0],
+            rss[1],
+            rss[2],
             2 * args.sagas,
-            rss[2].saturating_sub(rss[1]) as f64 / args.sagas as f64,
-            rss[1].saturating_sub(rss[0]) as f64 / args.sagas as f64,
+            per_saga(rss[1], rss[2]),
+            per_saga(rss[0], rss[1]),
             bytes as f64 / records.max(1) as f64 / 1024.0,
             n = args.sagas,
         );
@@ -522,8 +522,7 @@ pub(super) async fn wait_for(
         let m = m?;
         let at = Instant::now();
         let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
-        let is_type = rdkafka::message::Headers::iter(m.headers().context("no headers")?)
-            .any(|h| h.key == "ce_type" && h.value == Some(event_type.as_bytes()));
+        let is_type = ce_type(m.headers().context("no headers")?) == Some(event_type.as_bytes());
         if !is_type || !wanted.contains(&key) {
             continue;
         }
