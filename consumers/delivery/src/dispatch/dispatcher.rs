@@ -940,9 +940,7 @@ impl Dispatcher {
             }
         }
         tracing::warn!(topic = %tp.0, partition = tp.1, error = ?last, "rewinding a retry partition failed; its task waits in the tier again");
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(&tp.0, tp.1);
-        let _ = self.consumer.resume(&tpl);
+        self.resume_if_free(tp);
         false
     }
 
