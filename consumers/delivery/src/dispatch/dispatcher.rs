@@ -64,6 +64,10 @@ use super::hot::{HotHolds, TopicPartition};
 /// set up.
 type LimitSettings = (Option<u32>, Option<u32>, Option<BreakerSettings>);
 
+/// The dispatcher consumer's `fetch.wait.max.ms` unless configured: how long a partition
+/// resumed while the others are idle may wait for its first fetch.
+const RESUME_FETCH_WAIT_MS: &str = "10";
+
 /// How long an endpoint may fail continuously before it is disabled: 5 days.
 pub const DEFAULT_DISABLE_AFTER: Duration = Duration::from_secs(5 * 24 * 3600);
 
@@ -341,9 +345,17 @@ impl Dispatcher {
         shutdown: Shutdown,
     ) -> Result<Self, DispatchError> {
         let fail = |e: String| DispatchError::Start(e);
-        let consumer: StreamConsumer<RebalanceCounter> = clients
+        let mut consumer_config = clients
             .consumer_config("deliver", &config.group)
-            .map_err(|e| fail(e.to_string()))?
+            .map_err(|e| fail(e.to_string()))?;
+        // A resumed partition is fetched only once the fetch in flight for the others
+        // returns, and with nothing new on them that is librdkafka's long poll (500 ms):
+        // a hot endpoint's partition, resumed as its backlog halves, sat idle that long
+        // while its queue ran dry. Set in `kafka.properties` to override.
+        if consumer_config.get("fetch.wait.max.ms").is_none() {
+            consumer_config.set("fetch.wait.max.ms", RESUME_FETCH_WAIT_MS);
+        }
+        let consumer: StreamConsumer<RebalanceCounter> = consumer_config
             // Eager: a rebalance restarts every partition from its committed offset.
             .set("partition.assignment.strategy", "range")
             .create_with_context(RebalanceCounter::default())
