@@ -345,19 +345,8 @@ impl Dispatcher {
         shutdown: Shutdown,
     ) -> Result<Self, DispatchError> {
         let fail = |e: String| DispatchError::Start(e);
-        let mut consumer_config = clients
-            .consumer_config("deliver", &config.group)
-            .map_err(|e| fail(e.to_string()))?;
-        // A resumed partition is fetched only once the fetch in flight for the others
-        // returns, and with nothing new on them that is librdkafka's long poll (500 ms):
-        // a hot endpoint's partition, resumed as its backlog halves, sat idle that long
-        // while its queue ran dry. Set in `kafka.properties` to override.
-        if consumer_config.get("fetch.wait.max.ms").is_none() {
-            consumer_config.set("fetch.wait.max.ms", RESUME_FETCH_WAIT_MS);
-        }
-        let consumer: StreamConsumer<RebalanceCounter> = consumer_config
-            // Eager: a rebalance restarts every partition from its committed offset.
-            .set("partition.assignment.strategy", "range")
+        let consumer: StreamConsumer<RebalanceCounter> = consumer_config(clients, &config.group)
+            .map_err(|e| fail(e.to_string()))?
             .create_with_context(RebalanceCounter::default())
             .map_err(|e| fail(format!("creating the consumer: {e}")))?;
         let mut topics = vec![config.topics.tasks.as_str()];
@@ -1010,6 +999,23 @@ impl Dispatcher {
     }
 }
 
+/// The dispatcher's consumer: eager rebalances (every partition restarts from its committed
+/// offset), and a short long poll unless `kafka.properties` sets one. A resumed partition is
+/// fetched only once the fetch in flight for the others returns, and with nothing new on
+/// them that is librdkafka's long poll (500 ms): a hot endpoint's partition, resumed as its
+/// backlog halves, sat idle that long while its queue ran dry.
+fn consumer_config(
+    clients: &KafkaClients,
+    group: &str,
+) -> Result<rdkafka::ClientConfig, sluice_runtime::config::ConfigError> {
+    let mut c = clients.consumer_config("deliver", group)?;
+    if c.get("fetch.wait.max.ms").is_none() {
+        c.set("fetch.wait.max.ms", RESUME_FETCH_WAIT_MS);
+    }
+    c.set("partition.assignment.strategy", "range");
+    Ok(c)
+}
+
 fn lanes(endpoint: &Endpoint) -> Lanes {
     Lanes {
         max_in_flight: endpoint.max_in_flight.map_or(8, |n| n as usize),
@@ -1148,5 +1154,25 @@ async fn write_settled(
         pending,
         in_flight,
         attempted: attempted.then_some(settled.settlement == Settlement::Delivered),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sluice_runtime::config::KafkaConfig;
+
+    use super::*;
+
+    #[test]
+    fn a_resumed_partition_waits_a_short_poll_unless_configured() {
+        let c = consumer_config(&KafkaClients::new(KafkaConfig::default()), "g").unwrap();
+        assert_eq!(c.get("fetch.wait.max.ms"), Some(RESUME_FETCH_WAIT_MS));
+        assert_eq!(c.get("partition.assignment.strategy"), Some("range"));
+
+        let mut cfg = KafkaConfig::default();
+        cfg.properties
+            .insert("fetch.wait.max.ms".into(), "250".into());
+        let c = consumer_config(&KafkaClients::new(cfg), "g").unwrap();
+        assert_eq!(c.get("fetch.wait.max.ms"), Some("250"));
     }
 }
