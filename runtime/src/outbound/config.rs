@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use super::limits::LimitsConfig;
+
 /// Settings of the one shared outbound client.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -41,7 +43,7 @@ impl Default for ClientConfig {
         Self {
             connect_timeout: Duration::from_secs(5),
             total_timeout: Duration::from_secs(15),
-            pool_max_idle_per_host: 8,
+            pool_max_idle_per_host: LimitsConfig::default().max_in_flight as usize,
             pool_idle_timeout: Duration::from_secs(90),
             body_prefix_limit: DEFAULT_BODY_PREFIX_LIMIT,
             retry_after_cap: Duration::from_secs(3600),
