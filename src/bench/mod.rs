@@ -64,14 +64,34 @@ pub enum BenchCommand {
 }
 
 pub async fn run(config: &SluiceConfig, cmd: BenchCommand) -> anyhow::Result<ExitCode> {
-    match cmd {
-        BenchCommand::Gateway(b) => gateway::run(config, b).await,
-        BenchCommand::Normalizer(b) => normalizer::run(config, b).await,
-        BenchCommand::E2e(b) => e2e::run(config, b).await,
-        BenchCommand::SagaHttp(b) => saga_http::run(config, b).await,
-        BenchCommand::Outbox(b) => outbox::run(config, b).await,
-        BenchCommand::Poll(b) => poll::run(config, b).await,
-        BenchCommand::Deliver(b) => deliver::run(config, b).await,
+    until_interrupted(async {
+        match cmd {
+            BenchCommand::Gateway(b) => gateway::run(config, b).await,
+            BenchCommand::Normalizer(b) => normalizer::run(config, b).await,
+            BenchCommand::E2e(b) => e2e::run(config, b).await,
+            BenchCommand::SagaHttp(b) => saga_http::run(config, b).await,
+            BenchCommand::Outbox(b) => outbox::run(config, b).await,
+            BenchCommand::Poll(b) => poll::run(config, b).await,
+            BenchCommand::Deliver(b) => deliver::run(config, b).await,
+        }
+    })
+    .await
+}
+
+/// Runs a bench until it ends or SIGTERM/SIGINT arrives. On a signal the bench is dropped,
+/// and with it every [`ChildProcess`] it started: killed by a signal, the bench would leave
+/// its roles running (a `timeout` or `kill` reaches only this process), and they would load
+/// the machine under the next measurement.
+pub async fn until_interrupted(
+    bench: impl std::future::Future<Output = anyhow::Result<ExitCode>>,
+) -> anyhow::Result<ExitCode> {
+    let interrupted = sluice_runtime::Shutdown::on_signals();
+    tokio::select! {
+        result = bench => result,
+        _ = interrupted.wait() => {
+            eprintln!("bench interrupted: its child processes are stopped, its topics left");
+            Ok(ExitCode::from(130))
+        }
     }
 }
 

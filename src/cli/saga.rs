@@ -323,7 +323,9 @@ pub async fn run(config: &SluiceConfig, cmd: SagaCommand) -> anyhow::Result<Exit
         }
         SagaCommand::Participant(args) => participants(config, args).await,
         SagaCommand::Trigger(args) => trigger(config, args).await,
-        SagaCommand::Bench(args) => crate::bench::saga::run(config, args).await,
+        SagaCommand::Bench(args) => {
+            crate::bench::until_interrupted(crate::bench::saga::run(config, args)).await
+        }
     }
 }
 
