@@ -29,20 +29,32 @@ const SAGA: &str = "order-fulfillment";
 
 /// The reference saga with test-sized timeouts, under `prefix`.
 fn topology(prefix: &str) -> String {
-    scratch_topology(
-        &crate::support::reference_topology(),
-        SAGA,
-        &Scratch {
-            prefix,
-            partitions: 3,
-            timeout: "3s",
-            // Long enough for an operator to abort a saga waiting on its shipment.
-            timeouts: &[("create-shipment", "4s")],
-            retry: Some("{max_attempts: 2, backoff: 500ms}"),
-            compensation_retry: "{max_attempts: 2, backoff: 300ms}",
-        },
-    )
-    .unwrap()
+    saga_topology(&Scratch {
+        prefix,
+        partitions: 3,
+        timeout: "3s",
+        // Long enough for an operator to abort a saga waiting on its shipment.
+        timeouts: &[("create-shipment", "4s")],
+        retry: Some("{max_attempts: 2, backoff: 500ms}"),
+        compensation_retry: "{max_attempts: 2, backoff: 300ms}",
+    })
+}
+
+/// The saga with one step timeout, no step retries and the given compensation retries.
+fn topology_without_retries(prefix: &str, timeout: &str, compensation_retry: &str) -> String {
+    saga_topology(&Scratch {
+        prefix,
+        partitions: 3,
+        timeout,
+        timeouts: &[],
+        retry: None,
+        compensation_retry,
+    })
+}
+
+/// The reference topology's order saga, as `scratch` sets it up.
+fn saga_topology(scratch: &Scratch<'_>) -> String {
+    scratch_topology(&crate::support::reference_topology(), SAGA, scratch).unwrap()
 }
 
 use crate::support::free_port;
@@ -242,23 +254,6 @@ impl Deployment {
 }
 
 /// A demo OrderPlaced.
-/// The saga with one step timeout, no step retries and the given compensation retries.
-fn topology_without_retries(prefix: &str, timeout: &str, compensation_retry: &str) -> String {
-    scratch_topology(
-        &crate::support::reference_topology(),
-        SAGA,
-        &Scratch {
-            prefix,
-            partitions: 3,
-            timeout,
-            timeouts: &[],
-            retry: None,
-            compensation_retry,
-        },
-    )
-    .unwrap()
-}
-
 fn order(id: &str, skus: &[&str]) -> Json {
     let lines: Vec<Json> = skus
         .iter()
