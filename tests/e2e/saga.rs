@@ -817,7 +817,9 @@ async fn a_failing_compensation_parks_the_saga_until_an_operator_retries() {
 }
 
 /// A finished instance's state is deleted once the keep period is over: a tombstone in the
-/// state topic, so operators see an unknown id and a restart does not bring it back.
+/// state topic, so operators see an unknown id and a restart does not bring it back; and
+/// the participants forget the saga's commands they handled (tombstones in their dedup
+/// topics), so their tables do not grow with every saga ever run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finished_sagas_are_deleted_after_the_keep_period() {
     let d = Deployment::new().await;
@@ -864,6 +866,33 @@ async fn finished_sagas_are_deleted_after_the_keep_period() {
         last.2.is_empty(),
         "last state record of {done} is not a tombstone"
     );
+
+    // The participants were told too: each command of the saga they handled ends with a
+    // tombstone in its role's dedup topic.
+    let handled: BTreeMap<String, String> = d
+        .effects()
+        .into_iter()
+        .filter(|e| e.saga_id == done)
+        .map(|e| (e.command_id, e.role))
+        .collect();
+    assert_eq!(handled.len(), 3, "{handled:?}");
+    for (command_id, role) in &handled {
+        let topic = sluice_topology::naming::saga_participant_state_topic(&d.prefix, role);
+        let dedup = read_until(&reader(&topic), Duration::from_secs(30), |g| {
+            g.iter().any(|r| &r.0 == command_id && r.2.is_empty())
+        })
+        .await;
+        let last = dedup.iter().rev().find(|r| &r.0 == command_id);
+        assert!(
+            last.is_some_and(|r| r.2.is_empty()),
+            "{role} did not forget {command_id}: {:?}",
+            dedup
+                .iter()
+                .filter(|r| &r.0 == command_id)
+                .map(|r| String::from_utf8_lossy(&r.2))
+                .collect::<Vec<_>>()
+        );
+    }
 }
 
 /// At `--max-in-flight` running sagas further orders wait unread in their partitions, and

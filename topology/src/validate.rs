@@ -864,6 +864,8 @@ fn saga_subjects(prefix: &str, saga: &SagaSpec) -> Vec<(String, String)> {
     for step in &saga.steps {
         for c in std::iter::once(step.action()).chain(step.compensation.clone()) {
             out.push((c.command.topic.clone(), c.command.event_type.clone()));
+            // The orchestrator's `expire` of a finished saga reaches its participants too.
+            out.push((c.command.topic.clone(), SAGA_CONTROL_TYPE.to_string()));
             out.push((replies.clone(), c.success.clone()));
             out.push((replies.clone(), c.failure.clone()));
         }

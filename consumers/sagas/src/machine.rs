@@ -159,6 +159,16 @@ pub fn command_id(saga_id: &str, step: &str, kind: Kind, try_no: u32) -> String 
     format!("{saga_id}:{step}:{verb}:{try_no}")
 }
 
+/// The saga id a [`command_id`] was made from. Step names are slugs (no `:`), so the id is
+/// what precedes the last three fields, even when it contains `:` itself.
+pub fn saga_of_command(command_id: &str) -> Option<&str> {
+    let mut fields = command_id.rsplitn(4, ':');
+    let (try_no, verb, _step) = (fields.next()?, fields.next()?, fields.next()?);
+    let saga_id = fields.next()?;
+    let well_formed = matches!(verb, "do" | "undo") && try_no.parse::<u32>().is_ok();
+    well_formed.then_some(saga_id)
+}
+
 /// What a stored instance needs that the running definition lacks: the topology changed
 /// under an unfinished saga. The machine parks such an instance
 /// ([`ParkReason::DefinitionChanged`]) instead of guessing.
@@ -919,6 +929,24 @@ mod tests {
     use super::*;
 
     const T: i64 = 1_000;
+
+    #[test]
+    fn a_command_id_gives_back_its_saga_id() {
+        for saga_id in ["order-1", "tenant:7:order-1", ""] {
+            for kind in [Kind::Action, Kind::Compensation] {
+                let id = command_id(saga_id, "charge-payment", kind, 12);
+                assert_eq!(saga_of_command(&id), Some(saga_id), "{id}");
+            }
+        }
+        for not_one in [
+            "order-1",
+            "order-1:charge:do",
+            "o:charge:redo:1",
+            "o:charge:do:x",
+        ] {
+            assert_eq!(saga_of_command(not_one), None, "{not_one}");
+        }
+    }
 
     fn command(name: &str, timeout_ms: i64) -> CommandDef {
         CommandDef {

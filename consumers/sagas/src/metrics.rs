@@ -118,6 +118,8 @@ pub struct ParticipantMetrics {
     /// Commands handled, by outcome: succeeded, failed, duplicate, nothing_to_undo,
     /// fenced, no_reply.
     pub commands: IntCounterVec,
+    /// Handled commands forgotten because their saga's state was deleted.
+    pub forgotten: IntCounterVec,
 }
 
 impl ParticipantMetrics {
@@ -130,8 +132,16 @@ impl ParticipantMetrics {
                 ),
                 &["role", "command", "outcome"],
             )?,
+            forgotten: IntCounterVec::new(
+                Opts::new(
+                    "sluice_saga_participant_forgotten_total",
+                    "Handled commands a participant forgot (dedup entries deleted) because the orchestrator deleted their saga's state after its keep period.",
+                ),
+                &["role"],
+            )?,
         };
         registry.register(Box::new(m.commands.clone()))?;
+        registry.register(Box::new(m.forgotten.clone()))?;
         Ok(m)
     }
 }

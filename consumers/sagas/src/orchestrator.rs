@@ -80,6 +80,16 @@ pub struct SagaRuntime {
 }
 
 impl SagaRuntime {
+    /// The distinct topics the saga's commands (actions and compensations) go to.
+    fn command_topics(&self) -> std::collections::BTreeSet<&str> {
+        self.def
+            .steps
+            .iter()
+            .flat_map(|s| std::iter::once(&s.action).chain(s.compensation.as_ref()))
+            .map(|c| c.topic.as_str())
+            .collect()
+    }
+
     /// The lifecycle event type `dev.sluice.events.sagas.<short>` and its topic (every one is
     /// routed when the runtime is built).
     fn lifecycle_topic(&self, short: &str) -> Result<(String, &str), SagaError> {
@@ -214,6 +224,8 @@ pub fn plan(
         for step in &def.steps {
             for c in std::iter::once(&step.action).chain(step.compensation.as_ref()) {
                 pairs.push((c.topic.clone(), c.event_type.clone()));
+                // Its `expire` goes to the participants too (they forget the saga's commands).
+                pairs.push((c.topic.clone(), SAGA_CONTROL_TYPE.to_string()));
                 pairs.push((replies_topic.clone(), c.success.clone()));
                 pairs.push((replies_topic.clone(), c.failure.clone()));
             }
@@ -509,7 +521,7 @@ impl Orchestrator {
         let input = if event_type == SAGA_CONTROL_TYPE {
             let c = Control::from_value(&value).map_err(bad)?;
             match c.action {
-                Action::Expire => return Ok(self.expire(s, home, &id)),
+                Action::Expire => return Ok(self.expire(s, home, &id, &c)),
                 Action::Start => {
                     self.admission.applied();
                     Input::Start {
@@ -890,7 +902,7 @@ impl Orchestrator {
     /// Deletes a finished instance's state, if it is still finished and old enough (an
     /// expire message may be late or written twice): a tombstone in the state topic, in the
     /// batch's transaction.
-    fn expire(&self, s: usize, home: i32, id: &str) -> Vec<Output> {
+    fn expire(&self, s: usize, home: i32, id: &str, control: &Control) -> Vec<Output> {
         let saga = &self.sagas[s];
         let before = metadata::now_ms() - self.keep_finished_ms;
         let expired = self
@@ -905,13 +917,57 @@ impl Orchestrator {
         }
         self.store.stage_delete(s, home, id.to_string());
         self.count(Count::Expired(s));
-        vec![Output {
+        let tombstone = Output {
             topic: saga.state_topic.clone(),
             partition: Some(home),
             key: Some(id.as_bytes().to_vec()),
             value: None,
             headers: Vec::new(),
-        }]
+        };
+        let mut outputs = vec![tombstone];
+        outputs.extend(self.tell_participants(s, control));
+        outputs
+    }
+
+    /// The `expire` again, on each of the saga's command topics, keyed like its commands so
+    /// it follows them in their partition: participants forget the commands of the saga
+    /// they handled. One that cannot be encoded is left out (logged): the participants then
+    /// keep those entries, which is safe.
+    fn tell_participants(&self, s: usize, control: &Control) -> Vec<Output> {
+        let saga = &self.sagas[s];
+        let meta = Meta {
+            event_id: messages::event_id(&format!("{}/participants", control.request_id)),
+            occurred_at: metadata::now_ms(),
+            source: saga.source.clone(),
+            subject: Some(control.saga_id.clone()),
+        };
+        let traceparent = messages::child_traceparent(None, &meta.event_id);
+        let mut outputs = Vec::new();
+        for topic in saga.command_topics() {
+            match self
+                .book
+                .encode_fields(topic, SAGA_CONTROL_TYPE, control.fields(&meta))
+            {
+                Ok(value) => outputs.push(Output {
+                    topic: topic.to_string(),
+                    partition: None,
+                    key: Some(control.saga_id.clone().into_bytes()),
+                    value: Some(value),
+                    headers: meta.headers(
+                        SAGA_CONTROL_TYPE,
+                        &traceparent,
+                        &[(SAGA_ID_HEADER, &control.saga_id)],
+                    ),
+                }),
+                Err(error) => tracing::error!(
+                    saga = saga.def.name,
+                    topic,
+                    %error,
+                    "participants are not told of an expired saga; they keep its commands"
+                ),
+            }
+        }
+        outputs
     }
 
     /// Updates the in-flight gauges and keeps only the status of instances finished more

@@ -52,13 +52,15 @@ use sluice_runtime::kafka::KafkaClients;
 use sluice_runtime::trace_context;
 use sluice_schemas::metadata::{self, TRACEPARENT};
 use sluice_schemas::{AvroCodec, Catalog, RecordLocation, RegistryClient};
+use sluice_topology::model::SAGA_CONTROL_TYPE;
 use sluice_topology::{naming, Topology};
 use tracing::Instrument;
 
 use super::instance::Kind;
-use super::machine::short_name;
+use super::machine::{saga_of_command, short_name};
 use super::messages::{
-    self, Command, Meta, Reply, SchemaBook, COMMAND_ID_HEADER, CORRELATION_HEADER, SAGA_ID_HEADER,
+    self, Action, Command, Control, Meta, Reply, SchemaBook, COMMAND_ID_HEADER, CORRELATION_HEADER,
+    SAGA_ID_HEADER,
 };
 use super::metrics::ParticipantMetrics;
 use super::SagaError;
@@ -403,7 +405,7 @@ impl<P: Participant> ParticipantHandler<P> {
         let declared = record.header(metadata::CE_TYPE).map(str::to_string);
         if declared
             .as_deref()
-            .is_some_and(|t| !self.spec.commands.contains_key(t))
+            .is_some_and(|t| t != SAGA_CONTROL_TYPE && !self.spec.commands.contains_key(t))
         {
             return Ok(Vec::new()); // another role's command
         }
@@ -432,6 +434,9 @@ impl<P: Participant> ParticipantHandler<P> {
                 _ => String::new(),
             },
         };
+        if event_type == SAGA_CONTROL_TYPE {
+            return self.forget(record.partition, &decoded.value);
+        }
         let Some(route) = self.spec.commands.get(&event_type) else {
             return Ok(Vec::new());
         };
@@ -552,6 +557,42 @@ impl<P: Participant> ParticipantHandler<P> {
         };
         let settled = self.settle(record, &command, route, outcome, now)?;
         Ok(attempted.into_iter().chain(settled).collect())
+    }
+
+    /// The orchestrator deleted a finished saga's state (its `expire`, once the keep period
+    /// is over), so no command of that saga comes again: the commands of it handled here are
+    /// forgotten too, with tombstones in the dedup topic. Without this the table, in memory
+    /// and on the topic, would grow with every command ever handled.
+    fn forget(
+        &self,
+        partition: i32,
+        value: &apache_avro::types::Value,
+    ) -> Result<Vec<Output>, HandlerError> {
+        let control = Control::from_value(value).map_err(|e| {
+            HandlerError::permanent(
+                ErrorClass::InvalidCommand,
+                format!("{SAGA_CONTROL_TYPE}: {e}"),
+            )
+        })?;
+        if control.action != Action::Expire {
+            return Ok(Vec::new());
+        }
+        let saga_id = control.saga_id.as_str();
+        let handled = self
+            .dedup
+            .keys_with_prefix(partition, &format!("{saga_id}:"));
+        let tombstones: Vec<Output> = handled
+            .iter()
+            .filter(|id| saga_of_command(id) == Some(saga_id))
+            .map(|id| self.dedup.delete(partition, id))
+            .collect();
+        if !tombstones.is_empty() {
+            self.metrics
+                .forgotten
+                .with_label_values(&[&self.spec.role])
+                .inc_by(tombstones.len() as u64);
+        }
+        Ok(tombstones)
     }
 
     /// The reply and dedup record of a command the participant ran, and its count; nothing

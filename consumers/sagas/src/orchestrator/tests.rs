@@ -16,7 +16,7 @@ use sluice_topology::Topology;
 
 use super::*;
 use crate::instance::Status;
-use crate::messages::{Command, Meta, SchemaBook};
+use crate::messages::{Action, Command, Control, Meta, SchemaBook};
 use crate::metrics::ParticipantMetrics;
 use crate::participant::{Outcome, Participant, ParticipantHandler, RoleSpec};
 use crate::store::Slot;
@@ -520,4 +520,81 @@ async fn an_action_that_may_have_run_unanswered_is_marked_attempted_and_run_agai
             w.executed()
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn participants_forget_a_saga_s_commands_when_its_state_is_deleted() {
+    let log = Arc::new(MemoryLog::default());
+    let mut w = World::start(&log).await;
+    w.orchestrator.keep_finished_ms = 0;
+    // "o7:x" shares the prefix of o7's command ids; it is kept.
+    for id in ["o7", "o7:x", "o8-declined"] {
+        w.place_order(id);
+    }
+    w.run_until_quiet().await;
+    let state_topics: Vec<String> = w
+        .participants
+        .iter()
+        .map(|p| p.spec().state_topic.clone())
+        .collect();
+    let entries = |w: &World, tombstones: bool| -> std::collections::BTreeSet<String> {
+        w.written
+            .iter()
+            .filter(|o| state_topics.contains(&o.topic) && o.value.is_none() == tombstones)
+            .map(|o| String::from_utf8(o.key.clone().unwrap()).unwrap())
+            .collect()
+    };
+    let handled = entries(&w, false);
+    let of = |saga: &str| -> std::collections::BTreeSet<String> {
+        handled
+            .iter()
+            .filter(|id| crate::machine::saga_of_command(id) == Some(saga))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(of("o7").len(), 3, "{handled:?}");
+    assert_eq!(of("o8-declined").len(), 3, "two steps and a compensation");
+
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let saga = w.orchestrator.sagas()[0].def.name.clone();
+    for id in ["o7", "o8-declined"] {
+        let expire = Control::new(&saga, id, Action::Expire, &format!("expire-{id}"));
+        let out = w
+            .orchestrator
+            .control_output(0, &expire, &messages::child_traceparent(None, id))
+            .unwrap();
+        w.publish(&out);
+    }
+    w.run_until_quiet().await;
+    assert_eq!(w.status("o7"), None, "the orchestrator's state is gone");
+    let forgotten = entries(&w, true);
+    let expected: std::collections::BTreeSet<String> =
+        of("o7").union(&of("o8-declined")).cloned().collect();
+    assert_eq!(forgotten, expected);
+
+    // Restarted over the same log: o7's command is new again, o7:x's is still known.
+    let mut again = World::start(&log).await;
+    again.offsets = w.offsets.clone();
+    for id in ["o7", "o7:x"] {
+        let reserve = w
+            .written
+            .iter()
+            .find(|o| {
+                o.key.as_deref() == Some(id.as_bytes())
+                    && header(o, metadata::CE_TYPE).as_deref()
+                        == Some("dev.sluice.events.sagas.ReserveInventory")
+            })
+            .cloned()
+            .unwrap();
+        again.publish(&reserve);
+    }
+    let participants: Vec<(Who, Record)> = again
+        .queue
+        .drain(..)
+        .filter(|(who, _)| *who != Who::Orchestrator)
+        .collect();
+    for (who, record) in participants {
+        again.handle(who, &record, true).await;
+    }
+    assert_eq!(again.executed(), ["ReserveInventory o7"]);
 }

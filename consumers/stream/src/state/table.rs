@@ -3,7 +3,7 @@
 //! handler can keep; handlers with indexes of their own (saga instances, dedup windows)
 //! build on the same pieces ([`Ownership`], [`Staged`], [`restore_latest`]) directly.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use serde::de::DeserializeOwned;
@@ -15,7 +15,8 @@ use crate::{Assigned, Output};
 #[derive(Debug)]
 pub struct StateTable<V> {
     topic: String,
-    committed: Mutex<HashMap<i32, HashMap<String, V>>>,
+    /// Ordered by key, so the keys sharing a prefix are found without a scan.
+    committed: Mutex<HashMap<i32, BTreeMap<String, V>>>,
     staged: Staged<(i32, String), V>,
     ownership: Ownership,
 }
@@ -55,6 +56,38 @@ impl<V: Clone + Serialize + DeserializeOwned> StateTable<V> {
             .get(&p)
             .and_then(|m| m.get(key))
             .cloned()
+    }
+
+    /// The keys of state partition `p` that start with `prefix` and have a value, the
+    /// batch's changes included.
+    pub fn keys_with_prefix(&self, p: i32, prefix: &str) -> Vec<String> {
+        let mut keys: std::collections::BTreeSet<String> = self
+            .committed
+            .lock()
+            .expect("state table")
+            .get(&p)
+            .map(|m| {
+                m.range::<str, _>((
+                    std::ops::Bound::Included(prefix),
+                    std::ops::Bound::Unbounded,
+                ))
+                .map(|(k, _)| k)
+                .take_while(|k| k.starts_with(prefix))
+                .cloned()
+                .collect()
+            })
+            .unwrap_or_default();
+        self.staged.with(|changes| {
+            for ((sp, key), change) in changes {
+                if *sp == p && key.starts_with(prefix) {
+                    match change {
+                        Some(_) => keys.insert(key.clone()),
+                        None => keys.remove(key),
+                    };
+                }
+            }
+        });
+        keys.into_iter().collect()
     }
 
     /// Stages `value` for `key` and returns its state record, to write with the batch.
@@ -186,6 +219,31 @@ mod tests {
         let again: StateTable<u32> = StateTable::new("state");
         again.assign(&log, &tps(&[("in", 0)]), |_| true).unwrap();
         assert_eq!(again.get(0, "b"), None, "the tombstone came back too");
+    }
+
+    #[test]
+    fn keys_with_a_prefix_are_those_of_the_partition_and_the_batch() {
+        let log = MemoryLog::default();
+        let table: StateTable<u32> = StateTable::new("state");
+        table
+            .assign(&log, &tps(&[("in", 0), ("in", 1)]), |_| true)
+            .unwrap();
+        let w = vec![
+            table.put(0, "s1:a", 1),
+            table.put(0, "s1:b", 2),
+            table.put(0, "s10:a", 3),
+            table.put(0, "s0:a", 4),
+            table.put(1, "s1:c", 5),
+        ];
+        batch(&log, &table, w, true);
+        assert_eq!(table.keys_with_prefix(0, "s1:"), ["s1:a", "s1:b"]);
+        // The open batch counts: a staged delete hides a key, a staged put adds one.
+        let _ = (table.delete(0, "s1:a"), table.put(0, "s1:z", 6));
+        assert_eq!(table.keys_with_prefix(0, "s1:"), ["s1:b", "s1:z"]);
+        table.finish(false);
+        assert_eq!(table.keys_with_prefix(0, "s1:"), ["s1:a", "s1:b"]);
+        assert_eq!(table.keys_with_prefix(1, "s1:"), ["s1:c"]);
+        assert!(table.keys_with_prefix(2, "s1:").is_empty());
     }
 
     #[test]
