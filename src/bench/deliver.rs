@@ -211,6 +211,7 @@ topics:
   - {{name: {p}.state.delivery-status, partitions: {partitions}, config: {{cleanup.policy: compact}}}}
   - {{name: {p}.dlq.deliveries, partitions: {partitions}}}
   - {{name: {p}.state.held-deliveries, partitions: {partitions}, config: {{cleanup.policy: compact}}}}
+  - {{name: {p}.state.delivery-health, partitions: {partitions}, config: {{cleanup.policy: compact}}}}
   - {{name: {p}.dlq.delivery-fanout, partitions: 1}}
 routes:
   - {{event_type: {PAYMENT}, topic: {p}.events.payments}}

@@ -165,6 +165,13 @@ pub async fn serve(
     } else {
         tracing::warn!(topic = %held, "not declared in the topology: per_key endpoints keep their order only until a delivery waits in a retry tier");
     }
+    // The failing-since clocks survive restarts only where the topology declares their topic.
+    let health = naming::delivery_health_topic(prefix);
+    if topology.topics.iter().any(|t| t.name == health) {
+        dispatch_config.topics.health = Some(health);
+    } else {
+        tracing::warn!(topic = %health, "not declared in the topology: a restart starts failing endpoints' disable clock again");
+    }
     let dispatcher = Dispatcher::new(
         &super::static_member(config, &format!("{instance}-dispatch")),
         outbound,

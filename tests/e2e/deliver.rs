@@ -39,6 +39,7 @@ topics:
   - {{name: {p}.state.delivery-status, partitions: 1, config: {{cleanup.policy: compact}}}}
   - {{name: {p}.dlq.deliveries, partitions: 2}}
   - {{name: {p}.state.held-deliveries, partitions: 2, config: {{cleanup.policy: compact}}}}
+  - {{name: {p}.state.delivery-health, partitions: 2, config: {{cleanup.policy: compact}}}}
   - {{name: {p}.dlq.delivery-fanout, partitions: 1}}
 routes:
   - {{event_type: {PAYMENT}, topic: {p}.events.payments}}
@@ -1401,6 +1402,41 @@ async fn ops_events(d: &Deployment, id: &str) -> Vec<(String, serde_json::Value)
         out.push((record.name.name().to_string(), to_json(&decoded.value)));
     }
     out
+}
+
+/// The disable clock counts from the endpoint's first failure across a restart: the second
+/// deliverer reads the first one's failing-since from `<prefix>.state.delivery-health`, so
+/// it neither reports the endpoint failing again nor restarts its clock.
+#[tokio::test]
+async fn a_failing_endpoint_s_disable_clock_survives_a_restart() {
+    let d = Deployment::new("dlvclock").await;
+    let (down_ep, down) = d
+        .subscriber("/status/503", spec(&[PAYMENT], &["1s"; 20]))
+        .await;
+    let flags = ["--disable-after", "10s"];
+    let mut first = Deliver::start_with(&d.file, "dlvclock-1", &flags).await;
+    d.pay(1).await;
+    down.wait_for(Duration::from_secs(30), "a few failed attempts", |rs| {
+        rs.len() >= 3
+    })
+    .await;
+    first.kill();
+    let killed = jiff::Timestamp::now();
+    // Same instance id, as a supervisor restarts it: its partitions come straight back.
+    let _second = Deliver::start_with(&d.file, "dlvclock-1", &flags).await;
+    d.wait_disabled(&down_ep.id, Duration::from_secs(60)).await;
+
+    let events = ops_events(&d, &down_ep.id).await;
+    let types: Vec<&str> = events.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(types, ["DeliveryFailing", "EndpointDisabled"], "{events:?}");
+    let (failing, disabled) = (&events[0].1, &events[1].1);
+    assert_eq!(disabled["reason"], "failing", "{disabled}");
+    assert_eq!(
+        disabled["failing_since"], failing["failing_since"],
+        "the clock the first deliverer started"
+    );
+    let since = failing["failing_since"].as_i64().unwrap();
+    assert!(since < killed.as_millisecond(), "{since} {killed}");
 }
 
 #[tokio::test]

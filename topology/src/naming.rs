@@ -110,6 +110,12 @@ pub fn delivery_status_topic(prefix: &str) -> String {
     state_topic(prefix, "delivery-status")
 }
 
+/// Each endpoint's failing-since clock, keyed by endpoint id, partitioned like the tasks:
+/// the automatic disable counts from the first failure across restarts and rebalances.
+pub fn delivery_health_topic(prefix: &str) -> String {
+    state_topic(prefix, "delivery-health")
+}
+
 /// Webhook delivery retry tier `delay`.
 pub fn delivery_retry_topic(prefix: &str, delay: Duration) -> String {
     retry_topic(prefix, DELIVERY_POLICY, delay)

@@ -349,22 +349,12 @@ impl Topology {
         }
     }
 
-    /// Delivery's held keys (`<prefix>.state.held-deliveries`, for `per_key` endpoints) live
-    /// on the partition number of the task they hold, so, when declared, the topic must be
-    /// compacted and partitioned like `<prefix>.deliveries` and the delivery retry tiers.
+    /// Delivery's held keys (`<prefix>.state.held-deliveries`, for `per_key` endpoints) and
+    /// endpoints' failing-since clocks (`<prefix>.state.delivery-health`) live on the partition
+    /// number of the tasks they are about, so, when declared, each topic must be compacted
+    /// and partitioned like `<prefix>.deliveries` and the delivery retry tiers.
     fn validate_delivery_held_keys(&self, errors: &mut Vec<ValidationError>) {
-        let held = naming::held_topic(&self.prefix, naming::DELIVERY_POLICY);
         let topics = self.all_topics();
-        let Some(h) = topics.iter().find(|t| t.name == held) else {
-            return;
-        };
-        let path = "topics".to_string();
-        if h.config.get("cleanup.policy").map(|c| c.trim()) != Some("compact") {
-            errors.push(ValidationError {
-                path: path.clone(),
-                message: format!("delivery held-key topic `{held}` must have cleanup.policy compact (and not delete: a held key must not expire)"),
-            });
-        }
         let tiers = self
             .retry_policies
             .iter()
@@ -377,16 +367,43 @@ impl Topology {
         let names: Vec<String> = std::iter::once(naming::deliveries_topic(&self.prefix))
             .chain(tiers)
             .collect();
-        let wrong = partition_mismatches(&topics, names.iter().map(String::as_str), h.partitions);
-        if !wrong.is_empty() {
-            errors.push(ValidationError {
-                path,
-                message: format!(
-                    "delivery held-key topic `{held}` has {} partitions, and the tasks topic and the delivery retry tiers need as many: {}",
-                    h.partitions,
-                    wrong.join(", ")
-                ),
-            });
+        let states = [
+            (
+                naming::held_topic(&self.prefix, naming::DELIVERY_POLICY),
+                "delivery held-key topic",
+                "a held key must not expire",
+            ),
+            (
+                naming::delivery_health_topic(&self.prefix),
+                "delivery health topic",
+                "a failing endpoint's clock must not expire",
+            ),
+        ];
+        for (state, what, why) in states {
+            let Some(h) = topics.iter().find(|t| t.name == state) else {
+                continue;
+            };
+            let path = "topics".to_string();
+            if h.config.get("cleanup.policy").map(|c| c.trim()) != Some("compact") {
+                errors.push(ValidationError {
+                    path: path.clone(),
+                    message: format!(
+                        "{what} `{state}` must have cleanup.policy compact (and not delete: {why})"
+                    ),
+                });
+            }
+            let wrong =
+                partition_mismatches(&topics, names.iter().map(String::as_str), h.partitions);
+            if !wrong.is_empty() {
+                errors.push(ValidationError {
+                    path,
+                    message: format!(
+                        "{what} `{state}` has {} partitions, and the tasks topic and the delivery retry tiers need as many: {}",
+                        h.partitions,
+                        wrong.join(", ")
+                    ),
+                });
+            }
         }
     }
 
@@ -1086,6 +1103,21 @@ retry_policies:
         );
         assert!(
             err.contains("has 2 partitions, and the tasks topic and the delivery retry tiers need as many: `sluice.deliveries` has 3, `sluice.retry.deliveries.1s` has 3"),
+            "{err}"
+        );
+        // The endpoints' failing-since clocks, the same way.
+        let good = "  - {name: sluice.state.delivery-health, partitions: 3, config: {cleanup.policy: compact}}\n";
+        Topology::parse("t.yaml", &with(good), &types()).unwrap();
+        let bad = "  - {name: sluice.state.delivery-health, partitions: 1, config: {cleanup.policy: delete}}\n";
+        let err = Topology::parse("t.yaml", &with(bad), &types())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("delivery health topic `sluice.state.delivery-health` must have cleanup.policy compact"),
+            "{err}"
+        );
+        assert!(
+            err.contains("delivery health topic `sluice.state.delivery-health` has 1 partitions"),
             "{err}"
         );
     }

@@ -47,7 +47,7 @@ use sluice_stream::{Output, Record};
 use tokio::sync::mpsc;
 
 use super::events::DeliveryEvent;
-use super::health::{Change, Health, Outcome};
+use super::health::{Change, Health, HealthRecord, Outcome};
 use super::key_order::{KeyOrder, Slot, Turn};
 use super::metrics::DeliveryMetrics;
 use super::ops_events::{OpsEvent, OpsEventType, OpsEvents};
@@ -228,6 +228,7 @@ impl Shared {
         &self,
         endpoint: &Endpoint,
         task: &DeliveryTask,
+        partition: i32,
         status_code: Option<u16>,
         settled: &mut Settled,
         now: jiff::Timestamp,
@@ -242,17 +243,20 @@ impl Shared {
             time: now,
         };
         let mut events = Vec::new();
+        let mut clock = None;
         let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
         match settled.settlement {
             Settlement::Delivered => {
-                if let Change::Recovered { since } =
-                    health.observe(&endpoint.id, Outcome::Success, now)
-                {
+                let change = health.observe(&endpoint.id, Outcome::Success, now);
+                clock = change.record(now);
+                if let Change::Recovered { since } = change {
                     events.push(event(OpsEventType::Recovered, Some(since), None));
                 }
             }
             Settlement::Retrying | Settlement::DeadLettered => {
-                match health.observe(&endpoint.id, Outcome::Failure, now) {
+                let change = health.observe(&endpoint.id, Outcome::Failure, now);
+                clock = change.record(now);
+                match change {
                     Change::StartedFailing => {
                         events.push(event(OpsEventType::Failing, Some(now), None));
                     }
@@ -269,20 +273,31 @@ impl Shared {
                 }
             }
             Settlement::Gone => {
-                health.forget(&endpoint.id);
+                if health.forget(&endpoint.id) {
+                    clock = Some(None);
+                }
                 events.push(event(OpsEventType::Disabled, None, Some("gone")));
             }
             Settlement::Parked | Settlement::EndpointDisabled => {}
         }
-        let Some(ops) = &self.ops_events else {
-            return;
-        };
-        let outputs = events.iter().filter_map(|e| {
-            ops.output(e)
-                .map_err(|error| tracing::error!(%error, "an operational event is not written"))
-                .ok()
-        });
-        let outputs: Vec<Output> = outputs.collect();
+        drop(health);
+        let mut outputs: Vec<Output> = Vec::new();
+        if let (Some(topic), Some(record)) = (&self.settler.topics.health, clock) {
+            outputs.push(Output {
+                topic: topic.clone(),
+                partition: Some(partition),
+                key: Some(endpoint.id.as_bytes().to_vec()),
+                value: record.map(|r| serde_json::to_vec(&r).expect("a health record serialises")),
+                headers: Vec::new(),
+            });
+        }
+        if let Some(ops) = &self.ops_events {
+            outputs.extend(events.iter().filter_map(|e| {
+                ops.output(e)
+                    .map_err(|error| tracing::error!(%error, "an operational event is not written"))
+                    .ok()
+            }));
+        }
         // The disabled endpoint's record stays last: its position is applied to the table.
         let at = settled.outputs.len() - usize::from(settled.disabled.is_some());
         settled.outputs.splice(at..at, outputs);
@@ -480,41 +495,67 @@ impl Dispatcher {
         if let Ok(assigned) = self.consumer.assignment() {
             let _ = self.consumer.resume(&assigned);
             self.restore_held_keys(&assigned);
+            self.restore_health(&assigned);
         }
         tracing::info!(generation, "delivery partitions reassigned");
     }
 
+    /// Reads the failing-since clocks of the endpoints of the owned task partitions back,
+    /// when their topic is declared (a clock started afresh would put an endpoint's disable
+    /// off by up to `disable_after`).
+    fn restore_health(&mut self, assigned: &TopicPartitionList) {
+        let Some(topic) = self.config.topics.health.clone() else {
+            return;
+        };
+        let partitions = self.owned_task_partitions(assigned);
+        let shared = Arc::clone(&self.shared);
+        let restored = until_restored(&shared, "failing endpoints' clocks", || {
+            sluice_stream::state::restore_latest(&shared.state_log, &topic, &partitions, |v| {
+                serde_json::from_slice::<HealthRecord>(v)
+            })
+        });
+        let Some(restored) = restored else {
+            return;
+        };
+        for (p, endpoint, why) in &restored.unreadable {
+            let endpoint = String::from_utf8_lossy(endpoint);
+            tracing::error!(topic, partition = p, %endpoint, error = %why, "unreadable failing-since clock; that endpoint's starts again");
+        }
+        let clocks: Vec<(String, HealthRecord)> = restored
+            .partitions
+            .into_values()
+            .flatten()
+            .map(|(k, r)| (String::from_utf8_lossy(&k).into_owned(), r))
+            .collect();
+        let failing = clocks.len();
+        let mut health = shared.health.lock().unwrap_or_else(|e| e.into_inner());
+        health.load(clocks);
+        tracing::info!(?partitions, failing, "failing endpoints' clocks restored");
+    }
+
+    /// The partitions of the tasks topic among `assigned`.
+    fn owned_task_partitions(&self, assigned: &TopicPartitionList) -> Vec<i32> {
+        assigned
+            .elements()
+            .iter()
+            .filter(|e| e.topic() == self.config.topics.tasks)
+            .map(|e| e.partition())
+            .collect()
+    }
+
     /// Reads the held keys of the owned task partitions back, so a restart or a new owner
-    /// keeps a held key's later tasks behind the one waiting in a tier. A restore that
-    /// fails is tried again: running on without it would break the order it keeps.
+    /// keeps a held key's later tasks behind the one waiting in a tier.
     fn restore_held_keys(&mut self, assigned: &TopicPartitionList) {
         let shared = Arc::clone(&self.shared);
         let Some(mut order) = shared.key_order() else {
             return;
         };
-        let partitions: Vec<i32> = assigned
-            .elements()
-            .iter()
-            .filter(|e| e.topic() == self.config.topics.tasks)
-            .map(|e| e.partition())
-            .collect();
-        let mut backoff = Duration::from_millis(200);
-        loop {
-            match tokio::task::block_in_place(|| order.restore(&shared.state_log, &partitions)) {
-                Ok(held) => {
-                    tracing::info!(?partitions, held, "held delivery keys restored");
-                    return;
-                }
-                Err(e) if !shared.shutdown.is_triggered() => {
-                    tracing::warn!(error = %e, "restoring held delivery keys; trying again");
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "restoring held delivery keys at shutdown");
-                    return;
-                }
-            }
+        let partitions = self.owned_task_partitions(assigned);
+        let restored = until_restored(&shared, "held delivery keys", || {
+            order.restore(&shared.state_log, &partitions)
+        });
+        if let Some(held) = restored {
+            tracing::info!(?partitions, held, "held delivery keys restored");
         }
     }
 
@@ -1054,7 +1095,8 @@ async fn attempt(
                 shared
                     .settler
                     .attempted(&pending.task, &pending.from, &endpoint, &refused, now);
-            shared.observe_health(&endpoint, &pending.task, None, &mut settled, now);
+            let partition = pending.from.partition;
+            shared.observe_health(&endpoint, &pending.task, partition, None, &mut settled, now);
             return write_settled(shared, pending, settled, true).await;
         }
     };
@@ -1068,7 +1110,15 @@ async fn attempt(
                 shared
                     .settler
                     .attempted(&pending.task, &pending.from, &endpoint, &attempt, now);
-            shared.observe_health(&endpoint, &pending.task, attempt.status, &mut settled, now);
+            let (partition, status) = (pending.from.partition, attempt.status);
+            shared.observe_health(
+                &endpoint,
+                &pending.task,
+                partition,
+                status,
+                &mut settled,
+                now,
+            );
             // An unordered endpoint's next attempt need not wait for this one's outcome to be
             // acknowledged by the broker (tens of ms under acks=all): free its slot now. Under
             // `per_key` the key's next event waits for the settlement, as ordering requires.
@@ -1103,6 +1153,31 @@ fn request(endpoint: &Endpoint, task: &DeliveryTask) -> Result<OutboundRequest, 
         headers.insert(HeaderName::from_static(name), value);
     }
     Ok(OutboundRequest::post(url, task.body.clone()).with_headers(headers))
+}
+
+/// Runs a blocking state restore until it succeeds, backing off up to 5 s between tries:
+/// going on without the state would break what it keeps (a held key's order, a failing
+/// endpoint's clock). `None` only when shutdown began first.
+fn until_restored<T, E: std::fmt::Display>(
+    shared: &Shared,
+    what: &str,
+    mut restore: impl FnMut() -> Result<T, E>,
+) -> Option<T> {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match tokio::task::block_in_place(&mut restore) {
+            Ok(restored) => return Some(restored),
+            Err(e) if !shared.shutdown.is_triggered() => {
+                tracing::warn!(error = %e, "restoring {what}; trying again");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "restoring {what} at shutdown");
+                return None;
+            }
+        }
+    }
 }
 
 /// Writes `settled` and reports the task settled; a disabled endpoint is applied to the

@@ -35,6 +35,9 @@ pub struct DispatchTopics {
     /// topology declares it; without it per-key order holds only within one dispatcher's
     /// memory.
     pub held: Option<String>,
+    /// Endpoints' failing-since clocks (`<prefix>.state.delivery-health`), when the
+    /// topology declares it; without it the clock restarts with the dispatcher.
+    pub health: Option<String>,
 }
 
 impl DispatchTopics {
@@ -48,6 +51,7 @@ impl DispatchTopics {
             invalid: naming::dlq_topic(prefix, naming::DELIVERY_FANOUT_POLICY),
             endpoints: naming::endpoints_topic(prefix),
             held: None,
+            health: None,
         }
     }
 }
