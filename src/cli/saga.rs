@@ -259,6 +259,7 @@ pub async fn run_orchestrator(
     let mut loop_config = LoopConfig::new(&group, &instance, topics, Guarantee::ExactlyOnce);
     args.batching.apply(&mut loop_config)?;
     loop_config.per_key = super::normalize::per_key(&topology, orchestrator::RETRY_POLICY);
+    loop_config.read_ahead_records = Some(sluice_sagas::READ_AHEAD_RECORDS);
     let metrics = LoopMetrics::new(&metrics_registry)?;
     let timer_task = tokio::spawn(timer::run(
         orchestrator.clone(),
@@ -685,6 +686,7 @@ async fn participants(config: &SluiceConfig, args: ParticipantArgs) -> anyhow::R
             Guarantee::ExactlyOnce,
         );
         args.batching.apply(&mut loop_config)?;
+        loop_config.read_ahead_records = Some(sluice_sagas::READ_AHEAD_RECORDS);
         let (metrics, shutdown, clients) = (
             loop_metrics.clone(),
             shutdown.clone(),

@@ -19,6 +19,13 @@
 //! instance's state in the state topic partition with the same number, which it reads back
 //! when the partition is assigned.
 
+/// Records each saga role's consumer reads ahead unless `kafka.properties` sets
+/// `queued.min.messages` (see `LoopConfig::read_ahead_records`). Commands and replies are a few
+/// hundred bytes, so the read-ahead's byte bound never binds and librdkafka's default of
+/// 100,000 records let a role restarted on a backlog hold tens of MiB of queued records
+/// (docs/benchmarks.md, "Saga roles' read-ahead counted in records").
+pub const READ_AHEAD_RECORDS: u32 = 2_000;
+
 pub mod definition;
 pub mod demo;
 pub mod detached;

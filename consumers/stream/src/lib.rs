@@ -255,6 +255,12 @@ pub struct LoopConfig {
     pub transaction_timeout: Duration,
     /// Per-key ordering on the retry path; needs [`Guarantee::ExactlyOnce`].
     pub per_key: Option<PerKey>,
+    /// Most records the consumer reads ahead (librdkafka's `queued.min.messages`, 100,000 by
+    /// default) unless `kafka.properties` sets it; `None` leaves librdkafka's. The byte bound
+    /// ([`sluice_runtime::kafka::FETCH_BOUNDS`]) counts payloads only, while each queued record
+    /// also costs its queue entry and keeps its decompressed batch alive: for small records
+    /// (saga commands and replies) the count is what bounds memory.
+    pub read_ahead_records: Option<u32>,
 }
 
 /// How long a loop waits for a batch to fill unless configured: not at all. A batch takes
@@ -284,6 +290,7 @@ impl LoopConfig {
             linger: DEFAULT_LINGER,
             transaction_timeout: Duration::from_secs(30),
             per_key: None,
+            read_ahead_records: None,
         }
     }
 }

@@ -203,9 +203,7 @@ impl<'c, H: Handler> Loop<'c, H> {
             Some(_) => "range",
             None => "cooperative-sticky",
         };
-        let consumer: StreamConsumer<LoopContext> = clients
-            .consumer_config("consumer", &config.group)?
-            .set("partition.assignment.strategy", assignor)
+        let consumer: StreamConsumer<LoopContext> = consumer_config(clients, &config, assignor)?
             .create_with_context(LoopContext::default())
             .map_err(kafka("creating the consumer"))?;
         let ordering: Option<Arc<KeyOrdering>> = match &config.per_key {
@@ -947,4 +945,47 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 
 pub fn now_ms() -> i64 {
     sluice_schemas::metadata::now_ms()
+}
+
+/// The loop's consumer: `clients`' consumer settings, `assignor`, and the loop's read-ahead in
+/// records unless `kafka.properties` sets `queued.min.messages`.
+fn consumer_config(
+    clients: &KafkaClients,
+    config: &LoopConfig,
+    assignor: &str,
+) -> Result<rdkafka::ClientConfig, LoopError> {
+    let mut c = clients.consumer_config("consumer", &config.group)?;
+    c.set("partition.assignment.strategy", assignor);
+    if let Some(records) = config.read_ahead_records {
+        if c.get("queued.min.messages").is_none() {
+            c.set("queued.min.messages", records.to_string());
+        }
+    }
+    Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_runtime::config::KafkaConfig;
+
+    #[test]
+    fn the_read_ahead_in_records_applies_unless_kafka_properties_set_it() {
+        let mut config = LoopConfig::new("g", "i", vec!["t".into()], Guarantee::ExactlyOnce);
+        let clients = KafkaClients::new(KafkaConfig::default());
+        let c = consumer_config(&clients, &config, "range").unwrap();
+        assert_eq!(c.get("queued.min.messages"), None, "librdkafka's own");
+        assert_eq!(c.get("partition.assignment.strategy"), Some("range"));
+
+        config.read_ahead_records = Some(2_000);
+        let c = consumer_config(&clients, &config, "range").unwrap();
+        assert_eq!(c.get("queued.min.messages"), Some("2000"));
+
+        let mut kafka = KafkaConfig::default();
+        kafka
+            .properties
+            .insert("queued.min.messages".into(), "50000".into());
+        let c = consumer_config(&KafkaClients::new(kafka), &config, "range").unwrap();
+        assert_eq!(c.get("queued.min.messages"), Some("50000"));
+    }
 }
