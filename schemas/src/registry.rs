@@ -298,11 +298,13 @@ impl RegistryClient {
             req = req.bearer_auth(token);
         }
         let url = format!("{}{path}", self.url);
-        let resp = req.send().await.map_err(|e| RegistryError::Request {
-            url: url.clone(),
-            message: e.to_string(),
-            retriable: true,
-        })?;
+        let resp = send_with_retries(req)
+            .await
+            .map_err(|e| RegistryError::Request {
+                url: url.clone(),
+                message: with_causes(&e),
+                retriable: true,
+            })?;
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
@@ -316,6 +318,45 @@ impl RegistryClient {
     }
 }
 
+/// Tries sent through [`RegistryClient::send`] (all idempotent: reads, compatibility checks,
+/// setting a subject's compatibility) when the request could not be sent or timed out.
+const SEND_TRIES: u32 = 3;
+
+/// Sends `req`, again after 250 ms and 1 s when it could not be sent or its answer did not
+/// come in time: a registry busy with garbage collection, or a pooled connection the
+/// registry closed as it was reused, costs a retry instead of a failed command.
+async fn send_with_retries(
+    req: reqwest::RequestBuilder,
+) -> Result<reqwest::Response, reqwest::Error> {
+    let mut backoff = std::time::Duration::from_millis(250);
+    for _ in 1..SEND_TRIES {
+        let Some(again) = req.try_clone() else {
+            break; // a streamed body: one try only
+        };
+        match again.send().await {
+            Err(e) if e.is_connect() || e.is_timeout() || e.is_request() => {
+                tracing::debug!(error = %with_causes(&e), "registry request failed; trying again");
+                tokio::time::sleep(backoff).await;
+                backoff *= 4;
+            }
+            other => return other,
+        }
+    }
+    req.send().await
+}
+
+/// `e` and its causes, `: `-separated (reqwest's own message leaves out why a request failed).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
 fn request_error(url: &str, e: SRCError) -> RegistryError {
     RegistryError::Request {
         url: url.to_string(),
@@ -324,5 +365,65 @@ fn request_error(url: &str, e: SRCError) -> RegistryError {
             None => e.error.clone(),
         },
         retriable: e.retriable,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn client(url: &str) -> RegistryClient {
+        RegistryClient::new(&RegistryConfig {
+            url: url.into(),
+            timeout_ms: 2_000,
+            ..RegistryConfig::default()
+        })
+        .unwrap()
+    }
+
+    /// A registry that drops the first connection without answering and answers the second.
+    #[tokio::test]
+    async fn a_dropped_connection_is_tried_again() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (first, _) = listener.accept().await.unwrap();
+            drop(first);
+            let (mut second, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = second.read(&mut buf).await.unwrap();
+            let body = r#"{"compatibilityLevel":"BACKWARD"}"#;
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            second.write_all(answer.as_bytes()).await.unwrap();
+        });
+        let level = client(&url).compatibility(Some("s")).await.unwrap();
+        assert_eq!(level, "BACKWARD");
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_registry_is_reported_with_the_cause() {
+        // Bound and closed again: nothing listens on the port.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let err = client(&format!("http://127.0.0.1:{port}"))
+            .set_compatibility(Some("s"), "BACKWARD")
+            .await
+            .unwrap_err();
+        let RegistryError::Request {
+            message, retriable, ..
+        } = &err
+        else {
+            panic!("{err:?}");
+        };
+        assert!(retriable);
+        assert!(message.contains("onnection refused"), "{message}");
     }
 }
