@@ -11,7 +11,7 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, Producer};
 use rdkafka::{Offset, TopicPartitionList};
-use sluice_runtime::kafka::KafkaClients;
+use sluice_runtime::kafka::{set_default, KafkaClients};
 use sluice_runtime::Shutdown;
 
 use super::batch::{self, Batch, Ended, OutputSink, Shared};
@@ -957,9 +957,7 @@ fn consumer_config(
     let mut c = clients.consumer_config("consumer", &config.group)?;
     c.set("partition.assignment.strategy", assignor);
     if let Some(records) = config.read_ahead_records {
-        if c.get("queued.min.messages").is_none() {
-            c.set("queued.min.messages", records.to_string());
-        }
+        set_default(&mut c, "queued.min.messages", &records.to_string());
     }
     Ok(c)
 }

@@ -297,7 +297,9 @@ pub async fn create_topic_if_missing(
     }
 }
 
-fn set_default(c: &mut ClientConfig, key: &str, value: &str) {
+/// Sets `key` to `value` unless the configuration already has it (from `kafka.properties`, or
+/// set before): the way sluice's defaults leave the operator's settings in force.
+pub fn set_default(c: &mut ClientConfig, key: &str, value: &str) {
     if c.get(key).is_none() {
         c.set(key, value);
     }

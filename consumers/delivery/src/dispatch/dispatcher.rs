@@ -1050,9 +1050,7 @@ fn consumer_config(
     group: &str,
 ) -> Result<rdkafka::ClientConfig, sluice_runtime::config::ConfigError> {
     let mut c = clients.consumer_config("deliver", group)?;
-    if c.get("fetch.wait.max.ms").is_none() {
-        c.set("fetch.wait.max.ms", RESUME_FETCH_WAIT_MS);
-    }
+    sluice_runtime::kafka::set_default(&mut c, "fetch.wait.max.ms", RESUME_FETCH_WAIT_MS);
     c.set("partition.assignment.strategy", "range");
     Ok(c)
 }
