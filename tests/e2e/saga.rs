@@ -816,19 +816,12 @@ async fn a_failing_compensation_parks_the_saga_until_an_operator_retries() {
     );
 }
 
-/// A finished instance's state is deleted once the keep period is over: a tombstone in the
-/// state topic, so operators see an unknown id and a restart does not bring it back; and
-/// the participants forget the saga's commands they handled (tombstones in their dedup
-/// topics), so their tables do not grow with every saga ever run.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn finished_sagas_are_deleted_after_the_keep_period() {
-    let d = Deployment::new().await;
-    let _orchestrator = d.orchestrator_with(&["--keep-finished", "3s"]);
-    let _participants = d.participants(&[]);
+/// Places one order, `<prefix>-done`, and waits for its saga to complete; returns its id.
+async fn complete_one_saga(d: &Deployment) -> String {
     let publisher = d.publisher().await;
     let done = format!("{}-done", d.prefix);
     place(&publisher, &done, &["A-1"]).await;
-    let mut lifecycle = Lifecycle::new(&d);
+    let mut lifecycle = Lifecycle::new(d);
     lifecycle
         .until_terminal(std::iter::once(&done), Duration::from_secs(60))
         .await;
@@ -836,6 +829,17 @@ async fn finished_sagas_are_deleted_after_the_keep_period() {
         Lifecycle::terminal(&lifecycle.by_id()[&done]),
         ["SagaCompleted"]
     );
+    done
+}
+
+/// A finished instance's state is deleted once the keep period is over: a tombstone in the
+/// state topic, so operators see an unknown id and a restart does not bring it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_sagas_are_deleted_after_the_keep_period() {
+    let d = Deployment::new().await;
+    let _orchestrator = d.orchestrator_with(&["--keep-finished", "3s"]);
+    let _participants = d.participants(&[]);
+    let done = complete_one_saga(&d).await;
     assert_eq!(d.state(&done).await["status"], "completed");
 
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -866,9 +870,19 @@ async fn finished_sagas_are_deleted_after_the_keep_period() {
         last.2.is_empty(),
         "last state record of {done} is not a tombstone"
     );
+}
 
-    // The participants were told too: each command of the saga they handled ends with a
-    // tombstone in its role's dedup topic.
+/// The participants forget a saga's commands as soon as it finishes (tombstones in their
+/// dedup topics), while the orchestrator keeps its state for `--keep-finished`: their tables
+/// hold the commands of running sagas, not of every saga finished in the last week.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn participants_forget_a_saga_s_commands_once_it_finishes() {
+    let d = Deployment::new().await;
+    let _orchestrator = d.orchestrator_with(&[]);
+    let _participants = d.participants(&[]);
+    let done = complete_one_saga(&d).await;
+
+    // Each command of the saga they handled ends with a tombstone in its role's dedup topic.
     let handled: BTreeMap<String, String> = d
         .effects()
         .into_iter()
@@ -893,6 +907,11 @@ async fn finished_sagas_are_deleted_after_the_keep_period() {
                 .collect::<Vec<_>>()
         );
     }
+    let (kept, _, err) = d.sluice(&["saga", "show", &done]).await;
+    assert!(
+        kept,
+        "the orchestrator keeps the finished saga's state: {err}"
+    );
 }
 
 /// At `--max-in-flight` running sagas further orders wait unread in their partitions, and
@@ -1058,9 +1077,11 @@ async fn crashing_the_orchestrator_loses_and_repeats_nothing() {
     // The command ids the orchestrator sent are exactly those executed: none lost, none
     // executed twice.
     let ran: BTreeSet<String> = effects.iter().map(|e| e.command_id.clone()).collect();
+    // The topic also carries the orchestrator's word that a saga finished (no command id).
     let ids_of = |g: &[Seen]| -> BTreeSet<String> {
         g.iter()
-            .map(|r| String::from_utf8_lossy(&r.1["sluice_command_id"]).into_owned())
+            .filter_map(|r| r.1.get("sluice_command_id"))
+            .map(|id| String::from_utf8_lossy(id).into_owned())
             .collect()
     };
     let commands_topic = reader(&d.topic(&format!("saga.{SAGA}.commands")));
@@ -1069,6 +1090,7 @@ async fn crashing_the_orchestrator_loses_and_repeats_nothing() {
     })
     .await;
     commands.extend(read_until(&commands_topic, Duration::from_secs(2), |_| false).await);
+    commands.retain(|r| r.1.contains_key("sluice_command_id"));
     let sent = ids_of(&commands);
     assert_eq!(sent, ran);
     let (_, out, _) = d.sluice(&["saga", "list"]).await;

@@ -246,6 +246,7 @@ mod tests {
             saga: "s".into(),
             step: "charge-payment".into(),
             kind: Kind::Action,
+            topic: "t.saga.s.commands".into(),
             reply_topic: "t.saga.s.replies".into(),
             success: "dev.sluice.events.sagas.PaymentCharged".into(),
             failure: "dev.sluice.events.sagas.PaymentChargeFailed".into(),

@@ -79,6 +79,8 @@ pub enum Ignored {
     NotRunning,
     /// An expire request for an instance that is not finished, or not long enough.
     NotExpired,
+    /// A message for the participants (a `finished`) on the orchestrator's input.
+    ForParticipants,
 }
 
 impl Ignored {
@@ -93,6 +95,7 @@ impl Ignored {
             Ignored::NotParked => "not_parked",
             Ignored::NotRunning => "not_running",
             Ignored::NotExpired => "not_expired",
+            Ignored::ForParticipants => "for_participants",
         }
     }
 }
@@ -159,14 +162,36 @@ pub fn command_id(saga_id: &str, step: &str, kind: Kind, try_no: u32) -> String 
     format!("{saga_id}:{step}:{verb}:{try_no}")
 }
 
-/// The saga id a [`command_id`] was made from. Step names are slugs (no `:`), so the id is
-/// what precedes the last three fields, even when it contains `:` itself.
-pub fn saga_of_command(command_id: &str) -> Option<&str> {
+/// What a [`command_id`] was made from, but its try number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommandOf<'a> {
+    pub saga_id: &'a str,
+    pub step: &'a str,
+    pub kind: Kind,
+}
+
+/// Splits a [`command_id`]. Step names are slugs (no `:`), so the saga id is what precedes
+/// the last three fields, even when it contains `:` itself.
+pub fn parse_command_id(command_id: &str) -> Option<CommandOf<'_>> {
     let mut fields = command_id.rsplitn(4, ':');
-    let (try_no, verb, _step) = (fields.next()?, fields.next()?, fields.next()?);
+    let (try_no, verb, step) = (fields.next()?, fields.next()?, fields.next()?);
     let saga_id = fields.next()?;
-    let well_formed = matches!(verb, "do" | "undo") && try_no.parse::<u32>().is_ok();
-    well_formed.then_some(saga_id)
+    let kind = match verb {
+        "do" => Kind::Action,
+        "undo" => Kind::Compensation,
+        _ => return None,
+    };
+    try_no.parse::<u32>().ok()?;
+    Some(CommandOf {
+        saga_id,
+        step,
+        kind,
+    })
+}
+
+/// The saga id a [`command_id`] was made from.
+pub fn saga_of_command(command_id: &str) -> Option<&str> {
+    parse_command_id(command_id).map(|c| c.saga_id)
 }
 
 /// What a stored instance needs that the running definition lacks: the topology changed

@@ -398,8 +398,12 @@ pub enum Action {
     Deadline,
     Retry,
     Abort,
-    /// Delete a long-finished instance's state (a tombstone in the state topic).
+    /// Delete a long-finished instance's state (a tombstone in the state topic). Also sent
+    /// to the participants, which then forget every command of the saga they handled.
     Expire,
+    /// To the participants only, when an instance finishes: no command of the saga comes
+    /// again, so they forget the ones they handled, keeping fences until [`Action::Expire`].
+    Finished,
 }
 
 impl Action {
@@ -410,6 +414,7 @@ impl Action {
             Action::Retry => "retry",
             Action::Abort => "abort",
             Action::Expire => "expire",
+            Action::Finished => "finished",
         }
     }
 
@@ -420,6 +425,7 @@ impl Action {
             Action::Retry,
             Action::Abort,
             Action::Expire,
+            Action::Finished,
         ]
         .into_iter()
         .find(|a| a.as_str() == text)

@@ -522,6 +522,10 @@ impl Orchestrator {
             let c = Control::from_value(&value).map_err(bad)?;
             match c.action {
                 Action::Expire => return Ok(self.expire(s, home, &id, &c)),
+                Action::Finished => {
+                    self.count(Count::Ignored(s, Ignored::ForParticipants));
+                    return Ok(Vec::new());
+                }
                 Action::Start => {
                     self.admission.applied();
                     Input::Start {
@@ -573,7 +577,12 @@ impl Orchestrator {
         };
 
         let now = metadata::now_ms();
-        let transition = match self.store.get(s, home, &id) {
+        let current = self.store.get(s, home, &id);
+        let was_finished = current
+            .as_ref()
+            .and_then(super::store::finished_at)
+            .is_some();
+        let transition = match current {
             Some(Slot::Gone { status, .. }) => {
                 let why = match input {
                     Input::Start { .. } => Ignored::DuplicateTrigger,
@@ -627,6 +636,11 @@ impl Orchestrator {
         if state.status.is_terminal() {
             let seconds = (now - state.started_at).max(0) as f64 / 1000.0;
             self.count(Count::Terminal(s, state.status, seconds));
+            if !was_finished {
+                let request_id = format!("{}/{id}/{}/finished", saga.def.name, state.seq);
+                let finished = Control::new(&saga.def.name, &id, Action::Finished, &request_id);
+                outputs.extend(self.tell_participants(s, &finished));
+            }
         }
         self.store.stage(s, home, id, Arc::new(state));
         Ok(outputs)
@@ -929,10 +943,10 @@ impl Orchestrator {
         outputs
     }
 
-    /// The `expire` again, on each of the saga's command topics, keyed like its commands so
-    /// it follows them in their partition: participants forget the commands of the saga
-    /// they handled. One that cannot be encoded is left out (logged): the participants then
-    /// keep those entries, which is safe.
+    /// `control` (a `finished` or an `expire`) on each of the saga's command topics, keyed
+    /// like its commands so it follows them in their partition: participants forget the
+    /// commands of the saga they handled from there. One that cannot be encoded is left out
+    /// (logged): the participants then keep those entries, which is safe.
     fn tell_participants(&self, s: usize, control: &Control) -> Vec<Output> {
         let saga = &self.sagas[s];
         let meta = Meta {
@@ -963,7 +977,8 @@ impl Orchestrator {
                     saga = saga.def.name,
                     topic,
                     %error,
-                    "participants are not told of an expired saga; they keep its commands"
+                    action = control.action.as_str(),
+                    "participants are not told the saga is over; they keep its commands"
                 ),
             }
         }

@@ -57,7 +57,7 @@ use sluice_topology::{naming, Topology};
 use tracing::Instrument;
 
 use super::instance::Kind;
-use super::machine::{saga_of_command, short_name};
+use super::machine::{parse_command_id, short_name};
 use super::messages::{
     self, Action, Command, Control, Meta, Reply, SchemaBook, COMMAND_ID_HEADER, CORRELATION_HEADER,
     SAGA_ID_HEADER,
@@ -111,6 +111,8 @@ pub struct Route {
     pub saga: String,
     pub step: String,
     pub kind: Kind,
+    /// Where the command comes from.
+    pub topic: String,
     pub reply_topic: String,
     pub success: String,
     pub failure: String,
@@ -155,6 +157,7 @@ impl RoleSpec {
                             saga: saga.name.clone(),
                             step: step.name.clone(),
                             kind,
+                            topic: c.command.topic.clone(),
                             reply_topic: reply_topic.clone(),
                             success: c.success.clone(),
                             failure: c.failure.clone(),
@@ -435,7 +438,7 @@ impl<P: Participant> ParticipantHandler<P> {
             },
         };
         if event_type == SAGA_CONTROL_TYPE {
-            return self.forget(record.partition, &decoded.value);
+            return self.forget(&record.topic, record.partition, &decoded.value);
         }
         let Some(route) = self.spec.commands.get(&event_type) else {
             return Ok(Vec::new());
@@ -559,12 +562,19 @@ impl<P: Participant> ParticipantHandler<P> {
         Ok(attempted.into_iter().chain(settled).collect())
     }
 
-    /// The orchestrator deleted a finished saga's state (its `expire`, once the keep period
-    /// is over), so no command of that saga comes again: the commands of it handled here are
-    /// forgotten too, with tombstones in the dedup topic. Without this the table, in memory
-    /// and on the topic, would grow with every command ever handled.
+    /// The orchestrator says no command of a saga comes again on `topic`, so the commands
+    /// of it handled here that come from there are forgotten, with tombstones in the dedup
+    /// topic; without this the table, in memory and on the topic, would grow with every
+    /// command ever handled. It says so when the saga finishes ([`Action::Finished`]), and
+    /// again when it deletes the saga's state after the keep period ([`Action::Expire`]).
+    ///
+    /// Only commands from the topic the message came on: it follows every command of the
+    /// saga sent there, but one sent to another topic may still be on its way. And fences
+    /// are kept until the expire: a fenced action may still come back, replayed from a
+    /// dead-letter topic by an operator, and must be refused then too.
     fn forget(
         &self,
+        topic: &str,
         partition: i32,
         value: &apache_avro::types::Value,
     ) -> Result<Vec<Output>, HandlerError> {
@@ -574,16 +584,33 @@ impl<P: Participant> ParticipantHandler<P> {
                 format!("{SAGA_CONTROL_TYPE}: {e}"),
             )
         })?;
-        if control.action != Action::Expire {
-            return Ok(Vec::new());
-        }
+        let keep_fences = match control.action {
+            Action::Finished => true,
+            Action::Expire => false,
+            _ => return Ok(Vec::new()),
+        };
         let saga_id = control.saga_id.as_str();
         let handled = self
             .dedup
             .keys_with_prefix(partition, &format!("{saga_id}:"));
         let tombstones: Vec<Output> = handled
             .iter()
-            .filter(|id| saga_of_command(id) == Some(saga_id))
+            .filter(|id| {
+                let Some(of) = parse_command_id(id).filter(|c| c.saga_id == saga_id) else {
+                    return false;
+                };
+                let route = self.spec.commands.values().find(|r| {
+                    r.saga == control.saga_name && r.step == of.step && r.kind == of.kind
+                });
+                // A step the topology no longer has sends nothing: gone with the expire.
+                let from_here = route.map_or(!keep_fences, |r| r.topic == topic);
+                let fence = keep_fences
+                    && self
+                        .dedup
+                        .get(partition, id)
+                        .is_some_and(|e| e.outcome == Settled::Fenced);
+                from_here && !fence
+            })
             .map(|id| self.dedup.delete(partition, id))
             .collect();
         if !tombstones.is_empty() {

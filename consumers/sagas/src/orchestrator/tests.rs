@@ -272,6 +272,18 @@ impl World {
         });
     }
 
+    /// Publishes a control message for saga `id`, as an operator or the timer would.
+    fn control(&mut self, action: Action, id: &str) {
+        let saga = self.orchestrator.sagas()[0].def.name.clone();
+        let request_id = format!("{}-{id}", action.as_str());
+        let control = Control::new(&saga, id, action, &request_id);
+        let out = self
+            .orchestrator
+            .control_output(0, &control, &messages::child_traceparent(None, id))
+            .unwrap();
+        self.publish(&out);
+    }
+
     fn executed(&self) -> Vec<String> {
         self.executed.lock().unwrap().clone()
     }
@@ -522,55 +534,64 @@ async fn an_action_that_may_have_run_unanswered_is_marked_attempted_and_run_agai
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn participants_forget_a_saga_s_commands_when_its_state_is_deleted() {
-    let log = Arc::new(MemoryLog::default());
-    let mut w = World::start(&log).await;
-    w.orchestrator.keep_finished_ms = 0;
-    // "o7:x" shares the prefix of o7's command ids; it is kept.
-    for id in ["o7", "o7:x", "o8-declined"] {
-        w.place_order(id);
-    }
-    w.run_until_quiet().await;
+/// The participants' dedup keys written to their state topics, as records or tombstones.
+fn dedup_keys(w: &World, tombstones: bool) -> std::collections::BTreeSet<String> {
     let state_topics: Vec<String> = w
         .participants
         .iter()
         .map(|p| p.spec().state_topic.clone())
         .collect();
-    let entries = |w: &World, tombstones: bool| -> std::collections::BTreeSet<String> {
-        w.written
-            .iter()
-            .filter(|o| state_topics.contains(&o.topic) && o.value.is_none() == tombstones)
-            .map(|o| String::from_utf8(o.key.clone().unwrap()).unwrap())
-            .collect()
-    };
-    let handled = entries(&w, false);
-    let of = |saga: &str| -> std::collections::BTreeSet<String> {
-        handled
-            .iter()
-            .filter(|id| crate::machine::saga_of_command(id) == Some(saga))
-            .cloned()
-            .collect()
-    };
-    assert_eq!(of("o7").len(), 3, "{handled:?}");
-    assert_eq!(of("o8-declined").len(), 3, "two steps and a compensation");
+    w.written
+        .iter()
+        .filter(|o| state_topics.contains(&o.topic) && o.value.is_none() == tombstones)
+        .map(|o| String::from_utf8(o.key.clone().unwrap()).unwrap())
+        .collect()
+}
 
-    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    let saga = w.orchestrator.sagas()[0].def.name.clone();
+/// The keys among `keys` of saga `id`'s commands.
+fn of_saga(keys: &std::collections::BTreeSet<String>, id: &str) -> Vec<String> {
+    keys.iter()
+        .filter(|k| crate::machine::saga_of_command(k) == Some(id))
+        .cloned()
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn participants_forget_a_saga_s_commands_once_it_finishes() {
+    let log = Arc::new(MemoryLog::default());
+    let mut w = World::start(&log).await;
+    let roles = RoleSpec::roles(&topology(&catalog()));
+    assert_eq!(roles, ["inventory", "payments", "shipping"]);
+    // "o7:x" shares the prefix of o7's command ids, and is held before its payment step.
+    w.place_order("o7:x");
+    let (payments, charge_x) = w
+        .run_until("dev.sluice.events.sagas.ChargePayment", |who| {
+            who == Who::Participant(1)
+        })
+        .await;
     for id in ["o7", "o8-declined"] {
-        let expire = Control::new(&saga, id, Action::Expire, &format!("expire-{id}"));
-        let out = w
-            .orchestrator
-            .control_output(0, &expire, &messages::child_traceparent(None, id))
-            .unwrap();
-        w.publish(&out);
+        w.place_order(id);
     }
     w.run_until_quiet().await;
-    assert_eq!(w.status("o7"), None, "the orchestrator's state is gone");
-    let forgotten = entries(&w, true);
-    let expected: std::collections::BTreeSet<String> =
-        of("o7").union(&of("o8-declined")).cloned().collect();
-    assert_eq!(forgotten, expected);
+    assert_eq!(w.status("o7"), Some(Status::Completed));
+    assert_eq!(w.status("o8-declined"), Some(Status::Compensated));
+
+    let handled = dedup_keys(&w, false);
+    let forgotten = dedup_keys(&w, true);
+    assert_eq!(of_saga(&handled, "o7").len(), 3, "{handled:?}");
+    assert_eq!(
+        of_saga(&handled, "o8-declined").len(),
+        3,
+        "two steps and a compensation"
+    );
+    for id in ["o7", "o8-declined"] {
+        assert_eq!(of_saga(&forgotten, id), of_saga(&handled, id), "{id}");
+    }
+    assert_eq!(of_saga(&handled, "o7:x").len(), 1, "{handled:?}");
+    assert!(
+        of_saga(&forgotten, "o7:x").is_empty(),
+        "still running: {forgotten:?}"
+    );
 
     // Restarted over the same log: o7's command is new again, o7:x's is still known.
     let mut again = World::start(&log).await;
@@ -597,4 +618,50 @@ async fn participants_forget_a_saga_s_commands_when_its_state_is_deleted() {
         again.handle(who, &record, true).await;
     }
     assert_eq!(again.executed(), ["ReserveInventory o7"]);
+
+    // o7:x goes on and finishes: forgotten too.
+    w.handle(payments, &charge_x, true).await;
+    w.run_until_quiet().await;
+    assert_eq!(w.status("o7:x"), Some(Status::Completed));
+    let forgotten = dedup_keys(&w, true);
+    assert_eq!(of_saga(&forgotten, "o7:x").len(), 3, "{forgotten:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fence_outlives_its_finished_saga_until_the_saga_expires() {
+    let log = Arc::new(MemoryLog::default());
+    let mut w = World::start(&log).await;
+    w.orchestrator.keep_finished_ms = 0;
+    w.place_order("o9");
+    // The reservation is held (late), and the saga aborted meanwhile.
+    let (inventory, reserve) = w
+        .run_until("dev.sluice.events.sagas.ReserveInventory", |who| {
+            who == Who::Participant(0)
+        })
+        .await;
+    w.control(Action::Abort, "o9");
+    w.run_until_quiet().await;
+    assert_eq!(w.status("o9"), Some(Status::Compensated));
+    assert!(w.executed().is_empty(), "{:?}", w.executed());
+    let fence = "o9:reserve-inventory:do:1".to_string();
+    assert!(dedup_keys(&w, false).contains(&fence));
+    assert_eq!(
+        of_saga(&dedup_keys(&w, true), "o9"),
+        ["o9:reserve-inventory:undo:1"],
+        "the compensation's entry is forgotten, the fence kept"
+    );
+
+    // The late reservation (or a replay of it) is still refused.
+    let refused = w.handle(inventory, &reserve, true).await;
+    assert!(w.executed().is_empty(), "{:?}", w.executed());
+    assert_eq!(of_type(&refused, "InventoryReservationFailed").len(), 1);
+
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    w.control(Action::Expire, "o9");
+    w.run_until_quiet().await;
+    assert_eq!(w.status("o9"), None, "the orchestrator's state is gone");
+    assert!(
+        dedup_keys(&w, true).contains(&fence),
+        "gone with the expire"
+    );
 }
