@@ -37,14 +37,10 @@ pub(super) type Hops = BTreeMap<(usize, String), Vec<f64>>;
 
 /// Reads every record from `from` to the current end, keeps those whose key starts with
 /// `ids`, and measures the hops of each saga (keyed by the record key, the saga id).
-///
-/// Records of type `SagaControl` on `commands` are left out: the orchestrator's word to the
-/// participants that a saga finished goes there with the saga's last state, and is no hop.
 pub(super) fn read(
     clients: &KafkaClients,
     from: &TopicPartitionList,
     ids: &str,
-    commands: &str,
 ) -> anyhow::Result<Hops> {
     let consumer: BaseConsumer = clients
         .consumer_config(
@@ -84,8 +80,7 @@ pub(super) fn read(
                 .unwrap_or("")
                 .to_string()
         });
-        let finished = m.topic() == commands && kind.as_deref() == Some("SagaControl");
-        if let Some(kind) = kind.filter(|_| !finished) {
+        if let Some(kind) = kind {
             records.entry(key).or_default().push((at, kind));
         }
     }

@@ -317,8 +317,7 @@ pub async fn run(config: &SluiceConfig, args: BenchArgs) -> anyhow::Result<ExitC
         let (run, inside) =
             measure(&publisher, &clients, &events, decode, &paced, n, per_tick).await?;
         let after = join_all(loops.map(|c| phases::scrape(c.1))).await;
-        let mut by_hop =
-            tokio::task::block_in_place(|| hops::read(&clients, &from, &paced, saga_topics[2]))?;
+        let mut by_hop = tokio::task::block_in_place(|| hops::read(&clients, &from, &paced))?;
         println!(
             "sagas       ({}/s for 5 s, below saturation): end-to-end p50 {:.0} ms, p99 {:.0} ms; start → completed p50 {:.0} ms, p99 {:.0} ms",
             args.paced_rate,

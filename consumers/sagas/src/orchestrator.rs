@@ -23,7 +23,7 @@
 //! keep flowing, so a restart on a million queued orders holds a bounded set of sagas.
 
 use sluice_stream::ErrorClass;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -72,6 +72,9 @@ pub struct SagaRuntime {
     pub state_topic: String,
     /// Partitions of the replies (and state) topic.
     pub partitions: i32,
+    /// Partitions of each command topic: a saga's commands, and the word that it finished,
+    /// go to its id's partition there, so the word follows the commands.
+    command_partitions: BTreeMap<String, i32>,
     source: String,
     /// Lifecycle event type → its routed topic.
     lifecycle: HashMap<String, String>,
@@ -81,13 +84,14 @@ pub struct SagaRuntime {
 
 impl SagaRuntime {
     /// The distinct topics the saga's commands (actions and compensations) go to.
-    fn command_topics(&self) -> std::collections::BTreeSet<&str> {
-        self.def
-            .steps
-            .iter()
-            .flat_map(|s| std::iter::once(&s.action).chain(s.compensation.as_ref()))
-            .map(|c| c.topic.as_str())
-            .collect()
+    fn command_topics(&self) -> impl Iterator<Item = &str> {
+        self.command_partitions.keys().map(String::as_str)
+    }
+
+    /// The partition of `topic` (a command topic) that saga `id`'s commands go to.
+    fn command_partition(&self, topic: &str, id: &str) -> i32 {
+        let partitions = self.command_partitions.get(topic).copied().unwrap_or(1);
+        home_partition(id.as_bytes(), partitions)
     }
 
     /// The lifecycle event type `dev.sluice.events.sagas.<short>` and its topic (every one is
@@ -152,6 +156,8 @@ pub struct Orchestrator {
     owned: Vec<Ownership>,
     /// The batch's counts, applied to the metrics only if it commits.
     counts: Mutex<Vec<Count>>,
+    /// Instances (saga, id) the batch finishes; the participants are told once per batch.
+    finished: Mutex<Vec<(usize, String)>>,
     metrics: SagaMetrics,
     /// How long a finished instance stays in memory in full (a late reply is told from a
     /// duplicate against it) before only its status is kept.
@@ -175,7 +181,7 @@ pub struct Plan {
 }
 
 /// The sagas `only` names (every saga when empty), checked against the catalog;
-/// `partitions_of` gives a replies topic's partition count.
+/// `partitions_of` gives a replies or command topic's partition count.
 pub fn plan(
     catalog: &Catalog,
     topology: &Topology,
@@ -221,10 +227,15 @@ pub fn plan(
         };
         pairs.push((replies_topic.clone(), SAGA_CONTROL_TYPE.to_string()));
         pairs.push((def.trigger_topic.clone(), def.trigger_type.clone()));
+        let mut command_partitions = BTreeMap::new();
         for step in &def.steps {
             for c in std::iter::once(&step.action).chain(step.compensation.as_ref()) {
+                if !command_partitions.contains_key(&c.topic) {
+                    command_partitions.insert(c.topic.clone(), partitions_of(&c.topic)?);
+                }
                 pairs.push((c.topic.clone(), c.event_type.clone()));
-                // Its `expire` goes to the participants too (they forget the saga's commands).
+                // `finished` and `expire` go to the participants too (they forget the saga's
+                // commands).
                 pairs.push((c.topic.clone(), SAGA_CONTROL_TYPE.to_string()));
                 pairs.push((replies_topic.clone(), c.success.clone()));
                 pairs.push((replies_topic.clone(), c.failure.clone()));
@@ -236,6 +247,7 @@ pub fn plan(
             def,
             replies_topic,
             partitions,
+            command_partitions,
             lifecycle,
             outcome,
         });
@@ -325,6 +337,7 @@ impl Orchestrator {
             by_trigger_topic,
             store: Store::default(),
             counts: Mutex::default(),
+            finished: Mutex::default(),
             metrics,
             finished_retention_ms: 60_000,
             keep_finished_ms: DEFAULT_KEEP_FINISHED_MS,
@@ -637,9 +650,10 @@ impl Orchestrator {
             let seconds = (now - state.started_at).max(0) as f64 / 1000.0;
             self.count(Count::Terminal(s, state.status, seconds));
             if !was_finished {
-                let request_id = format!("{}/{id}/{}/finished", saga.def.name, state.seq);
-                let finished = Control::new(&saga.def.name, &id, Action::Finished, &request_id);
-                outputs.extend(self.tell_participants(s, &finished));
+                self.finished
+                    .lock()
+                    .expect("finished sagas")
+                    .push((s, id.clone()));
             }
         }
         self.store.stage(s, home, id, Arc::new(state));
@@ -736,7 +750,7 @@ impl Orchestrator {
                 let value =
                     self.book
                         .encode_fields(&c.topic, &c.event_type, command.fields(&meta))?;
-                out.push(output(
+                let mut command = output(
                     &c.topic,
                     &c.event_type,
                     value,
@@ -745,7 +759,9 @@ impl Orchestrator {
                         (COMMAND_ID_HEADER, command_id),
                         (CORRELATION_HEADER, &state.id),
                     ],
-                ));
+                );
+                command.partition = Some(saga.command_partition(&c.topic, &state.id));
+                out.push(command);
             }
             Effect::Started => out.push(lifecycle(
                 "SagaStarted",
@@ -943,46 +959,92 @@ impl Orchestrator {
         outputs
     }
 
-    /// `control` (a `finished` or an `expire`) on each of the saga's command topics, keyed
-    /// like its commands so it follows them in their partition: participants forget the
-    /// commands of the saga they handled from there. One that cannot be encoded is left out
-    /// (logged): the participants then keep those entries, which is safe.
+    /// The `expire` on each of the saga's command topics, in the partition its commands went
+    /// to, so it follows them: participants forget the commands of the saga they handled
+    /// from there, fences included.
     fn tell_participants(&self, s: usize, control: &Control) -> Vec<Output> {
+        let saga = &self.sagas[s];
+        saga.command_topics()
+            .filter_map(|topic| {
+                let partition = saga.command_partition(topic, &control.saga_id);
+                self.to_participants(s, control, topic, partition)
+            })
+            .collect()
+    }
+
+    /// One `finished` per command topic partition for the instances this batch finishes
+    /// (their ids in its `data`, a JSON array), after their commands there: participants
+    /// forget the commands of those sagas they handled from there, fences kept. One message
+    /// per partition and batch rather than per saga keeps it off the saga's own cost.
+    fn finished_outputs(&self) -> Vec<Output> {
+        let finished = std::mem::take(&mut *self.finished.lock().expect("finished sagas"));
+        let mut groups: BTreeMap<(usize, &str, i32), Vec<String>> = BTreeMap::new();
+        for (s, id) in finished {
+            let saga = &self.sagas[s];
+            for topic in saga.command_topics() {
+                let partition = saga.command_partition(topic, &id);
+                groups
+                    .entry((s, topic, partition))
+                    .or_default()
+                    .push(id.clone());
+            }
+        }
+        groups
+            .into_iter()
+            .filter_map(|((s, topic, partition), ids)| {
+                let name = &self.sagas[s].def.name;
+                let first = ids.first().cloned().unwrap_or_default();
+                let request_id = format!("{name}/{first}/{}/finished", ids.len());
+                let mut control = Control::new(name, "", Action::Finished, &request_id);
+                control.data = Some(Json::from(ids).to_string());
+                self.to_participants(s, &control, topic, partition)
+            })
+            .collect()
+    }
+
+    /// `control` as a record for the participants on `topic`; `None` (logged) if it cannot be
+    /// encoded: the participants then keep those commands, which is safe.
+    fn to_participants(
+        &self,
+        s: usize,
+        control: &Control,
+        topic: &str,
+        partition: i32,
+    ) -> Option<Output> {
         let saga = &self.sagas[s];
         let meta = Meta {
             event_id: messages::event_id(&format!("{}/participants", control.request_id)),
             occurred_at: metadata::now_ms(),
             source: saga.source.clone(),
-            subject: Some(control.saga_id.clone()),
+            subject: Some(control.saga_id.clone()).filter(|id| !id.is_empty()),
         };
         let traceparent = messages::child_traceparent(None, &meta.event_id);
-        let mut outputs = Vec::new();
-        for topic in saga.command_topics() {
-            match self
-                .book
-                .encode_fields(topic, SAGA_CONTROL_TYPE, control.fields(&meta))
-            {
-                Ok(value) => outputs.push(Output {
-                    topic: topic.to_string(),
-                    partition: None,
-                    key: Some(control.saga_id.clone().into_bytes()),
-                    value: Some(value),
-                    headers: meta.headers(
-                        SAGA_CONTROL_TYPE,
-                        &traceparent,
-                        &[(SAGA_ID_HEADER, &control.saga_id)],
-                    ),
-                }),
-                Err(error) => tracing::error!(
+        let saga_header: Vec<(&str, &str)> = (!control.saga_id.is_empty())
+            .then_some((SAGA_ID_HEADER, control.saga_id.as_str()))
+            .into_iter()
+            .collect();
+        match self
+            .book
+            .encode_fields(topic, SAGA_CONTROL_TYPE, control.fields(&meta))
+        {
+            Ok(value) => Some(Output {
+                topic: topic.to_string(),
+                partition: Some(partition),
+                key: Some(control.saga_id.clone().into_bytes()).filter(|k| !k.is_empty()),
+                value: Some(value),
+                headers: meta.headers(SAGA_CONTROL_TYPE, &traceparent, &saga_header),
+            }),
+            Err(error) => {
+                tracing::error!(
                     saga = saga.def.name,
                     topic,
-                    %error,
                     action = control.action.as_str(),
+                    %error,
                     "participants are not told the saga is over; they keep its commands"
-                ),
+                );
+                None
             }
         }
-        outputs
     }
 
     /// Updates the in-flight gauges and keeps only the status of instances finished more
@@ -1122,7 +1184,12 @@ impl Handler for Orchestrator {
         }
     }
 
+    fn batch_outputs(&self) -> Vec<Output> {
+        self.finished_outputs()
+    }
+
     fn on_batch_end(&self, committed: bool) {
+        self.finished.lock().expect("finished sagas").clear();
         self.store.finish(committed);
         self.admission.batch_end(committed);
         let counts = std::mem::take(&mut *self.counts.lock().expect("saga counts"));

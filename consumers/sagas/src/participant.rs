@@ -562,14 +562,15 @@ impl<P: Participant> ParticipantHandler<P> {
         Ok(attempted.into_iter().chain(settled).collect())
     }
 
-    /// The orchestrator says no command of a saga comes again on `topic`, so the commands
-    /// of it handled here that come from there are forgotten, with tombstones in the dedup
-    /// topic; without this the table, in memory and on the topic, would grow with every
-    /// command ever handled. It says so when the saga finishes ([`Action::Finished`]), and
-    /// again when it deletes the saga's state after the keep period ([`Action::Expire`]).
+    /// The orchestrator says no command of some sagas comes again on `topic`, so the
+    /// commands of them handled here that come from there are forgotten, with tombstones in
+    /// the dedup topic; without this the table, in memory and on the topic, would grow with
+    /// every command ever handled. It says so for the sagas a batch of its finished
+    /// ([`Action::Finished`], their ids in `data`), and again for each one when it deletes its
+    /// state after the keep period ([`Action::Expire`]).
     ///
-    /// Only commands from the topic the message came on: it follows every command of the
-    /// saga sent there, but one sent to another topic may still be on its way. And fences
+    /// Only commands from the topic the message came on: it follows every command of those
+    /// sagas sent there, but one sent to another topic may still be on its way. And fences
     /// are kept until the expire: a fenced action may still come back, replayed from a
     /// dead-letter topic by an operator, and must be refused then too.
     fn forget(
@@ -578,41 +579,43 @@ impl<P: Participant> ParticipantHandler<P> {
         partition: i32,
         value: &apache_avro::types::Value,
     ) -> Result<Vec<Output>, HandlerError> {
-        let control = Control::from_value(value).map_err(|e| {
+        let invalid = |e: String| {
             HandlerError::permanent(
                 ErrorClass::InvalidCommand,
                 format!("{SAGA_CONTROL_TYPE}: {e}"),
             )
-        })?;
-        let keep_fences = match control.action {
-            Action::Finished => true,
-            Action::Expire => false,
+        };
+        let control = Control::from_value(value).map_err(invalid)?;
+        let (saga_ids, keep_fences) = match control.action {
+            Action::Finished => {
+                let ids: Vec<String> = match control.data.as_deref() {
+                    Some(data) => serde_json::from_str(data)
+                        .map_err(|e| invalid(format!("`data` is not a list of saga ids: {e}")))?,
+                    None => vec![control.saga_id.clone()],
+                };
+                (ids, true)
+            }
+            Action::Expire => (vec![control.saga_id.clone()], false),
             _ => return Ok(Vec::new()),
         };
-        let saga_id = control.saga_id.as_str();
-        let handled = self
-            .dedup
-            .keys_with_prefix(partition, &format!("{saga_id}:"));
-        let tombstones: Vec<Output> = handled
-            .iter()
-            .filter(|id| {
-                let Some(of) = parse_command_id(id).filter(|c| c.saga_id == saga_id) else {
-                    return false;
-                };
-                let route = self.spec.commands.values().find(|r| {
-                    r.saga == control.saga_name && r.step == of.step && r.kind == of.kind
-                });
-                // A step the topology no longer has sends nothing: gone with the expire.
-                let from_here = route.map_or(!keep_fences, |r| r.topic == topic);
-                let fence = keep_fences
-                    && self
-                        .dedup
-                        .get(partition, id)
-                        .is_some_and(|e| e.outcome == Settled::Fenced);
-                from_here && !fence
-            })
-            .map(|id| self.dedup.delete(partition, id))
-            .collect();
+        let mut tombstones = Vec::new();
+        for saga_id in &saga_ids {
+            for id in self
+                .dedup
+                .keys_with_prefix(partition, &format!("{saga_id}:"))
+            {
+                if self.forgets(
+                    &control.saga_name,
+                    saga_id,
+                    &id,
+                    topic,
+                    partition,
+                    keep_fences,
+                ) {
+                    tombstones.push(self.dedup.delete(partition, &id));
+                }
+            }
+        }
         if !tombstones.is_empty() {
             self.metrics
                 .forgotten
@@ -620,6 +623,35 @@ impl<P: Participant> ParticipantHandler<P> {
                 .inc_by(tombstones.len() as u64);
         }
         Ok(tombstones)
+    }
+
+    /// Whether handled command `id` is one of saga `saga_id`'s (not merely sharing the
+    /// prefix) that came from `topic`, and not a fence that is to be kept.
+    fn forgets(
+        &self,
+        saga_name: &str,
+        saga_id: &str,
+        id: &str,
+        topic: &str,
+        partition: i32,
+        keep_fences: bool,
+    ) -> bool {
+        let Some(of) = parse_command_id(id).filter(|c| c.saga_id == saga_id) else {
+            return false;
+        };
+        let route = self
+            .spec
+            .commands
+            .values()
+            .find(|r| r.saga == saga_name && r.step == of.step && r.kind == of.kind);
+        // A step the topology no longer has sends nothing: gone with the expire.
+        let from_here = route.map_or(!keep_fences, |r| r.topic == topic);
+        let fence = keep_fences
+            && self
+                .dedup
+                .get(partition, id)
+                .is_some_and(|e| e.outcome == Settled::Fenced);
+        from_here && !fence
     }
 
     /// The reply and dedup record of a command the participant ran, and its count; nothing

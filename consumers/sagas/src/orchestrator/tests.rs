@@ -99,6 +99,8 @@ struct World {
     participants: Vec<ParticipantHandler<Scripted>>,
     executed: Arc<Mutex<Vec<String>>>,
     book: SchemaBook,
+    /// Decodes whatever the book encodes.
+    codec: AvroCodec,
     /// Next offset per topic partition.
     offsets: HashMap<(String, i32), i64>,
     /// Committed records not yet handled, in order.
@@ -141,13 +143,14 @@ impl World {
         let book = SchemaBook::offline(&catalog, pairs, &codec);
         let metrics = SagaMetrics::new(&prometheus::Registry::new()).unwrap();
         let orchestrator =
-            Orchestrator::with_parts(log.clone(), codec, book.clone(), sagas, metrics);
+            Orchestrator::with_parts(log.clone(), codec.clone(), book.clone(), sagas, metrics);
         let world = Self {
             log: log.clone(),
             orchestrator,
             participants,
             executed,
             book,
+            codec,
             offsets: HashMap::new(),
             queue: VecDeque::new(),
             written: Vec::new(),
@@ -625,6 +628,81 @@ async fn participants_forget_a_saga_s_commands_once_it_finishes() {
     assert_eq!(w.status("o7:x"), Some(Status::Completed));
     let forgotten = dedup_keys(&w, true);
     assert_eq!(of_saga(&forgotten, "o7:x").len(), 3, "{forgotten:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_batch_tells_each_command_partition_once_which_sagas_it_finished() {
+    let log = Arc::new(MemoryLog::default());
+    let mut w = World::start(&log).await;
+    let ids: Vec<String> = (0..6).map(|i| format!("o-batch-{i}")).collect();
+    for id in &ids {
+        w.place_order(id);
+    }
+    // Each saga's last reply, held, then all handled in one batch.
+    let mut last = Vec::new();
+    for _ in &ids {
+        let (_, reply) = w
+            .run_until("dev.sluice.events.sagas.ShipmentCreated", |who| {
+                who == Who::Orchestrator
+            })
+            .await;
+        last.push(reply);
+    }
+    let mut outputs = Vec::new();
+    for reply in &last {
+        outputs.extend(w.orchestrator.handle(reply).await.unwrap());
+    }
+    outputs.extend(w.orchestrator.batch_outputs());
+    w.orchestrator.on_batch_end(true);
+    w.log.commit(&outputs);
+    for o in &outputs {
+        w.publish(o);
+    }
+    w.written.extend(outputs.iter().cloned());
+
+    let commands = &w.orchestrator.sagas()[0].def.steps[0].action.topic;
+    let finished: Vec<&Output> = outputs.iter().filter(|o| &o.topic == commands).collect();
+    let partitions: std::collections::BTreeSet<i32> = ids
+        .iter()
+        .map(|id| crate::home_partition(id.as_bytes(), PARTITIONS))
+        .collect();
+    assert_eq!(
+        finished.len(),
+        partitions.len(),
+        "one per partition: {finished:?}"
+    );
+    let mut told = Vec::new();
+    for o in finished {
+        let partition = o.partition.expect("an explicit partition");
+        let decoded = w
+            .codec
+            .decode(
+                o.value.as_deref().unwrap(),
+                &RecordLocation::new(commands, partition, 0),
+            )
+            .await
+            .unwrap();
+        let control = Control::from_value(&decoded.value).unwrap();
+        assert_eq!(control.action, Action::Finished);
+        let these: Vec<String> = serde_json::from_str(control.data.as_deref().unwrap()).unwrap();
+        for id in &these {
+            assert_eq!(
+                crate::home_partition(id.as_bytes(), PARTITIONS),
+                partition,
+                "{id}"
+            );
+        }
+        told.extend(these);
+    }
+    told.sort();
+    assert_eq!(told, ids);
+
+    w.run_until_quiet().await;
+    let forgotten = dedup_keys(&w, true);
+    for id in &ids {
+        assert_eq!(w.status(id), Some(Status::Completed));
+        assert_eq!(of_saga(&forgotten, id).len(), 3, "{id}: {forgotten:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
