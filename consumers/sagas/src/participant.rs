@@ -598,12 +598,12 @@ impl<P: Participant> ParticipantHandler<P> {
             Action::Expire => (vec![control.saga_id.clone()], false),
             _ => return Ok(Vec::new()),
         };
+        let prefixes: Vec<String> = saga_ids.iter().map(|id| format!("{id}:")).collect();
+        let prefixes: Vec<&str> = prefixes.iter().map(String::as_str).collect();
+        let handled = self.dedup.keys_with_prefixes(partition, &prefixes);
         let mut tombstones = Vec::new();
-        for saga_id in &saga_ids {
-            for id in self
-                .dedup
-                .keys_with_prefix(partition, &format!("{saga_id}:"))
-            {
+        for (saga_id, ids) in saga_ids.iter().zip(handled) {
+            for id in ids {
                 if self.forgets(
                     &control.saga_name,
                     saga_id,

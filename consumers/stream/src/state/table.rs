@@ -61,33 +61,45 @@ impl<V: Clone + Serialize + DeserializeOwned> StateTable<V> {
     /// The keys of state partition `p` that start with `prefix` and have a value, the
     /// batch's changes included.
     pub fn keys_with_prefix(&self, p: i32, prefix: &str) -> Vec<String> {
-        let mut keys: std::collections::BTreeSet<String> = self
-            .committed
-            .lock()
-            .expect("state table")
-            .get(&p)
-            .map(|m| {
-                m.range::<str, _>((
-                    std::ops::Bound::Included(prefix),
-                    std::ops::Bound::Unbounded,
-                ))
-                .map(|(k, _)| k)
-                .take_while(|k| k.starts_with(prefix))
-                .cloned()
+        self.keys_with_prefixes(p, &[prefix])
+            .pop()
+            .unwrap_or_default()
+    }
+
+    /// [`keys_with_prefix`](Self::keys_with_prefix) for each of `prefixes`, in their order:
+    /// the batch's changes are gone through once, not once per prefix.
+    pub fn keys_with_prefixes(&self, p: i32, prefixes: &[&str]) -> Vec<Vec<String>> {
+        let mut found: Vec<std::collections::BTreeSet<String>> = {
+            let committed = self.committed.lock().expect("state table");
+            let empty = BTreeMap::new();
+            let keys = committed.get(&p).unwrap_or(&empty);
+            prefixes
+                .iter()
+                .map(|prefix| {
+                    starting_with(keys, prefix)
+                        .map(|(k, _)| k.clone())
+                        .collect()
+                })
                 .collect()
-            })
-            .unwrap_or_default();
-        self.staged.with(|changes| {
-            for ((sp, key), change) in changes {
-                if *sp == p && key.starts_with(prefix) {
-                    match change {
-                        Some(_) => keys.insert(key.clone()),
-                        None => keys.remove(key),
-                    };
+        };
+        // Each changed key of the partition: set (true) or deleted (false).
+        let changed: BTreeMap<String, bool> = self.staged.with(|changes| {
+            changes
+                .iter()
+                .filter(|((sp, _), _)| *sp == p)
+                .map(|((_, key), change)| (key.clone(), change.is_some()))
+                .collect()
+        });
+        for (prefix, keys) in prefixes.iter().zip(&mut found) {
+            for (key, set) in starting_with(&changed, prefix) {
+                if *set {
+                    keys.insert(key.clone());
+                } else {
+                    keys.remove(key);
                 }
             }
-        });
-        keys.into_iter().collect()
+        }
+        found.into_iter().map(|k| k.into_iter().collect()).collect()
     }
 
     /// Stages `value` for `key` and returns its state record, to write with the batch.
@@ -177,6 +189,18 @@ impl<V: Clone + Serialize + DeserializeOwned> StateTable<V> {
     }
 }
 
+/// The entries of `map` whose key starts with `prefix`, found by range, not by a scan.
+fn starting_with<'a, T>(
+    map: &'a BTreeMap<String, T>,
+    prefix: &'a str,
+) -> impl Iterator<Item = (&'a String, &'a T)> {
+    map.range::<str, _>((
+        std::ops::Bound::Included(prefix),
+        std::ops::Bound::Unbounded,
+    ))
+    .take_while(move |(k, _)| k.starts_with(prefix))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,6 +264,16 @@ mod tests {
         // The open batch counts: a staged delete hides a key, a staged put adds one.
         let _ = (table.delete(0, "s1:a"), table.put(0, "s1:z", 6));
         assert_eq!(table.keys_with_prefix(0, "s1:"), ["s1:b", "s1:z"]);
+        let _ = (table.put(0, "s0:b", 7), table.put(0, "s2:a", 8));
+        assert_eq!(
+            table.keys_with_prefixes(0, &["s10:", "s1:", "s0:", "s3:"]),
+            [
+                vec!["s10:a"],
+                vec!["s1:b", "s1:z"],
+                vec!["s0:a", "s0:b"],
+                vec![]
+            ]
+        );
         table.finish(false);
         assert_eq!(table.keys_with_prefix(0, "s1:"), ["s1:a", "s1:b"]);
         assert_eq!(table.keys_with_prefix(1, "s1:"), ["s1:c"]);
