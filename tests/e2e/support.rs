@@ -369,7 +369,12 @@ pub fn remove_deployment(topology: &sluice_topology::Topology) {
             .build()
             .expect("runtime");
         runtime.block_on(async {
-            let http = reqwest::Client::new();
+            // Clean-up only: a registry that stops answering (one hung a whole CI run on a
+            // kept-alive connection after a restart) costs a leftover subject, not the suite.
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("http client");
             for subject in subjects {
                 for query in ["", "?permanent=true"] {
                     let _ = http
