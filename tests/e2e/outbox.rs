@@ -113,7 +113,8 @@ impl Drop for Deployment {
                 .enable_all()
                 .build()
                 .expect("runtime");
-            runtime.block_on(async {
+            // Clean-up only: bounded, so a database that stops answering cannot hang the suite.
+            let _ = runtime.block_on(tokio::time::timeout(Duration::from_secs(10), async {
                 let Ok((client, connection)) =
                     tokio_postgres::connect(&postgres_dsn(), tokio_postgres::NoTls).await
                 else {
@@ -125,7 +126,7 @@ impl Drop for Deployment {
                         "DROP TABLE IF EXISTS {table}, {table}_agg; DROP FUNCTION IF EXISTS {table}_stamp_xid()"
                     ))
                     .await;
-            });
+            }));
         })
         .join();
     }
