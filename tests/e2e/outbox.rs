@@ -114,19 +114,22 @@ impl Drop for Deployment {
                 .build()
                 .expect("runtime");
             // Clean-up only: bounded, so a database that stops answering cannot hang the suite.
-            let _ = runtime.block_on(tokio::time::timeout(Duration::from_secs(10), async {
-                let Ok((client, connection)) =
-                    tokio_postgres::connect(&postgres_dsn(), tokio_postgres::NoTls).await
-                else {
-                    return;
+            runtime.block_on(async {
+                let drop_tables = async {
+                    let Ok((client, connection)) =
+                        tokio_postgres::connect(&postgres_dsn(), tokio_postgres::NoTls).await
+                    else {
+                        return;
+                    };
+                    tokio::spawn(connection);
+                    let _ = client
+                        .batch_execute(&format!(
+                            "DROP TABLE IF EXISTS {table}, {table}_agg; DROP FUNCTION IF EXISTS {table}_stamp_xid()"
+                        ))
+                        .await;
                 };
-                tokio::spawn(connection);
-                let _ = client
-                    .batch_execute(&format!(
-                        "DROP TABLE IF EXISTS {table}, {table}_agg; DROP FUNCTION IF EXISTS {table}_stamp_xid()"
-                    ))
-                    .await;
-            }));
+                let _ = tokio::time::timeout(Duration::from_secs(10), drop_tables).await;
+            });
         })
         .join();
     }
