@@ -399,10 +399,13 @@ pub enum Action {
     Retry,
     Abort,
     /// Delete a long-finished instance's state (a tombstone in the state topic). Also sent
-    /// to the participants, which then forget every command of the saga they handled.
+    /// to each command topic, whose participants then forget every command of the saga they
+    /// handled from there, fences included.
     Expire,
-    /// To the participants only, when an instance finishes: no command of the saga comes
-    /// again, so they forget the ones they handled, keeping fences until [`Action::Expire`].
+    /// To the participants only, once per command topic partition and batch, listing the
+    /// sagas the batch finished (their ids in `data`): no command of them comes again, so
+    /// the participants forget the ones they handled from there, keeping fences until
+    /// [`Action::Expire`].
     Finished,
 }
 
