@@ -6,6 +6,7 @@
 //! outbound client knows HTTP, addresses and endpoints, not what it carries.
 
 pub mod admin;
+pub mod causes;
 pub mod config;
 pub mod kafka;
 pub mod outbound;

@@ -302,7 +302,7 @@ impl RegistryClient {
             .await
             .map_err(|e| RegistryError::Request {
                 url: url.clone(),
-                message: with_causes(&e),
+                message: sluice_runtime::causes::with_causes(&e),
                 retriable: true,
             })?;
         let status = resp.status();
@@ -335,7 +335,7 @@ async fn send_with_retries(
         };
         match again.send().await {
             Err(e) if e.is_connect() || e.is_timeout() || e.is_request() => {
-                tracing::debug!(error = %with_causes(&e), "registry request failed; trying again");
+                tracing::debug!(error = %sluice_runtime::causes::with_causes(&e), "registry request failed; trying again");
                 tokio::time::sleep(backoff).await;
                 backoff *= 4;
             }
@@ -343,18 +343,6 @@ async fn send_with_retries(
         }
     }
     req.send().await
-}
-
-/// `e` and its causes, `: `-separated (reqwest's own message leaves out why a request failed).
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut message = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
 }
 
 fn request_error(url: &str, e: SRCError) -> RegistryError {

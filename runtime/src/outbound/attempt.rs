@@ -169,13 +169,5 @@ fn describe(err: reqwest::Error) -> String {
     if let Some(refused) = find_source::<Refused>(&err) {
         return refused.to_string();
     }
-    let err = err.without_url();
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(&err);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
+    crate::causes::with_causes(&err.without_url())
 }
