@@ -706,6 +706,34 @@ async fn one_batch_tells_each_command_partition_once_which_sagas_it_finished() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_finished_whose_list_is_not_a_list_is_refused_as_an_invalid_command() {
+    let log = Arc::new(MemoryLog::default());
+    let mut w = World::start(&log).await;
+    let saga = w.orchestrator.sagas()[0].def.name.clone();
+    let commands = w.orchestrator.sagas()[0].def.steps[0].action.topic.clone();
+    let mut forged = Control::new(&saga, "", Action::Finished, "forged");
+    forged.data = Some(r#"{"saga_ids": "o1"}"#.into());
+    let out = w
+        .orchestrator
+        .to_participants(0, &forged, &commands, 0)
+        .unwrap();
+    w.publish(&out);
+    let (who, record) = w.queue.pop_front().unwrap();
+    let Who::Participant(i) = who else {
+        panic!("{who:?}")
+    };
+    let err = w.participants[i].handle(&record).await.unwrap_err();
+    // Permanent: the loop dead-letters it with this reason and goes on with the next record.
+    assert!(matches!(err, HandlerError::Permanent { .. }), "{err:?}");
+    assert_eq!(err.class(), &sluice_stream::ErrorClass::InvalidCommand);
+    assert!(
+        err.message().contains("not a list of saga ids"),
+        "{}",
+        err.message()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_fence_outlives_its_finished_saga_until_the_saga_expires() {
     let log = Arc::new(MemoryLog::default());
     let mut w = World::start(&log).await;
