@@ -114,3 +114,57 @@ fn the_orchestrator_is_saga_run_and_the_old_name_still_works_with_a_notice() {
     assert!(commands.contains(&"saga"), "{top_help}");
     assert!(!commands.contains(&"sagas"), "{top_help}");
 }
+
+/// mimalloc reads its options from the environment as a process starts: every `sluice`
+/// process runs itself again with its purge delay set (same pid, same arguments), and
+/// leaves an operator's own setting alone.
+#[tokio::test]
+async fn every_process_runs_with_its_allocator_purge_delay_unless_the_operator_set_one() {
+    require_stack().await;
+    let topic = crate::support::unique_topic("allocator");
+    sluice_runtime::kafka::create_topic_if_missing(
+        &crate::support::clients().admin().unwrap(),
+        &topic,
+        1,
+    )
+    .await
+    .unwrap();
+    for (given, expected) in [(None, "100"), (Some("7"), "7")] {
+        let mut command = sluice();
+        command
+            .args(["tail", &topic, "--follow"])
+            .env_remove("MIMALLOC_PURGE_DELAY")
+            .stdout(std::process::Stdio::null());
+        if let Some(value) = given {
+            command.env("MIMALLOC_PURGE_DELAY", value);
+        }
+        let mut child = command.spawn().unwrap();
+        let environ = format!("/proc/{}/environ", child.id());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let found = loop {
+            let cmdline = std::fs::read(format!("/proc/{}/cmdline", child.id())).unwrap();
+            let vars = std::fs::read(&environ).unwrap();
+            let value = vars
+                .split(|b| *b == 0)
+                .find_map(|v| v.strip_prefix(b"MIMALLOC_PURGE_DELAY=".as_slice()));
+            // The new image has the same arguments; before the restart the variable is
+            // missing (or the operator's).
+            if value.is_some() || std::time::Instant::now() > deadline {
+                let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).skip(1).collect();
+                assert_eq!(
+                    args[..3],
+                    [b"tail".as_slice(), topic.as_bytes(), b"--follow"]
+                );
+                break value.map(|v| String::from_utf8_lossy(v).into_owned());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the process keeps running"
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(found.as_deref(), Some(expected), "given {given:?}");
+    }
+}
