@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod causes;
 pub mod config;
+pub mod fingerprint;
 pub mod kafka;
 pub mod outbound;
 pub mod serve;

@@ -20,7 +20,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
+use sluice_runtime::fingerprint::Fingerprint;
 use sluice_stream::state::StateLog;
 
 #[derive(Debug, thiserror::Error)]
@@ -55,13 +55,8 @@ struct PartitionKeys {
 }
 
 /// What the store remembers of a delivery key; see the module comment.
-type Fingerprint = [u8; 16];
-
 fn fingerprint(key: &str) -> Fingerprint {
-    let digest = Sha256::digest(key.as_bytes());
-    let mut out = [0u8; 16];
-    out.copy_from_slice(&digest[..16]);
-    out
+    sluice_runtime::fingerprint::fingerprint(key.as_bytes())
 }
 
 impl PartitionKeys {

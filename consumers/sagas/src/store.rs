@@ -9,6 +9,9 @@ use sluice_stream::state::Staged;
 
 use super::instance::{Instance, Status};
 
+mod finished;
+use finished::Finished;
+
 /// An instance in memory: in full while it can still receive inputs, or only its status and
 /// when it finished once it has been finished for a while (enough to refuse a second
 /// trigger, and to know when its state record may be deleted).
@@ -39,12 +42,34 @@ pub struct Tally {
 
 type Partition = (usize, i32);
 
+/// One owned partition's instances.
+#[derive(Debug, Default)]
+struct Instances {
+    /// Running, compensating and parked ones, and the recently finished.
+    live: HashMap<String, Arc<Instance>>,
+    /// Finished ones held by status only.
+    gone: Finished,
+}
+
+impl Instances {
+    fn get(&self, id: &str) -> Option<Slot> {
+        if let Some(i) = self.live.get(id) {
+            return Some(Slot::Live(i.clone()));
+        }
+        let (status, finished_at) = self.gone.get(id)?;
+        Some(Slot::Gone {
+            status,
+            finished_at,
+        })
+    }
+}
+
 #[derive(Debug, Default)]
 struct Committed {
-    slots: HashMap<Partition, HashMap<String, Slot>>,
+    slots: HashMap<Partition, Instances>,
     /// (due at, saga, partition, id) of every committed instance with a deadline.
     deadlines: BTreeSet<(i64, usize, i32, String)>,
-    /// How many slots are [`is_moving`], kept as slots change so the orchestrator's
+    /// How many live instances are [`is_moving`], kept as they change so the orchestrator's
     /// admission check costs nothing per trigger.
     moving: usize,
     /// Instances that finished while held in full, oldest first (some may have been
@@ -71,32 +96,48 @@ pub fn finished_at(slot: &Slot) -> Option<i64> {
 
 /// Running or compensating: an instance whose steps are still under way. A parked one waits
 /// for an operator and does not count, so parked sagas never stop new ones from starting.
-fn is_moving(slot: &Slot) -> bool {
-    matches!(slot, Slot::Live(i) if matches!(i.status, Status::Running | Status::Compensating))
+fn is_moving(instance: &Instance) -> bool {
+    matches!(instance.status, Status::Running | Status::Compensating)
 }
 
-fn due_at(slot: &Slot) -> Option<i64> {
-    match slot {
-        Slot::Live(i) => i.pending.as_ref().and_then(|p| p.due_at()),
-        Slot::Gone { .. } => None,
-    }
+fn due_at(instance: &Instance) -> Option<i64> {
+    instance.pending.as_ref().and_then(|p| p.due_at())
 }
 
 impl Committed {
     fn put(&mut self, (saga, p): Partition, id: String, slot: Slot) {
+        self.forget((saga, p), &id);
         let m = self.slots.entry((saga, p)).or_default();
-        if let Some(d) = m.get(&id).and_then(due_at) {
-            self.deadlines.remove(&(d, saga, p, id.clone()));
+        match slot {
+            Slot::Live(instance) => {
+                if let Some(d) = due_at(&instance) {
+                    self.deadlines.insert((d, saga, p, id.clone()));
+                }
+                self.moving += usize::from(is_moving(&instance));
+                if instance.status.is_terminal() {
+                    self.finished_in_full.push_back((saga, p, id.clone()));
+                }
+                m.live.insert(id, instance);
+            }
+            Slot::Gone {
+                status,
+                finished_at,
+            } => m.gone.insert(&id, status, finished_at),
         }
-        if let Some(d) = due_at(&slot) {
-            self.deadlines.insert((d, saga, p, id.clone()));
-        }
-        self.moving += usize::from(is_moving(&slot));
-        if matches!(&slot, Slot::Live(i) if i.status.is_terminal()) {
-            self.finished_in_full.push_back((saga, p, id.clone()));
-        }
-        if let Some(old) = m.insert(id, slot) {
+    }
+
+    /// Removes an instance from the partition's tables, and its deadline and count with it.
+    fn forget(&mut self, (saga, p): Partition, id: &str) {
+        let Some(m) = self.slots.get_mut(&(saga, p)) else {
+            return;
+        };
+        if let Some(old) = m.live.remove(id) {
             self.moving -= usize::from(is_moving(&old));
+            if let Some(d) = due_at(&old) {
+                self.deadlines.remove(&(d, saga, p, id.to_string()));
+            }
+        } else if m.gone.len() > 0 {
+            m.gone.remove(id);
         }
     }
 
@@ -106,34 +147,22 @@ impl Committed {
             let Some((saga, p, id)) = self.finished_in_full.pop_front() else {
                 break;
             };
-            let Some(slot) = self.slots.get_mut(&(saga, p)).and_then(|m| m.get_mut(&id)) else {
+            let Some(m) = self.slots.get_mut(&(saga, p)) else {
                 continue;
             };
-            if let Slot::Live(i) = slot {
-                if i.status.is_terminal() {
-                    *slot = Slot::Gone {
-                        status: i.status,
-                        finished_at: i.updated_at,
-                    };
-                }
-            }
-        }
-    }
-
-    fn remove(&mut self, (saga, p): Partition, id: &str) {
-        if let Some(slot) = self.slots.get_mut(&(saga, p)).and_then(|m| m.remove(id)) {
-            self.moving -= usize::from(is_moving(&slot));
-            if let Some(d) = due_at(&slot) {
-                self.deadlines.remove(&(d, saga, p, id.to_string()));
+            if let Some(i) = m.live.get(&id).filter(|i| i.status.is_terminal()) {
+                let (status, finished_at) = (i.status, i.updated_at);
+                m.live.remove(&id);
+                m.gone.insert(&id, status, finished_at);
             }
         }
     }
 
     fn drop_partition(&mut self, (saga, p): Partition) {
         if let Some(m) = self.slots.remove(&(saga, p)) {
-            for (id, slot) in m {
-                self.moving -= usize::from(is_moving(&slot));
-                if let Some(d) = due_at(&slot) {
+            for (id, instance) in m.live {
+                self.moving -= usize::from(is_moving(&instance));
+                if let Some(d) = due_at(&instance) {
                     self.deadlines.remove(&(d, saga, p, id));
                 }
             }
@@ -158,9 +187,8 @@ impl Store {
             .lock()
             .expect("saga store")
             .slots
-            .get(&(saga, partition))
-            .and_then(|m| m.get(id))
-            .cloned()
+            .get(&(saga, partition))?
+            .get(id)
     }
 
     /// Records the batch's new state of an instance.
@@ -183,7 +211,7 @@ impl Store {
             }
             match change {
                 Some(instance) => c.put((saga, p), id, Slot::Live(instance)),
-                None => c.remove((saga, p), &id),
+                None => c.forget((saga, p), &id),
             }
         }
         c.trim_finished();
@@ -193,7 +221,10 @@ impl Store {
     pub fn load(&self, saga: usize, partition: i32, slots: HashMap<String, Slot>) {
         let mut c = self.committed.lock().expect("saga store");
         c.drop_partition((saga, partition));
-        c.slots.insert((saga, partition), HashMap::new());
+        c.slots.insert((saga, partition), Instances::default());
+        // Finished ones in the order they finished, as their expiry expects.
+        let mut slots: Vec<(String, Slot)> = slots.into_iter().collect();
+        slots.sort_by_key(|(_, slot)| finished_at(slot));
         for (id, slot) in slots {
             c.put((saga, partition), id, slot);
         }
@@ -213,9 +244,7 @@ impl Store {
         c.deadlines
             .range(..(now.saturating_add(1), 0, 0, String::new()))
             .filter_map(|(at, saga, p, id)| {
-                let Some(Slot::Live(i)) = c.slots.get(&(*saga, *p)).and_then(|m| m.get(id)) else {
-                    return None;
-                };
+                let i = c.slots.get(&(*saga, *p))?.live.get(id)?;
                 Some(Due {
                     saga: *saga,
                     partition: *p,
@@ -229,14 +258,22 @@ impl Store {
 
     /// Up to `limit` finished instances (saga, partition, id) that finished before `before`.
     pub fn expired(&self, before: i64, limit: usize) -> Vec<(usize, i32, String)> {
-        let c = self.committed.lock().expect("saga store");
-        c.slots
-            .iter()
-            .flat_map(|((saga, p), m)| m.iter().map(move |(id, slot)| (*saga, *p, id, slot)))
-            .filter(|(_, _, _, slot)| finished_at(slot).is_some_and(|at| at < before))
-            .take(limit)
-            .map(|(saga, p, id, _)| (saga, p, id.clone()))
-            .collect()
+        let mut c = self.committed.lock().expect("saga store");
+        let mut out = Vec::new();
+        for ((saga, p), m) in c.slots.iter_mut() {
+            let in_full = m
+                .live
+                .iter()
+                .filter(|(_, i)| i.status.is_terminal() && i.updated_at < before);
+            let ids = in_full
+                .map(|(id, _)| id.clone())
+                .chain(m.gone.expired(before, limit - out.len()));
+            out.extend(ids.take(limit - out.len()).map(|id| (*saga, *p, id)));
+            if out.len() == limit {
+                break;
+            }
+        }
+        out
     }
 
     /// Counts in-flight instances per saga (`sagas` of them), and keeps only the status of
@@ -244,18 +281,16 @@ impl Store {
     pub fn sweep(&self, sagas: usize, now: i64, finished_before: i64) -> Vec<Tally> {
         let mut tallies = vec![Tally::default(); sagas];
         let mut c = self.committed.lock().expect("saga store");
-        for ((saga, _), instances) in c.slots.iter_mut() {
+        for ((saga, _), m) in c.slots.iter_mut() {
             let tally = &mut tallies[*saga];
-            for slot in instances.values_mut() {
-                let Slot::Live(instance) = slot else { continue };
+            let Instances { live, gone } = m;
+            live.retain(|id, instance| {
                 if instance.status.is_terminal() {
                     if instance.updated_at < finished_before {
-                        *slot = Slot::Gone {
-                            status: instance.status,
-                            finished_at: instance.updated_at,
-                        };
+                        gone.insert(id, instance.status, instance.updated_at);
+                        return false;
                     }
-                    continue;
+                    return true;
                 }
                 tally.in_flight += 1;
                 if instance.status == Status::Parked {
@@ -265,7 +300,8 @@ impl Store {
                 let age = now - instance.started_at;
                 let oldest = tally.oldest.entry(step).or_insert(0);
                 *oldest = (*oldest).max(age);
-            }
+                true
+            });
         }
         tallies
     }
@@ -282,7 +318,7 @@ impl Store {
             .expect("saga store")
             .slots
             .values()
-            .map(|m| m.values().filter(|s| matches!(s, Slot::Live(_))).count())
+            .map(|m| m.live.len())
             .sum()
     }
 }
