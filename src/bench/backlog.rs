@@ -4,7 +4,9 @@
 //! outage), then both start. Measured: how fast they drain the backlog (orders finished
 //! per second, from 10% to 100% finished, like the normalizer bench) and each role's resident
 //! memory over the drain, which should follow the orchestrator's `--max-in-flight` and the
-//! consumers' fetch bounds, not N.
+//! consumers' fetch bounds, not N. Then the orchestrator is restarted on the N finished
+//! instances it must remember (`--keep-finished`): how long until it takes a new order, and
+//! its memory while it reads them back.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -65,8 +67,64 @@ impl Drain {
     }
 }
 
+/// What a restart after the drain measured.
+pub(super) struct Restart {
+    /// Finished instances in the state the new orchestrator read back.
+    pub finished: usize,
+    /// From starting the new orchestrator to a new order's saga completed.
+    pub completed_after: Duration,
+    /// The new orchestrator's peak RSS (MiB) until then.
+    pub peak_mib: f64,
+}
+
+impl Restart {
+    pub(super) fn describe(&self) -> String {
+        format!(
+            "restart     orchestrator restarted on the backlog's {} finished sagas: a new order completed {:.1}s after its start; peak RSS {:.1} MiB",
+            self.finished,
+            self.completed_after.as_secs_f64(),
+            self.peak_mib
+        )
+    }
+}
+
+/// Stops the orchestrator left by [`drain`] and starts another with `spawn`: it reads every
+/// instance back from the state topic before it handles anything, so a new order published
+/// with it completes only once that is done.
+pub(super) async fn restart(
+    old: Child,
+    spawn: impl FnOnce() -> anyhow::Result<Child>,
+    publisher: &Publisher,
+    clients: &KafkaClients,
+    events: &str,
+    prefix: &str,
+    finished: usize,
+) -> anyhow::Result<Restart> {
+    drop(old);
+    let from = tokio::task::block_in_place(|| hops::mark(clients, &[events]))?;
+    let started = Instant::now();
+    let orchestrator = spawn()?;
+    let wanted = publish(publisher, &format!("{prefix}-after-restart-"), 1).await?;
+    super::saga::wait_for(
+        clients,
+        events,
+        COMPLETED,
+        &wanted,
+        Duration::from_secs(600),
+        None,
+        Some(from),
+    )
+    .await?;
+    Ok(Restart {
+        finished,
+        completed_after: started.elapsed(),
+        peak_mib: orchestrator.peak_rss_mib().unwrap_or(f64::NAN),
+    })
+}
+
 /// Publishes `n` orders with nobody to take them, starts the roles with `start`, and follows
-/// the drain on `events` until every order's saga finished.
+/// the drain on `events` until every order's saga finished. The roles are handed back
+/// still running.
 pub(super) async fn drain(
     publisher: &Publisher,
     clients: &KafkaClients,
@@ -74,7 +132,7 @@ pub(super) async fn drain(
     prefix: &str,
     n: usize,
     start: impl FnOnce() -> anyhow::Result<(Child, Child)>,
-) -> anyhow::Result<Drain> {
+) -> anyhow::Result<(Drain, (Child, Child))> {
     let from = tokio::task::block_in_place(|| hops::mark(clients, &[events]))?;
     let ids = format!("{prefix}-backlog-");
     let published = Instant::now();
@@ -148,7 +206,7 @@ pub(super) async fn drain(
     let rate = counted.max(1) as f64 / from_tenth.elapsed().as_secs_f64();
     let last = (rss(&orchestrator), rss(&participants));
     curve.resize(11, last);
-    Ok(Drain {
+    let drain = Drain {
         n,
         rate,
         completed,
@@ -158,5 +216,6 @@ pub(super) async fn drain(
             participants.peak_rss_mib().unwrap_or(peak.1).max(peak.1),
         ),
         curve,
-    })
+    };
+    Ok((drain, (orchestrator, participants)))
 }

@@ -347,12 +347,24 @@ pub async fn run(config: &SluiceConfig, args: BenchArgs) -> anyhow::Result<ExitC
                 Child::spawn(&participant_args, "bench")?,
             ))
         };
-        let drain =
+        let (drain, (orchestrator, _participants)) =
             super::backlog::drain(&publisher, &clients, &events, &prefix, args.backlog, start)
                 .await?;
         for line in drain.describe() {
             println!("{line}");
         }
+        let spawn = || Child::spawn(&orchestrator_args, "bench");
+        let restart = super::backlog::restart(
+            orchestrator,
+            spawn,
+            &publisher,
+            &clients,
+            &events,
+            &prefix,
+            args.backlog,
+        )
+        .await?;
+        println!("{}", restart.describe());
     }
     if args.keep {
         println!("kept the topics under `{prefix}.` and their subjects");

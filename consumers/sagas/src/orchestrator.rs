@@ -1141,16 +1141,13 @@ impl Handler for Orchestrator {
 
     async fn on_assigned(&self, partitions: &Assigned) -> Result<(), HandlerError> {
         self.admission.rebalanced();
-        let finished_before = metadata::now_ms() - self.finished_retention_ms;
         for (s, saga) in self.sagas.iter().enumerate() {
             let needed = self.owned[s].assign(partitions, |t| t == saga.replies_topic);
             if needed.is_empty() {
                 continue;
             }
             let restored = tokio::task::block_in_place(|| {
-                restore_latest(&*self.state, &saga.state_topic, &needed, |v| {
-                    restore(v).map(|slot| slot(finished_before))
-                })
+                restore_latest(&*self.state, &saga.state_topic, &needed, restore)
             })
             .map_err(|e| HandlerError::transient(ErrorClass::SagaStateRestore, e.to_string()))?;
             for (p, key, why) in &restored.unreadable {
@@ -1163,10 +1160,11 @@ impl Handler for Orchestrator {
                     .values()
                     .filter(|s| matches!(s, Slot::Live(_)))
                     .count();
-                let slots = slots
-                    .into_iter()
-                    .map(|(id, slot)| (String::from_utf8_lossy(&id).into_owned(), slot))
-                    .collect();
+                let slots = slots.into_iter().map(|(id, slot)| {
+                    let id = String::from_utf8(id)
+                        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+                    (id, slot)
+                });
                 self.store.load(s, p, slots);
             }
             self.owned[s].restored(&needed);
@@ -1199,33 +1197,24 @@ impl Handler for Orchestrator {
     }
 }
 
-/// A state record read back: finished instances are only peeked at (status and when they
-/// finished), so a restart does not parse every instance ever run in full.
-fn restore(value: &[u8]) -> Result<impl FnOnce(i64) -> Slot + '_, serde_json::Error> {
+/// A state record read back. Finished instances are only peeked at (status and when they
+/// finished): a restart neither parses every instance ever run nor holds the recently
+/// finished in full (at thousands of sagas a second, a minute of them is hundreds of MiB);
+/// a late reply to one is then counted as late rather than as a duplicate.
+fn restore(value: &[u8]) -> Result<Slot, serde_json::Error> {
     #[derive(serde::Deserialize)]
     struct Peek {
         status: Status,
         updated_at: i64,
     }
     let peek: Peek = serde_json::from_slice(value)?;
-    let full = if peek.status.is_terminal() {
-        None
-    } else {
-        Some(Instance::from_json(value)?)
-    };
-    Ok(move |finished_before: i64| match full {
-        Some(i) => Slot::Live(Arc::new(i)),
-        None if peek.updated_at < finished_before => Slot::Gone {
+    if peek.status.is_terminal() {
+        return Ok(Slot::Gone {
             status: peek.status,
             finished_at: peek.updated_at,
-        },
-        None => Instance::from_json(value)
-            .map(|i| Slot::Live(Arc::new(i)))
-            .unwrap_or(Slot::Gone {
-                status: peek.status,
-                finished_at: peek.updated_at,
-            }),
-    })
+        });
+    }
+    Ok(Slot::Live(Arc::new(Instance::from_json(value)?)))
 }
 
 /// Completed steps' results by step name, as the JSON object commands carry.

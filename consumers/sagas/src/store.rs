@@ -218,12 +218,17 @@ impl Store {
     }
 
     /// Replaces a partition's state with what was read from the state topic.
-    pub fn load(&self, saga: usize, partition: i32, slots: HashMap<String, Slot>) {
+    pub fn load(
+        &self,
+        saga: usize,
+        partition: i32,
+        slots: impl IntoIterator<Item = (String, Slot)>,
+    ) {
+        // Finished ones in the order they finished, as their expiry expects.
+        let mut slots: Vec<(String, Slot)> = slots.into_iter().collect();
         let mut c = self.committed.lock().expect("saga store");
         c.drop_partition((saga, partition));
         c.slots.insert((saga, partition), Instances::default());
-        // Finished ones in the order they finished, as their expiry expects.
-        let mut slots: Vec<(String, Slot)> = slots.into_iter().collect();
         slots.sort_by_key(|(_, slot)| finished_at(slot));
         for (id, slot) in slots {
             c.put((saga, partition), id, slot);

@@ -472,6 +472,42 @@ async fn new_instances_restore_sagas_and_handled_commands_from_their_state_topic
     assert_eq!(second.status("o3"), Some(Status::Completed));
 }
 
+/// A restart reads finished instances back by status only, however recently they finished,
+/// and still refuses a second trigger for them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_holds_finished_sagas_by_status_and_still_refuses_their_triggers() {
+    let log = Arc::new(MemoryLog::default());
+    let mut first = World::start(&log).await;
+    first.place_order("o5");
+    first.run_until_quiet().await;
+    assert_eq!(first.status("o5"), Some(Status::Completed));
+    let p = crate::home_partition(b"o5", PARTITIONS);
+    assert!(
+        matches!(
+            first.orchestrator.store.get(0, p, "o5"),
+            Some(Slot::Live(_))
+        ),
+        "just finished: still held in full before the restart"
+    );
+
+    let mut second = World::start(&log).await;
+    second.offsets = first.offsets.clone();
+    assert!(matches!(
+        second.orchestrator.store.get(0, p, "o5"),
+        Some(Slot::Gone {
+            status: Status::Completed,
+            ..
+        })
+    ));
+    second.place_order("o5");
+    second.run_until_quiet().await;
+    assert!(
+        second.executed().is_empty(),
+        "the second trigger started nothing: {:?}",
+        second.executed()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_participant_answers_a_resend_from_its_committed_state_only() {
     let log = Arc::new(MemoryLog::default());
