@@ -1146,29 +1146,37 @@ impl Handler for Orchestrator {
             if needed.is_empty() {
                 continue;
             }
-            let restored = tokio::task::block_in_place(|| {
-                restore_latest(&*self.state, &saga.state_topic, &needed, restore)
-            })
-            .map_err(|e| HandlerError::transient(ErrorClass::SagaStateRestore, e.to_string()))?;
-            for (p, key, why) in &restored.unreadable {
-                let id = String::from_utf8_lossy(key);
-                tracing::error!(topic = saga.state_topic, partition = p, %id, error = why, "unreadable saga state record; this instance cannot continue until it is repaired");
-            }
-            let mut live = 0;
-            for (p, slots) in restored.partitions {
-                live += slots
-                    .values()
-                    .filter(|s| matches!(s, Slot::Live(_)))
-                    .count();
-                let slots = slots.into_iter().map(|(id, slot)| {
-                    let id = String::from_utf8(id)
-                        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
-                    (id, slot)
-                });
-                self.store.load(s, p, slots);
+            // One partition at a time: a restart holds one partition's keys at once, not
+            // every finished saga of every partition it was given.
+            let (mut records, mut live, mut unreadable) = (0, 0, 0);
+            for p in &needed {
+                let restored = tokio::task::block_in_place(|| {
+                    restore_latest(&*self.state, &saga.state_topic, &[*p], restore)
+                })
+                .map_err(|e| {
+                    HandlerError::transient(ErrorClass::SagaStateRestore, e.to_string())
+                })?;
+                for (p, key, why) in &restored.unreadable {
+                    let id = String::from_utf8_lossy(key);
+                    tracing::error!(topic = saga.state_topic, partition = p, %id, error = why, "unreadable saga state record; this instance cannot continue until it is repaired");
+                }
+                records += restored.records;
+                unreadable += restored.unreadable.len();
+                for (p, slots) in restored.partitions {
+                    live += slots
+                        .values()
+                        .filter(|s| matches!(s, Slot::Live(_)))
+                        .count();
+                    let slots = slots.into_iter().map(|(id, slot)| {
+                        let id = String::from_utf8(id)
+                            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+                        (id, slot)
+                    });
+                    self.store.load(s, p, slots);
+                }
             }
             self.owned[s].restored(&needed);
-            tracing::info!(saga = saga.def.name, partitions = ?needed, records = restored.records, live, unreadable = restored.unreadable.len(), "saga instances restored");
+            tracing::info!(saga = saga.def.name, partitions = ?needed, records, live, unreadable, "saga instances restored");
         }
         Ok(())
     }
