@@ -56,13 +56,18 @@ pub struct OrchestratorArgs {
     pub batching: Batching,
 }
 
+/// Inputs per transaction of the saga roles unless `--max-batch` says otherwise.
+pub const SAGA_MAX_BATCH: usize = 5_000;
+
 /// How many records one transaction may take, and how long to wait for them.
 #[derive(Debug, Clone, Args)]
 pub struct Batching {
-    /// Most inputs per transaction. Saga transitions are small, so a transaction's fixed
-    /// cost dominates: larger batches than the runtime's default roughly doubled throughput
-    /// in `sluice saga bench`.
-    #[arg(long, default_value_t = 10_000)]
+    /// Most inputs per transaction. An input is small but writes several times its size
+    /// (the instance's state, a command, events), all held until the transaction commits:
+    /// draining 1,000,000 queued orders, batches of 10,000 peaked at 249–262 MiB in the
+    /// orchestrator, 5,000 at 210–221, 2,000 at 202 but draining a sixth slower
+    /// (docs/benchmarks.md).
+    #[arg(long, default_value_t = SAGA_MAX_BATCH)]
     pub max_batch: usize,
     /// How long to wait for more inputs before a partial batch (e.g. 20ms).
     #[arg(long)]
