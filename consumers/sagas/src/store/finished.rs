@@ -2,7 +2,7 @@
 //! trigger for the same id, and to delete each state record once its retention has passed.
 //!
 //! They are kept for `--keep-finished` (7 days by default), so a busy orchestrator holds
-//! millions. As `HashMap<String, Slot>` entries each cost about 90 bytes (the entry, the
+//! millions. As `HashMap<String, Slot>` entries each cost about 100 bytes (the entry, the
 //! table's slack, the id's own allocation); here an id costs a 16-byte fingerprint and an
 //! 8-byte status word in the table, plus its bytes and a 4-byte length in a queue of
 //! 64 KiB chunks that expiry walks from the front: about 40 bytes and the id's length.
