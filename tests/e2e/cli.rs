@@ -142,7 +142,6 @@ async fn every_process_runs_with_its_allocator_purge_delay_unless_the_operator_s
         let environ = format!("/proc/{}/environ", child.id());
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let found = loop {
-            let cmdline = std::fs::read(format!("/proc/{}/cmdline", child.id())).unwrap();
             let vars = std::fs::read(&environ).unwrap();
             let value = vars
                 .split(|b| *b == 0)
@@ -150,6 +149,7 @@ async fn every_process_runs_with_its_allocator_purge_delay_unless_the_operator_s
             // The new image has the same arguments; before the restart the variable is
             // missing (or the operator's).
             if value.is_some() || std::time::Instant::now() > deadline {
+                let cmdline = std::fs::read(format!("/proc/{}/cmdline", child.id())).unwrap();
                 let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).skip(1).collect();
                 assert_eq!(
                     args[..3],

@@ -1115,6 +1115,36 @@ impl Orchestrator {
     }
 }
 
+impl Orchestrator {
+    /// Reads saga `s`'s state partition `p` back into the store: (records read, instances
+    /// held in full, unreadable records).
+    fn restore_partition(&self, s: usize, p: i32) -> Result<(usize, usize, usize), HandlerError> {
+        let topic = &self.sagas[s].state_topic;
+        let restored =
+            tokio::task::block_in_place(|| restore_latest(&*self.state, topic, &[p], restore))
+                .map_err(|e| {
+                    HandlerError::transient(ErrorClass::SagaStateRestore, e.to_string())
+                })?;
+        for (p, key, why) in &restored.unreadable {
+            let id = String::from_utf8_lossy(key);
+            tracing::error!(topic, partition = p, %id, error = why, "unreadable saga state record; this instance cannot continue until it is repaired");
+        }
+        let mut live = 0;
+        let slots = restored
+            .partitions
+            .into_values()
+            .flatten()
+            .map(|(id, slot)| {
+                live += usize::from(matches!(slot, Slot::Live(_)));
+                let id = String::from_utf8(id)
+                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+                (id, slot)
+            });
+        self.store.load(s, p, slots);
+        Ok((restored.records, live, restored.unreadable.len()))
+    }
+}
+
 impl Handler for Orchestrator {
     fn admit(&self, record: &Record) -> Admit {
         if !self.is_trigger(record) {
@@ -1150,30 +1180,8 @@ impl Handler for Orchestrator {
             // every finished saga of every partition it was given.
             let (mut records, mut live, mut unreadable) = (0, 0, 0);
             for p in &needed {
-                let restored = tokio::task::block_in_place(|| {
-                    restore_latest(&*self.state, &saga.state_topic, &[*p], restore)
-                })
-                .map_err(|e| {
-                    HandlerError::transient(ErrorClass::SagaStateRestore, e.to_string())
-                })?;
-                for (p, key, why) in &restored.unreadable {
-                    let id = String::from_utf8_lossy(key);
-                    tracing::error!(topic = saga.state_topic, partition = p, %id, error = why, "unreadable saga state record; this instance cannot continue until it is repaired");
-                }
-                records += restored.records;
-                unreadable += restored.unreadable.len();
-                for (p, slots) in restored.partitions {
-                    live += slots
-                        .values()
-                        .filter(|s| matches!(s, Slot::Live(_)))
-                        .count();
-                    let slots = slots.into_iter().map(|(id, slot)| {
-                        let id = String::from_utf8(id)
-                            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
-                        (id, slot)
-                    });
-                    self.store.load(s, p, slots);
-                }
+                let (r, l, u) = self.restore_partition(s, *p)?;
+                (records, live, unreadable) = (records + r, live + l, unreadable + u);
             }
             self.owned[s].restored(&needed);
             tracing::info!(saga = saga.def.name, partitions = ?needed, records, live, unreadable, "saga instances restored");
