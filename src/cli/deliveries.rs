@@ -69,23 +69,25 @@ pub struct OneDelivery {
     pub topology: Option<PathBuf>,
 }
 
-fn parse_since(text: &str) -> anyhow::Result<i64> {
+fn parse_since(text: &str) -> anyhow::Result<jiff::Timestamp> {
     let ms = match parse_rfc3339_ms(text) {
         Some(ms) => ms,
         None => naming::parse_duration(text)
             .map(|d| now_ms() - d.as_millis() as i64)
             .map_err(|_| anyhow::anyhow!("--since: `{text}` is neither an RFC 3339 UTC time (2026-11-22T10:00:00Z) nor a duration (90m, 7d)"))?,
     };
-    Ok(ms)
+    jiff::Timestamp::from_millisecond(ms)
+        .map_err(|_| anyhow::anyhow!("--since: `{text}` is out of range"))
 }
 
 async fn statuses(
     clients: &KafkaClients,
     prefix: &str,
     endpoint: &str,
+    since: Option<jiff::Timestamp>,
 ) -> anyhow::Result<Vec<StatusRecord>> {
     let (c, p, e) = (clients.clone(), prefix.to_string(), endpoint.to_string());
-    Ok(tokio::task::spawn_blocking(move || log::statuses(&c, &p, &e)).await??)
+    Ok(tokio::task::spawn_blocking(move || log::statuses(&c, &p, &e, since)).await??)
 }
 
 async fn status_of(
@@ -94,7 +96,7 @@ async fn status_of(
     endpoint: &str,
     event: &str,
 ) -> anyhow::Result<StatusRecord> {
-    statuses(clients, prefix, endpoint)
+    statuses(clients, prefix, endpoint, None)
         .await?
         .into_iter()
         .find(|s| s.webhook_id == event)
@@ -156,10 +158,8 @@ pub async fn run(config: &SluiceConfig, cmd: DeliveriesCommand) -> anyhow::Resul
         } => {
             let since = since.as_deref().map(parse_since).transpose()?;
             let (_, topology) = super::load(config, topology)?;
-            for s in statuses(&clients, &topology.prefix, &endpoint).await? {
-                if since.is_some_and(|t| s.updated_at.as_millisecond() < t)
-                    || status.is_some_and(|w| s.status != w)
-                {
+            for s in statuses(&clients, &topology.prefix, &endpoint, since).await? {
+                if status.is_some_and(|w| s.status != w) {
                     continue;
                 }
                 if json {
@@ -177,10 +177,9 @@ pub async fn run(config: &SluiceConfig, cmd: DeliveriesCommand) -> anyhow::Resul
             let (_, topology) = super::load(config, topology)?;
             let prefix = topology.prefix.clone();
             let status = status_of(&clients, &prefix, &endpoint, &event).await?;
-            let c = clients.clone();
+            let (c, of) = (clients.clone(), status.clone());
             let attempts =
-                tokio::task::spawn_blocking(move || log::attempts(&c, &prefix, &endpoint, &event))
-                    .await??;
+                tokio::task::spawn_blocking(move || log::attempts(&c, &prefix, &of)).await??;
             let shown = serde_json::json!({"status": status, "attempts": attempts});
             println!("{}", serde_json::to_string_pretty(&shown)?);
         }
@@ -204,11 +203,12 @@ pub async fn run(config: &SluiceConfig, cmd: DeliveriesCommand) -> anyhow::Resul
         } => {
             let since = parse_since(&since)?;
             let (_, topology) = super::load(config, topology)?;
-            let due: Vec<StatusRecord> = statuses(&clients, &topology.prefix, &endpoint)
-                .await?
-                .into_iter()
-                .filter(|s| s.status.is_recoverable() && s.updated_at.as_millisecond() >= since)
-                .collect();
+            let due: Vec<StatusRecord> =
+                statuses(&clients, &topology.prefix, &endpoint, Some(since))
+                    .await?
+                    .into_iter()
+                    .filter(|s| s.status.is_recoverable())
+                    .collect();
             let resender = Resender::new(config, &clients, &topology.prefix)?;
             let mut failed = 0;
             for s in &due {

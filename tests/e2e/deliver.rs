@@ -314,6 +314,28 @@ impl Deployment {
         }
     }
 
+    /// Writes `value` as JSON under `key` to `topic`, stamped `timestamp_ms`.
+    async fn write_stamped(
+        &self,
+        topic: &str,
+        key: &str,
+        value: &serde_json::Value,
+        timestamp_ms: i64,
+    ) {
+        let value = serde_json::to_vec(value).unwrap();
+        self.producer
+            .send(
+                FutureRecord::to(topic)
+                    .key(key)
+                    .payload(&value)
+                    .timestamp(timestamp_ms),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+
     /// Writes an endpoint to the endpoints topic, as the management API does; returns it
     /// with its secret (`whsec_…`).
     async fn endpoint(&self, url: &str, spec: serde_json::Value) -> (Endpoint, String) {
@@ -1249,8 +1271,35 @@ async fn the_delivery_log_shows_every_attempt_and_resend_delivers_again_with_the
     let (ep, r) = d
         .subscriber("/flaky/2", spec(&[PAYMENT], &["1s", "1s", "2s"]))
         .await;
+    // Records stamped two hours ago, before the event: an attempt of the same delivery and a
+    // status of another. The log is read by time, so neither is in `show` or `list --since`.
+    let id = format!("evt_log_{}", uuid::Uuid::now_v7());
+    let two_hours_ago = jiff::Timestamp::now().as_millisecond() - 2 * 3600 * 1000;
+    let forged_attempt = serde_json::json!({
+        "endpoint_id": ep.id, "webhook_id": id, "event_type": PAYMENT, "attempt": 1,
+        "started_at": jiff::Timestamp::from_millisecond(two_hours_ago).unwrap(), "latency_ms": 1,
+        "status_code": 599, "verdict": "retry_later", "reason": null, "error": null,
+        "response_body": "", "response_truncated": false
+    });
+    let attempts_topic = format!("{}.deliveries.attempts", d.prefix);
+    d.write_stamped(&attempts_topic, &ep.id, &forged_attempt, two_hours_ago)
+        .await;
+    let old_id = "evt_log_before_the_window";
+    let forged_status = serde_json::json!({
+        "endpoint_id": ep.id, "webhook_id": old_id, "event_type": PAYMENT, "status": "failed",
+        "attempts": 8, "updated_at": jiff::Timestamp::now()
+    });
+    let status_topic = format!("{}.state.delivery-status", d.prefix);
+    let old_key = format!("{}/{old_id}", ep.id);
+    d.write_stamped(&status_topic, &old_key, &forged_status, two_hours_ago)
+        .await;
+
     let _deliver = Deliver::start(&d.file, "dlvlog-1").await;
-    let id = d.pay(1).await;
+    let payment = serde_json::json!({
+        "event_id": id, "subject": "pi_1", "payment_id": "pi_1_0", "customer_id": "cus_e2e",
+        "amount": {"amount": "20.50", "currency": "EUR"}, "provider": "stripe"
+    });
+    d.publisher.publish(PAYMENT, payment).await.unwrap();
     r.wait_delivered(Duration::from_secs(60), &[id.clone()].into())
         .await;
 
@@ -1274,6 +1323,16 @@ async fn the_delivery_log_shows_every_attempt_and_resend_delivers_again_with_the
     );
     let other = deliveries(&d, &["list", "--endpoint", &ep.id, "--status", "failed"]).await;
     assert!(!other.contains(&id), "{other}");
+    assert!(
+        other.contains(old_id),
+        "without --since every status is read: {other}"
+    );
+    let recent = deliveries(&d, &["list", "--endpoint", &ep.id, "--since", "10m"]).await;
+    assert!(recent.contains(&id), "{recent}");
+    assert!(
+        !recent.contains(old_id),
+        "--since 10m reads from 10 minutes (and the clock slack) ago: {recent}"
+    );
 
     // `show` has every attempt with its status code and response.
     let shown: serde_json::Value = serde_json::from_str(
@@ -1286,7 +1345,11 @@ async fn the_delivery_log_shows_every_attempt_and_resend_delivers_again_with_the
         .iter()
         .map(|a| a["status_code"].clone())
         .collect();
-    assert_eq!(codes, [503, 503, 200], "{shown:#}");
+    assert_eq!(
+        codes,
+        [503, 503, 200],
+        "the attempt stamped before the event is outside the delivery's window: {shown:#}"
+    );
     assert_eq!(shown["status"]["status"], "delivered");
 
     // `resend` sends it once more, with the same webhook-id.

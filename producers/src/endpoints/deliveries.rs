@@ -1,7 +1,7 @@
 //! The delivery log routes of the endpoints API: an endpoint's deliveries, one delivery with
 //! every attempt, resending one, and recovering every failed or missed one since a time.
-//! The same operations as `sluice deliveries`, reading the status and attempts topics to
-//! their end on a blocking thread (see `sluice_delivery::log` for what that costs).
+//! The same operations as `sluice deliveries`, reading the status and attempts topics by time
+//! on a blocking thread (see `sluice_delivery::log` for what that costs).
 
 use axum::body::Body;
 use axum::http::{Method, StatusCode};
@@ -35,20 +35,24 @@ impl DeliveryLog {
         }
     }
 
-    async fn statuses(&self, endpoint: &str) -> Result<Vec<StatusRecord>, ApiError> {
+    async fn statuses(
+        &self,
+        endpoint: &str,
+        since: Option<jiff::Timestamp>,
+    ) -> Result<Vec<StatusRecord>, ApiError> {
         let (c, p, e) = (
             self.clients.clone(),
             self.prefix.clone(),
             endpoint.to_string(),
         );
-        tokio::task::spawn_blocking(move || log::statuses(&c, &p, &e))
+        tokio::task::spawn_blocking(move || log::statuses(&c, &p, &e, since))
             .await
             .map_err(|e| internal(e.to_string()))?
             .map_err(|e| unavailable(e.to_string()))
     }
 
     async fn status(&self, endpoint: &str, event: &str) -> Result<StatusRecord, ApiError> {
-        self.statuses(endpoint)
+        self.statuses(endpoint, None)
             .await?
             .into_iter()
             .find(|s| s.webhook_id == event)
@@ -109,10 +113,10 @@ pub(super) async fn list(req: &Request<'_>, id: &str) -> Result<Response, ApiErr
         .map(|s| s.parse::<DeliveryStatus>().map_err(bad_query))
         .transpose()?;
     let data: Vec<StatusRecord> = log
-        .statuses(id)
+        .statuses(id, since)
         .await?
         .into_iter()
-        .filter(|s| since.is_none_or(|t| s.updated_at >= t) && status.is_none_or(|w| s.status == w))
+        .filter(|s| status.is_none_or(|w| s.status == w))
         .collect();
     Ok(Json(serde_json::json!({ "data": data })).into_response())
 }
@@ -129,13 +133,8 @@ pub(super) async fn route_one(
         (None, &Method::GET) => {
             let log = log_for(req, id)?;
             let status = log.status(id, event).await?;
-            let (c, p, e, w) = (
-                log.clients.clone(),
-                log.prefix.clone(),
-                id.to_string(),
-                event.to_string(),
-            );
-            let attempts = tokio::task::spawn_blocking(move || log::attempts(&c, &p, &e, &w))
+            let (c, p, of) = (log.clients.clone(), log.prefix.clone(), status.clone());
+            let attempts = tokio::task::spawn_blocking(move || log::attempts(&c, &p, &of))
                 .await
                 .map_err(|e| internal(e.to_string()))?
                 .map_err(|e| unavailable(e.to_string()))?;
@@ -203,8 +202,8 @@ pub(super) async fn recover(req: &Request<'_>, id: &str, body: Body) -> Result<R
     let since = parse_since(&asked.since)?;
     let mut resent = Vec::new();
     let mut failed = Vec::new();
-    for s in log.statuses(id).await? {
-        if !s.status.is_recoverable() || s.updated_at < since {
+    for s in log.statuses(id, Some(since)).await? {
+        if !s.status.is_recoverable() {
             continue;
         }
         match resend(req, log, &s).await {

@@ -50,6 +50,42 @@ pub fn read_partitions(
     clients: &KafkaClients,
     topic: &str,
     partitions: &[i32],
+    f: impl FnMut(i32, &[u8], Option<&[u8]>),
+) -> Result<usize, StateError> {
+    read_partitions_within(clients, topic, partitions, TimeWindow::ALL, f)
+}
+
+/// The part of a partition a read visits, by record timestamps (epoch ms).
+///
+/// The start is found with the broker's time index (the first offset whose timestamp is at
+/// or after `from_ms`; every record before it is older), so a read of the last hour of a
+/// topic kept for weeks costs an hour of records. A partition is left at the first record
+/// stamped after `to_ms`: timestamps are only roughly ordered within a partition (each
+/// producer stamps with its own clock), so callers widen `to_ms` by the skew they allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeWindow {
+    pub from_ms: Option<i64>,
+    pub to_ms: Option<i64>,
+}
+
+impl TimeWindow {
+    /// Every record.
+    pub const ALL: TimeWindow = TimeWindow {
+        from_ms: None,
+        to_ms: None,
+    };
+
+    fn ends_before(&self, timestamp_ms: Option<i64>) -> bool {
+        matches!((self.to_ms, timestamp_ms), (Some(to), Some(t)) if t > to)
+    }
+}
+
+/// [`read_partitions`], visiting only the records of `window`.
+pub fn read_partitions_within(
+    clients: &KafkaClients,
+    topic: &str,
+    partitions: &[i32],
+    window: TimeWindow,
     mut f: impl FnMut(i32, &[u8], Option<&[u8]>),
 ) -> Result<usize, StateError> {
     let fail = |reason: String| StateError::Read {
@@ -61,12 +97,13 @@ pub fn read_partitions(
         .read_to_end_consumer("state-restore", "sluice-state-restore")
         .map_err(|e| fail(e.to_string()))?;
     let ends = stable_ends(clients, &consumer, topic, partitions, deadline).map_err(fail)?;
+    let starts = start_offsets(&consumer, topic, &ends, window.from_ms).map_err(fail)?;
     let mut tpl = TopicPartitionList::new();
-    for p in ends.keys() {
-        tpl.add_partition_offset(topic, *p, Offset::Beginning)
+    for (p, start) in &starts {
+        tpl.add_partition_offset(topic, *p, *start)
             .map_err(|e| fail(e.to_string()))?;
     }
-    let mut open: BTreeSet<i32> = ends.keys().copied().collect();
+    let mut open: BTreeSet<i32> = starts.keys().copied().collect();
     if open.is_empty() {
         return Ok(0);
     }
@@ -80,6 +117,13 @@ pub fn read_partitions(
         }
         match consumer.poll(Duration::from_millis(500)) {
             Some(Ok(m)) => {
+                if !open.contains(&m.partition()) {
+                    continue;
+                }
+                if window.ends_before(m.timestamp().to_millis()) {
+                    open.remove(&m.partition());
+                    continue;
+                }
                 if let Some(key) = m.key() {
                     f(m.partition(), key, m.payload());
                     n += 1;
@@ -99,6 +143,42 @@ pub fn read_partitions(
         }
     }
     Ok(n)
+}
+
+/// Where each partition's read starts: its beginning, or with `from_ms` the first offset
+/// stamped at or after it. Partitions with nothing from then on are left out.
+fn start_offsets(
+    consumer: &BaseConsumer<ReadToEnd>,
+    topic: &str,
+    ends: &BTreeMap<i32, i64>,
+    from_ms: Option<i64>,
+) -> Result<BTreeMap<i32, Offset>, String> {
+    let Some(from_ms) = from_ms else {
+        return Ok(ends.keys().map(|p| (*p, Offset::Beginning)).collect());
+    };
+    let mut query = TopicPartitionList::new();
+    for p in ends.keys() {
+        query
+            .add_partition_offset(topic, *p, Offset::Offset(from_ms))
+            .map_err(|e| e.to_string())?;
+    }
+    let found = consumer
+        .offsets_for_times(query, Duration::from_secs(10))
+        .map_err(|e| format!("finding offsets by time: {e}"))?;
+    let mut starts = BTreeMap::new();
+    for (p, end) in ends {
+        let offset = found
+            .find_partition(topic, *p)
+            .map(|e| e.offset())
+            .ok_or_else(|| format!("partition {p}: no answer when finding offsets by time"))?;
+        // `End` (or an offset at the stable end): nothing stamped from `from_ms` on.
+        if let Offset::Offset(o) = offset {
+            if o < *end {
+                starts.insert(*p, Offset::Offset(o));
+            }
+        }
+    }
+    Ok(starts)
 }
 
 /// Each of `partitions` that holds records, with its end once no transaction is open on it.
