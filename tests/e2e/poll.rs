@@ -362,6 +362,109 @@ async fn written_once_across_kills_and_faults(overlap_commit: bool) {
     assert!(out.contains("orders\t"), "{out}");
 }
 
+/// The (id, version) store is one state record per page; a page whose items are all
+/// behind the lookback is deleted from the state topic; per-item records of earlier
+/// versions are carried over (their items are not written again) and deleted.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_store_is_a_record_per_page_and_pages_behind_the_lookback_are_deleted() {
+    require_stack().await;
+    // 1,000 items 1 ms apart; pages of 50 cover 50 ms, the lookback 100 ms.
+    let api = Api::start(&["--items", "1000"]);
+    let prefix = unique_prefix("polls");
+    let poll = format!(
+        "{{url: '{}/cursor/items', interval: 300ms, items: data, version: updated_at, \
+          since: {{param: updated_since, lookback: 100ms}}, \
+          pagination: {{type: cursor, param: cursor, path: next_cursor}}, \
+          page_size: {{param: limit, value: 50}}}}",
+        api.base
+    );
+    let file = apply_topology(&topology(&prefix, &[("orders", poll)])).await;
+    let _cleanup = Cleanup(crate::support::load_topology(&file));
+    let state = sluice_topology::naming::poll_state_topic(&prefix);
+    let clients = crate::support::clients();
+    let partitions = sluice_stream::state::kafka::partition_count(&clients, &state).unwrap();
+    let home = sluice_poll::poller::partition_of("orders", partitions);
+
+    // An earlier version's store: one record per item, for the first ten items.
+    let first: Json = reqwest::get(format!("{}/cursor/items?limit=10", api.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let producer = clients.producer("e2e-poll-state").unwrap();
+    let mut carried = BTreeSet::new();
+    for item in first["data"].as_array().unwrap() {
+        let id = item["id"].as_str().unwrap();
+        let at = item["updated_at"].as_str().unwrap();
+        let t = at.parse::<jiff::Timestamp>().unwrap().as_millisecond();
+        let key = serde_json::to_vec(&("orders", "item", id)).unwrap();
+        let value = serde_json::to_vec(&json!({"v": at, "t": t})).unwrap();
+        producer
+            .send(
+                rdkafka::producer::FutureRecord::to(&state)
+                    .partition(home)
+                    .key(&key)
+                    .payload(&value),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+        carried.insert(id.to_string());
+    }
+
+    let poller = start_poller(&file, &[]).await;
+    let topic = format!("{prefix}.raw.orders");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while read(&topic).await.len() < 990 {
+        assert!(Instant::now() < deadline, "{}", read_log(&poller.log));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // A few more crawls over the lookback window (and their commits).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let records = read(&topic).await;
+    let ids: BTreeSet<&str> = records.iter().map(|r| r.key.as_str()).collect();
+    assert_eq!(
+        records.len(),
+        990,
+        "the carried-over items are not written again"
+    );
+    assert_eq!(ids.len(), 990);
+    assert!(carried.iter().all(|id| !ids.contains(id.as_str())));
+
+    // The state partition folded: which keys are live, and which pages were ever written.
+    let mut live: BTreeMap<Vec<String>, bool> = BTreeMap::new();
+    sluice_stream::state::kafka::read_partitions(&clients, &state, &[home], |_, key, value| {
+        if let Ok(parts) = serde_json::from_slice::<Vec<String>>(key) {
+            live.insert(parts, value.is_some());
+        }
+    })
+    .unwrap();
+    let of = |kind: &str, alive: bool| {
+        live.iter()
+            .filter(|(k, l)| k[1] == kind && **l == alive)
+            .map(|(k, _)| k.clone())
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        of("item", true).is_empty(),
+        "per-item records deleted: {live:?}"
+    );
+    assert_eq!(of("item", false).len(), 10);
+    let (kept, deleted) = (of("seen", true), of("seen", false));
+    // 20 pages of new items (the first carries 40) and page 0, carried over.
+    assert!(
+        kept.len() + deleted.len() >= 21,
+        "every page wrote a record: {live:?}"
+    );
+    assert!(
+        kept.len() <= 4,
+        "pages behind the 100 ms lookback are deleted: kept {kept:?}"
+    );
+    assert!(deleted.iter().any(|k| k[2] == "0"), "page 0 once behind");
+}
+
 /// Every pagination style reads every item exactly once; keyset pages through 1,000 items
 /// that share one timestamp thanks to the id tie-break.
 #[tokio::test(flavor = "multi_thread")]

@@ -5,7 +5,12 @@
 //!
 //! Keys are JSON arrays, so no source name or item id can be mistaken for a separator:
 //! - `["<source>", "cursor"]` → [`Cursor`];
-//! - `["<source>", "item", "<id>"]` → `{"v": "<version>", "t": <item time ms or null>}`;
+//! - `["<source>", "seen", "<page>", "<part>"]` → `[["<id>", "<version>", <item time ms or
+//!   null>], …]`: the (id, version) entries page number `<page>` added, in parts of at most
+//!   [`SEEN_RECORD_BYTES`]; deleted (a tombstone) once all are behind the lookback. Page 0
+//!   holds entries carried over from the per-item records of earlier versions;
+//! - `["<source>", "item", "<id>"]` → `{"v": "<version>", "t": …}`: one entry per record, as
+//!   earlier versions wrote them; read, then replaced by page 0 at the next commit;
 //! - `["<source>", "status"]` → [`ErrorStatus`] (the last failed crawl);
 //! - `["<source>", "pause"]` → [`Pause`]: the API's last `Retry-After` or budget reset, so
 //!   a poller started again does not ask before it either, and the longest such wait;
@@ -14,11 +19,18 @@
 //!   unknown (a 429 whose pause never became durable), so the successor waits as long as
 //!   the longest wait the API ever asked of the source before it asks anything.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use crate::seen::SeenEntry;
+use crate::seen::{PageEntries, SeenEntry};
+
+/// One record of the state topic; a `None` value is a tombstone.
+pub type StateRecord = (Vec<u8>, Option<Vec<u8>>);
+
+/// The most a page's entries put in one record (JSON bytes): well under Kafka's default
+/// `max.message.bytes` (1 MiB) whatever the page size.
+pub const SEEN_RECORD_BYTES: usize = 256 * 1024;
 
 /// Where the next request of a crawl starts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,7 +99,10 @@ pub struct ErrorStatus {
 #[derive(Debug, Default)]
 pub struct Restored {
     pub cursor: Cursor,
-    pub seen: HashMap<String, SeenEntry>,
+    /// Entries of per-item records (written by earlier versions).
+    pub items: HashMap<String, SeenEntry>,
+    /// Entries of per-page records, by (page, part).
+    pub pages: BTreeMap<(u64, u32), Vec<(String, SeenEntry)>>,
     pub status: ErrorStatus,
     /// No request to the API before this (epoch ms).
     pub pause_until_ms: Option<i64>,
@@ -134,8 +149,78 @@ pub fn item_key(source: &str, id: &str) -> Vec<u8> {
     serde_json::to_vec(&(source, "item", id)).expect("json")
 }
 
+pub fn seen_key(source: &str, page: u64, part: u32) -> Vec<u8> {
+    serde_json::to_vec(&(source, "seen", page.to_string(), part.to_string())).expect("json")
+}
+
 pub fn to_value<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("json")
+}
+
+/// `value` as the record under `key`.
+pub fn put<T: Serialize>(key: Vec<u8>, value: &T) -> StateRecord {
+    (key, Some(to_value(value)))
+}
+
+/// The records of the entries page `page` added, in parts of at most [`SEEN_RECORD_BYTES`]
+/// (an entry larger than that is a part of its own).
+pub fn seen_records(
+    source: &str,
+    page: u64,
+    entries: &[(String, SeenEntry)],
+) -> (Vec<StateRecord>, PageEntries) {
+    let mut parts: Vec<Vec<u8>> = Vec::new();
+    let mut current = Vec::with_capacity(SEEN_RECORD_BYTES);
+    for (id, e) in entries {
+        let one = to_value(&(id, &e.v, e.t));
+        if !current.is_empty() && current.len() + one.len() + 2 > SEEN_RECORD_BYTES {
+            current.push(b']');
+            parts.push(std::mem::take(&mut current));
+        }
+        current.push(if current.is_empty() { b'[' } else { b',' });
+        current.extend_from_slice(&one);
+    }
+    if !current.is_empty() {
+        current.push(b']');
+        parts.push(current);
+    }
+    let summary = PageEntries::of(parts.len() as u32, entries.iter().map(|(_, e)| e));
+    let records = parts
+        .into_iter()
+        .enumerate()
+        .map(|(i, value)| (seen_key(source, page, i as u32), Some(value)))
+        .collect();
+    (records, summary)
+}
+
+/// The tombstones of page `page`'s records.
+pub fn seen_tombstones(source: &str, page: u64, entries: PageEntries) -> Vec<StateRecord> {
+    (0..entries.parts)
+        .map(|part| (seen_key(source, page, part), None))
+        .collect()
+}
+
+impl Restored {
+    /// The (id, version) store the records describe: per-item entries first (the older
+    /// format), then each page's in page order, a later version replacing an earlier one;
+    /// with the live pages' records.
+    pub fn seen(&mut self) -> (HashMap<String, SeenEntry>, BTreeMap<u64, PageEntries>) {
+        let mut entries = std::mem::take(&mut self.items);
+        let mut pages: BTreeMap<u64, (u32, Vec<SeenEntry>)> = BTreeMap::new();
+        for ((page, _), part) in std::mem::take(&mut self.pages) {
+            let (parts, times) = pages.entry(page).or_default();
+            *parts += 1;
+            for (id, e) in part {
+                times.push(e.clone());
+                entries.insert(id, e);
+            }
+        }
+        let pages = pages
+            .into_iter()
+            .map(|(n, (parts, es))| (n, PageEntries::of(parts, &es)))
+            .collect();
+        (entries, pages)
+    }
 }
 
 /// Folds one state record into `state` when it belongs to `source`; records of other
@@ -170,12 +255,28 @@ pub fn apply(state: &mut Restored, source: &str, key: &[u8], value: Option<&[u8]
         }
         (Some("item"), Some(id)) => match value.and_then(|v| serde_json::from_slice(v).ok()) {
             Some(entry) => {
-                state.seen.insert(id.clone(), entry);
+                state.items.insert(id.clone(), entry);
             }
             None => {
-                state.seen.remove(id);
+                state.items.remove(id);
             }
         },
+        (Some("seen"), Some(page)) => {
+            let (Ok(page), Some(Ok(part))) = (page.parse(), parts.get(3).map(|p| p.parse())) else {
+                return;
+            };
+            let entries = value
+                .and_then(|v| serde_json::from_slice::<Vec<(String, String, Option<i64>)>>(v).ok());
+            match entries {
+                Some(es) => {
+                    let es = es.into_iter().map(|(id, v, t)| (id, SeenEntry { v, t }));
+                    state.pages.insert((page, part), es.collect());
+                }
+                None => {
+                    state.pages.remove(&(page, part));
+                }
+            }
+        }
         _ => {}
     }
 }
@@ -228,10 +329,71 @@ mod tests {
         apply(&mut s, "orders", &cursor_key("other"), Some(b"{}"));
         apply(&mut s, "orders", b"garbage", Some(b"{}"));
         assert_eq!(s.cursor, cursor);
-        assert_eq!(s.seen.len(), 1);
-        assert_eq!(s.seen["a\",b"], entry);
+        assert_eq!(s.items.len(), 1);
+        assert_eq!(s.items["a\",b"], entry);
         apply(&mut s, "orders", &item_key("orders", "a\",b"), None);
-        assert!(s.seen.is_empty());
+        assert!(s.items.is_empty());
+    }
+
+    fn entries(n: usize, version: &str, t0: i64) -> Vec<(String, SeenEntry)> {
+        (0..n)
+            .map(|i| {
+                let e = SeenEntry {
+                    v: version.into(),
+                    t: Some(t0 + i as i64),
+                };
+                (format!("item-{i}-\u{e9}\",]"), e)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_page_s_entries_round_trip_in_parts_and_later_pages_win() {
+        let mut s = Restored::default();
+        let legacy = SeenEntry {
+            v: "0".into(),
+            t: Some(1),
+        };
+        apply(
+            &mut s,
+            "o",
+            &item_key("o", "item-0-\u{e9}\",]"),
+            Some(&to_value(&legacy)),
+        );
+        // 20,000 entries of about 40 bytes: more than one part.
+        let first = entries(20_000, "1", 100);
+        let (records, written) = seen_records("o", 1, &first);
+        assert!(written.parts > 1, "{written:?}");
+        assert_eq!(records.len() as u32, written.parts);
+        assert_eq!(written.newest_ms, Some(100 + 19_999));
+        for (key, value) in &records {
+            assert!(value.as_ref().unwrap().len() <= SEEN_RECORD_BYTES);
+            apply(&mut s, "o", key, value.as_deref());
+        }
+        let (records, _) = seen_records("o", 2, &entries(1, "2", 500));
+        for (key, value) in &records {
+            apply(&mut s, "o", key, value.as_deref());
+        }
+        apply(&mut s, "other", &seen_key("o", 9, 0), Some(b"[]"));
+        let (seen, pages) = s.seen();
+        assert_eq!(seen.len(), 20_000);
+        assert_eq!(
+            seen["item-0-\u{e9}\",]"].v, "2",
+            "page 2 after page 1 after the item"
+        );
+        assert_eq!(seen["item-1-\u{e9}\",]"].v, "1");
+        assert_eq!(pages.len(), 2);
+        assert_eq!(pages[&1], written);
+
+        // Deleted pages are gone on the next read.
+        let mut again = Restored::default();
+        for (key, value) in seen_records("o", 1, &first).0 {
+            apply(&mut again, "o", &key, value.as_deref());
+        }
+        for (key, value) in seen_tombstones("o", 1, written) {
+            apply(&mut again, "o", &key, value.as_deref());
+        }
+        assert_eq!(again.seen(), (HashMap::new(), BTreeMap::new()));
     }
 
     #[test]

@@ -15,7 +15,9 @@ use sluice_runtime::Shutdown;
 use sluice_schemas::metadata::{now_ms, parse_rfc3339_ms};
 use sluice_stream::state::kafka::read_partitions;
 
-use crate::cursor::{self, Crawl, CrawlSummary, Cursor, ErrorStatus, PageRef, Restored};
+use crate::cursor::{
+    self, Crawl, CrawlSummary, Cursor, ErrorStatus, PageRef, Restored, StateRecord,
+};
 use crate::fetch::{FetchError, Fetched, Fetcher, Step};
 use crate::page::{self, Page, PageError};
 use crate::record;
@@ -91,6 +93,9 @@ pub struct Poller {
     /// A transaction committing in the background (`overlap_commit`), with its items and
     /// pages.
     committing: Option<(Committing, (u64, u64))>,
+    /// State records for the next transaction: deletions of pages of entries behind the
+    /// lookback, entries carried over from per-item records.
+    unwritten: Vec<StateRecord>,
 }
 
 impl std::fmt::Debug for Poller {
@@ -152,15 +157,17 @@ impl Poller {
             partition,
         )
         .await?;
-        let restored = restore(
+        let mut restored = restore(
             &shared.clients,
             &shared.state_topic,
             partition,
             &settings.source,
         )
         .await?;
+        let legacy: Vec<String> = restored.items.keys().cloned().collect();
+        let (entries, pages) = restored.seen();
         let mut poller = Self {
-            seen: Seen::new(restored.seen),
+            seen: Seen::new(entries, pages),
             cursor: restored.cursor,
             status: restored.status,
             settings,
@@ -170,22 +177,57 @@ impl Poller {
             longest_pause_ms: restored.longest_pause_ms.unwrap_or(0),
             staged: (0, 0),
             committing: None,
+            unwritten: Vec::new(),
         };
-        let unclean = restored.unclean && opening == Opening::Takeover;
-        poller
-            .start_session(restored.pause_until_ms, unclean)
-            .await?;
         let horizon = poller
             .cursor
             .crawl
             .as_ref()
             .map_or_else(|| poller.next_since(), |c| c.since_ms);
         if let Some(h) = horizon {
-            poller.seen.forget_before(h);
+            poller.forget_before(h);
         }
+        poller.carry_over(&legacy);
+        // The session's commit carries the deletions and the carried-over entries.
+        let unclean = restored.unclean && opening == Opening::Takeover;
+        poller
+            .start_session(restored.pause_until_ms, unclean)
+            .await?;
         tracing::info!(source = %poller.settings.source, watermark = ?poller.cursor.watermark_ms,
-            resuming = poller.cursor.crawl.is_some(), items_kept = poller.seen.len(), "poller opened");
+            resuming = poller.cursor.crawl.is_some(), items_kept = poller.seen.len(),
+            pages_kept = poller.seen.pages(), "poller opened");
         Ok(poller)
+    }
+
+    /// Replaces the per-item records of earlier versions (`ids`) with page 0's records of
+    /// the entries still kept.
+    fn carry_over(&mut self, ids: &[String]) {
+        if ids.is_empty() {
+            return;
+        }
+        let source = &self.settings.source;
+        let kept: Vec<(String, SeenEntry)> = ids
+            .iter()
+            .filter_map(|id| self.seen.get(id).map(|e| (id.clone(), e.clone())))
+            .collect();
+        self.unwritten
+            .extend(ids.iter().map(|id| (cursor::item_key(source, id), None)));
+        if !kept.is_empty() {
+            let (records, written) = cursor::seen_records(source, 0, &kept);
+            self.unwritten.extend(records);
+            self.seen.page_written(0, written);
+        }
+        tracing::info!(source = %source, items = ids.len(), kept = kept.len(),
+            "per-item (id, version) records replaced by one page record");
+    }
+
+    /// Forgets entries older than `horizon_ms` and deletes the pages holding only such.
+    fn forget_before(&mut self, horizon_ms: i64) {
+        let source = &self.settings.source;
+        for (page, records) in self.seen.forget_before(horizon_ms) {
+            self.unwritten
+                .extend(cursor::seen_tombstones(source, page, records));
+        }
     }
 
     /// Commits the session open, with the wait no request may precede: the API's last one
@@ -208,13 +250,13 @@ impl Poller {
             open: true,
             at_ms: now,
         };
-        let mut state = vec![(cursor::session_key(source), cursor::to_value(&session))];
+        let mut state = vec![cursor::put(cursor::session_key(source), &session)];
         if let Some(until_ms) = until {
             let pause = cursor::Pause {
                 until_ms,
                 longest_ms: self.longest_pause_ms,
             };
-            state.push((cursor::pause_key(source), cursor::to_value(&pause)));
+            state.push(cursor::put(cursor::pause_key(source), &pause));
         }
         self.commit(state).await?;
         if let Some(until_ms) = until {
@@ -235,7 +277,7 @@ impl Poller {
             at_ms: now_ms(),
         };
         let source = &self.settings.source;
-        let state = vec![(cursor::session_key(source), cursor::to_value(&session))];
+        let state = vec![cursor::put(cursor::session_key(source), &session)];
         self.commit(state).await?;
         Ok(())
     }
@@ -274,7 +316,7 @@ impl Poller {
         self.status.errors += 1;
         self.status.last_error = e.to_string();
         self.status.at_ms = now_ms();
-        let state = vec![(cursor::status_key(source), cursor::to_value(&self.status))];
+        let state = vec![cursor::put(cursor::status_key(source), &self.status)];
         self.commit(state).await?;
         Ok(())
     }
@@ -376,7 +418,7 @@ impl Poller {
                             until_ms: now_ms() + wait.as_millis() as i64,
                             longest_ms: self.longest_pause_ms,
                         };
-                        let state = vec![(cursor::pause_key(&source), cursor::to_value(&pause))];
+                        let state = vec![cursor::put(cursor::pause_key(&source), &pause)];
                         self.commit(state).await?;
                     }
                     fetcher.sleep(&source, why, wait, shutdown).await?;
@@ -400,7 +442,7 @@ impl Poller {
         let now = now_ms();
         let mut newest = crawl.newest_ms;
         let mut records = Vec::new();
-        let mut state = Vec::new();
+        let mut entries = Vec::new();
         for item in &page.items {
             if let (Some(t), Some(n)) = (item.time_ms, newest) {
                 self.ordered &= t >= n;
@@ -424,13 +466,10 @@ impl Poller {
                 v: item.version.as_str().to_string(),
                 t: item.time_ms,
             };
-            state.push((
-                cursor::item_key(&s.source, &item.id),
-                cursor::to_value(&entry),
-            ));
             // Recorded now, so a second copy on the same page is a duplicate; a failed
             // commit reopens the poller, which reads the store back from Kafka.
-            self.seen.record(item.id.clone(), entry);
+            self.seen.record(item.id.clone(), entry.clone());
+            entries.push((item.id.clone(), entry));
             records.push(RawOut {
                 key: item.id.clone(),
                 value: item.body.clone(),
@@ -450,6 +489,12 @@ impl Poller {
         let mut next = self.cursor.clone();
         next.items_written += written;
         next.pages += 1;
+        let mut state = std::mem::take(&mut self.unwritten);
+        if !entries.is_empty() {
+            let (seen, written) = cursor::seen_records(&s.source, next.pages, &entries);
+            state.extend(seen);
+            self.seen.page_written(next.pages, written);
+        }
         next.last_success_ms = Some(now);
         let finished = page.next.is_none();
         match page.next {
@@ -474,7 +519,7 @@ impl Poller {
                 });
             }
         }
-        state.push((cursor::cursor_key(&s.source), cursor::to_value(&next)));
+        state.push(cursor::put(cursor::cursor_key(&s.source), &next));
         self.writer.stage(records, state).await?;
         // The next page is asked for from here; a failed commit reopens the poller, which
         // reads the committed cursor back.
@@ -492,8 +537,9 @@ impl Poller {
     }
 
     /// Commits the staged pages with `state` (after any commit under way), then counts them.
-    async fn commit(&mut self, state: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), PollError> {
+    async fn commit(&mut self, mut state: Vec<StateRecord>) -> Result<(), PollError> {
         self.settle().await?;
+        state.append(&mut self.unwritten);
         self.writer.commit(state).await?;
         let staged = std::mem::take(&mut self.staged);
         self.count(staged);
@@ -533,8 +579,7 @@ impl Poller {
             .and_then(|c| c.newest_ms)
             .or(self.cursor.watermark_ms);
         if let Some(n) = newest {
-            self.seen
-                .forget_before(n - since.lookback.0.as_millis() as i64);
+            self.forget_before(n - since.lookback.0.as_millis() as i64);
         }
     }
 

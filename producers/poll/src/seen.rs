@@ -2,13 +2,16 @@
 //! lookback window (or a page again after a crash) writes nothing twice, while a changed
 //! item, a new version, is a new record.
 //!
-//! Every entry is also a record of the state topic (see [`crate::cursor`]); in memory only
-//! entries that a later crawl can still return are kept: once a crawl over an API that
-//! lists items oldest first has moved past `time - lookback`, older entries are dropped, so
-//! memory stays flat through a long backfill.
+//! The entries a page adds are written as that page's records of the state topic (see
+//! [`crate::cursor`]), in the page's own transaction: one record per page rather than one per
+//! item halves what a page's transaction writes. In memory only entries that a later crawl
+//! can still return are kept: once a crawl over an API that lists items oldest first has
+//! moved past `time - lookback`, older entries are dropped, and a page whose entries are all
+//! older is deleted from the topic too, so both memory and the topic stay flat through a
+//! long backfill.
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -32,14 +35,41 @@ pub enum Decision {
     Stale,
 }
 
+/// The state records of one page's entries: how many, and the newest item time among them
+/// (`None` when one has no time: such a page is never deleted, as its entries never expire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageEntries {
+    pub parts: u32,
+    pub newest_ms: Option<i64>,
+}
+
+impl PageEntries {
+    /// The records of `entries` in `parts` records.
+    pub fn of<'a>(parts: u32, entries: impl IntoIterator<Item = &'a SeenEntry>) -> Self {
+        let mut newest = Some(i64::MIN);
+        for e in entries {
+            newest = match (newest, e.t) {
+                (Some(n), Some(t)) => Some(n.max(t)),
+                _ => None,
+            };
+        }
+        Self {
+            parts,
+            newest_ms: newest,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Seen {
     entries: HashMap<String, SeenEntry>,
+    /// The pages whose records hold entries, by page number.
+    pages: BTreeMap<u64, PageEntries>,
 }
 
 impl Seen {
-    pub fn new(entries: HashMap<String, SeenEntry>) -> Self {
-        Self { entries }
+    pub fn new(entries: HashMap<String, SeenEntry>, pages: BTreeMap<u64, PageEntries>) -> Self {
+        Self { entries, pages }
     }
 
     pub fn decide(&self, id: &str, version: &Version) -> Decision {
@@ -53,16 +83,34 @@ impl Seen {
         }
     }
 
+    pub fn get(&self, id: &str) -> Option<&SeenEntry> {
+        self.entries.get(id)
+    }
+
     pub fn record(&mut self, id: String, entry: SeenEntry) {
         self.entries.insert(id, entry);
     }
 
-    /// Forgets entries of items older than `horizon_ms` (entries without a time are kept).
-    pub fn forget_before(&mut self, horizon_ms: i64) -> usize {
-        let before = self.entries.len();
+    /// Notes that page `page`'s entries were written as `records`.
+    pub fn page_written(&mut self, page: u64, records: PageEntries) {
+        self.pages.insert(page, records);
+    }
+
+    /// Forgets entries of items older than `horizon_ms` (entries without a time are kept);
+    /// returns the pages whose records now hold only such entries, for the caller to delete.
+    pub fn forget_before(&mut self, horizon_ms: i64) -> Vec<(u64, PageEntries)> {
         self.entries
             .retain(|_, e| e.t.is_none_or(|t| t >= horizon_ms));
-        before - self.entries.len()
+        let behind: Vec<u64> = self
+            .pages
+            .iter()
+            .filter(|(_, p)| p.newest_ms.is_some_and(|n| n < horizon_ms))
+            .map(|(n, _)| *n)
+            .collect();
+        behind
+            .into_iter()
+            .filter_map(|n| self.pages.remove(&n).map(|p| (n, p)))
+            .collect()
     }
 
     pub fn len(&self) -> usize {
@@ -71,6 +119,11 @@ impl Seen {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Pages whose records are still live.
+    pub fn pages(&self) -> usize {
+        self.pages.len()
     }
 }
 
@@ -96,12 +149,52 @@ mod tests {
         s.record("a".into(), entry("2", 20));
         assert_eq!(s.decide("a", &v("1")), Decision::Stale);
         s.record("b".into(), entry("x", 5));
+        s.record(
+            "c".into(),
+            SeenEntry {
+                v: "1".into(),
+                t: None,
+            },
+        );
         assert_eq!(
             s.decide("b", &v("y")),
             Decision::Write,
             "unordered versions differ"
         );
-        assert_eq!(s.forget_before(10), 1);
-        assert_eq!(s.len(), 1);
+        assert!(s.forget_before(10).is_empty());
+        assert_eq!(
+            s.len(),
+            2,
+            "b (5) is forgotten; a (20) kept, and an untimed one"
+        );
+    }
+
+    #[test]
+    fn a_page_is_released_once_all_its_entries_are_behind_the_horizon() {
+        let mut s = Seen::default();
+        let (a, b) = (entry("1", 10), entry("1", 30));
+        s.page_written(1, PageEntries::of(1, [&a, &b]));
+        s.page_written(2, PageEntries::of(2, [&entry("1", 20)]));
+        let untimed = SeenEntry {
+            v: "1".into(),
+            t: None,
+        };
+        s.page_written(3, PageEntries::of(1, [&entry("1", 5), &untimed]));
+        assert_eq!(
+            s.forget_before(25),
+            vec![(
+                2,
+                PageEntries {
+                    parts: 2,
+                    newest_ms: Some(20)
+                }
+            )]
+        );
+        assert_eq!(s.forget_before(31).len(), 1, "page 1 once 30 is behind");
+        assert!(
+            s.forget_before(i64::MAX).is_empty(),
+            "page 3 holds an untimed entry"
+        );
+        assert_eq!(s.pages(), 1);
     }
 }

@@ -1,5 +1,6 @@
 //! Kafka transactions of a poller: a page's new item versions to the raw topic, their
-//! (id, version) pairs and the cursor after the page to the state topic. Pages are staged
+//! (id, version) pairs (one record per page) and the cursor after the page to the state
+//! topic. Pages are staged
 //! into an open transaction as they come (their records sent at once, so Kafka writes them
 //! while the next page is fetched) and committed together every
 //! `pages_per_transaction` pages, with the cursor of the last one; state that must be
@@ -15,6 +16,8 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use sluice_runtime::kafka::{blocking, KafkaClients};
+
+use crate::cursor::StateRecord;
 
 /// A raw record to write.
 #[derive(Debug)]
@@ -104,7 +107,7 @@ impl PageWriter {
     pub async fn stage(
         &mut self,
         records: Vec<RawOut>,
-        state: Vec<(Vec<u8>, Vec<u8>)>,
+        state: Vec<StateRecord>,
     ) -> Result<(), WriteError> {
         let result = self.send(records, state);
         if result.is_err() {
@@ -117,7 +120,7 @@ impl PageWriter {
     }
 
     /// Commits everything staged with `state`, or nothing.
-    pub async fn commit(&mut self, state: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), WriteError> {
+    pub async fn commit(&mut self, state: Vec<StateRecord>) -> Result<(), WriteError> {
         let result = match self.send(Vec::new(), state) {
             Ok(()) => {
                 let open = self.open.take().unwrap_or_default();
@@ -151,11 +154,7 @@ impl PageWriter {
         result
     }
 
-    fn send(
-        &mut self,
-        records: Vec<RawOut>,
-        state: Vec<(Vec<u8>, Vec<u8>)>,
-    ) -> Result<(), WriteError> {
+    fn send(&mut self, records: Vec<RawOut>, state: Vec<StateRecord>) -> Result<(), WriteError> {
         if self.open.is_none() {
             self.producer
                 .begin_transaction()
@@ -176,10 +175,12 @@ impl PageWriter {
             );
         }
         for (key, value) in &state {
-            let record = FutureRecord::to(&self.state_topic)
+            let mut record = FutureRecord::to(&self.state_topic)
                 .partition(self.partition)
-                .key(key)
-                .payload(value);
+                .key(key);
+            if let Some(value) = value {
+                record = record.payload(value);
+            }
             open.deliveries.push(
                 self.producer
                     .send_result(record)
