@@ -31,7 +31,8 @@ Faults, set with `POST /_admin/config` (JSON, every field optional, 0 = off):
 
 Administration (for tests):
 
-    POST /_admin/add             {"n": 10}            adds items dated now
+    POST /_admin/add             {"n": 10}            adds items dated now; with
+                                 "note_bytes": B each has a random `note` of B bytes
     POST /_admin/mutate          {"n": 5}             changes random items
     POST /_admin/expire_cursors                       every cursor issued so far gets 410
     GET  /_admin/stats           requests and answers by class, `early`, `over_budget`,
@@ -137,6 +138,7 @@ class Api:
             "version": item["version"],
             "status": item["status"],
             "amount": item["amount"],
+            **({"note": item["note"]} if "note" in item else {}),
         }
 
     def listing(self, since_ms):
@@ -210,6 +212,11 @@ class Handler(BaseHTTPRequestHandler):
             elif path == "/_admin/add":
                 for _ in range(int(body.get("n", 1))):
                     api.add_item(now_ms(), int(body.get("late_secs", 0)))
+                    if body.get("note_bytes"):
+                        last = api.items["o-%06d" % (api.next_id - 1)]
+                        # Random, so compression does not shrink it below a record limit.
+                        raw = api.rng.randbytes(int(body["note_bytes"]) * 3 // 4)
+                        last["note"] = base64.b64encode(raw).decode()
             elif path == "/_admin/mutate":
                 for _ in range(int(body.get("n", 1))):
                     api.mutate()

@@ -123,6 +123,8 @@ pub async fn run(config: &SluiceConfig, args: PollArgs) -> anyhow::Result<ExitCo
         },
         state_topic,
         state_partitions,
+        dlq_topic: sluice_poll::dlq_topic(&topology.prefix),
+        refused: Default::default(),
     });
     let names: Vec<String> = sources.iter().map(|s| s.source.clone()).collect();
     let mut tasks = tokio::task::JoinSet::new();

@@ -465,6 +465,74 @@ async fn the_store_is_a_record_per_page_and_pages_behind_the_lookback_are_delete
     assert!(deleted.iter().any(|k| k[2] == "0"), "page 0 once behind");
 }
 
+/// An item larger than Kafka takes in one record is dead-lettered with its identity and
+/// reason, once; the items around it and after it are written as usual.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_item_too_large_for_kafka_is_dead_lettered_and_the_crawl_goes_on() {
+    require_stack().await;
+    let api = Api::start(&["--items", "20"]);
+    // 1.5 MB: over the producer's message.max.bytes (1,000,000), under max_page_bytes.
+    api.post("/_admin/add", json!({"n": 1, "note_bytes": 1_500_000}))
+        .await;
+    api.post("/_admin/add", json!({"n": 2})).await;
+    let prefix = unique_prefix("pollbig");
+    let poll = format!(
+        "{{url: '{}/cursor/items', interval: 200ms, items: data, version: updated_at, \
+          since: {{param: updated_since, lookback: 30s}}, \
+          pagination: {{type: cursor, param: cursor, path: next_cursor}}, \
+          page_size: {{param: limit, value: 10}}}}",
+        api.base
+    );
+    let file = apply_topology(&topology(&prefix, &[("big", poll)])).await;
+    let _cleanup = Cleanup(crate::support::load_topology(&file));
+    let poller = start_poller(&file, &[]).await;
+    let topic = format!("{prefix}.raw.big");
+    let dlq = sluice_topology::naming::poll_dlq_topic(&prefix);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while read(&topic).await.len() < 22 {
+        assert!(Instant::now() < deadline, "{}", read_log(&poller.log));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Items added after it are written too, and later crawls re-read it without a second
+    // dead letter.
+    api.post("/_admin/add", json!({"n": 3})).await;
+    while read(&topic).await.len() < 25 {
+        assert!(Instant::now() < deadline, "{}", read_log(&poller.log));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let records = read(&topic).await;
+    let ids: BTreeSet<&str> = records.iter().map(|r| r.key.as_str()).collect();
+    assert_eq!((records.len(), ids.len()), (25, 25));
+    assert!(
+        !ids.contains("o-000021"),
+        "the large item is not a raw record"
+    );
+    let letters = read(&dlq).await;
+    assert_eq!(letters.len(), 1, "one dead letter: {letters:?}");
+    let letter = &letters[0];
+    assert_eq!(letter.key, "o-000021");
+    assert_eq!(letter.headers["kafka_dlt-exception-fqcn"], "ItemTooLarge");
+    assert_eq!(letter.headers["kafka_dlt-original-topic"], topic);
+    assert_eq!(letter.headers["sluice_source"], "big");
+    let reason = &letter.headers["kafka_dlt-exception-message"];
+    assert!(
+        reason.contains("o-000021") && reason.contains("bytes"),
+        "{reason}"
+    );
+    assert!(
+        letter.body["bytes"].as_u64().unwrap() > 1_500_000,
+        "{}",
+        letter.body
+    );
+    assert_eq!(letter.body["body_prefix"].as_str().unwrap().len(), 1024);
+    assert_eq!(
+        poller.metric("sluice_poll_items_dead_lettered_total").await,
+        1.0
+    );
+    assert!(read_log(&poller.log).contains("dead-lettered, the crawl goes on"));
+}
+
 /// Every pagination style reads every item exactly once; keyset pages through 1,000 items
 /// that share one timestamp thanks to the id tie-break.
 #[tokio::test(flavor = "multi_thread")]

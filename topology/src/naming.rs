@@ -40,13 +40,18 @@ pub fn state_topic(prefix: &str, what: &str) -> String {
     format!("{prefix}.state.{what}")
 }
 
-/// Held keys of retry policy `policy` under `ordering: per_key`, partitioned like the
-/// consumer's input topics.
 /// The compacted topic of polling sources' cursors and seen (id, version) pairs.
 pub fn poll_state_topic(prefix: &str) -> String {
     state_topic(prefix, "poll")
 }
 
+/// Polled items that cannot be raw records (larger than Kafka takes), with their identity.
+pub fn poll_dlq_topic(prefix: &str) -> String {
+    dlq_topic(prefix, "poll")
+}
+
+/// Held keys of retry policy `policy` under `ordering: per_key`, partitioned like the
+/// consumer's input topics.
 pub fn held_topic(prefix: &str, policy: &str) -> String {
     state_topic(prefix, &format!("held-{policy}"))
 }

@@ -807,18 +807,33 @@ impl Topology {
     /// the policy's DLQ topic, or like its held-key topic under per-key ordering).
     pub fn all_topics(&self) -> Vec<TopicSpec> {
         let mut out = self.topics.clone();
-        let poll_state = naming::poll_state_topic(&self.prefix);
-        if self.sources.iter().any(|s| s.poll.is_some())
-            && !out.iter().any(|t| t.name == poll_state)
-        {
+        if self.sources.iter().any(|s| s.poll.is_some()) {
+            let rf = self.topics.first().map_or(1, |t| t.replication_factor);
             // Cursors and (id, version) pairs: compacted, one partition (a source's records
-            // all go to one partition anyway, read back in full at start).
-            out.push(TopicSpec {
-                name: poll_state,
-                partitions: 1,
-                replication_factor: self.topics.first().map_or(1, |t| t.replication_factor),
-                config: [("cleanup.policy".to_string(), "compact".to_string())].into(),
-            });
+            // all go to one partition anyway, read back in full at start); and items too
+            // large to be raw records, kept 30 days like the other dead-letter topics.
+            let implied = [
+                (
+                    naming::poll_state_topic(&self.prefix),
+                    "cleanup.policy",
+                    "compact",
+                ),
+                (
+                    naming::poll_dlq_topic(&self.prefix),
+                    "retention.ms",
+                    "2592000000",
+                ),
+            ];
+            for (name, key, value) in implied {
+                if !out.iter().any(|t| t.name == name) {
+                    out.push(TopicSpec {
+                        name,
+                        partitions: 1,
+                        replication_factor: rf,
+                        config: [(key.to_string(), value.to_string())].into(),
+                    });
+                }
+            }
         }
         for p in &self.retry_policies {
             let like = match p.ordering {

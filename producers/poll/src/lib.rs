@@ -34,6 +34,11 @@ pub fn state_topic(prefix: &str) -> String {
     sluice_topology::naming::poll_state_topic(prefix)
 }
 
+/// Where every polling source of topology `prefix` dead-letters items too large to write.
+pub fn dlq_topic(prefix: &str) -> String {
+    sluice_topology::naming::poll_dlq_topic(prefix)
+}
+
 /// Response headers the poller reads, for the outbound client's `keep_headers`.
 pub fn kept_headers() -> Vec<String> {
     ["etag", "link"]

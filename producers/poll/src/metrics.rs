@@ -37,6 +37,8 @@ pub struct PollMetrics {
     pub items: IntCounterVec,
     /// Items read again and dropped: `duplicate` (version written already), `stale` (older).
     pub dropped: IntCounterVec,
+    /// Items written as dead letters instead of raw records, by reason (`too_large`).
+    pub dead_lettered: IntCounterVec,
     /// Pages committed (items, (id, version) pairs and cursor in one transaction).
     pub pages: IntCounterVec,
     /// Requests by status class (`2xx`, `304`, `410`, `429`, `4xx`, `5xx`, `none`).
@@ -62,6 +64,7 @@ impl PollMetrics {
         let m = Self {
             items: counter("sluice_poll_items_total", "Item versions written to the raw topic by polling, per source", &["source"])?,
             dropped: counter("sluice_poll_items_dropped_total", "Polled items dropped as already written (duplicate) or older than written (stale)", &["source", "reason"])?,
+            dead_lettered: counter("sluice_poll_items_dead_lettered_total", "Polled items written to the poll DLQ instead of the raw topic, by reason (too_large)", &["source", "reason"])?,
             pages: counter("sluice_poll_pages_total", "Pages committed with their cursor, per source", &["source"])?,
             requests: counter("sluice_poll_requests_total", "Page requests by answer class, per source", &["source", "status"])?,
             waited: CounterVec::new(Opts::new("sluice_poll_wait_seconds_total", "Seconds polling waited, by reason (budget, retry_after, rate_limit_reset, backoff, breaker)"), &["source", "reason"])?,
@@ -72,6 +75,7 @@ impl PollMetrics {
         };
         registry.register(Box::new(m.items.clone()))?;
         registry.register(Box::new(m.dropped.clone()))?;
+        registry.register(Box::new(m.dead_lettered.clone()))?;
         registry.register(Box::new(m.pages.clone()))?;
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.waited.clone()))?;
@@ -90,6 +94,7 @@ impl PollMetrics {
         for reason in ["duplicate", "stale"] {
             self.dropped.with_label_values(&[source, reason]);
         }
+        self.dead_lettered.with_label_values(&[source, "too_large"]);
         for kind in ["api", "page", "kafka"] {
             self.errors.with_label_values(&[source, kind]);
         }

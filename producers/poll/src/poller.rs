@@ -24,7 +24,7 @@ use crate::record;
 use crate::request::{self, RequestError};
 use crate::seen::{Decision, Seen, SeenEntry};
 use crate::settings::Settings;
-use crate::writer::{Committing, PageWriter, RawOut, WriteError};
+use crate::writer::{Committing, PageWriter, RawOut, Refused, RefusedItems, WriteError};
 
 /// How often (in pages) entries behind the lookback are forgotten.
 const FORGET_EVERY_PAGES: u64 = 10;
@@ -63,6 +63,10 @@ pub struct Shared {
     pub fetcher: Fetcher,
     pub state_topic: String,
     pub state_partitions: i32,
+    /// Where items too large to be raw records go.
+    pub dlq_topic: String,
+    /// Items the broker refused as too large, dead-lettered when fetched again.
+    pub refused: Arc<RefusedItems>,
 }
 
 /// How a poller is opened.
@@ -154,6 +158,8 @@ impl Poller {
             &settings.source,
             &settings.raw_topic,
             &shared.state_topic,
+            &shared.dlq_topic,
+            Arc::clone(&shared.refused),
             partition,
         )
         .await?;
@@ -471,6 +477,7 @@ impl Poller {
             self.seen.record(item.id.clone(), entry.clone());
             entries.push((item.id.clone(), entry));
             records.push(RawOut {
+                delivery_id: record::delivery_id(item),
                 key: item.id.clone(),
                 value: item.body.clone(),
                 headers: record::headers(
@@ -484,8 +491,11 @@ impl Poller {
         }
         // Nothing is staged before the previous transaction's commit is known to have held.
         self.settle().await?;
+        let page_items = records.len();
+        let refused = self.writer.send_items(records).await?;
+        self.dead_lettered(&refused);
         let s = &self.settings;
-        let written = records.len() as u64;
+        let written = (page_items - refused.len()) as u64;
         let mut next = self.cursor.clone();
         next.items_written += written;
         next.pages += 1;
@@ -520,7 +530,7 @@ impl Poller {
             }
         }
         state.push(cursor::put(cursor::cursor_key(&s.source), &next));
-        self.writer.stage(records, state).await?;
+        self.writer.stage(state).await?;
         // The next page is asked for from here; a failed commit reopens the poller, which
         // reads the committed cursor back.
         self.cursor = next;
@@ -553,6 +563,21 @@ impl Poller {
             self.count(staged);
         }
         Ok(())
+    }
+
+    /// Reports items dead-lettered as too large to be raw records.
+    fn dead_lettered(&self, refused: &[Refused]) {
+        let source = &self.settings.source;
+        for r in refused {
+            tracing::warn!(source = %source, item = %r.id, bytes = r.bytes, dlq = %self.shared.dlq_topic,
+                "polled item too large for a Kafka record; dead-lettered, the crawl goes on");
+            self.shared
+                .fetcher
+                .metrics
+                .dead_lettered
+                .with_label_values(&[source, "too_large"])
+                .inc();
+        }
     }
 
     /// Counts committed items and pages.

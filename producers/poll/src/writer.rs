@@ -5,16 +5,22 @@
 //! while the next page is fetched) and committed together every
 //! `pages_per_transaction` pages, with the cursor of the last one; state that must be
 //! durable at once (a pause, a session, a failed crawl) commits whatever is staged with it.
+//! An item larger than Kafka takes becomes a dead letter on `<prefix>.dlq.poll` in the same
+//! transaction, naming it, and the page goes on: at once when the producer refuses it
+//! (`message.max.bytes`); when the broker does (the raw topic's `max.message.bytes`), the
+//! transaction fails, the item is remembered, and the page fetched again dead-letters it.
 //! The transactional id is the source's (within its deployment), so a poller started again
 //! fences the one before it (whose open transaction is aborted) before it reads the state
 //! back.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::join_all;
-use rdkafka::error::KafkaError;
-use rdkafka::message::OwnedHeaders;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer, PurgeConfig};
 use sluice_runtime::kafka::{blocking, KafkaClients};
 
 use crate::cursor::StateRecord;
@@ -22,9 +28,60 @@ use crate::cursor::StateRecord;
 /// A raw record to write.
 #[derive(Debug)]
 pub struct RawOut {
+    /// `<id>@<version>`: which item version it is.
+    pub delivery_id: String,
     pub key: String,
     pub value: Vec<u8>,
     pub headers: OwnedHeaders,
+}
+
+/// An item Kafka refused as too large, dead-lettered instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub id: String,
+    pub bytes: usize,
+}
+
+/// How much of a refused item its dead letter keeps, as evidence.
+const REFUSED_PREFIX_BYTES: usize = 1024;
+
+/// At most this many refused items are remembered (each a few dozen bytes).
+const REFUSED_REMEMBERED: usize = 10_000;
+
+/// Item versions the broker refused as too large, by delivery id: dead-lettered when their
+/// page is staged again. Shared by a process's pollers, kept across their reopenings.
+#[derive(Debug, Default)]
+pub struct RefusedItems(std::sync::Mutex<std::collections::HashSet<String>>);
+
+impl RefusedItems {
+    fn contains(&self, delivery_id: &str) -> bool {
+        self.0.lock().expect("refused").contains(delivery_id)
+    }
+
+    fn insert(&self, delivery_id: String) {
+        let mut set = self.0.lock().expect("refused");
+        if set.len() < REFUSED_REMEMBERED {
+            set.insert(delivery_id);
+        }
+    }
+}
+
+/// Why an item is a dead letter.
+#[derive(Debug, Clone, Copy)]
+enum TooLarge {
+    /// The producer refused it before sending.
+    Producer,
+    /// The broker refused it in an earlier transaction.
+    Broker,
+}
+
+impl TooLarge {
+    fn limit(self) -> &'static str {
+        match self {
+            Self::Producer => "the producer's message.max.bytes",
+            Self::Broker => "the raw topic's max.message.bytes: the broker refused it",
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +113,8 @@ pub struct PageWriter {
     producer: FutureProducer,
     raw_topic: String,
     state_topic: String,
+    dlq_topic: String,
+    refused: Arc<RefusedItems>,
     partition: i32,
     open: Option<Open>,
 }
@@ -76,6 +135,8 @@ impl PageWriter {
         source: &str,
         raw_topic: &str,
         state_topic: &str,
+        dlq_topic: &str,
+        refused: Arc<RefusedItems>,
         partition: i32,
     ) -> Result<Self, WriteError> {
         let producer = clients
@@ -91,6 +152,8 @@ impl PageWriter {
             producer,
             raw_topic: raw_topic.to_string(),
             state_topic: state_topic.to_string(),
+            dlq_topic: dlq_topic.to_string(),
+            refused,
             partition,
             open: None,
         })
@@ -101,15 +164,23 @@ impl PageWriter {
         self.open.as_ref().map_or(0, |o| o.pages)
     }
 
-    /// Sends one page's `records` and `state` into the open transaction (begun if none is);
-    /// nothing of it is visible before [`Self::commit`]. On an error the transaction is
-    /// aborted: the caller opens the poller again from the committed state.
-    pub async fn stage(
-        &mut self,
-        records: Vec<RawOut>,
-        state: Vec<StateRecord>,
-    ) -> Result<(), WriteError> {
-        let result = self.send(records, state);
+    /// Sends one page's item `records` into the open transaction (begun if none is);
+    /// returns the items dead-lettered as too large. The page is staged by [`Self::stage`]
+    /// with its state. On an error the transaction is aborted: the caller opens the poller
+    /// again from the committed state.
+    pub async fn send_items(&mut self, records: Vec<RawOut>) -> Result<Vec<Refused>, WriteError> {
+        let result = self.send(records, Vec::new());
+        if result.is_err() {
+            self.abort().await;
+        }
+        result
+    }
+
+    /// Sends one page's `state` into the open transaction after its items, and counts the
+    /// page; nothing of it is visible before [`Self::commit`]. On an error the transaction is
+    /// aborted.
+    pub async fn stage(&mut self, state: Vec<StateRecord>) -> Result<(), WriteError> {
+        let result = self.send(Vec::new(), state).map(drop);
         if result.is_err() {
             self.abort().await;
         }
@@ -122,9 +193,9 @@ impl PageWriter {
     /// Commits everything staged with `state`, or nothing.
     pub async fn commit(&mut self, state: Vec<StateRecord>) -> Result<(), WriteError> {
         let result = match self.send(Vec::new(), state) {
-            Ok(()) => {
+            Ok(_) => {
                 let open = self.open.take().unwrap_or_default();
-                acknowledged_and_committed(self.producer.clone(), open).await
+                acknowledged_and_committed(self.producer.clone(), open, self.watch()).await
             }
             Err(e) => Err(e),
         };
@@ -139,7 +210,11 @@ impl PageWriter {
     pub fn commit_behind(&mut self) -> Committing {
         let open = self.open.take().unwrap_or_default();
         let producer = self.producer.clone();
-        Committing(tokio::spawn(acknowledged_and_committed(producer, open)))
+        Committing(tokio::spawn(acknowledged_and_committed(
+            producer,
+            open,
+            self.watch(),
+        )))
     }
 
     /// How a [`Self::commit_behind`] ended; on an error the transaction is aborted.
@@ -154,7 +229,11 @@ impl PageWriter {
         result
     }
 
-    fn send(&mut self, records: Vec<RawOut>, state: Vec<StateRecord>) -> Result<(), WriteError> {
+    fn send(
+        &mut self,
+        records: Vec<RawOut>,
+        state: Vec<StateRecord>,
+    ) -> Result<Vec<Refused>, WriteError> {
         if self.open.is_none() {
             self.producer
                 .begin_transaction()
@@ -163,17 +242,38 @@ impl PageWriter {
         }
         let open = self.open.as_mut().expect("a transaction is open");
         open.deliveries.reserve(records.len() + state.len());
+        let mut refused = Vec::new();
         for r in records {
-            let record = FutureRecord::to(&self.raw_topic)
-                .key(&r.key)
-                .payload(&r.value)
-                .headers(r.headers);
-            open.deliveries.push(
-                self.producer
-                    .send_result(record)
-                    .map_err(|(e, _)| kafka("enqueuing an item")(e))?,
-            );
+            let (delivery, too_large) = if self.refused.contains(&r.delivery_id) {
+                let d = self.dead_letter(&r, r.headers.clone(), TooLarge::Broker)?;
+                (d, true)
+            } else {
+                let record = FutureRecord::to(&self.raw_topic)
+                    .key(&r.key)
+                    .payload(&r.value)
+                    .headers(r.headers.clone());
+                match self.producer.send_result(record) {
+                    Ok(d) => (d, false),
+                    Err((
+                        KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
+                        record,
+                    )) => {
+                        let headers = record.headers.unwrap_or_default();
+                        (self.dead_letter(&r, headers, TooLarge::Producer)?, true)
+                    }
+                    Err((e, _)) => return Err(kafka("enqueuing an item")(e)),
+                }
+            };
+            if too_large {
+                refused.push(Refused {
+                    id: r.key.clone(),
+                    bytes: r.value.len(),
+                });
+            }
+            let open = self.open.as_mut().expect("a transaction is open");
+            open.deliveries.push(delivery);
         }
+        let open = self.open.as_mut().expect("a transaction is open");
         for (key, value) in &state {
             let mut record = FutureRecord::to(&self.state_topic)
                 .partition(self.partition)
@@ -187,14 +287,114 @@ impl PageWriter {
                     .map_err(|(e, _)| kafka("enqueuing the cursor")(e))?,
             );
         }
-        Ok(())
+        Ok(refused)
     }
 
+    /// Sends `r`'s dead letter instead of `r`.
+    fn dead_letter(
+        &self,
+        r: &RawOut,
+        headers: OwnedHeaders,
+        why: TooLarge,
+    ) -> Result<DeliveryFuture, WriteError> {
+        let (letter, headers) = dead_letter(&r.key, &r.value, headers, &self.raw_topic, why);
+        let record = FutureRecord::to(&self.dlq_topic)
+            .key(&r.key)
+            .payload(&letter)
+            .headers(headers);
+        self.producer
+            .send_result(record)
+            .map_err(|(e, _)| kafka("enqueuing a dead letter")(e))
+    }
+
+    /// What a commit watches for: raw records the broker refuses as too large.
+    fn watch(&self) -> Watch {
+        Watch {
+            raw_topic: self.raw_topic.clone(),
+            refused: Arc::clone(&self.refused),
+        }
+    }
+
+    /// Aborts the open transaction. Its records still queued or in flight are purged first:
+    /// after a refused record librdkafka would otherwise wait for them until the timeout
+    /// (30 s). The caller opens the poller again with a new producer, which fences this one
+    /// in any case.
     async fn abort(&mut self) {
         self.open = None;
         let p = self.producer.clone();
-        let _ = blocking(move || p.abort_transaction(Duration::from_secs(30))).await;
+        let _ = blocking(move || {
+            p.purge(PurgeConfig::default().queue().inflight());
+            p.abort_transaction(Duration::from_secs(30))
+        })
+        .await;
     }
+}
+
+/// The dead letter of item `id` (`body`, refused as too large for `raw_topic`): its raw
+/// headers, where it was going and why not, and the body's first KiB as evidence.
+fn dead_letter(
+    id: &str,
+    body: &[u8],
+    headers: OwnedHeaders,
+    raw_topic: &str,
+    why: TooLarge,
+) -> (Vec<u8>, OwnedHeaders) {
+    use sluice_stream::headers::{EXCEPTION_FQCN, EXCEPTION_MESSAGE, ORIGINAL_TOPIC};
+    let reason = format!(
+        "item `{id}` is {} bytes, more than Kafka takes in one record ({})",
+        body.len(),
+        why.limit()
+    );
+    let prefix = &body[..body.len().min(REFUSED_PREFIX_BYTES)];
+    let value = serde_json::json!({
+        "id": id,
+        "bytes": body.len(),
+        "reason": reason,
+        "body_prefix": String::from_utf8_lossy(prefix),
+    });
+    let headers = [
+        (ORIGINAL_TOPIC, raw_topic),
+        (EXCEPTION_FQCN, "ItemTooLarge"),
+        (EXCEPTION_MESSAGE, reason.as_str()),
+    ]
+    .into_iter()
+    .fold(headers, |h, (key, value)| {
+        h.insert(Header {
+            key,
+            value: Some(value.as_bytes()),
+        })
+    });
+    (serde_json::to_vec(&value).expect("json"), headers)
+}
+
+/// The size and delivery id of `message` when it is a raw record refused as too large.
+fn too_large(
+    watch: &Watch,
+    e: &KafkaError,
+    message: &rdkafka::message::OwnedMessage,
+) -> Option<(usize, String)> {
+    let refused = e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge)
+        && message.topic() == watch.raw_topic;
+    let size = message.payload().map_or(0, <[u8]>::len);
+    refused.then(|| delivery_id_of(message).map(|id| (size, id)))?
+}
+
+/// What a commit watches its acknowledgements for.
+#[derive(Debug)]
+struct Watch {
+    raw_topic: String,
+    refused: Arc<RefusedItems>,
+}
+
+/// The `sluice_delivery_id` header of a raw record.
+fn delivery_id_of(message: &rdkafka::message::OwnedMessage) -> Option<String> {
+    use rdkafka::message::Headers;
+    message
+        .headers()?
+        .iter()
+        .find(|h| h.key == sluice_schemas::metadata::raw::DELIVERY_ID)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
 /// Awaits every acknowledgement of `open` before committing it: the commit's own flush would
@@ -202,11 +402,29 @@ impl PageWriter {
 async fn acknowledged_and_committed(
     producer: FutureProducer,
     open: Open,
+    watch: Watch,
 ) -> Result<(), WriteError> {
-    for d in join_all(open.deliveries).await {
+    // Not `join_all`: once a record fails, the transaction's records still queued are only
+    // failed by the abort that follows, so waiting for all of them would never end.
+    let mut pending: FuturesUnordered<DeliveryFuture> = open.deliveries.into_iter().collect();
+    while let Some(d) = pending.next().await {
         match d {
             Ok(Ok(_)) => {}
-            Ok(Err((e, _))) => return Err(kafka("producing a record")(e)),
+            Ok(Err((e, message))) => {
+                // A batch the broker refused fails every record in it at once: the largest
+                // is the one to dead-letter (if it was not alone, the next attempt finds the
+                // next one).
+                let mut largest = too_large(&watch, &e, &message);
+                while let Some(Some(Ok(Err((e, m))))) = pending.next().now_or_never() {
+                    largest = largest.max(too_large(&watch, &e, &m));
+                }
+                if let Some((_, id)) = largest {
+                    tracing::warn!(item = %id, topic = %watch.raw_topic,
+                        "the broker refused a polled item as too large; it is dead-lettered when its page is fetched again");
+                    watch.refused.insert(id);
+                }
+                return Err(kafka("producing a record")(e));
+            }
             Err(_) => return Err(kafka("producing a record")(KafkaError::Canceled)),
         }
     }
