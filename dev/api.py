@@ -11,7 +11,8 @@ It listens on 127.0.0.1 only and lists items (orders) changed since a time, in
     GET /keyset/items?updated_since=T&limit=N[&after_id=I] body {"data": [...]}; with after_id,
                                                            items after (T, I)
 
-`updated_since` is RFC 3339 and inclusive (`>=`). An item is
+`updated_since` is RFC 3339 and inclusive (`>=`). `/page` and `/offset` take `order=desc`
+(newest first). An item is
 `{"id": "o-000001", "updated_at": "...Z", "version": 1, "status": "...", "amount": 12}`.
 Every 200 carries an `ETag`; a request whose `If-None-Match` matches gets 304.
 Cursors are opaque and positional (they survive items changing under them).
@@ -321,6 +322,8 @@ class Handler(BaseHTTPRequestHandler):
                 raise ValueError("unreadable cursor")
         if style == "keyset" and "after_id" in q:
             after = (since, q["after_id"])
+        if style in ("page", "offset") and q.get("order") == "desc":
+            rows = rows[::-1]
         if after is not None:
             start = bisect.bisect_right([(r[0], r[1]) for r in rows], tuple(after))
         elif style == "page":

@@ -226,6 +226,15 @@ fn topology(prefix: &str, sources: &[(&str, String)]) -> String {
     yaml
 }
 
+/// Waits up to 60 s for `topic` to hold at least `n` committed records.
+async fn wait_for_records(poller: &RoleProcess, topic: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while read(topic).await.len() < n {
+        assert!(Instant::now() < deadline, "{}", read_log(&poller.log));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn wait_for_metric(poller: &RoleProcess, name: &str, at_least: f64) {
     let end = Instant::now() + Duration::from_secs(60);
     while poller.metric(name).await < at_least {
@@ -416,11 +425,7 @@ async fn the_store_is_a_record_per_page_and_pages_behind_the_lookback_are_delete
 
     let poller = start_poller(&file, &[]).await;
     let topic = format!("{prefix}.raw.orders");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while read(&topic).await.len() < 990 {
-        assert!(Instant::now() < deadline, "{}", read_log(&poller.log));
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    wait_for_records(&poller, &topic, 990).await;
     // A few more crawls over the lookback window (and their commits).
     tokio::time::sleep(Duration::from_secs(2)).await;
     let records = read(&topic).await;
@@ -465,6 +470,66 @@ async fn the_store_is_a_record_per_page_and_pages_behind_the_lookback_are_delete
     assert!(deleted.iter().any(|k| k[2] == "0"), "page 0 once behind");
 }
 
+/// An API listing newest first: the (id, version) store cannot forget mid-crawl, but does
+/// between crawls (the next one asks only from the watermark minus the lookback), and the
+/// pages behind are deleted from the state topic.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_newest_first_api_s_store_is_forgotten_between_crawls() {
+    require_stack().await;
+    let api = Api::start(&["--items", "300"]);
+    let prefix = unique_prefix("polld");
+    let poll = format!(
+        "{{url: '{}/page/items?order=desc', interval: 300ms, items: data, version: updated_at, \
+          since: {{param: updated_since, lookback: 50ms}}, \
+          pagination: {{type: page, param: page}}, page_size: {{param: limit, value: 50}}}}",
+        api.base
+    );
+    let file = apply_topology(&topology(&prefix, &[("desc", poll)])).await;
+    let _cleanup = Cleanup(crate::support::load_topology(&file));
+    let poller = start_poller(&file, &[]).await;
+    let topic = format!("{prefix}.raw.desc");
+    wait_for_records(&poller, &topic, 300).await;
+    // Later crawls re-read the newest page and add nothing.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let records = read(&topic).await;
+    let ids: BTreeSet<&str> = records.iter().map(|r| r.key.as_str()).collect();
+    assert_eq!((records.len(), ids.len()), (300, 300));
+    assert!(poller.metric("sluice_poll_items_dropped_total").await >= 50.0);
+    let (kept, deleted) = seen_pages(&prefix, "desc");
+    assert_eq!(
+        kept.len() + deleted.len(),
+        6,
+        "six pages of 50 items written"
+    );
+    // The newest time minus 50 ms falls on the second page's newest item.
+    assert_eq!(
+        kept,
+        ["1/0", "2/0"],
+        "only pages within the lookback are kept"
+    );
+}
+
+/// The `["<source>","seen",…]` records of `source`'s state partition: the pages still held
+/// and those deleted.
+fn seen_pages(prefix: &str, source: &str) -> (Vec<String>, Vec<String>) {
+    let state = sluice_topology::naming::poll_state_topic(prefix);
+    let clients = crate::support::clients();
+    let partitions = sluice_stream::state::kafka::partition_count(&clients, &state).unwrap();
+    let home = sluice_poll::poller::partition_of(source, partitions);
+    let mut live: BTreeMap<String, bool> = BTreeMap::new();
+    sluice_stream::state::kafka::read_partitions(&clients, &state, &[home], |_, key, value| {
+        if let Ok(parts) = serde_json::from_slice::<Vec<String>>(key) {
+            if parts[0] == source && parts[1] == "seen" {
+                live.insert(format!("{}/{}", parts[2], parts[3]), value.is_some());
+            }
+        }
+    })
+    .unwrap();
+    let (kept, deleted): (Vec<_>, Vec<_>) = live.into_iter().partition(|(_, l)| *l);
+    let names = |v: Vec<(String, bool)>| v.into_iter().map(|(k, _)| k).collect();
+    (names(kept), names(deleted))
+}
+
 /// An item larger than Kafka takes in one record is dead-lettered with its identity and
 /// reason, once; the items around it and after it are written as usual.
 #[tokio::test(flavor = "multi_thread")]
@@ -488,18 +553,11 @@ async fn an_item_too_large_for_kafka_is_dead_lettered_and_the_crawl_goes_on() {
     let poller = start_poller(&file, &[]).await;
     let topic = format!("{prefix}.raw.big");
     let dlq = sluice_topology::naming::poll_dlq_topic(&prefix);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while read(&topic).await.len() < 22 {
-        assert!(Instant::now() < deadline, "{}", read_log(&poller.log));
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_records(&poller, &topic, 22).await;
     // Items added after it are written too, and later crawls re-read it without a second
     // dead letter.
     api.post("/_admin/add", json!({"n": 3})).await;
-    while read(&topic).await.len() < 25 {
-        assert!(Instant::now() < deadline, "{}", read_log(&poller.log));
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_records(&poller, &topic, 25).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let records = read(&topic).await;
     let ids: BTreeSet<&str> = records.iter().map(|r| r.key.as_str()).collect();

@@ -588,21 +588,19 @@ impl Poller {
         m.pages.with_label_values(&[source]).inc_by(pages);
     }
 
-    /// Forgets (in memory) items no later crawl asks for: those older than the newest item
-    /// time minus the lookback, when the API listed items in time order.
+    /// Forgets items no crawl asks for again: those older than the newest item time minus
+    /// the lookback. Mid-crawl only when the API has listed items oldest first so far (a
+    /// later page of a crawl in another order can still hold older items); between crawls
+    /// whatever the order, since the next crawl asks from the watermark minus the lookback.
     fn forget_behind(&mut self) {
         let Some(since) = &self.settings.spec.since else {
             return;
         };
-        if !self.ordered {
-            return;
-        }
-        let newest = self
-            .cursor
-            .crawl
-            .as_ref()
-            .and_then(|c| c.newest_ms)
-            .or(self.cursor.watermark_ms);
+        let newest = match &self.cursor.crawl {
+            Some(crawl) if self.ordered => crawl.newest_ms.or(self.cursor.watermark_ms),
+            Some(_) => None,
+            None => self.cursor.watermark_ms,
+        };
         if let Some(n) = newest {
             self.forget_before(n - since.lookback.0.as_millis() as i64);
         }
