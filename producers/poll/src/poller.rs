@@ -111,6 +111,31 @@ impl std::fmt::Debug for Poller {
     }
 }
 
+/// A page fetched ahead: its URL and the answer to one attempt (abandoned when dropped,
+/// e.g. when the page before it failed to commit).
+struct Ahead {
+    url: url::Url,
+    answer: Option<tokio::task::JoinHandle<Result<Step, FetchError>>>,
+}
+
+impl Ahead {
+    /// The answer, when it is for `url` (the page the cursor now points at).
+    async fn answer_for(mut self, url: &url::Url) -> Option<Result<Step, FetchError>> {
+        if &self.url != url {
+            return None;
+        }
+        self.answer.take()?.await.ok()
+    }
+}
+
+impl Drop for Ahead {
+    fn drop(&mut self) {
+        if let Some(answer) = self.answer.take() {
+            answer.abort();
+        }
+    }
+}
+
 /// The state partition of `source`.
 pub fn partition_of(source: &str, partitions: i32) -> i32 {
     // FNV-1a: stable across versions and platforms, unlike the std hasher.
@@ -350,11 +375,16 @@ impl Poller {
         }
         let started = Instant::now();
         let mut pages = 0u64;
+        let mut ahead: Option<Ahead> = None;
         loop {
             let crawl = self.cursor.crawl.clone().expect("a crawl is under way");
             let url = request::page_url(&self.settings, &crawl)?;
             let req = request::build(&self.settings, &self.cursor, url.clone());
-            let fetched = self.fetch(&req, shutdown).await?;
+            let first = match ahead.take() {
+                Some(a) => a.answer_for(&url).await,
+                None => None,
+            };
+            let fetched = self.fetch(&req, first, shutdown).await?;
             let etag = fetched.etag();
             let (body, headers) = match fetched {
                 Fetched::NotModified => {
@@ -386,6 +416,7 @@ impl Poller {
             let page = page::parse(&self.settings.spec, &crawl.next, &body, &headers)?;
             let single = crawl.next == PageRef::First && page.next.is_none();
             let etag = etag.filter(|_| single).map(|e| (url.to_string(), e));
+            ahead = self.fetch_ahead(&crawl, &page, shutdown)?;
             let finished = self.commit_page(crawl, page, etag, started).await?;
             pages += 1;
             if pages.is_multiple_of(FORGET_EVERY_PAGES) {
@@ -398,11 +429,56 @@ impl Poller {
         }
     }
 
+    /// Starts fetching the page after `page` while `page` is staged, when both go into the
+    /// same transaction: a kill then fetches again no more pages than that transaction
+    /// holds, as without it. Not across a commit (that is `overlap_commit`'s choice).
+    fn fetch_ahead(
+        &self,
+        crawl: &Crawl,
+        page: &Page,
+        shutdown: &Shutdown,
+    ) -> Result<Option<Ahead>, PollError> {
+        let Some(next) = &page.next else {
+            return Ok(None);
+        };
+        let per_tx = u64::from(self.settings.spec.pages_per_transaction);
+        if self.writer.staged_pages() + 1 >= per_tx {
+            return Ok(None);
+        }
+        let after = Crawl {
+            next: next.clone(),
+            ..crawl.clone()
+        };
+        let url = request::page_url(&self.settings, &after)?;
+        let req = request::build(&self.settings, &self.cursor, url.clone());
+        let (fetcher, source, shutdown) = (
+            self.shared.fetcher.clone(),
+            self.settings.source.clone(),
+            shutdown.clone(),
+        );
+        let keys: Vec<String> = self
+            .settings
+            .budget_keys()
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        let answer = tokio::spawn(async move {
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            fetcher.attempt(&source, &keys, &req, 0, &shutdown).await
+        });
+        Ok(Some(Ahead {
+            url,
+            answer: Some(answer),
+        }))
+    }
+
     /// Fetches `req`, waiting out whatever the API and the budgets ask; a wait the API set
-    /// is committed first, so a poller started during it waits too.
+    /// is committed first, so a poller started during it waits too. `first` is the answer
+    /// to a first attempt already made ahead.
     async fn fetch(
         &mut self,
         req: &sluice_runtime::outbound::OutboundRequest,
+        mut first: Option<Result<Step, FetchError>>,
         shutdown: &Shutdown,
     ) -> Result<Fetched, PollError> {
         let fetcher = self.shared.fetcher.clone();
@@ -410,10 +486,15 @@ impl Poller {
         let mut failures = 0;
         loop {
             let keys = self.settings.budget_keys();
-            match fetcher
-                .attempt(&source, &keys, req, failures, shutdown)
-                .await?
-            {
+            let step = match first.take() {
+                Some(answer) => answer?,
+                None => {
+                    fetcher
+                        .attempt(&source, &keys, req, failures, shutdown)
+                        .await?
+                }
+            };
+            match step {
                 Step::Done(fetched) => return Ok(fetched),
                 Step::Wait { wait, why, binding } => {
                     failures += 1;

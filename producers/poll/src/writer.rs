@@ -142,7 +142,7 @@ impl PageWriter {
         let producer = clients
             // The state topic names the deployment (its prefix): two deployments on one
             // cluster with a source of the same name must not fence each other.
-            .fenced_producer("poll", &format!("{state_topic}-{source}"))
+            .fenced_loop_producer("poll", &format!("{state_topic}-{source}"))
             .await
             .map_err(|e| WriteError {
                 what: e.what,
