@@ -187,7 +187,7 @@ async fn cleanup(config: &SluiceConfig, db: &tokio_postgres::Client, s: &Scratch
     for t in [&s.sluice_table, &s.debezium_table] {
         let _ = db
             .batch_execute(&format!(
-                "DROP TABLE IF EXISTS {t}; DROP FUNCTION IF EXISTS {t}_stamp_xid()"
+                "DROP TABLE IF EXISTS {t}; DROP FUNCTION IF EXISTS {t}_stamp_xid(), {t}_notify()"
             ))
             .await;
     }

@@ -124,7 +124,7 @@ impl Drop for Deployment {
                     tokio::spawn(connection);
                     let _ = client
                         .batch_execute(&format!(
-                            "DROP TABLE IF EXISTS {table}, {table}_agg; DROP FUNCTION IF EXISTS {table}_stamp_xid()"
+                            "DROP TABLE IF EXISTS {table}, {table}_agg; DROP FUNCTION IF EXISTS {table}_stamp_xid(), {table}_notify()"
                         ))
                         .await;
                 };
@@ -153,10 +153,20 @@ impl std::ops::DerefMut for RelayProcess {
 
 impl RelayProcess {
     fn spawn(d: &Deployment, name: &str, gap_report_ms: u64, env: &[(&str, &str)]) -> Self {
+        Self::polling_every(d, name, gap_report_ms, 20, env)
+    }
+
+    fn polling_every(
+        d: &Deployment,
+        name: &str,
+        gap_report_ms: u64,
+        poll_interval_ms: u64,
+        env: &[(&str, &str)],
+    ) -> Self {
         let config = temp_file(
             "sluice.yaml",
             &format!(
-                "outbox:\n  dsn: {{env: E2E_OUTBOX_DSN}}\n  table: {}\n  lanes: 4\n  poll_interval_ms: 20\n  batch_size: 50\n  gap_report_ms: {gap_report_ms}\n",
+                "outbox:\n  dsn: {{env: E2E_OUTBOX_DSN}}\n  table: {}\n  lanes: 4\n  poll_interval_ms: {poll_interval_ms}\n  batch_size: 50\n  gap_report_ms: {gap_report_ms}\n",
                 d.table
             ),
         );
@@ -901,6 +911,45 @@ async fn services_on_sqlx_write_events_in_their_own_transactions() {
     let mut relay = d.relay("relay", 30_000);
     relay.ready().await;
     read_and_account(&d, &ledger).await;
+}
+
+/// A relay polling only once a minute still relays a committed row at once: the table's
+/// trigger notifies it on commit (the relay listens on a session of its own).
+#[tokio::test]
+async fn a_committed_row_wakes_the_relay_without_waiting_for_its_poll() {
+    let d = Deployment::new("obn").await;
+    let mut relay = RelayProcess::polling_every(&d, "relay", 30_000, 60_000, &[]);
+    relay.ready().await;
+    relay.owns_every_lane().await;
+    // Past the lanes' first reads: from here on they sleep their minute.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut db = connect().await;
+    let writer = d.writer();
+    let ledger = Mutex::new(Ledger::default());
+    for (n, aggregate) in ["n1", "n2", "n3"].into_iter().enumerate() {
+        let committed = Instant::now();
+        write_next(&mut db, &writer, &d.table, aggregate, true, &ledger).await;
+        let relayed = read_topic(
+            &d.events_topic(),
+            n + 1,
+            Duration::from_secs(10),
+            Duration::ZERO,
+        );
+        assert_eq!(relayed.len(), n + 1, "{}", read_log(&relay.log));
+        let took = committed.elapsed();
+        assert!(
+            took < Duration::from_secs(5),
+            "event {n} readable {took:?} after its commit, with a 60 s poll interval"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let relayed = read_topic(
+        &d.events_topic(),
+        3,
+        Duration::from_secs(10),
+        Duration::from_secs(1),
+    );
+    account(&relayed, &ledger.lock().unwrap());
 }
 
 /// `sluice doctor` checks the outbox database when an outbox is configured: it names a

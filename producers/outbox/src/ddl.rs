@@ -19,6 +19,9 @@
 //!   modulo the lane count, [`crate::lanes`]): the lane index keeps it on its own rows instead
 //!   of walking every lane's. It is built for one lane count, the relay's `outbox.lanes`; a
 //!   relay with another count still works, walking the `(xid, id)` index instead.
+//! - A statement trigger `NOTIFY`s the table's channel ([`channel`]) when rows are
+//!   inserted; PostgreSQL delivers it when the transaction commits, so relays listening
+//!   look at once instead of at their next poll. A hint only: relays poll all the same.
 
 use std::fmt;
 
@@ -58,6 +61,11 @@ impl TableName {
         self.0.rsplit('.').next().unwrap_or(&self.0)
     }
 
+    /// The channel relays of this table `LISTEN` on.
+    pub fn channel(&self) -> String {
+        format!("sluice_{}", self.base())
+    }
+
     /// The schema prefix (`app.`), or nothing.
     fn schema_prefix(&self) -> &str {
         &self.0[..self.0.len() - self.base().len()]
@@ -77,6 +85,7 @@ pub fn create_statements(table: &TableName, lanes: u32) -> String {
     let lane = crate::lanes::lane_of_row(lanes);
     let base = table.base();
     let schema = table.schema_prefix();
+    let channel = table.channel();
     format!(
         r#"-- The sluice outbox: insert one row per domain event in the transaction that changes
 -- the aggregate; `sluice outbox relay` publishes it to Kafka exactly once.
@@ -113,6 +122,16 @@ END
 $$;
 CREATE OR REPLACE TRIGGER {base}_stamp_xid BEFORE INSERT OR UPDATE ON {t}
     FOR EACH ROW EXECUTE FUNCTION {schema}{base}_stamp_xid();
+-- Wakes listening relays when the inserting transaction commits (once per transaction:
+-- PostgreSQL folds identical notifications); relays poll as well.
+CREATE OR REPLACE FUNCTION {schema}{base}_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('{channel}', '');
+    RETURN NULL;
+END
+$$;
+CREATE OR REPLACE TRIGGER {base}_notify AFTER INSERT ON {t}
+    FOR EACH STATEMENT EXECUTE FUNCTION {schema}{base}_notify();
 "#
     )
 }
@@ -154,5 +173,7 @@ mod tests {
             "CREATE INDEX IF NOT EXISTS events_out_lanes8 ON app.events_out (((hashtextextended(aggregate_id, 0) & 9223372036854775807) % 8), xid, id);"
         ));
         assert!(sql.contains("DEFAULT '{}'::jsonb"));
+        assert!(sql.contains("PERFORM pg_notify('sluice_events_out', '');"));
+        assert!(sql.contains("AFTER INSERT ON app.events_out\n    FOR EACH STATEMENT EXECUTE FUNCTION app.events_out_notify();"));
     }
 }

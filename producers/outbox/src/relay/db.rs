@@ -42,6 +42,46 @@ impl std::fmt::Debug for Db {
     }
 }
 
+/// Waits for the table's notifications (see [`crate::ddl`]) on a session of its own and
+/// calls `wake` for each, until the session ends; then returns why. The caller connects again:
+/// notifications are a hint, polling stays the guarantee.
+pub async fn listen(dsn: &str, table: &TableName, wake: impl Fn()) -> DbError {
+    use futures::StreamExt;
+    use tokio_postgres::AsyncMessage;
+    let mut config: tokio_postgres::Config = match dsn.parse() {
+        Ok(c) => c,
+        Err(e) => return DbError::Connect(format!("invalid DSN ({e})")),
+    };
+    config.application_name(format!("sluice-outbox-listen:{table}"));
+    config.connect_timeout(Duration::from_secs(5));
+    let (client, mut connection) = match config.connect(NoTls).await {
+        Ok(c) => c,
+        Err(e) => return DbError::Connect(e.to_string()),
+    };
+    // The connection is driven here rather than spawned: its messages are the notifications.
+    let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+    let statement = format!("LISTEN \"{}\"", table.channel());
+    let listening = client.batch_execute(&statement);
+    tokio::pin!(listening);
+    let mut listened = false;
+    loop {
+        tokio::select! {
+            done = &mut listening, if !listened => {
+                listened = true;
+                if let Err(e) = done {
+                    return query("listening for new rows")(e);
+                }
+            }
+            message = messages.next() => match message {
+                Some(Ok(AsyncMessage::Notification(_))) => wake(),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return query("listening for new rows")(e),
+                None => return DbError::Connect("the listening session ended".into()),
+            },
+        }
+    }
+}
+
 /// The `application_name` relays of `table` connect with; counting them is how each relay
 /// knows its fair share of lanes.
 pub fn application_name(table: &TableName) -> String {

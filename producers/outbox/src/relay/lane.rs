@@ -147,10 +147,15 @@ impl Lane {
     /// instead of each waiting out its own interval).
     pub async fn run(mut self, relay: Arc<Relay>, stop: Shutdown) -> Result<(), LaneError> {
         while !stop.is_triggered() {
+            // Listening before the step: rows committed while it reads (too late for it)
+            // still wake the sleep after it.
+            let woken = relay.rows_found.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
             if self.step(&relay).await? == Step::Idle {
                 tokio::select! {
                     _ = tokio::time::sleep(relay.settings.poll_interval) => {}
-                    _ = relay.rows_found.notified() => {}
+                    _ = woken => {}
                     _ = stop.wait() => {}
                 }
             }

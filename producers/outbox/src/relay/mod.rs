@@ -76,7 +76,8 @@ pub struct Relay {
     /// Rows whose event Kafka refused (too large, invalid), by event id, with why: their
     /// next attempt goes to the DLQ instead, so a refused record never blocks its lane.
     pub refused: std::sync::Mutex<std::collections::HashMap<uuid::Uuid, String>>,
-    /// Signalled when a lane finds rows after waiting: the sleeping lanes look too.
+    /// Signalled when a lane finds rows after waiting, or a service commits rows (the
+    /// table's notifications): the sleeping lanes look too.
     pub rows_found: tokio::sync::Notify,
 }
 
@@ -128,6 +129,7 @@ impl Relay {
     /// Relays until `shutdown`: connects (again after any loss of the connection, which
     /// also loses the lane locks), claims a fair share of lanes and runs each as a task.
     pub async fn run(self: Arc<Self>, dsn: String, shutdown: Shutdown) {
+        let listener = tokio::spawn(Arc::clone(&self).listen(dsn.clone(), shutdown.clone()));
         let mut backoff = Duration::from_millis(200);
         while !shutdown.is_triggered() {
             match Db::connect(&dsn, &self.settings.table, self.settings.lanes).await {
@@ -140,6 +142,30 @@ impl Relay {
                 }
             }
             self.metrics.lanes_owned.set(0);
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.wait() => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+        listener.abort();
+    }
+
+    /// Wakes the lanes whenever a service commits rows (the table's notifications), on a
+    /// session of its own, connected again after any loss.
+    async fn listen(self: Arc<Self>, dsn: String, shutdown: Shutdown) {
+        let mut backoff = Duration::from_millis(200);
+        while !shutdown.is_triggered() {
+            let started = Instant::now();
+            let ended = tokio::select! {
+                e = db::listen(&dsn, &self.settings.table, || self.rows_found.notify_waiters()) => e,
+                _ = shutdown.wait() => return,
+            };
+            if started.elapsed() > Duration::from_secs(10) {
+                backoff = Duration::from_millis(200);
+            }
+            tracing::warn!(error = %ended, retry_in = ?backoff,
+                "not listening for new outbox rows; lanes poll until it is back");
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
                 _ = shutdown.wait() => {}
