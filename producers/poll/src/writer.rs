@@ -244,14 +244,20 @@ impl PageWriter {
         open.deliveries.reserve(records.len() + state.len());
         let mut refused = Vec::new();
         for r in records {
-            let (delivery, too_large) = if self.refused.contains(&r.delivery_id) {
-                let d = self.dead_letter(&r, r.headers.clone(), TooLarge::Broker)?;
+            let RawOut {
+                delivery_id,
+                key,
+                value,
+                headers,
+            } = r;
+            let (delivery, too_large) = if self.refused.contains(&delivery_id) {
+                let d = self.dead_letter(&key, &value, headers, TooLarge::Broker)?;
                 (d, true)
             } else {
                 let record = FutureRecord::to(&self.raw_topic)
-                    .key(&r.key)
-                    .payload(&r.value)
-                    .headers(r.headers.clone());
+                    .key(&key)
+                    .payload(&value)
+                    .headers(headers);
                 match self.producer.send_result(record) {
                     Ok(d) => (d, false),
                     Err((
@@ -259,15 +265,18 @@ impl PageWriter {
                         record,
                     )) => {
                         let headers = record.headers.unwrap_or_default();
-                        (self.dead_letter(&r, headers, TooLarge::Producer)?, true)
+                        (
+                            self.dead_letter(&key, &value, headers, TooLarge::Producer)?,
+                            true,
+                        )
                     }
                     Err((e, _)) => return Err(kafka("enqueuing an item")(e)),
                 }
             };
             if too_large {
                 refused.push(Refused {
-                    id: r.key.clone(),
-                    bytes: r.value.len(),
+                    bytes: value.len(),
+                    id: key,
                 });
             }
             let open = self.open.as_mut().expect("a transaction is open");
@@ -290,16 +299,17 @@ impl PageWriter {
         Ok(refused)
     }
 
-    /// Sends `r`'s dead letter instead of `r`.
+    /// Sends the dead letter of item `key` (`value`) instead of its raw record.
     fn dead_letter(
         &self,
-        r: &RawOut,
+        key: &str,
+        value: &[u8],
         headers: OwnedHeaders,
         why: TooLarge,
     ) -> Result<DeliveryFuture, WriteError> {
-        let (letter, headers) = dead_letter(&r.key, &r.value, headers, &self.raw_topic, why);
+        let (letter, headers) = dead_letter(key, value, headers, &self.raw_topic, why);
         let record = FutureRecord::to(&self.dlq_topic)
-            .key(&r.key)
+            .key(key)
             .payload(&letter)
             .headers(headers);
         self.producer
