@@ -389,10 +389,7 @@ async fn the_store_is_a_record_per_page_and_pages_behind_the_lookback_are_delete
     );
     let file = apply_topology(&topology(&prefix, &[("orders", poll)])).await;
     let _cleanup = Cleanup(crate::support::load_topology(&file));
-    let state = sluice_topology::naming::poll_state_topic(&prefix);
-    let clients = crate::support::clients();
-    let partitions = sluice_stream::state::kafka::partition_count(&clients, &state).unwrap();
-    let home = sluice_poll::poller::partition_of("orders", partitions);
+    let (clients, state, home) = state_partition(&prefix, "orders");
 
     // An earlier version's store: one record per item, for the first ten items.
     let first: Json = reqwest::get(format!("{}/cursor/items?limit=10", api.base))
@@ -509,13 +506,22 @@ async fn a_newest_first_api_s_store_is_forgotten_between_crawls() {
     );
 }
 
-/// The `["<source>","seen",…]` records of `source`'s state partition: the pages still held
-/// and those deleted.
-fn seen_pages(prefix: &str, source: &str) -> (Vec<String>, Vec<String>) {
+/// The state topic of deployment `prefix` and the partition `source`'s poller writes to.
+fn state_partition(
+    prefix: &str,
+    source: &str,
+) -> (sluice_runtime::kafka::KafkaClients, String, i32) {
     let state = sluice_topology::naming::poll_state_topic(prefix);
     let clients = crate::support::clients();
     let partitions = sluice_stream::state::kafka::partition_count(&clients, &state).unwrap();
     let home = sluice_poll::poller::partition_of(source, partitions);
+    (clients, state, home)
+}
+
+/// The `["<source>","seen",…]` records of `source`'s state partition: the pages still held
+/// and those deleted.
+fn seen_pages(prefix: &str, source: &str) -> (Vec<String>, Vec<String>) {
+    let (clients, state, home) = state_partition(prefix, source);
     let mut live: BTreeMap<String, bool> = BTreeMap::new();
     sluice_stream::state::kafka::read_partitions(&clients, &state, &[home], |_, key, value| {
         if let Ok(parts) = serde_json::from_slice::<Vec<String>>(key) {

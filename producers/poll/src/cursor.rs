@@ -206,19 +206,15 @@ impl Restored {
     /// with the live pages' records.
     pub fn seen(&mut self) -> (HashMap<String, SeenEntry>, BTreeMap<u64, PageEntries>) {
         let mut entries = std::mem::take(&mut self.items);
-        let mut pages: BTreeMap<u64, (u32, Vec<SeenEntry>)> = BTreeMap::new();
+        let mut pages: BTreeMap<u64, PageEntries> = BTreeMap::new();
         for ((page, _), part) in std::mem::take(&mut self.pages) {
-            let (parts, times) = pages.entry(page).or_default();
-            *parts += 1;
-            for (id, e) in part {
-                times.push(e.clone());
-                entries.insert(id, e);
-            }
+            let this = PageEntries::of(1, part.iter().map(|(_, e)| e));
+            pages
+                .entry(page)
+                .and_modify(|p| *p = p.and(this))
+                .or_insert(this);
+            entries.extend(part);
         }
-        let pages = pages
-            .into_iter()
-            .map(|(n, (parts, es))| (n, PageEntries::of(parts, &es)))
-            .collect();
         (entries, pages)
     }
 }

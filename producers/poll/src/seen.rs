@@ -60,6 +60,16 @@ impl PageEntries {
     }
 }
 
+impl PageEntries {
+    /// The records of one page written in two sets of parts.
+    pub fn and(self, other: PageEntries) -> PageEntries {
+        PageEntries {
+            parts: self.parts + other.parts,
+            newest_ms: self.newest_ms.zip(other.newest_ms).map(|(a, b)| a.max(b)),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Seen {
     entries: HashMap<String, SeenEntry>,

@@ -48,15 +48,10 @@ impl std::fmt::Debug for Db {
 pub async fn listen(dsn: &str, table: &TableName, wake: impl Fn()) -> DbError {
     use futures::StreamExt;
     use tokio_postgres::AsyncMessage;
-    let mut config: tokio_postgres::Config = match dsn.parse() {
+    let (client, mut connection) = match session(dsn, format!("sluice-outbox-listen:{table}")).await
+    {
         Ok(c) => c,
-        Err(e) => return DbError::Connect(format!("invalid DSN ({e})")),
-    };
-    config.application_name(format!("sluice-outbox-listen:{table}"));
-    config.connect_timeout(Duration::from_secs(5));
-    let (client, mut connection) = match config.connect(NoTls).await {
-        Ok(c) => c,
-        Err(e) => return DbError::Connect(e.to_string()),
+        Err(e) => return e,
     };
     // The connection is driven here rather than spawned: its messages are the notifications.
     let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
@@ -80,6 +75,29 @@ pub async fn listen(dsn: &str, table: &TableName, wake: impl Fn()) -> DbError {
             },
         }
     }
+}
+
+/// A session named `app_name`, its connection for the caller to drive.
+async fn session(
+    dsn: &str,
+    app_name: String,
+) -> Result<
+    (
+        Client,
+        tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
+    ),
+    DbError,
+> {
+    let mut config: tokio_postgres::Config = dsn
+        .parse()
+        .map_err(|e: tokio_postgres::Error| DbError::Connect(format!("invalid DSN ({e})")))?;
+    config.application_name(app_name);
+    config.connect_timeout(Duration::from_secs(5));
+    // The error text of a failed connect names host and port, never the password.
+    config
+        .connect(NoTls)
+        .await
+        .map_err(|e| DbError::Connect(e.to_string()))
 }
 
 /// The `application_name` relays of `table` connect with; counting them is how each relay
@@ -106,15 +124,7 @@ impl Db {
         lanes: u32,
         app_name: String,
     ) -> Result<Self, DbError> {
-        let mut config: tokio_postgres::Config = dsn
-            .parse()
-            .map_err(|e: tokio_postgres::Error| DbError::Connect(format!("invalid DSN ({e})")))?;
-        config.application_name(&app_name);
-        config.connect_timeout(Duration::from_secs(5));
-        let (client, connection) = config.connect(NoTls).await.map_err(|e| {
-            // The error text of a failed connect names host and port, never the password.
-            DbError::Connect(e.to_string())
-        })?;
+        let (client, connection) = session(dsn, app_name.clone()).await?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::warn!(error = %e, "outbox database connection ended");
