@@ -569,7 +569,7 @@ async fn the_cli_manages_endpoints_against_a_running_gateway() {
 async fn the_openapi_document_passes_openapi_spec_validator() {
     let (_, file) = deploy("epoas").await;
     let gw = GatewayProcess::start(&file, CONFIG, ENV).await;
-    let resp = reqwest::get(gw.url("/openapi.json")).await.unwrap();
+    let resp = crate::support::get(gw.url("/openapi.json")).await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "application/json");
     let text = resp.text().await.unwrap();

@@ -121,7 +121,7 @@ impl GatewayProcess {
 
     /// What its admin server's `/metrics` shows now.
     pub async fn metrics(&self) -> String {
-        reqwest::get(format!("{}/metrics", self.admin))
+        crate::support::get(format!("{}/metrics", self.admin))
             .await
             .unwrap()
             .text()
@@ -736,14 +736,16 @@ async fn bad_requests_get_json_errors_with_stable_codes_and_produce_nothing() {
     let (status, _, json) = post(&gw.url("/webhooks/tiny"), &headers, small).await;
     assert_eq!(status, 202, "{json}");
 
-    let resp = reqwest::get(gw.url("/webhooks/stripe")).await.unwrap();
+    let resp = crate::support::get(gw.url("/webhooks/stripe"))
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 405);
     assert_eq!(resp.headers()["allow"], "POST");
     let json: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(json["error"]["code"], "method_not_allowed");
 
     for path in ["/", "/webhooks", "/webhooks/stripe/extra", "/v2/anything"] {
-        let resp = reqwest::get(gw.url(path)).await.unwrap();
+        let resp = crate::support::get(gw.url(path)).await.unwrap();
         assert_eq!(resp.status(), 404, "{path}");
         let json: serde_json::Value = resp.json().await.unwrap();
         assert_eq!(json["error"]["code"], "not_found", "{path}");

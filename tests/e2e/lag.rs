@@ -441,7 +441,7 @@ async fn exporter_serves_lag_metrics_and_watch_refreshes() {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut body = String::new();
     while Instant::now() < deadline {
-        body = match reqwest::get(&url).await {
+        body = match crate::support::get(&url).await {
             Ok(r) => r.text().await.unwrap_or_default(),
             Err(_) => String::new(),
         };
@@ -459,7 +459,7 @@ async fn exporter_serves_lag_metrics_and_watch_refreshes() {
         )),
         "{body}"
     );
-    let ready = reqwest::get(format!("http://127.0.0.1:{port}/health/ready"))
+    let ready = crate::support::get(format!("http://127.0.0.1:{port}/health/ready"))
         .await
         .unwrap();
     assert!(ready.status().is_success());

@@ -89,7 +89,7 @@ pub(crate) async fn scrape(url: &str, wanted: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + Duration::from_secs(180);
     let mut last = String::new();
     while Instant::now() < deadline {
-        if let Ok(r) = reqwest::get(url).await {
+        if let Ok(r) = crate::support::get(url).await {
             last = r.text().await.unwrap_or_default();
             if wanted(&last) {
                 return last;
@@ -107,7 +107,7 @@ async fn scrape_children(admin: u16, wanted: impl Fn(&str) -> bool) -> String {
     while Instant::now() < deadline {
         for port in admin + 1..=admin + 8 {
             let url = format!("http://127.0.0.1:{port}/metrics");
-            if let Ok(r) = reqwest::get(&url).await {
+            if let Ok(r) = crate::support::get(&url).await {
                 let text = r.text().await.unwrap_or_default();
                 if wanted(&text) {
                     return text;

@@ -499,7 +499,7 @@ async fn sluice_normalize_keeps_its_policy_s_held_keys() {
     let payments = reader(&format!("{prefix}.events.payments"));
     let events = read_until(&payments, Duration::from_secs(60), |g| !g.is_empty()).await;
     assert_eq!(events.len(), 1);
-    let metrics = reqwest::get(format!("http://{listen}/metrics"))
+    let metrics = crate::support::get(format!("http://{listen}/metrics"))
         .await
         .unwrap()
         .text()

@@ -19,7 +19,8 @@ use sluice_schemas::{AvroCodec, Catalog, RecordLocation, RegistryClient};
 
 use crate::gateway::{apply_topology, register_schemas, unique_prefix};
 use crate::support::{
-    postgres_dsn, read_log, registry, require_postgres, require_stack, temp_file, RoleProcess,
+    bounded, postgres_dsn, read_log, registry, require_postgres, require_stack, temp_file,
+    RoleProcess,
 };
 
 const ORDER: &str = "dev.sluice.events.commerce.OrderPlaced";
@@ -51,14 +52,13 @@ routes:
         register_schemas(&topology).await;
         let table = format!("e2e_{prefix}");
         let t = TableName::parse(&table).unwrap();
-        db.batch_execute(&sluice_outbox::create_statements(&t, 4))
+        let ddl = format!(
+            "{}\nCREATE TABLE {table}_agg (id text PRIMARY KEY, version bigint NOT NULL);",
+            sluice_outbox::create_statements(&t, 4)
+        );
+        bounded("creating the outbox table", db.batch_execute(&ddl))
             .await
             .unwrap();
-        db.batch_execute(&format!(
-            "CREATE TABLE {table}_agg (id text PRIMARY KEY, version bigint NOT NULL)"
-        ))
-        .await
-        .unwrap();
         Self {
             prefix,
             table,

@@ -40,7 +40,7 @@ impl Api {
     }
 
     async fn stats(&self) -> Json {
-        reqwest::get(format!("{}/_admin/stats", self.base))
+        crate::support::get(format!("{}/_admin/stats", self.base))
             .await
             .unwrap()
             .json()
@@ -392,7 +392,7 @@ async fn the_store_is_a_record_per_page_and_pages_behind_the_lookback_are_delete
     let (clients, state, home) = state_partition(&prefix, "orders");
 
     // An earlier version's store: one record per item, for the first ten items.
-    let first: Json = reqwest::get(format!("{}/cursor/items?limit=10", api.base))
+    let first: Json = crate::support::get(format!("{}/cursor/items?limit=10", api.base))
         .await
         .unwrap()
         .json()

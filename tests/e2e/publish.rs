@@ -281,7 +281,7 @@ async fn publish_rejections_have_stable_codes() {
         "{json}"
     );
 
-    let resp = reqwest::get(&url).await.unwrap();
+    let resp = crate::support::get(&url).await.unwrap();
     assert_eq!(resp.status(), 405);
     assert_eq!(resp.headers()["allow"], "POST");
 

@@ -244,7 +244,7 @@ impl Deployment {
     }
 
     async fn metrics(&self) -> String {
-        reqwest::get(format!("http://127.0.0.1:{}/metrics", self.admin_port))
+        crate::support::get(format!("http://127.0.0.1:{}/metrics", self.admin_port))
             .await
             .unwrap()
             .text()

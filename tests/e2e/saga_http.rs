@@ -97,7 +97,7 @@ impl Provider {
     }
 
     async fn counts(&self) -> Json {
-        reqwest::get(format!("{}/_counts", self.base))
+        crate::support::get(format!("{}/_counts", self.base))
             .await
             .unwrap()
             .json()
@@ -381,7 +381,7 @@ async fn unavailable_payments_open_the_breaker_which_recovers_and_the_order_comp
         .map(|l| l["time"].as_f64().unwrap())
         .collect();
     assert!(times[3] - times[2] >= 1.9, "{times:?}");
-    let metrics = reqwest::get(format!("http://127.0.0.1:{admin}/metrics"))
+    let metrics = crate::support::get(format!("http://127.0.0.1:{admin}/metrics"))
         .await
         .unwrap()
         .text()

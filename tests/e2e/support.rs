@@ -29,11 +29,35 @@ pub fn clients() -> KafkaClients {
     KafkaClients::new(kafka())
 }
 
+/// How long one set-up step (a probe, a CLI call, a DDL batch) may take before the test
+/// fails naming it: a call that never answers must fail the test, not hang the suite.
+pub const STEP_DEADLINE: Duration = Duration::from_secs(120);
+
+/// Awaits `step`, panicking with `what` once [`STEP_DEADLINE`] has passed.
+pub async fn bounded<T>(what: &str, step: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(STEP_DEADLINE, step)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {STEP_DEADLINE:?}"))
+}
+
+/// An HTTP client whose every request gives up after 30 s.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("http client")
+}
+
+/// `GET url` with [`http`]'s deadline (`reqwest::get` has none).
+pub async fn get(url: impl reqwest::IntoUrl) -> reqwest::Result<reqwest::Response> {
+    http().get(url).send().await
+}
+
 /// Panics with [`STACK_HINT`] unless both the broker and the registry answer.
 pub async fn require_stack() {
     let cfg = config();
     let bootstrap = cfg.kafka.bootstrap_servers.clone();
-    let kafka_ok = tokio::task::spawn_blocking(move || {
+    let probe = tokio::task::spawn_blocking(move || {
         let consumer: BaseConsumer = KafkaClients::new(cfg.kafka)
             .base("e2e-probe")
             .expect("client config")
@@ -42,15 +66,14 @@ pub async fn require_stack() {
         consumer
             .fetch_metadata(None, Duration::from_secs(5))
             .is_ok()
-    })
-    .await
-    .expect("probe task");
+    });
+    let kafka_ok = bounded("the Kafka probe", probe).await.expect("probe task");
     assert!(
         kafka_ok,
         "Kafka at {bootstrap} does not answer: {STACK_HINT}"
     );
     let url = format!("{}/subjects", registry().url);
-    let registry_ok = reqwest::get(&url)
+    let registry_ok = get(&url)
         .await
         .map(|r| r.status().is_success())
         .unwrap_or(false);
@@ -65,17 +88,36 @@ pub fn unique_topic(prefix: &str) -> String {
     format!("e2e.{prefix}.{}", uuid::Uuid::new_v4().simple())
 }
 
-/// Runs the `sluice` binary with `args`, returning (success, stdout, stderr).
+/// Runs the `sluice` binary with `args`, returning (success, stdout, stderr); killed and
+/// reported as a panic after [`STEP_DEADLINE`].
 pub fn sluice(args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+    let out_file = temp_file("stdout", "");
+    let err_file = out_file.with_file_name("stderr");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(args)
-        .output()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&out_file).expect("stdout file"))
+        .stderr(std::fs::File::create(&err_file).expect("stderr file"))
+        .spawn()
         .expect("run sluice");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for sluice") {
+            break status;
+        }
+        if started.elapsed() > STEP_DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "`sluice {}` did not exit within {STEP_DEADLINE:?}:\n{}",
+                args.join(" "),
+                std::fs::read_to_string(&err_file).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+    (status.success(), read(&out_file), read(&err_file))
 }
 
 /// Runs `sluice` off the async runtime, for tests that are `#[tokio::test]`.
@@ -85,7 +127,7 @@ pub async fn sluice_async(args: Vec<String>) -> (bool, String, String) {
         sluice(&refs)
     })
     .await
-    .expect("sluice task")
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }
 
 /// A scratch file under the system temp dir, unique per call.
@@ -124,7 +166,7 @@ pub fn start_dev_server(script: &str, args: &[&str]) -> (std::process::Child, St
 
 /// A metric's value summed over its labels, from `<admin>/metrics`.
 pub async fn metric(admin: &str, name: &str) -> f64 {
-    let text = reqwest::get(format!("{admin}/metrics"))
+    let text = get(format!("{admin}/metrics"))
         .await
         .and_then(|r| r.error_for_status())
         .unwrap()
@@ -316,7 +358,7 @@ pub fn reference_topology() -> sluice_topology::Topology {
 
 /// The status `<admin>/health/ready` answers (0 when nothing answers).
 pub async fn ready_status(admin: &str) -> u16 {
-    reqwest::get(format!("{admin}/health/ready"))
+    get(format!("{admin}/health/ready"))
         .await
         .map(|r| r.status().as_u16())
         .unwrap_or(0)
@@ -430,7 +472,11 @@ pub fn postgres_dsn() -> String {
 /// A connection to the stack's PostgreSQL; panics with [`STACK_HINT`] when it does not answer.
 pub async fn require_postgres() -> tokio_postgres::Client {
     let dsn = postgres_dsn();
-    let connected = tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await;
+    let connected = bounded(
+        "connecting to PostgreSQL",
+        tokio_postgres::connect(&dsn, tokio_postgres::NoTls),
+    )
+    .await;
     let (client, connection) = connected.unwrap_or_else(|e| {
         panic!(
             "PostgreSQL at {} does not answer ({e}): {STACK_HINT}",
