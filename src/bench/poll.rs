@@ -156,7 +156,14 @@ impl Poller {
                 "--topology",
                 &path,
             ],
-            &[("SLUICE_ADMIN__LISTEN", format!("127.0.0.1:{port}"))],
+            &[
+                ("SLUICE_ADMIN__LISTEN", format!("127.0.0.1:{port}")),
+                // `sluice_poll=debug` shows where each transaction's time goes.
+                (
+                    "RUST_LOG",
+                    std::env::var("SLUICE_BENCH_POLL_LOG").unwrap_or_else(|_| "warn".into()),
+                ),
+            ],
         )?;
         Ok(Self {
             child,

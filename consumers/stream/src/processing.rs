@@ -746,10 +746,7 @@ async fn produce_all(
     if !failed.is_empty() {
         return Err(delivery_failure(failed, refusals));
     }
-    let deadline = Instant::now() + Duration::from_secs(1);
-    while producer.in_flight_count() > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    sluice_runtime::kafka::drained(producer, Duration::from_secs(1)).await;
     Ok(())
 }
 

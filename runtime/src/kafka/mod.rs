@@ -289,6 +289,30 @@ impl KafkaClients {
     }
 }
 
+/// Waits, up to `within`, until `producer` holds no message at all. Every delivery future
+/// resolved is not enough: a message counts until the callback that resolved its future has
+/// returned, and rdkafka's `commit_transaction` flushes first, where a flush that finds one
+/// still counted polls for up to 100 ms, long after it is gone.
+pub async fn drained(producer: &FutureProducer, within: std::time::Duration) {
+    use rdkafka::producer::Producer;
+    let deadline = std::time::Instant::now() + within;
+    while producer.in_flight_count() > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}
+
+/// Commits `producer`'s transaction once its records are acknowledged and [`drained`], so
+/// the commit does not wait out the flush's 100 ms poll.
+pub async fn commit_transaction(
+    producer: &FutureProducer,
+    timeout: std::time::Duration,
+) -> Result<(), KafkaError> {
+    use rdkafka::producer::Producer;
+    drained(producer, std::time::Duration::from_secs(1)).await;
+    let p = producer.clone();
+    blocking(move || p.commit_transaction(timeout)).await
+}
+
 /// Runs a blocking librdkafka call (transactions, metadata) off the async workers.
 pub async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, KafkaError> + Send + 'static,

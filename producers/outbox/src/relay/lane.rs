@@ -367,8 +367,7 @@ impl Lane {
                 return Err(kafka("producing a record")(e));
             }
             let acked = started.elapsed();
-            let p = self.producer.clone();
-            blocking(move || p.commit_transaction(Duration::from_secs(60)))
+            sluice_runtime::kafka::commit_transaction(&self.producer, Duration::from_secs(60))
                 .await
                 .map_err(kafka("committing the transaction"))?;
             // Where a batch's time goes, for tuning (each figure from the transaction's
