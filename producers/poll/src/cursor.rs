@@ -44,8 +44,13 @@ pub enum PageRef {
     Url { url: String },
     /// A page number.
     Page { n: u64 },
-    /// An item offset.
-    Offset { n: u64 },
+    /// An item offset, and the (id, version) of the last items read before it, which the
+    /// page at `n` must show again (see [`crate::page`]: a page that does not has shifted).
+    Offset {
+        n: u64,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        anchors: Vec<(String, String)>,
+    },
     /// After the item `(time, id)`: `since` = time, tie-break = id.
     Keyset { time_ms: i64, id: String },
 }

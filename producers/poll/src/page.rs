@@ -3,11 +3,11 @@
 //! not what the spec describes is an error naming what was wrong.
 
 use reqwest::header::HeaderMap;
-use serde_json::Value;
-use sluice_topology::poll::{Pagination, PollSpec, TimeFormat};
+use serde_json::value::RawValue;
+use sluice_topology::poll::{PageSize, Pagination, PollSpec, TimeFormat};
 
 use crate::cursor::PageRef;
-use crate::json_path::{find, scalar_text};
+use crate::json_path::{elements, find_raw, find_scalar, scalar_text};
 use crate::version::{time_ms, Version};
 
 /// One item of a page.
@@ -17,7 +17,7 @@ pub struct Item {
     pub version: Version,
     /// The item's time (its version when that is a time), for `since` and the lookback.
     pub time_ms: Option<i64>,
-    /// The item as the API wrote it: the raw record's value.
+    /// The item's bytes as the API wrote them: the raw record's value.
     pub body: Vec<u8>,
 }
 
@@ -49,40 +49,50 @@ pub fn parse(
     body: &[u8],
     headers: &HeaderMap,
 ) -> Result<Page, PageError> {
-    let doc: Value = serde_json::from_slice(body).map_err(|e| PageError::NotJson(e.to_string()))?;
-    let list = find(&doc, &spec.items)
-        .and_then(Value::as_array)
+    // Read as unparsed text: only the path to the items and each item's id and version are
+    // parsed, and an item's bytes are kept as they are.
+    let doc: &RawValue =
+        serde_json::from_slice(body).map_err(|e| PageError::NotJson(e.to_string()))?;
+    let list = find_raw(doc, &spec.items)
+        .and_then(elements)
         .ok_or_else(|| PageError::NoItems(spec.items.clone()))?;
     let format = spec
         .since
         .as_ref()
         .map_or(TimeFormat::Rfc3339, |s| s.format);
     let items = list
-        .iter()
+        .into_iter()
         .enumerate()
         .map(|(index, v)| item(spec, format, index, v))
         .collect::<Result<Vec<_>, _>>()?;
-    let next = next_page(spec, at, &doc, headers, &items);
+    let next = next_page(spec, at, doc, headers, &items);
     Ok(Page { items, next })
 }
 
-fn item(spec: &PollSpec, format: TimeFormat, index: usize, v: &Value) -> Result<Item, PageError> {
+fn item(
+    spec: &PollSpec,
+    format: TimeFormat,
+    index: usize,
+    v: &RawValue,
+) -> Result<Item, PageError> {
     let field = |what, path: &String| PageError::Field {
         index,
         what,
         path: path.clone(),
     };
-    let id = find(v, &spec.id)
+    let id = find_scalar(v, &spec.id)
+        .as_ref()
         .and_then(scalar_text)
         .filter(|id| !id.is_empty())
         .ok_or_else(|| field("id", &spec.id))?;
-    let version_value = find(v, &spec.version).ok_or_else(|| field("version", &spec.version))?;
-    let version = Version::of(version_value).ok_or_else(|| field("version", &spec.version))?;
+    let version_value =
+        find_scalar(v, &spec.version).ok_or_else(|| field("version", &spec.version))?;
+    let version = Version::of(&version_value).ok_or_else(|| field("version", &spec.version))?;
     Ok(Item {
         id,
-        time_ms: time_ms(version_value, format),
+        time_ms: time_ms(&version_value, format),
         version,
-        body: serde_json::to_vec(v).expect("json"),
+        body: v.get().as_bytes().to_vec(),
     })
 }
 
@@ -90,7 +100,7 @@ fn item(spec: &PollSpec, format: TimeFormat, index: usize, v: &Value) -> Result<
 fn next_page(
     spec: &PollSpec,
     at: &PageRef,
-    doc: &Value,
+    doc: &RawValue,
     headers: &HeaderMap,
     items: &[Item],
 ) -> Option<PageRef> {
@@ -109,7 +119,7 @@ fn next_page(
             })
         }
         Pagination::Cursor { path, .. } => {
-            let token = find(doc, path).and_then(scalar_text)?;
+            let token = find_scalar(doc, path).as_ref().and_then(scalar_text)?;
             (!token.is_empty()).then_some(PageRef::Cursor { token })
         }
         Pagination::Link => link_next(headers).map(|url| PageRef::Url { url }),
@@ -120,17 +130,67 @@ fn next_page(
             };
             full.then_some(PageRef::Page { n: n + 1 })
         }
-        Pagination::Offset { .. } => {
-            let n = match at {
-                PageRef::Offset { n } => *n,
-                _ => 0,
-            };
-            full.then_some(PageRef::Offset {
-                n: n + items.len() as u64,
-            })
-        }
+        Pagination::Offset { .. } => next_offset(at, items, full, spec.page_size.as_ref()),
     }
 }
+
+/// The offset page after this one. Offsets move under a crawl: an item before the crawl's
+/// position that changes (and moves to the end of an `updated_at` order) or goes away shifts
+/// every later item one place back, and the item at the page boundary would never be read.
+/// So each page asks again for the last [`OFFSET_OVERLAP`]th of the one before it, and checks
+/// that one of those items, unchanged, is on it: then everything after it is on this page or
+/// later ones. When none is, the rest shifted further back than the overlap: the crawl steps
+/// back a page at a time until it finds one (or reaches offset 0), and the store drops what
+/// is read twice.
+fn next_offset(
+    at: &PageRef,
+    items: &[Item],
+    full: bool,
+    page_size: Option<&PageSize>,
+) -> Option<PageRef> {
+    let (n, anchors) = match at {
+        PageRef::Offset { n, anchors } => (*n, anchors.as_slice()),
+        _ => (0, &[][..]),
+    };
+    let shown = |(id, version): &(String, String)| {
+        items
+            .iter()
+            .any(|i| &i.id == id && i.version.as_str() == version)
+    };
+    if n > 0 && !anchors.is_empty() && !anchors.iter().any(shown) {
+        let step = page_size
+            .map_or(items.len() as u64, |p| u64::from(p.value))
+            .max(1);
+        tracing::debug!(
+            offset = n,
+            "offset page shifted past its overlap; stepping back"
+        );
+        return Some(PageRef::Offset {
+            n: n.saturating_sub(step),
+            anchors: anchors.to_vec(),
+        });
+    }
+    // Without a page size the list ends on a page with nothing past the overlap.
+    let full = full && (page_size.is_some() || items.len() > anchors.len());
+    if !full {
+        return None;
+    }
+    let overlap = match items.len() {
+        0 | 1 => 0,
+        len => (len / OFFSET_OVERLAP).clamp(1, len - 1),
+    };
+    let anchors = items[items.len() - overlap..]
+        .iter()
+        .map(|i| (i.id.clone(), i.version.as_str().to_string()))
+        .collect();
+    Some(PageRef::Offset {
+        n: n + (items.len() - overlap) as u64,
+        anchors,
+    })
+}
+
+/// An offset page asks again for this fraction (1/N) of the page before it.
+pub const OFFSET_OVERLAP: usize = 8;
 
 /// The target of `Link: <…>; rel="next"` (RFC 8288), across every `Link` header.
 pub fn link_next(headers: &HeaderMap) -> Option<String> {
@@ -158,6 +218,67 @@ mod tests {
 
     fn spec(yaml: &str) -> PollSpec {
         serde_yaml_ng::from_str(yaml).unwrap()
+    }
+
+    /// A page of items `i0`…, version 1 unless `changed` names them (version 2).
+    fn body(ids: std::ops::Range<u32>, changed: &[u32]) -> Vec<u8> {
+        let items: Vec<_> = ids
+            .map(|i| serde_json::json!({"id": format!("i{i}"), "v": if changed.contains(&i) { 2 } else { 1 }}))
+            .collect();
+        serde_json::to_vec(&serde_json::json!({ "data": items })).unwrap()
+    }
+
+    fn offset_next(s: &PollSpec, at: &PageRef, body: &[u8]) -> Option<PageRef> {
+        parse(s, at, body, &HeaderMap::new()).unwrap().next
+    }
+
+    fn offset(next: &Option<PageRef>) -> (u64, Vec<&str>) {
+        match next {
+            Some(PageRef::Offset { n, anchors }) => {
+                (*n, anchors.iter().map(|(id, _)| id.as_str()).collect())
+            }
+            other => panic!("not an offset: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn offset_pages_overlap_and_step_back_when_the_list_shifted_past_the_overlap() {
+        let s = spec("{url: 'http://127.0.0.1/', items: data, version: v, page_size: {param: limit, value: 16}, pagination: {type: offset, param: offset}}");
+        // Items 0–15; the next page starts two items early and must show i14 or i15 again.
+        let first = offset_next(&s, &PageRef::First, &body(0..16, &[]));
+        assert_eq!(offset(&first), (14, vec!["i14", "i15"]));
+        let at = first.unwrap();
+        // Nothing moved: the page at 14 starts with the anchors.
+        assert_eq!(offset(&offset_next(&s, &at, &body(14..30, &[]))).0, 28);
+        // One earlier item left: everything moved back one; i15 is still on the page.
+        assert_eq!(offset(&offset_next(&s, &at, &body(15..31, &[]))).0, 28);
+        // Three left: i14–i16 moved before offset 14 and neither anchor is on the page (i16
+        // would have been skipped): step back a page, keeping the anchors.
+        let back = offset_next(&s, &at, &body(17..33, &[]));
+        assert_eq!(offset(&back), (0, vec!["i14", "i15"]));
+        // At offset 0 nothing can be before the page: the crawl goes on from there.
+        assert_eq!(
+            offset(&offset_next(&s, &back.unwrap(), &body(3..19, &[]))).0,
+            14
+        );
+        // An anchor shown with a new version has moved; it does not count.
+        assert_eq!(
+            offset(&offset_next(&s, &at, &body(14..30, &[14, 15]))).0,
+            0,
+            "both anchors changed: step back"
+        );
+        // A short page with an anchor on it is the last.
+        assert_eq!(offset_next(&s, &at, &body(14..20, &[])), None);
+    }
+
+    #[test]
+    fn an_offset_list_without_a_page_size_ends_on_a_page_of_anchors_only() {
+        let s = spec("{url: 'http://127.0.0.1/', items: data, version: v, pagination: {type: offset, param: offset}}");
+        let first = offset_next(&s, &PageRef::First, &body(0..16, &[]));
+        assert_eq!(offset(&first), (14, vec!["i14", "i15"]));
+        assert_eq!(offset_next(&s, &first.unwrap(), &body(14..16, &[])), None);
+        let one = offset_next(&s, &PageRef::First, &body(0..1, &[]));
+        assert_eq!(offset(&one), (1, vec![]));
     }
 
     #[test]

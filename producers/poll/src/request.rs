@@ -61,7 +61,7 @@ pub fn page_url(settings: &Settings, crawl: &Crawl) -> Result<Url, RequestError>
                 };
                 q.append_pair(param, &n.to_string());
             }
-            (Pagination::Offset { param }, PageRef::Offset { n }) => {
+            (Pagination::Offset { param }, PageRef::Offset { n, .. }) => {
                 q.append_pair(param, &n.to_string());
             }
             _ => {}

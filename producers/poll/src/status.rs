@@ -43,7 +43,7 @@ impl SourceStatus {
                     PageRef::Cursor { .. } => "a body cursor".to_string(),
                     PageRef::Url { .. } => "a next link".to_string(),
                     PageRef::Page { n } => format!("page {n}"),
-                    PageRef::Offset { n } => format!("offset {n}"),
+                    PageRef::Offset { n, .. } => format!("offset {n}"),
                     PageRef::Keyset { time_ms, .. } => format!("after {}", rfc3339_ms(*time_ms)),
                 };
                 format!("crawling ({} items so far), next: {at}", c.items)
