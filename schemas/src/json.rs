@@ -43,31 +43,81 @@ pub fn to_json(value: &Value) -> Json {
     }
 }
 
-/// Named types of a schema, so types used by name (`Schema::Ref`) are looked up.
-type Names<'s> = std::collections::HashMap<apache_avro::schema::Name, &'s Schema>;
-
-fn names_of(schema: &Schema) -> Names<'_> {
-    apache_avro::schema::ResolvedSchema::try_from(schema)
-        .map(|r| r.get_names().clone())
-        .unwrap_or_default()
+/// Named types of a schema, so types used by name (`Schema::Ref`) are looked up. Collected on
+/// the first reference only, by borrowing from the schema: conversions run once per event, and
+/// most schemas never refer to a type by name.
+struct Names<'s> {
+    schema: &'s Schema,
+    named: std::cell::OnceCell<Vec<(&'s apache_avro::schema::Name, &'s Schema)>>,
 }
 
-fn deref<'s>(schema: &'s Schema, names: &Names<'s>) -> &'s Schema {
+impl<'s> Names<'s> {
+    fn of(schema: &'s Schema) -> Self {
+        Self {
+            schema,
+            named: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// `schema`, or the type it names when it is a reference.
+    fn deref(&self, schema: &'s Schema) -> &'s Schema {
+        let Schema::Ref { name } = schema else {
+            return schema;
+        };
+        self.named
+            .get_or_init(|| {
+                let mut named = Vec::new();
+                collect_named(self.schema, &mut named);
+                named
+            })
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, s)| *s)
+            // A name this walk does not collect (say, a fixed inside a logical type):
+            // apache-avro's own resolution finds it.
+            .or_else(|| {
+                apache_avro::schema::ResolvedSchema::try_from(self.schema)
+                    .ok()?
+                    .get_names()
+                    .get(name)
+                    .copied()
+            })
+            .unwrap_or(schema)
+    }
+}
+
+fn collect_named<'s>(
+    schema: &'s Schema,
+    named: &mut Vec<(&'s apache_avro::schema::Name, &'s Schema)>,
+) {
     match schema {
-        Schema::Ref { name } => names.get(name).copied().unwrap_or(schema),
-        other => other,
+        Schema::Record(r) => {
+            named.push((&r.name, schema));
+            for f in &r.fields {
+                collect_named(&f.schema, named);
+            }
+        }
+        Schema::Enum(e) => named.push((&e.name, schema)),
+        Schema::Fixed(f) => named.push((&f.name, schema)),
+        Schema::Array(a) => collect_named(&a.items, named),
+        Schema::Map(m) => collect_named(&m.types, named),
+        Schema::Union(u) => {
+            for v in u.variants() {
+                collect_named(v, named);
+            }
+        }
+        _ => {}
     }
 }
 
 /// Like [`to_json`], but uses the schema to print decimals with their scale.
 pub fn to_json_with_schema(value: &Value, schema: &Schema) -> Json {
-    let names = names_of(schema);
-    to_json_named(value, schema, &names)
+    to_json_named(value, schema, &Names::of(schema))
 }
 
 fn to_json_named<'s>(value: &Value, schema: &'s Schema, names: &Names<'s>) -> Json {
     let to_json_with_schema = |v: &Value, s: &'s Schema| to_json_named(v, s, names);
-    match (value, deref(schema, names)) {
+    match (value, names.deref(schema)) {
         (Value::Decimal(d), Schema::Decimal(DecimalSchema { scale, .. })) => {
             json!(format_decimal(&BigInt::from(d.clone()), *scale))
         }
@@ -175,8 +225,7 @@ pub struct FieldError {
 /// (`line_items[0].unit_price.amount`). Missing fields take their schema default.
 pub fn from_json(json: &Json, schema: &Schema) -> Result<Value, Vec<FieldError>> {
     let mut errors = Vec::new();
-    let names = names_of(schema);
-    let value = convert(json, schema, "", &names, &mut errors);
+    let value = convert(json, schema, Path::Root, &Names::of(schema), &mut errors);
     if errors.is_empty() {
         Ok(value)
     } else {
@@ -184,21 +233,82 @@ pub fn from_json(json: &Json, schema: &Schema) -> Result<Value, Vec<FieldError>>
     }
 }
 
-fn convert<'s>(
+/// Like [`from_json`] for a record, with `overlay`'s fields taking the place of the document's
+/// (as if inserted into a copy of it, without copying it).
+pub fn from_json_overlaid(
     json: &Json,
-    schema: &'s Schema,
-    path: &str,
+    overlay: &Map<String, Json>,
+    schema: &Schema,
+) -> Result<Value, Vec<FieldError>> {
+    let names = Names::of(schema);
+    let mut errors = Vec::new();
+    let value = match (names.deref(schema), json.as_object()) {
+        (Schema::Record(r), Some(obj)) => {
+            record(r, obj, Some(overlay), Path::Root, &names, &mut errors)
+        }
+        // Not an object: nothing to overlay, and `convert` says what is wrong.
+        _ => convert(json, schema, Path::Root, &names, &mut errors),
+    };
+    if errors.is_empty() {
+        Ok(value)
+    } else {
+        Err(errors)
+    }
+}
+
+fn record<'s>(
+    r: &'s apache_avro::schema::RecordSchema,
+    obj: &Map<String, Json>,
+    overlay: Option<&Map<String, Json>>,
+    path: Path<'_>,
     names: &Names<'s>,
     errors: &mut Vec<FieldError>,
 ) -> Value {
-    let schema = deref(schema, names);
+    let keys = obj.keys().chain(overlay.into_iter().flat_map(Map::keys));
+    for key in keys {
+        if !r.lookup.contains_key(key) {
+            errors.push(FieldError {
+                field: Path::Field(&path, key).to_string(),
+                message: "unknown field".into(),
+            });
+        }
+    }
+    let fields = r
+        .fields
+        .iter()
+        .map(|f| {
+            let field_path = Path::Field(&path, &f.name);
+            let given = overlay
+                .and_then(|o| o.get(&f.name))
+                .or_else(|| obj.get(&f.name));
+            let v = match (given, &f.default) {
+                (Some(v), _) => convert(v, &f.schema, field_path, names, errors),
+                (None, Some(default)) => convert(default, &f.schema, field_path, names, errors),
+                (None, None) => {
+                    errors.push(FieldError {
+                        field: field_path.to_string(),
+                        message: "required field is missing".into(),
+                    });
+                    Value::Null
+                }
+            };
+            (f.name.clone(), v)
+        })
+        .collect();
+    Value::Record(fields)
+}
+
+fn convert<'s>(
+    json: &Json,
+    schema: &'s Schema,
+    path: Path<'_>,
+    names: &Names<'s>,
+    errors: &mut Vec<FieldError>,
+) -> Value {
+    let schema = names.deref(schema);
     let mut fail = |message: String| {
         errors.push(FieldError {
-            field: if path.is_empty() {
-                "$".into()
-            } else {
-                path.to_string()
-            },
+            field: path.to_string(),
             message,
         });
         Value::Null
@@ -261,9 +371,7 @@ fn convert<'s>(
                 items
                     .iter()
                     .enumerate()
-                    .map(|(i, item)| {
-                        convert(item, &a.items, &format!("{path}[{i}]"), names, errors)
-                    })
+                    .map(|(i, item)| convert(item, &a.items, Path::Index(&path, i), names, errors))
                     .collect(),
             ),
             None => fail("expected array".into()),
@@ -274,7 +382,7 @@ fn convert<'s>(
                     .map(|(k, v)| {
                         (
                             k.clone(),
-                            convert(v, &m.types, &join(path, k), names, errors),
+                            convert(v, &m.types, Path::Field(&path, k), names, errors),
                         )
                     })
                     .collect(),
@@ -299,50 +407,32 @@ fn convert<'s>(
             }
             fail("matches no branch of the union".into())
         }
-        Schema::Record(r) => {
-            let Some(obj) = json.as_object() else {
-                return fail("expected object".into());
-            };
-            for key in obj.keys() {
-                if !r.lookup.contains_key(key) {
-                    errors.push(FieldError {
-                        field: join(path, key),
-                        message: "unknown field".into(),
-                    });
-                }
-            }
-            let fields = r
-                .fields
-                .iter()
-                .map(|f| {
-                    let field_path = join(path, &f.name);
-                    let v = match (obj.get(&f.name), &f.default) {
-                        (Some(v), _) => convert(v, &f.schema, &field_path, names, errors),
-                        (None, Some(default)) => {
-                            convert(default, &f.schema, &field_path, names, errors)
-                        }
-                        (None, None) => {
-                            errors.push(FieldError {
-                                field: field_path,
-                                message: "required field is missing".into(),
-                            });
-                            Value::Null
-                        }
-                    };
-                    (f.name.clone(), v)
-                })
-                .collect();
-            Value::Record(fields)
-        }
+        Schema::Record(r) => match json.as_object() {
+            Some(obj) => record(r, obj, None, path, names, errors),
+            None => fail("expected object".into()),
+        },
         other => fail(format!("unsupported schema type {other:?}")),
     }
 }
 
-fn join(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_string()
-    } else {
-        format!("{path}.{key}")
+/// Where in the document a value is (`line_items[0].unit_price.amount`; `$` for the root),
+/// kept as links to the parent and written out only for an error.
+#[derive(Debug, Clone, Copy)]
+enum Path<'a> {
+    Root,
+    Field(&'a Path<'a>, &'a str),
+    Index(&'a Path<'a>, usize),
+}
+
+impl std::fmt::Display for Path<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Path::Root => f.write_str("$"),
+            Path::Field(Path::Root, name) => f.write_str(name),
+            Path::Field(parent, name) => write!(f, "{parent}.{name}"),
+            Path::Index(Path::Root, i) => write!(f, "[{i}]"),
+            Path::Index(parent, i) => write!(f, "{parent}[{i}]"),
+        }
     }
 }
 
@@ -452,6 +542,33 @@ mod tests {
         bad["line_items"][0]["unit_price"]["amount"] = json!(2.5);
         let errors = from_json(&bad, &entry.schema).unwrap_err();
         assert_eq!(errors[0].field, "line_items[0].unit_price.amount");
+    }
+
+    #[test]
+    fn an_overlay_converts_as_if_merged_into_the_document() {
+        let catalog = crate::Catalog::embedded().unwrap();
+        let schema = &catalog
+            .latest("dev.sluice.events.payments.PaymentSucceeded")
+            .unwrap()
+            .schema;
+        let doc = json!({
+            "event_id": "theirs", "source": "s", "payment_id": "pi_1",
+            "amount": {"amount": "12.34", "currency": "EUR"}, "provider": "stripe"
+        });
+        let overlay = json!({"event_id": "ours", "occurred_at": 5});
+        let overlay = overlay.as_object().unwrap();
+        let mut merged = doc.clone();
+        merged.as_object_mut().unwrap().extend(overlay.clone());
+        assert_eq!(
+            from_json_overlaid(&doc, overlay, schema).unwrap(),
+            from_json(&merged, schema).unwrap()
+        );
+        let stray = json!({"bogus": 1, "occurred_at": "later"});
+        let errors = from_json_overlaid(&doc, stray.as_object().unwrap(), schema).unwrap_err();
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["bogus", "occurred_at"], "{errors:?}");
+        let not_an_object = from_json_overlaid(&json!([1]), overlay, schema).unwrap_err();
+        assert_eq!(not_an_object[0].field, "$");
     }
 
     #[test]

@@ -85,17 +85,28 @@ pub struct Envelope<'a> {
 pub fn envelope(payload: &serde_json::Value, e: Envelope<'_>) -> serde_json::Value {
     let mut json = payload.clone();
     if let Some(obj) = json.as_object_mut() {
-        obj.insert("event_id".into(), e.event_id.into());
-        let mut fill = |key: &str, value: serde_json::Value| {
-            if obj.get(key).is_none_or(serde_json::Value::is_null) {
-                obj.insert(key.to_string(), value);
-            }
-        };
-        fill("occurred_at", e.occurred_at_ms.into());
-        fill("source", e.source.into());
-        fill("subject", e.subject.into());
+        obj.extend(envelope_fields(payload, e));
     }
     json
+}
+
+/// The fields [`envelope`] sets, alone: what a relay overlays on the row's payload instead of
+/// copying it (see `sluice_schemas::json::from_json_overlaid`).
+pub fn envelope_fields(
+    payload: &serde_json::Value,
+    e: Envelope<'_>,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut fields = serde_json::Map::new();
+    fields.insert("event_id".into(), e.event_id.into());
+    let mut fill = |key: &str, value: serde_json::Value| {
+        if payload.get(key).is_none_or(serde_json::Value::is_null) {
+            fields.insert(key.to_string(), value);
+        }
+    };
+    fill("occurred_at", e.occurred_at_ms.into());
+    fill("source", e.source.into());
+    fill("subject", e.subject.into());
+    fields
 }
 
 #[cfg(test)]

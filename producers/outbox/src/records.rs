@@ -4,13 +4,13 @@
 use std::collections::BTreeMap;
 
 use sluice_schemas::codec::SchemaWriter;
-use sluice_schemas::json::from_json;
+use sluice_schemas::json::from_json_overlaid;
 use sluice_schemas::metadata::{self, EventMetadata};
 use sluice_schemas::subject::{self, SubjectError};
 use sluice_schemas::{Catalog, RegistryClient};
 use sluice_topology::Topology;
 
-use crate::event::{envelope, Envelope, OutboxRow};
+use crate::event::{envelope_fields, Envelope, OutboxRow};
 
 /// Headers naming the row on every record the relay writes (events and dead letters).
 pub mod header {
@@ -102,7 +102,8 @@ impl Routes {
         })?;
         let (version, writer) = route.writer.as_ref().map_err(Clone::clone)?;
         let event_id = row.event_id.to_string();
-        let json = envelope(
+        // The row's metadata laid over its payload, not copied into it: one event per row.
+        let overlay = envelope_fields(
             &row.payload,
             Envelope {
                 event_id: &event_id,
@@ -111,23 +112,30 @@ impl Routes {
                 subject: &row.aggregate_id,
             },
         );
-        let value = from_json(&json, writer.schema()).map_err(|fields| {
-            let detail = fields
-                .iter()
-                .take(5)
-                .map(|f| format!("{}: {}", f.field, f.message))
-                .collect::<Vec<_>>()
-                .join("; ");
-            format!(
-                "the payload does not match {} v{version}: {detail}",
-                row.event_type
-            )
-        })?;
+        let field = |key: &str| overlay.get(key).or_else(|| row.payload.get(key));
+        let value =
+            from_json_overlaid(&row.payload, &overlay, writer.schema()).map_err(|fields| {
+                let detail = fields
+                    .iter()
+                    .take(5)
+                    .map(|f| format!("{}: {}", f.field, f.message))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                format!(
+                    "the payload does not match {} v{version}: {detail}",
+                    row.event_type
+                )
+            })?;
         let meta = EventMetadata {
             id: event_id,
-            source: json["source"].as_str().unwrap_or(source).to_string(),
+            source: field("source")
+                .and_then(|v| v.as_str())
+                .unwrap_or(source)
+                .to_string(),
             event_type: row.event_type.clone(),
-            time_ms: json["occurred_at"].as_i64().unwrap_or(row.created_at_ms),
+            time_ms: field("occurred_at")
+                .and_then(|v| v.as_i64())
+                .unwrap_or(row.created_at_ms),
             subject: Some(row.aggregate_id.clone()),
             traceparent: Some(sluice_schemas::traceparent::continue_or_start(
                 row.traceparent(),
