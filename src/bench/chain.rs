@@ -402,7 +402,8 @@ impl TxHop {
                 .send_offsets_to_transaction(&offsets, &metadata, Duration::from_secs(30))
         })?;
         let offsets_sent = Instant::now();
-        tokio::task::block_in_place(|| self.producer.commit_transaction(Duration::from_secs(60)))?;
+        // As the sluice loops commit (see `sluice_runtime::kafka::commit_transaction`).
+        sluice_runtime::kafka::commit_transaction(&self.producer, Duration::from_secs(60)).await?;
         let committed = Instant::now();
         {
             let mut commits = self.commits.lock().expect("commits");

@@ -491,7 +491,8 @@ pub async fn replay(
         let p = producer.clone();
         let result = match (sent, marked) {
             (Ok(_), Ok(_)) => {
-                tokio::task::block_in_place(|| p.commit_transaction(Duration::from_secs(30)))
+                sluice_runtime::kafka::commit_transaction(&p, Duration::from_secs(30))
+                    .await
                     .map_err(kafka("committing the replay"))
             }
             (Err(e), _) | (_, Err(e)) => Err(e),

@@ -380,11 +380,13 @@ impl Poller {
             let crawl = self.cursor.crawl.clone().expect("a crawl is under way");
             let url = request::page_url(&self.settings, &crawl)?;
             let req = request::build(&self.settings, &self.cursor, url.clone());
+            let asked = Instant::now();
             let first = match ahead.take() {
                 Some(a) => a.answer_for(&url).await,
                 None => None,
             };
             let fetched = self.fetch(&req, first, shutdown).await?;
+            let answered = asked.elapsed();
             let etag = fetched.etag();
             let (body, headers) = match fetched {
                 Fetched::NotModified => {
@@ -413,11 +415,18 @@ impl Poller {
                 }
                 Fetched::Page { body, headers } => (body, headers),
             };
+            let parsing = Instant::now();
             let page = page::parse(&self.settings.spec, &crawl.next, &body, &headers)?;
+            let parsed = parsing.elapsed();
             let single = crawl.next == PageRef::First && page.next.is_none();
             let etag = etag.filter(|_| single).map(|e| (url.to_string(), e));
             ahead = self.fetch_ahead(&crawl, &page, shutdown)?;
+            let writing = Instant::now();
             let finished = self.commit_page(crawl, page, etag, started).await?;
+            // Where a page's time goes, for tuning: waiting for its answer (the rest of it,
+            // when it was fetched ahead), parsing it, writing it (with the commit, when it
+            // ends a transaction).
+            tracing::debug!(source = %self.settings.source, ?answered, ?parsed, written = ?writing.elapsed(), "poll page");
             pages += 1;
             if pages.is_multiple_of(FORGET_EVERY_PAGES) {
                 self.forget_behind();
