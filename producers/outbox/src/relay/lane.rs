@@ -98,7 +98,7 @@ impl Lane {
     pub async fn fence(relay: &Arc<Relay>, lane: u32) -> Result<Fenced, LaneError> {
         let producer = relay
             .clients
-            .fenced_producer(
+            .fenced_loop_producer(
                 "outbox-relay",
                 &format!("outbox-{}-lane-{lane}", relay.settings.table),
             )
