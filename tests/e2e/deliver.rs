@@ -1210,10 +1210,12 @@ async fn delivery_panels_and_rules_name_metrics_sluice_deliver_exports() {
 #[tokio::test]
 async fn two_instances_share_the_endpoints_and_deliver_everything() {
     let d = Deployment::new("dlvtwo").await;
-    // Eight endpoints over the tasks topic's two partitions: all on one partition has a
-    // chance of 1 in 128.
+    // Tasks are keyed by endpoint id, and endpoint ids are random: with sixteen endpoints
+    // over the tasks topic's two partitions, all on one partition (the second instance then
+    // has nothing to deliver) has a chance of 1 in 32,768 (it was 1 in 128 with eight, and
+    // happened).
     let mut receivers = Vec::new();
-    for _ in 0..8 {
+    for _ in 0..16 {
         receivers.push(d.subscriber("/slow/20", spec(&[PAYMENT], &["1s"])).await.1);
     }
     let first = Deliver::start(&d.file, "dlvtwo-1").await;
