@@ -43,12 +43,12 @@ pub fn to_json(value: &Value) -> Json {
     }
 }
 
-/// Named types of a schema, so types used by name (`Schema::Ref`) are looked up. Collected on
-/// the first reference only, by borrowing from the schema: conversions run once per event, and
-/// most schemas never refer to a type by name.
+/// Named types of a schema, so types used by name (`Schema::Ref`) are looked up. Resolved on
+/// the first reference only: conversions run once per event, and most schemas never refer to
+/// a type by name.
 struct Names<'s> {
     schema: &'s Schema,
-    named: std::cell::OnceCell<Vec<(&'s apache_avro::schema::Name, &'s Schema)>>,
+    named: std::cell::OnceCell<std::collections::HashMap<apache_avro::schema::Name, &'s Schema>>,
 }
 
 impl<'s> Names<'s> {
@@ -66,47 +66,13 @@ impl<'s> Names<'s> {
         };
         self.named
             .get_or_init(|| {
-                let mut named = Vec::new();
-                collect_named(self.schema, &mut named);
-                named
-            })
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, s)| *s)
-            // A name this walk does not collect (say, a fixed inside a logical type):
-            // apache-avro's own resolution finds it.
-            .or_else(|| {
                 apache_avro::schema::ResolvedSchema::try_from(self.schema)
-                    .ok()?
-                    .get_names()
-                    .get(name)
-                    .copied()
+                    .map(|r| r.get_names().clone())
+                    .unwrap_or_default()
             })
+            .get(name)
+            .copied()
             .unwrap_or(schema)
-    }
-}
-
-fn collect_named<'s>(
-    schema: &'s Schema,
-    named: &mut Vec<(&'s apache_avro::schema::Name, &'s Schema)>,
-) {
-    match schema {
-        Schema::Record(r) => {
-            named.push((&r.name, schema));
-            for f in &r.fields {
-                collect_named(&f.schema, named);
-            }
-        }
-        Schema::Enum(e) => named.push((&e.name, schema)),
-        Schema::Fixed(f) => named.push((&f.name, schema)),
-        Schema::Array(a) => collect_named(&a.items, named),
-        Schema::Map(m) => collect_named(&m.types, named),
-        Schema::Union(u) => {
-            for v in u.variants() {
-                collect_named(v, named);
-            }
-        }
-        _ => {}
     }
 }
 

@@ -239,37 +239,20 @@ pub struct FenceError {
 }
 
 impl KafkaClients {
-    /// A transactional producer with its transactions initialised: any earlier producer
-    /// with the same transactional id is fenced, and its open transaction aborted.
-    pub async fn fenced_producer(
-        &self,
-        role: &str,
-        transactional_id: &str,
-    ) -> Result<FutureProducer, FenceError> {
-        self.fence(self.transactional_producer_config(role, transactional_id))
-            .await
-    }
-
-    /// [`Self::fenced_producer`] with a loop's `linger.ms` 0 ([`Self::loop_producer_config`]),
-    /// for a writer that sends a whole batch at once and then waits for its
-    /// acknowledgements: the poller's pages (14–37% more items/s with one page per
-    /// transaction) and the outbox relay's batches (commit to readable p50 about 11 → 6 ms),
-    /// docs/benchmarks.md.
+    /// A transactional producer with its transactions initialised (any earlier producer with
+    /// the same transactional id is fenced, and its open transaction aborted), with a loop's
+    /// `linger.ms` 0 ([`Self::loop_producer_config`]): for a writer that sends a whole batch
+    /// at once and then waits for its acknowledgements, the poller's pages (14–37% more
+    /// items/s with one page per transaction) and the outbox relay's batches (commit to
+    /// readable p50 about 11 → 6 ms), docs/benchmarks.md.
     pub async fn fenced_loop_producer(
         &self,
         role: &str,
         transactional_id: &str,
     ) -> Result<FutureProducer, FenceError> {
-        self.fence(self.loop_producer_config(role, transactional_id))
-            .await
-    }
-
-    async fn fence(
-        &self,
-        config: Result<ClientConfig, ConfigError>,
-    ) -> Result<FutureProducer, FenceError> {
         let fail = |what| move |source| FenceError { what, source };
-        let producer: FutureProducer = config
+        let producer: FutureProducer = self
+            .loop_producer_config(role, transactional_id)
             .map_err(|e| KafkaError::ClientCreation(e.to_string()))
             .map_err(fail("configuring the transactional producer"))?
             .create()
