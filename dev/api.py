@@ -29,6 +29,8 @@ Faults, set with `POST /_admin/config` (JSON, every field optional, 0 = off):
     rate_per_sec     a budget per credential: over it, 429 with `X-RateLimit-Remaining: 0`
                      and `X-RateLimit-Reset` (epoch seconds); counted as `over_budget`
     token            required `Authorization: Bearer <token>` (401 otherwise)
+    shuffle          `/page` and `/offset` list in a new random order on every request (an
+                     unstable order, as sorting on a non-unique key can give)
 
 Administration (for tests):
 
@@ -324,6 +326,9 @@ class Handler(BaseHTTPRequestHandler):
             after = (since, q["after_id"])
         if style in ("page", "offset") and q.get("order") == "desc":
             rows = rows[::-1]
+        if style in ("page", "offset") and cfg.get("shuffle"):
+            rows = list(rows)
+            api.rng.shuffle(rows)
         if after is not None:
             start = bisect.bisect_right([(r[0], r[1]) for r in rows], tuple(after))
         elif style == "page":

@@ -45,14 +45,21 @@ pub enum PageRef {
     /// A page number.
     Page { n: u64 },
     /// An item offset, and the (id, version) of the last items read before it, which the
-    /// page at `n` must show again (see [`crate::page`]: a page that does not has shifted).
+    /// page at `n` must show again (see [`crate::page`]: a page that does not has shifted),
+    /// and how many times this crawl has stepped back so far.
     Offset {
         n: u64,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         anchors: Vec<(String, String)>,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        steps_back: u32,
     },
     /// After the item `(time, id)`: `since` = time, tie-break = id.
     Keyset { time_ms: i64, id: String },
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A crawl in progress: one pass over the list from `since_ms`.

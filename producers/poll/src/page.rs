@@ -141,23 +141,29 @@ fn next_page(
 /// that one of those items, unchanged, is on it: then everything after it is on this page or
 /// later ones. When none is, the rest shifted further back than the overlap: the crawl steps
 /// back a page at a time until it finds one (or reaches offset 0), and the store drops what
-/// is read twice.
+/// is read twice. An API whose order is not stable never shows the overlap again; after
+/// [`OFFSET_STEP_BACKS`] steps back a crawl goes on without the check, so it still ends.
 fn next_offset(
     at: &PageRef,
     items: &[Item],
     full: bool,
     page_size: Option<&PageSize>,
 ) -> Option<PageRef> {
-    let (n, anchors) = match at {
-        PageRef::Offset { n, anchors } => (*n, anchors.as_slice()),
-        _ => (0, &[][..]),
+    let (n, anchors, steps_back) = match at {
+        PageRef::Offset {
+            n,
+            anchors,
+            steps_back,
+        } => (*n, anchors.as_slice(), *steps_back),
+        _ => (0, &[][..], 0),
     };
     let shown = |(id, version): &(String, String)| {
         items
             .iter()
             .any(|i| &i.id == id && i.version.as_str() == version)
     };
-    if n > 0 && !anchors.is_empty() && !anchors.iter().any(shown) {
+    let shifted = n > 0 && !anchors.is_empty() && !anchors.iter().any(shown);
+    if shifted && steps_back < OFFSET_STEP_BACKS {
         let step = page_size
             .map_or(items.len() as u64, |p| u64::from(p.value))
             .max(1);
@@ -168,8 +174,21 @@ fn next_offset(
         return Some(PageRef::Offset {
             n: n.saturating_sub(step),
             anchors: anchors.to_vec(),
+            steps_back: steps_back + 1,
         });
     }
+    // Warned once a crawl: `steps_back` counts one past the budget from then on.
+    let steps_back = if shifted && steps_back == OFFSET_STEP_BACKS {
+        tracing::warn!(
+            offset = n,
+            steps_back,
+            "offset pages keep shifting past their overlap (is the API's order stable?); this \
+             crawl goes on without the check and may miss items until the next crawl"
+        );
+        steps_back + 1
+    } else {
+        steps_back
+    };
     // Without a page size the list ends on a page with nothing past the overlap.
     let full = full && (page_size.is_some() || items.len() > anchors.len());
     if !full {
@@ -186,8 +205,12 @@ fn next_offset(
     Some(PageRef::Offset {
         n: n + (items.len() - overlap) as u64,
         anchors,
+        steps_back,
     })
 }
+
+/// The most times one crawl steps back before it stops checking its offset pages' overlap.
+pub const OFFSET_STEP_BACKS: u32 = 32;
 
 /// An offset page asks again for this fraction (1/N) of the page before it.
 pub const OFFSET_OVERLAP: usize = 8;
@@ -234,7 +257,7 @@ mod tests {
 
     fn offset(next: &Option<PageRef>) -> (u64, Vec<&str>) {
         match next {
-            Some(PageRef::Offset { n, anchors }) => {
+            Some(PageRef::Offset { n, anchors, .. }) => {
                 (*n, anchors.iter().map(|(id, _)| id.as_str()).collect())
             }
             other => panic!("not an offset: {other:?}"),
@@ -269,6 +292,32 @@ mod tests {
         );
         // A short page with an anchor on it is the last.
         assert_eq!(offset_next(&s, &at, &body(14..20, &[])), None);
+    }
+
+    #[test]
+    fn a_crawl_whose_pages_never_show_the_overlap_stops_stepping_back_and_ends() {
+        let s = spec("{url: 'http://127.0.0.1/', items: data, version: v, page_size: {param: limit, value: 16}, pagination: {type: offset, param: offset}}");
+        // An unstable order: every page is items no earlier page ended with.
+        let mut at = PageRef::First;
+        let mut pages = 0;
+        let mut backs = 0;
+        let mut furthest = 0;
+        while let Some(next) = {
+            let fresh = 1000 * (pages + 1);
+            // Past offset 100 the list ends (a short page).
+            let len = if furthest > 100 { 3 } else { 16 };
+            offset_next(&s, &at, &body(fresh..fresh + len, &[]))
+        } {
+            let (n, _) = offset(&Some(next.clone()));
+            if let PageRef::Offset { n: before, .. } = &at {
+                backs += u32::from(n < *before);
+            }
+            furthest = furthest.max(n);
+            at = next;
+            pages += 1;
+            assert!(pages < 1000, "the crawl never ended");
+        }
+        assert_eq!(backs, OFFSET_STEP_BACKS);
     }
 
     #[test]
