@@ -132,7 +132,10 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             // Errors may quote what a topic held (a header naming a topic, a saga id).
-            eprintln!("error: {}", cli::printable::text(&format!("{e:#}")));
+            eprintln!(
+                "error: {}",
+                cli::printable::text(&cli::error_text::chain(&e))
+            );
             ExitCode::FAILURE
         }
     }

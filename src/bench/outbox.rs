@@ -182,7 +182,10 @@ routes:
 async fn cleanup(config: &SluiceConfig, db: &tokio_postgres::Client, s: &Scratch) {
     let clients = KafkaClients::new(config.kafka.clone());
     if let Err(e) = remove_scratch(config, &clients, &s.topology).await {
-        eprintln!("  (could not remove the scratch topics: {e:#})");
+        eprintln!(
+            "  (could not remove the scratch topics: {})",
+            crate::cli::error_text::chain(&e)
+        );
     }
     for t in [&s.sluice_table, &s.debezium_table] {
         let _ = db

@@ -220,7 +220,7 @@ pub async fn run(config: &SluiceConfig, cmd: DeliveriesCommand) -> anyhow::Resul
                     Ok(()) => println!("resent {}", line(s)),
                     Err(e) => {
                         failed += 1;
-                        eprintln!("error: {e:#}");
+                        eprintln!("error: {}", crate::cli::error_text::chain(&e));
                     }
                 }
             }

@@ -168,7 +168,7 @@ async fn check_outbox(outbox: &sluice_runtime::config::OutboxConfig) -> bool {
     let client = match tokio::time::timeout(TIMEOUT, super::outbox::connect(outbox)).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
-            println!("  FAIL    {e:#}");
+            println!("  FAIL    {}", crate::cli::error_text::chain(&e));
             return false;
         }
         Err(_) => {

@@ -7,6 +7,7 @@ pub mod deliveries;
 pub mod dlq;
 pub mod doctor;
 pub mod endpoints;
+pub mod error_text;
 pub mod gateway;
 pub mod lag;
 pub mod normalize;

@@ -283,7 +283,7 @@ pub async fn run(
         match result {
             Ok(()) => tracing::info!(?role, "role stopped"),
             Err(e) => {
-                tracing::error!(?role, error = %format!("{e:#}"), "role failed; stopping the others");
+                tracing::error!(?role, error = %crate::cli::error_text::chain(&e), "role failed; stopping the others");
                 failed = true;
             }
         }
