@@ -62,12 +62,21 @@ pub struct Plan {
     pub duplicates: usize,
     /// Gaps reported for the first time by this batch.
     pub gaps: Vec<Gap>,
-    next: Sequencer,
+    next: Next,
+}
+
+/// What a plan changes besides `advanced`: a lane's last sequences cover every aggregate it
+/// ever relayed, so a plan carries only the changes, never a copy of them all.
+#[derive(Debug, Clone)]
+struct Next {
+    watermark: Position,
+    cursor: Position,
+    held: BTreeMap<AggregateKey, Held>,
 }
 
 impl Plan {
     pub fn watermark(&self) -> Position {
-        self.next.durable.watermark
+        self.next.watermark
     }
 
     /// Where the read after this plan starts: known before the plan is committed, so the
@@ -116,68 +125,85 @@ impl Sequencer {
 
     /// Orders `rows` (read after [`cursor`](Self::cursor), in `(xid, id)` order).
     pub fn plan(&self, rows: Vec<OutboxRow>, now: Instant, report_after: Duration) -> Plan {
-        let mut next = self.clone();
+        let mut work = Work {
+            last: &self.durable.last,
+            advanced: BTreeMap::new(),
+            cursor: self.cursor,
+            held: self.held.clone(),
+        };
         let mut emit = Vec::new();
-        let mut advanced = BTreeMap::new();
         let mut duplicates = 0;
         for row in rows {
-            next.cursor = next.cursor.max(row.position);
+            work.cursor = work.cursor.max(row.position);
             let key = row.aggregate();
-            let expected = next.expected(&key);
+            let expected = work.last(&key).map_or(1, |s| s + 1);
             if row.sequence < expected {
                 duplicates += 1;
             } else if row.sequence > expected {
-                let held = next.held.entry(key).or_insert_with(|| Held {
+                let held = work.held.entry(key).or_insert_with(|| Held {
                     rows: BTreeMap::new(),
                     since: now,
                     reported: false,
                 });
                 held.rows.insert(row.sequence, row);
             } else {
-                next.durable.last.insert(key.clone(), row.sequence);
-                advanced.insert(key.clone(), row.sequence);
+                work.advanced.insert(key.clone(), row.sequence);
                 emit.push(row);
-                next.release(&key, now, &mut emit, &mut advanced);
+                work.release(&key, now, &mut emit);
             }
         }
-        let gaps = next.report(now, report_after);
-        next.durable.watermark = next.safe_watermark();
+        let gaps = work.report(now, report_after);
+        let watermark = work.safe_watermark();
         Plan {
             emit,
-            advanced,
+            advanced: work.advanced,
             duplicates,
             gaps,
-            next,
+            next: Next {
+                watermark,
+                cursor: work.cursor,
+                held: work.held,
+            },
         }
     }
 
     /// Takes the state a committed plan leads to.
     pub fn commit(&mut self, plan: Plan) {
-        *self = plan.next;
+        self.durable.last.extend(plan.advanced);
+        self.durable.watermark = plan.next.watermark;
+        self.cursor = plan.next.cursor;
+        self.held = plan.next.held;
     }
+}
 
-    fn expected(&self, key: &AggregateKey) -> i64 {
-        self.durable.last.get(key).map_or(1, |s| s + 1)
+/// A plan in the making: the lane's last sequences as they were, and what the batch changes.
+struct Work<'a> {
+    last: &'a HashMap<AggregateKey, i64>,
+    advanced: BTreeMap<AggregateKey, i64>,
+    cursor: Position,
+    held: BTreeMap<AggregateKey, Held>,
+}
+
+impl Work<'_> {
+    /// `key`'s last relayed sequence, counting this batch.
+    fn last(&self, key: &AggregateKey) -> Option<i64> {
+        self.advanced
+            .get(key)
+            .or_else(|| self.last.get(key))
+            .copied()
     }
 
     /// Emits `key`'s held rows that have become next in line.
-    fn release(
-        &mut self,
-        key: &AggregateKey,
-        now: Instant,
-        emit: &mut Vec<OutboxRow>,
-        advanced: &mut BTreeMap<AggregateKey, i64>,
-    ) {
+    fn release(&mut self, key: &AggregateKey, now: Instant, emit: &mut Vec<OutboxRow>) {
+        let mut last = self.last(key).unwrap_or(0);
         let Some(held) = self.held.get_mut(key) else {
             return;
         };
-        let mut last = self.durable.last.get(key).copied().unwrap_or(0);
         while let Some(row) = held.rows.remove(&(last + 1)) {
             last = row.sequence;
             emit.push(row);
         }
-        self.durable.last.insert(key.clone(), last);
-        advanced.insert(key.clone(), last);
+        self.advanced.insert(key.clone(), last);
         if held.rows.is_empty() {
             self.held.remove(key);
         } else {
@@ -189,13 +215,15 @@ impl Sequencer {
 
     fn report(&mut self, now: Instant, after: Duration) -> Vec<Gap> {
         let mut gaps = Vec::new();
+        let (advanced, last) = (&self.advanced, self.last);
         for (key, held) in &mut self.held {
             let waited = now.saturating_duration_since(held.since);
             if !held.reported && waited >= after {
                 held.reported = true;
+                let relayed = advanced.get(key).or_else(|| last.get(key));
                 gaps.push(Gap {
                     aggregate: key.clone(),
-                    expected: self.durable.last.get(key).map_or(1, |s| s + 1),
+                    expected: relayed.map_or(1, |s| s + 1),
                     next_held: held.rows.keys().next().copied().unwrap_or_default(),
                     held_rows: held.rows.len(),
                     waited,
@@ -316,6 +344,35 @@ mod tests {
         let plan = s.plan(vec![row(3, 3, "a", 2)], t0 + Duration::from_secs(70), BOUND);
         assert_eq!(emitted(&plan), [("a".into(), 2), ("a".into(), 3)]);
         assert_eq!(plan.advanced.values().copied().collect::<Vec<_>>(), [3]);
+    }
+
+    #[test]
+    fn a_plan_changes_nothing_until_committed_and_then_only_what_it_advanced() {
+        let now = Instant::now();
+        let mut s = Sequencer::default();
+        let rows = (1..=100).map(|i| row(i, i, &format!("k{i}"), 1)).collect();
+        let plan = s.plan(rows, now, BOUND);
+        s.commit(plan);
+        assert_eq!(s.durable().last.len(), 100);
+        let before = s.durable().clone();
+        let plan = s.plan(
+            vec![row(200, 200, "k7", 2), row(201, 201, "k8", 3)],
+            now,
+            BOUND,
+        );
+        assert_eq!(s.durable(), &before, "planning is not committing");
+        assert_eq!(emitted(&plan), [("k7".into(), 2)]);
+        assert_eq!(plan.advanced.len(), 1);
+        s.commit(plan);
+        let key = |id: &str| AggregateKey {
+            aggregate_type: "order".into(),
+            aggregate_id: id.into(),
+        };
+        assert_eq!(s.durable().last[&key("k7")], 2);
+        assert_eq!(s.durable().last[&key("k8")], 1, "k8:3 is held, not relayed");
+        assert_eq!(s.durable().last.len(), 100);
+        assert_eq!(s.held_rows(), 1);
+        assert_eq!(s.durable().watermark, Position { xid: 201, id: 200 });
     }
 
     #[test]
