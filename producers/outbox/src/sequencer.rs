@@ -176,6 +176,15 @@ impl Sequencer {
     }
 }
 
+/// `key`'s last relayed sequence: this batch's advance, else the lane's as it was.
+fn relayed(
+    advanced: &BTreeMap<AggregateKey, i64>,
+    last: &HashMap<AggregateKey, i64>,
+    key: &AggregateKey,
+) -> Option<i64> {
+    advanced.get(key).or_else(|| last.get(key)).copied()
+}
+
 /// A plan in the making: the lane's last sequences as they were, and what the batch changes.
 struct Work<'a> {
     last: &'a HashMap<AggregateKey, i64>,
@@ -187,10 +196,7 @@ struct Work<'a> {
 impl Work<'_> {
     /// `key`'s last relayed sequence, counting this batch.
     fn last(&self, key: &AggregateKey) -> Option<i64> {
-        self.advanced
-            .get(key)
-            .or_else(|| self.last.get(key))
-            .copied()
+        relayed(&self.advanced, self.last, key)
     }
 
     /// Emits `key`'s held rows that have become next in line.
@@ -220,10 +226,9 @@ impl Work<'_> {
             let waited = now.saturating_duration_since(held.since);
             if !held.reported && waited >= after {
                 held.reported = true;
-                let relayed = advanced.get(key).or_else(|| last.get(key));
                 gaps.push(Gap {
                     aggregate: key.clone(),
-                    expected: relayed.map_or(1, |s| s + 1),
+                    expected: relayed(advanced, last, key).map_or(1, |s| s + 1),
                     next_held: held.rows.keys().next().copied().unwrap_or_default(),
                     held_rows: held.rows.len(),
                     waited,
