@@ -31,6 +31,8 @@ Faults, set with `POST /_admin/config` (JSON, every field optional, 0 = off):
     token            required `Authorization: Bearer <token>` (401 otherwise)
     shuffle          `/page` and `/offset` list in a new random order on every request (an
                      unstable order, as sorting on a non-unique key can give)
+    ignore_paging    every style answers the first page whatever page, offset, cursor or
+                     after_id is asked for (`updated_since` still applies)
 
 Administration (for tests):
 
@@ -329,7 +331,9 @@ class Handler(BaseHTTPRequestHandler):
         if style in ("page", "offset") and cfg.get("shuffle"):
             rows = list(rows)
             api.rng.shuffle(rows)
-        if after is not None:
+        if cfg.get("ignore_paging"):
+            after, start = None, 0
+        elif after is not None:
             start = bisect.bisect_right([(r[0], r[1]) for r in rows], tuple(after))
         elif style == "page":
             start = (int(q.get("page", 1)) - 1) * limit

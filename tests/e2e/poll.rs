@@ -727,6 +727,64 @@ async fn an_offset_crawl_of_an_unstable_order_still_ends() {
     assert_eq!(records.len(), 200);
 }
 
+/// An API that ignores the pagination parameter answers every page with the first one. The
+/// crawl ends on the repeat (instead of fetching the same page forever), the source shows
+/// the error, and where the API honours `since` the next crawls still read every item, once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crawl_ends_when_the_api_ignores_paging() {
+    require_stack().await;
+    let api = Api::start(&["--items", "200", "--seed", "4"]);
+    api.post("/_admin/config", json!({"ignore_paging": true}))
+        .await;
+    let b = &api.base;
+    let offset = format!(
+        "{{url: '{b}/offset/items', interval: 200ms, items: data, version: updated_at, \
+         since: {{param: updated_since, lookback: 0s}}, \
+         page_size: {{param: limit, value: 20}}, pagination: {{type: offset, param: offset}}}}"
+    );
+    let cursor = format!(
+        "{{url: '{b}/cursor/items', interval: 200ms, items: data, version: updated_at, \
+         page_size: {{param: limit, value: 20}}, \
+         pagination: {{type: cursor, param: cursor, path: next_cursor}}}}"
+    );
+    let prefix = unique_prefix("pollr");
+    let file = apply_topology(&topology(
+        &prefix,
+        &[("offset", offset), ("cursor", cursor)],
+    ))
+    .await;
+    let _cleanup = Cleanup(crate::support::load_topology(&file));
+    let poller = start_poller(&file, &[]).await;
+    let records = wait_for_latest(
+        &api,
+        &format!("{prefix}.raw.offset"),
+        Duration::from_secs(60),
+    )
+    .await;
+    account(&records, "offset", &api.stats().await["versions"]);
+    assert_eq!(records.len(), 200);
+    // Without `since` every crawl reads the first page again: its 20 items, once.
+    let cursor_records = read(&format!("{prefix}.raw.cursor")).await;
+    account(&cursor_records, "cursor", &api.stats().await["versions"]);
+    assert_eq!(cursor_records.len(), 20);
+    let (ok, out, err) = sources_status(&file).await;
+    assert!(ok, "{out}{err}");
+    for source in ["offset", "cursor"] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(&format!("{source}\t")))
+            .unwrap_or_else(|| panic!("no {source} in {out}"));
+        assert!(
+            line.contains("showed only items of the page before it"),
+            "{source}: {line}"
+        );
+    }
+    assert!(read_log(&poller.log).contains("showed only items of the page before it"));
+    // Each crawl asked for two pages, not hundreds: about five crawls a second.
+    let requests = api.stats().await["requests"].as_u64().unwrap();
+    assert!(requests < 2_000, "{requests} requests");
+}
+
 /// An idle source is answered 304; a per-credential budget below the API's is never
 /// overrun; the credential comes from the environment and never shows in status output.
 #[tokio::test(flavor = "multi_thread")]

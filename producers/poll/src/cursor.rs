@@ -22,6 +22,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
+use sluice_schemas::metadata::rfc3339_ms;
 
 use crate::seen::{PageEntries, SeenEntry};
 
@@ -56,6 +57,20 @@ pub enum PageRef {
     },
     /// After the item `(time, id)`: `since` = time, tie-break = id.
     Keyset { time_ms: i64, id: String },
+}
+
+impl PageRef {
+    /// The page, in words (for status and warnings; a cursor's token is left out).
+    pub fn describe(&self) -> String {
+        match self {
+            PageRef::First => "the first page".to_string(),
+            PageRef::Cursor { .. } => "a body cursor".to_string(),
+            PageRef::Url { .. } => "a next link".to_string(),
+            PageRef::Page { n } => format!("page {n}"),
+            PageRef::Offset { n, .. } => format!("offset {n}"),
+            PageRef::Keyset { time_ms, .. } => format!("after {}", rfc3339_ms(*time_ms)),
+        }
+    }
 }
 
 fn is_zero(n: &u32) -> bool {

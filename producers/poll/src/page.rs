@@ -2,6 +2,9 @@
 //! page is. The body comes from a third party, so every item is checked and a page that is
 //! not what the spec describes is an error naming what was wrong.
 
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
+
 use reqwest::header::HeaderMap;
 use serde_json::value::RawValue;
 use sluice_topology::poll::{PageSize, Pagination, PollSpec, TimeFormat};
@@ -209,6 +212,45 @@ fn next_offset(
     })
 }
 
+/// The (id, version) of each item of a page, hashed: what [`repeats`] compares the next
+/// page with.
+#[derive(Debug, Default)]
+pub struct Shown {
+    at: Option<PageRef>,
+    items: HashSet<u64>,
+}
+
+impl Shown {
+    /// What `page`, found at `at`, showed.
+    pub fn of(at: &PageRef, page: &Page) -> Shown {
+        Shown {
+            at: Some(at.clone()),
+            items: page.items.iter().map(identity).collect(),
+        }
+    }
+
+    /// Whether `page`, found at `at` further on than the page this was taken from, shows
+    /// only items that page showed: an API that ignores the pagination parameter (or hands
+    /// out the same cursor again) answers every page alike, and the crawl would never end.
+    /// An offset crawl stepping back may legitimately read the same items again.
+    pub fn repeated_by(&self, at: &PageRef, page: &Page) -> bool {
+        let stepped_back = match (&self.at, at) {
+            (Some(PageRef::Offset { n: before, .. }), PageRef::Offset { n, .. }) => n <= before,
+            _ => false,
+        };
+        self.at.is_some()
+            && !stepped_back
+            && !page.items.is_empty()
+            && page.items.iter().all(|i| self.items.contains(&identity(i)))
+    }
+}
+
+fn identity(item: &Item) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    (&item.id, item.version.as_str()).hash(&mut h);
+    h.finish()
+}
+
 /// The most times one crawl steps back before it stops checking its offset pages' overlap.
 pub const OFFSET_STEP_BACKS: u32 = 32;
 
@@ -318,6 +360,40 @@ mod tests {
             assert!(pages < 1000, "the crawl never ended");
         }
         assert_eq!(backs, OFFSET_STEP_BACKS);
+    }
+
+    #[test]
+    fn a_page_showing_only_the_items_of_the_page_before_is_a_repeat() {
+        let s = spec("{url: 'http://127.0.0.1/', items: data, version: v, page_size: {param: limit, value: 16}, pagination: {type: offset, param: offset}}");
+        let page = |at: &PageRef, ids, changed: &[u32]| {
+            parse(&s, at, &body(ids, changed), &HeaderMap::new()).unwrap()
+        };
+        let first = page(&PageRef::First, 0..16, &[]);
+        let shown = Shown::of(&PageRef::First, &first);
+        let at = first.next.clone().unwrap();
+        // An API ignoring `offset` answers the first page again.
+        assert!(shown.repeated_by(&at, &page(&at, 0..16, &[])));
+        // The next page proper shows the overlap and new items.
+        assert!(!shown.repeated_by(&at, &page(&at, 14..30, &[])));
+        // An item of the page before with a new version is new.
+        assert!(!shown.repeated_by(&at, &page(&at, 0..16, &[3])));
+        // An empty page repeats nothing (it ends the crawl anyway).
+        assert!(!shown.repeated_by(&at, &page(&at, 0..0, &[])));
+        // A crawl's first page has no page before it.
+        assert!(!Shown::default().repeated_by(&PageRef::First, &first));
+        // Stepping back may read the same items again.
+        let later = PageRef::Offset {
+            n: 28,
+            anchors: vec![],
+            steps_back: 0,
+        };
+        let shown = Shown::of(&later, &page(&later, 28..44, &[]));
+        let back = PageRef::Offset {
+            n: 12,
+            anchors: vec![],
+            steps_back: 1,
+        };
+        assert!(!shown.repeated_by(&back, &page(&back, 28..44, &[])));
     }
 
     #[test]

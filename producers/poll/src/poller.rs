@@ -352,6 +352,31 @@ impl Poller {
         Ok(())
     }
 
+    /// Ends a crawl whose page at `at` showed only the page before it, recording why with
+    /// the page: following its pages would never end. With `since`, the watermark still
+    /// moves past what the crawl read, so an API that honours only `since` is read in full
+    /// over the next crawls.
+    fn repeated(&mut self, at: &PageRef) {
+        let source = &self.settings.source;
+        let why = format!(
+            "the page at {} showed only items of the page before it (does the API honour the \
+             pagination parameter?); the crawl ended there",
+            at.describe()
+        );
+        tracing::warn!(source = %source, "{why}");
+        self.shared
+            .fetcher
+            .metrics
+            .errors
+            .with_label_values(&[source, "page"])
+            .inc();
+        self.status.errors += 1;
+        self.status.last_error = why;
+        self.status.at_ms = now_ms();
+        self.unwritten
+            .push(cursor::put(cursor::status_key(source), &self.status));
+    }
+
     /// Where a new crawl starts: the watermark minus the lookback, else the backfill start.
     fn next_since(&self) -> Option<i64> {
         let since = self.settings.spec.since.as_ref()?;
@@ -376,6 +401,7 @@ impl Poller {
         let started = Instant::now();
         let mut pages = 0u64;
         let mut ahead: Option<Ahead> = None;
+        let mut shown = page::Shown::default();
         loop {
             let crawl = self.cursor.crawl.clone().expect("a crawl is under way");
             let url = request::page_url(&self.settings, &crawl)?;
@@ -416,7 +442,12 @@ impl Poller {
                 Fetched::Page { body, headers } => (body, headers),
             };
             let parsing = Instant::now();
-            let page = page::parse(&self.settings.spec, &crawl.next, &body, &headers)?;
+            let mut page = page::parse(&self.settings.spec, &crawl.next, &body, &headers)?;
+            if page.next.is_some() && shown.repeated_by(&crawl.next, &page) {
+                self.repeated(&crawl.next);
+                page.next = None;
+            }
+            shown = page::Shown::of(&crawl.next, &page);
             let parsed = parsing.elapsed();
             let single = crawl.next == PageRef::First && page.next.is_none();
             let etag = etag.filter(|_| single).map(|e| (url.to_string(), e));

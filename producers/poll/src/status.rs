@@ -8,7 +8,7 @@ use sluice_runtime::kafka::KafkaClients;
 use sluice_schemas::metadata::{now_ms, rfc3339_ms};
 use sluice_stream::state::kafka::{partition_count, read_partitions};
 
-use crate::cursor::{Cursor, ErrorStatus, PageRef};
+use crate::cursor::{Cursor, ErrorStatus};
 
 /// One polling source's status.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -38,15 +38,11 @@ impl SourceStatus {
         match &self.cursor.crawl {
             None => format!("idle, synced to {watermark}"),
             Some(c) => {
-                let at = match &c.next {
-                    PageRef::First => "first page".to_string(),
-                    PageRef::Cursor { .. } => "a body cursor".to_string(),
-                    PageRef::Url { .. } => "a next link".to_string(),
-                    PageRef::Page { n } => format!("page {n}"),
-                    PageRef::Offset { n, .. } => format!("offset {n}"),
-                    PageRef::Keyset { time_ms, .. } => format!("after {}", rfc3339_ms(*time_ms)),
-                };
-                format!("crawling ({} items so far), next: {at}", c.items)
+                format!(
+                    "crawling ({} items so far), next: {}",
+                    c.items,
+                    c.next.describe()
+                )
             }
         }
     }
