@@ -27,6 +27,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use futures::future::join_all;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use rdkafka::{Offset, TopicPartitionList};
@@ -568,20 +569,41 @@ async fn raw_producer(
         bail!("the raw producer's first send failed");
     }
     let started = Instant::now();
-    let mut sends = Vec::with_capacity(rest.len());
+    let mut sends = std::collections::VecDeque::with_capacity(rest.len());
     for r in rest {
-        sends.push(
-            producer
-                .send_result(raw_record(topic, r))
-                .map_err(|(e, _)| e)?,
-        );
-    }
-    for d in join_all(sends).await {
-        if !matches!(d, Ok(Ok(_))) {
-            bail!("the raw producer's send failed: {d:?}");
+        loop {
+            match producer.send_result(raw_record(topic, r)) {
+                Ok(send) => {
+                    sends.push_back(send);
+                    break;
+                }
+                // A backlog larger than librdkafka's queue: wait for the oldest send.
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    let oldest = sends
+                        .pop_front()
+                        .context("the producer's queue is full with nothing in flight")?;
+                    delivered(oldest.await)?;
+                }
+                Err((e, _)) => return Err(e.into()),
+            }
         }
     }
+    for d in join_all(sends).await {
+        delivered(d)?;
+    }
     Ok(rest.len() as f64 / started.elapsed().as_secs_f64())
+}
+
+fn delivered(
+    d: Result<
+        rdkafka::producer::future_producer::OwnedDeliveryResult,
+        futures::channel::oneshot::Canceled,
+    >,
+) -> anyhow::Result<()> {
+    if !matches!(d, Ok(Ok(_))) {
+        bail!("the raw producer's send failed: {d:?}");
+    }
+    Ok(())
 }
 
 /// `r` as a record for `topic`: same key, value and headers.
