@@ -285,6 +285,10 @@ pub struct OutboxConfig {
     /// How long a gap in an aggregate's sequence is waited for before it is reported (the
     /// aggregate keeps waiting; nothing is skipped).
     pub gap_report_ms: u64,
+    /// Aggregates whose last relayed sequence each lane keeps in memory; past it the lane
+    /// writes some to `<table>_relayed` in PostgreSQL and looks them up when they have new
+    /// rows, so memory stays flat however many aggregates the table ever had.
+    pub aggregates_in_memory: u32,
     /// CloudEvents `source` of relayed events whose payload has none.
     pub source: String,
 }
@@ -298,6 +302,7 @@ impl Default for OutboxConfig {
             poll_interval_ms: 100,
             batch_size: 2_000,
             gap_report_ms: 30_000,
+            aggregates_in_memory: 100_000,
             source: "sluice://outbox".into(),
         }
     }

@@ -162,7 +162,7 @@ async fn check_registry(config: &SluiceConfig) -> bool {
 }
 
 /// The outbox database: reachable with `outbox.dsn`, its server version, and whether the
-/// outbox table exists. The DSN is never printed (it holds the password).
+/// outbox table and its `_relayed` table exist. The DSN is never printed (it holds the password).
 async fn check_outbox(outbox: &sluice_runtime::config::OutboxConfig) -> bool {
     println!("outbox    table {}", outbox.table);
     let client = match tokio::time::timeout(TIMEOUT, super::outbox::connect(outbox)).await {
@@ -179,24 +179,33 @@ async fn check_outbox(outbox: &sluice_runtime::config::OutboxConfig) -> bool {
     let facts = client
         .query_one(
             "SELECT current_setting('server_version'), current_setting('wal_level'), \
-                    to_regclass($1) IS NOT NULL",
-            &[&outbox.table],
+                    to_regclass($1) IS NOT NULL, to_regclass($2) IS NOT NULL",
+            &[&outbox.table, &format!("{}_relayed", outbox.table)],
         )
         .await;
     match facts {
         Ok(row) => {
-            let (version, wal, exists): (String, String, bool) =
-                (row.get(0), row.get(1), row.get(2));
+            let (version, wal, exists, relayed): (String, String, bool, bool) =
+                (row.get(0), row.get(1), row.get(2), row.get(3));
             println!("  ok      PostgreSQL {version}, wal_level {wal}");
-            if exists {
-                println!("  ok      table {} exists", outbox.table);
-            } else {
-                println!(
-                    "  FAIL    table {} does not exist: run `sluice outbox init --apply`",
-                    outbox.table
-                );
+            let tables = [
+                (&outbox.table, exists, ""),
+                (
+                    &format!("{}_relayed", outbox.table),
+                    relayed,
+                    " (where lanes keep the aggregates they forget)",
+                ),
+            ];
+            for (table, exists, what) in tables {
+                if exists {
+                    println!("  ok      table {table} exists");
+                } else {
+                    println!(
+                        "  FAIL    table {table}{what} does not exist: run `sluice outbox init --apply`"
+                    );
+                }
             }
-            exists
+            exists && relayed
         }
         Err(e) => {
             println!("  FAIL    {e}");

@@ -163,10 +163,27 @@ impl RelayProcess {
         poll_interval_ms: u64,
         env: &[(&str, &str)],
     ) -> Self {
+        Self::configured(
+            d,
+            name,
+            &format!("  poll_interval_ms: {poll_interval_ms}\n  gap_report_ms: {gap_report_ms}\n"),
+            env,
+        )
+    }
+
+    /// A relay remembering at most `aggregates` aggregates per lane.
+    fn remembering(d: &Deployment, name: &str, aggregates: u32) -> Self {
+        let outbox = format!("  poll_interval_ms: 20\n  gap_report_ms: 30000\n  aggregates_in_memory: {aggregates}\n");
+        Self::configured(d, name, &outbox, &[])
+    }
+
+    /// A relay with the deployment's table, 4 lanes, batches of 50, and `outbox` (more keys
+    /// of the `outbox:` section).
+    fn configured(d: &Deployment, name: &str, outbox: &str, env: &[(&str, &str)]) -> Self {
         let config = temp_file(
             "sluice.yaml",
             &format!(
-                "outbox:\n  dsn: {{env: E2E_OUTBOX_DSN}}\n  table: {}\n  lanes: 4\n  poll_interval_ms: {poll_interval_ms}\n  batch_size: 50\n  gap_report_ms: {gap_report_ms}\n",
+                "outbox:\n  dsn: {{env: E2E_OUTBOX_DSN}}\n  table: {}\n  lanes: 4\n  batch_size: 50\n{outbox}",
                 d.table
             ),
         );
@@ -654,6 +671,81 @@ async fn every_committed_event_is_relayed_once_in_order_through_kills_late_commi
     }
 }
 
+/// Lanes that remember 16 aggregates each, over 240 aggregates written to again and again:
+/// forgotten aggregates are kept in `<table>_relayed` and looked up when they have new rows,
+/// through a SIGKILL of the relay, and every event is still relayed once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lanes_that_forget_aggregates_still_relay_each_event_once_in_order() {
+    const AGGREGATES: usize = 240;
+    const ROUNDS: usize = 4;
+    const REMEMBERED: u32 = 16;
+    let d = Deployment::new("obf").await;
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let mut first = RelayProcess::remembering(&d, "relay-forgets", REMEMBERED);
+    first.ready().await;
+    let done = Arc::new(AtomicUsize::new(0));
+    // Four writers, each over its own aggregates, round after round; every seventh
+    // transaction rolls back.
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (writer, table, ledger, done) =
+                (d.writer(), d.table.clone(), ledger.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut client = connect().await;
+                for round in 0..ROUNDS {
+                    for a in (w..AGGREGATES).step_by(4) {
+                        let commit = (round * AGGREGATES + a) % 7 != 3;
+                        let aggregate = format!("f-{a}");
+                        write_next(&mut client, &writer, &table, &aggregate, commit, &ledger).await;
+                        done.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            })
+        })
+        .collect();
+    while done.load(Ordering::SeqCst) < AGGREGATES * ROUNDS * 2 / 5 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Round two has begun: the relay looks up aggregates it forgot in round one.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while first.metric("sluice_outbox_aggregate_lookups_total").await == 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the relay never looked up a forgotten aggregate"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    first.kill();
+    let mut second = RelayProcess::remembering(&d, "relay-restored", REMEMBERED);
+    second.ready().await;
+    for w in writers {
+        w.await.unwrap();
+    }
+    let ledger = std::mem::take(&mut *ledger.lock().unwrap());
+    assert!(
+        ledger.rolled_back.len() >= 100,
+        "rolled-back transactions were mixed in"
+    );
+    read_and_account(&d, &ledger).await;
+
+    // The lanes did forget and look up, before the kill and after it.
+    let looked_up = second.metric("sluice_outbox_aggregate_lookups_total").await;
+    assert!(looked_up > 0.0, "the restored relay looked nothing up");
+    let db = require_postgres().await;
+    let kept: i64 = db
+        .query_one(&format!("SELECT count(*) FROM {}_relayed", d.table), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(kept >= 100, "{kept} aggregates in {}_relayed", d.table);
+    // Memory stays near the bound: what a batch looks up is forgotten again after it.
+    let remembered = second.metric("sluice_outbox_aggregates_in_memory").await;
+    assert!(
+        remembered <= f64::from(4 * (REMEMBERED + 50)),
+        "{remembered} aggregates remembered"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_payload_off_its_schema_or_refused_by_kafka_is_dead_lettered_and_a_gap_is_waited_for_and_reported(
 ) {
@@ -977,6 +1069,21 @@ async fn doctor_checks_the_outbox_database_without_printing_its_password() {
     assert!(!ok, "{text}");
     assert!(text.contains("wal_level logical"), "{text}");
     assert!(text.contains("run `sluice outbox init --apply`"), "{text}");
+    // A table made by an older `sluice outbox init`: its `_relayed` table is named missing.
+    let db = require_postgres().await;
+    db.batch_execute("CREATE TABLE IF NOT EXISTS e2e_doctor_older_ddl (id bigint)")
+        .await
+        .unwrap();
+    let (ok, text) = doctor(postgres_dsn(), "e2e_doctor_older_ddl");
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("ok      table e2e_doctor_older_ddl exists"),
+        "{text}"
+    );
+    assert!(
+        text.contains("FAIL    table e2e_doctor_older_ddl_relayed (where lanes keep the aggregates they forget) does not exist: run `sluice outbox init --apply`"),
+        "{text}"
+    );
 
     let wrong = postgres_dsn().replacen(":sluice@", ":not-the-password-e2e@", 1);
     assert!(wrong.contains("not-the-password-e2e"));

@@ -19,6 +19,10 @@
 //!   modulo the lane count, [`crate::lanes`]): the lane index keeps it on its own rows instead
 //!   of walking every lane's. It is built for one lane count, the relay's `outbox.lanes`; a
 //!   relay with another count still works, walking the `(xid, id)` index instead.
+//! - `<table>_relayed` keeps the last relayed sequence of aggregates a relay lane stopped
+//!   remembering (a lane remembers `outbox.aggregates_in_memory` of them): the relay writes it
+//!   and reads it back when such an aggregate has a new row. One narrow row per forgotten
+//!   aggregate; a row may be deleted once its aggregate will have no more events.
 //! - A statement trigger `NOTIFY`s the table's channel ([`channel`]) when rows are
 //!   inserted; PostgreSQL delivers it when the transaction commits, so relays listening
 //!   look at once instead of at their next poll. A hint only: relays poll all the same.
@@ -61,6 +65,11 @@ impl TableName {
         self.0.rsplit('.').next().unwrap_or(&self.0)
     }
 
+    /// The table keeping forgotten aggregates' last relayed sequences.
+    pub fn relayed(&self) -> String {
+        format!("{}_relayed", self.0)
+    }
+
     /// The channel relays of this table `LISTEN` on.
     pub fn channel(&self) -> String {
         format!("sluice_{}", self.base())
@@ -86,6 +95,7 @@ pub fn create_statements(table: &TableName, lanes: u32) -> String {
     let base = table.base();
     let schema = table.schema_prefix();
     let channel = table.channel();
+    let relayed = table.relayed();
     format!(
         r#"-- The sluice outbox: insert one row per domain event in the transaction that changes
 -- the aggregate; `sluice outbox relay` publishes it to Kafka exactly once.
@@ -112,6 +122,14 @@ CREATE TABLE IF NOT EXISTS {t} (
     UNIQUE (aggregate_type, aggregate_id, sequence)
 );
 CREATE INDEX IF NOT EXISTS {base}_xid_id ON {t} (xid, id);
+-- The last relayed sequence of each aggregate the relay no longer keeps in memory (written
+-- and read by the relay only).
+CREATE TABLE IF NOT EXISTS {relayed} (
+    aggregate_type text   NOT NULL,
+    aggregate_id   text   NOT NULL,
+    sequence       bigint NOT NULL,
+    PRIMARY KEY (aggregate_type, aggregate_id)
+);
 -- The relay's lanes ({lanes}, `outbox.lanes`): each reads and deletes only its own rows.
 CREATE INDEX IF NOT EXISTS {base}_lanes{lanes} ON {t} ({lane}, xid, id);
 CREATE OR REPLACE FUNCTION {schema}{base}_stamp_xid() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -173,6 +191,7 @@ mod tests {
             "CREATE INDEX IF NOT EXISTS events_out_lanes8 ON app.events_out (((hashtextextended(aggregate_id, 0) & 9223372036854775807) % 8), xid, id);"
         ));
         assert!(sql.contains("DEFAULT '{}'::jsonb"));
+        assert!(sql.contains("CREATE TABLE IF NOT EXISTS app.events_out_relayed ("));
         assert!(sql.contains("PERFORM pg_notify('sluice_events_out', '');"));
         assert!(sql.contains("AFTER INSERT ON app.events_out\n    FOR EACH STATEMENT EXECUTE FUNCTION app.events_out_notify();"));
     }

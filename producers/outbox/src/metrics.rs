@@ -16,6 +16,10 @@ pub struct RelayMetrics {
     pub held: IntGaugeVec,
     /// Gaps that lasted longer than `gap_report_ms`.
     pub gaps: IntCounterVec,
+    /// Aggregates whose last sequence the lane keeps in memory.
+    pub aggregates_in_memory: IntGaugeVec,
+    /// Aggregates looked up in `<table>_relayed` (forgotten, then seen again).
+    pub lookups: IntCounterVec,
     /// Lanes this relay owns.
     pub lanes_owned: IntGauge,
 }
@@ -49,6 +53,14 @@ impl RelayMetrics {
                 "sluice_outbox_sequence_gaps_total",
                 "Gaps in an aggregate's sequence waited on longer than the bound, per lane",
             )?,
+            aggregates_in_memory: gauge(
+                "sluice_outbox_aggregates_in_memory",
+                "Aggregates whose last relayed sequence the lane keeps in memory, per lane",
+            )?,
+            lookups: counter(
+                "sluice_outbox_aggregate_lookups_total",
+                "Aggregates the lane had forgotten, looked up in PostgreSQL when they had new rows, per lane",
+            )?,
             lanes_owned: IntGauge::new(
                 "sluice_outbox_lanes_owned",
                 "Outbox lanes this relay owns",
@@ -60,6 +72,8 @@ impl RelayMetrics {
         registry.register(Box::new(m.oldest_age.clone()))?;
         registry.register(Box::new(m.held.clone()))?;
         registry.register(Box::new(m.gaps.clone()))?;
+        registry.register(Box::new(m.aggregates_in_memory.clone()))?;
+        registry.register(Box::new(m.lookups.clone()))?;
         registry.register(Box::new(m.lanes_owned.clone()))?;
         Ok(m)
     }

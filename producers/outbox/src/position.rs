@@ -4,8 +4,10 @@
 //! cannot publish a row again.
 //!
 //! Keys are JSON arrays, so no aggregate id can be mistaken for a separator:
-//! `["<table>", <lane>]` holds the watermark `{"xid": …, "id": …}`;
-//! `["<table>", <lane>, "<aggregate_type>", "<aggregate_id>"]` holds `{"sequence": …}`.
+//! `["<table>", <lane>]` holds the watermark `{"xid": …, "id": …}`, with `"forgotten": true`
+//! once the lane keeps some aggregates' sequences only in PostgreSQL;
+//! `["<table>", <lane>, "<aggregate_type>", "<aggregate_id>"]` holds `{"sequence": …}`, and a
+//! tombstone once the aggregate is forgotten.
 
 use crate::event::{AggregateKey, Position};
 use crate::sequencer::Durable;
@@ -15,8 +17,12 @@ pub fn watermark_key(table: &str, lane: u32) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!([table, lane])).expect("json")
 }
 
-pub fn watermark_value(p: Position) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({"xid": p.xid, "id": p.id})).expect("json")
+pub fn watermark_value(p: Position, forgotten: bool) -> Vec<u8> {
+    let mut v = serde_json::json!({"xid": p.xid, "id": p.id});
+    if forgotten {
+        v["forgotten"] = true.into();
+    }
+    serde_json::to_vec(&v).expect("json")
 }
 
 /// The key of an aggregate's last relayed sequence.
@@ -55,6 +61,7 @@ pub fn apply(state: &mut Durable, table: &str, lane: u32, key: &[u8], value: Opt
         ([], Some(v)) => {
             if let (Some(xid), Some(id)) = (v["xid"].as_i64(), v["id"].as_i64()) {
                 state.watermark = Position { xid, id };
+                state.forgotten = v["forgotten"].as_bool().unwrap_or(false);
             }
         }
         ([t, i], v) => {
@@ -95,7 +102,7 @@ mod tests {
             "t",
             3,
             &watermark_key("t", 3),
-            Some(&watermark_value(p)),
+            Some(&watermark_value(p, true)),
         );
         apply(
             &mut s,
@@ -110,17 +117,18 @@ mod tests {
             "t",
             3,
             &watermark_key("t", 4),
-            Some(&watermark_value(Position::default())),
+            Some(&watermark_value(Position::default(), false)),
         );
         apply(
             &mut s,
             "t",
             3,
             &watermark_key("u", 3),
-            Some(&watermark_value(Position::default())),
+            Some(&watermark_value(Position::default(), false)),
         );
         apply(&mut s, "t", 3, b"not json", Some(b"{}"));
         assert_eq!(s.watermark, p);
+        assert!(s.forgotten);
         assert_eq!(s.last.get(&a), Some(&4));
         apply(&mut s, "t", 3, &aggregate_key("t", 3, &a), None);
         assert!(s.last.is_empty());

@@ -10,6 +10,11 @@
 //! Its durable part ([`Durable`]) is what the relay writes to Kafka with the events: the
 //! position below which every row is done, and each aggregate's last relayed sequence, which
 //! also recognises rows that were relayed after a held one and are read again after a restart.
+//!
+//! A lane remembers a bounded number of aggregates. Past the bound it writes the last
+//! sequences of some to PostgreSQL (`<table>_relayed`) and forgets them; an aggregate it no
+//! longer knows is then looked up there before its rows are ordered ([`Sequencer::unknown`],
+//! [`Sequencer::learn`]), so memory stays flat however many aggregates the table ever had.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -21,8 +26,11 @@ use crate::event::{AggregateKey, OutboxRow, Position};
 pub struct Durable {
     /// Every row at or below it is relayed (or was relayed and is read again as a duplicate).
     pub watermark: Position,
-    /// The last relayed sequence per aggregate.
+    /// The last relayed sequence per aggregate remembered (0: looked up, none relayed).
     pub last: HashMap<AggregateKey, i64>,
+    /// Whether the lane forgot some aggregates (their last sequences are in PostgreSQL):
+    /// then an aggregate not in `last` is looked up before its rows are ordered.
+    pub forgotten: bool,
 }
 
 /// Rows of one aggregate waiting for a missing sequence.
@@ -121,6 +129,56 @@ impl Sequencer {
             .map(|h| now.saturating_duration_since(h.since))
             .max()
             .unwrap_or_default()
+    }
+
+    /// The aggregates of `rows` to look up before they are planned: those not remembered,
+    /// once the lane has forgotten any (until then an unknown aggregate has no history).
+    pub fn unknown(&self, rows: &[OutboxRow]) -> Vec<AggregateKey> {
+        if !self.durable.forgotten {
+            return Vec::new();
+        }
+        let mut keys: Vec<AggregateKey> = rows
+            .iter()
+            .map(OutboxRow::aggregate)
+            .filter(|k| !self.durable.last.contains_key(k))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
+    /// Remembers last sequences looked up (0 for an aggregate with none relayed).
+    pub fn learn(&mut self, found: impl IntoIterator<Item = (AggregateKey, i64)>) {
+        for (key, sequence) in found {
+            let last = self.durable.last.entry(key).or_insert(sequence);
+            *last = (*last).max(sequence);
+        }
+    }
+
+    /// When more than `keep` aggregates are remembered, some to forget (none with held
+    /// rows), with their last sequences: enough to leave three quarters of `keep`, so
+    /// forgetting happens in bulk rather than on every batch.
+    pub fn to_forget(&self, keep: usize) -> Vec<(AggregateKey, i64)> {
+        let len = self.durable.last.len();
+        if len <= keep {
+            return Vec::new();
+        }
+        let target = keep - keep / 4;
+        self.durable
+            .last
+            .iter()
+            .filter(|(k, _)| !self.held.contains_key(*k))
+            .take(len - target)
+            .map(|(k, s)| (k.clone(), *s))
+            .collect()
+    }
+
+    /// Forgets `keys`, whose last sequences PostgreSQL now keeps.
+    pub fn forget<'k>(&mut self, keys: impl IntoIterator<Item = &'k AggregateKey>) {
+        for key in keys {
+            self.durable.last.remove(key);
+        }
+        self.durable.forgotten = true;
     }
 
     /// Orders `rows` (read after [`cursor`](Self::cursor), in `(xid, id)` order).
@@ -378,6 +436,74 @@ mod tests {
         assert_eq!(s.durable().last.len(), 100);
         assert_eq!(s.held_rows(), 1);
         assert_eq!(s.durable().watermark, Position { xid: 201, id: 200 });
+    }
+
+    fn key(id: &str) -> AggregateKey {
+        AggregateKey {
+            aggregate_type: "order".into(),
+            aggregate_id: id.into(),
+        }
+    }
+
+    #[test]
+    fn a_lane_forgets_past_its_bound_and_orders_a_forgotten_aggregate_from_what_it_looks_up() {
+        let now = Instant::now();
+        let mut s = Sequencer::default();
+        let rows: Vec<_> = (1..=20).map(|i| row(i, i, &format!("k{i}"), 1)).collect();
+        // Nothing forgotten yet: an aggregate not remembered has no history to look up.
+        assert!(s.unknown(&rows).is_empty());
+        let plan = s.plan(rows, now, BOUND);
+        s.commit(plan);
+        // k20:3 is held behind k20:2: a held aggregate is never forgotten.
+        let plan = s.plan(vec![row(30, 30, "k20", 3)], now, BOUND);
+        s.commit(plan);
+        assert!(s.to_forget(20).is_empty(), "within the bound");
+        let forget = s.to_forget(16);
+        assert_eq!(forget.len(), 20 - 12, "down to three quarters of the bound");
+        assert!(forget.iter().all(|(k, seq)| k != &key("k20") && *seq == 1));
+        s.forget(forget.iter().map(|(k, _)| k));
+        assert_eq!(s.durable().last.len(), 12);
+        assert!(s.durable().forgotten);
+
+        let (gone, _) = &forget[0];
+        let kept = s
+            .durable()
+            .last
+            .keys()
+            .find(|k| *k != &key("k20"))
+            .unwrap()
+            .clone();
+        let rows = vec![
+            row(40, 40, &gone.aggregate_id, 2),
+            row(41, 41, &kept.aggregate_id, 2),
+            row(42, 42, "new", 1),
+            row(43, 43, &gone.aggregate_id, 3),
+        ];
+        // Only aggregates the lane does not remember are looked up, each once.
+        let mut unknown = s.unknown(&rows);
+        unknown.sort();
+        let mut want = vec![gone.clone(), key("new")];
+        want.sort();
+        assert_eq!(unknown, want);
+        // Without what PostgreSQL knows, `gone`:2 would wait for a sequence 1 relayed long ago.
+        s.learn([(gone.clone(), 1), (key("new"), 0)]);
+        let plan = s.plan(rows, now, BOUND);
+        assert_eq!(
+            emitted(&plan),
+            [
+                (gone.aggregate_id.clone(), 2),
+                (kept.aggregate_id.clone(), 2),
+                ("new".into(), 1),
+                (gone.aggregate_id.clone(), 3)
+            ]
+        );
+        s.commit(plan);
+        // Read again after a restart, a forgotten aggregate's relayed row is a duplicate.
+        s.forget([gone.clone()].iter());
+        s.learn([(gone.clone(), 3)]);
+        let plan = s.plan(vec![row(43, 43, &gone.aggregate_id, 3)], now, BOUND);
+        assert!(plan.emit.is_empty());
+        assert_eq!(plan.duplicates, 1);
     }
 
     #[test]

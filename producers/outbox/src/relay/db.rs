@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio_postgres::{Client, NoTls, Statement};
 
 use crate::ddl::TableName;
-use crate::event::{OutboxRow, Position};
+use crate::event::{AggregateKey, OutboxRow, Position};
 use crate::lanes::{lane_of_row, table_hash};
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +34,10 @@ pub struct Db {
     /// Prepared once per session: each read and delete is then one round trip.
     read: Statement,
     delete: Statement,
+    /// Prepared when first used: only a lane that forgets aggregates needs them, so a table
+    /// created before `<table>_relayed` existed keeps working until then.
+    lookup: tokio::sync::OnceCell<Statement>,
+    record: tokio::sync::OnceCell<Statement>,
 }
 
 impl std::fmt::Debug for Db {
@@ -161,6 +165,8 @@ impl Db {
             app_name,
             read,
             delete,
+            lookup: Default::default(),
+            record: Default::default(),
         })
     }
 
@@ -225,6 +231,101 @@ impl Db {
             )
             .await
             .map_err(query("deleting relayed rows"))
+    }
+
+    /// `cell`'s statement, prepared from `sql` when first needed.
+    async fn prepared<'s>(
+        &'s self,
+        cell: &'s tokio::sync::OnceCell<Statement>,
+        sql: impl FnOnce() -> String,
+        what: &'static str,
+    ) -> Result<&'s Statement, DbError> {
+        cell.get_or_try_init(|| async {
+            let sql = sql();
+            self.client.prepare(&sql).await
+        })
+        .await
+        .map_err(query(what))
+    }
+
+    /// The last relayed sequence of each of `keys` (0 for none): the larger of what
+    /// `<table>_relayed` keeps and the highest sequence among the aggregate's rows at or below
+    /// `watermark` (relayed, not deleted yet).
+    pub async fn relayed_sequences(
+        &self,
+        keys: &[AggregateKey],
+        watermark: Position,
+    ) -> Result<Vec<(AggregateKey, i64)>, DbError> {
+        let lookup = self
+            .prepared(
+                &self.lookup,
+                || format!(
+                    "SELECT k.t, k.i, coalesce(greatest( \
+                       (SELECT r.sequence FROM {relayed} r WHERE r.aggregate_type = k.t AND r.aggregate_id = k.i), \
+                       (SELECT max(o.sequence) FROM {table} o WHERE o.aggregate_type = k.t AND o.aggregate_id = k.i \
+                          AND (o.xid, o.id) <= ($3::bigint::text::xid8, $4))), 0) \
+                     FROM unnest($1::text[], $2::text[]) AS k(t, i)",
+                    relayed = self.table.relayed(),
+                    table = self.table,
+                ),
+                "preparing the lookup of forgotten aggregates (`sluice outbox init --apply` \
+                 creates the `<table>_relayed` table it reads)",
+            )
+            .await?;
+        let (types, ids): (Vec<&str>, Vec<&str>) = keys
+            .iter()
+            .map(|k| (k.aggregate_type.as_str(), k.aggregate_id.as_str()))
+            .unzip();
+        let rows = self
+            .client
+            .query(lookup, &[&types, &ids, &watermark.xid, &watermark.id])
+            .await
+            .map_err(query("looking up forgotten aggregates"))?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let key = AggregateKey {
+                    aggregate_type: r.get(0),
+                    aggregate_id: r.get(1),
+                };
+                (key, r.get(2))
+            })
+            .collect())
+    }
+
+    /// Keeps `entries` (aggregates and their last relayed sequences, committed to Kafka) in
+    /// `<table>_relayed`, never lowering a sequence already there.
+    pub async fn record_relayed(&self, entries: &[(AggregateKey, i64)]) -> Result<(), DbError> {
+        let record = self
+            .prepared(
+                &self.record,
+                || {
+                    format!(
+                        "INSERT INTO {relayed} AS r (aggregate_type, aggregate_id, sequence) \
+                     SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[]) \
+                     ON CONFLICT (aggregate_type, aggregate_id) \
+                     DO UPDATE SET sequence = greatest(r.sequence, EXCLUDED.sequence)",
+                        relayed = self.table.relayed(),
+                    )
+                },
+                "preparing the record of forgotten aggregates (`sluice outbox init --apply` \
+                 creates the `<table>_relayed` table it writes)",
+            )
+            .await?;
+        // In chunks, so no statement carries an unbounded array.
+        for chunk in entries.chunks(10_000) {
+            let types: Vec<&str> = chunk
+                .iter()
+                .map(|(k, _)| k.aggregate_type.as_str())
+                .collect();
+            let ids: Vec<&str> = chunk.iter().map(|(k, _)| k.aggregate_id.as_str()).collect();
+            let sequences: Vec<i64> = chunk.iter().map(|(_, s)| *s).collect();
+            self.client
+                .execute(record, &[&types, &ids, &sequences])
+                .await
+                .map_err(query("recording forgotten aggregates"))?;
+        }
+        Ok(())
     }
 
     /// How many rows of `lane` are after `watermark`, and the age in seconds of the oldest.

@@ -23,7 +23,7 @@ use sluice_stream::state::kafka::read_partitions;
 
 use super::db::{Db, DbError};
 use super::Relay;
-use crate::event::{OutboxRow, Position};
+use crate::event::{AggregateKey, OutboxRow, Position};
 use crate::sequencer::{Durable, Plan, Sequencer};
 use crate::{position, records};
 
@@ -73,6 +73,9 @@ pub struct Lane {
     /// The lane's own database session (reads, deletes, backlog), so lanes do not queue
     /// behind each other's statements.
     db: Db,
+    /// Aggregates forgotten (their sequences now in PostgreSQL) whose Kafka state records
+    /// the next transaction deletes.
+    forgetting: Vec<AggregateKey>,
 }
 
 impl std::fmt::Debug for Lane {
@@ -138,6 +141,7 @@ impl Lane {
             prefetched: None,
             undeleted: 0,
             db,
+            forgetting: Vec::new(),
         })
     }
 
@@ -184,10 +188,12 @@ impl Lane {
             }
         };
         let full = rows.len() as u32 >= s.batch_size;
+        self.look_up(relay, &rows).await?;
         let plan = self.sequencer.plan(rows, Instant::now(), s.gap_report);
         self.report(relay, &plan);
         if !plan.is_durable_change(&self.sequencer) {
             self.sequencer.commit(plan);
+            self.forget_some(relay).await;
             self.clean_up().await;
             self.observe(relay).await;
             return Ok(if full {
@@ -228,6 +234,8 @@ impl Lane {
             }
         }
         self.sequencer.commit(plan);
+        self.forgetting.clear();
+        self.forget_some(relay).await;
         let label = lane.to_string();
         relay
             .metrics
@@ -243,6 +251,54 @@ impl Lane {
         Ok(Step::Published {
             rows: (events + dead) as usize,
         })
+    }
+
+    /// Learns the last sequences of the aggregates of `rows` the lane forgot.
+    async fn look_up(&mut self, relay: &Relay, rows: &[OutboxRow]) -> Result<(), LaneError> {
+        let keys = self.sequencer.unknown(rows);
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let watermark = self.sequencer.durable().watermark;
+        let found = self
+            .db
+            .relayed_sequences(&keys, watermark)
+            .await
+            .map_err(|e| LaneError::Db(e, self.lane))?;
+        relay
+            .metrics
+            .lookups
+            .with_label_values(&[&self.lane.to_string()])
+            .inc_by(keys.len() as u64);
+        self.sequencer.learn(found);
+        Ok(())
+    }
+
+    /// Past `aggregates_in_memory`, writes some aggregates' last sequences (committed to
+    /// Kafka) to PostgreSQL and forgets them; the next transaction deletes their Kafka
+    /// records. Should the write fail, they stay remembered.
+    async fn forget_some(&mut self, relay: &Relay) {
+        let entries = self
+            .sequencer
+            .to_forget(relay.settings.aggregates_in_memory);
+        if entries.is_empty() {
+            return;
+        }
+        let relayed: Vec<_> = entries.iter().filter(|(_, s)| *s > 0).cloned().collect();
+        match self.db.record_relayed(&relayed).await {
+            Ok(()) => {
+                tracing::debug!(
+                    lane = self.lane,
+                    aggregates = entries.len(),
+                    "aggregates forgotten (kept in PostgreSQL)"
+                );
+                self.sequencer.forget(entries.iter().map(|(k, _)| k));
+                self.forgetting.extend(entries.into_iter().map(|(k, _)| k));
+            }
+            Err(e) => {
+                tracing::warn!(lane = self.lane, error = %e, "could not write aggregates to PostgreSQL; the lane keeps them in memory")
+            }
+        }
     }
 
     async fn read(&self, after: Position, limit: u32) -> Result<Vec<OutboxRow>, LaneError> {
@@ -323,25 +379,32 @@ impl Lane {
                     .map_err(kafka("enqueuing a record"))?;
                 deliveries.push((Some(*row), delivery));
             }
-            let mut state: Vec<(Vec<u8>, Vec<u8>)> = plan
-                .advanced
+            // Deletions first: an aggregate forgotten and relayed again since keeps its value.
+            let mut state: Vec<(Vec<u8>, Option<Vec<u8>>)> = self
+                .forgetting
                 .iter()
-                .map(|(a, s)| {
-                    (
-                        position::aggregate_key(table, lane, a),
-                        position::sequence_value(*s),
-                    )
-                })
+                .map(|a| (position::aggregate_key(table, lane, a), None))
                 .collect();
+            state.extend(plan.advanced.iter().map(|(a, s)| {
+                (
+                    position::aggregate_key(table, lane, a),
+                    Some(position::sequence_value(*s)),
+                )
+            }));
             state.push((
                 position::watermark_key(table, lane),
-                position::watermark_value(plan.watermark()),
+                Some(position::watermark_value(
+                    plan.watermark(),
+                    self.sequencer.durable().forgotten,
+                )),
             ));
             for (key, value) in &state {
-                let record = FutureRecord::to(&relay.state_topic)
+                let mut record = FutureRecord::to(&relay.state_topic)
                     .partition(self.partition)
-                    .key(key)
-                    .payload(value);
+                    .key(key);
+                if let Some(value) = value {
+                    record = record.payload(value);
+                }
                 deliveries.push((
                     None,
                     self.producer
@@ -438,6 +501,11 @@ impl Lane {
             .held
             .with_label_values(&[&label])
             .set(self.sequencer.held_rows() as i64);
+        relay
+            .metrics
+            .aggregates_in_memory
+            .with_label_values(&[&label])
+            .set(self.sequencer.durable().last.len() as i64);
         let backlog = self
             .db
             .backlog(self.lane, self.sequencer.durable().watermark)

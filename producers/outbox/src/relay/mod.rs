@@ -35,23 +35,31 @@ pub struct Settings {
     pub batch_size: u32,
     pub gap_report: Duration,
     pub source: String,
+    pub aggregates_in_memory: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
     #[error(transparent)]
     Table(#[from] InvalidTableName),
-    #[error("outbox.{0} must be between 1 and {1}")]
-    OutOfRange(&'static str, u32),
+    #[error("outbox.{0} must be between {1} and {2}")]
+    OutOfRange(&'static str, u32, u32),
 }
 
 impl Settings {
     pub fn from_config(c: &OutboxConfig) -> Result<Self, SettingsError> {
         if !(1..=1024).contains(&c.lanes) {
-            return Err(SettingsError::OutOfRange("lanes", 1024));
+            return Err(SettingsError::OutOfRange("lanes", 1, 1024));
         }
         if !(1..=10_000).contains(&c.batch_size) {
-            return Err(SettingsError::OutOfRange("batch_size", 10_000));
+            return Err(SettingsError::OutOfRange("batch_size", 1, 10_000));
+        }
+        if !(16..=100_000_000).contains(&c.aggregates_in_memory) {
+            return Err(SettingsError::OutOfRange(
+                "aggregates_in_memory",
+                16,
+                100_000_000,
+            ));
         }
         Ok(Self {
             table: TableName::parse(&c.table)?,
@@ -60,6 +68,7 @@ impl Settings {
             batch_size: c.batch_size,
             gap_report: Duration::from_millis(c.gap_report_ms),
             source: c.source.clone(),
+            aggregates_in_memory: c.aggregates_in_memory as usize,
         })
     }
 }
@@ -320,6 +329,10 @@ mod tests {
         assert_eq!(
             with(|c| c.batch_size = 0),
             "outbox.batch_size must be between 1 and 10000"
+        );
+        assert_eq!(
+            with(|c| c.aggregates_in_memory = 15),
+            "outbox.aggregates_in_memory must be between 16 and 100000000"
         );
         assert!(with(|c| c.table = "x; drop table y".into()).contains("not a plain identifier"));
     }
