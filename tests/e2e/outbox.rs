@@ -746,6 +746,47 @@ async fn lanes_that_forget_aggregates_still_relay_each_event_once_in_order() {
     );
 }
 
+/// A table made before `<table>_relayed` existed: past the bound the lanes say why they
+/// cannot forget, keep their aggregates in memory, and relay every event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_its_relayed_table_a_lane_keeps_its_aggregates_in_memory() {
+    let d = Deployment::new("obo").await;
+    let db = require_postgres().await;
+    db.batch_execute(&format!("DROP TABLE {}_relayed", d.table))
+        .await
+        .unwrap();
+    let mut relay = RelayProcess::remembering(&d, "relay-older-table", 16);
+    relay.ready().await;
+    let ledger = Mutex::new(Ledger::default());
+    let (writer, mut client) = (d.writer(), connect().await);
+    for a in 0..200 {
+        write_next(
+            &mut client,
+            &writer,
+            &d.table,
+            &format!("m-{a}"),
+            true,
+            &ledger,
+        )
+        .await;
+    }
+    read_and_account(&d, &ledger.into_inner().unwrap()).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while relay.metric("sluice_outbox_aggregates_in_memory").await < 200.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the lanes did not keep every aggregate"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = crate::support::read_log(&relay.log);
+    assert!(
+        log.contains("could not write aggregates to PostgreSQL")
+            && log.contains("sluice outbox init --apply"),
+        "{log}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_payload_off_its_schema_or_refused_by_kafka_is_dead_lettered_and_a_gap_is_waited_for_and_reported(
 ) {

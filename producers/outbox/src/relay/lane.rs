@@ -76,6 +76,8 @@ pub struct Lane {
     /// Aggregates forgotten (their sequences now in PostgreSQL) whose Kafka state records
     /// the next transaction deletes.
     forgetting: Vec<AggregateKey>,
+    /// After a failed write to `<table>_relayed`, none is tried again before this.
+    forget_not_before: Option<Instant>,
 }
 
 impl std::fmt::Debug for Lane {
@@ -142,6 +144,7 @@ impl Lane {
             undeleted: 0,
             db,
             forgetting: Vec::new(),
+            forget_not_before: None,
         })
     }
 
@@ -278,6 +281,9 @@ impl Lane {
     /// Kafka) to PostgreSQL and forgets them; the next transaction deletes their Kafka
     /// records. Should the write fail, they stay remembered.
     async fn forget_some(&mut self, relay: &Relay) {
+        if self.forget_not_before.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
         let entries = self
             .sequencer
             .to_forget(relay.settings.aggregates_in_memory);
@@ -296,7 +302,8 @@ impl Lane {
                 self.forgetting.extend(entries.into_iter().map(|(k, _)| k));
             }
             Err(e) => {
-                tracing::warn!(lane = self.lane, error = %e, "could not write aggregates to PostgreSQL; the lane keeps them in memory")
+                tracing::warn!(lane = self.lane, error = %e, "could not write aggregates to PostgreSQL; the lane keeps them in memory and tries again in a minute");
+                self.forget_not_before = Some(Instant::now() + Duration::from_secs(60));
             }
         }
     }
