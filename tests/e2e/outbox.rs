@@ -746,6 +746,44 @@ async fn lanes_that_forget_aggregates_still_relay_each_event_once_in_order() {
     );
 }
 
+/// A lane reads its next rows by walking an index up to the batch's limit, never by reading
+/// and sorting the lane's whole backlog (which made each batch cost as much as the backlog),
+/// whichever plan PostgreSQL caches for the prepared statement.
+#[tokio::test]
+async fn a_lane_reads_its_next_rows_through_an_index_not_a_sort_of_its_backlog() {
+    let d = Deployment::new("obp").await;
+    let db = require_postgres().await;
+    db.batch_execute(&format!(
+        "INSERT INTO {t} (aggregate_type, aggregate_id, sequence, event_type, payload) \
+         SELECT 'order', 'p-' || g, 1, '{ORDER}', '{{}}'::jsonb FROM generate_series(1, 20000) g; \
+         ANALYZE {t}",
+        t = d.table
+    ))
+    .await
+    .unwrap();
+    let read = sluice_outbox::relay::read_sql(&TableName::parse(&d.table).unwrap(), 4);
+    for mode in ["force_custom_plan", "force_generic_plan"] {
+        let explained = db
+            .simple_query(&format!(
+                "BEGIN; SET LOCAL plan_cache_mode = {mode}; \
+                 PREPARE read_probe(bigint, bigint, bigint, bigint) AS {read}; \
+                 EXPLAIN EXECUTE read_probe(0, 0, 1, 50); DEALLOCATE read_probe; COMMIT"
+            ))
+            .await
+            .unwrap();
+        let plan: Vec<&str> = explained
+            .iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0),
+                _ => None,
+            })
+            .collect();
+        let plan = plan.join("\n");
+        assert!(plan.contains("Index Scan"), "{mode}:\n{plan}");
+        assert!(!plan.contains("Sort"), "{mode}:\n{plan}");
+    }
+}
+
 /// A table made before `<table>_relayed` existed: past the bound the lanes say why they
 /// cannot forget, keep their aggregates in memory, and relay every event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -110,6 +110,27 @@ pub fn application_name(table: &TableName) -> String {
     format!("sluice-outbox-relay:{table}")
 }
 
+/// The statement a lane reads its next rows with: `$1`, `$2` the position after which to
+/// read (xid, id), `$3` the lane, `$4` how many rows at most.
+///
+/// One statement, so one snapshot serves both the xmin and the rows it returns
+/// (`pg_current_snapshot()` is the statement's own snapshot). The cast xid is named apart: an
+/// output column called `xid` would be what `ORDER BY xid` sorts on, a bigint no index is
+/// ordered by, and PostgreSQL would read and sort the lane's whole backlog for every batch
+/// instead of walking an index up to the limit.
+pub fn read_sql(table: &TableName, lanes: u32) -> String {
+    format!(
+        "SELECT id, xid::text::bigint AS xid_number, event_id, aggregate_type, aggregate_id, sequence, event_type, \
+                payload, headers, (extract(epoch FROM created_at) * 1000)::bigint \
+         FROM {table} \
+         WHERE (xid, id) > ($1::bigint::text::xid8, $2) \
+           AND xid < pg_snapshot_xmin(pg_current_snapshot()) \
+           AND {lane_of_row} = $3 \
+         ORDER BY xid, id LIMIT $4",
+        lane_of_row = lane_of_row(lanes)
+    )
+}
+
 impl Db {
     /// The relay's session: it holds the lane locks, and relays count each other by it.
     pub async fn connect(dsn: &str, table: &TableName, lanes: u32) -> Result<Self, DbError> {
@@ -134,19 +155,8 @@ impl Db {
                 tracing::warn!(error = %e, "outbox database connection ended");
             }
         });
-        let lane_of_row = lane_of_row(lanes);
-        // One statement, so one snapshot serves both the xmin and the rows it returns
-        // (`pg_current_snapshot()` is the statement's own snapshot).
         let read = client
-            .prepare(&format!(
-                "SELECT id, xid::text::bigint, event_id, aggregate_type, aggregate_id, sequence, event_type, \
-                        payload, headers, (extract(epoch FROM created_at) * 1000)::bigint \
-                 FROM {table} \
-                 WHERE (xid, id) > ($1::bigint::text::xid8, $2) \
-                   AND xid < pg_snapshot_xmin(pg_current_snapshot()) \
-                   AND {lane_of_row} = $3 \
-                 ORDER BY xid, id LIMIT $4"
-            ))
+            .prepare(&read_sql(table, lanes))
             .await
             .map_err(query("preparing the read"))?;
         // The lower bound keeps the index scan off the entries of rows deleted before (dead
@@ -154,7 +164,8 @@ impl Db {
         let delete = client
             .prepare(&format!(
                 "DELETE FROM {table} WHERE (xid, id) > ($4::bigint::text::xid8, $5) \
-                   AND (xid, id) <= ($1::bigint::text::xid8, $2) AND {lane_of_row} = $3"
+                   AND (xid, id) <= ($1::bigint::text::xid8, $2) AND {lane_of_row} = $3",
+                lane_of_row = lane_of_row(lanes)
             ))
             .await
             .map_err(query("preparing the cleanup"))?;

@@ -19,7 +19,7 @@ use sluice_runtime::kafka::KafkaClients;
 use sluice_runtime::Shutdown;
 use sluice_stream::state::kafka::partition_count;
 
-pub use db::{application_name, Db, DbError};
+pub use db::{application_name, read_sql, Db, DbError};
 pub use lane::{Lane, LaneError, Step};
 
 use crate::ddl::{InvalidTableName, TableName};
