@@ -22,7 +22,8 @@
 //! - `<table>_relayed` keeps the last relayed sequence of aggregates a relay lane stopped
 //!   remembering (a lane remembers `outbox.aggregates_in_memory` of them): the relay writes it
 //!   and reads it back when such an aggregate has a new row. One narrow row per forgotten
-//!   aggregate; a row may be deleted once its aggregate will have no more events.
+//!   aggregate; a row may be deleted once its aggregate will have no more events (should it
+//!   have one after all, that event waits as a gap, reported, never skipped).
 //! - A statement trigger `NOTIFY`s the table's channel ([`channel`]) when rows are
 //!   inserted; PostgreSQL delivers it when the transaction commits, so relays listening
 //!   look at once instead of at their next poll. A hint only: relays poll all the same.

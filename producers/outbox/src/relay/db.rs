@@ -261,7 +261,10 @@ impl Db {
 
     /// The last relayed sequence of each of `keys` (0 for none): the larger of what
     /// `<table>_relayed` keeps and the highest sequence among the aggregate's rows at or below
-    /// `watermark` (relayed, not deleted yet).
+    /// `watermark` (relayed, not deleted yet). A lane writes an aggregate there before it
+    /// forgets it, so the first part alone is the answer; the second is a safety net that
+    /// costs one index probe, and never answers too high (every row at or below the
+    /// watermark was relayed).
     pub async fn relayed_sequences(
         &self,
         keys: &[AggregateKey],
@@ -323,20 +326,38 @@ impl Db {
                  creates the `<table>_relayed` table it writes)",
             )
             .await?;
-        // In chunks, so no statement carries an unbounded array.
-        for chunk in entries.chunks(10_000) {
-            let types: Vec<&str> = chunk
-                .iter()
-                .map(|(k, _)| k.aggregate_type.as_str())
-                .collect();
-            let ids: Vec<&str> = chunk.iter().map(|(k, _)| k.aggregate_id.as_str()).collect();
-            let sequences: Vec<i64> = chunk.iter().map(|(_, s)| *s).collect();
-            self.client
-                .execute(record, &[&types, &ids, &sequences])
-                .await
-                .map_err(query("recording forgotten aggregates"))?;
+        // Once the lane forgets them, these rows are all that knows the sequences (their
+        // state records are deleted next), so the commit waits for the WAL flush even where
+        // the server's default does not.
+        let what = "recording forgotten aggregates";
+        self.client
+            .batch_execute("BEGIN; SET LOCAL synchronous_commit = on")
+            .await
+            .map_err(query(what))?;
+        let written = async {
+            // In chunks, so no statement carries an unbounded array.
+            for chunk in entries.chunks(10_000) {
+                let types: Vec<&str> = chunk
+                    .iter()
+                    .map(|(k, _)| k.aggregate_type.as_str())
+                    .collect();
+                let ids: Vec<&str> = chunk.iter().map(|(k, _)| k.aggregate_id.as_str()).collect();
+                let sequences: Vec<i64> = chunk.iter().map(|(_, s)| *s).collect();
+                self.client
+                    .execute(record, &[&types, &ids, &sequences])
+                    .await?;
+            }
+            Ok(())
         }
-        Ok(())
+        .await
+        .map_err(query(what));
+        let end = if written.is_ok() {
+            "COMMIT"
+        } else {
+            "ROLLBACK"
+        };
+        let ended = self.client.batch_execute(end).await.map_err(query(what));
+        written.and(ended)
     }
 
     /// How many rows of `lane` are after `watermark`, and the age in seconds of the oldest.
