@@ -33,6 +33,7 @@ Faults, set with `POST /_admin/config` (JSON, every field optional, 0 = off):
                      unstable order, as sorting on a non-unique key can give)
     ignore_paging    every style answers the first page whatever page, offset, cursor or
                      after_id is asked for (`updated_since` still applies)
+    empty_pages      `/cursor` and `/link` answer every page empty, with a next page
 
 Administration (for tests):
 
@@ -342,12 +343,15 @@ class Handler(BaseHTTPRequestHandler):
         else:
             start = 0
         page = rows[start : start + limit]
+        more = start + limit < len(rows)
+        last = (page[-1][0], page[-1][1]) if page else None
+        if cfg.get("empty_pages") and style in ("cursor", "link"):
+            page, more, last = [], True, (0, "o-000000")
         data = [api.public(r[2]) for r in page]
         api.items_served += len(data)
-        more = start + limit < len(rows)
         body = {"data": data}
         headers = []
-        token = api.cursor(page[-1][0], page[-1][1]) if page and more else None
+        token = api.cursor(*last) if last and more else None
         if style == "cursor":
             body["next_cursor"] = token
         if style == "link" and token:

@@ -212,28 +212,71 @@ fn next_offset(
     })
 }
 
-/// The (id, version) of each item of a page, hashed: what [`repeats`] compares the next
-/// page with.
+/// What a crawl's last page showed, to end a crawl that stopped making progress: an API that
+/// ignores the pagination parameter (or hands out the same cursor again) answers every page
+/// alike, and one that hands out a next page with every empty one never runs out; either
+/// would be followed for ever, as fast as it answers.
 #[derive(Debug, Default)]
-pub struct Shown {
+pub struct Progress {
     at: Option<PageRef>,
+    /// The (id, version) of each item of the last page, hashed.
     items: HashSet<u64>,
+    empty_in_a_row: u32,
 }
 
-impl Shown {
-    /// What `page`, found at `at`, showed.
-    pub fn of(at: &PageRef, page: &Page) -> Shown {
-        Shown {
-            at: Some(at.clone()),
-            items: page.items.iter().map(identity).collect(),
+/// Why a crawl ends before the API says its list does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stall {
+    /// A page further on showed only items of the page before it.
+    Repeated,
+    /// [`EMPTY_PAGES_IN_A_ROW`] empty pages, each with a next page.
+    Empty,
+}
+
+impl Stall {
+    /// What went wrong at `at`, for the source's status and its log.
+    pub fn describe(self, at: &PageRef) -> String {
+        match self {
+            Stall::Repeated => format!(
+                "the page at {} showed only items of the page before it (does the API honour \
+                 the pagination parameter?); the crawl ended there",
+                at.describe()
+            ),
+            Stall::Empty => format!(
+                "the API answered {EMPTY_PAGES_IN_A_ROW} empty pages in a row, each with a next \
+                 page; the crawl ended at {}",
+                at.describe()
+            ),
         }
     }
+}
 
-    /// Whether `page`, found at `at` further on than the page this was taken from, shows
-    /// only items that page showed: an API that ignores the pagination parameter (or hands
-    /// out the same cursor again) answers every page alike, and the crawl would never end.
-    /// An offset crawl stepping back may legitimately read the same items again.
-    pub fn repeated_by(&self, at: &PageRef, page: &Page) -> bool {
+/// A crawl ends after this many empty pages in a row that each point to another.
+pub const EMPTY_PAGES_IN_A_ROW: u32 = 3;
+
+impl Progress {
+    /// Takes `page`, found at `at`; says why following its next page would make no
+    /// progress, if it would.
+    pub fn stall(&mut self, at: &PageRef, page: &Page) -> Option<Stall> {
+        let empty = page.items.is_empty();
+        self.empty_in_a_row = if empty { self.empty_in_a_row + 1 } else { 0 };
+        let stall = if page.next.is_none() {
+            None
+        } else if self.repeated_by(at, page) {
+            Some(Stall::Repeated)
+        } else if self.empty_in_a_row >= EMPTY_PAGES_IN_A_ROW {
+            Some(Stall::Empty)
+        } else {
+            None
+        };
+        self.at = Some(at.clone());
+        self.items = page.items.iter().map(identity).collect();
+        stall
+    }
+
+    /// Whether `page`, found at `at` further on than the last page, shows only items that
+    /// page showed. An offset crawl stepping back may legitimately read the same items again.
+    fn repeated_by(&self, at: &PageRef, page: &Page) -> bool {
         let stepped_back = match (&self.at, at) {
             (Some(PageRef::Offset { n: before, .. }), PageRef::Offset { n, .. }) => n <= before,
             _ => false,
@@ -368,32 +411,68 @@ mod tests {
         let page = |at: &PageRef, ids, changed: &[u32]| {
             parse(&s, at, &body(ids, changed), &HeaderMap::new()).unwrap()
         };
-        let first = page(&PageRef::First, 0..16, &[]);
-        let shown = Shown::of(&PageRef::First, &first);
-        let at = first.next.clone().unwrap();
+        let after_first = || {
+            let mut p = Progress::default();
+            let first = page(&PageRef::First, 0..16, &[]);
+            // A crawl's first page has no page before it.
+            assert_eq!(p.stall(&PageRef::First, &first), None);
+            (p, first.next.unwrap())
+        };
         // An API ignoring `offset` answers the first page again.
-        assert!(shown.repeated_by(&at, &page(&at, 0..16, &[])));
+        let (mut p, at) = after_first();
+        assert_eq!(p.stall(&at, &page(&at, 0..16, &[])), Some(Stall::Repeated));
         // The next page proper shows the overlap and new items.
-        assert!(!shown.repeated_by(&at, &page(&at, 14..30, &[])));
+        let (mut p, at) = after_first();
+        assert_eq!(p.stall(&at, &page(&at, 14..30, &[])), None);
         // An item of the page before with a new version is new.
-        assert!(!shown.repeated_by(&at, &page(&at, 0..16, &[3])));
-        // An empty page repeats nothing (it ends the crawl anyway).
-        assert!(!shown.repeated_by(&at, &page(&at, 0..0, &[])));
-        // A crawl's first page has no page before it.
-        assert!(!Shown::default().repeated_by(&PageRef::First, &first));
+        let (mut p, at) = after_first();
+        assert_eq!(p.stall(&at, &page(&at, 0..16, &[3])), None);
+        // A page of items already seen that ends the list (the overlap, nothing after it) is
+        // no stall.
+        let (mut p, at) = after_first();
+        assert_eq!(p.stall(&at, &page(&at, 14..16, &[])), None);
         // Stepping back may read the same items again.
+        let mut p = Progress::default();
         let later = PageRef::Offset {
             n: 28,
             anchors: vec![],
             steps_back: 0,
         };
-        let shown = Shown::of(&later, &page(&later, 28..44, &[]));
+        assert_eq!(p.stall(&later, &page(&later, 28..44, &[])), None);
         let back = PageRef::Offset {
             n: 12,
             anchors: vec![],
             steps_back: 1,
         };
-        assert!(!shown.repeated_by(&back, &page(&back, 28..44, &[])));
+        assert_eq!(p.stall(&back, &page(&back, 28..44, &[])), None);
+    }
+
+    #[test]
+    fn empty_pages_that_each_point_to_another_end_the_crawl_after_three() {
+        let s = spec("{url: 'http://127.0.0.1/', items: data, version: v, pagination: {type: cursor, param: cursor, path: next}}");
+        let page = |items: std::ops::Range<u32>, next: &str| {
+            let mut doc: serde_json::Value = serde_json::from_slice(&body(items, &[])).unwrap();
+            doc["next"] = next.into();
+            parse(
+                &s,
+                &PageRef::First,
+                &serde_json::to_vec(&doc).unwrap(),
+                &HeaderMap::new(),
+            )
+            .unwrap()
+        };
+        let at = PageRef::Cursor { token: "c".into() };
+        let mut p = Progress::default();
+        assert_eq!(p.stall(&at, &page(0..0, "c1")), None);
+        assert_eq!(p.stall(&at, &page(0..0, "c2")), None);
+        // An item in between starts the count again.
+        assert_eq!(p.stall(&at, &page(0..1, "c3")), None);
+        assert_eq!(p.stall(&at, &page(0..0, "c4")), None);
+        assert_eq!(p.stall(&at, &page(0..0, "c5")), None);
+        assert_eq!(p.stall(&at, &page(0..0, "c6")), Some(Stall::Empty));
+        assert!(Stall::Empty
+            .describe(&at)
+            .contains("3 empty pages in a row"));
     }
 
     #[test]

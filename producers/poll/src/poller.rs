@@ -352,17 +352,12 @@ impl Poller {
         Ok(())
     }
 
-    /// Ends a crawl whose page at `at` showed only the page before it, recording why with
-    /// the page: following its pages would never end. With `since`, the watermark still
-    /// moves past what the crawl read, so an API that honours only `since` is read in full
-    /// over the next crawls.
-    fn repeated(&mut self, at: &PageRef) {
+    /// Records `why` a crawl ends before its list does (see [`page::Progress`]), with the
+    /// page: following its pages would never end. With `since`, the watermark still moves
+    /// past what the crawl read, so an API that honours only `since` is read in full over the
+    /// next crawls.
+    fn stalled(&mut self, why: String) {
         let source = &self.settings.source;
-        let why = format!(
-            "the page at {} showed only items of the page before it (does the API honour the \
-             pagination parameter?); the crawl ended there",
-            at.describe()
-        );
         tracing::warn!(source = %source, "{why}");
         self.shared
             .fetcher
@@ -401,7 +396,7 @@ impl Poller {
         let started = Instant::now();
         let mut pages = 0u64;
         let mut ahead: Option<Ahead> = None;
-        let mut shown = page::Shown::default();
+        let mut progress = page::Progress::default();
         loop {
             let crawl = self.cursor.crawl.clone().expect("a crawl is under way");
             let url = request::page_url(&self.settings, &crawl)?;
@@ -443,11 +438,10 @@ impl Poller {
             };
             let parsing = Instant::now();
             let mut page = page::parse(&self.settings.spec, &crawl.next, &body, &headers)?;
-            if page.next.is_some() && shown.repeated_by(&crawl.next, &page) {
-                self.repeated(&crawl.next);
+            if let Some(stall) = progress.stall(&crawl.next, &page) {
+                self.stalled(stall.describe(&crawl.next));
                 page.next = None;
             }
-            shown = page::Shown::of(&crawl.next, &page);
             let parsed = parsing.elapsed();
             let single = crawl.next == PageRef::First && page.next.is_none();
             let etag = etag.filter(|_| single).map(|e| (url.to_string(), e));
