@@ -16,8 +16,10 @@
 //! longer knows is then looked up there before its rows are ordered ([`Sequencer::unknown`],
 //! [`Sequencer::learn`]), so memory stays flat however many aggregates the table ever had.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+
+use hashlink::LinkedHashMap;
 
 use crate::event::{AggregateKey, OutboxRow, Position};
 
@@ -26,8 +28,9 @@ use crate::event::{AggregateKey, OutboxRow, Position};
 pub struct Durable {
     /// Every row at or below it is relayed (or was relayed and is read again as a duplicate).
     pub watermark: Position,
-    /// The last relayed sequence per aggregate remembered (0: looked up, none relayed).
-    pub last: HashMap<AggregateKey, i64>,
+    /// The last relayed sequence per aggregate remembered (0: looked up, none relayed),
+    /// least recently advanced first: those are forgotten first.
+    pub last: LinkedHashMap<AggregateKey, i64>,
     /// Whether the lane forgot some aggregates (their last sequences are in PostgreSQL):
     /// then an aggregate not in `last` is looked up before its rows are ordered.
     pub forgotten: bool,
@@ -156,8 +159,8 @@ impl Sequencer {
     }
 
     /// When more than `keep` aggregates are remembered, some to forget (none with held
-    /// rows), with their last sequences: enough to leave three quarters of `keep`, so
-    /// forgetting happens in bulk rather than on every batch.
+    /// rows), with their last sequences: the least recently advanced, enough to leave three
+    /// quarters of `keep`, so forgetting happens in bulk rather than on every batch.
     pub fn to_forget(&self, keep: usize) -> Vec<(AggregateKey, i64)> {
         let len = self.durable.last.len();
         if len <= keep {
@@ -227,7 +230,10 @@ impl Sequencer {
 
     /// Takes the state a committed plan leads to.
     pub fn commit(&mut self, plan: Plan) {
-        self.durable.last.extend(plan.advanced);
+        // `insert` moves an advanced aggregate to the back: the recently advanced last.
+        for (key, sequence) in plan.advanced {
+            self.durable.last.insert(key, sequence);
+        }
         self.durable.watermark = plan.next.watermark;
         self.cursor = plan.next.cursor;
         self.held = plan.next.held;
@@ -237,7 +243,7 @@ impl Sequencer {
 /// `key`'s last relayed sequence: this batch's advance, else the lane's as it was.
 fn relayed(
     advanced: &BTreeMap<AggregateKey, i64>,
-    last: &HashMap<AggregateKey, i64>,
+    last: &LinkedHashMap<AggregateKey, i64>,
     key: &AggregateKey,
 ) -> Option<i64> {
     advanced.get(key).or_else(|| last.get(key)).copied()
@@ -245,7 +251,7 @@ fn relayed(
 
 /// A plan in the making: the lane's last sequences as they were, and what the batch changes.
 struct Work<'a> {
-    last: &'a HashMap<AggregateKey, i64>,
+    last: &'a LinkedHashMap<AggregateKey, i64>,
     advanced: BTreeMap<AggregateKey, i64>,
     cursor: Position,
     held: BTreeMap<AggregateKey, Held>,
@@ -504,6 +510,27 @@ mod tests {
         let plan = s.plan(vec![row(43, 43, &gone.aggregate_id, 3)], now, BOUND);
         assert!(plan.emit.is_empty());
         assert_eq!(plan.duplicates, 1);
+    }
+
+    #[test]
+    fn the_least_recently_advanced_aggregates_are_forgotten_first() {
+        let now = Instant::now();
+        let mut s = Sequencer::default();
+        let plan = s.plan(
+            (1..=8).map(|i| row(i, i, &format!("k{i}"), 1)).collect(),
+            now,
+            BOUND,
+        );
+        s.commit(plan);
+        // k1 and k2 advance again: they are now the most recent.
+        let plan = s.plan(vec![row(20, 20, "k1", 2), row(21, 21, "k2", 2)], now, BOUND);
+        s.commit(plan);
+        let forgotten: Vec<String> = s
+            .to_forget(4)
+            .into_iter()
+            .map(|(k, _)| k.aggregate_id)
+            .collect();
+        assert_eq!(forgotten, ["k3", "k4", "k5", "k6", "k7"]);
     }
 
     #[test]
