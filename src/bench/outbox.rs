@@ -52,6 +52,11 @@ pub struct OutboxBench {
     /// Rows of the backlog each relay drains in the rate phase.
     #[arg(long, default_value_t = 20_000)]
     pub events: usize,
+    /// Aggregates the backlog's rows belong to (each gets `events / aggregates` in sequence);
+    /// as many as `--events` gives every row an aggregate of its own, which is what the
+    /// relay's memory bound (`outbox.aggregates_in_memory`) is about.
+    #[arg(long, default_value_t = 1_000)]
+    pub aggregates: usize,
     /// Events per second the services commit in the latency phase.
     #[arg(long, default_value_t = 1_000)]
     pub rate: usize,
@@ -81,6 +86,8 @@ struct Figures {
     p99_ms: f64,
     achieved: f64,
     missing: usize,
+    /// The relay's peak resident set over both phases (sluice's; Debezium's is not read).
+    peak_rss_mib: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -91,13 +98,13 @@ struct Round {
 }
 
 pub async fn run(config: &SluiceConfig, b: OutboxBench) -> anyhow::Result<ExitCode> {
-    if b.rounds == 0 || b.events == 0 || b.rate < 100 {
-        bail!("--rounds and --events must be at least 1, --rate at least 100");
+    if b.rounds == 0 || b.events == 0 || b.aggregates == 0 || b.rate < 100 {
+        bail!("--rounds, --events and --aggregates must be at least 1, --rate at least 100");
     }
     let dsn = b.dsn.clone().map_or_else(|| default_dsn(config), Ok)?;
     println!(
-        "outbox benchmark: backlog {} events, latency at {} events/s for {} s, {} rounds, loopback, broker and PostgreSQL on this machine",
-        b.events, b.rate, b.seconds, b.rounds
+        "outbox benchmark: backlog {} events of {} aggregates, latency at {} events/s for {} s, {} rounds, loopback, broker and PostgreSQL on this machine",
+        b.events, b.aggregates, b.rate, b.seconds, b.rounds
     );
     let mut rounds = Vec::with_capacity(b.rounds);
     for n in 1..=b.rounds {
@@ -223,10 +230,11 @@ async fn measure_round(
         dsn,
         b,
     };
-    let (sluice, relayed) = phases
+    let (mut sluice, relayed) = phases
         .measure(&s.sluice_table, &s.topic("commerce"), "ce_id")
         .await
         .context("sluice relay")?;
+    sluice.peak_rss_mib = relay.peak_rss_mib();
     drop(relay);
 
     // The raw ceiling: the same records, no database.
@@ -321,6 +329,7 @@ impl Phases<'_> {
             table,
             topic,
             self.b.events,
+            self.b.aggregates,
             id_header,
         )
         .await
@@ -360,15 +369,16 @@ async fn drain_backlog(
     table: &TableName,
     topic: &str,
     n: usize,
+    aggregates: usize,
     id_header: &'static str,
 ) -> anyhow::Result<(f64, Vec<Record>)> {
     let reader = Reader::start(clients, topic, id_header, "o-")?;
     let sql = format!(
         "INSERT INTO {table} (aggregate_type, aggregate_id, sequence, event_type, payload) \
          SELECT 'order', a, s, $1, {PAYLOAD_SQL} FROM \
-         (SELECT 'o-' || (i % 1000) AS a, i / 1000 + 1 AS s FROM generate_series(0, $2::bigint - 1) AS i) AS rows"
+         (SELECT 'o-' || (i % $3) AS a, i / $3 + 1 AS s FROM generate_series(0, $2::bigint - 1) AS i) AS rows"
     );
-    db.execute(&sql, &[&ORDER, &(n as i64)])
+    db.execute(&sql, &[&ORDER, &(n as i64), &(aggregates as i64)])
         .await
         .with_context(|| format!("writing the backlog into {table}"))?;
     let committed = Instant::now();
@@ -430,6 +440,7 @@ async fn latency(
         p99_ms: ms(samples.quantile(0.99)),
         achieved,
         missing: committed.len(),
+        peak_rss_mib: None,
     })
 }
 
@@ -742,6 +753,9 @@ fn print_relay(name: &str, f: &Figures, raw: f64) {
         "    commit-to-readable at {:>5.0} events/s   p50 {:>7.1} ms   p99 {:>7.1} ms   not readable after 60 s: {}",
         f.achieved, f.p50_ms, f.p99_ms, f.missing
     );
+    if let Some(rss) = f.peak_rss_mib {
+        println!("    peak RSS                               {rss:>9.0} MiB");
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

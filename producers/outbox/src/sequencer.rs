@@ -63,6 +63,11 @@ pub struct Sequencer {
     held: BTreeMap<AggregateKey, Held>,
 }
 
+/// The most aggregates a lane forgets at once: a lane over its bound by far (one restored
+/// from before the bound existed) shrinks over several steps instead of copying and writing
+/// everything in one.
+pub const FORGET_AT_ONCE: usize = 4096;
+
 /// The outcome of one batch: what to publish, in order, and the state once it is committed.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -159,8 +164,9 @@ impl Sequencer {
     }
 
     /// When more than `keep` aggregates are remembered, some to forget (none with held
-    /// rows), with their last sequences: the least recently advanced, enough to leave three
-    /// quarters of `keep`, so forgetting happens in bulk rather than on every batch.
+    /// rows), with their last sequences: the least recently advanced, down to three quarters
+    /// of `keep` (so not on every batch), at most [`FORGET_AT_ONCE`] a time (each is copied,
+    /// written to PostgreSQL and deleted from the state topic in one go).
     pub fn to_forget(&self, keep: usize) -> Vec<(AggregateKey, i64)> {
         let len = self.durable.last.len();
         if len <= keep {
@@ -171,7 +177,7 @@ impl Sequencer {
             .last
             .iter()
             .filter(|(k, _)| !self.held.contains_key(*k))
-            .take(len - target)
+            .take((len - target).min(FORGET_AT_ONCE))
             .map(|(k, s)| (k.clone(), *s))
             .collect()
     }
