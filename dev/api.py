@@ -33,7 +33,8 @@ Faults, set with `POST /_admin/config` (JSON, every field optional, 0 = off):
                      unstable order, as sorting on a non-unique key can give)
     ignore_paging    every style answers the first page whatever page, offset, cursor or
                      after_id is asked for (`updated_since` still applies)
-    empty_pages      `/cursor` and `/link` answer every page empty, with a next page
+    empty_pages      `/cursor` and `/link` answer every page empty, always with the same
+                     next page
 
 Administration (for tests):
 
@@ -352,6 +353,10 @@ class Handler(BaseHTTPRequestHandler):
         body = {"data": data}
         headers = []
         token = api.cursor(*last) if last and more else None
+        if cfg.get("empty_pages") and style in ("cursor", "link"):
+            # The same next page every time: a cursor that loops.
+            api.empty_token = getattr(api, "empty_token", None) or token
+            token = api.empty_token
         if style == "cursor":
             body["next_cursor"] = token
         if style == "link" and token:

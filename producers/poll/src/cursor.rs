@@ -34,7 +34,7 @@ pub type StateRecord = (Vec<u8>, Option<Vec<u8>>);
 pub const SEEN_RECORD_BYTES: usize = 256 * 1024;
 
 /// Where the next request of a crawl starts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "at", rename_all = "snake_case")]
 pub enum PageRef {
     /// The crawl's first page.

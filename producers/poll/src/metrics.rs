@@ -45,7 +45,8 @@ pub struct PollMetrics {
     pub requests: IntCounterVec,
     /// Seconds spent waiting, by reason.
     pub waited: CounterVec,
-    /// Crawls that failed (the next one starts after the interval), by kind.
+    /// Crawls that failed or were ended early (the next one starts after the interval), by
+    /// kind.
     pub errors: IntCounterVec,
     /// Crawls restarted from their start because the API expired the page cursor (410).
     pub cursor_expired: IntCounterVec,
@@ -68,7 +69,7 @@ impl PollMetrics {
             pages: counter("sluice_poll_pages_total", "Pages committed with their cursor, per source", &["source"])?,
             requests: counter("sluice_poll_requests_total", "Page requests by answer class, per source", &["source", "status"])?,
             waited: CounterVec::new(Opts::new("sluice_poll_wait_seconds_total", "Seconds polling waited, by reason (budget, retry_after, rate_limit_reset, backoff, breaker)"), &["source", "reason"])?,
-            errors: counter("sluice_poll_errors_total", "Crawls that failed, per source and kind", &["source", "kind"])?,
+            errors: counter("sluice_poll_errors_total", "Crawls that failed or were ended early (kind page: a page not as described, or pages that made no progress), per source and kind", &["source", "kind"])?,
             cursor_expired: counter("sluice_poll_cursor_expired_total", "Crawls restarted because the API expired their page cursor (410)", &["source"])?,
             last_success: gauge("sluice_poll_last_success_timestamp_seconds", "Unix time of the source's last successful page or unchanged crawl")?,
             watermark_age: gauge("sluice_poll_watermark_age_seconds", "Age of the newest item time a finished crawl of the source reached")?,

@@ -212,16 +212,18 @@ fn next_offset(
     })
 }
 
-/// What a crawl's last page showed, to end a crawl that stopped making progress: an API that
-/// ignores the pagination parameter (or hands out the same cursor again) answers every page
-/// alike, and one that hands out a next page with every empty one never runs out; either
-/// would be followed for ever, as fast as it answers.
+/// What a crawl's last pages showed, to end a crawl that stopped making progress: an API
+/// that ignores the pagination parameter answers every page alike, and one whose empty pages
+/// keep pointing to another (back to one already asked for, or on and on) never runs out;
+/// either would be followed for ever, as fast as it answers. Empty pages alone are no
+/// stall: an API that filters after paging may answer many in a row before the next item.
 #[derive(Debug, Default)]
 pub struct Progress {
     at: Option<PageRef>,
     /// The (id, version) of each item of the last page, hashed.
     items: HashSet<u64>,
-    empty_in_a_row: u32,
+    /// The empty pages asked for since the last page with items.
+    empty_run: HashSet<PageRef>,
 }
 
 /// Why a crawl ends before the API says its list does.
@@ -229,45 +231,52 @@ pub struct Progress {
 pub enum Stall {
     /// A page further on showed only items of the page before it.
     Repeated,
-    /// [`EMPTY_PAGES_IN_A_ROW`] empty pages, each with a next page.
-    Empty,
+    /// An empty page pointed to a page already asked for since the last item.
+    Looped,
+    /// [`EMPTY_PAGES_AT_MOST`] empty pages in a row, each pointing to another.
+    Endless,
 }
 
 impl Stall {
     /// What went wrong at `at`, for the source's status and its log.
     pub fn describe(self, at: &PageRef) -> String {
+        let at = at.describe();
         match self {
             Stall::Repeated => format!(
-                "the page at {} showed only items of the page before it (does the API honour \
-                 the pagination parameter?); the crawl ended there",
-                at.describe()
+                "the page at {at} showed only items of the page before it (does the API \
+                 honour the pagination parameter?); the crawl ended there"
             ),
-            Stall::Empty => format!(
-                "the API answered {EMPTY_PAGES_IN_A_ROW} empty pages in a row, each with a next \
-                 page; the crawl ended at {}",
-                at.describe()
+            Stall::Looped => format!(
+                "the empty page at {at} pointed to a page already asked for since the last \
+                 item; the crawl ended there"
+            ),
+            Stall::Endless => format!(
+                "the API answered {EMPTY_PAGES_AT_MOST} empty pages in a row, each pointing to \
+                 another; the crawl ended at {at}"
             ),
         }
     }
 }
 
-/// A crawl ends after this many empty pages in a row that each point to another.
-pub const EMPTY_PAGES_IN_A_ROW: u32 = 3;
+/// A crawl ends after this many empty pages in a row, each pointing to another.
+pub const EMPTY_PAGES_AT_MOST: usize = 1_000;
 
 impl Progress {
     /// Takes `page`, found at `at`; says why following its next page would make no
     /// progress, if it would.
     pub fn stall(&mut self, at: &PageRef, page: &Page) -> Option<Stall> {
         let empty = page.items.is_empty();
-        self.empty_in_a_row = if empty { self.empty_in_a_row + 1 } else { 0 };
-        let stall = if page.next.is_none() {
-            None
-        } else if self.repeated_by(at, page) {
-            Some(Stall::Repeated)
-        } else if self.empty_in_a_row >= EMPTY_PAGES_IN_A_ROW {
-            Some(Stall::Empty)
+        if empty {
+            self.empty_run.insert(at.clone());
         } else {
-            None
+            self.empty_run.clear();
+        }
+        let stall = match &page.next {
+            None => None,
+            Some(_) if self.repeated_by(at, page) => Some(Stall::Repeated),
+            Some(next) if empty && self.empty_run.contains(next) => Some(Stall::Looped),
+            Some(_) if self.empty_run.len() >= EMPTY_PAGES_AT_MOST => Some(Stall::Endless),
+            Some(_) => None,
         };
         self.at = Some(at.clone());
         self.items = page.items.iter().map(identity).collect();
@@ -448,7 +457,7 @@ mod tests {
     }
 
     #[test]
-    fn empty_pages_that_each_point_to_another_end_the_crawl_after_three() {
+    fn empty_pages_end_a_crawl_when_they_loop_or_never_stop() {
         let s = spec("{url: 'http://127.0.0.1/', items: data, version: v, pagination: {type: cursor, param: cursor, path: next}}");
         let page = |items: std::ops::Range<u32>, next: &str| {
             let mut doc: serde_json::Value = serde_json::from_slice(&body(items, &[])).unwrap();
@@ -461,18 +470,33 @@ mod tests {
             )
             .unwrap()
         };
-        let at = PageRef::Cursor { token: "c".into() };
+        let at = |token: &str| PageRef::Cursor {
+            token: token.into(),
+        };
+        // Empty pages that each point further on are followed (an API filtering after
+        // paging), up to a bound.
         let mut p = Progress::default();
-        assert_eq!(p.stall(&at, &page(0..0, "c1")), None);
-        assert_eq!(p.stall(&at, &page(0..0, "c2")), None);
-        // An item in between starts the count again.
-        assert_eq!(p.stall(&at, &page(0..1, "c3")), None);
-        assert_eq!(p.stall(&at, &page(0..0, "c4")), None);
-        assert_eq!(p.stall(&at, &page(0..0, "c5")), None);
-        assert_eq!(p.stall(&at, &page(0..0, "c6")), Some(Stall::Empty));
-        assert!(Stall::Empty
-            .describe(&at)
-            .contains("3 empty pages in a row"));
+        for n in 1..EMPTY_PAGES_AT_MOST {
+            let (here, next) = (format!("c{n}"), format!("c{}", n + 1));
+            assert_eq!(p.stall(&at(&here), &page(0..0, &next)), None, "page {n}");
+        }
+        let last = format!("c{EMPTY_PAGES_AT_MOST}");
+        assert_eq!(
+            p.stall(&at(&last), &page(0..0, "c-next")),
+            Some(Stall::Endless)
+        );
+        // An empty page pointing back to one asked for since the last item is a loop.
+        let mut p = Progress::default();
+        assert_eq!(p.stall(&at("a"), &page(0..0, "b")), None);
+        assert_eq!(p.stall(&at("b"), &page(0..0, "a")), Some(Stall::Looped));
+        // An item in between starts over: the API may hand out a cursor again later.
+        let mut p = Progress::default();
+        assert_eq!(p.stall(&at("a"), &page(0..0, "b")), None);
+        assert_eq!(p.stall(&at("b"), &page(0..1, "c")), None);
+        assert_eq!(p.stall(&at("c"), &page(0..0, "a")), None);
+        assert!(Stall::Looped
+            .describe(&at("b"))
+            .contains("already asked for"));
     }
 
     #[test]

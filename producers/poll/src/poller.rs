@@ -432,18 +432,21 @@ impl Poller {
                         next: PageRef::First,
                         ..crawl
                     });
+                    progress = page::Progress::default();
                     continue;
                 }
                 Fetched::Page { body, headers } => (body, headers),
             };
             let parsing = Instant::now();
             let mut page = page::parse(&self.settings.spec, &crawl.next, &body, &headers)?;
+            // A list of one page (whose ETag then stands for the whole list): before a stall
+            // cuts a longer one short.
+            let single = crawl.next == PageRef::First && page.next.is_none();
             if let Some(stall) = progress.stall(&crawl.next, &page) {
                 self.stalled(stall.describe(&crawl.next));
                 page.next = None;
             }
             let parsed = parsing.elapsed();
-            let single = crawl.next == PageRef::First && page.next.is_none();
             let etag = etag.filter(|_| single).map(|e| (url.to_string(), e));
             ahead = self.fetch_ahead(&crawl, &page, shutdown)?;
             let writing = Instant::now();
