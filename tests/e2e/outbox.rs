@@ -818,6 +818,84 @@ async fn rows_relayed_past_a_held_one_and_forgotten_are_not_published_again_afte
     );
 }
 
+/// The next event of aggregates `i-0` … `i-{n-1}`, one transaction each.
+async fn write_one_each(
+    client: &mut tokio_postgres::Client,
+    d: &Deployment,
+    n: usize,
+    ledger: &Mutex<Ledger>,
+) {
+    let writer = d.writer();
+    for a in 0..n {
+        write_next(client, &writer, &d.table, &format!("i-{a}"), true, ledger).await;
+    }
+}
+
+/// A lane restored with more aggregates than its bound (a relay started with a lower
+/// `aggregates_in_memory`, or one that ran before the bound existed) forgets the surplus and
+/// deletes their state records even with no new rows to relay; the aggregates' next events
+/// are still relayed once, in order, through the lookup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idle_lane_over_its_bound_shrinks_its_state() {
+    const AGGREGATES: usize = 200;
+    let d = Deployment::new("obi").await;
+    let ledger = Mutex::new(Ledger::default());
+    let mut client = connect().await;
+    let mut large = RelayProcess::remembering(&d, "relay-large", 100_000);
+    large.ready().await;
+    write_one_each(&mut client, &d, AGGREGATES, &ledger).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while large.metric("sluice_outbox_relayed_total").await < AGGREGATES as f64 {
+        assert!(
+            Instant::now() < deadline,
+            "the first events were not relayed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    large.kill();
+    // Restored with about 50 aggregates a lane against a bound of 16, and nothing to relay.
+    let mut small = RelayProcess::remembering(&d, "relay-small", 16);
+    small.ready().await;
+    small.owns_every_lane().await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while small.metric("sluice_outbox_aggregates_in_memory").await > 64.0 {
+        assert!(Instant::now() < deadline, "the lanes kept their surplus");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    small.kill();
+    // What the next relay reads back is the shrunken state.
+    let mut restored = RelayProcess::remembering(&d, "relay-restored", 16);
+    restored.ready().await;
+    restored.owns_every_lane().await;
+    let log = crate::support::read_log(&restored.log);
+    let claimed: Vec<usize> = log
+        .lines()
+        .filter(|l| l.contains("outbox lane claimed"))
+        .filter_map(|l| {
+            l.split("aggregates=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert_eq!(claimed.len(), 4, "{log}");
+    assert!(
+        claimed.iter().all(|&n| n <= 16),
+        "aggregates restored per lane: {claimed:?}"
+    );
+    write_one_each(&mut client, &d, AGGREGATES, &ledger).await;
+    read_and_account(&d, &ledger.into_inner().unwrap()).await;
+    assert!(
+        restored
+            .metric("sluice_outbox_aggregate_lookups_total")
+            .await
+            > 0.0
+    );
+}
+
 /// A lane reads its next rows by walking an index up to the batch's limit, never by reading
 /// and sorting the lane's whole backlog (which made each batch cost as much as the backlog),
 /// whichever plan PostgreSQL caches for the prepared statement.
