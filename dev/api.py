@@ -345,18 +345,15 @@ class Handler(BaseHTTPRequestHandler):
             start = 0
         page = rows[start : start + limit]
         more = start + limit < len(rows)
-        last = (page[-1][0], page[-1][1]) if page else None
+        token = api.cursor(page[-1][0], page[-1][1]) if page and more else None
         if cfg.get("empty_pages") and style in ("cursor", "link"):
-            page, more, last = [], True, (0, "o-000000")
+            # Empty, and the same next page every time: a cursor that loops.
+            api.empty_token = getattr(api, "empty_token", None) or api.cursor(0, "o-000000")
+            page, token = [], api.empty_token
         data = [api.public(r[2]) for r in page]
         api.items_served += len(data)
         body = {"data": data}
         headers = []
-        token = api.cursor(*last) if last and more else None
-        if cfg.get("empty_pages") and style in ("cursor", "link"):
-            # The same next page every time: a cursor that loops.
-            api.empty_token = getattr(api, "empty_token", None) or token
-            token = api.empty_token
         if style == "cursor":
             body["next_cursor"] = token
         if style == "link" and token:

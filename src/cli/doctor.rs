@@ -176,11 +176,13 @@ async fn check_outbox(outbox: &sluice_runtime::config::OutboxConfig) -> bool {
             return false;
         }
     };
+    // As `TableName::relayed` names it (the name here need not be a valid `TableName`).
+    let relayed_table = format!("{}_relayed", outbox.table);
     let facts = client
         .query_one(
             "SELECT current_setting('server_version'), current_setting('wal_level'), \
                     to_regclass($1) IS NOT NULL, to_regclass($2) IS NOT NULL",
-            &[&outbox.table, &format!("{}_relayed", outbox.table)],
+            &[&outbox.table, &relayed_table],
         )
         .await;
     match facts {
@@ -188,7 +190,6 @@ async fn check_outbox(outbox: &sluice_runtime::config::OutboxConfig) -> bool {
             let (version, wal, exists, relayed): (String, String, bool, bool) =
                 (row.get(0), row.get(1), row.get(2), row.get(3));
             println!("  ok      PostgreSQL {version}, wal_level {wal}");
-            let relayed_table = format!("{}_relayed", outbox.table);
             match (exists, relayed) {
                 (false, _) => println!(
                     "  FAIL    table {} does not exist: run `sluice outbox init --apply`",

@@ -204,12 +204,25 @@ impl RelayProcess {
 
     /// Waits (30 s at most) until the relay owns all 4 lanes of the deployment.
     pub(crate) async fn owns_every_lane(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.metric("sluice_outbox_lanes_owned").await < 4.0 {
-            assert!(
-                Instant::now() < deadline,
-                "the relay never claimed its lanes"
-            );
+        self.wait_for(
+            "sluice_outbox_lanes_owned",
+            |v| v >= 4.0,
+            30,
+            "the relay never claimed its lanes",
+        )
+        .await;
+    }
+
+    /// Waits (`secs` at most, polling every 50 ms) until metric `name` (summed over its
+    /// lanes) satisfies `ok`; fails with `what` and the last value otherwise.
+    async fn wait_for(&self, name: &str, ok: impl Fn(f64) -> bool, secs: u64, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let value = self.metric(name).await;
+            if ok(value) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what} ({name} = {value})");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -707,14 +720,14 @@ async fn lanes_that_forget_aggregates_still_relay_each_event_once_in_order() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Round two has begun: the relay looks up aggregates it forgot in round one.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while first.metric("sluice_outbox_aggregate_lookups_total").await == 0.0 {
-        assert!(
-            Instant::now() < deadline,
-            "the relay never looked up a forgotten aggregate"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    first
+        .wait_for(
+            "sluice_outbox_aggregate_lookups_total",
+            |v| v > 0.0,
+            30,
+            "the relay never looked up a forgotten aggregate",
+        )
+        .await;
     first.kill();
     let mut second = RelayProcess::remembering(&d, "relay-restored", REMEMBERED);
     second.ready().await;
@@ -740,18 +753,14 @@ async fn lanes_that_forget_aggregates_still_relay_each_event_once_in_order() {
     assert!(kept >= 100, "{kept} aggregates in {}_relayed", d.table);
     // At rest each lane remembers at most its bound (what a batch looks up is forgotten
     // again after it), not the 240 aggregates.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let remembered = second.metric("sluice_outbox_aggregates_in_memory").await;
-        if remembered <= f64::from(4 * REMEMBERED) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{remembered} aggregates remembered"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    second
+        .wait_for(
+            "sluice_outbox_aggregates_in_memory",
+            |v| v <= f64::from(4 * REMEMBERED),
+            10,
+            "the lanes remember more than their bound",
+        )
+        .await;
 }
 
 /// Rows relayed past one held behind a gap are read again after a restart (the lane's
@@ -844,24 +853,27 @@ async fn an_idle_lane_over_its_bound_shrinks_its_state() {
     let mut large = RelayProcess::remembering(&d, "relay-large", 100_000);
     large.ready().await;
     write_one_each(&mut client, &d, AGGREGATES, &ledger).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while large.metric("sluice_outbox_relayed_total").await < AGGREGATES as f64 {
-        assert!(
-            Instant::now() < deadline,
-            "the first events were not relayed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    large
+        .wait_for(
+            "sluice_outbox_relayed_total",
+            |v| v >= AGGREGATES as f64,
+            30,
+            "the first events were not relayed",
+        )
+        .await;
     large.kill();
     // Restored with about 50 aggregates a lane against a bound of 16, and nothing to relay.
     let mut small = RelayProcess::remembering(&d, "relay-small", 16);
     small.ready().await;
     small.owns_every_lane().await;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while small.metric("sluice_outbox_aggregates_in_memory").await > 64.0 {
-        assert!(Instant::now() < deadline, "the lanes kept their surplus");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    small
+        .wait_for(
+            "sluice_outbox_aggregates_in_memory",
+            |v| v <= 64.0,
+            15,
+            "the lanes kept their surplus",
+        )
+        .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     small.kill();
     // What the next relay reads back is the shrunken state.
@@ -959,14 +971,14 @@ async fn without_its_relayed_table_a_lane_keeps_its_aggregates_in_memory() {
         .await;
     }
     read_and_account(&d, &ledger.into_inner().unwrap()).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while relay.metric("sluice_outbox_aggregates_in_memory").await < 200.0 {
-        assert!(
-            Instant::now() < deadline,
-            "the lanes did not keep every aggregate"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    relay
+        .wait_for(
+            "sluice_outbox_aggregates_in_memory",
+            |v| v >= 200.0,
+            10,
+            "the lanes did not keep every aggregate",
+        )
+        .await;
     let log = crate::support::read_log(&relay.log);
     assert!(
         log.contains("could not write aggregates to PostgreSQL")
@@ -1043,11 +1055,14 @@ async fn a_payload_off_its_schema_or_refused_by_kafka_is_dead_lettered_and_a_gap
     );
 
     // The gap is reported after its bound, and sequence 3 is held, not skipped.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while relay.metric("sluice_outbox_sequence_gaps_total").await < 1.0 {
-        assert!(Instant::now() < deadline, "the gap was never reported");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    relay
+        .wait_for(
+            "sluice_outbox_sequence_gaps_total",
+            |v| v >= 1.0,
+            30,
+            "the gap was never reported",
+        )
+        .await;
     let topic = d.events_topic();
     let t = topic.clone();
     let before = tokio::task::spawn_blocking(move || {
