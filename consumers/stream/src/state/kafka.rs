@@ -217,7 +217,9 @@ fn stable_ends(
             }
             if Instant::now() > deadline {
                 return Err(format!(
-                    "partition {p}: a transaction stayed open on it (stable offset {stable}, end {high})"
+                    "partition {p}: a transaction stayed open on it (stable offset {stable}, end {high}); \
+                     if it never ends, `kafka-transactions.sh find-hanging` names it and \
+                     `kafka-transactions.sh abort` ends it"
                 ));
             }
             std::thread::sleep(Duration::from_millis(200));
