@@ -711,9 +711,25 @@ async fn commit_transaction(
     result
 }
 
+/// Tries at ending a transaction whose abort keeps timing out (30 s each) before leaving it
+/// to the broker's timeout sweep.
+const ABORT_ATTEMPTS: u32 = 10;
+
+/// Aborts the open transaction. An abort that times out (the coordinator unreachable, as
+/// while a broker restarts) is tried again at once: left pending, the transaction stays
+/// open, and so does every read_committed reader of the partitions it wrote, until the
+/// broker's own sweep aborts it. Other errors (nothing open, fenced) are for the next
+/// `begin_transaction` to report.
 fn abort_transaction(producer: &FutureProducer) {
-    let p = producer.clone();
-    let _ = blocking(move || p.abort_transaction(Duration::from_secs(30)));
+    for attempt in 1..=ABORT_ATTEMPTS {
+        let p = producer.clone();
+        match blocking(move || p.abort_transaction(Duration::from_secs(30))) {
+            Err(KafkaError::Transaction(e)) if e.is_retriable() => {
+                tracing::warn!(attempt, error = %e, "aborting the transaction timed out; trying again");
+            }
+            _ => return,
+        }
+    }
 }
 
 /// Produces the batch's remaining `outputs` after those already streamed, and waits until
