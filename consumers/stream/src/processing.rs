@@ -125,7 +125,7 @@ pub async fn fence_predecessor(
 }
 
 /// Runs the loop until shutdown. Returns an error only for failures a restart must fix
-/// (a fenced producer, a broken state restore).
+/// (a fenced producer, a commit whose outcome stays unknown, a broken state restore).
 ///
 /// Each turn goes through named phases: [`Loop::collect_batch`] polls (outside any
 /// transaction), [`Loop::apply_rebalance`] drops and restores state for partitions that
@@ -513,7 +513,8 @@ impl<'c, H: Handler> Loop<'c, H> {
 
     /// After the write: ends the batch (see [`Batch::end`]), then pauses a committed batch's
     /// retry partitions that are not due yet, or rewinds a batch that was not committed to
-    /// its start (a fatal producer error ends the loop instead).
+    /// its start (a fatal producer error, or a commit still unfinished, ends the loop
+    /// instead).
     async fn settle(
         &mut self,
         handled: Handled,
@@ -555,12 +556,14 @@ impl<'c, H: Handler> Loop<'c, H> {
         e: LoopError,
     ) -> Result<(), LoopError> {
         tracing::warn!(group = self.shared.group, error = %e, "batch not committed; rewinding to its start");
+        // Fenced, failed for good, or a commit still unfinished after every resume: a
+        // restart (whose producer fences this one) is the way out.
         if let LoopError::Kafka {
             source: KafkaError::Transaction(t),
             ..
         } = &e
         {
-            if t.is_fatal() {
+            if t.is_fatal() || t.is_retriable() {
                 return Err(e);
             }
         }
@@ -691,45 +694,56 @@ async fn commit_transaction(
         let metadata = consumer
             .group_metadata()
             .ok_or(LoopError::NoGroupMetadata)?;
-        let (p, offsets) = (producer.clone(), offsets.clone());
-        blocking(move || {
-            p.send_offsets_to_transaction(&offsets, &metadata, Duration::from_secs(30))
-        })
-        .map_err(kafka("adding offsets to the transaction"))?;
+        blocking(|| {
+            resume_while_retriable("adding offsets to the transaction", || {
+                producer.send_offsets_to_transaction(offsets, &metadata, Duration::from_secs(30))
+            })
+        })?;
         timed(Phase::Offsets, started);
         let started = Instant::now();
-        let p = producer.clone();
-        blocking(move || p.commit_transaction(Duration::from_secs(60)))
-            .map_err(kafka("committing the transaction"))?;
+        blocking(|| {
+            resume_while_retriable("committing the transaction", || {
+                producer.commit_transaction(Duration::from_secs(60))
+            })
+        })?;
         timed(Phase::Commit, started);
         Ok(())
     }
     .await;
-    if result.is_err() {
+    if result.as_ref().is_err_and(can_abort) {
         abort_transaction(producer);
     }
     result
 }
 
-/// Tries at ending a transaction whose abort keeps timing out (30 s each) before leaving it
-/// to the broker's timeout sweep.
-const ABORT_ATTEMPTS: u32 = 10;
+/// [`sluice_runtime::kafka::resume_while_retriable`], its error as the loop's.
+fn resume_while_retriable(
+    what: &'static str,
+    call: impl Fn() -> rdkafka::error::KafkaResult<()>,
+) -> Result<(), LoopError> {
+    sluice_runtime::kafka::resume_while_retriable(what, call).map_err(kafka(what))
+}
 
-/// Aborts the open transaction. An abort that times out (the coordinator unreachable, as
-/// while a broker restarts) is tried again at once: left pending, the transaction stays
-/// open, and so does every read_committed reader of the partitions it wrote, until the
-/// broker's own sweep aborts it. Other errors (nothing open, fenced) are for the next
+/// Whether the transaction can be aborted after `e`: not when the producer is fenced or
+/// failed for good, nor when a commit is still unfinished after every resume (the loop
+/// ends instead; see [`Loop::rewind`]).
+fn can_abort(e: &LoopError) -> bool {
+    !matches!(
+        e,
+        LoopError::Kafka { source: KafkaError::Transaction(t), .. } if t.is_fatal() || t.is_retriable()
+    )
+}
+
+/// Aborts the open transaction, resuming an abort that timed out (see
+/// [`resume_while_retriable`]): left unfinished, the transaction stays open until the
+/// broker's own timeout sweep. Other errors (nothing open, fenced) are for the next
 /// `begin_transaction` to report.
 fn abort_transaction(producer: &FutureProducer) {
-    for attempt in 1..=ABORT_ATTEMPTS {
-        let p = producer.clone();
-        match blocking(move || p.abort_transaction(Duration::from_secs(30))) {
-            Err(KafkaError::Transaction(e)) if e.is_retriable() => {
-                tracing::warn!(attempt, error = %e, "aborting the transaction timed out; trying again");
-            }
-            _ => return,
-        }
-    }
+    let _ = blocking(|| {
+        resume_while_retriable("aborting the transaction", || {
+            producer.abort_transaction(Duration::from_secs(30))
+        })
+    });
 }
 
 /// Produces the batch's remaining `outputs` after those already streamed, and waits until

@@ -285,7 +285,8 @@ pub async fn drained(producer: &FutureProducer, within: std::time::Duration) {
 }
 
 /// Commits `producer`'s transaction once its records are acknowledged and [`drained`], so
-/// the commit does not wait out the flush's 100 ms poll.
+/// the commit does not wait out the flush's 100 ms poll; a commit that timed out is resumed
+/// (see [`resume_while_retriable`]).
 pub async fn commit_transaction(
     producer: &FutureProducer,
     timeout: std::time::Duration,
@@ -293,7 +294,36 @@ pub async fn commit_transaction(
     use rdkafka::producer::Producer;
     drained(producer, std::time::Duration::from_secs(1)).await;
     let p = producer.clone();
-    blocking(move || p.commit_transaction(timeout)).await
+    blocking(move || {
+        resume_while_retriable("committing the transaction", || {
+            p.commit_transaction(timeout)
+        })
+    })
+    .await
+}
+
+/// Times a transactional call that timed out is resumed before its error is returned.
+pub const RESUME_ATTEMPTS: u32 = 5;
+
+/// Runs a blocking transactional producer call, calling it again while librdkafka says it
+/// may be retried (at most [`RESUME_ATTEMPTS`] calls). A commit or abort that timed out (as
+/// while a broker restarts) is still in progress: only the same call finishes it (an abort
+/// after an unfinished commit is refused as conflicting), and until it is finished the
+/// transaction stays open, holding every read_committed reader of its partitions. Blocking.
+pub fn resume_while_retriable(
+    what: &str,
+    call: impl Fn() -> Result<(), KafkaError>,
+) -> Result<(), KafkaError> {
+    let mut attempt = 1;
+    loop {
+        match call() {
+            Err(KafkaError::Transaction(e)) if e.is_retriable() && attempt < RESUME_ATTEMPTS => {
+                tracing::warn!(attempt, error = %e, "{what} did not finish; resuming it");
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Runs a blocking librdkafka call (transactions, metadata) off the async workers.
