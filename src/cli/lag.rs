@@ -197,9 +197,37 @@ fn table(report: &LagReport) -> String {
                 .collect();
             let _ = writeln!(out, "  {}", line.join("  ").trim_end());
         }
+        for p in g.partitions.iter().filter(|p| p.waits_on_transaction) {
+            let _ = writeln!(out, "  {}", transaction_wait(report, p));
+        }
         out.push('\n');
     }
     out
+}
+
+/// A note under a group's table for a partition whose lag waits behind an open transaction.
+fn transaction_wait(report: &LagReport, p: &lag::report::PartitionLag) -> String {
+    let open = report
+        .topics
+        .iter()
+        .find(|t| t.topic == p.topic && t.partition == p.partition)
+        .and_then(|t| t.open_transaction_seconds);
+    let seen = open.map_or_else(String::new, |s| {
+        format!(" (seen open for {})", time_lag(Some(s), None))
+    });
+    let mut note = format!(
+        "{}/{}: read up to offset {}; the rest waits behind a transaction still open there{seen}",
+        p.topic,
+        p.partition,
+        opt(p.stable_offset)
+    );
+    if open.is_some_and(|s| s >= lag::open_transactions::HANGING_AFTER_SECONDS) {
+        note.push_str(
+            "; longer than any transaction may last: a hanging transaction? \
+             `kafka-transactions.sh find-hanging` names it, `kafka-transactions.sh abort` ends it",
+        );
+    }
+    note
 }
 
 fn opt(v: Option<i64>) -> String {
@@ -230,6 +258,41 @@ fn time_lag(seconds: Option<f64>, estimate: Option<Estimate>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_partition_waiting_on_a_transaction_gets_a_note() {
+        use sluice_ops::lag::collect::{GroupOffsets, PartitionOffsets, Snapshot};
+        let tp = ("orders".to_string(), 2);
+        let snapshot = |at_ms| Snapshot {
+            taken_at_ms: at_ms,
+            groups: vec![GroupOffsets {
+                group: "g".into(),
+                state: "Empty".into(),
+                committed: [(tp.clone(), 40)].into(),
+                ..GroupOffsets::default()
+            }],
+            partitions: [(
+                tp.clone(),
+                PartitionOffsets {
+                    oldest: Some(0),
+                    log_end: Some(55),
+                    stable_end: Some(40),
+                },
+            )]
+            .into(),
+            settled: Default::default(),
+        };
+        let mut tracker = lag::tracker::Tracker::new(2);
+        tracker.observe(&snapshot(0));
+        let text = table(&tracker.observe(&snapshot(1_000_000)));
+        assert!(
+            text.contains(
+                "orders/2: read up to offset 40; the rest waits behind a transaction still open \
+                 there (seen open for 16m40s); longer than any transaction may last"
+            ),
+            "{text}"
+        );
+    }
 
     #[test]
     fn time_lags_read_at_a_glance() {

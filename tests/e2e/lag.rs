@@ -89,6 +89,45 @@ fn member(group: &str, topic: &str) -> BaseConsumer {
     c
 }
 
+/// The start offsets of the transactions Kafka's own `kafka-transactions describe-producers`
+/// sees open on `topic`/`partition`.
+fn kafka_open_transactions(topic: &str, partition: i32) -> Vec<i64> {
+    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/dev/stack"))
+        .arg("kafka-tool")
+        .arg("org.apache.kafka.tools.TransactionsCommand")
+        .args([
+            "--bootstrap-server",
+            &crate::support::kafka().bootstrap_servers,
+            "describe-producers",
+            "--topic",
+            topic,
+            "--partition",
+            &partition.to_string(),
+        ])
+        .output()
+        .expect("run dev/stack kafka-tool");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "kafka-transactions failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The tool's own log lines come first.
+    let mut lines = stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .skip_while(|cells| cells.first() != Some(&"ProducerId"));
+    let header = lines.next().unwrap_or_default();
+    let column = header
+        .iter()
+        .position(|c| *c == "CurrentTransactionStartOffset")
+        .unwrap_or_else(|| panic!("no CurrentTransactionStartOffset column in:\n{stdout}"));
+    lines
+        .filter_map(|cells| cells.get(column).and_then(|c| c.parse().ok()))
+        .filter(|offset: &i64| *offset >= 0)
+        .collect()
+}
+
 /// `sluice lag --json` with the given extra arguments, parsed.
 async fn sluice_lag(args: &[&str]) -> Value {
     let mut a = vec!["lag".to_string(), "--json".to_string()];
@@ -560,4 +599,84 @@ async fn an_idle_exactly_once_group_is_ok_though_a_commit_marker_remains() {
     let g = &report.unwrap().groups[0];
     assert_eq!(g.partitions[0].lag, Some(2));
     assert_eq!(g.status, Status::Stall, "{g:#?}");
+}
+
+/// A transaction left open holds back every read_committed reader of its partition: the
+/// group has read all it may, its lag does not fall, and `sluice lag` says why (the stable
+/// offset, the note, the exporter's gauge) until the transaction ends.
+#[tokio::test]
+async fn a_group_held_back_by_an_open_transaction_is_told_apart() {
+    require_stack().await;
+    let prefix = unique_prefix("lagopen");
+    let (topic, reader) = (format!("{prefix}.in"), format!("{prefix}-reader"));
+    create_topic(&topic, 1).await;
+    let plain = clients().producer("e2e").unwrap();
+    produce(&plain, &topic, 0, 2).await;
+    let txn: FutureProducer = clients()
+        .transactional_producer_config("e2e", &format!("{prefix}-txn"))
+        .unwrap()
+        .create()
+        .unwrap();
+    txn.init_transactions(Duration::from_secs(30)).unwrap();
+    txn.begin_transaction().unwrap();
+    txn.send(
+        FutureRecord::to(&topic)
+            .partition(0)
+            .key("k")
+            .payload("open"),
+        Duration::from_secs(10),
+    )
+    .await
+    .map_err(|(e, _)| e)
+    .unwrap();
+    // Records after the open one: readable only once the transaction ends.
+    produce(&plain, &topic, 0, 3).await;
+    commit(&reader, &topic, &[(0, 2)]);
+
+    assert_eq!(
+        kafka_open_transactions(&topic, 0),
+        vec![2],
+        "Kafka's tool sees the transaction open from offset 2"
+    );
+    let report = sluice_lag(&["--group", &reader, "--window", "3", "--interval", "1s"]).await;
+    let p = &group(&report, &reader)["partitions"][0];
+    assert_eq!(p["committed_offset"], 2);
+    assert_eq!(p["log_end_offset"], 6);
+    assert_eq!(p["stable_offset"], 2, "{p}");
+    assert_eq!(p["waits_on_transaction"], true, "{p}");
+    let t = &report["topics"][0];
+    assert_eq!(t["stable_offset"], 2);
+    let seen = t["open_transaction_seconds"]
+        .as_f64()
+        .expect("an open transaction");
+    assert!(
+        (1.0..60.0).contains(&seen),
+        "seen open for {seen} s over a 2 s window"
+    );
+
+    let (ok, text, err) = sluice_async(vec![
+        "lag".into(),
+        "--group".into(),
+        reader.clone(),
+        "--window".into(),
+        "2".into(),
+        "--interval".into(),
+        "1s".into(),
+    ])
+    .await;
+    assert!(ok, "{text}\n{err}");
+    assert!(
+        text.contains(&format!(
+            "{topic}/0: read up to offset 2; the rest waits behind a transaction still open there"
+        )),
+        "{text}"
+    );
+
+    txn.commit_transaction(Duration::from_secs(30)).unwrap();
+    assert_eq!(kafka_open_transactions(&topic, 0), Vec::<i64>::new());
+    let report = sluice_lag(&["--group", &reader, "--window", "2", "--interval", "1s"]).await;
+    let p = &group(&report, &reader)["partitions"][0];
+    assert_eq!(p["stable_offset"], p["log_end_offset"], "{p}");
+    assert_eq!(p["waits_on_transaction"], false, "{p}");
+    assert!(report["topics"][0]["open_transaction_seconds"].is_null());
 }

@@ -82,7 +82,7 @@ fn alert_rules_load_with_promtool() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("SUCCESS: 12 rules found"), "{text}");
+    assert!(text.contains("SUCCESS: 13 rules found"), "{text}");
 }
 
 pub(crate) async fn scrape(url: &str, wanted: impl Fn(&str) -> bool) -> String {

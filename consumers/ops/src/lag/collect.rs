@@ -78,12 +78,15 @@ pub struct GroupOffsets {
     pub error: Option<String>,
 }
 
-/// The oldest and log-end offsets of a partition; `None` when the broker did not answer
-/// for it (no leader, or the topic went away during the pass).
+/// The oldest, log-end and stable offsets of a partition; `None` when the broker did not
+/// answer for it (no leader, or the topic went away during the pass).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PartitionOffsets {
     pub oldest: Option<i64>,
     pub log_end: Option<i64>,
+    /// The last stable offset: where a read_committed reader stops. Below the log end while
+    /// a transaction is open on the partition.
+    pub stable_end: Option<i64>,
 }
 
 /// One collection pass.
@@ -103,6 +106,8 @@ pub struct Snapshot {
 pub struct Collector {
     clients: KafkaClients,
     admin: BaseConsumer,
+    /// The same queries with `read_committed` isolation, for stable offsets.
+    stable_reader: BaseConsumer,
     filter: GroupFilter,
     timeout: Duration,
     concurrency: usize,
@@ -144,9 +149,14 @@ impl Collector {
         let admin = client_config(&clients, None)?
             .create()
             .map_err(kafka("creating the lag admin client"))?;
+        let stable_reader = client_config(&clients, None)?
+            .set("isolation.level", "read_committed")
+            .create()
+            .map_err(kafka("creating the lag admin client"))?;
         Ok(Self {
             clients,
             admin,
+            stable_reader,
             filter,
             timeout: Duration::from_secs(10),
             concurrency: DEFAULT_CONCURRENCY,
@@ -234,14 +244,27 @@ impl Collector {
             for (t, p) in &wanted {
                 tpl.add_partition(t, *p);
             }
-            let log_end = self.list_offsets(&tpl, Offset::End, "reading log-end offsets")?;
-            let oldest = self.list_offsets(&tpl, Offset::Beginning, "reading oldest offsets")?;
+            let log_end =
+                self.list_offsets(&self.admin, &tpl, Offset::End, "reading log-end offsets")?;
+            let oldest = self.list_offsets(
+                &self.admin,
+                &tpl,
+                Offset::Beginning,
+                "reading oldest offsets",
+            )?;
+            let stable = self.list_offsets(
+                &self.stable_reader,
+                &tpl,
+                Offset::End,
+                "reading stable offsets",
+            )?;
             for tp in wanted {
                 partitions.insert(
                     tp.clone(),
                     PartitionOffsets {
                         oldest: oldest.get(tp).copied(),
                         log_end: log_end.get(tp).copied(),
+                        stable_end: stable.get(tp).copied(),
                     },
                 );
             }
@@ -336,14 +359,14 @@ impl Collector {
     /// earliest), one request per leader instead of one per partition.
     fn list_offsets(
         &self,
+        client: &BaseConsumer,
         tpl: &TopicPartitionList,
         which: Offset,
         what: &'static str,
     ) -> Result<BTreeMap<TopicPartition, i64>, LagError> {
         let mut query = tpl.clone();
         query.set_all_offsets(which).map_err(kafka(what))?;
-        let answer = self
-            .admin
+        let answer = client
             .offsets_for_times(query, self.timeout)
             .map_err(kafka(what))?;
         Ok(offsets(&answer))

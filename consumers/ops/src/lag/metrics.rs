@@ -62,6 +62,7 @@ pub struct LagMetrics {
     members: Family<AtomicI64>,
     lag_seconds: Family<AtomicF64>,
     group_status: Family<AtomicI64>,
+    open_transaction_seconds: Family<AtomicF64>,
     evaluation_seconds: Histogram,
     errors: IntCounter,
 }
@@ -138,6 +139,12 @@ impl LagMetrics {
                 "1 for the group's current Burrow-style status (OK, WARN, REWIND, STALL, STOP, ERR), 0 for the others.",
                 &["consumergroup", "status"],
             )?,
+            open_transaction_seconds: Family::new(
+                registry,
+                "sluice_lag_open_transaction_seconds",
+                "How long the partition's stable offset has been seen held below its log end by an open transaction; absent when none is. Past transaction.max.timeout.ms (15 min by default) it is a hanging transaction.",
+                &["topic", "partition"],
+            )?,
             evaluation_seconds,
             errors,
         })
@@ -177,6 +184,9 @@ impl LagMetrics {
             if let Some(oldest) = t.oldest_offset {
                 self.topic_oldest.set(&labels, oldest);
             }
+            if let Some(secs) = t.open_transaction_seconds {
+                self.open_transaction_seconds.set(&labels, secs);
+            }
         }
         self.lag.finish();
         self.lag_sum.finish();
@@ -186,6 +196,7 @@ impl LagMetrics {
         self.members.finish();
         self.lag_seconds.finish();
         self.group_status.finish();
+        self.open_transaction_seconds.finish();
     }
 
     /// Counts an evaluation that failed; the previous values stay.
@@ -228,6 +239,7 @@ mod tests {
                 PartitionOffsets {
                     oldest: Some(2),
                     log_end: Some(10),
+                    stable_end: Some(7),
                 },
             )]
             .into(),
@@ -252,6 +264,7 @@ mod tests {
             r#"kafka_consumergroup_lag_seconds{consumergroup="b",partition="0",topic="t"} 0"#,
             r#"sluice_lag_group_status{consumergroup="a",status="OK"} 1"#,
             r#"sluice_lag_group_status{consumergroup="a",status="STOP"} 0"#,
+            r#"sluice_lag_open_transaction_seconds{partition="0",topic="t"} 0"#,
             "sluice_lag_evaluation_seconds_count 1",
         ] {
             assert!(out.contains(line), "missing {line}\n{out}");

@@ -14,6 +14,7 @@ pub mod assignment;
 pub mod collect;
 pub mod history;
 pub mod metrics;
+pub mod open_transactions;
 pub mod report;
 pub mod settled;
 pub mod status;

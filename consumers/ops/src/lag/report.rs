@@ -59,6 +59,11 @@ pub struct PartitionLag {
     pub samples: usize,
     /// Client id of the live member that owns the partition.
     pub owner: Option<String>,
+    /// Where a read_committed reader stops (see [`super::open_transactions`]).
+    pub stable_offset: Option<i64>,
+    /// The group has read up to the stable offset and the rest of its lag waits behind an
+    /// open transaction.
+    pub waits_on_transaction: bool,
 }
 
 /// Offsets of one partition of a topic.
@@ -68,4 +73,8 @@ pub struct TopicPartitionOffsets {
     pub partition: i32,
     pub oldest_offset: Option<i64>,
     pub log_end_offset: Option<i64>,
+    pub stable_offset: Option<i64>,
+    /// How long this monitor has seen the stable offset held at its value below the log end
+    /// by an open transaction (a lower bound of its age); `None` when nothing holds it.
+    pub open_transaction_seconds: Option<f64>,
 }

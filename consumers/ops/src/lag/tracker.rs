@@ -8,8 +8,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
-use super::collect::{GroupOffsets, Snapshot, TopicPartition};
+use super::collect::{GroupOffsets, PartitionOffsets, Snapshot, TopicPartition};
 use super::history::{LogEndHistory, DEFAULT_HISTORY_POINTS};
+use super::open_transactions::OpenTransactions;
 use super::report::{GroupLag, LagReport, PartitionLag, TopicLag, TopicPartitionOffsets};
 use super::status::{self, Sample, Status};
 
@@ -23,6 +24,7 @@ pub struct Tracker {
     /// (group, topic, partition) → the newest `window` samples, oldest first.
     windows: HashMap<(String, TopicPartition), VecDeque<Sample>>,
     histories: HashMap<TopicPartition, LogEndHistory>,
+    open: OpenTransactions,
 }
 
 impl Tracker {
@@ -33,6 +35,7 @@ impl Tracker {
             history_points: DEFAULT_HISTORY_POINTS,
             windows: HashMap::new(),
             histories: HashMap::new(),
+            open: OpenTransactions::default(),
         }
     }
 
@@ -58,6 +61,7 @@ impl Tracker {
         }
         self.histories
             .retain(|tp, _| snapshot.partitions.contains_key(tp));
+        self.open.observe(&snapshot.partitions, now);
 
         let mut live: HashSet<(String, TopicPartition)> = HashSet::new();
         let groups = snapshot
@@ -79,6 +83,10 @@ impl Tracker {
                     partition: *partition,
                     oldest_offset: o.oldest,
                     log_end_offset: o.log_end,
+                    stable_offset: o.stable_end,
+                    open_transaction_seconds: self
+                        .open
+                        .open_seconds(&(topic.clone(), *partition), now),
                 })
                 .collect(),
         }
@@ -148,6 +156,8 @@ impl Tracker {
                 status: eval.status,
                 samples: window.len(),
                 owner,
+                stable_offset: offsets.stable_end,
+                waits_on_transaction: waits_on_transaction(committed, offsets),
             });
             live.insert(key);
         }
@@ -177,6 +187,15 @@ impl Tracker {
             lag_by_topic,
             partitions,
         }
+    }
+}
+
+/// Whether a group at `committed` has read all a read_committed reader may, with records
+/// beyond it that an open transaction holds back.
+fn waits_on_transaction(committed: i64, offsets: PartitionOffsets) -> bool {
+    match (offsets.stable_end, offsets.log_end) {
+        (Some(stable), Some(end)) => committed >= stable && stable < end,
+        _ => false,
     }
 }
 
@@ -224,6 +243,7 @@ mod tests {
                         PartitionOffsets {
                             oldest: Some(0),
                             log_end: Some(*end),
+                            stable_end: Some(*end),
                         },
                     )
                 })
@@ -266,6 +286,28 @@ mod tests {
         // The log end never moved while watched: at least since the first sample.
         assert_eq!(p.lag_seconds, Some(4.0));
         assert_eq!(p.lag_seconds_estimate, Some(Estimate::LowerBound));
+    }
+
+    #[test]
+    fn a_group_caught_up_to_an_open_transaction_waits_on_it() {
+        let mut t = Tracker::new(2);
+        let mut s = snap(0, &[0], &[(5, 9), (3, 9)]);
+        for o in s.partitions.values_mut() {
+            o.stable_end = Some(5);
+        }
+        t.observe(&s);
+        s.taken_at_ms = 7_000;
+        let r = t.observe(&s);
+        let waits: Vec<bool> = r.groups[0]
+            .partitions
+            .iter()
+            .map(|p| p.waits_on_transaction)
+            .collect();
+        // p0 read everything stable; p1 still has stable records to read.
+        assert_eq!(waits, vec![true, false]);
+        assert_eq!(r.groups[0].partitions[0].stable_offset, Some(5));
+        assert_eq!(r.topics[0].open_transaction_seconds, Some(7.0));
+        assert_eq!(r.topics[0].stable_offset, Some(5));
     }
 
     #[test]
