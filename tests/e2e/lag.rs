@@ -128,6 +128,39 @@ fn kafka_open_transactions(topic: &str, partition: i32) -> Vec<i64> {
         .collect()
 }
 
+/// A transactional producer with a transaction open on `topic`/0 holding one record; the
+/// transaction stays open until the producer is dropped and the broker times it out.
+async fn open_transaction(topic: &str, id: &str) -> FutureProducer {
+    let txn: FutureProducer = clients()
+        .transactional_producer_config("e2e", id)
+        .unwrap()
+        .create()
+        .unwrap();
+    txn.init_transactions(Duration::from_secs(30)).unwrap();
+    txn.begin_transaction().unwrap();
+    txn.send(
+        FutureRecord::to(topic)
+            .partition(0)
+            .key("k")
+            .payload("open"),
+        Duration::from_secs(10),
+    )
+    .await
+    .map_err(|(e, _)| e)
+    .unwrap();
+    txn
+}
+
+/// A fresh topic whose only record sits in an open transaction, with a group committed
+/// in front of it: what the lag exporter's open-transaction gauge shows.
+pub(crate) async fn hold_a_group_behind_an_open_transaction(prefix: &str) -> FutureProducer {
+    let topic = format!("{prefix}.held");
+    create_topic(&topic, 1).await;
+    let txn = open_transaction(&topic, &format!("{prefix}-txn")).await;
+    commit(&format!("{prefix}-held"), &topic, &[(0, 0)]);
+    txn
+}
+
 /// `sluice lag --json` with the given extra arguments, parsed.
 async fn sluice_lag(args: &[&str]) -> Value {
     let mut a = vec!["lag".to_string(), "--json".to_string()];
@@ -612,23 +645,7 @@ async fn a_group_held_back_by_an_open_transaction_is_told_apart() {
     create_topic(&topic, 1).await;
     let plain = clients().producer("e2e").unwrap();
     produce(&plain, &topic, 0, 2).await;
-    let txn: FutureProducer = clients()
-        .transactional_producer_config("e2e", &format!("{prefix}-txn"))
-        .unwrap()
-        .create()
-        .unwrap();
-    txn.init_transactions(Duration::from_secs(30)).unwrap();
-    txn.begin_transaction().unwrap();
-    txn.send(
-        FutureRecord::to(&topic)
-            .partition(0)
-            .key("k")
-            .payload("open"),
-        Duration::from_secs(10),
-    )
-    .await
-    .map_err(|(e, _)| e)
-    .unwrap();
+    let txn = open_transaction(&topic, &format!("{prefix}-txn")).await;
     // Records after the open one: readable only once the transaction ends.
     produce(&plain, &topic, 0, 3).await;
     commit(&reader, &topic, &[(0, 2)]);

@@ -179,8 +179,14 @@ async fn every_metric_in_dashboards_and_rules_is_exported() {
             && s.contains("sluice_consumer_dead_letters_total")
     })
     .await;
+    // A group held behind an open transaction, for the open-transaction gauge.
+    let _open = crate::lag::hold_a_group_behind_an_open_transaction(
+        &crate::gateway::unique_prefix("obsopen"),
+    )
+    .await;
     let lag_metrics = scrape(&format!("http://127.0.0.1:{lag_admin}/metrics"), |s| {
         s.contains("kafka_consumergroup_lag_seconds")
+            && s.contains("sluice_lag_open_transaction_seconds")
     })
     .await;
     // `sluice run` supervises the orchestrator as a child on the next admin port.
