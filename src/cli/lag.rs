@@ -198,36 +198,40 @@ fn table(report: &LagReport) -> String {
             let _ = writeln!(out, "  {}", line.join("  ").trim_end());
         }
         for p in g.partitions.iter().filter(|p| p.waits_on_transaction) {
-            let _ = writeln!(out, "  {}", transaction_wait(report, p));
+            if let Some(note) = transaction_wait(report, p) {
+                let _ = writeln!(out, "  {note}");
+            }
         }
         out.push('\n');
     }
     out
 }
 
-/// A note under a group's table for a partition whose lag waits behind an open transaction.
-fn transaction_wait(report: &LagReport, p: &lag::report::PartitionLag) -> String {
+/// A note under a group's table for a partition whose lag waits behind a transaction seen
+/// open over more than one pass: on a busy exactly-once topic some transaction is open at
+/// any instant, and each commit moves the stable offset on.
+fn transaction_wait(report: &LagReport, p: &lag::report::PartitionLag) -> Option<String> {
     let open = report
         .topics
         .iter()
         .find(|t| t.topic == p.topic && t.partition == p.partition)
-        .and_then(|t| t.open_transaction_seconds);
-    let seen = open.map_or_else(String::new, |s| {
-        format!(" (seen open for {})", time_lag(Some(s), None))
-    });
+        .and_then(|t| t.open_transaction_seconds)
+        .filter(|s| *s > 0.0)?;
     let mut note = format!(
-        "{}/{}: read up to offset {}; the rest waits behind a transaction still open there{seen}",
+        "{}/{}: read up to offset {}; the rest waits behind a transaction still open there \
+         (seen open for {})",
         p.topic,
         p.partition,
-        opt(p.stable_offset)
+        opt(p.stable_offset),
+        time_lag(Some(open), None)
     );
-    if open.is_some_and(|s| s >= lag::open_transactions::HANGING_AFTER_SECONDS) {
+    if open >= lag::open_transactions::HANGING_AFTER_SECONDS {
         note.push_str(
             "; longer than any transaction may last: a hanging transaction? \
              `kafka-transactions.sh find-hanging` names it, `kafka-transactions.sh abort` ends it",
         );
     }
-    note
+    Some(note)
 }
 
 fn opt(v: Option<i64>) -> String {
@@ -283,7 +287,11 @@ mod tests {
             settled: Default::default(),
         };
         let mut tracker = lag::tracker::Tracker::new(2);
-        tracker.observe(&snapshot(0));
+        let first = table(&tracker.observe(&snapshot(0)));
+        assert!(
+            !first.contains("waits behind"),
+            "one sighting is no wait yet: {first}"
+        );
         let text = table(&tracker.observe(&snapshot(1_000_000)));
         assert!(
             text.contains(
