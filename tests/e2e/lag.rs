@@ -128,9 +128,8 @@ fn kafka_open_transactions(topic: &str, partition: i32) -> Vec<i64> {
         .collect()
 }
 
-/// A transactional producer with a transaction open on `topic`/0 holding one record; the
-/// transaction stays open until the producer is dropped and the broker times it out.
-async fn open_transaction(topic: &str, id: &str) -> FutureProducer {
+/// A transactional producer `id` with a transaction begun.
+fn begun_transaction(id: &str) -> FutureProducer {
     let txn: FutureProducer = clients()
         .transactional_producer_config("e2e", id)
         .unwrap()
@@ -138,6 +137,13 @@ async fn open_transaction(topic: &str, id: &str) -> FutureProducer {
         .unwrap();
     txn.init_transactions(Duration::from_secs(30)).unwrap();
     txn.begin_transaction().unwrap();
+    txn
+}
+
+/// A transactional producer with a transaction open on `topic`/0 holding one record; the
+/// transaction stays open until the producer is dropped and the broker times it out.
+async fn open_transaction(topic: &str, id: &str) -> FutureProducer {
+    let txn = begun_transaction(id);
     txn.send(
         FutureRecord::to(topic)
             .partition(0)
@@ -583,13 +589,7 @@ async fn an_idle_exactly_once_group_is_ok_though_a_commit_marker_remains() {
     let prefix = unique_prefix("lagtx");
     let (topic, group) = (format!("{prefix}.in"), format!("{prefix}-eos"));
     create_topic(&topic, 1).await;
-    let txn: FutureProducer = clients()
-        .transactional_producer_config("e2e", &format!("{prefix}-txn"))
-        .unwrap()
-        .create()
-        .unwrap();
-    txn.init_transactions(Duration::from_secs(30)).unwrap();
-    txn.begin_transaction().unwrap();
+    let txn = begun_transaction(&format!("{prefix}-txn"));
     for i in 0..3 {
         txn.send(
             FutureRecord::to(&topic)

@@ -80,6 +80,16 @@ impl LoopError {
             detail,
         }
     }
+
+    /// Whether only a restart (whose producer fences this one) gets past this error: the
+    /// producer is fenced or failed for good, or a commit is still unfinished after every
+    /// resume. Such a transaction cannot be aborted either.
+    fn needs_restart(&self) -> bool {
+        matches!(
+            self,
+            LoopError::Kafka { source: KafkaError::Transaction(t), .. } if t.is_fatal() || t.is_retriable()
+        )
+    }
 }
 
 fn kafka(what: &'static str) -> impl FnOnce(KafkaError) -> LoopError {
@@ -556,16 +566,8 @@ impl<'c, H: Handler> Loop<'c, H> {
         e: LoopError,
     ) -> Result<(), LoopError> {
         tracing::warn!(group = self.shared.group, error = %e, "batch not committed; rewinding to its start");
-        // Fenced, failed for good, or a commit still unfinished after every resume: a
-        // restart (whose producer fences this one) is the way out.
-        if let LoopError::Kafka {
-            source: KafkaError::Transaction(t),
-            ..
-        } = &e
-        {
-            if t.is_fatal() || t.is_retriable() {
-                return Err(e);
-            }
+        if e.needs_restart() {
+            return Err(e);
         }
         for ((topic, partition), first) in firsts {
             // A partition revoked meanwhile cannot be sought; its new owner resumes from the
@@ -683,7 +685,7 @@ async fn commit_transaction(
     offsets: &TopicPartitionList,
     timed: impl Fn(Phase, Instant),
 ) -> Result<(), LoopError> {
-    let result = async {
+    let result: Result<(), LoopError> = async {
         // Every output acknowledged before the commit: rdkafka's commit flushes first, and a
         // flush that finds messages in flight sleeps 100 ms per check, which would otherwise
         // be the price of every transaction.
@@ -710,7 +712,7 @@ async fn commit_transaction(
         Ok(())
     }
     .await;
-    if result.as_ref().is_err_and(can_abort) {
+    if matches!(&result, Err(e) if !e.needs_restart()) {
         abort_transaction(producer);
     }
     result
@@ -722,16 +724,6 @@ fn resume_while_retriable(
     call: impl Fn() -> rdkafka::error::KafkaResult<()>,
 ) -> Result<(), LoopError> {
     sluice_runtime::kafka::resume_while_retriable(what, call).map_err(kafka(what))
-}
-
-/// Whether the transaction can be aborted after `e`: not when the producer is fenced or
-/// failed for good, nor when a commit is still unfinished after every resume (the loop
-/// ends instead; see [`Loop::rewind`]).
-fn can_abort(e: &LoopError) -> bool {
-    !matches!(
-        e,
-        LoopError::Kafka { source: KafkaError::Transaction(t), .. } if t.is_fatal() || t.is_retriable()
-    )
 }
 
 /// Aborts the open transaction, resuming an abort that timed out (see
