@@ -183,6 +183,7 @@ async fn an_oversized_record_is_dead_lettered_and_the_normalizer_keeps_going() {
     // original sits; an event the topic refuses dead-letters its delivery as RecordTooLarge.
     shrink_topic_limit(&pl.topic("dlq.normalizer"), "200000").await;
     shrink_topic_limit(&pl.topic("events.external"), "200000").await;
+    let sent = std::time::Instant::now();
     assert_eq!(pl.send_hook("msg_big_2", big.clone()).await, 202);
     let mut large_json = br#"{"type":"a.big","blob":""#.to_vec();
     large_json.extend(
@@ -230,6 +231,13 @@ async fn an_oversized_record_is_dead_lettered_and_the_normalizer_keeps_going() {
     assert_eq!(
         header(&events[0], "ce_type").as_deref(),
         Some("dev.sluice.events.external.ExternalEvent")
+    );
+    // Two refusals in one transaction are found in passes of about a second each; waiting
+    // for the doomed transaction's other outputs instead took its 30 s timeout per pass.
+    assert!(
+        sent.elapsed() < Duration::from_secs(25),
+        "the refusals held the partition for {:?}",
+        sent.elapsed()
     );
 
     // A cut copy is never replayed as if it were whole.

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::future::join_all;
+use futures::stream::{FuturesUnordered, StreamExt};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, Producer};
@@ -506,7 +506,7 @@ impl<'c, H: Handler> Loop<'c, H> {
             (Ok(()), Guarantee::AtLeastOnce) => {
                 let (metrics, group) = (&self.shared.metrics, self.shared.group.as_str());
                 let producing = Instant::now();
-                produce_all(producer, outputs, stream, refusals).await?;
+                produce_all(producer, outputs, stream, refusals, Reports::All).await?;
                 metrics.phase(group, Phase::Produce, producing);
                 if offsets.count() == 0 {
                     return Ok(());
@@ -690,7 +690,7 @@ async fn commit_transaction(
         // flush that finds messages in flight sleeps 100 ms per check, which would otherwise
         // be the price of every transaction.
         let started = Instant::now();
-        produce_all(producer, outputs, stream, refusals).await?;
+        produce_all(producer, outputs, stream, refusals, Reports::UntilFailure).await?;
         timed(Phase::Produce, started);
         let started = Instant::now();
         let metadata = consumer
@@ -739,13 +739,15 @@ fn abort_transaction(producer: &FutureProducer) {
 }
 
 /// Produces the batch's remaining `outputs` after those already streamed, and waits until
-/// every one is acknowledged (an error when one failed), then until the producer holds no
-/// message at all (a delivery resolves just before librdkafka lets go of its message).
+/// every one is acknowledged (an error when one failed; see [`Reports`] for how long it
+/// waits after that), then until the producer holds no message at all (a delivery resolves
+/// just before librdkafka lets go of its message).
 async fn produce_all(
     producer: &FutureProducer,
     outputs: &[(Option<Origin>, Output)],
     stream: Option<&OutputStream>,
     refusals: &Refusals,
+    reports: Reports,
 ) -> Result<(), LoopError> {
     let mut deliveries = match stream {
         Some(stream) => stream.finish()?,
@@ -755,21 +757,58 @@ async fn produce_all(
         let d = enqueue(producer, o, origin.as_ref(), refusals)?;
         deliveries.push((Sent::of(origin.clone(), o), d));
     }
-    let (sent, futures): (Vec<Sent>, Vec<_>) = deliveries.into_iter().unzip();
-    let failed: Vec<(Sent, KafkaError)> = sent
-        .into_iter()
-        .zip(join_all(futures).await)
-        .filter_map(|(s, d)| match d {
-            Ok(Ok(_)) => None,
-            Ok(Err((e, _))) => Some((s, e)),
-            Err(_) => Some((s, KafkaError::Canceled)),
-        })
-        .collect();
+    let failed = reports.failures(deliveries).await;
     if !failed.is_empty() {
         return Err(delivery_failure(failed, refusals));
     }
     sluice_runtime::kafka::drained(producer, Duration::from_secs(1)).await;
     Ok(())
+}
+
+/// Which delivery reports a batch waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reports {
+    /// Every one: without a transaction, an output still in flight may yet be written.
+    All,
+    /// Those until the first failure, and the ones arriving with it. In a transaction, one
+    /// failed output dooms the rest: librdkafka holds them unsent until the abort purges them
+    /// (or until the transaction timeout, 30 s later, if nobody aborts), so waiting for them
+    /// only delays the abort.
+    UntilFailure,
+}
+
+/// How long reports are still taken after the first failure: the broker refuses a produce
+/// request as a whole, and its outputs' reports arrive together.
+const REPORTS_AFTER_FAILURE: Duration = Duration::from_millis(100);
+
+impl Reports {
+    /// The failed deliveries among `deliveries`, as far as this waits for them.
+    async fn failures(self, deliveries: Vec<Delivery>) -> Vec<(Sent, KafkaError)> {
+        let mut pending: FuturesUnordered<_> = deliveries
+            .into_iter()
+            .map(|(sent, d)| async move { (sent, d.await) })
+            .collect();
+        let mut failed = Vec::new();
+        loop {
+            let next = match (self, failed.is_empty()) {
+                (Reports::UntilFailure, false) => {
+                    tokio::time::timeout(REPORTS_AFTER_FAILURE, pending.next())
+                        .await
+                        .ok()
+                        .flatten()
+                }
+                _ => pending.next().await,
+            };
+            let Some((sent, report)) = next else {
+                return failed;
+            };
+            match report {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => failed.push((sent, e)),
+                Err(_) => failed.push((sent, KafkaError::Canceled)),
+            }
+        }
+    }
 }
 
 /// The error of a batch some of whose outputs failed, with refusals pinned on the records
