@@ -987,6 +987,12 @@ async fn without_its_relayed_table_a_lane_keeps_its_aggregates_in_memory() {
     );
 }
 
+/// Events of aggregate [`MATE`] written just before the refused one of aggregate "big".
+const MATES: i64 = 20;
+/// Shares "big"'s lane of 4 (`hashtextextended(aggregate_id, 0)`, so one transaction) and its
+/// partition of 3 (CRC32 of the key, librdkafka's default partitioner).
+const MATE: &str = "mate5";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_payload_off_its_schema_or_refused_by_kafka_is_dead_lettered_and_a_gap_is_waited_for_and_reported(
 ) {
@@ -1014,6 +1020,11 @@ async fn a_payload_off_its_schema_or_refused_by_kafka_is_dead_lettered_and_a_gap
     // A gap: 1 then 3; 3 must wait for 2.
     insert("gap", 1, good("gap", 1)).await;
     insert("gap", 3, good("gap", 3)).await;
+    // Events of another aggregate in the same lane and partition just before it: they share
+    // its produce request, which the broker refuses as a whole, and are not the culprit.
+    for sequence in 1..=MATES {
+        insert(MATE, sequence, good(MATE, sequence)).await;
+    }
     // An event the broker refuses (its topic takes 20,000 bytes; random text defeats zstd).
     let mut huge = good("big", 1);
     huge["order_id"] = (0..4000)
@@ -1066,7 +1077,12 @@ async fn a_payload_off_its_schema_or_refused_by_kafka_is_dead_lettered_and_a_gap
     let topic = d.events_topic();
     let t = topic.clone();
     let before = tokio::task::spawn_blocking(move || {
-        read_topic(&t, 4, Duration::from_secs(30), Duration::from_secs(1))
+        read_topic(
+            &t,
+            4 + MATES as usize,
+            Duration::from_secs(30),
+            Duration::from_secs(1),
+        )
     })
     .await
     .unwrap();
@@ -1087,15 +1103,28 @@ async fn a_payload_off_its_schema_or_refused_by_kafka_is_dead_lettered_and_a_gap
         ["2"],
         "the lane went on past the refused record"
     );
+    let mates: Vec<String> = (1..=MATES).map(|s| s.to_string()).collect();
+    assert_eq!(seqs(&before, MATE), mates, "the refusal's neighbours");
+    let partitions: BTreeSet<i32> = before
+        .iter()
+        .filter(|r| [MATE, "big"].contains(&r.header("sluice_aggregate_id")))
+        .map(|r| r.partition)
+        .collect();
+    assert_eq!(partitions.len(), 1, "{MATE} and big share a partition");
 
     insert("gap", 2, good("gap", 2)).await;
     let after = tokio::task::spawn_blocking(move || {
-        read_topic(&topic, 6, Duration::from_secs(30), Duration::from_secs(2))
+        read_topic(
+            &topic,
+            6 + MATES as usize,
+            Duration::from_secs(30),
+            Duration::from_secs(2),
+        )
     })
     .await
     .unwrap();
     assert_eq!(seqs(&after, "gap"), ["1", "2", "3"]);
-    assert_eq!(after.len(), 6);
+    assert_eq!(after.len(), 6 + MATES as usize);
 }
 
 /// Stops and restarts the stack's PostgreSQL under the relay: it reconnects, claims its lanes

@@ -498,8 +498,8 @@ pub async fn replay(
             (Err(e), _) | (_, Err(e)) => Err(e),
         };
         if let Err(e) = result {
-            let p = producer.clone();
-            let _ = tokio::task::block_in_place(|| p.abort_transaction(Duration::from_secs(30)));
+            let _ =
+                sluice_runtime::kafka::abort_transaction(&producer, Duration::from_secs(30)).await;
             return Err(e);
         }
         report.replayed += 1;

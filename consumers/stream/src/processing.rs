@@ -6,12 +6,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::stream::{FuturesUnordered, StreamExt};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, Producer};
 use rdkafka::{Offset, TopicPartitionList};
-use sluice_runtime::kafka::{set_default, KafkaClients};
+use sluice_runtime::kafka::{set_default, KafkaClients, Reports};
 use sluice_runtime::Shutdown;
 
 use super::batch::{self, Batch, Ended, OutputSink, Shared};
@@ -489,7 +488,7 @@ impl<'c, H: Handler> Loop<'c, H> {
         }
         match (begun, self.config.guarantee) {
             (Err(e), Guarantee::ExactlyOnce) => {
-                abort_transaction(producer);
+                abort_transaction(producer).await;
                 Err(e)
             }
             (Err(e), Guarantee::AtLeastOnce) => Err(e),
@@ -713,7 +712,7 @@ async fn commit_transaction(
     }
     .await;
     if matches!(&result, Err(e) if !e.needs_restart()) {
-        abort_transaction(producer);
+        abort_transaction(producer).await;
     }
     result
 }
@@ -726,21 +725,15 @@ fn resume_while_retriable(
     sluice_runtime::kafka::resume_while_retriable(what, call).map_err(kafka(what))
 }
 
-/// Aborts the open transaction, resuming an abort that timed out (see
-/// [`resume_while_retriable`]): left unfinished, the transaction stays open until the
-/// broker's own timeout sweep. Other errors (nothing open, fenced) are for the next
-/// `begin_transaction` to report.
-fn abort_transaction(producer: &FutureProducer) {
-    let _ = blocking(|| {
-        resume_while_retriable("aborting the transaction", || {
-            producer.abort_transaction(Duration::from_secs(30))
-        })
-    });
+/// Aborts the open transaction (see [`sluice_runtime::kafka::abort_transaction`]). Other
+/// errors (nothing open, fenced) are for the next `begin_transaction` to report.
+async fn abort_transaction(producer: &FutureProducer) {
+    let _ = sluice_runtime::kafka::abort_transaction(producer, Duration::from_secs(30)).await;
 }
 
 /// Produces the batch's remaining `outputs` after those already streamed, and waits until
-/// every one is acknowledged (an error when one failed; see [`Reports`] for how long it
-/// waits after that), then until the producer holds no message at all (a delivery resolves
+/// every one is acknowledged (an error when one failed; `reports` says how long it waits
+/// after that), then until the producer holds no message at all (a delivery resolves
 /// just before librdkafka lets go of its message).
 async fn produce_all(
     producer: &FutureProducer,
@@ -765,93 +758,26 @@ async fn produce_all(
     Ok(())
 }
 
-/// Which delivery reports a batch waits for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Reports {
-    /// Every one: without a transaction, an output still in flight may yet be written.
-    All,
-    /// Those until the first failure, and the ones arriving with it. In a transaction, one
-    /// failed output dooms the rest: librdkafka holds them unsent until the abort purges them
-    /// (or until the transaction timeout, 30 s later, if nobody aborts), so waiting for them
-    /// only delays the abort.
-    UntilFailure,
-}
-
-/// How long reports are still taken after the first failure: the broker refuses a produce
-/// request as a whole, and its outputs' reports arrive together.
-const REPORTS_AFTER_FAILURE: Duration = Duration::from_millis(100);
-
-impl Reports {
-    /// The failed deliveries among `deliveries`, as far as this waits for them.
-    async fn failures(self, deliveries: Vec<Delivery>) -> Vec<(Sent, KafkaError)> {
-        let mut pending: FuturesUnordered<_> = deliveries
-            .into_iter()
-            .map(|(sent, d)| async move { (sent, d.await) })
-            .collect();
-        let mut failed = Vec::new();
-        loop {
-            let next = match (self, failed.is_empty()) {
-                (Reports::UntilFailure, false) => {
-                    tokio::time::timeout(REPORTS_AFTER_FAILURE, pending.next())
-                        .await
-                        .ok()
-                        .flatten()
-                }
-                _ => pending.next().await,
-            };
-            let Some((sent, report)) = next else {
-                return failed;
-            };
-            match report {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => failed.push((sent, e)),
-                Err(_) => failed.push((sent, KafkaError::Canceled)),
-            }
-        }
-    }
-}
-
 /// The error of a batch some of whose outputs failed, with refusals pinned on the records
-/// they are about. The broker refuses a whole produce request when one record in it is too
-/// large, so every output that shared it fails alike: only the largest failed output of
-/// each topic is taken for the culprit. Each pass removes at least one, and a record that
-/// merely shared a request with it goes through on the next.
+/// they are about (see [`refusals::blame`]).
 fn delivery_failure(failed: Vec<(Sent, KafkaError)>, refusals: &Refusals) -> LoopError {
-    // (record, error, class, output size) of each failure that is about its record.
-    type Blamed<'a> = (&'a Origin, &'a KafkaError, RefusalClass, u64);
-    let mut culprits: BTreeMap<&str, Blamed<'_>> = BTreeMap::new();
-    let mut blamed: Vec<Blamed<'_>> = Vec::new();
-    for (sent, e) in &failed {
-        let (Some(class), Some(origin)) = (RefusalClass::of(e), &sent.origin) else {
-            continue;
-        };
-        if class != RefusalClass::RecordTooLarge {
-            blamed.push((origin, e, class, sent.size));
-            continue;
-        }
-        let larger = culprits
-            .get(sent.topic.as_str())
-            .is_none_or(|c| c.3 < sent.size);
-        if larger {
-            culprits.insert(&sent.topic, (origin, e, class, sent.size));
-        }
-    }
-    blamed.extend(culprits.into_values());
+    let blamed = refusals::blame(&failed, |s| {
+        s.origin.as_ref().map(|_| (s.topic.as_str(), s.size))
+    });
     let mut first = None;
-    for (origin, e, class, _) in blamed {
-        first.get_or_insert(LoopError::refused(refusals, origin, class, e.to_string()));
+    for (sent, e, class) in blamed {
+        if let Some(origin) = &sent.origin {
+            first.get_or_insert(LoopError::refused(refusals, origin, class, e.to_string()));
+        }
     }
-    match (first, failed.into_iter().next()) {
-        (Some(refused), _) => refused,
-        (None, Some((_, e))) => LoopError::Kafka {
-            what: "producing an output",
-            source: e,
-        },
-        (None, None) => LoopError::Kafka {
-            what: "producing an output",
-            source: KafkaError::Canceled,
-        },
-    }
+    let source = failed
+        .into_iter()
+        .next()
+        .map_or(KafkaError::Canceled, |(_, e)| e);
+    first.unwrap_or(LoopError::Kafka {
+        what: "producing an output",
+        source,
+    })
 }
 
 fn enqueue(

@@ -11,7 +11,7 @@
 //! that say so and where the original still sits.
 
 use crate::ErrorClass;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use rdkafka::error::KafkaError;
@@ -68,6 +68,36 @@ impl RefusalClass {
             _ => None,
         }
     }
+}
+
+/// The failed records to blame for their failure, each with its class: those whose error is
+/// about the record itself (`record` gives its topic and size; `None` for a write that is
+/// not about one record). The broker refuses a whole produce request when one record in it
+/// is too large, so every record that shared it fails alike: only the largest failed record
+/// of each topic is blamed for that. Each pass removes at least one culprit, and a record
+/// that merely shared a request with it goes through on the next.
+pub fn blame<'a, T>(
+    failed: &'a [(T, KafkaError)],
+    record: impl Fn(&'a T) -> Option<(&'a str, u64)>,
+) -> Vec<(&'a T, &'a KafkaError, RefusalClass)> {
+    let mut largest: BTreeMap<&str, (&T, &KafkaError, u64)> = BTreeMap::new();
+    let mut blamed = Vec::new();
+    for (t, e) in failed {
+        let (Some(class), Some((topic, size))) = (RefusalClass::of(e), record(t)) else {
+            continue;
+        };
+        if class != RefusalClass::RecordTooLarge {
+            blamed.push((t, e, class));
+        } else if largest.get(topic).is_none_or(|c| c.2 < size) {
+            largest.insert(topic, (t, e, size));
+        }
+    }
+    blamed.extend(
+        largest
+            .into_values()
+            .map(|(t, e, _)| (t, e, RefusalClass::RecordTooLarge)),
+    );
+    blamed
 }
 
 /// The input record an output was made for.
@@ -275,6 +305,39 @@ mod tests {
         assert_eq!(RefusalClass::of(&e), None);
         let e = KafkaError::MessageProduction(RDKafkaErrorCode::InvalidProducerEpoch);
         assert_eq!(RefusalClass::of(&e), None);
+    }
+
+    #[test]
+    fn a_refused_request_blames_its_largest_record_per_topic_and_other_refusals_each() {
+        let too_large = || KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
+        let failed = vec![
+            (("events", 100, "small neighbour"), too_large()),
+            (("events", 900_000, "culprit"), too_large()),
+            (("events", 200, "later neighbour"), too_large()),
+            (("dlq", 50, "dlq culprit"), too_large()),
+            (("state", 10, "not about a record"), too_large()),
+            (
+                ("events", 10, "unknown topic"),
+                KafkaError::MessageProduction(RDKafkaErrorCode::UnknownTopicOrPartition),
+            ),
+            (
+                ("events", 10, "timed out"),
+                KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut),
+            ),
+        ];
+        let blamed = blame(&failed, |(topic, size, name)| {
+            (*name != "not about a record").then_some((*topic, *size as u64))
+        });
+        let names: Vec<(&str, RefusalClass)> =
+            blamed.iter().map(|(t, _, class)| (t.2, *class)).collect();
+        assert_eq!(
+            names,
+            [
+                ("unknown topic", RefusalClass::UnknownTopic),
+                ("dlq culprit", RefusalClass::RecordTooLarge),
+                ("culprit", RefusalClass::RecordTooLarge),
+            ]
+        );
     }
 
     #[test]

@@ -334,9 +334,11 @@ impl PageWriter {
         let p = self.producer.clone();
         let _ = blocking(move || {
             p.purge(PurgeConfig::default().queue().inflight());
-            p.abort_transaction(Duration::from_secs(30))
+            Ok(())
         })
         .await;
+        let _ =
+            sluice_runtime::kafka::abort_transaction(&self.producer, Duration::from_secs(30)).await;
     }
 }
 

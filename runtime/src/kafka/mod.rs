@@ -5,6 +5,12 @@
 //! (inside a transaction or after its outputs are acknowledged).
 
 pub mod api_versions;
+mod transaction;
+
+pub use transaction::{
+    abort_transaction, commit_transaction, drained, resume_while_retriable, Reports,
+    RESUME_ATTEMPTS,
+};
 
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
@@ -269,60 +275,6 @@ impl KafkaClients {
             "initialising transactions (fencing the previous owner)",
         ))?;
         Ok(producer)
-    }
-}
-
-/// Waits, up to `within`, until `producer` holds no message at all. Every delivery future
-/// resolved is not enough: a message counts until the callback that resolved its future has
-/// returned, and rdkafka's `commit_transaction` flushes first, where a flush that finds one
-/// still counted polls for up to 100 ms, long after it is gone.
-pub async fn drained(producer: &FutureProducer, within: std::time::Duration) {
-    use rdkafka::producer::Producer;
-    let deadline = std::time::Instant::now() + within;
-    while producer.in_flight_count() > 0 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-    }
-}
-
-/// Commits `producer`'s transaction once its records are acknowledged and [`drained`], so
-/// the commit does not wait out the flush's 100 ms poll; a commit that timed out is resumed
-/// (see [`resume_while_retriable`]).
-pub async fn commit_transaction(
-    producer: &FutureProducer,
-    timeout: std::time::Duration,
-) -> Result<(), KafkaError> {
-    use rdkafka::producer::Producer;
-    drained(producer, std::time::Duration::from_secs(1)).await;
-    let p = producer.clone();
-    blocking(move || {
-        resume_while_retriable("committing the transaction", || {
-            p.commit_transaction(timeout)
-        })
-    })
-    .await
-}
-
-/// Times a transactional call that timed out is resumed before its error is returned.
-pub const RESUME_ATTEMPTS: u32 = 5;
-
-/// Runs a blocking transactional producer call, calling it again while librdkafka says it
-/// may be retried (at most [`RESUME_ATTEMPTS`] calls). A commit or abort that timed out (as
-/// while a broker restarts) is still in progress: only the same call finishes it (an abort
-/// after an unfinished commit is refused as conflicting), and until it is finished the
-/// transaction stays open, holding every read_committed reader of its partitions. Blocking.
-pub fn resume_while_retriable(
-    what: &str,
-    call: impl Fn() -> Result<(), KafkaError>,
-) -> Result<(), KafkaError> {
-    let mut attempt = 1;
-    loop {
-        match call() {
-            Err(KafkaError::Transaction(e)) if e.is_retriable() && attempt < RESUME_ATTEMPTS => {
-                tracing::warn!(attempt, error = %e, "{what} did not finish; resuming it");
-                attempt += 1;
-            }
-            other => return other,
-        }
     }
 }
 

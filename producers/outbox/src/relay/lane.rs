@@ -13,12 +13,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::future::join_all;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use sluice_runtime::kafka::{blocking, KafkaClients};
+use sluice_runtime::kafka::{abort_transaction, KafkaClients, Reports};
 use sluice_runtime::Shutdown;
-use sluice_stream::refusals::RefusalClass;
+use sluice_stream::refusals::{blame, RefusalClass};
 use sluice_stream::state::kafka::read_partitions;
 
 use super::db::{Db, DbError};
@@ -384,9 +383,13 @@ impl Lane {
                 let delivery = self
                     .producer
                     .send_result(record)
-                    .map_err(|(e, _)| note_refusal(relay, row, e))
+                    .map_err(|(e, _)| {
+                        note_refusal(relay, row, &e);
+                        e
+                    })
                     .map_err(kafka("enqueuing a record"))?;
-                deliveries.push((Some(*row), delivery));
+                let size = (out.key.len() + out.payload.len()) as u64;
+                deliveries.push((Some((*row, out.topic.as_str(), size)), delivery));
             }
             // Deletions first: an aggregate forgotten and relayed again since keeps its value.
             let mut state: Vec<(Vec<u8>, Option<Vec<u8>>)> = self
@@ -422,21 +425,18 @@ impl Lane {
                 ));
             }
             let enqueued = started.elapsed();
-            let (rows, futures): (Vec<_>, Vec<_>) = deliveries.into_iter().unzip();
             // The acknowledgements are awaited before the commit, not next to it: started
             // at once, the commit's own flush (which waits for the delivery reports to be
             // taken off the producer's queue) added ~100 ms to every batch when measured.
-            for (row, d) in rows.into_iter().zip(join_all(futures).await) {
-                let e = match d {
-                    Ok(Ok(_)) => continue,
-                    Ok(Err((e, _))) => e,
-                    Err(_) => KafkaError::Canceled,
-                };
-                let e = match row {
-                    Some(row) => note_refusal(relay, row, e),
-                    None => e,
-                };
-                return Err(kafka("producing a record")(e));
+            let failed = Reports::UntilFailure.failures(deliveries).await;
+            if let Some((_, first)) = failed.first() {
+                let blamed = blame(&failed, |sent| sent.map(|(_, topic, size)| (topic, size)));
+                for (sent, e, _) in blamed {
+                    if let Some((row, _, _)) = sent {
+                        note_refusal(relay, row, e);
+                    }
+                }
+                return Err(kafka("producing a record")(first.clone()));
             }
             let acked = started.elapsed();
             sluice_runtime::kafka::commit_transaction(&self.producer, Duration::from_secs(60))
@@ -450,8 +450,7 @@ impl Lane {
         }
         .await;
         if result.is_err() {
-            let p = self.producer.clone();
-            let _ = blocking(move || p.abort_transaction(Duration::from_secs(30))).await;
+            let _ = abort_transaction(&self.producer, Duration::from_secs(30)).await;
         }
         result
     }
@@ -535,9 +534,9 @@ impl Lane {
 }
 
 /// Remembers `row` as refused when `e` is about its record (too large, invalid), so the
-/// lane's next attempt dead-letters it; returns `e` for the abort.
-fn note_refusal(relay: &Relay, row: &OutboxRow, e: KafkaError) -> KafkaError {
-    if let Some(class) = RefusalClass::of(&e) {
+/// lane's next attempt dead-letters it.
+fn note_refusal(relay: &Relay, row: &OutboxRow, e: &KafkaError) {
+    if let Some(class) = RefusalClass::of(e) {
         tracing::warn!(event_id = %row.event_id, row = row.position.id, class = class.as_str(), error = %e,
             "Kafka refused an outbox event; it goes to the DLQ on the next attempt");
         relay
@@ -546,7 +545,6 @@ fn note_refusal(relay: &Relay, row: &OutboxRow, e: KafkaError) -> KafkaError {
             .expect("refused")
             .insert(row.event_id, format!("{}: {e}", class.as_str()));
     }
-    e
 }
 
 fn owned_headers(pairs: &[(&'static str, String)]) -> rdkafka::message::OwnedHeaders {
