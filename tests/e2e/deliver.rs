@@ -538,6 +538,92 @@ async fn every_matching_event_reaches_every_subscribed_endpoint_signed() {
     assert!(attempts >= 12, "{attempts} attempt records");
 }
 
+/// The retry tiers shrunk to take no task (as an operator might, behind the topology's back):
+/// a failed delivery whose retry copy is refused is dead-lettered with the reason, instead of
+/// being written again forever with every later task of its partition waiting behind it.
+#[tokio::test]
+async fn a_retry_copy_its_tier_refuses_is_dead_lettered_and_delivery_goes_on() {
+    let d = Deployment::new("dlvbig").await;
+    for tier in ["1s", "5s"] {
+        let topic = format!("{}.retry.deliveries.{tier}", d.prefix);
+        crate::support::shrink_topic_limit(&topic, "200").await;
+    }
+    let (failing_endpoint, failing) = d.subscriber("/status/503", spec(&[PAYMENT], &["1s"])).await;
+    // Under per_key a refused copy must not hold its key: the key's later events go on.
+    let (_, failing_in_order) = d
+        .subscriber("/status/503", {
+            let mut s = spec(&[PAYMENT], &["1s"]);
+            s["ordering"] = "per_key".into();
+            s
+        })
+        .await;
+    let (_, fine) = d.subscriber("/ok", spec(&[PAYMENT], &["1s"])).await;
+    let _deliver = Deliver::start(&d.file, "dlvbig-1").await;
+    let mut ids = BTreeSet::new();
+    for n in 0..4 {
+        ids.insert(d.pay_keyed(7, n).await);
+    }
+    fine.wait_delivered(Duration::from_secs(60), &ids).await;
+    failing_in_order
+        .wait_for(Duration::from_secs(30), "an attempt per event", |logged| {
+            logged.len() >= 4
+        })
+        .await;
+    let dlq = format!("{}.dlq.deliveries", d.prefix);
+    dlq_list(&dlq, 8, "sluice.delivery.Exhausted").await;
+    let reasons = tokio::task::spawn_blocking(move || {
+        use rdkafka::message::{Headers, Message};
+        let (consumer, _) = crate::support::read_from_start(&dlq, &[]);
+        let mut reasons = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while reasons.len() < 8 && Instant::now() < deadline {
+            let Some(m) = consumer.poll(Duration::from_millis(200)) else {
+                continue;
+            };
+            let m = m.unwrap();
+            let reason = m.headers().and_then(|h| {
+                h.iter()
+                    .find(|h| h.key == "kafka_dlt-exception-message")
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+            });
+            reasons.push(reason.unwrap_or_default());
+        }
+        reasons
+    })
+    .await
+    .unwrap();
+    assert_eq!(reasons.len(), 8, "one dead letter per failed delivery");
+    for reason in &reasons {
+        assert!(
+            reason.contains("retry copy was refused by Kafka (RecordTooLarge)"),
+            "{reason}"
+        );
+    }
+    failing
+        .wait_for(Duration::from_secs(10), "an attempt per event", |logged| {
+            logged.len() >= 4
+        })
+        .await;
+    for receiver in [&failing, &failing_in_order] {
+        let tried = receiver.by_id();
+        assert_eq!(tried.keys().cloned().collect::<BTreeSet<_>>(), ids);
+        for (id, tries) in tried {
+            assert_eq!(
+                tries.len(),
+                1,
+                "{id}: one attempt, then dead-lettered: {tries:?}"
+            );
+        }
+    }
+    let statuses = d.statuses().await;
+    for id in &ids {
+        let status = &statuses[&format!("{}/{id}", failing_endpoint.id)];
+        assert_eq!(status["status"], "failed", "{status}");
+        assert_eq!(status["last_status_code"], 503, "{status}");
+    }
+}
+
 #[tokio::test]
 async fn a_flaky_endpoint_is_retried_with_the_same_webhook_id_until_it_succeeds() {
     let d = Deployment::new("dlvflaky").await;

@@ -6,14 +6,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rdkafka::admin::{AdminOptions, AlterConfig, ResourceSpecifier};
 use sluice_producers::sign;
 
 use crate::gateway::{
     apply_topology, fixture, now_unix, post, register_schemas, unique_prefix, GatewayProcess,
 };
 use crate::normalizer::{read_until, reader, spawn_sluice, ChildGuard, Seen};
-use crate::support::{clients, require_stack, sluice_async};
+use crate::support::{require_stack, shrink_topic_limit, sluice_async};
 
 const SW_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const GITHUB_SECRET: &str = "e2e-intake-github-secret";
@@ -139,20 +138,6 @@ fn header(seen: &Seen, name: &str) -> Option<String> {
 
 fn class(seen: &Seen) -> String {
     header(seen, "kafka_dlt-exception-fqcn").unwrap_or_default()
-}
-
-/// Sets `max.message.bytes` of `topic` on the cluster behind the topology's back, as an
-/// operator might.
-async fn shrink_topic_limit(topic: &str, bytes: &str) {
-    let admin = clients().admin().unwrap();
-    let change = AlterConfig::new(ResourceSpecifier::Topic(topic)).set("max.message.bytes", bytes);
-    let results = admin
-        .alter_configs(&[change], &AdminOptions::new())
-        .await
-        .unwrap();
-    for r in results {
-        r.unwrap_or_else(|e| panic!("altering {topic}: {e:?}"));
-    }
 }
 
 #[tokio::test]

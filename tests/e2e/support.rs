@@ -488,3 +488,18 @@ pub async fn require_postgres() -> tokio_postgres::Client {
     });
     client
 }
+
+/// Sets `max.message.bytes` of `topic` on the cluster behind the topology's back, as an
+/// operator might.
+pub async fn shrink_topic_limit(topic: &str, bytes: &str) {
+    let admin = clients().admin().unwrap();
+    let change = rdkafka::admin::AlterConfig::new(rdkafka::admin::ResourceSpecifier::Topic(topic))
+        .set("max.message.bytes", bytes);
+    let results = admin
+        .alter_configs(&[change], &rdkafka::admin::AdminOptions::new())
+        .await
+        .unwrap();
+    for r in results {
+        r.unwrap_or_else(|e| panic!("altering {topic}: {e:?}"));
+    }
+}

@@ -1180,6 +1180,16 @@ fn until_restored<T, E: std::fmt::Display>(
 
 /// Writes `settled` and reports the task settled; a disabled endpoint is applied to the
 /// table at once (its record's position keeps the follower from rolling it back).
+/// The held-key sequence number a settlement's tier copy carries, if it has one.
+fn key_seq_of_tier_copy(tiers: &super::Tiers, settled: &Settled) -> Option<u64> {
+    let copy = settled.outputs.iter().find(|o| tiers.contains(&o.topic))?;
+    let (_, seq) = copy
+        .headers
+        .iter()
+        .find(|(k, _)| k == crate::task::header::KEY_SEQ)?;
+    std::str::from_utf8(seq).ok()?.parse().ok()
+}
+
 async fn write_settled(
     shared: &Shared,
     pending: Pending,
@@ -1191,11 +1201,29 @@ async fn write_settled(
         let record = order.settled(slot, &mut settled);
         settled.then.extend(record);
     }
-    let Some(positions) =
-        Settler::write(&shared.producer, &settled.outputs, &shared.shutdown).await
+    let copy_seq = key_seq_of_tier_copy(&shared.settler.tiers, &settled);
+    let Some(positions) = shared
+        .settler
+        .write_settled(
+            &shared.producer,
+            &mut settled,
+            (&pending.task, &pending.from),
+            &shared.shutdown,
+        )
+        .await
     else {
         return Done::Abandoned;
     };
+    // A tier copy refused and dead-lettered instead no longer holds its key.
+    if let (Some(seq), None, Some(slot)) = (
+        copy_seq,
+        key_seq_of_tier_copy(&shared.settler.tiers, &settled),
+        &pending.slot,
+    ) {
+        if let Some(mut order) = shared.key_order() {
+            settled.then = vec![order.copy_refused(slot, seq)];
+        }
+    }
     if !settled.then.is_empty()
         && Settler::write(&shared.producer, &settled.then, &shared.shutdown)
             .await

@@ -130,6 +130,15 @@ impl KeyOrder {
         Some(self.record(partition, id))
     }
 
+    /// A task whose tier copy (its key's `seq`) Kafka refused was dead-lettered instead: the
+    /// next one of its key may go. Returns the key's held-key record, as [`Self::settled`].
+    pub fn copy_refused(&mut self, slot: &Slot, seq: u64) -> Output {
+        let (partition, id) = (slot.partition(), slot.id());
+        self.state.resolved(partition, id, seq);
+        self.state.finish_batch(true);
+        self.record(partition, id)
+    }
+
     /// Keys held, over every owned partition.
     pub fn held(&self) -> usize {
         self.state.len()

@@ -8,9 +8,11 @@
 
 use std::time::Duration;
 
+use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
 use sluice_runtime::outbound::{Attempt, RetrySchedule, Verdict};
 use sluice_runtime::Shutdown;
+use sluice_stream::refusals::{self, RefusalClass};
 use sluice_stream::{ErrorClass, FailureRouter, HandlerError, Output, Record};
 
 use super::schedule;
@@ -264,13 +266,18 @@ impl Settler {
             ms(now),
             attempt.verdict.as_str()
         );
+        self.letter(done, from, &reason, &history)
+    }
+
+    /// `done`'s dead letter for the delivery DLQ, with its provenance in the tasks topic.
+    fn letter(&self, done: &DeliveryTask, from: &Record, reason: &str, history: &str) -> Output {
         done.dead_letter(
             &self.topics.dlq,
             &self.topics.tasks,
             from,
             &self.group,
-            &reason,
-            &history,
+            reason,
+            history,
         )
     }
 
@@ -323,31 +330,202 @@ impl Settler {
         outputs: &[Output],
         shutdown: &Shutdown,
     ) -> Option<Vec<(i32, i64)>> {
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = Backoff::default();
         loop {
-            let sends = outputs
-                .iter()
-                .map(|o| producer.send(o.record(), Duration::from_secs(30)));
-            let results = futures::future::join_all(sends).await;
-            match results.into_iter().collect::<Result<Vec<_>, _>>() {
-                Ok(positions) => {
-                    return Some(
-                        positions
-                            .into_iter()
-                            .map(|d| (d.partition, d.offset))
-                            .collect(),
-                    )
-                }
-                Err((e, _)) => {
-                    tracing::warn!(error = %e, "writing a delivery's outcome failed; trying again");
+            match write_once(producer, outputs).await {
+                Ok(positions) => return Some(positions),
+                Err(e) => {
+                    tracing::warn!(error = %e.1, "writing a delivery's outcome failed; trying again");
                 }
             }
-            if shutdown.is_triggered() {
+            if !backoff.wait(shutdown).await {
                 return None;
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
+    }
+
+    /// [`Self::write`] for `task`'s settlement (read from `from`), which is changed when
+    /// Kafka refuses one of its records for the record itself ([`Self::refit`]) instead of
+    /// being sent again as it is, forever, holding its partition's commits behind it.
+    pub async fn write_settled(
+        &self,
+        producer: &FutureProducer,
+        settled: &mut Settled,
+        (task, from): (&DeliveryTask, &Record),
+        shutdown: &Shutdown,
+    ) -> Option<Vec<(i32, i64)>> {
+        let mut backoff = Backoff::default();
+        loop {
+            let (index, e) = match write_once(producer, &settled.outputs).await {
+                Ok(positions) => return Some(positions),
+                Err(failed) => failed,
+            };
+            let refit = RefusalClass::of(&e).is_some_and(|class| {
+                self.refit(
+                    settled,
+                    index,
+                    (task, from),
+                    class,
+                    &e.to_string(),
+                    jiff::Timestamp::now(),
+                )
+            });
+            if refit {
+                continue;
+            }
+            tracing::warn!(error = %e, "writing a delivery's outcome failed; trying again");
+            if !backoff.wait(shutdown).await {
+                return None;
+            }
+        }
+    }
+
+    /// Changes `settled` so that its `index`th record, which Kafka refused for itself
+    /// (`class`: too large, most likely), can be taken; false when nothing can change (the
+    /// write is tried again as it is). A retry or parked copy refused by its tier dead-letters
+    /// the delivery instead (it cannot be cut: it is what the next attempt sends); a dead letter
+    /// is cut (to 64 KiB, then to nothing), with headers saying where the whole task is; an
+    /// attempt record loses the response body it quoted.
+    pub fn refit(
+        &self,
+        settled: &mut Settled,
+        index: usize,
+        (task, from): (&DeliveryTask, &Record),
+        class: RefusalClass,
+        error: &str,
+        now: jiff::Timestamp,
+    ) -> bool {
+        let Some(output) = settled.outputs.get_mut(index) else {
+            return false;
+        };
+        tracing::warn!(topic = %output.topic, class = class.as_str(), error, webhook_id = %task.webhook_id,
+            "Kafka refused a record of a delivery's outcome; writing it another way");
+        if output.topic == self.topics.attempts {
+            return without_response_body(output);
+        }
+        if output.topic == self.topics.dlq {
+            let refused_before = output
+                .headers
+                .iter()
+                .any(|(k, _)| k == refusals::TRUNCATED_ORIGINAL_BYTES);
+            let before = refusals::output_size(output);
+            refusals::fit_failure_copy(output, u64::MAX, 1 + u32::from(refused_before));
+            return refusals::output_size(output) < before;
+        }
+        if self.tiers.contains(&output.topic) {
+            *settled = self.dead_lettered_instead(settled, task, from, class, error, now);
+            return true;
+        }
+        false
+    }
+
+    /// `settled`, whose retry or parked copy its tier refused, as a dead letter: the attempt
+    /// record it made stays, the status says failed.
+    fn dead_lettered_instead(
+        &self,
+        settled: &Settled,
+        task: &DeliveryTask,
+        from: &Record,
+        class: RefusalClass,
+        error: &str,
+        now: jiff::Timestamp,
+    ) -> Settled {
+        let mut done = task.clone();
+        done.attempts += u32::from(settled.settlement == Settlement::Retrying);
+        let reason = format!(
+            "its retry copy was refused by Kafka ({}): {error}",
+            class.as_str()
+        );
+        let history = format!("{} {} refused: {reason}", done.attempts, ms(now));
+        let code = settled
+            .outputs
+            .iter()
+            .filter(|o| o.topic == self.topics.status)
+            .find_map(|o| serde_json::from_slice::<StatusRecord>(o.value.as_deref()?).ok())
+            .and_then(|s| s.last_status_code);
+        let mut outputs: Vec<Output> = settled
+            .outputs
+            .iter()
+            .filter(|o| o.topic == self.topics.attempts)
+            .cloned()
+            .collect();
+        outputs.push(self.letter(&done, from, &reason, &history));
+        outputs.push(self.status(&done, DeliveryStatus::Failed, code, None, now));
+        Settled {
+            settlement: Settlement::DeadLettered,
+            outputs,
+            disabled: None,
+            then: Vec::new(),
+        }
+    }
+}
+
+/// Sends `outputs` and waits for every acknowledgement: their (partition, offset), or the
+/// first failed one's index and error (the one Kafka refused for itself, when one was).
+async fn write_once(
+    producer: &FutureProducer,
+    outputs: &[Output],
+) -> Result<Vec<(i32, i64)>, (usize, KafkaError)> {
+    let sends = outputs
+        .iter()
+        .map(|o| producer.send(o.record(), Duration::from_secs(30)));
+    let results = futures::future::join_all(sends).await;
+    let mut failed = Vec::new();
+    let mut positions = Vec::with_capacity(results.len());
+    for (i, r) in results.into_iter().enumerate() {
+        match r {
+            Ok(d) => positions.push((d.partition, d.offset)),
+            Err((e, _)) => failed.push((i, e)),
+        }
+    }
+    let blamed = refusals::blame(&failed, |i| {
+        let o = &outputs[*i];
+        Some((o.topic.as_str(), refusals::output_size(o)))
+    });
+    match (blamed.first(), failed.first()) {
+        (Some((i, e, _)), _) => Err((**i, (*e).clone())),
+        (None, Some((i, e))) => Err((*i, e.clone())),
+        (None, None) => Ok(positions),
+    }
+}
+
+/// An attempt record without the response body it quoted (and saying so); false when it
+/// quoted none, or is not one.
+fn without_response_body(output: &mut Output) -> bool {
+    let Some(mut record) = output
+        .value
+        .as_deref()
+        .and_then(|v| serde_json::from_slice::<AttemptRecord>(v).ok())
+    else {
+        return false;
+    };
+    if record.response_body.is_empty() {
+        return false;
+    }
+    record.response_body.clear();
+    record.response_truncated = true;
+    output.value = Some(serde_json::to_vec(&record).expect("attempt records serialise"));
+    true
+}
+
+/// The wait between writes of an outcome: 200 ms, doubling up to 5 s.
+struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self(Duration::from_millis(200))
+    }
+}
+
+impl Backoff {
+    /// Waits its turn; false at shutdown.
+    async fn wait(&mut self, shutdown: &Shutdown) -> bool {
+        if shutdown.is_triggered() {
+            return false;
+        }
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 2).min(Duration::from_secs(5));
+        true
     }
 }
 

@@ -270,3 +270,108 @@ fn a_record_that_is_not_a_task_is_dead_lettered_apart_with_its_reason() {
     );
     assert_eq!(h("x").as_deref(), Some("y"));
 }
+
+#[test]
+fn a_retry_copy_its_tier_refuses_dead_letters_the_delivery_and_keeps_its_attempt_record() {
+    let now = jiff::Timestamp::now();
+    let st = settler();
+    let mut s = st.attempted(
+        &task(0),
+        &from(),
+        &endpoint(None),
+        &attempt(Some(503), retry_later(None)),
+        now,
+    );
+    let copy = topics(&s)
+        .iter()
+        .position(|t| t.starts_with("sluice.retry."))
+        .unwrap();
+    let refit = st.refit(
+        &mut s,
+        copy,
+        (&task(0), &from()),
+        RefusalClass::RecordTooLarge,
+        "Message size too large",
+        now,
+    );
+    assert!(refit);
+    assert_eq!(s.settlement, Settlement::DeadLettered);
+    assert_eq!(
+        topics(&s),
+        [
+            "sluice.deliveries.attempts",
+            "sluice.dlq.deliveries",
+            "sluice.state.delivery-status"
+        ]
+    );
+    let header = |o: &Output, name: &str| {
+        o.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    };
+    let reason = header(&s.outputs[1], "kafka_dlt-exception-message").unwrap();
+    assert!(
+        reason.contains("RecordTooLarge") && reason.contains("Message size too large"),
+        "{reason}"
+    );
+    assert_eq!(
+        header(&s.outputs[1], "kafka_dlt-original-offset").map(|v| v.len()),
+        Some(8),
+        "where the task is"
+    );
+    let status = json(&s.outputs[2]);
+    assert_eq!(status["status"], "failed");
+    assert_eq!(status["attempts"], 1);
+    assert_eq!(status["last_status_code"], 503);
+}
+
+#[test]
+fn a_refused_attempt_record_loses_its_quoted_body_and_a_refused_dead_letter_is_cut() {
+    let now = jiff::Timestamp::now();
+    let st = settler();
+    let mut big = task(7);
+    big.body = vec![b'x'; 200_000];
+    let mut s = st.attempted(
+        &big,
+        &from(),
+        &endpoint(None),
+        &attempt(
+            Some(400),
+            Verdict::Rejected {
+                reason: FailureReason::Status(400),
+            },
+        ),
+        now,
+    );
+    assert_eq!(s.settlement, Settlement::DeadLettered);
+    let refuse = |s: &mut Settled, index: usize| {
+        st.refit(
+            s,
+            index,
+            (&big, &from()),
+            RefusalClass::RecordTooLarge,
+            "too large",
+            now,
+        )
+    };
+    assert!(refuse(&mut s, 0));
+    assert_eq!(json(&s.outputs[0])["response_body"], "");
+    assert_eq!(json(&s.outputs[0])["response_truncated"], true);
+    assert!(!refuse(&mut s, 0), "nothing more to take out");
+
+    let dlq = topics(&s)
+        .iter()
+        .position(|t| *t == "sluice.dlq.deliveries")
+        .unwrap();
+    let size = |s: &Settled| s.outputs[dlq].value.as_ref().unwrap().len();
+    assert!(size(&s) >= 200_000);
+    assert!(refuse(&mut s, dlq));
+    assert_eq!(size(&s), refusals::TRUNCATED_KEEP_BYTES);
+    assert!(refuse(&mut s, dlq));
+    assert_eq!(size(&s), 0);
+    assert!(!refuse(&mut s, dlq), "nothing more to cut");
+    // The status cannot be made smaller: written again as it is.
+    let status = s.outputs.len() - 1;
+    assert!(!refuse(&mut s, status));
+}
