@@ -404,13 +404,15 @@ impl Settler {
             return without_response_body(output);
         }
         if output.topic == self.topics.dlq {
-            let refused_before = output
-                .headers
-                .iter()
-                .any(|(k, _)| k == refusals::TRUNCATED_ORIGINAL_BYTES);
-            let before = refusals::output_size(output);
-            refusals::fit_failure_copy(output, u64::MAX, 1 + u32::from(refused_before));
-            return refusals::output_size(output) < before;
+            // Cut to 64 KiB first, to nothing when that is not smaller.
+            let kept = output.value.as_ref().map_or(0, Vec::len);
+            let cuts = if kept > refusals::TRUNCATED_KEEP_BYTES {
+                1
+            } else {
+                2
+            };
+            refusals::fit_failure_copy(output, u64::MAX, cuts);
+            return output.value.as_ref().map_or(0, Vec::len) < kept;
         }
         if self.tiers.contains(&output.topic) {
             *settled = self.dead_lettered_instead(settled, task, from, class, error, now);

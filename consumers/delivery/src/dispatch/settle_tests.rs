@@ -371,6 +371,21 @@ fn a_refused_attempt_record_loses_its_quoted_body_and_a_refused_dead_letter_is_c
     assert!(refuse(&mut s, dlq));
     assert_eq!(size(&s), 0);
     assert!(!refuse(&mut s, dlq), "nothing more to cut");
+    // A dead letter already under 64 KiB goes straight to nothing.
+    let mut small = st.attempted(
+        &task(7),
+        &from(),
+        &endpoint(None),
+        &attempt(
+            Some(400),
+            Verdict::Rejected {
+                reason: FailureReason::Status(400),
+            },
+        ),
+        now,
+    );
+    assert!(refuse(&mut small, dlq));
+    assert_eq!(size(&small), 0);
     // The status cannot be made smaller: written again as it is.
     let status = s.outputs.len() - 1;
     assert!(!refuse(&mut s, status));
