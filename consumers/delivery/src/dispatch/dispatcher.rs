@@ -622,7 +622,17 @@ impl Dispatcher {
         self.outstanding += 1;
         let (shared, generation) = (Arc::clone(&self.shared), self.generation);
         tokio::spawn(async move {
-            let done = match Settler::write(&shared.producer, &[letter], &shared.shutdown).await {
+            let mut settled = Settled {
+                settlement: Settlement::DeadLettered,
+                outputs: vec![letter],
+                disabled: None,
+                then: Vec::new(),
+            };
+            let written = shared
+                .settler
+                .write_settled(&shared.producer, &mut settled, None, &shared.shutdown)
+                .await;
+            let done = match written {
                 Some(_) => Done::Discarded {
                     tp,
                     offset: record.offset,
@@ -1207,7 +1217,7 @@ async fn write_settled(
         .write_settled(
             &shared.producer,
             &mut settled,
-            (&pending.task, &pending.from),
+            Some((&pending.task, &pending.from)),
             &shared.shutdown,
         )
         .await

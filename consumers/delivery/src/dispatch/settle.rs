@@ -344,14 +344,15 @@ impl Settler {
         }
     }
 
-    /// [`Self::write`] for `task`'s settlement (read from `from`), which is changed when
-    /// Kafka refuses one of its records for the record itself ([`Self::refit`]) instead of
-    /// being sent again as it is, forever, holding its partition's commits behind it.
+    /// [`Self::write`] for a settlement (of `task`, read from `from`, when it is about one),
+    /// which is changed when Kafka refuses one of its records for the record itself
+    /// ([`Self::refit`]) instead of being sent again as it is, forever, holding its
+    /// partition's commits behind it.
     pub async fn write_settled(
         &self,
         producer: &FutureProducer,
         settled: &mut Settled,
-        (task, from): (&DeliveryTask, &Record),
+        task: Option<(&DeliveryTask, &Record)>,
         shutdown: &Shutdown,
     ) -> Option<Vec<(i32, i64)>> {
         let mut backoff = Backoff::default();
@@ -364,7 +365,7 @@ impl Settler {
                 self.refit(
                     settled,
                     index,
-                    (task, from),
+                    task,
                     class,
                     &e.to_string(),
                     jiff::Timestamp::now(),
@@ -382,15 +383,15 @@ impl Settler {
 
     /// Changes `settled` so that its `index`th record, which Kafka refused for itself
     /// (`class`: too large, most likely), can be taken; false when nothing can change (the
-    /// write is tried again as it is). A retry or parked copy refused by its tier dead-letters
-    /// the delivery instead (it cannot be cut: it is what the next attempt sends); a dead letter
-    /// is cut (to 64 KiB, then to nothing), with headers saying where the whole task is; an
-    /// attempt record loses the response body it quoted.
+    /// write is tried again as it is). A retry or parked copy of `task` refused by its tier
+    /// dead-letters the delivery instead (it cannot be cut: it is what the next attempt
+    /// sends); a dead letter is cut (to 64 KiB, then to nothing), with headers saying where
+    /// the whole record is; an attempt record loses the response body it quoted.
     pub fn refit(
         &self,
         settled: &mut Settled,
         index: usize,
-        (task, from): (&DeliveryTask, &Record),
+        task: Option<(&DeliveryTask, &Record)>,
         class: RefusalClass,
         error: &str,
         now: jiff::Timestamp,
@@ -398,12 +399,12 @@ impl Settler {
         let Some(output) = settled.outputs.get_mut(index) else {
             return false;
         };
-        tracing::warn!(topic = %output.topic, class = class.as_str(), error, webhook_id = %task.webhook_id,
+        tracing::warn!(topic = %output.topic, class = class.as_str(), error,
             "Kafka refused a record of a delivery's outcome; writing it another way");
         if output.topic == self.topics.attempts {
             return without_response_body(output);
         }
-        if output.topic == self.topics.dlq {
+        if output.topic == self.topics.dlq || output.topic == self.topics.invalid {
             // Cut to 64 KiB first, to nothing when that is not smaller.
             let kept = output.value.as_ref().map_or(0, Vec::len);
             let cuts = if kept > refusals::TRUNCATED_KEEP_BYTES {
@@ -414,11 +415,13 @@ impl Settler {
             refusals::fit_failure_copy(output, u64::MAX, cuts);
             return output.value.as_ref().map_or(0, Vec::len) < kept;
         }
-        if self.tiers.contains(&output.topic) {
-            *settled = self.dead_lettered_instead(settled, task, from, class, error, now);
-            return true;
+        match task {
+            Some((task, from)) if self.tiers.contains(&output.topic) => {
+                *settled = self.dead_lettered_instead(settled, task, from, class, error, now);
+                true
+            }
+            _ => false,
         }
-        false
     }
 
     /// `settled`, whose retry or parked copy its tier refused, as a dead letter: the attempt

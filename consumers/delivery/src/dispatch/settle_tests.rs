@@ -289,7 +289,7 @@ fn a_retry_copy_its_tier_refuses_dead_letters_the_delivery_and_keeps_its_attempt
     let refit = st.refit(
         &mut s,
         copy,
-        (&task(0), &from()),
+        Some((&task(0), &from())),
         RefusalClass::RecordTooLarge,
         "Message size too large",
         now,
@@ -349,7 +349,7 @@ fn a_refused_attempt_record_loses_its_quoted_body_and_a_refused_dead_letter_is_c
         st.refit(
             s,
             index,
-            (&big, &from()),
+            Some((&big, &from())),
             RefusalClass::RecordTooLarge,
             "too large",
             now,
@@ -389,4 +389,38 @@ fn a_refused_attempt_record_loses_its_quoted_body_and_a_refused_dead_letter_is_c
     // The status cannot be made smaller: written again as it is.
     let status = s.outputs.len() - 1;
     assert!(!refuse(&mut s, status));
+}
+
+#[test]
+fn a_refused_dead_letter_of_a_record_that_is_no_task_is_cut_and_says_where_it_is() {
+    let now = jiff::Timestamp::now();
+    let st = settler();
+    let mut record = from();
+    record.value = Some(vec![b'x'; 100_000]);
+    let error = TaskError::NoKey { at: "here".into() };
+    let mut s = Settled {
+        settlement: Settlement::DeadLettered,
+        outputs: vec![st.invalid(&record, &error, now)],
+        disabled: None,
+        then: Vec::new(),
+    };
+    assert!(st.refit(
+        &mut s,
+        0,
+        None,
+        RefusalClass::RecordTooLarge,
+        "too large",
+        now
+    ));
+    let letter = &s.outputs[0];
+    assert_eq!(
+        letter.value.as_ref().unwrap().len(),
+        refusals::TRUNCATED_KEEP_BYTES
+    );
+    let at = letter
+        .headers
+        .iter()
+        .find(|(k, _)| k == refusals::TRUNCATED_ORIGINAL_AT)
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+    assert_eq!(at.as_deref(), Some("sluice.deliveries/2@9"));
 }
