@@ -616,6 +616,24 @@ async fn a_retry_copy_its_tier_refuses_is_dead_lettered_and_delivery_goes_on() {
             );
         }
     }
+    // Each attempt is in the delivery log once, though its outcome was written twice (the
+    // second time as a dead letter).
+    let mut logged: BTreeMap<(String, String, u64), usize> = BTreeMap::new();
+    for (_, a) in d.read_json("deliveries.attempts").await {
+        let at = (
+            a["endpoint_id"].as_str().unwrap().to_string(),
+            a["webhook_id"].as_str().unwrap().to_string(),
+            a["attempt"].as_u64().unwrap(),
+        );
+        *logged.entry(at).or_default() += 1;
+    }
+    let failed_attempts: Vec<_> = logged.iter().filter(|(k, _)| k.2 == 1).collect();
+    assert_eq!(
+        failed_attempts.len(),
+        12,
+        "4 events to 3 endpoints: {logged:?}"
+    );
+    assert!(logged.values().all(|n| *n == 1), "{logged:?}");
     let statuses = d.statuses().await;
     for id in &ids {
         let status = &statuses[&format!("{}/{id}", failing_endpoint.id)];

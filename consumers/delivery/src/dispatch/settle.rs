@@ -324,15 +324,17 @@ impl Settler {
     }
 
     /// Writes `outputs`, trying again until every one is acknowledged or shutdown; returns
-    /// each record's (partition, offset), or `None` on shutdown.
+    /// each record's (partition, offset), or `None` on shutdown. A record acknowledged once
+    /// is not sent again (the delivery log holds each attempt once).
     pub async fn write(
         producer: &FutureProducer,
         outputs: &[Output],
         shutdown: &Shutdown,
     ) -> Option<Vec<(i32, i64)>> {
         let mut backoff = Backoff::default();
+        let mut acked = Acked::new(outputs.len());
         loop {
-            match write_once(producer, outputs).await {
+            match write_once(producer, outputs, &mut acked).await {
                 Ok(positions) => return Some(positions),
                 Err(e) => {
                     tracing::warn!(error = %e.1, "writing a delivery's outcome failed; trying again");
@@ -356,11 +358,13 @@ impl Settler {
         shutdown: &Shutdown,
     ) -> Option<Vec<(i32, i64)>> {
         let mut backoff = Backoff::default();
+        let mut acked = Acked::new(settled.outputs.len());
         loop {
-            let (index, e) = match write_once(producer, &settled.outputs).await {
+            let (index, e) = match write_once(producer, &settled.outputs, &mut acked).await {
                 Ok(positions) => return Some(positions),
                 Err(failed) => failed,
             };
+            let before = settled.outputs.clone();
             let refit = RefusalClass::of(&e).is_some_and(|class| {
                 self.refit(
                     settled,
@@ -372,6 +376,7 @@ impl Settler {
                 )
             });
             if refit {
+                acked = acked.carried_to(&before, &settled.outputs);
                 continue;
             }
             tracing::warn!(error = %e, "writing a delivery's outcome failed; trying again");
@@ -465,21 +470,48 @@ impl Settler {
     }
 }
 
-/// Sends `outputs` and waits for every acknowledgement: their (partition, offset), or the
-/// first failed one's index and error (the one Kafka refused for itself, when one was).
+/// The (partition, offset) of each record of a settlement the broker acknowledged so far.
+struct Acked(Vec<Option<(i32, i64)>>);
+
+impl Acked {
+    fn new(records: usize) -> Self {
+        Self(vec![None; records])
+    }
+
+    /// For `after` (the settlement's records once changed from `before`): the
+    /// acknowledgements of records it still holds unchanged.
+    fn carried_to(self, before: &[Output], after: &[Output]) -> Self {
+        let acked = after
+            .iter()
+            .map(|o| {
+                before
+                    .iter()
+                    .zip(&self.0)
+                    .find(|(b, _)| *b == o)
+                    .and_then(|(_, at)| *at)
+            })
+            .collect();
+        Self(acked)
+    }
+}
+
+/// Sends the records of `outputs` not yet `acked` and waits for their acknowledgements:
+/// every record's (partition, offset), or the first failed one's index and error (the one
+/// Kafka refused for itself, when one was).
 async fn write_once(
     producer: &FutureProducer,
     outputs: &[Output],
+    acked: &mut Acked,
 ) -> Result<Vec<(i32, i64)>, (usize, KafkaError)> {
     let sends = outputs
         .iter()
-        .map(|o| producer.send(o.record(), Duration::from_secs(30)));
-    let results = futures::future::join_all(sends).await;
+        .enumerate()
+        .filter(|(i, _)| acked.0[*i].is_none())
+        .map(|(i, o)| async move { (i, producer.send(o.record(), Duration::from_secs(30)).await) });
     let mut failed = Vec::new();
-    let mut positions = Vec::with_capacity(results.len());
-    for (i, r) in results.into_iter().enumerate() {
+    for (i, r) in futures::future::join_all(sends).await {
         match r {
-            Ok(d) => positions.push((d.partition, d.offset)),
+            Ok(d) => acked.0[i] = Some((d.partition, d.offset)),
             Err((e, _)) => failed.push((i, e)),
         }
     }
@@ -490,7 +522,7 @@ async fn write_once(
     match (blamed.first(), failed.first()) {
         (Some((i, e, _)), _) => Err((**i, (*e).clone())),
         (None, Some((i, e))) => Err((*i, e.clone())),
-        (None, None) => Ok(positions),
+        (None, None) => Ok(acked.0.iter().flatten().copied().collect()),
     }
 }
 

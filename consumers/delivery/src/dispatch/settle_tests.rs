@@ -424,3 +424,30 @@ fn a_refused_dead_letter_of_a_record_that_is_no_task_is_cut_and_says_where_it_is
         .map(|(_, v)| String::from_utf8_lossy(v).into_owned());
     assert_eq!(at.as_deref(), Some("sluice.deliveries/2@9"));
 }
+
+#[test]
+fn acknowledged_records_a_changed_settlement_still_holds_are_not_sent_again() {
+    let record = |topic: &str, value: &[u8]| Output {
+        topic: topic.into(),
+        partition: None,
+        key: None,
+        value: Some(value.to_vec()),
+        headers: Vec::new(),
+    };
+    let before = [
+        record("attempts", b"1"),
+        record("tier", b"t"),
+        record("status", b"s"),
+    ];
+    let acked = Acked(vec![Some((0, 7)), None, Some((0, 9))]);
+    let after = [
+        record("attempts", b"1"),
+        record("dlq", b"t"),
+        record("status", b"f"),
+    ];
+    assert_eq!(
+        acked.carried_to(&before, &after).0,
+        [Some((0, 7)), None, None],
+        "only the unchanged attempt record stays acknowledged"
+    );
+}
