@@ -1188,8 +1188,6 @@ fn until_restored<T, E: std::fmt::Display>(
     }
 }
 
-/// Writes `settled` and reports the task settled; a disabled endpoint is applied to the
-/// table at once (its record's position keeps the follower from rolling it back).
 /// The held-key sequence number a settlement's tier copy carries, if it has one.
 fn key_seq_of_tier_copy(tiers: &super::Tiers, settled: &Settled) -> Option<u64> {
     let copy = settled.outputs.iter().find(|o| tiers.contains(&o.topic))?;
@@ -1200,6 +1198,8 @@ fn key_seq_of_tier_copy(tiers: &super::Tiers, settled: &Settled) -> Option<u64> 
     std::str::from_utf8(seq).ok()?.parse().ok()
 }
 
+/// Writes `settled` and reports the task settled; a disabled endpoint is applied to the
+/// table at once (its record's position keeps the follower from rolling it back).
 async fn write_settled(
     shared: &Shared,
     pending: Pending,

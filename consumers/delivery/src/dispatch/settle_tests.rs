@@ -326,24 +326,23 @@ fn a_retry_copy_its_tier_refuses_dead_letters_the_delivery_and_keeps_its_attempt
     assert_eq!(status["last_status_code"], 503);
 }
 
+/// An attempt the endpoint answered 400, which can never succeed.
+fn rejected_400() -> Attempt {
+    attempt(
+        Some(400),
+        Verdict::Rejected {
+            reason: FailureReason::Status(400),
+        },
+    )
+}
+
 #[test]
 fn a_refused_attempt_record_loses_its_quoted_body_and_a_refused_dead_letter_is_cut() {
     let now = jiff::Timestamp::now();
     let st = settler();
     let mut big = task(7);
     big.body = vec![b'x'; 200_000];
-    let mut s = st.attempted(
-        &big,
-        &from(),
-        &endpoint(None),
-        &attempt(
-            Some(400),
-            Verdict::Rejected {
-                reason: FailureReason::Status(400),
-            },
-        ),
-        now,
-    );
+    let mut s = st.attempted(&big, &from(), &endpoint(None), &rejected_400(), now);
     assert_eq!(s.settlement, Settlement::DeadLettered);
     let refuse = |s: &mut Settled, index: usize| {
         st.refit(
@@ -372,18 +371,7 @@ fn a_refused_attempt_record_loses_its_quoted_body_and_a_refused_dead_letter_is_c
     assert_eq!(size(&s), 0);
     assert!(!refuse(&mut s, dlq), "nothing more to cut");
     // A dead letter already under 64 KiB goes straight to nothing.
-    let mut small = st.attempted(
-        &task(7),
-        &from(),
-        &endpoint(None),
-        &attempt(
-            Some(400),
-            Verdict::Rejected {
-                reason: FailureReason::Status(400),
-            },
-        ),
-        now,
-    );
+    let mut small = st.attempted(&task(7), &from(), &endpoint(None), &rejected_400(), now);
     assert!(refuse(&mut small, dlq));
     assert_eq!(size(&small), 0);
     // The status cannot be made smaller: written again as it is.
