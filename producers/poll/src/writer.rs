@@ -16,12 +16,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::stream::{FuturesUnordered, StreamExt};
-use futures::FutureExt;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer, PurgeConfig};
-use sluice_runtime::kafka::{blocking, KafkaClients};
+use sluice_runtime::kafka::{blocking, KafkaClients, Reports};
+use sluice_stream::refusals::{blame, RefusalClass};
 
 use crate::cursor::StateRecord;
 
@@ -101,11 +100,15 @@ fn kafka(what: &'static str) -> impl Fn(KafkaError) -> WriteError {
 #[derive(Debug)]
 pub struct Committing(tokio::task::JoinHandle<Result<(), WriteError>>);
 
+/// A record of the transaction under way and its acknowledgement to come: for a raw item
+/// (not its dead letter), its delivery id and size, to tell which item a refusal is about.
+type Delivery = (Option<(String, u64)>, DeliveryFuture);
+
 /// The transaction under way: the acknowledgements still to come and how many pages it
 /// holds.
 #[derive(Default)]
 struct Open {
-    deliveries: Vec<DeliveryFuture>,
+    deliveries: Vec<Delivery>,
     pages: u64,
 }
 
@@ -252,21 +255,24 @@ impl PageWriter {
             } = r;
             let (delivery, too_large) = if self.refused.contains(&delivery_id) {
                 let d = self.dead_letter(&key, &value, headers, TooLarge::Broker)?;
-                (d, true)
+                ((None, d), true)
             } else {
                 let record = FutureRecord::to(&self.raw_topic)
                     .key(&key)
                     .payload(&value)
                     .headers(headers);
                 match self.producer.send_result(record) {
-                    Ok(d) => (d, false),
+                    Ok(d) => ((Some((delivery_id, value.len() as u64)), d), false),
                     Err((
                         KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
                         record,
                     )) => {
                         let headers = record.headers.unwrap_or_default();
                         (
-                            self.dead_letter(&key, &value, headers, TooLarge::Producer)?,
+                            (
+                                None,
+                                self.dead_letter(&key, &value, headers, TooLarge::Producer)?,
+                            ),
                             true,
                         )
                     }
@@ -290,11 +296,12 @@ impl PageWriter {
             if let Some(value) = value {
                 record = record.payload(value);
             }
-            open.deliveries.push(
+            open.deliveries.push((
+                None,
                 self.producer
                     .send_result(record)
                     .map_err(|(e, _)| kafka("enqueuing the cursor")(e))?,
-            );
+            ));
         }
         Ok(refused)
     }
@@ -379,34 +386,11 @@ fn dead_letter(
     (serde_json::to_vec(&value).expect("json"), headers)
 }
 
-/// The size and delivery id of `message` when it is a raw record refused as too large.
-fn too_large(
-    watch: &Watch,
-    e: &KafkaError,
-    message: &rdkafka::message::OwnedMessage,
-) -> Option<(usize, String)> {
-    let refused = e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge)
-        && message.topic() == watch.raw_topic;
-    let size = message.payload().map_or(0, <[u8]>::len);
-    refused.then(|| delivery_id_of(message).map(|id| (size, id)))?
-}
-
 /// What a commit watches its acknowledgements for.
 #[derive(Debug)]
 struct Watch {
     raw_topic: String,
     refused: Arc<RefusedItems>,
-}
-
-/// The `sluice_delivery_id` header of a raw record.
-fn delivery_id_of(message: &rdkafka::message::OwnedMessage) -> Option<String> {
-    use rdkafka::message::Headers;
-    message
-        .headers()?
-        .iter()
-        .find(|h| h.key == sluice_schemas::metadata::raw::DELIVERY_ID)
-        .and_then(|h| h.value)
-        .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
 /// Awaits every acknowledgement of `open` before committing it: the commit's own flush would
@@ -416,31 +400,26 @@ async fn acknowledged_and_committed(
     open: Open,
     watch: Watch,
 ) -> Result<(), WriteError> {
-    // Not `join_all`: once a record fails, the transaction's records still queued are only
+    // Until the first failure only: the transaction's records still queued after it are
     // failed by the abort that follows, so waiting for all of them would never end.
     let started = Instant::now();
     let records = open.deliveries.len();
-    let mut pending: FuturesUnordered<DeliveryFuture> = open.deliveries.into_iter().collect();
-    while let Some(d) = pending.next().await {
-        match d {
-            Ok(Ok(_)) => {}
-            Ok(Err((e, message))) => {
-                // A batch the broker refused fails every record in it at once: the largest
-                // is the one to dead-letter (if it was not alone, the next attempt finds the
-                // next one).
-                let mut largest = too_large(&watch, &e, &message);
-                while let Some(Some(Ok(Err((e, m))))) = pending.next().now_or_never() {
-                    largest = largest.max(too_large(&watch, &e, &m));
-                }
-                if let Some((_, id)) = largest {
-                    tracing::warn!(item = %id, topic = %watch.raw_topic,
-                        "the broker refused a polled item as too large; it is dead-lettered when its page is fetched again");
-                    watch.refused.insert(id);
-                }
-                return Err(kafka("producing a record")(e));
+    let failed = Reports::UntilFailure.failures(open.deliveries).await;
+    if let Some((_, first)) = failed.first() {
+        // A batch the broker refused fails every record in it at once: the largest item is
+        // the one to dead-letter (if it was not alone, the next attempt finds the next one).
+        let raw_topic = watch.raw_topic.as_str();
+        let blamed = blame(&failed, |item| {
+            item.as_ref().map(|(_, size)| (raw_topic, *size))
+        });
+        for (item, _, class) in blamed {
+            if let (Some((id, _)), RefusalClass::RecordTooLarge) = (item, class) {
+                tracing::warn!(item = %id, topic = %watch.raw_topic,
+                    "the broker refused a polled item as too large; it is dead-lettered when its page is fetched again");
+                watch.refused.insert(id.clone());
             }
-            Err(_) => return Err(kafka("producing a record")(KafkaError::Canceled)),
         }
+        return Err(kafka("producing a record")(first.clone()));
     }
     let acked = started.elapsed();
     sluice_runtime::kafka::commit_transaction(&producer, Duration::from_secs(60))
